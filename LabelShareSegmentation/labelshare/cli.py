@@ -1,0 +1,255 @@
+"""The ``labelshare`` command line.
+
+Errors a user can cause print one line, ``labelshare: error: <file or object>: <problem>``, and exit with
+status 1 (``--debug`` shows the traceback). A training run stopped by SIGINT/SIGTERM saves a checkpoint and exits
+with status 75 (EX_TEMPFAIL: repeat the command with ``--resume``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import LabelShareError, TrainingInterrupted
+from .progress import Progress
+
+EXIT_ERROR = 1
+EXIT_INTERRUPTED = 75
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--progress", choices=("human", "json", "quiet"), default="human",
+                        help="progress as human-readable lines on stderr (default), JSON lines on stdout, or none")
+    parser.add_argument("--debug", action="store_true", help="show Python tracebacks on errors")
+
+
+def _add_task_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    parser.add_argument("--task", dest="tasks", action="append", default=[], required=required, metavar="NAME=DIR",
+                        help="a task: its name and nnU-Net raw folder (repeat for several tasks)")
+
+
+def _add_training_arguments(parser: argparse.ArgumentParser, epochs: int, steps: int, image_size: int) -> None:
+    group = parser.add_argument_group("training budget and device")
+    group.add_argument("--epochs", type=int, default=epochs)
+    group.add_argument("--steps-per-epoch", type=int, default=steps)
+    group.add_argument("--batch-size", type=int, default=16)
+    group.add_argument("--image-size", type=int, default=image_size, help="network input size (multiple of 16)")
+    group.add_argument("--learning-rate", type=float, default=2e-3)
+    group.add_argument("--validation-fraction", type=float, default=0.2,
+                       help="fraction of each task's cases (whole patients) held out for validation")
+    group.add_argument("--seed", type=int, default=0)
+    group.add_argument("--device", default="auto", help="auto (CUDA if available), cuda or cpu")
+    group.add_argument("--weights-dtype", choices=("float32", "float16"), default="float32",
+                       help="precision of the stored weights (float16 halves the model folder)")
+
+
+def train_config_from(args: argparse.Namespace):
+    from .training import TrainConfig
+    return TrainConfig(image_size=args.image_size, batch_size=args.batch_size, epochs=args.epochs,
+                       steps_per_epoch=args.steps_per_epoch, learning_rate=args.learning_rate, seed=args.seed,
+                       device=args.device, validation_fraction=args.validation_fraction,
+                       weights_dtype=args.weights_dtype)
+
+
+def task_arguments(args: argparse.Namespace) -> list[tuple[str, Path]]:
+    from .tasks import parse_task_argument
+    return [parse_task_argument(text) for text in args.tasks]
+
+
+# -- commands ---------------------------------------------------------------------------------------------------------
+def cmd_labelspace_build(args, progress: Progress) -> int:
+    from .labelspace import LabelSpace, compute_statistics, parse_group
+    from .pipeline import open_tasks
+    tasks = open_tasks(task_arguments(args))
+    statistics = []
+    for i, task in enumerate(tasks.values()):
+        progress.progress("statistics", i / len(tasks), f"reading {task.name} ({len(task.cases)} cases)")
+        statistics.append(compute_statistics(task))
+    space = LabelSpace.build(statistics, [parse_group(g) for g in args.group])
+    space.save(args.output)
+    if progress.mode != "json":
+        print(space.table())
+    progress.done(str(args.output), message=f"label space written to {args.output}")
+    return 0
+
+
+def cmd_labelspace_show(args, progress: Progress) -> int:
+    from .labelspace import LabelSpace
+    from .models import verify_folder
+    path = Path(args.path)
+    space = verify_folder(path)[1] if path.is_dir() else LabelSpace.load(path)
+    print(space.table())
+    return 0
+
+
+def cmd_train(args, progress: Progress) -> int:
+    from .labelspace import LabelSpace
+    from .pipeline import train
+    train(task_arguments(args), LabelSpace.load(args.labelspace), args.out, train_config_from(args),
+          method=args.method, resume=args.resume, progress=progress, command=sys.argv[1:])
+    return 0
+
+
+def cmd_segment(args, progress: Progress) -> int:
+    from .inference import segment_file
+    output = segment_file(args.model, args.task, args.input, args.output, device=args.device,
+                          largest_component=args.largest_component, batch_size=args.batch_size,
+                          progress=progress, overwrite=args.overwrite, slicing_axis=args.slicing_axis)
+    progress.done(str(output), message=f"segmentation written to {output}")
+    return 0
+
+
+def cmd_evaluate(args, progress: Progress) -> int:
+    from .evaluation import evaluate_cases
+    from .fileio import read_json
+    from .models import load_model
+    from .tasks import TaskDataset
+    model = load_model(args.model, device=args.device)
+    task = TaskDataset.open(args.data, args.task)
+    cases = None
+    split_file = Path(args.model) / "split.json"
+    if not args.all_cases and split_file.is_file():
+        validation = read_json(split_file).get("tasks", {}).get(args.task, {}).get("validation", [])
+        known = {c.name for c in task.cases}
+        if validation and set(validation) <= known:
+            cases = validation
+            progress.log(f"evaluating the {len(cases)} validation cases of the model's split (--all-cases for all)")
+    evaluation = evaluate_cases(model, task, cases, task_name=args.task, progress=progress)
+    csv_path, markdown_path = evaluation.write(Path(args.output), f"Evaluation of {Path(args.model).name} on "
+                                                                  f"{args.task}")
+    if progress.mode != "json":
+        print(markdown_path.read_text())
+    progress.done(str(markdown_path), message=f"wrote {csv_path} and {markdown_path}",
+                  mean_dice=evaluation.mean_dice())
+    return 0
+
+
+def cmd_models(args, progress: Progress) -> int:
+    from .models import list_models
+    summaries = list_models(args.root or None)
+    if not summaries:
+        print("no models found")
+        return 0
+    for s in summaries:
+        if not s.valid:
+            print(f"{s.path}  INVALID: {s.reason}")
+            continue
+        dice = ", ".join(f"{t} {v:.3f}" for t, v in s.metrics.items() if v == v)
+        print(f"{s.path}  {s.method}  tasks: {', '.join(s.tasks)}  created: {s.created or '?'}"
+              f"  parent: {s.parent or '-'}  mean Dice: {dice or '-'}")
+    return 0
+
+
+def cmd_demo(args, progress: Progress) -> int:
+    from .demo import run_demo
+    run_demo(args.out, task_arguments(args), args.group, train_config_from(args), progress, command=sys.argv[1:])
+    return 0
+
+
+# -- parser -----------------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="labelshare", description="Label-sharing multi-task segmentation engine.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    labelspace = commands.add_parser("labelspace", help="build or show a shared label space")
+    labelspace_commands = labelspace.add_subparsers(dest="labelspace_command", required=True, metavar="ACTION")
+    build = labelspace_commands.add_parser("build", help="map every task's labels to shared labels by size")
+    _add_task_arguments(build)
+    build.add_argument("--group", action="append", default=[], metavar="TASK:LABEL=TASK:LABEL",
+                       help="put these labels of different tasks on one shared label; the rest are placed by size")
+    build.add_argument("-o", "--output", required=True, type=Path, help="labelspace.json to write")
+    _add_common(build)
+    build.set_defaults(func=cmd_labelspace_build)
+    show = labelspace_commands.add_parser("show", help="print a label space (file or model folder) as a table")
+    show.add_argument("path", help="labelspace.json or a model folder")
+    _add_common(show)
+    show.set_defaults(func=cmd_labelspace_show)
+
+    train = commands.add_parser("train", help="train one network on several tasks")
+    train.add_argument("--labelspace", required=True, type=Path)
+    _add_task_arguments(train)
+    train.add_argument("--out", required=True, type=Path, help="new model folder (never overwritten)")
+    train.add_argument("--method", default="label-sharing",
+                       choices=("label-sharing", "label-sharing-task-channels", "per-task", "multi-channel",
+                                "dodnet"))
+    train.add_argument("--resume", action="store_true", help="continue an interrupted run of the same --out")
+    _add_training_arguments(train, epochs=50, steps=100, image_size=128)
+    _add_common(train)
+    train.set_defaults(func=cmd_train)
+
+    segment = commands.add_parser("segment", help="segment an image for one task of a model")
+    segment.add_argument("--model", type=Path, default=None, help="model folder (default: the bundled model)")
+    segment.add_argument("--task", required=True)
+    segment.add_argument("input", type=Path)
+    segment.add_argument("-o", "--output", required=True, type=Path)
+    segment.add_argument("--device", default="auto", help="auto (CUDA if available), cuda or cpu")
+    segment.add_argument("--batch-size", type=int, default=None, help="slices per forward pass")
+    segment.add_argument("--largest-component", action="store_true",
+                         help="keep only the largest connected component of every label")
+    segment.add_argument("--slicing-axis", type=int, choices=(0, 1, 2), default=None,
+                         help="image axis to slice along (default: largest spacing)")
+    segment.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    _add_common(segment)
+    segment.set_defaults(func=cmd_segment)
+
+    evaluate = commands.add_parser("evaluate", help="Dice and HD95 of a model on a task's cases")
+    evaluate.add_argument("--model", required=True, type=Path)
+    evaluate.add_argument("--task", required=True)
+    evaluate.add_argument("--data", required=True, type=Path, help="the task's nnU-Net raw folder")
+    evaluate.add_argument("--all-cases", action="store_true",
+                          help="score every case, not only the validation cases of the model's split")
+    evaluate.add_argument("-o", "--output", type=Path, default=Path("evaluation"))
+    evaluate.add_argument("--device", default="auto")
+    _add_common(evaluate)
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    models = commands.add_parser("models", help="list model versions with their tasks and metrics")
+    models.add_argument("--root", action="append", default=[], type=Path,
+                        help="folder holding model folders (default: user store and bundled models)")
+    _add_common(models)
+    models.set_defaults(func=cmd_models)
+
+    demo = commands.add_parser("demo", help="the whole pipeline on generated (or given) tasks, with a report")
+    demo.add_argument("--out", required=True, type=Path)
+    _add_task_arguments(demo, required=False)
+    demo.add_argument("--group", action="append", default=[], metavar="TASK:LABEL=TASK:LABEL")
+    _add_training_arguments(demo, epochs=8, steps=40, image_size=64)
+    _add_common(demo)
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    progress = Progress(args.progress, min_interval_s=0.5 if args.progress == "human" else 0.0)
+    try:
+        return args.func(args, progress)
+    except TrainingInterrupted as error:
+        return _fail(progress, str(error), EXIT_INTERRUPTED, "stopped")
+    except LabelShareError as error:
+        if args.debug:
+            raise
+        return _fail(progress, str(error), EXIT_ERROR)
+    except _out_of_memory_errors() as error:
+        if args.debug:
+            raise
+        return _fail(progress, f"out of memory ({type(error).__name__}); use a smaller --batch-size or "
+                               "--image-size, or --device cpu", EXIT_ERROR)
+
+
+def _fail(progress: Progress, message: str, status: int, kind: str = "error") -> int:
+    """One line on stderr; in JSON mode also the final ``error`` event for the process that reads stdout."""
+    if progress.mode == "json":
+        progress.error(message, interrupted=status == EXIT_INTERRUPTED)
+    print(f"labelshare: {kind}: {message}", file=sys.stderr)
+    return status
+
+
+def _out_of_memory_errors() -> tuple[type[BaseException], ...]:
+    import torch
+    return (MemoryError, torch.cuda.OutOfMemoryError)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,362 @@
+"""The shared label space: label statistics, grouping strategies, the mapping and its JSON file.
+
+Method (Anand et al. 2024): every task's labels are ranked by their *average relative size* and the k-th label of
+every task is mapped to shared label k. Definition used here, on the 2D images the network sees (slices of 3D
+volumes, or projections):
+
+    relative_size(label) = mean over training slices that contain the label of (label pixels / slice pixels)
+
+Ties are broken by the task's label id. Two constraints always hold: each task label maps to exactly one shared
+label, and a shared label holds at most one label of each task. Explicit groups (``acdc:lv_cavity=sunnybrook:
+lv_cavity``) pin labels of different tasks to one shared label; they take the lowest shared labels, in order of
+their members' mean size rank, and every other label fills its task's free shared labels in size order.
+n* (``n_shared``) is the number of shared labels used, which is the largest label count of any task unless
+groups force more.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from .errors import LabelSpaceError, UnknownTaskError
+from .fileio import atomic_write_json, read_json
+from .tasks import TaskDataset
+
+FORMAT = "labelshare.labelspace"
+FORMAT_VERSION = 1
+STRATEGIES = ("size", "overlap", "explicit")
+
+
+@dataclass
+class LabelStats:
+    relative_size: float
+    frequency: float
+    slices_with_label: int
+
+
+@dataclass
+class LabelEntry:
+    name: str
+    id: int
+    shared: int
+    stats: LabelStats
+    info: dict = field(default_factory=dict)
+
+
+@dataclass
+class TaskEntry:
+    name: str
+    labels: list[LabelEntry]
+    n_slices: int = 0
+    n_cases: int = 0
+    lateralised: bool = False
+    license: str = ""
+    citation: str = ""
+    strategy: str = "size"
+
+    def label(self, name: str) -> LabelEntry:
+        for entry in self.labels:
+            if entry.name == name:
+                return entry
+        raise LabelSpaceError(f"task '{self.name}' has no label '{name}' "
+                              f"(labels: {', '.join(e.name for e in self.labels)})")
+
+
+@dataclass
+class TaskStatistics:
+    """Label statistics of one task, the input of the grouping strategies."""
+
+    name: str
+    labels: dict[str, int]
+    stats: dict[str, LabelStats]
+    n_slices: int
+    n_cases: int
+    lateralised: bool = False
+    license: str = ""
+    citation: str = ""
+    label_info: dict = field(default_factory=dict)
+
+    def size_order(self) -> list[str]:
+        """Label names, largest average relative size first; ties by label id."""
+        return sorted(self.labels, key=lambda n: (-self.stats[n].relative_size, self.labels[n]))
+
+
+def compute_statistics(task: TaskDataset, case_names: Iterable[str] | None = None,
+                       slicing_axis: int | None = None) -> TaskStatistics:
+    """Average relative size, frequency and slice count of every label over the given (default: all) cases."""
+    sums = {name: 0.0 for name in task.labels}
+    counts = {name: 0 for name in task.labels}
+    n_slices = n_cases = 0
+    for case in task.iter_cases(case_names, slicing_axis):
+        n_cases += 1
+        labels = case.label.reshape(case.label.shape[0], -1)
+        n_slices += labels.shape[0]
+        pixels = labels.shape[1]
+        for name, label_id in task.labels.items():
+            per_slice = np.count_nonzero(labels == label_id, axis=1)
+            present = per_slice > 0
+            counts[name] += int(present.sum())
+            sums[name] += float(per_slice[present].sum()) / pixels
+    if n_slices == 0 or not any(counts.values()):
+        raise LabelSpaceError(f"task '{task.name}' ({task.root}): no case contains any foreground label")
+    stats = {name: LabelStats(relative_size=sums[name] / counts[name] if counts[name] else 0.0,
+                              frequency=counts[name] / n_slices, slices_with_label=counts[name])
+             for name in task.labels}
+    return TaskStatistics(name=task.name, labels=dict(task.labels), stats=stats, n_slices=n_slices, n_cases=n_cases,
+                          lateralised=task.lateralised, license=task.license, citation=task.citation,
+                          label_info=task.label_info)
+
+
+def parse_group(text: str) -> list[tuple[str, str]]:
+    """``a:x=b:y[=c:z]`` -> [("a", "x"), ("b", "y"), ...]."""
+    members = []
+    for token in text.split("="):
+        task, sep, label = token.strip().partition(":")
+        if not sep or not task or not label:
+            raise LabelSpaceError(f"group '{text}': each member is TASK:LABEL, got '{token}'")
+        members.append((task, label))
+    return members
+
+
+class LabelSpace:
+    """Mapping of every task's labels to shared labels 1..n_shared (0 is the shared background)."""
+
+    def __init__(self, tasks: Mapping[str, TaskEntry], strategy: str = "size",
+                 groups: Sequence[Sequence[tuple[str, str]]] = ()):
+        self.tasks: dict[str, TaskEntry] = dict(tasks)
+        self.strategy = strategy
+        self.groups = [list(g) for g in groups]
+        self.check()
+
+    # -- construction ---------------------------------------------------------------------------------------------
+    @classmethod
+    def build(cls, statistics: Sequence[TaskStatistics], groups: Sequence[Sequence[tuple[str, str]]] = ()
+              ) -> "LabelSpace":
+        """The paper's size strategy with optional explicit groups (see module docstring)."""
+        by_name = {s.name: s for s in statistics}
+        if len(by_name) != len(statistics):
+            raise LabelSpaceError("a task name is given twice")
+        ranks = {(s.name, label): rank for s in statistics for rank, label in enumerate(s.size_order())}
+        grouped: set[tuple[str, str]] = set()
+        for group in groups:
+            seen_tasks = set()
+            for task, label in group:
+                if task not in by_name:
+                    raise UnknownTaskError(task, list(by_name))
+                if label not in by_name[task].labels:
+                    raise LabelSpaceError(f"group {_group_text(group)}: task '{task}' has no label '{label}' "
+                                          f"(labels: {', '.join(by_name[task].labels)})")
+                if task in seen_tasks:
+                    raise LabelSpaceError(f"group {_group_text(group)}: two labels of task '{task}' cannot share "
+                                          "one shared label")
+                if (task, label) in grouped:
+                    raise LabelSpaceError(f"label '{task}:{label}' is in more than one group")
+                seen_tasks.add(task)
+                grouped.add((task, label))
+        assignment: dict[tuple[str, str], int] = {}
+        used: dict[str, set[int]] = {s.name: set() for s in statistics}
+        ordered_groups = sorted(groups, key=lambda g: (np.mean([ranks[m] for m in g]), _group_text(g)))
+        for group in ordered_groups:
+            slot = 1
+            while any(slot in used[task] for task, _ in group):
+                slot += 1
+            for member in group:
+                assignment[member] = slot
+                used[member[0]].add(slot)
+        for stats in statistics:
+            slot = 1
+            for label in stats.size_order():
+                if (stats.name, label) in assignment:
+                    continue
+                while slot in used[stats.name]:
+                    slot += 1
+                assignment[(stats.name, label)] = slot
+                used[stats.name].add(slot)
+        tasks = {s.name: _task_entry(s, {label: assignment[(s.name, label)] for label in s.labels}, "size")
+                 for s in statistics}
+        return cls(tasks, strategy="size", groups=ordered_groups)
+
+    def with_task(self, stats: TaskStatistics, mapping: Mapping[str, int], strategy: str) -> "LabelSpace":
+        """A new label space with one task added or replaced; every other task's mapping is unchanged.
+
+        ``mapping`` gives the shared label of each label of the task; shared labels above n_shared extend the space.
+        """
+        missing = [label for label in stats.labels if label not in mapping]
+        if missing:
+            raise LabelSpaceError(f"task '{stats.name}': no shared label given for {', '.join(missing)}")
+        tasks = dict(self.tasks)
+        tasks[stats.name] = _task_entry(stats, dict(mapping), strategy)
+        return LabelSpace(tasks, strategy=self.strategy, groups=self.groups)
+
+    # -- queries --------------------------------------------------------------------------------------------------
+    @property
+    def n_shared(self) -> int:
+        return max((e.shared for t in self.tasks.values() for e in t.labels), default=0)
+
+    @property
+    def task_names(self) -> list[str]:
+        return list(self.tasks)
+
+    def task(self, name: str) -> TaskEntry:
+        if name not in self.tasks:
+            raise UnknownTaskError(name, self.task_names)
+        return self.tasks[name]
+
+    def task_index(self, name: str) -> int:
+        self.task(name)
+        return self.task_names.index(name)
+
+    def task_to_shared_lut(self, name: str) -> np.ndarray:
+        """Lookup table: task label id -> shared label (0 for background and ids the task does not use)."""
+        entry = self.task(name)
+        lut = np.zeros(max(e.id for e in entry.labels) + 1, dtype=np.int64)
+        for label in entry.labels:
+            lut[label.id] = label.shared
+        return lut
+
+    def shared_to_task_lut(self, name: str) -> np.ndarray:
+        """Lookup table: shared label -> task label id (0 for shared labels the task does not have)."""
+        entry = self.task(name)
+        lut = np.zeros(self.n_shared + 1, dtype=np.int64)
+        for label in entry.labels:
+            lut[label.shared] = label.id
+        return lut
+
+    def shared_members(self) -> list[dict[str, str]]:
+        """For shared label k (index k-1): {task: label name}."""
+        members: list[dict[str, str]] = [{} for _ in range(self.n_shared)]
+        for task in self.tasks.values():
+            for label in task.labels:
+                members[label.shared - 1][task.name] = label.name
+        return members
+
+    def check(self) -> None:
+        """Raise if either paper constraint is violated."""
+        for task in self.tasks.values():
+            if not task.labels:
+                raise LabelSpaceError(f"task '{task.name}' has no labels")
+            shared = [e.shared for e in task.labels]
+            if min(shared) < 1:
+                raise LabelSpaceError(f"task '{task.name}': every label needs a shared label >= 1")
+            if len(set(shared)) != len(shared):
+                raise LabelSpaceError(f"task '{task.name}': two of its labels map to one shared label")
+            names = [e.name for e in task.labels]
+            if len(set(names)) != len(names):
+                raise LabelSpaceError(f"task '{task.name}': label names are not unique")
+
+    # -- files ----------------------------------------------------------------------------------------------------
+    def to_json(self) -> dict:
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "strategy": self.strategy,
+            "definition": "relative_size = mean over training slices containing the label of label pixels / "
+                          "slice pixels; shared label k holds the k-th largest label of every task",
+            "n_shared": self.n_shared,
+            "groups": [[f"{t}:{label}" for t, label in g] for g in self.groups],
+            "tasks": {
+                task.name: {
+                    "strategy": task.strategy,
+                    "n_cases": task.n_cases,
+                    "n_slices": task.n_slices,
+                    "lateralised": task.lateralised,
+                    "license": task.license,
+                    "citation": task.citation,
+                    "labels": [{"name": e.name, "id": e.id, "shared": e.shared,
+                                "relative_size": e.stats.relative_size, "frequency": e.stats.frequency,
+                                "slices_with_label": e.stats.slices_with_label, **({"info": e.info} if e.info else {})}
+                               for e in task.labels],
+                } for task in self.tasks.values()},
+            "shared_labels": [{"shared": k + 1, "members": members} for k, members in enumerate(self.shared_members())],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict, where: str = "labelspace.json") -> "LabelSpace":
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise LabelSpaceError(f"{where}: not a LabelShare label space (missing \"format\": \"{FORMAT}\")")
+        if data.get("format_version") != FORMAT_VERSION:
+            raise LabelSpaceError(f"{where}: format version {data.get('format_version')} is not supported "
+                                  f"(this LabelShare reads version {FORMAT_VERSION})")
+        try:
+            tasks = {}
+            for name, task in data["tasks"].items():
+                labels = [LabelEntry(name=e["name"], id=int(e["id"]), shared=int(e["shared"]),
+                                     stats=LabelStats(float(e["relative_size"]), float(e["frequency"]),
+                                                      int(e["slices_with_label"])), info=e.get("info", {}))
+                          for e in task["labels"]]
+                tasks[name] = TaskEntry(name=name, labels=labels, n_slices=int(task.get("n_slices", 0)),
+                                        n_cases=int(task.get("n_cases", 0)), lateralised=bool(task["lateralised"]),
+                                        license=task.get("license", ""), citation=task.get("citation", ""),
+                                        strategy=task.get("strategy", data.get("strategy", "size")))
+            groups = [parse_group("=".join(g)) for g in data.get("groups", [])]
+            space = cls(tasks, strategy=data.get("strategy", "size"), groups=groups)
+        except (KeyError, TypeError, ValueError) as error:
+            raise LabelSpaceError(f"{where}: malformed label space ({type(error).__name__}: {error})") from None
+        if data.get("n_shared") != space.n_shared:
+            raise LabelSpaceError(f"{where}: n_shared {data.get('n_shared')} does not match its labels "
+                                  f"({space.n_shared})")
+        return space
+
+    def save(self, path: str | Path) -> None:
+        atomic_write_json(path, self.to_json())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "LabelSpace":
+        return cls.from_json(read_json(path, "label space"), str(path))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, LabelSpace) and self.to_json() == other.to_json()
+
+    def table(self) -> str:
+        """Markdown table: one row per shared label, one column per task (label name and relative size)."""
+        header = ["shared"] + self.task_names
+        rows = []
+        for k, members in enumerate(self.shared_members(), start=1):
+            cells = [str(k)]
+            for task in self.task_names:
+                if task in members:
+                    entry = self.tasks[task].label(members[task])
+                    cells.append(f"{entry.name} (id {entry.id}, {100 * entry.stats.relative_size:.2f}%, "
+                                 f"in {100 * entry.stats.frequency:.0f}% of slices)")
+                else:
+                    cells.append("-")
+            rows.append(cells)
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        details = [f"strategy: {self.strategy}; n* = {self.n_shared}; relative size = mean over slices containing the "
+                   "label of label pixels / slice pixels"]
+        if self.groups:
+            details.append("groups: " + "; ".join(_group_text(g) for g in self.groups))
+        for task in self.tasks.values():
+            details.append(f"{task.name}: {task.n_cases} cases, {task.n_slices} slices, mapped by {task.strategy}"
+                           + (", lateralised (no left-right flips)" if task.lateralised else ""))
+        return "\n".join(lines) + "\n\n" + "\n".join(f"- {d}" for d in details) + "\n"
+
+
+def _group_text(group: Sequence[tuple[str, str]]) -> str:
+    return "=".join(f"{t}:{label}" for t, label in group)
+
+
+def _task_entry(stats: TaskStatistics, mapping: dict[str, int], strategy: str) -> TaskEntry:
+    labels = [LabelEntry(name=name, id=label_id, shared=int(mapping[name]), stats=stats.stats[name],
+                         info=stats.label_info.get(name, {}))
+              for name, label_id in stats.labels.items()]
+    return TaskEntry(name=stats.name, labels=labels, n_slices=stats.n_slices, n_cases=stats.n_cases,
+                     lateralised=stats.lateralised, license=stats.license, citation=stats.citation, strategy=strategy)
+
+
+def statistics_of(entry: TaskEntry) -> TaskStatistics:
+    """The statistics a label space recorded for a task (to rebuild or extend it)."""
+    return TaskStatistics(name=entry.name, labels={e.name: e.id for e in entry.labels},
+                          stats={e.name: e.stats for e in entry.labels}, n_slices=entry.n_slices,
+                          n_cases=entry.n_cases, lateralised=entry.lateralised, license=entry.license,
+                          citation=entry.citation, label_info={e.name: e.info for e in entry.labels if e.info})
+
+
+def dumps(space: LabelSpace) -> str:
+    return json.dumps(space.to_json(), indent=2)

@@ -1,0 +1,194 @@
+"""Networks: an nnU-Net-like 2D U-Net (MONAI DynUNet) with optional task conditioning, and DoD-Net.
+
+Every network takes ``(images, task_index)`` and returns logits ``(B, out_channels, H, W)``; ``task_index`` is a
+LongTensor of the task of each sample and is ignored by unconditioned networks. Which output channels belong to
+which task is decided by :mod:`labelshare.heads`, not here.
+
+Conditioning choices (``NetworkConfig.conditioning``):
+``none``            the paper's label-sharing network: the task is not an input.
+``task_channels``   the task as one-hot constant input planes (beyond the paper; the user picks the task anyway).
+``dodnet``          DoD-Net (Zhang et al., CVPR 2021) adapted to 2D multi-label tasks: a controller maps the pooled
+                    bottleneck features and the one-hot task code to the weights of three 1x1 convolutions that are
+                    applied per sample to the decoder features.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from monai.networks.nets import DynUNet
+from torch import nn
+
+CONDITIONINGS = ("none", "task_channels", "dodnet")
+DODNET_HEAD_CHANNELS = 8
+
+
+@dataclass
+class NetworkConfig:
+    out_channels: int
+    n_tasks: int = 1
+    conditioning: str = "none"
+    filters: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 256])
+    in_channels: int = 1
+
+    def __post_init__(self):
+        if self.conditioning not in CONDITIONINGS:
+            raise ValueError(f"conditioning must be one of {CONDITIONINGS}, not {self.conditioning!r}")
+        if self.out_channels < 2:
+            raise ValueError("a segmentation network needs at least 2 output channels (background + 1 label)")
+
+    @property
+    def downsampling_factor(self) -> int:
+        return 2 ** (len(self.filters) - 1)
+
+    def to_json(self) -> dict:
+        return {"architecture": "dynunet2d", **asdict(self)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "NetworkConfig":
+        data = dict(data)
+        architecture = data.pop("architecture", "dynunet2d")
+        if architecture != "dynunet2d":
+            raise ValueError(f"unknown architecture {architecture!r}")
+        return cls(**data)
+
+
+def _dynunet(in_channels: int, out_channels: int, filters: list[int]) -> DynUNet:
+    depth = len(filters)
+    return DynUNet(spatial_dims=2, in_channels=in_channels, out_channels=out_channels, kernel_size=[3] * depth,
+                   strides=[1] + [2] * (depth - 1), upsample_kernel_size=[2] * (depth - 1), filters=list(filters))
+
+
+class SegmentationNet(nn.Module):
+    """DynUNet whose input may carry the task as one-hot planes."""
+
+    def __init__(self, config: NetworkConfig):
+        super().__init__()
+        self.config = config
+        extra = config.n_tasks if config.conditioning == "task_channels" else 0
+        self.unet = _dynunet(config.in_channels + extra, config.out_channels, config.filters)
+
+    def forward(self, images: torch.Tensor, task_index: torch.Tensor | None = None) -> torch.Tensor:
+        if self.config.conditioning == "task_channels":
+            if task_index is None:
+                raise ValueError("this network is task-conditioned: pass task_index")
+            planes = F.one_hot(task_index, self.config.n_tasks).to(images.dtype)[:, :, None, None]
+            images = torch.cat([images, planes.expand(-1, -1, *images.shape[2:])], dim=1)
+        return self.unet(images)
+
+
+class DoDNet(nn.Module):
+    """Shared encoder-decoder + task-conditioned dynamic 1x1 convolution head."""
+
+    def __init__(self, config: NetworkConfig):
+        super().__init__()
+        self.config = config
+        self.unet = _dynunet(config.in_channels, config.filters[0], config.filters)
+        self.unet.output_block = nn.Identity()
+        self.feature_reduction = nn.Sequential(
+            nn.GroupNorm(4 if config.filters[0] % 4 == 0 else 1, config.filters[0]), nn.ReLU(inplace=True),
+            nn.Conv2d(config.filters[0], DODNET_HEAD_CHANNELS, kernel_size=1))
+        c, o = DODNET_HEAD_CHANNELS, config.out_channels
+        self.layer_shapes = [(c, c), (c, c), (o, c)]
+        n_params = sum(out * inp + out for out, inp in self.layer_shapes)
+        self.controller = nn.Linear(config.filters[-1] + config.n_tasks, n_params)
+        self._bottleneck_features: torch.Tensor | None = None
+        self.unet.bottleneck.register_forward_hook(self._keep_bottleneck)
+
+    def _keep_bottleneck(self, module, inputs, output):
+        self._bottleneck_features = output
+
+    def forward(self, images: torch.Tensor, task_index: torch.Tensor | None = None) -> torch.Tensor:
+        if task_index is None:
+            raise ValueError("DoD-Net needs the task of every sample: pass task_index")
+        features = self.feature_reduction(self.unet(images))
+        pooled = self._bottleneck_features.mean(dim=(2, 3))
+        self._bottleneck_features = None
+        code = F.one_hot(task_index, self.config.n_tasks).to(pooled.dtype)
+        params = self.controller(torch.cat([pooled, code], dim=1))
+        x = features
+        offset = 0
+        for layer, (out, inp) in enumerate(self.layer_shapes):
+            weight = params[:, offset: offset + out * inp].view(-1, out, inp)
+            offset += out * inp
+            bias = params[:, offset: offset + out]
+            offset += out
+            x = torch.einsum("boc,bchw->bohw", weight, x) + bias[:, :, None, None]
+            if layer < len(self.layer_shapes) - 1:
+                x = F.relu(x)
+        return x
+
+
+def build_network(config: NetworkConfig) -> nn.Module:
+    return DoDNet(config) if config.conditioning == "dodnet" else SegmentationNet(config)
+
+
+def count_parameters(network: nn.Module) -> int:
+    return sum(p.numel() for p in network.parameters())
+
+
+def expand_output_channels(network: nn.Module, out_channels: int, margin: float = 4.0) -> None:
+    """Grow the output layer of an unconditioned or task-channel network to ``out_channels``, in place.
+
+    Existing channels keep their weights. New channels copy the background channel's weights with a bias lowered by
+    ``margin`` (so e^-margin of the background's odds): predictions of the old tasks are unchanged at the start,
+    and the new channels begin from features that already separate foreground from background.
+    """
+    if not isinstance(network, SegmentationNet):
+        raise ValueError("output expansion is implemented for label-sharing networks (SegmentationNet)")
+    old = network.unet.output_block.conv.conv
+    if out_channels < old.out_channels:
+        raise ValueError(f"cannot shrink the output layer from {old.out_channels} to {out_channels} channels")
+    if out_channels == old.out_channels:
+        return
+    new = nn.Conv2d(old.in_channels, out_channels, kernel_size=1).to(old.weight.device, old.weight.dtype)
+    with torch.no_grad():
+        new.weight[: old.out_channels] = old.weight
+        new.bias[: old.out_channels] = old.bias
+        new.weight[old.out_channels:] = old.weight[0]
+        new.bias[old.out_channels:] = old.bias[0] - margin
+    network.unet.output_block.conv.conv = new
+    network.unet.out_channels = out_channels
+    network.config.out_channels = out_channels
+
+
+def expand_task_inputs(network: nn.Module, n_tasks: int) -> None:
+    """Grow the task code of a task-conditioned network to ``n_tasks``; new tasks start with zero weights, in place."""
+    config = network.config
+    if n_tasks < config.n_tasks:
+        raise ValueError(f"cannot shrink the task code from {config.n_tasks} to {n_tasks} tasks")
+    added = n_tasks - config.n_tasks
+    if added == 0:
+        return
+    if config.conditioning == "task_channels":
+        old = network.unet.input_block.conv1.conv
+        new = nn.Conv2d(old.in_channels + added, old.out_channels, kernel_size=old.kernel_size, stride=old.stride,
+                        padding=old.padding, bias=old.bias is not None).to(old.weight.device, old.weight.dtype)
+        with torch.no_grad():
+            new.weight.zero_()
+            new.weight[:, : old.in_channels] = old.weight
+            if old.bias is not None:
+                new.bias.copy_(old.bias)
+        network.unet.input_block.conv1.conv = new
+    elif config.conditioning == "dodnet":
+        old = network.controller
+        new = nn.Linear(old.in_features + added, old.out_features).to(old.weight.device, old.weight.dtype)
+        with torch.no_grad():
+            new.weight.zero_()
+            new.weight[:, : old.in_features] = old.weight
+            new.bias.copy_(old.bias)
+        network.controller = new
+    config.n_tasks = n_tasks
+
+
+def input_size_multiple(config: NetworkConfig) -> int:
+    return config.downsampling_factor
+
+
+def valid_image_size(size: int, config: NetworkConfig) -> int:
+    """Round an image size up to a multiple the U-Net can down-sample."""
+    multiple = config.downsampling_factor
+    return int(math.ceil(size / multiple) * multiple)

@@ -1,0 +1,260 @@
+"""Training runs end to end: tasks + label space -> a published, verified model folder.
+
+``train()`` is what ``labelshare train`` runs and what the benchmark and incremental learning build on:
+it splits every task by patient, loads the slices, trains, evaluates the validation cases at native resolution,
+writes the model folder under its staging name and renames it into place.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .errors import LabelShareError, LabelSpaceError
+from .evaluation import Evaluation, evaluate_cases
+from .fileio import atomic_write_json, publish_dir, read_json, remove_tree, staging_dir_for
+from .heads import out_channels, task_heads
+from .labelspace import LabelSpace
+from .models import (Model, ModelConfig, PreprocessingConfig, data_fingerprint,
+                     environment_summary, now_iso, save_model_folder)
+from .networks import NetworkConfig, build_network, count_parameters
+from .progress import Progress
+from .tasks import TaskDataset, split_by_patient
+from .training import (CHECKPOINT_DIR, SliceBank, TrainConfig, Trainer, build_slice_bank, config_to_json,
+                       distributed_context)
+
+# method -> (output layout, network conditioning)
+METHOD_LAYOUTS = {
+    "label-sharing": ("shared", "none"),
+    "label-sharing-task-channels": ("shared", "task_channels"),
+    "per-task": ("shared", "none"),
+    "multi-channel": ("concatenated", "none"),
+    "dodnet": ("task_slots", "dodnet"),
+}
+
+
+@dataclass
+class PreparedData:
+    """Tasks, their patient-wise split and their slice banks."""
+
+    tasks: dict[str, TaskDataset]
+    split: dict[str, dict[str, list[str]]]
+    train_banks: list[SliceBank]
+    validation_banks: list[SliceBank]
+
+
+def open_tasks(task_arguments: Sequence[tuple[str, Path]]) -> dict[str, TaskDataset]:
+    tasks = {}
+    for name, folder in task_arguments:
+        if name in tasks:
+            raise LabelShareError(f"task '{name}' is given twice")
+        tasks[name] = TaskDataset.open(folder, name)
+    return tasks
+
+
+def check_tasks_match(space: LabelSpace, tasks: dict[str, TaskDataset]) -> None:
+    """Every task of the run is in the label space with the same labels and ids."""
+    for name, task in tasks.items():
+        entry = space.task(name)
+        expected = {e.name: e.id for e in entry.labels}
+        if expected != task.labels:
+            raise LabelSpaceError(f"{task.root / 'dataset.json'}: labels {task.labels} differ from task '{name}' in the "
+                                  f"label space {expected}")
+
+
+def make_split(tasks: dict[str, TaskDataset], validation_fraction: float, seed: int) -> dict[str, dict[str, list[str]]]:
+    split = {}
+    for name, task in tasks.items():
+        train, validation = split_by_patient(task.cases, validation_fraction, seed)
+        split[name] = {"train": train, "validation": validation}
+    return split
+
+
+def prepare_data(tasks: dict[str, TaskDataset], space: LabelSpace, layout: str, config: TrainConfig,
+                 split: dict[str, dict[str, list[str]]], progress: Progress,
+                 fraction_range: tuple[float, float] = (0.0, 0.1)) -> PreparedData:
+    heads = task_heads(layout, space)
+    train_banks, validation_banks = [], []
+    start, end = fraction_range
+    step = (end - start) / max(1, len(tasks))
+    for i, (name, task) in enumerate(tasks.items()):
+        names = split[name]["train"] + split[name]["validation"]
+        bank = build_slice_bank(task, names, heads[name], config.image_size, progress,
+                                (start + i * step, start + (i + 1) * step))
+        train_rows = np.isin(bank.case_of_slice, split[name]["train"])
+        train_banks.append(_subset(bank, train_rows))
+        if split[name]["validation"]:
+            validation_banks.append(_subset(bank, ~train_rows))
+    return PreparedData(tasks=tasks, split=split, train_banks=train_banks, validation_banks=validation_banks)
+
+
+def _subset(bank: SliceBank, rows: np.ndarray) -> SliceBank:
+    index = torch.from_numpy(np.flatnonzero(rows))
+    return SliceBank(task=bank.task, images=bank.images[index], targets=bank.targets[index],
+                     case_of_slice=[c for c, keep in zip(bank.case_of_slice, rows) if keep],
+                     foreground=bank.foreground[rows], flip_allowed=bank.flip_allowed)
+
+
+def model_config_for(method: str, space: LabelSpace, config: TrainConfig) -> ModelConfig:
+    if method not in METHOD_LAYOUTS:
+        raise LabelShareError(f"unknown method '{method}'; known: {', '.join(METHOD_LAYOUTS)}")
+    if method == "per-task" and len(space.tasks) != 1:
+        raise LabelShareError("a per-task model is trained on exactly one task")
+    layout, conditioning = METHOD_LAYOUTS[method]
+    network = NetworkConfig(out_channels=out_channels(layout, space), n_tasks=len(space.tasks),
+                            conditioning=conditioning)
+    return ModelConfig(method=method, layout=layout, network=network,
+                       preprocessing=PreprocessingConfig(image_size=config.image_size),
+                       weights_dtype=config.weights_dtype)
+
+
+def evaluate_validation(model: Model, data: PreparedData, progress: Progress,
+                        fraction_range: tuple[float, float]) -> Evaluation:
+    result = Evaluation()
+    start, end = fraction_range
+    names = [n for n in data.tasks if data.split[n]["validation"]]
+    step = (end - start) / max(1, len(names))
+    for i, name in enumerate(names):
+        result.extend(evaluate_cases(model, data.tasks[name], data.split[name]["validation"], progress=progress,
+                                     fraction_range=(start + i * step, start + (i + 1) * step)))
+    return result
+
+
+def metrics_json(evaluation: Evaluation, history: list[dict]) -> dict:
+    return {"validation": evaluation.summary(), "mean_dice": evaluation.mean_dice(),
+            "definition": "per-case Dice/HD95 at native resolution on the validation split, mean over cases",
+            "last_epoch": history[-1] if history else None}
+
+
+def train(task_arguments: Sequence[tuple[str, Path]], space: LabelSpace, out: str | Path,
+          config: TrainConfig | None = None, method: str = "label-sharing", resume: bool = False,
+          progress: Progress | None = None, command: Sequence[str] | None = None) -> Path:
+    """Train a model on the tasks and publish it as ``out``; returns the model folder.
+
+    >>> train([("acdc", Path("data/acdc")), ("hippo", Path("data/hippo"))], LabelSpace.load("ls.json"),
+    ...       "models/acdc-hippo-v1", TrainConfig(epochs=20))   # doctest: +SKIP
+    """
+    config = config or TrainConfig()
+    config.check()
+    progress = progress or Progress("human")
+    out = Path(out)
+    tasks = open_tasks(task_arguments)
+    missing = [name for name in space.task_names if name not in tasks]
+    if missing:
+        raise LabelShareError(f"the label space has task(s) {', '.join(missing)} without data; give --task "
+                              f"{missing[0]}=DIR")
+    check_tasks_match(space, tasks)
+    space = LabelSpace({name: space.tasks[name] for name in tasks}, space.strategy, space.groups)
+    model_config = model_config_for(method, space, config)
+    return run_training(tasks, space, model_config, out, config, progress, resume=resume, command=command,
+                        lineage={"parent": None, "operation": "train", "tasks_added": list(tasks)})
+
+
+def run_training(tasks: dict[str, TaskDataset], space: LabelSpace, model_config: ModelConfig, out: Path,
+                 config: TrainConfig, progress: Progress, resume: bool = False,
+                 command: Sequence[str] | None = None, lineage: dict | None = None,
+                 initial_network: torch.nn.Module | None = None, trainer_class: type[Trainer] = Trainer,
+                 trainer_options: dict | None = None, split: dict[str, dict[str, list[str]]] | None = None,
+                 extra_json: dict | None = None) -> Path:
+    """The shared body of ``train`` and ``add-task``: staging folder, data, loop, evaluation, model folder."""
+    if out.exists():
+        raise LabelShareError(f"{out}: already exists; model versions are never overwritten, choose a new --out")
+    staging = staging_dir_for(out)
+    if staging.exists() and not resume:
+        raise LabelShareError(f"{staging}: an unfinished run of {out.name} is there; add --resume to continue it "
+                              "or delete that folder to start over")
+    with distributed_context(config.device) as context:
+        if context.is_main:
+            staging.mkdir(parents=True, exist_ok=True)
+        context.barrier()
+        split_file = staging / "split.json"
+        if split_file.is_file():
+            split = read_json(split_file)["tasks"]
+        elif split is None:
+            split = make_split(tasks, config.validation_fraction, config.seed)
+        if set(split) != set(tasks):
+            raise LabelShareError(f"{split_file}: the unfinished run has tasks {sorted(split)}, not {sorted(tasks)}")
+        data = prepare_data(tasks, space, model_config.layout, config, split, progress)
+        network = initial_network if initial_network is not None else build_network(model_config.network)
+        identity = {"labelspace": space.to_json(), "model": model_config.to_json(),
+                    "train": {k: v for k, v in config_to_json(config).items() if k != "device"}, "split": split}
+        if context.is_main:
+            atomic_write_json(split_file, {"seed": config.seed, "validation_fraction": config.validation_fraction,
+                                           "rule": "patient-wise; see labelshare.tasks.patient_of", "tasks": split})
+            progress.log(f"{model_config.method}: {count_parameters(network) / 1e6:.2f} M parameters; "
+                         + "; ".join(f"{n}: {len(split[n]['train'])} training / {len(split[n]['validation'])} "
+                                     f"validation cases" for n in tasks))
+        trainer = trainer_class(network, task_heads(model_config.layout, space), data.train_banks,
+                                data.validation_banks, config, staging, progress, context, identity,
+                                fraction_range=(0.1, 0.9), **(trainer_options or {}))
+        state = trainer.run(resume=resume)
+        if not context.is_main:
+            context.barrier()
+            return out
+        model = Model(path=None, config=model_config, labelspace=space, network=trainer.network.eval(),
+                      device=trainer.device)
+        evaluation = evaluate_validation(model, data, progress, (0.9, 0.99))
+        lineage = {**(lineage or {}), "created": now_iso(), "command": list(command) if command else sys.argv[1:],
+                   "data": {name: {"folder": task.root.name, "cases": len(task.cases),
+                                   "fingerprint": data_fingerprint([p for c in task.cases
+                                                                    for p in (c.image_path, c.label_path)])}
+                            for name, task in tasks.items()},
+                   "environment": environment_summary(), "elapsed_s": round(state.elapsed_s, 1)}
+        metrics = metrics_json(evaluation, state.history)
+        save_model_folder(staging, trainer.network, model_config, space,
+                          json_files={"metrics.json": metrics, "lineage.json": lineage,
+                                      "training.json": config_to_json(config), **(extra_json or {})},
+                          text_files={"training_log.jsonl": "".join(_jsonl(r) for r in state.history),
+                                      "README.md": model_card(out.name, model_config, space, tasks, metrics, lineage,
+                                                              config, count_parameters(trainer.network)),
+                                      "evaluation.csv": evaluation.to_csv()})
+        remove_tree(staging / CHECKPOINT_DIR)
+        published = publish_dir(staging, out)
+        context.barrier()
+        progress.done(str(published), message=f"model written to {published}",
+                      mean_dice=metrics["mean_dice"])
+        return published
+
+
+def _jsonl(record: dict) -> str:
+    return json.dumps(record) + "\n"
+
+
+def model_card(name: str, config: ModelConfig, space: LabelSpace, tasks: dict[str, TaskDataset], metrics: dict,
+               lineage: dict, train_config: TrainConfig, parameters: int) -> str:
+    lines = [f"# LabelShare model `{name}`", "",
+             f"Method: **{config.method}** (output layout `{config.layout}`, {config.network.out_channels} output "
+             f"channels, conditioning `{config.network.conditioning}`), {parameters / 1e6:.2f} M parameters, "
+             f"weights stored as {config.weights_dtype}. Input: one 2D slice or projection resized to "
+             f"{config.preprocessing.image_size}x{config.preprocessing.image_size}, {config.preprocessing.normalisation}.",
+             "", "## Tasks and labels", "", space.table(), "## Training data and licences", ""]
+    non_commercial = [n for n, e in space.tasks.items() if "NC" in e.license.upper().replace("-", "").replace(" ", "")
+                      or "non-commercial" in e.license.lower()]
+    if non_commercial:
+        lines += [f"**Non-commercial use only:** trained on {', '.join(non_commercial)}, whose licence forbids "
+                  "commercial use. The model weights inherit that restriction.", ""]
+    for task_name, entry in space.tasks.items():
+        task = tasks.get(task_name)
+        cases = len(task.cases) if task is not None else entry.n_cases
+        lines.append(f"- **{task_name}**: {cases} cases; licence: {entry.license or 'not stated'}"
+                     + (f"; cite: {entry.citation}" if entry.citation else ""))
+    lines += ["", "## Validation (patient-wise split, native resolution)", "", "| task | label | Dice | HD95 |",
+              "|---|---|---|---|"]
+    for task_name, labels in metrics["validation"].items():
+        for label, s in labels.items():
+            lines.append(f"| {task_name} | {label} | {s['dice_mean']:.3f} ± {s['dice_sd']:.3f} | "
+                         f"{s['hd95_mean']:.2f} |")
+    lines += ["", "## Provenance", "",
+              f"- created {lineage.get('created')} on {lineage['environment']['device']}, "
+              f"torch {lineage['environment']['torch']}; training took {lineage.get('elapsed_s')} s",
+              f"- training: {train_config.epochs} epochs x {train_config.steps_per_epoch} steps, batch "
+              f"{train_config.batch_size}, learning rate {train_config.learning_rate}, seed {train_config.seed}",
+              f"- parent model: {lineage.get('parent') or 'none'}",
+              f"- command: `labelshare {' '.join(lineage.get('command', []))}`", ""]
+    return "\n".join(lines)

@@ -1,0 +1,393 @@
+"""Task datasets: nnU-Net v2 raw folders, case validation, 2D slicing and intensity normalisation.
+
+A *task* is one labelled dataset with its own label set, stored the nnU-Net v2 way::
+
+    <task>/dataset.json            {"labels": {"background": 0, "lv_cavity": 1, ...}, "file_ending": ".nii.gz", ...}
+    <task>/imagesTr/<case>[_0000].<ending>
+    <task>/labelsTr/<case>.<ending>
+
+Endings read: ``.nii.gz``, ``.nii``, ``.nrrd``, ``.mha``, ``.png``. The network is 2D: a 3D volume is cut into
+slices along its through-plane axis (the axis with the largest spacing; ties go to the last image axis, z), a 2D
+image or a single-slice volume is one projection. An optional ``"labelshare"`` block in ``dataset.json`` may set
+``patient_regex`` (a regular expression whose first group is the patient id of a case name), ``lateralised``
+(true/false: whether left-right flips would swap anatomy) and ``label_info`` (per label name: ``color`` as
+[r, g, b] in 0..1 and ``terminology``, a Slicer terminology string), which the Slicer module uses for segments.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import DataError
+from .fileio import image_suffix, read_json
+
+CHANNEL_SUFFIX = "_0000"
+# A case name ends with a per-acquisition part (ACDC "patient002_frame01", Sunnybrook "scd_SC-HF-I-1_im0059");
+# removing it gives the patient, so that all images of one patient land on the same side of the split.
+DEFAULT_PATIENT_SUFFIX = re.compile(r"(_(frame|im|img|slice|phase|ph|t|time|ed|es)\d*)+$", re.IGNORECASE)
+LATERAL_NAME = re.compile(r"(^|[_\s-])(left|right|l|r|lv|rv|la|ra)($|[_\s-])", re.IGNORECASE)
+GEOMETRY_TOLERANCE = 1e-3
+NORMALISATION_PERCENTILES = (0.5, 99.5)
+_PERCENTILE_SAMPLE = 1_000_000
+
+
+def parse_task_argument(text: str) -> tuple[str, Path]:
+    """Split a ``NAME=DIR`` command-line argument; a bare ``DIR`` takes the folder name as task name."""
+    if "=" in text:
+        name, _, folder = text.partition("=")
+    else:
+        folder = text
+        name = Path(text.rstrip("/\\")).name
+    name = name.strip()
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise DataError(f"task name '{name}' (from '{text}'): use letters, digits, '_', '.' and '-'")
+    return name, Path(folder)
+
+
+def patient_of(case_name: str, pattern: str | None = None) -> str:
+    """The patient id of a case, used to split by patient (documented in the README)."""
+    if pattern:
+        match = re.search(pattern, case_name)
+        if match:
+            return match.group(1) if match.groups() else match.group(0)
+        return case_name
+    return DEFAULT_PATIENT_SUFFIX.sub("", case_name) or case_name
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    image_path: Path
+    label_path: Path
+    patient: str
+
+
+@dataclass
+class CaseData:
+    """One validated case as numpy slices: ``image`` float32 (n, h, w) normalised per case, ``label`` (n, h, w) of
+    task label ids."""
+
+    name: str
+    patient: str
+    image: np.ndarray
+    label: np.ndarray
+    slicing_axis: int | None
+    spacing: tuple[float, ...]
+
+
+@dataclass
+class TaskDataset:
+    """An nnU-Net v2 raw folder. Open with :meth:`open`; nothing is read from the images until asked."""
+
+    name: str
+    root: Path
+    labels: dict[str, int]
+    cases: list[Case]
+    metadata: dict
+
+    @classmethod
+    def open(cls, root: str | Path, name: str | None = None) -> "TaskDataset":
+        root = Path(root)
+        name = name or root.name
+        if not root.is_dir():
+            raise DataError(f"{root}: task folder of '{name}' does not exist")
+        metadata = read_json(root / "dataset.json", "dataset.json")
+        if not isinstance(metadata, dict):
+            raise DataError(f"{root / 'dataset.json'}: expected a JSON object")
+        labels = parse_labels(metadata, root / "dataset.json")
+        channels = metadata.get("channel_names", metadata.get("modality", {"0": "image"}))
+        if isinstance(channels, dict) and len(channels) > 1 and all(k.isdigit() for k in channels):
+            raise DataError(f"{root / 'dataset.json'}: {len(channels)} input channels; LabelShare takes one image "
+                            "channel per case")
+        options = metadata.get("labelshare", {}) or {}
+        cases = discover_cases(root, options.get("patient_regex"))
+        return cls(name=name, root=root, labels=labels, cases=cases, metadata=metadata)
+
+    @property
+    def options(self) -> dict:
+        return self.metadata.get("labelshare", {}) or {}
+
+    @property
+    def label_names(self) -> list[str]:
+        return list(self.labels)
+
+    @property
+    def lateralised(self) -> bool:
+        """True when a left-right flip would turn one labelled structure into another (see LATERAL_NAME)."""
+        if "lateralised" in self.options:
+            return bool(self.options["lateralised"])
+        return any(LATERAL_NAME.search(label) for label in self.labels)
+
+    @property
+    def license(self) -> str:
+        return str(self.metadata.get("license", self.metadata.get("licence", "not stated")))
+
+    @property
+    def citation(self) -> str:
+        return str(self.metadata.get("citation", self.metadata.get("reference", "")))
+
+    @property
+    def label_info(self) -> dict:
+        return self.options.get("label_info", {}) or {}
+
+    def case(self, name: str) -> Case:
+        for case in self.cases:
+            if case.name == name:
+                return case
+        raise DataError(f"{self.root}: task '{self.name}' has no case '{name}'")
+
+    def read_case(self, case: Case) -> tuple[sitk.Image, np.ndarray, np.ndarray]:
+        """Read and validate one case: (image, image array as float32, label array); raises :class:`DataError`
+        naming the case on any problem."""
+        what = f"case '{case.name}' of task '{self.name}'"
+        image = read_image(case.image_path, f"{what}: image")
+        label = read_image(case.label_path, f"{what}: label", is_label=True)
+        check_same_geometry(image, label, what)
+        image_array = image_to_array(image, case.image_path)
+        label_array = label_to_array(label, case.label_path, set(self.labels.values()), what)
+        return image, image_array, label_array
+
+    def load_case(self, case: Case, slicing_axis: int | None = None) -> CaseData:
+        """One validated case as normalised 2D slices."""
+        image, image_array, label_array = self.read_case(case)
+        axis = choose_slicing_axis(image, slicing_axis)
+        return CaseData(name=case.name, patient=case.patient,
+                        image=to_slices(Normalisation.of(image_array).apply(image_array), axis),
+                        label=to_slices(label_array, axis), slicing_axis=axis, spacing=tuple(image.GetSpacing()))
+
+    def iter_cases(self, names: Iterable[str] | None = None, slicing_axis: int | None = None) -> Iterable[CaseData]:
+        wanted = None if names is None else set(names)
+        for case in self.cases:
+            if wanted is None or case.name in wanted:
+                yield self.load_case(case, slicing_axis)
+
+    def validate(self) -> int:
+        """Load every case once; returns the number of cases, raises on the first bad one."""
+        for _ in self.iter_cases():
+            pass
+        return len(self.cases)
+
+
+def parse_labels(metadata: dict, where: Path) -> dict[str, int]:
+    """Foreground labels of a dataset.json as {name: id} in ascending id order."""
+    raw = metadata.get("labels")
+    if not isinstance(raw, dict) or not raw:
+        raise DataError(f"{where}: 'labels' must map label names to integer ids")
+    labels: dict[str, int] = {}
+    for label_name, value in raw.items():
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise DataError(f"{where}: label '{label_name}' has id {value!r}; LabelShare needs one integer id per "
+                            "label (region-based labels are not supported)")
+        if value < 0 or value > 65535:
+            raise DataError(f"{where}: label '{label_name}' id {value} is outside 0..65535")
+        labels[str(label_name)] = value
+    if sorted(labels.values()) != sorted(set(labels.values())):
+        raise DataError(f"{where}: two labels share one id")
+    background = [n for n, v in labels.items() if v == 0]
+    if not background:
+        raise DataError(f"{where}: no label has id 0 (background)")
+    foreground = {n: v for n, v in sorted(labels.items(), key=lambda item: item[1]) if v != 0}
+    if not foreground:
+        raise DataError(f"{where}: no foreground labels, only background")
+    return foreground
+
+
+def case_name_of(image_file: Path) -> tuple[str, str]:
+    """(case name, channel suffix or '') of an image file name."""
+    suffix = image_suffix(image_file)
+    stem = image_file.name[: -len(suffix)]
+    match = re.search(r"_(\d{4})$", stem)
+    if match:
+        return stem[: match.start()], match.group(0)
+    return stem, ""
+
+
+def discover_cases(root: Path, patient_regex: str | None = None) -> list[Case]:
+    images_dir, labels_dir = root / "imagesTr", root / "labelsTr"
+    for folder in (images_dir, labels_dir):
+        if not folder.is_dir():
+            raise DataError(f"{folder}: missing (an nnU-Net raw folder has imagesTr/ and labelsTr/)")
+    labels_by_case: dict[str, Path] = {}
+    for path in sorted(labels_dir.iterdir()):
+        if image_suffix(path) and not path.name.startswith("."):
+            labels_by_case[path.name[: -len(image_suffix(path))]] = path
+    cases = []
+    for path in sorted(images_dir.iterdir()):
+        if not image_suffix(path) or path.name.startswith("."):
+            continue
+        name, channel = case_name_of(path)
+        if channel and channel != CHANNEL_SUFFIX:
+            raise DataError(f"{path}: channel {channel[1:]} found; LabelShare takes one image channel per case")
+        label_path = labels_by_case.pop(name, None)
+        if label_path is None:
+            raise DataError(f"{path}: case '{name}' has no label file in {labels_dir}")
+        cases.append(Case(name=name, image_path=path, label_path=label_path, patient=patient_of(name, patient_regex)))
+    if labels_by_case:
+        orphan = next(iter(labels_by_case.values()))
+        raise DataError(f"{orphan}: label without an image in {images_dir}")
+    if not cases:
+        raise DataError(f"{images_dir}: no images ({', '.join(('.nii.gz', '.nii', '.nrrd', '.mha', '.png'))})")
+    names = [case.name for case in cases]
+    if len(names) != len(set(names)):
+        duplicate = next(n for n in names if names.count(n) > 1)
+        raise DataError(f"{images_dir}: case '{duplicate}' has several image files")
+    return cases
+
+
+def read_image(path: str | Path, what: str, is_label: bool = False) -> sitk.Image:
+    """Read an image with SimpleITK; RGB(A) PNG images become grey (luminance), RGB labels must be grey."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: {what} file not found")
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as error:
+        reason = str(error).strip().splitlines()[-1] if str(error).strip() else "unreadable"
+        raise DataError(f"{path}: {what} cannot be read ({reason[:200]})") from None
+    if image.GetNumberOfComponentsPerPixel() > 1:
+        components = image.GetNumberOfComponentsPerPixel()
+        if components not in (3, 4) or image.GetDimension() != 2:
+            raise DataError(f"{path}: {what} has {components} components per pixel; a scalar image is needed")
+        rgb = sitk.GetArrayFromImage(image)[..., :3].astype(np.float32)
+        if is_label:
+            if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
+                raise DataError(f"{path}: {what} is a colour image; labels must be grey values 0..K")
+            grey = rgb[..., 0]
+        else:
+            grey = rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        scalar = sitk.GetImageFromArray(grey.astype(np.uint8 if is_label else np.float32))
+        scalar.CopyInformation(image)
+        image = scalar
+    if image.GetDimension() not in (2, 3):
+        raise DataError(f"{path}: {what} has {image.GetDimension()} dimensions; 2D or 3D images are needed")
+    if 0 in image.GetSize():
+        raise DataError(f"{path}: {what} is empty (size {image.GetSize()})")
+    return image
+
+
+def check_same_geometry(image: sitk.Image, label: sitk.Image, what: str) -> None:
+    if image.GetSize() != label.GetSize():
+        raise DataError(f"{what}: image size {image.GetSize()} differs from label size {label.GetSize()}")
+    for attribute in ("Spacing", "Origin", "Direction"):
+        a = np.asarray(getattr(image, f"Get{attribute}")())
+        b = np.asarray(getattr(label, f"Get{attribute}")())
+        scale = max(1.0, float(np.abs(a).max(initial=0)))
+        if not np.allclose(a, b, atol=GEOMETRY_TOLERANCE * scale):
+            raise DataError(f"{what}: image and label {attribute.lower()} differ ({tuple(a)} vs {tuple(b)})")
+
+
+def image_to_array(image: sitk.Image, path: Path) -> np.ndarray:
+    array = sitk.GetArrayFromImage(image)
+    if array.dtype.kind == "c":
+        raise DataError(f"{path}: complex pixel type is not an image LabelShare can read")
+    array = array.astype(np.float32, copy=False)
+    if not np.isfinite(array).all():
+        raise DataError(f"{path}: image contains NaN or infinite values")
+    return array
+
+
+def label_to_array(label: sitk.Image, path: Path, allowed_ids: set[int], what: str) -> np.ndarray:
+    array = sitk.GetArrayFromImage(label)
+    if array.dtype.kind == "f":
+        if not np.isfinite(array).all() or not np.array_equal(array, np.round(array)):
+            raise DataError(f"{path}: {what}: label image has non-integer values")
+    values = np.unique(array)
+    unknown = sorted(int(v) for v in values if int(v) != 0 and int(v) not in allowed_ids)
+    if unknown or (values.size and values.min() < 0):
+        bad = unknown or [int(values.min())]
+        raise DataError(f"{path}: {what}: label values {bad[:10]} are not labels of dataset.json "
+                        f"(allowed: 0, {', '.join(map(str, sorted(allowed_ids)))})")
+    return array.astype(np.uint16 if max(allowed_ids, default=0) > 255 else np.uint8, copy=False)
+
+
+def choose_slicing_axis(image: sitk.Image, override: int | None = None) -> int | None:
+    """Numpy axis (of the K,J,I array) along which 2D slices are cut, or None for a 2D image.
+
+    ``override`` is an image axis (0 = x/I, 1 = y/J, 2 = z/K). Otherwise: a size-1 axis makes the image a single
+    projection; else the axis of largest spacing; ties go to the last image axis.
+    """
+    if image.GetDimension() == 2:
+        return None
+    size, spacing = image.GetSize(), image.GetSpacing()
+    if override is not None:
+        if override not in (0, 1, 2):
+            raise DataError(f"slicing axis must be 0, 1 or 2 (x, y, z), not {override}")
+        image_axis = override
+    elif 1 in size:
+        image_axis = max(i for i in range(3) if size[i] == 1)
+    else:
+        largest = max(spacing)
+        image_axis = max(i for i in range(3) if np.isclose(spacing[i], largest, rtol=1e-3))
+    return 2 - image_axis
+
+
+def to_slices(array: np.ndarray, axis: int | None) -> np.ndarray:
+    """(n, h, w) view of a 2D (h, w) or 3D array, slices along ``axis``."""
+    if axis is None:
+        return array[np.newaxis]
+    return np.moveaxis(array, axis, 0)
+
+
+def from_slices(slices: np.ndarray, axis: int | None) -> np.ndarray:
+    if axis is None:
+        return slices[0]
+    return np.moveaxis(slices, 0, axis)
+
+
+@dataclass(frozen=True)
+class Normalisation:
+    """Per-case intensity normalisation: clip to the 0.5/99.5 percentiles, then z-score with the clipped mean and
+    standard deviation. This puts uint8 volumes and float volumes whose maxima differ by 10^4 on one scale.
+
+    The statistics come from an evenly strided sample of at most a million voxels, and :meth:`apply` works on any
+    part of the image, so memory stays bounded on large volumes.
+    """
+
+    low: float
+    high: float
+    mean: float
+    std: float
+
+    @classmethod
+    def of(cls, array: np.ndarray) -> "Normalisation":
+        flat = array.reshape(-1)
+        sample = flat[:: max(1, flat.size // _PERCENTILE_SAMPLE)].astype(np.float64)
+        low, high = np.percentile(sample, NORMALISATION_PERCENTILES)
+        clipped = np.clip(sample, low, high)
+        return cls(float(low), float(high), float(clipped.mean()), float(max(clipped.std(), 1e-6)))
+
+    def apply(self, array: np.ndarray) -> np.ndarray:
+        out = np.clip(array.astype(np.float32), self.low, self.high)
+        out -= np.float32(self.mean)
+        out /= np.float32(self.std)
+        return out
+
+
+def split_by_patient(cases: Sequence[Case], validation_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Deterministic patient-wise split: (training case names, validation case names).
+
+    Patients are shuffled with ``seed`` and taken for validation until the fraction of cases is reached; at least
+    one patient stays on each side when there are two or more.
+    """
+    patients = sorted({case.patient for case in cases})
+    rng = np.random.default_rng(seed)
+    order = [patients[i] for i in rng.permutation(len(patients))]
+    wanted = validation_fraction * len(cases)
+    validation_patients: set[str] = set()
+    count = 0
+    for patient in order:
+        if len(validation_patients) >= len(patients) - 1 or count >= wanted:
+            break
+        validation_patients.add(patient)
+        count += sum(case.patient == patient for case in cases)
+    if validation_fraction <= 0:
+        validation_patients = set()
+    train = [case.name for case in cases if case.patient not in validation_patients]
+    validation = [case.name for case in cases if case.patient in validation_patients]
+    return train, validation
