@@ -38,7 +38,8 @@ def synthetic_tasks(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def synthetic_space(synthetic_tasks) -> LabelSpace:
-    return LabelSpace.build([compute_statistics(TaskDataset.open(path, name)) for name, path in synthetic_tasks.items()])
+    return LabelSpace.build([compute_statistics(TaskDataset.open(path, name))
+                             for name, path in synthetic_tasks.items()])
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ import io
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import SimpleITK as sitk
@@ -37,7 +37,7 @@ class Evaluation:
 
     scores: list[CaseScore] = field(default_factory=list)
 
-    def extend(self, other: "Evaluation") -> None:
+    def extend(self, other: Evaluation) -> None:
         self.scores += other.scores
 
     def tasks(self) -> list[str]:

@@ -14,7 +14,8 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 import SimpleITK as sitk
 
@@ -82,14 +83,15 @@ def write_image_atomic(image: sitk.Image, target: str | os.PathLike, overwrite: 
         sitk.WriteImage(image, str(tmp), useCompression=compress)
 
 
-def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
+def read_json(path: str | os.PathLike, what: str = "JSON file", error: type[LabelShareError] = LabelShareError) -> Any:
+    """Parsed JSON; a missing or malformed file raises ``error`` naming the file."""
     path = Path(path)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise LabelShareError(f"{path}: {what} not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise LabelShareError(f"{path}: {what} is not valid JSON ({error})") from None
+        raise error(f"{path}: {what} not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as reason:
+        raise error(f"{path}: {what} is not valid JSON ({reason})") from None
 
 
 def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:

@@ -117,11 +117,11 @@ def segment_file(model: Model | str | Path | None, task: str, input_path: str | 
         raise DataError(f"{output_path}: output must end in .nii.gz, .nii, .nrrd, .mha or .png")
     if output_path.exists() and not overwrite:
         raise DataError(f"{output_path}: already exists (pass --overwrite to replace it)")
+    image = read_image(input_path, "input image")
     if not isinstance(model, Model):
         if progress is not None:
             progress.progress("preparing", 0.0, "loading model")
         model = load_model(model, device=device)
-    image = read_image(input_path, "input image")
     try:
         result = Segmenter(model, batch_size=batch_size).segment(
             image, task, largest_component=largest_component, progress=progress, slicing_axis=slicing_axis)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -136,7 +136,7 @@ class LabelSpace:
     # -- construction ---------------------------------------------------------------------------------------------
     @classmethod
     def build(cls, statistics: Sequence[TaskStatistics], groups: Sequence[Sequence[tuple[str, str]]] = ()
-              ) -> "LabelSpace":
+              ) -> LabelSpace:
         """The paper's size strategy with optional explicit groups (see module docstring)."""
         by_name = {s.name: s for s in statistics}
         if len(by_name) != len(statistics):
@@ -181,7 +181,7 @@ class LabelSpace:
                  for s in statistics}
         return cls(tasks, strategy="size", groups=ordered_groups)
 
-    def with_task(self, stats: TaskStatistics, mapping: Mapping[str, int], strategy: str) -> "LabelSpace":
+    def with_task(self, stats: TaskStatistics, mapping: Mapping[str, int], strategy: str) -> LabelSpace:
         """A new label space with one task added or replaced; every other task's mapping is unchanged.
 
         ``mapping`` gives the shared label of each label of the task; shared labels above n_shared extend the space.
@@ -276,7 +276,7 @@ class LabelSpace:
         }
 
     @classmethod
-    def from_json(cls, data: dict, where: str = "labelspace.json") -> "LabelSpace":
+    def from_json(cls, data: dict, where: str = "labelspace.json") -> LabelSpace:
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise LabelSpaceError(f"{where}: not a LabelShare label space (missing \"format\": \"{FORMAT}\")")
         if data.get("format_version") != FORMAT_VERSION:
@@ -306,8 +306,8 @@ class LabelSpace:
         atomic_write_json(path, self.to_json())
 
     @classmethod
-    def load(cls, path: str | Path) -> "LabelSpace":
-        return cls.from_json(read_json(path, "label space"), str(path))
+    def load(cls, path: str | Path) -> LabelSpace:
+        return cls.from_json(read_json(path, "label space", LabelSpaceError), str(path))
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, LabelSpace) and self.to_json() == other.to_json()

@@ -8,7 +8,7 @@ in nnU-Net); absent from only one of them gives Dice 0 and HD95 NaN (undefined).
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -27,7 +27,7 @@ def dice_per_label(prediction: np.ndarray, reference: np.ndarray, label_ids: Seq
     pred, ref = _one_hot(prediction, label_ids), _one_hot(reference, label_ids)
     values = compute_dice(pred, ref, include_background=True, ignore_empty=False)[0].tolist()
     result = {}
-    for label_id, value, p, r in zip(label_ids, values, pred[0], ref[0]):
+    for label_id, value, p, r in zip(label_ids, values, pred[0], ref[0], strict=True):
         both_empty = not bool(p.any()) and not bool(r.any())
         result[int(label_id)] = float("nan") if both_empty else float(value)
     return result

@@ -24,7 +24,8 @@ import os
 import platform
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 
 import torch
 from safetensors import SafetensorError
@@ -76,7 +77,7 @@ class ModelConfig:
                 "preprocessing": asdict(self.preprocessing), "weights_dtype": self.weights_dtype}
 
     @classmethod
-    def from_json(cls, data: dict, where: str) -> "ModelConfig":
+    def from_json(cls, data: dict, where: str) -> ModelConfig:
         if not isinstance(data, dict) or data.get("format") != MODEL_FORMAT:
             raise ModelError(f"{where}: not a LabelShare model configuration")
         if data.get("format_version") != MODEL_FORMAT_VERSION:
@@ -157,10 +158,7 @@ def verify_folder(path: str | Path) -> tuple[ModelConfig, LabelSpace]:
     missing = [name for name in REQUIRED_FILES if not (path / name).is_file()]
     if missing:
         raise ModelError(f"{path}: not a complete model folder, missing {', '.join(missing)}")
-    try:
-        manifest = read_json(path / "manifest.json", "manifest")
-    except LabelShareError as error:
-        raise ModelError(str(error)) from None
+    manifest = read_json(path / "manifest.json", "manifest", ModelError)
     files = manifest.get("files") if isinstance(manifest, dict) else None
     if not isinstance(files, dict):
         raise ModelError(f"{path / 'manifest.json'}: malformed manifest")
@@ -173,11 +171,11 @@ def verify_folder(path: str | Path) -> tuple[ModelConfig, LabelSpace]:
             raise ModelError(f"{file}: listed in manifest.json but missing")
         if sha256_file(file) != digest:
             raise ModelError(f"{file}: contents do not match manifest.json (modified or corrupted after training)")
+    config = ModelConfig.from_json(read_json(path / "config.json", "model configuration", ModelError),
+                                   str(path / "config.json"))
     try:
-        config = ModelConfig.from_json(read_json(path / "config.json", "model configuration"),
-                                       str(path / "config.json"))
         space = LabelSpace.load(path / "labelspace.json")
-    except (LabelShareError, LabelSpaceError) as error:
+    except LabelSpaceError as error:
         raise ModelError(str(error)) from None
     expected = out_channels(config.layout, space)
     if config.network.out_channels != expected:
@@ -239,9 +237,10 @@ def now_iso() -> str:
     return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
 
 
-def environment_summary() -> dict:
+def environment_summary(world_size: int = 1) -> dict:
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
-    return {"torch": torch.__version__, "python": platform.python_version(), "device": device}
+    return {"torch": torch.__version__, "python": platform.python_version(), "device": device,
+            "world_size": world_size}
 
 
 def user_models_dir() -> Path:
@@ -283,7 +282,8 @@ def summarize_model(path: Path) -> ModelSummary:
 
 
 def list_models(roots: Iterable[str | Path] | None = None) -> list[ModelSummary]:
-    """Every model folder directly under the given roots (default: user store and bundled models), oldest first."""
+    """Every model folder directly under the given roots (default: user store and bundled models): valid ones oldest
+    first, then the invalid ones with their reason."""
     roots = [Path(r) for r in roots] if roots else [user_models_dir(), DEFAULT_MODELS_DIR]
     found = []
     for root in roots:
@@ -292,4 +292,4 @@ def list_models(roots: Iterable[str | Path] | None = None) -> list[ModelSummary]
         elif root.is_dir():
             found += [summarize_model(p) for p in sorted(root.iterdir())
                       if p.is_dir() and not p.name.startswith(".") and (p / "config.json").is_file()]
-    return sorted(found, key=lambda s: (s.created, str(s.path)))
+    return sorted(found, key=lambda s: (not s.valid, s.created, str(s.path)))

@@ -48,7 +48,7 @@ class NetworkConfig:
         return {"architecture": "dynunet2d", **asdict(self)}
 
     @classmethod
-    def from_json(cls, data: dict) -> "NetworkConfig":
+    def from_json(cls, data: dict) -> NetworkConfig:
         data = dict(data)
         architecture = data.pop("architecture", "dynunet2d")
         if architecture != "dynunet2d":

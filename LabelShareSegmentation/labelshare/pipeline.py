@@ -11,7 +11,7 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -64,8 +64,8 @@ def check_tasks_match(space: LabelSpace, tasks: dict[str, TaskDataset]) -> None:
         entry = space.task(name)
         expected = {e.name: e.id for e in entry.labels}
         if expected != task.labels:
-            raise LabelSpaceError(f"{task.root / 'dataset.json'}: labels {task.labels} differ from task '{name}' in the "
-                                  f"label space {expected}")
+            raise LabelSpaceError(f"{task.root / 'dataset.json'}: labels {task.labels} differ from task '{name}' in "
+                                  f"the label space {expected}")
 
 
 def make_split(tasks: dict[str, TaskDataset], validation_fraction: float, seed: int) -> dict[str, dict[str, list[str]]]:
@@ -97,7 +97,7 @@ def prepare_data(tasks: dict[str, TaskDataset], space: LabelSpace, layout: str, 
 def _subset(bank: SliceBank, rows: np.ndarray) -> SliceBank:
     index = torch.from_numpy(np.flatnonzero(rows))
     return SliceBank(task=bank.task, images=bank.images[index], targets=bank.targets[index],
-                     case_of_slice=[c for c, keep in zip(bank.case_of_slice, rows) if keep],
+                     case_of_slice=[c for c, keep in zip(bank.case_of_slice, rows, strict=True) if keep],
                      foreground=bank.foreground[rows], flip_allowed=bank.flip_allowed)
 
 
@@ -134,8 +134,12 @@ def metrics_json(evaluation: Evaluation, history: list[dict]) -> dict:
 
 def train(task_arguments: Sequence[tuple[str, Path]], space: LabelSpace, out: str | Path,
           config: TrainConfig | None = None, method: str = "label-sharing", resume: bool = False,
-          progress: Progress | None = None, command: Sequence[str] | None = None) -> Path:
+          progress: Progress | None = None, command: Sequence[str] | None = None,
+          split: dict[str, dict[str, list[str]]] | None = None) -> Path:
     """Train a model on the tasks and publish it as ``out``; returns the model folder.
+
+    ``split`` ({task: {"train": [...], "validation": [...]}}) fixes the cases of each side (the benchmark gives every
+    method the same one); by default every task is split by patient with ``config.seed``.
 
     >>> train([("acdc", Path("data/acdc")), ("hippo", Path("data/hippo"))], LabelSpace.load("ls.json"),
     ...       "models/acdc-hippo-v1", TrainConfig(epochs=20))   # doctest: +SKIP
@@ -144,7 +148,11 @@ def train(task_arguments: Sequence[tuple[str, Path]], space: LabelSpace, out: st
     config.check()
     progress = progress or Progress("human")
     out = Path(out)
+    if out.exists():
+        raise LabelShareError(f"{out}: already exists; model versions are never overwritten, choose a new --out")
     tasks = open_tasks(task_arguments)
+    for name in tasks:
+        space.task(name)
     missing = [name for name in space.task_names if name not in tasks]
     if missing:
         raise LabelShareError(f"the label space has task(s) {', '.join(missing)} without data; give --task "
@@ -153,7 +161,7 @@ def train(task_arguments: Sequence[tuple[str, Path]], space: LabelSpace, out: st
     space = LabelSpace({name: space.tasks[name] for name in tasks}, space.strategy, space.groups)
     model_config = model_config_for(method, space, config)
     return run_training(tasks, space, model_config, out, config, progress, resume=resume, command=command,
-                        lineage={"parent": None, "operation": "train", "tasks_added": list(tasks)})
+                        lineage={"parent": None, "operation": "train", "tasks_added": list(tasks)}, split=split)
 
 
 def run_training(tasks: dict[str, TaskDataset], space: LabelSpace, model_config: ModelConfig, out: Path,
@@ -181,6 +189,8 @@ def run_training(tasks: dict[str, TaskDataset], space: LabelSpace, model_config:
         if set(split) != set(tasks):
             raise LabelShareError(f"{split_file}: the unfinished run has tasks {sorted(split)}, not {sorted(tasks)}")
         data = prepare_data(tasks, space, model_config.layout, config, split, progress)
+        if initial_network is None:
+            torch.manual_seed(config.seed)  # the initial weights, so that a run (or a resumed benchmark) repeats
         network = initial_network if initial_network is not None else build_network(model_config.network)
         identity = {"labelspace": space.to_json(), "model": model_config.to_json(),
                     "train": {k: v for k, v in config_to_json(config).items() if k != "device"}, "split": split}
@@ -205,7 +215,7 @@ def run_training(tasks: dict[str, TaskDataset], space: LabelSpace, model_config:
                                    "fingerprint": data_fingerprint([p for c in task.cases
                                                                     for p in (c.image_path, c.label_path)])}
                             for name, task in tasks.items()},
-                   "environment": environment_summary(), "elapsed_s": round(state.elapsed_s, 1)}
+                   "environment": environment_summary(context.world_size), "elapsed_s": round(state.elapsed_s, 1)}
         metrics = metrics_json(evaluation, state.history)
         save_model_folder(staging, trainer.network, model_config, space,
                           json_files={"metrics.json": metrics, "lineage.json": lineage,
@@ -232,7 +242,8 @@ def model_card(name: str, config: ModelConfig, space: LabelSpace, tasks: dict[st
              f"Method: **{config.method}** (output layout `{config.layout}`, {config.network.out_channels} output "
              f"channels, conditioning `{config.network.conditioning}`), {parameters / 1e6:.2f} M parameters, "
              f"weights stored as {config.weights_dtype}. Input: one 2D slice or projection resized to "
-             f"{config.preprocessing.image_size}x{config.preprocessing.image_size}, {config.preprocessing.normalisation}.",
+             f"{config.preprocessing.image_size}x{config.preprocessing.image_size}, "
+             f"{config.preprocessing.normalisation}.",
              "", "## Tasks and labels", "", space.table(), "## Training data and licences", ""]
     non_commercial = [n for n, e in space.tasks.items() if "NC" in e.license.upper().replace("-", "").replace(" ", "")
                       or "non-commercial" in e.license.lower()]

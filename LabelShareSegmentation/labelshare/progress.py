@@ -17,7 +17,8 @@ import json
 import math
 import sys
 import time
-from typing import IO, Any, Callable
+from typing import IO, Any
+from collections.abc import Callable
 
 EVENT_KINDS = ("progress", "log", "metrics", "done", "error")
 

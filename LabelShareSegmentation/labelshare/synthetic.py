@@ -24,7 +24,7 @@ TASKS = ("phantom3d", "xray2d", "sides3d")
 
 def _ellipse(shape: tuple[int, ...], center, radii) -> np.ndarray:
     grids = np.meshgrid(*[np.arange(s) for s in shape], indexing="ij")
-    return sum(((g - c) / r) ** 2 for g, c, r in zip(grids, center, radii)) <= 1.0
+    return sum(((g - c) / r) ** 2 for g, c, r in zip(grids, center, radii, strict=True)) <= 1.0
 
 
 def _noisy(rng: np.random.Generator, label: np.ndarray, means: dict[int, float], noise: float) -> np.ndarray:
@@ -51,8 +51,10 @@ def _xray_case(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     shape = (64, 96)  # rows, columns
     label = np.zeros(shape, dtype=np.uint8)
     for side in (-1, 1):
-        label[_ellipse(shape, (30 + rng.uniform(-2, 2), 48 + side * 20), (rng.uniform(20, 24), rng.uniform(11, 14)))] = 1
-    label[_ellipse(shape, (42 + rng.uniform(-2, 2), 52 + rng.uniform(-3, 3)), (rng.uniform(10, 13), rng.uniform(9, 12)))] = 2
+        lung = (30 + rng.uniform(-2, 2), 48 + side * 20)
+        label[_ellipse(shape, lung, (rng.uniform(20, 24), rng.uniform(11, 14)))] = 1
+    heart = (42 + rng.uniform(-2, 2), 52 + rng.uniform(-3, 3))
+    label[_ellipse(shape, heart, (rng.uniform(10, 13), rng.uniform(9, 12)))] = 2
     image = _noisy(rng, label, {0: 200, 1: 60, 2: 140}, 18)
     return np.clip(image, 0, 255).astype(np.uint8), label
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -92,12 +92,12 @@ class TaskDataset:
     metadata: dict
 
     @classmethod
-    def open(cls, root: str | Path, name: str | None = None) -> "TaskDataset":
+    def open(cls, root: str | Path, name: str | None = None) -> TaskDataset:
         root = Path(root)
         name = name or root.name
         if not root.is_dir():
             raise DataError(f"{root}: task folder of '{name}' does not exist")
-        metadata = read_json(root / "dataset.json", "dataset.json")
+        metadata = read_json(root / "dataset.json", "dataset.json", DataError)
         if not isinstance(metadata, dict):
             raise DataError(f"{root / 'dataset.json'}: expected a JSON object")
         labels = parse_labels(metadata, root / "dataset.json")
@@ -148,7 +148,7 @@ class TaskDataset:
         what = f"case '{case.name}' of task '{self.name}'"
         image = read_image(case.image_path, f"{what}: image")
         label = read_image(case.label_path, f"{what}: label", is_label=True)
-        check_same_geometry(image, label, what)
+        check_same_geometry(image, label, f"{case.image_path}: {what}")
         image_array = image_to_array(image, case.image_path)
         label_array = label_to_array(label, case.label_path, set(self.labels.values()), what)
         return image, image_array, label_array
@@ -355,7 +355,7 @@ class Normalisation:
     std: float
 
     @classmethod
-    def of(cls, array: np.ndarray) -> "Normalisation":
+    def of(cls, array: np.ndarray) -> Normalisation:
         flat = array.reshape(-1)
         sample = flat[:: max(1, flat.size // _PERCENTILE_SAMPLE)].astype(np.float64)
         low, high = np.percentile(sample, NORMALISATION_PERCENTILES)

@@ -19,7 +19,7 @@ import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -84,7 +84,7 @@ class SliceBank:
     def __len__(self) -> int:
         return self.images.shape[0]
 
-    def to(self, device: torch.device) -> "SliceBank":
+    def to(self, device: torch.device) -> SliceBank:
         self.images = self.images.to(device)
         self.targets = self.targets.to(device)
         return self
@@ -323,7 +323,7 @@ class StopRequest:
         self.signal_number: int | None = None
         self._previous: dict[int, object] = {}
 
-    def __enter__(self) -> "StopRequest":
+    def __enter__(self) -> StopRequest:
         for number in (signal.SIGINT, signal.SIGTERM):
             try:
                 self._previous[number] = signal.signal(number, self._handle)
