@@ -98,7 +98,8 @@ def case_table(tmp_path, model, image):
         mismatched_config)
     add("config tampered", _segment(model, image, out), "config.json: contents do not match manifest.json",
         lambda: (model / "config.json").write_text("{}"))
-    add("manifest missing", _segment(model, image, out), "missing manifest.json", lambda: (model / "manifest.json").unlink())
+    add("manifest missing", _segment(model, image, out), "missing manifest.json",
+        lambda: (model / "manifest.json").unlink())
 
     def corrupt_labelspace():
         (model / "labelspace.json").write_text("{not json")

@@ -9,7 +9,8 @@ import torch
 
 from labelshare.cli import main
 from labelshare.errors import ModelError
-from labelshare.models import list_models, load_model, save_model_folder, user_models_dir, verify_folder
+from labelshare.models import list_models, load_model, save_model_folder, verify_folder
+from labelshare.paths import user_models_dir
 
 
 def test_model_folder_contents_and_card(tiny_model):
@@ -55,7 +56,8 @@ def test_models_lists_valid_and_invalid_versions(tiny_model, tmp_path, capsys, m
     (broken / "model.safetensors").unlink()
     summaries = list_models([root])
     assert [s.valid for s in summaries] == [True, False]
-    assert summaries[0].tasks == ["phantom3d", "xray2d", "sides3d"] and "missing model.safetensors" in summaries[1].reason
+    assert summaries[0].tasks == ["phantom3d", "xray2d", "sides3d"]
+    assert "missing model.safetensors" in summaries[1].reason
     assert main(["models", "--root", str(root)]) == 0
     output = capsys.readouterr().out
     assert "v1  label-sharing  tasks: phantom3d, xray2d, sides3d" in output and "v2  INVALID" in output

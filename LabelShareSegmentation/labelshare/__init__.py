@@ -10,21 +10,39 @@ The public Python API; everything here also runs without 3D Slicer::
     label_image = labelshare.Segmenter(model).segment(SimpleITK.ReadImage("case.nii.gz"), task="acdc")
 """
 
-from .errors import DataError, LabelShareError, LabelSpaceError, ModelError, TrainingInterrupted, UnknownTaskError
-from .evaluation import Evaluation, evaluate_cases
-from .inference import Segmenter, segment_file
-from .labelspace import LabelSpace, TaskStatistics, compute_statistics, parse_group
-from .models import Model, default_model_dir, list_models, load_model, user_models_dir, verify_folder
-from .pipeline import train
-from .progress import Progress, parse_event
-from .tasks import TaskDataset
-from .training import TrainConfig
+import importlib
+
+# Public name -> submodule. Submodules are imported on first use (PEP 562) so that light parts of the engine
+# (errors, progress, fileio) load without torch: the Slicer modules import them at start-up, before the first-run
+# dependency install, and parse progress events without paying for torch in Slicer's own process.
+_EXPORTS = {
+    "DataError": "errors", "LabelShareError": "errors", "LabelSpaceError": "errors", "ModelError": "errors",
+    "TrainingInterrupted": "errors", "UnknownTaskError": "errors",
+    "Evaluation": "evaluation", "evaluate_cases": "evaluation",
+    "Segmenter": "inference", "segment_file": "inference",
+    "LabelSpace": "labelspace", "TaskStatistics": "labelspace", "compute_statistics": "labelspace",
+    "parse_group": "labelspace",
+    "Model": "models", "list_models": "models", "load_model": "models", "verify_folder": "models",
+    "default_model_dir": "paths", "user_models_dir": "paths",
+    "train": "pipeline",
+    "Progress": "progress", "parse_event": "progress",
+    "TaskDataset": "tasks",
+    "TrainConfig": "training",
+}
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "DataError", "Evaluation", "LabelShareError", "LabelSpace", "LabelSpaceError", "Model", "ModelError", "Progress",
-    "Segmenter", "TaskDataset", "TaskStatistics", "TrainConfig", "TrainingInterrupted", "UnknownTaskError",
-    "compute_statistics", "default_model_dir", "evaluate_cases", "list_models", "load_model", "parse_event",
-    "parse_group", "segment_file", "train", "user_models_dir", "verify_folder",
-]
+__all__ = sorted(_EXPORTS)

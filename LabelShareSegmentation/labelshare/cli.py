@@ -147,6 +147,17 @@ def cmd_demo(args, progress: Progress) -> int:
     return 0
 
 
+def cmd_benchmark(args, progress: Progress) -> int:
+    from .benchmark import run_from_args
+    run_from_args(args, progress, command=sys.argv[1:])
+    return 0
+
+
+def cmd_add_task(args, progress: Progress) -> int:
+    from .incremental import run_from_args
+    return run_from_args(args, progress, command=sys.argv[1:])
+
+
 # -- parser -----------------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="labelshare", description="Label-sharing multi-task segmentation engine.")
@@ -210,6 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(models)
     models.set_defaults(func=cmd_models)
 
+    from .worker import cmd_worker  # light import: torch loads only when the worker runs
+    worker = commands.add_parser("worker", help="segment JSON requests read from stdin with models kept loaded "
+                                                "(the Slicer module's background process; see labelshare/worker.py)")
+    worker.set_defaults(func=cmd_worker, progress="json", debug=False)  # it always speaks the JSON protocol
+
     demo = commands.add_parser("demo", help="the whole pipeline on generated (or given) tasks, with a report")
     demo.add_argument("--out", required=True, type=Path)
     _add_task_arguments(demo, required=False)
@@ -217,6 +233,53 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training_arguments(demo, epochs=8, steps=40, image_size=64)
     _add_common(demo)
     demo.set_defaults(func=cmd_demo)
+
+    benchmark = commands.add_parser("benchmark", help="per-task vs multi-channel vs DoD-Net vs label sharing, "
+                                                      "same split and budget; table, CSV and chart")
+    _add_task_arguments(benchmark)
+    benchmark.add_argument("--methods", default="per-task,multi-channel,dodnet,label-sharing",
+                           help="comma-separated; also label-sharing-grouped, label-sharing-task-channels, "
+                                "label-sharing-grouped-task-channels")
+    benchmark.add_argument("--out", required=True, type=Path, help="benchmark folder (models, table, chart)")
+    benchmark.add_argument("--group", action="append", default=[], metavar="TASK:LABEL=TASK:LABEL",
+                           help="label pairs of the grouped methods")
+    benchmark.add_argument("--steps-per-task", type=int, default=500,
+                           help="budget: a per-task model trains this many steps, a joint model of T tasks T times")
+    benchmark.add_argument("--resume", action="store_true", help="continue a half-finished benchmark in --out")
+    for flag, kind, default in (("--steps-per-epoch", int, 100), ("--batch-size", int, 16), ("--image-size", int, 128),
+                                ("--learning-rate", float, 2e-3), ("--validation-fraction", float, 0.2),
+                                ("--seed", int, 0), ("--device", str, "auto")):
+        benchmark.add_argument(flag, type=kind, default=default)
+    _add_common(benchmark)
+    benchmark.set_defaults(func=cmd_benchmark)
+
+    add_task = commands.add_parser("add-task", help="add a task to a trained model, or update one of its tasks, "
+                                                    "without forgetting the others",
+                                   description="Exit status: 0 published, 1 error, 3 refused by the regression gate "
+                                               "(report beside --out), 75 interrupted (repeat with --resume). See "
+                                               "labelshare/incremental.py.")
+    add_task.add_argument("--model", required=True, type=Path, help="the trained model folder (only read)")
+    add_task.add_argument("--task", required=True, metavar="NAME=DIR",
+                          help="the task to add; a task the model already has is updated with the folder's cases")
+    add_task.add_argument("--out", required=True, type=Path, help="new model folder (never overwritten)")
+    add_task.add_argument("--strategy", choices=("overlap", "size"), default="overlap",
+                          help="label mapping of a new task (default: %(default)s)")
+    add_task.add_argument("--map", dest="label_map", action="append", default=[], metavar="LABEL=SHARED",
+                          help="pin a label to a shared label: a number (above n* adds one) or TASK:LABEL")
+    add_task.add_argument("--replay-task", action="append", default=[], metavar="NAME=DIR",
+                          help="folder of an old task (default: the folder recorded in the model's lineage.json)")
+    add_task.add_argument("--replay-cases", default="all", metavar="N|all",
+                          help="training cases replayed per old task; 0: plain fine-tuning (default: %(default)s)")
+    add_task.add_argument("--distill-weight", type=float, default=0.0, help="default: %(default)s")
+    add_task.add_argument("--max-regression", type=float, default=1.0, metavar="POINTS",
+                          help="largest allowed loss of an old task's mean Dice, in points (default: %(default)s)")
+    add_task.add_argument("--accept-regression", action="store_true", help="publish even when the gate refuses")
+    add_task.add_argument("--resume", action="store_true", help="continue an interrupted run of the same --out")
+    for flag, kind, default in (("--epochs", int, 5), ("--steps-per-epoch", int, 100), ("--batch-size", int, 16),
+                                ("--learning-rate", float, 2e-3), ("--seed", int, 0), ("--device", str, "auto")):
+        add_task.add_argument(flag, type=kind, default=default)
+    _add_common(add_task)
+    add_task.set_defaults(func=cmd_add_task)
     return parser
 
 

@@ -4,7 +4,7 @@
                   task uses all of them; task label -> its shared label, shared labels the task lacks -> background.
 ``concatenated``  the merged multi-channel baseline: 1 + sum of label counts channels; a task's softmax covers the
                   background channel and its own block only, so a task is never penalised for labels it does not
-                  annotate (the fairest version of this baseline; see docs/benchmark.md).
+                  annotate (the fairest version of this baseline; see docs/benchmark/README.md).
 ``task_slots``    DoD-Net: max label count + 1 channels produced by the task-conditioned head; task t uses the
                   first K_t + 1.
 """

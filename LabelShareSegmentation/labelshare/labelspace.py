@@ -16,7 +16,6 @@ groups force more.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import Iterable, Mapping, Sequence
@@ -29,7 +28,6 @@ from .tasks import TaskDataset
 
 FORMAT = "labelshare.labelspace"
 FORMAT_VERSION = 1
-STRATEGIES = ("size", "overlap", "explicit")
 
 
 @dataclass
@@ -357,6 +355,3 @@ def statistics_of(entry: TaskEntry) -> TaskStatistics:
                           n_cases=entry.n_cases, lateralised=entry.lateralised, license=entry.license,
                           citation=entry.citation, label_info={e.name: e.info for e in entry.labels if e.info})
 
-
-def dumps(space: LabelSpace) -> str:
-    return json.dumps(space.to_json(), indent=2)

@@ -37,14 +37,13 @@ from .fileio import atomic_path, atomic_write_json, atomic_write_text, read_json
 from .heads import LAYOUTS, TaskHead, out_channels, task_heads
 from .labelspace import LabelSpace
 from .networks import NetworkConfig, build_network
+from .paths import BUNDLED_MODELS_DIR, default_model_dir, user_models_dir
 
 MODEL_FORMAT = "labelshare.model"
 MODEL_FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 REQUIRED_FILES = ("config.json", "labelspace.json", WEIGHTS_FILE, "manifest.json")
 METHODS = ("label-sharing", "label-sharing-task-channels", "per-task", "multi-channel", "dodnet")
-DEFAULT_MODELS_DIR = Path(__file__).resolve().parent.parent / "Resources" / "Models"
-HOME_ENVIRONMENT_VARIABLE = "LABELSHARE_HOME"
 
 
 @dataclass
@@ -243,20 +242,6 @@ def environment_summary(world_size: int = 1) -> dict:
             "world_size": world_size}
 
 
-def user_models_dir() -> Path:
-    """Where new model versions go by default: $LABELSHARE_HOME/models or ~/.labelshare/models."""
-    home = os.environ.get(HOME_ENVIRONMENT_VARIABLE)
-    return (Path(home) if home else Path.home() / ".labelshare") / "models"
-
-
-def default_model_dir() -> Path | None:
-    """The model shipped with the extension (newest folder under Resources/Models), if any."""
-    if not DEFAULT_MODELS_DIR.is_dir():
-        return None
-    candidates = sorted(p for p in DEFAULT_MODELS_DIR.iterdir() if (p / "config.json").is_file())
-    return candidates[-1] if candidates else None
-
-
 @dataclass
 class ModelSummary:
     path: Path
@@ -284,7 +269,7 @@ def summarize_model(path: Path) -> ModelSummary:
 def list_models(roots: Iterable[str | Path] | None = None) -> list[ModelSummary]:
     """Every model folder directly under the given roots (default: user store and bundled models): valid ones oldest
     first, then the invalid ones with their reason."""
-    roots = [Path(r) for r in roots] if roots else [user_models_dir(), DEFAULT_MODELS_DIR]
+    roots = [Path(r) for r in roots] if roots else [user_models_dir(), BUNDLED_MODELS_DIR]
     found = []
     for root in roots:
         if (root / "config.json").is_file():

@@ -14,7 +14,6 @@ Conditioning choices (``NetworkConfig.conditioning``):
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -183,12 +182,3 @@ def expand_task_inputs(network: nn.Module, n_tasks: int) -> None:
         network.controller = new
     config.n_tasks = n_tasks
 
-
-def input_size_multiple(config: NetworkConfig) -> int:
-    return config.downsampling_factor
-
-
-def valid_image_size(size: int, config: NetworkConfig) -> int:
-    """Round an image size up to a multiple the U-Net can down-sample."""
-    multiple = config.downsampling_factor
-    return int(math.ceil(size / multiple) * multiple)

@@ -114,10 +114,6 @@ class TaskDataset:
         return self.metadata.get("labelshare", {}) or {}
 
     @property
-    def label_names(self) -> list[str]:
-        return list(self.labels)
-
-    @property
     def lateralised(self) -> bool:
         """True when a left-right flip would turn one labelled structure into another (see LATERAL_NAME)."""
         if "lateralised" in self.options:

@@ -1,0 +1,469 @@
+"""LabelShare Segmentation: segment a volume with one task of a label-sharing model, in the background.
+
+The thin Qt shell: module description, widget wiring, the parameter node, and the self-test. Everything with logic
+in it is in ``LabelShareSegmentationLib`` (no Qt, tested on slicer-core) and in the engine ``labelshare``.
+
+Console API (blocking; returns the segmentation node)::
+
+    node = slicer.modules.labelsharesegmentation.logic().segment(volumeNode, "acdc", model=None, device="auto")
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import sys
+from pathlib import Path
+
+import qt
+import vtk
+
+import slicer
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
+                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer.util import VTKObservationMixin
+
+import LabelShareSegmentationLib
+from LabelShareSegmentationLib import (DependencyError, DependencyInstaller, JobState, SegmentationLogic,
+                                       available_models, model_title, models_in, task_labels, why_not_ready)
+
+SETTINGS_MODELS_FOLDER = "LabelShare/ModelsFolder"
+SETTINGS_ADDED_FOLDERS = "LabelShare/AddedModelFolders"
+SETTINGS_DEVICE = "LabelShare/Device"
+POLL_INTERVAL_MS = 100
+
+
+class LabelShareSegmentation(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("LabelShare Segmentation")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
+        self.parent.dependencies = []
+        self.parent.contributors = ["LabelShare developers"]
+        self.parent.helpText = _(
+            "Segments a volume (or a 2D image loaded as a single-slice volume) with one task of a LabelShare model: "
+            "one network trained on several datasets by label sharing. Pick the volume, the model and the task, "
+            "then Apply; the segments appear beside the volume, named after the task's labels. "
+            "See the README of the LabelShare extension for the tutorial and troubleshooting.")
+        self.parent.acknowledgementText = _(
+            "Label sharing: Anand et al., Label Sharing Incremental Learning Framework for Independent Multi-Label "
+            "Segmentation Tasks, MICCAI 2024 ADSMI workshop (arXiv:2411.11105).")
+        slicer.app.connect("startupCompleted()", registerConsoleApi)
+
+
+_logic = None
+
+
+def moduleLogic() -> LabelShareSegmentationLogic:
+    """The one logic of the module, shared by the widget and the console API (one background worker)."""
+    global _logic
+    if _logic is None:
+        _logic = LabelShareSegmentationLogic()
+    return _logic
+
+
+def registerConsoleApi() -> None:
+    """Make ``slicer.modules.labelsharesegmentation.logic().segment(...)`` work.
+
+    A scripted module's ``logic()`` is a generic C++ logic object; VTK objects keep Python attributes, so the
+    console methods of the module's Python logic are attached to it.
+    """
+    cppLogic = slicer.modules.labelsharesegmentation.logic()
+    if cppLogic is None:  # keep Slicer starting; slicer.util.getModuleLogic("LabelShareSegmentation") still works
+        logging.warning("LabelShare: the module has no logic object; the console API is not attached")
+        return
+    cppLogic.segment = moduleLogic().segment
+    cppLogic.stop = moduleLogic().stop
+
+
+@parameterNodeWrapper
+class LabelShareSegmentationParameterNode:
+    """What the scene remembers; preferences that hold across scenes (models folder, device) are in QSettings.
+
+    inputVolume - the volume to segment.
+    outputSegmentation - where the segments go (none: the previous result for this volume and task, or new).
+    model - the model folder; empty: the bundled model.
+    task - the task of the model whose labels are segmented.
+    largestComponent - keep only the largest connected part of each label.
+    """
+
+    inputVolume: vtkMRMLScalarVolumeNode
+    outputSegmentation: vtkMRMLSegmentationNode
+    model: str = ""
+    task: str = ""
+    largestComponent: bool = False
+
+
+class LabelShareSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._models = []  # engine ModelSummary of every model in the model list
+        self._job = None
+        self._logLinesShown = 0
+        self._updatingModels = False
+        self._dependenciesMissing = []
+
+    # -- lifecycle --------------------------------------------------------------------------------------------------
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/LabelShareSegmentation.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = moduleLogic()
+
+        self.timer = qt.QTimer()
+        self.timer.setInterval(POLL_INTERVAL_MS)
+        self.timer.connect("timeout()", self.onPoll)
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.addModelFolderButton.connect("clicked(bool)", self.onAddModelFolder)
+        self.ui.installDependenciesButton.connect("clicked(bool)", self.onInstallDependencies)
+        self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelSelected)
+        self.ui.taskComboBox.connect("currentIndexChanged(int)", self.onTaskSelected)
+
+        settings = qt.QSettings()
+        self.ui.deviceComboBox.currentText = settings.value(SETTINGS_DEVICE, "auto")
+        self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceSelected)
+        self.ui.modelsFolderPathLineEdit.currentPath = settings.value(SETTINGS_MODELS_FOLDER, "")
+        self.ui.modelsFolderPathLineEdit.connect("currentPathChanged(QString)", self.onModelsFolderChanged)
+
+        registerConsoleApi()  # also when the module was loaded after start-up
+        self.initializeParameterNode()
+        self.refreshModels()
+
+    def onReload(self) -> None:
+        reloadLib()
+        ScriptedLoadableModuleWidget.onReload(self)
+
+    def cleanup(self) -> None:
+        """Module closed or Slicer exits: stop the timer and the background worker."""
+        self.timer.stop()
+        self.logic.stop()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        """The scene is closing: a running job would import into a scene that is going away, so stop it."""
+        self.logic.stop()
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:
+            firstVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if firstVolume and not firstVolume.IsA("vtkMRMLLabelMapVolumeNode"):
+                self._parameterNode.inputVolume = firstVolume
+
+    def setParameterNode(self, inputParameterNode: LabelShareSegmentationParameterNode | None) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            # widgets with a "SlicerParameterName" property in the .ui are bound to the parameter of that name
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            self._checkCanApply()
+
+    # -- models and tasks -------------------------------------------------------------------------------------------
+    def refreshModels(self) -> None:
+        """Fill the model list; needs the engine's packages (torch), so first say when they are missing."""
+        missing = self._dependenciesMissing = DependencyInstaller.missing()
+        self.ui.dependenciesStatusLabel.text = (_("missing: {packages}").format(
+            packages=", ".join(r.name for r in missing)) if missing else _("installed"))
+        self._updatingModels = True
+        self.ui.modelComboBox.clear()
+        self._models = []
+        if missing:
+            self.ui.modelStatusLabel.text = _("LabelShare needs PyTorch and a few Python packages: click Apply or "
+                                              "Install (Advanced) to install them.")
+        else:
+            self._models = available_models(self.ui.modelsFolderPathLineEdit.currentPath or None, addedFolders())
+            for summary in self._models:
+                self.ui.modelComboBox.addItem(model_title(summary), str(summary.path))
+            if not self._models:
+                self.ui.modelStatusLabel.text = _("No model found: add a model folder.")
+        self._updatingModels = False
+        wanted = self._parameterNode.model if self._parameterNode else ""
+        index = self.ui.modelComboBox.findData(wanted) if wanted else 0
+        self.ui.modelComboBox.setCurrentIndex(max(index, 0) if self._models else -1)
+        self.onModelSelected(self.ui.modelComboBox.currentIndex)
+
+    def selectedModel(self):
+        index = self.ui.modelComboBox.currentIndex
+        return self._models[index] if 0 <= index < len(self._models) else None
+
+    def onModelSelected(self, index: int) -> None:
+        if self._updatingModels:
+            return
+        summary = self.selectedModel()
+        if self._parameterNode and summary is not None and self._parameterNode.model != str(summary.path):
+            if self._job is None or self._job.state.finished:
+                self.logic.stop()  # another model: free the memory the worker holds for the previous one
+            self._parameterNode.model = str(summary.path)
+        if summary is not None:
+            self.ui.modelStatusLabel.text = "" if summary.valid else summary.reason
+        self.ui.taskComboBox.clear()
+        for task in summary.tasks if summary is not None and summary.valid else []:
+            self.ui.taskComboBox.addItem(task)
+        if self._parameterNode and self._parameterNode.task:
+            self.ui.taskComboBox.currentText = self._parameterNode.task
+        self.onTaskSelected(self.ui.taskComboBox.currentIndex)
+
+    def onTaskSelected(self, index: int) -> None:
+        summary, task = self.selectedModel(), self.ui.taskComboBox.currentText
+        if self._parameterNode and task and self._parameterNode.task != task:
+            self._parameterNode.task = task
+        if summary is not None and summary.valid and task:
+            labels = task_labels(summary.path, task)
+            self.ui.taskLabelsLabel.text = _("Labels: {labels}").format(
+                labels=", ".join(f"{label.id} {label.name}" for label in labels))
+        else:
+            self.ui.taskLabelsLabel.text = ""
+        self._checkCanApply()
+
+    def onAddModelFolder(self) -> None:
+        folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), _("Add a LabelShare model folder"))
+        if not folder:
+            return
+        with slicer.util.tryWithErrorDisplay(_("This folder cannot be used as a model:"), waitCursor=True):
+            models_in(folder)  # raises with the reason: missing files, checksum mismatch, no model inside
+            if folder not in addedFolders():
+                qt.QSettings().setValue(SETTINGS_ADDED_FOLDERS, json.dumps(addedFolders() + [folder]))
+            self._parameterNode.model = str(models_in(folder)[0].path)
+            self.refreshModels()
+
+    def onModelsFolderChanged(self, path: str) -> None:
+        qt.QSettings().setValue(SETTINGS_MODELS_FOLDER, path)
+        self.refreshModels()
+
+    def onDeviceSelected(self, index: int) -> None:
+        qt.QSettings().setValue(SETTINGS_DEVICE, self.ui.deviceComboBox.currentText)
+
+    def onInstallDependencies(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Installing LabelShare's Python packages failed."), waitCursor=True):
+            self.logic.ensureDependencies()
+        self.refreshModels()
+
+    # -- apply / cancel ---------------------------------------------------------------------------------------------
+    def _running(self) -> bool:
+        return self._job is not None and not self._job.state.finished
+
+    def _checkCanApply(self, caller=None, event=None) -> None:
+        if self._running():
+            self.ui.applyButton.text = _("Cancel")
+            self.ui.applyButton.toolTip = _("Stop the segmentation (the scene is left as it was).")
+            self.ui.applyButton.enabled = True
+            return
+        self.ui.applyButton.text = _("Apply")
+        if self._dependenciesMissing:
+            reason = ""  # Apply installs them first
+        elif self._parameterNode is None:
+            reason = _("No parameter node.")
+        else:
+            reason = why_not_ready(self._parameterNode.inputVolume, self.selectedModel(), self._parameterNode.task)
+        self.ui.applyButton.enabled = not reason
+        self.ui.applyButton.toolTip = reason or _("Segment the volume with the selected task.")
+
+    def onApplyButton(self) -> None:
+        if self._running():
+            self._job.cancel()
+            self.onPoll()
+            return
+        with slicer.util.tryWithErrorDisplay(_("Segmentation could not start."), waitCursor=True):
+            if self._dependenciesMissing:
+                self.logic.ensureDependencies()
+                self.refreshModels()  # the model list stays empty until the engine's packages are there
+            parameters = self._parameterNode
+            reason = why_not_ready(parameters.inputVolume, self.selectedModel(), parameters.task)
+            if reason:
+                raise ValueError(reason)
+            self.ui.logTextEdit.clear()
+            self._logLinesShown = 0
+            self._job = self.logic.start(parameters.inputVolume, parameters.task, model=parameters.model or None,
+                                         device=self.ui.deviceComboBox.currentText,
+                                         outputSegmentation=parameters.outputSegmentation,
+                                         largestComponent=parameters.largestComponent)
+            self.ui.progressBar.visible = True
+            self.timer.start()
+        self.onPoll()
+
+    def onPoll(self) -> None:
+        """Timer tick: take in the job's progress (never blocks), show it, import on the main thread when done."""
+        job = self._job
+        if job is None:
+            return
+        state = job.poll()
+        self.ui.progressBar.value = int(100 * job.fraction)
+        self.ui.progressBar.setFormat(job.status_text)
+        newLines = job.lines_added - self._logLinesShown
+        for line in list(job.log)[-min(newLines, len(job.log)):] if newLines > 0 else []:
+            self.ui.logTextEdit.appendPlainText(line)
+        self._logLinesShown = job.lines_added
+        if state.finished:
+            self.timer.stop()
+            if state == JobState.DONE:  # the output choice stays as it was: "new" finds this node again next time
+                logging.info(f"LabelShare: {job.result.GetName()} segmented in {job.elapsed_s:.1f} s")
+            elif state == JobState.FAILED:
+                slicer.util.errorDisplay(_("Segmentation failed: {reason}").format(reason=job.error),
+                                         detailedText="\n".join(job.log))
+        self._checkCanApply()
+
+
+class LabelShareSegmentationLogic(ScriptedLoadableModuleLogic):
+    """Delegates to :class:`LabelShareSegmentationLib.SegmentationLogic`; adds the parameter node and the
+    first-run dependency install, which need Slicer's GUI."""
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self.segmentation = SegmentationLogic()
+
+    def getParameterNode(self):
+        return LabelShareSegmentationParameterNode(super().getParameterNode())
+
+    def ensureDependencies(self) -> None:
+        """Install torch (PyTorch extension) and the engine's packages if missing; asks the user first."""
+        installer = DependencyInstaller(installTorch, **pipTools())
+        installer.ensure()
+
+    def start(self, volumeNode, task: str, model: str | None = None, device: str = "auto",
+              outputSegmentation=None, largestComponent: bool = False):
+        """Start segmenting in the background; returns the job (poll it, or ``wait()``)."""
+        return self.segmentation.start(volumeNode, task, model, device, outputSegmentation, largestComponent)
+
+    def segment(self, volumeNode, task: str, model: str | None = None, device: str = "auto",
+                outputSegmentation=None, largestComponent: bool = False):
+        """Segment and wait (console and scripts); returns the segmentation node, raises with the reason.
+
+        :param volumeNode: scalar volume (3D, or 2D as a single slice).
+        :param task: a task of the model, e.g. ``"acdc"``.
+        :param model: model folder; None: the bundled model.
+        :param device: ``"auto"``, ``"gpu"`` or ``"cpu"``.
+        """
+        self.ensureDependencies()
+        return self.segmentation.segment(volumeNode, task, model, device, outputSegmentation, largestComponent)
+
+    def stop(self) -> None:
+        """Cancel a running segmentation and stop the background worker (frees its memory)."""
+        self.segmentation.stop()
+
+
+def addedFolders() -> list[str]:
+    """Folders added with "Add model folder…" (kept as JSON: QSettings turns a one-item list into a string)."""
+    return json.loads(qt.QSettings().value(SETTINGS_ADDED_FOLDERS, "[]") or "[]")
+
+
+def installTorch(requirement: str) -> None:
+    """torch through the PyTorch extension, which picks the build that matches the GPU driver."""
+    try:
+        import PyTorchUtils
+    except ModuleNotFoundError:
+        raise DependencyError(_("LabelShare needs PyTorch: install the 'PyTorch' extension with the Extensions "
+                                "Manager, restart Slicer and try again.")) from None
+    torchLogic = PyTorchUtils.PyTorchUtilsLogic()
+    if not torchLogic.torchInstalled():
+        if torchLogic.installTorch(askConfirmation=True, torchVersionRequirement=requirement[len("torch"):]) is None:
+            raise DependencyError(_("PyTorch was not installed, so LabelShare cannot run."))
+
+
+def pipTools() -> dict:
+    """``slicer.packaging.pip_ensure`` on Slicer ≥ 5.12, else one confirmation dialog and ``pip_install``."""
+    try:
+        import slicer.packaging
+        return {"pip_ensure": slicer.packaging.pip_ensure}
+    except ImportError:
+        return {"confirm": lambda message, details: slicer.util.confirmOkCancelDisplay(message, detailedText=details),
+                "pip_install": slicer.util.pip_install}
+
+
+class LabelShareSegmentationTest(ScriptedLoadableModuleTest):
+    """Self-test for a real Slicer (Developer mode: Reload and Test, or ctest): trains a tiny model on synthetic
+    tasks, then segments through the console API and the widget's logic. Needs the dependencies installed."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_console_api_segments_a_synthetic_volume()
+        self.setUp()
+        self.test_widget_explains_why_apply_is_disabled()
+
+    def _tinyModel(self) -> Path:
+        from labelshare import synthetic
+        from labelshare.labelspace import LabelSpace, compute_statistics
+        from labelshare.pipeline import train
+        from labelshare.progress import Progress
+        from labelshare.tasks import TaskDataset
+        from labelshare.training import TrainConfig
+        root = Path(slicer.util.tempDirectory("LabelShareSelfTest"))
+        tasks = synthetic.write_tasks(root / "tasks", cases=6)
+        space = LabelSpace.build([compute_statistics(TaskDataset.open(path, name)) for name, path in tasks.items()])
+        return train(list(tasks.items()), space, root / "model", TrainConfig(image_size=32, batch_size=6, epochs=1,
+                     steps_per_epoch=4, device="cpu"), progress=Progress("quiet"))
+
+    def test_console_api_segments_a_synthetic_volume(self):
+        self.delayDisplay("Training a tiny model on synthetic tasks")
+        moduleLogic().ensureDependencies()
+        model = self._tinyModel()
+        import SimpleITK as sitk
+        case = sorted((model.parent / "tasks" / "phantom3d" / "imagesTr").iterdir())[0]
+        volume = LabelShareSegmentationLib.image_to_volume(sitk.ReadImage(str(case)), slicer.mrmlScene, "phantom")
+        self.delayDisplay("Segmenting through slicer.modules.labelsharesegmentation.logic()")
+        node = slicer.modules.labelsharesegmentation.logic().segment(volume, "phantom3d", model=str(model),
+                                                                     device="cpu")
+        segmentation = node.GetSegmentation()
+        self.assertEqual(node.GetName(), "phantom phantom3d")
+        self.assertEqual([segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())],
+                         ["body", "organ", "lesion"])
+        again = moduleLogic().segment(volume, "phantom3d", model=str(model), device="cpu")
+        self.assertIs(again, node)
+        self.assertEqual(segmentation.GetNumberOfSegments(), 3)
+        hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
+        self.assertEqual(hierarchy.GetItemParent(hierarchy.GetItemByDataNode(node)),
+                         hierarchy.GetItemParent(hierarchy.GetItemByDataNode(volume)))
+        moduleLogic().stop()
+        self.delayDisplay("Console API test passed")
+
+    def test_widget_explains_why_apply_is_disabled(self):
+        slicer.util.selectModule("LabelShareSegmentation")
+        widget = slicer.modules.LabelShareSegmentationWidget
+        widget.refreshModels()
+        widget._parameterNode.inputVolume = None
+        self.assertFalse(widget.ui.applyButton.enabled)
+        self.assertEqual(widget.ui.applyButton.toolTip, "Select an input volume.")
+        self.delayDisplay("Widget test passed")
+
+
+LIB_MODULES = ("volumes", "jobs", "segments", "model_choice", "dependencies", "logic")  # dependencies first
+
+
+def reloadLib() -> None:
+    """Developer reload of the Lib package (``importlib``: ``imp`` is gone in Python 3.12), leaves first."""
+    for name in [f"LabelShareSegmentationLib.{module}" for module in LIB_MODULES] + ["LabelShareSegmentationLib"]:
+        if name in sys.modules:
+            importlib.reload(sys.modules[name])

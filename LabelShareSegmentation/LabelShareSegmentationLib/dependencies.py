@@ -1,0 +1,112 @@
+"""First-run dependencies inside Slicer: torch through the PyTorch extension, the rest with pip, after one
+confirmation; Slicer's own numpy, SimpleITK and requests (and an installed torch) are never replaced.
+
+Users of Slicer AI extensions report broken installs more than anything else: pip replacing Slicer's SimpleITK
+or numpy, CUDA-less or too-new torch builds, proxies (lassoan/SlicerTotalSegmentator #4, #55, #72; Slicer/Slicer
+#6711, #7661). So: torch only through ``PyTorchUtils`` (it chooses the build for the GPU driver); every other
+package through ``slicer.packaging.pip_ensure`` (Slicer ≥ 5.12) or ``slicer.util.pip_install`` after one dialog,
+always with a constraints file that pins the protected packages to their installed versions, so pip fails with a
+message instead of replacing them.
+
+The Slicer calls are passed in (:class:`DependencyInstaller`), so the decisions here are tested without Slicer.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from labelshare.errors import LabelShareError
+
+from .segments import EXTENSION_RESOURCES
+
+REQUIREMENTS_FILE = EXTENSION_RESOURCES / "requirements.txt"
+TORCH_REQUIREMENT = "torch>=2.2"
+PROTECTED_PACKAGES = ("numpy", "SimpleITK", "requests", "torch")
+REQUESTER = "LabelShare"
+
+
+class DependencyError(LabelShareError):
+    """Dependencies are missing and could not be installed (declined, no network, conflict)."""
+
+
+def read_requirements(path: str | Path = REQUIREMENTS_FILE) -> list:
+    """The requirements of a requirements file (``packaging`` Requirement objects)."""
+    from packaging.requirements import Requirement
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    return [Requirement(line.split("#")[0].strip()) for line in lines if line.split("#")[0].strip()]
+
+
+def installed_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def missing_requirements(requirements: Sequence) -> list:
+    """The requirements that are not installed, or installed in a version outside their specifier."""
+    missing = []
+    for requirement in requirements:
+        version = installed_version(requirement.name)
+        if version is None or not requirement.specifier.contains(version, prereleases=True):
+            missing.append(requirement)
+    return missing
+
+
+def protected_constraints() -> list[str]:
+    """pip constraints pinning the installed protected packages (``numpy==2.1.3`` …)."""
+    return [f"{name}=={version}" for name in PROTECTED_PACKAGES if (version := installed_version(name))]
+
+
+class DependencyInstaller:
+    """Installs what LabelShare needs with the running Slicer's tools.
+
+    :param install_torch: installs torch for a requirement such as ``torch>=2.2`` (PyTorchUtils in Slicer);
+        raises when the user declines or it fails.
+    :param pip_ensure: ``slicer.packaging.pip_ensure`` (Slicer ≥ 5.12: it asks the user itself), or None.
+    :param confirm: without ``pip_ensure``: asks once (message, package list) and returns True to go ahead.
+    :param pip_install: without ``pip_ensure``: ``slicer.util.pip_install`` (takes one argument string).
+    """
+
+    def __init__(self, install_torch: Callable[[str], None], pip_ensure: Callable | None = None,
+                 confirm: Callable[[str, str], bool] | None = None, pip_install: Callable[[str], None] | None = None):
+        if pip_ensure is None and (confirm is None or pip_install is None):
+            raise ValueError("give pip_ensure, or confirm and pip_install")
+        self.install_torch = install_torch
+        self.pip_ensure = pip_ensure
+        self.confirm = confirm
+        self.pip_install = pip_install
+
+    @staticmethod
+    def missing(requirements_file: str | Path = REQUIREMENTS_FILE) -> list:
+        """The requirements (torch included) still to install; empty when all is there."""
+        from packaging.requirements import Requirement
+        return missing_requirements([Requirement(TORCH_REQUIREMENT)] + read_requirements(requirements_file))
+
+    def ensure(self, requirements_file: str | Path = REQUIREMENTS_FILE) -> list[str]:
+        """Install whatever is missing; returns what was asked for (empty when nothing was missing)."""
+        missing = self.missing(requirements_file)
+        if not missing:
+            return []
+        if any(requirement.name == "torch" for requirement in missing):
+            self.install_torch(TORCH_REQUIREMENT)
+        packages = [str(requirement) for requirement in missing if requirement.name != "torch"]
+        if packages:
+            with tempfile.TemporaryDirectory(prefix="LabelShare-") as folder:
+                constraints = Path(folder) / "constraints.txt"
+                constraints.write_text("\n".join(protected_constraints()) + "\n", encoding="utf-8")
+                if self.pip_ensure is not None:
+                    self.pip_ensure(packages, constraints=str(constraints), requester=REQUESTER)
+                else:
+                    if not self.confirm(f"{REQUESTER} needs these Python packages. Install them now (a few minutes, "
+                                        "about 1 GB with PyTorch)?", "\n".join(packages)):
+                        raise DependencyError("installation of the Python packages LabelShare needs was declined")
+                    self.pip_install(" ".join(f'"{p}"' for p in packages) + f' -c "{constraints}"')
+        still_missing = self.missing(requirements_file)
+        if still_missing:
+            raise DependencyError(f"still missing after installation: {', '.join(map(str, still_missing))}; see the "
+                                  "Troubleshooting section of the LabelShare README")
+        return [str(requirement) for requirement in missing]

@@ -1,0 +1,159 @@
+"""Segment a volume node with a task of a model: volume → background worker → segments beside the volume.
+
+This is the whole of the module's logic, without Qt, so that it runs in Slicer, in scripts and in tests on
+slicer-core. The module's ``LabelShareSegmentationLogic`` delegates to one :class:`SegmentationLogic`.
+
+Usage::
+
+    logic = SegmentationLogic()
+    node = logic.segment(volumeNode, "acdc", model="/models/acdc-v2", device="auto")    # blocks, returns the node
+    job = logic.start(volumeNode, "acdc")      # GUI: poll job.poll() from a timer; job.result is the node
+    logic.stop()                               # cancel a running job and stop the worker
+
+The worker (``labelshare worker``) stays alive between runs with the model loaded, so only the first run pays
+for starting Python, importing torch and loading the model. It is stopped by :meth:`SegmentationLogic.stop`
+(Cancel, scene close, module cleanup) and restarted when the model or device changes.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import SimpleITK as sitk
+from labelshare.errors import LabelShareError, ModelError
+from labelshare.paths import default_model_dir
+
+from .jobs import Worker, WorkerJob
+from .segments import import_task_segments, output_segmentation
+from .volumes import check_scalar_volume, volume_to_image
+
+DEVICES = {"auto": "auto", "gpu": "cuda", "cuda": "cuda", "cpu": "cpu"}  # user words → engine device
+TRANSFER_SUFFIX = ".mha"  # uncompressed single file: the fastest format SimpleITK writes and reads here
+
+
+def engine_device(device: str) -> str:
+    try:
+        return DEVICES[device.lower()]
+    except (KeyError, AttributeError):
+        raise LabelShareError(f"unknown device {device!r}; use auto, gpu or cpu") from None
+
+
+def resolve_model(model: str | Path | None) -> Path:
+    """The model folder to use: the given one, else the bundled default model."""
+    if model:
+        return Path(model)
+    bundled = default_model_dir()
+    if bundled is None:
+        raise ModelError("no model selected and no bundled model is installed; add a model folder")
+    return bundled
+
+
+def why_not_ready(volume_node, model_summary, task: str) -> str:
+    """Why Apply cannot run yet ('' when it can): the reason is shown as the Apply button's tooltip."""
+    if volume_node is None:
+        return "Select an input volume."
+    try:
+        check_scalar_volume(volume_node)
+    except LabelShareError as error:
+        return f"{str(error)[0].upper()}{str(error)[1:]}."
+    if model_summary is None:
+        return "Select a model, or add a model folder."
+    if not model_summary.valid:
+        return f"The model cannot be used: {model_summary.reason}"
+    if not task:
+        return "Select a task."
+    if task not in model_summary.tasks:
+        return f"Model {Path(model_summary.path).name} has no task '{task}'."
+    return ""
+
+
+class SegmentationLogic:
+    """Runs segmentations in a persistent background worker and imports the results as segments.
+
+    :param worker_factory: makes the :class:`~.jobs.Worker` for a device (e.g. one running another Python).
+    """
+
+    def __init__(self, worker_factory: Callable[[str], Worker] = Worker):
+        self.worker_factory = worker_factory
+        self.worker: Worker | None = None
+        self.job: WorkerJob | None = None
+        self._worker_model: Path | None = None
+        self._verified: dict[Path, object] = {}  # model folder → label space (model versions never change)
+        self._transfer_dir: str | None = None
+
+    def label_space(self, model_path: Path):
+        """The label space of a model folder, verified once per folder with the engine (files, checksums)."""
+        key = model_path.resolve()
+        if key not in self._verified:
+            from labelshare.models import verify_folder
+            self._verified[key] = verify_folder(model_path)[1]
+        return self._verified[key]
+
+    def _worker_for(self, device: str, model_path: Path) -> Worker:
+        if self.worker is not None and (self.worker.device != device or self._worker_model != model_path.resolve()):
+            self.stop()  # frees the old model's (GPU) memory
+        if self.worker is None:
+            self.worker = self.worker_factory(device)
+        self._worker_model = model_path.resolve()
+        return self.worker
+
+    def start(self, volume_node, task: str, model: str | Path | None = None, device: str = "auto",
+              output_node=None, largest_component: bool = False,
+              on_event: Callable[[dict], None] | None = None) -> WorkerJob:
+        """Start segmenting; returns the job at once. Nothing in the scene changes until the job imports.
+
+        :param output_node: segmentation node to write into (the task's segments in it are replaced); default:
+            the node of the previous run for this volume and task, else a new ``<volume> <task>`` node.
+        :raises LabelShareError: (before anything runs) for an unusable volume, model, task or device.
+        """
+        if self.job is not None and not self.job.state.finished:
+            raise LabelShareError("a segmentation is already running; cancel it first")
+        check_scalar_volume(volume_node)
+        device = engine_device(device)
+        model_path = resolve_model(model)
+        labels = sorted(self.label_space(model_path).task(task).labels, key=lambda label: label.id)
+        worker = self._worker_for(device, model_path)
+        self._remove_transfer_files()
+        self._transfer_dir = tempfile.mkdtemp(prefix="LabelShare-")
+        input_path = Path(self._transfer_dir) / f"input{TRANSFER_SUFFIX}"
+        output_path = Path(self._transfer_dir) / f"result{TRANSFER_SUFFIX}"
+        sitk.WriteImage(volume_to_image(volume_node), str(input_path), useCompression=False)
+
+        def import_result(done_event: dict):
+            from labelshare.tasks import read_image
+            for node in (volume_node, output_node):
+                if node is not None and node.GetScene() is None:
+                    raise LabelShareError(f"'{node.GetName()}' was removed from the scene during the run")
+            label_image = read_image(done_event.get("output") or output_path, "segmentation result", is_label=True)
+            node = output_node or output_segmentation(volume_node, task)
+            import_task_segments(node, label_image, task, labels, reference_volume=volume_node,
+                                 model_name=model_path.name)
+            self._remove_transfer_files()
+            return node
+
+        self.job = worker.submit({"command": "segment", "model": str(model_path), "task": task,
+                                  "input": str(input_path), "output": str(output_path), "device": device,
+                                  "largest_component": largest_component},
+                                 import_result=import_result, on_event=on_event)
+        return self.job
+
+    def segment(self, volume_node, task: str, model: str | Path | None = None, device: str = "auto",
+                output_node=None, largest_component: bool = False, timeout: float | None = None):
+        """Segment and wait; returns the segmentation node. Raises ``JobFailed`` with the reason on failure."""
+        return self.start(volume_node, task, model, device, output_node, largest_component).result_or_raise(timeout)
+
+    def stop(self) -> None:
+        """Cancel the running job (if any) and stop the worker; the scene is left as it was."""
+        if self.worker is not None:
+            self.worker.stop()
+        self.worker = None
+        self._worker_model = None
+        self._remove_transfer_files()
+
+    def _remove_transfer_files(self) -> None:
+        if self._transfer_dir is not None:
+            shutil.rmtree(self._transfer_dir, ignore_errors=True)
+            self._transfer_dir = None

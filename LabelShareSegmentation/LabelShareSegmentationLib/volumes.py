@@ -1,0 +1,107 @@
+"""Volume node ⇄ SimpleITK image, with the full geometry.
+
+Slicer keeps volumes in RAS (right, anterior, superior) with an IJK-to-RAS matrix; files and SimpleITK use LPS
+(left, posterior, superior). The two differ by the sign of the first two world axes, so origin and direction
+columns flip there; spacing and voxel order do not change. ``slicer.util.arrayFromVolume`` and SimpleITK's arrays
+are both indexed (K, J, I). A 2D image (a projection such as an X-ray or a PNG) is a single-slice volume in
+Slicer and a single-slice 3D image here, which the engine segments as one projection.
+
+Usage::
+
+    image = volume_to_image(volumeNode)                # SimpleITK image in LPS, same voxels
+    node = image_to_volume(image, scene, "copy")      # a new vtkMRMLScalarVolumeNode in RAS
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+import slicer
+import vtk
+from labelshare.errors import DataError
+
+RAS_FROM_LPS = np.diag([-1.0, -1.0, 1.0])  # its own inverse
+
+
+def check_scalar_volume(volume_node) -> None:
+    """Raise :class:`DataError` unless the node is a non-empty scalar (grey-value, one component) volume."""
+    if volume_node is None:
+        raise DataError("no input volume selected")
+    name = volume_node.GetName()
+    if not volume_node.IsA("vtkMRMLScalarVolumeNode") or volume_node.IsA("vtkMRMLLabelMapVolumeNode"):
+        raise DataError(f"volume '{name}' is a {volume_node.GetClassName()}; a scalar (grey-value) volume is needed "
+                        "(convert colour images with the Vector to Scalar Volume module)")
+    image_data = volume_node.GetImageData()
+    if image_data is None or 0 in image_data.GetDimensions() or image_data.GetPointData().GetScalars() is None:
+        raise DataError(f"volume '{name}' is empty (it has no voxels)")
+    components = image_data.GetNumberOfScalarComponents()
+    if components != 1:
+        raise DataError(f"volume '{name}' has {components} values per voxel (a colour, vector or 4D multi-volume "
+                        "image); choose a scalar volume, e.g. one frame or one channel")
+
+
+def ras_matrix_to_lps(ijk_to_ras: np.ndarray) -> tuple[tuple, tuple, tuple]:
+    """(spacing, origin, direction) in SimpleITK's LPS convention from a 4x4 IJK-to-RAS matrix."""
+    axes = ijk_to_ras[:3, :3]
+    spacing = np.linalg.norm(axes, axis=0)
+    direction = RAS_FROM_LPS @ (axes / spacing)
+    origin = RAS_FROM_LPS @ ijk_to_ras[:3, 3]
+    return tuple(spacing.tolist()), tuple(origin.tolist()), tuple(direction.ravel().tolist())
+
+
+def lps_to_ras_matrix(image: sitk.Image) -> np.ndarray:
+    """The 4x4 IJK-to-RAS matrix of a 3D SimpleITK image."""
+    direction = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)
+    matrix = np.eye(4)
+    matrix[:3, :3] = RAS_FROM_LPS @ direction @ np.diag(image.GetSpacing())
+    matrix[:3, 3] = RAS_FROM_LPS @ np.asarray(image.GetOrigin(), dtype=float)
+    return matrix
+
+
+def ijk_to_ras(volume_node) -> np.ndarray:
+    matrix = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASMatrix(matrix)
+    return slicer.util.arrayFromVTKMatrix(matrix)
+
+
+def volume_to_image(volume_node) -> sitk.Image:
+    """A 3D SimpleITK image (LPS) with the voxels, spacing, origin and direction of a scalar volume node.
+
+    The node's parent transform is not applied: the image is in the volume's own coordinates, and results
+    imported back (:mod:`.segments`) are placed under the same transform. Raises :class:`DataError` for vector,
+    multi-component (4D), label-map or empty volumes.
+    """
+    check_scalar_volume(volume_node)
+    image = sitk.GetImageFromArray(slicer.util.arrayFromVolume(volume_node))  # copies the voxels
+    spacing, origin, direction = ras_matrix_to_lps(ijk_to_ras(volume_node))
+    image.SetSpacing(spacing)
+    image.SetOrigin(origin)
+    image.SetDirection(direction)
+    return image
+
+
+def as_3d(image: sitk.Image) -> sitk.Image:
+    """A 2D image as a single-slice 3D image (unit spacing and zero origin along the new axis)."""
+    if image.GetDimension() == 3:
+        return image
+    if image.GetDimension() != 2:
+        raise DataError(f"image has {image.GetDimension()} dimensions; 2D or 3D is needed")
+    return sitk.JoinSeries(image)
+
+
+def set_volume_from_image(volume_node, image: sitk.Image) -> None:
+    """Replace the voxels and geometry of an existing volume node with those of a SimpleITK image (LPS)."""
+    image = as_3d(image)
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise DataError(f"image has {image.GetNumberOfComponentsPerPixel()} components per pixel; scalar needed")
+    volume_node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(lps_to_ras_matrix(image)))
+    slicer.util.updateVolumeFromArray(volume_node, sitk.GetArrayViewFromImage(image))
+
+
+def image_to_volume(image: sitk.Image, scene, name: str, labelmap: bool = False):
+    """A new scalar (or label-map) volume node in ``scene`` holding a SimpleITK image, geometry converted to RAS."""
+    class_name = "vtkMRMLLabelMapVolumeNode" if labelmap else "vtkMRMLScalarVolumeNode"
+    node = scene.AddNewNodeByClass(class_name, name)
+    set_volume_from_image(node, image)
+    node.CreateDefaultDisplayNodes()
+    return node

@@ -1,0 +1,29 @@
+"""Where models live. Imports nothing heavy (no torch), so the Slicer modules can use it while Slicer starts,
+before the first-run dependency install."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+BUNDLED_MODELS_DIR = Path(__file__).resolve().parent.parent / "Resources" / "Models"
+HOME_ENVIRONMENT_VARIABLE = "LABELSHARE_HOME"
+
+
+def labelshare_home() -> Path:
+    """$LABELSHARE_HOME, or ~/.labelshare: the user's model store, training lock and job records live here."""
+    home = os.environ.get(HOME_ENVIRONMENT_VARIABLE)
+    return Path(home) if home else Path.home() / ".labelshare"
+
+
+def user_models_dir() -> Path:
+    """Where new model versions go by default."""
+    return labelshare_home() / "models"
+
+
+def default_model_dir() -> Path | None:
+    """The model shipped with the extension (newest folder under Resources/Models), if any."""
+    if not BUNDLED_MODELS_DIR.is_dir():
+        return None
+    candidates = sorted(p for p in BUNDLED_MODELS_DIR.iterdir() if (p / "config.json").is_file())
+    return candidates[-1] if candidates else None

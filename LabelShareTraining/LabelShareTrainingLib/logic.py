@@ -1,0 +1,422 @@
+"""The LabelShareTraining module's logic, without Qt: tasks, collected cases, and one background training run.
+
+The module's ``LabelShareTrainingLogic`` delegates to one :class:`TrainingLogic`; scripts and tests use it directly.
+
+Usage::
+
+    logic = TrainingLogic(workspace="~/labelshare-tasks", models_dir="~/.labelshare/models")
+    logic.create_task("liver", ["liver", "tumour"])
+    logic.add_case("liver", volumeNode, segmentationNode)              # may raise UnmatchedSegmentsError
+    outcome = logic.train("liver", model="~/.labelshare/models/abdomen-v2", budget="quick")   # blocks
+    request = logic.plan("liver", model, "quick", "auto"); logic.start(request)   # GUI: poll() from a timer
+
+Tasks are the tasks of the selected model plus the task folders (nnU-Net raw layout) in the workspace folder.
+A task that only the model has gets a workspace folder with the model's labels (names and ids) when its first
+case is added. A run extends the selected model (``add-task``, or an update for a task the model has) or, with no
+model, trains a first one; it runs as a child process (:class:`LabelShareSegmentationLib.jobs.ProcessJob`) under
+the one-job lock (:mod:`.lock`), and Stop asks it to save a resumable checkpoint (SIGTERM) before the process tree
+is killed after a grace period.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from labelshare.collection import CaseSummary, TaskCollection, copy_task, create_task, list_task_folders
+from labelshare.errors import DataError, LabelShareError
+from labelshare.fileio import atomic_write_json, read_json
+from labelshare.paths import labelshare_home, user_models_dir
+from LabelShareSegmentationLib.jobs import JobState, ProcessJob, child_environment, engine_command
+
+from .cases import CaseExport, add_case_from_nodes, open_case
+from .lock import HEARTBEAT_INTERVAL_S, TrainingLock
+from .runs import (ForgettingReport, TrainingProgress, TrainingRequest, discard_run, jobs_dir,
+                   next_version_path, unfinished_runs, version_of)
+
+DEFAULT_STOP_GRACE_S = 30.0  # time the engine gets to write its checkpoint after Stop before the tree is killed
+TRAINED_MARKER = ".labelshare-trained.json"  # in a task folder: the cases its last published run was started with
+
+
+def default_workspace() -> Path:
+    """Where task folders are collected unless the user's settings say otherwise."""
+    return labelshare_home() / "tasks"
+
+
+@dataclass
+class TaskEntry:
+    """A row of the task list: a task of the selected model, a workspace folder, or both."""
+
+    name: str
+    in_model: bool
+    folder: Path | None
+    labels: dict[str, int]
+    cases: int = 0
+    valid: bool = True
+    reason: str = ""
+
+    @property
+    def action(self) -> str:
+        """What training does for this task: "Update" a task the model has, else "Train" it into the model."""
+        return "Update" if self.in_model else "Train"
+
+
+@dataclass
+class TrainingOutcome:
+    """How a run ended: ``published`` (``model`` is the new version), ``refused`` (the regression gate kept the old
+    model; ``report`` says why), ``stopped`` (resumable when :attr:`resumable`), or ``failed`` (``message``)."""
+
+    state: str
+    request: TrainingRequest
+    message: str = ""
+    model: Path | None = None
+    report: ForgettingReport | None = None
+    resumable: bool = False
+
+
+def parse_label_text(text: str) -> list[str] | dict[str, int]:
+    """Label names typed in "New task…": ``"liver, tumour"`` (ids 1, 2 in this order) or ``"liver=1, tumour=5"``
+    (ids chosen); commas, semicolons or new lines separate labels."""
+    items = [item.strip() for item in re.split(r"[,;\n]", text) if item.strip()]
+    if not items:
+        raise DataError("give at least one label name, e.g. 'liver, tumour'")
+    with_ids = [item for item in items if "=" in item]
+    if not with_ids:
+        return items
+    if len(with_ids) != len(items):
+        raise DataError("give an id to every label or to none (e.g. 'liver=1, tumour=2')")
+    labels = {}
+    for item in items:
+        name, _, value = item.rpartition("=")
+        if not value.strip().isdigit():
+            raise DataError(f"label '{item}': the id after '=' must be a whole number")
+        if name.strip() in labels:
+            raise DataError(f"label '{name.strip()}' is given twice")
+        labels[name.strip()] = int(value)
+    return labels
+
+
+def why_cannot_add_case(volume_node, segmentation_node, entry: TaskEntry | None) -> str:
+    """Why "Add current case" is disabled ('' when it can run): shown as the button's tooltip."""
+    if entry is None:
+        return "Choose a task or create one (New task…)."
+    if not entry.valid:
+        return entry.reason
+    if volume_node is None:
+        return "Select the volume of the case."
+    if segmentation_node is None:
+        return "Select the segmentation of the case."
+    return ""
+
+
+def why_cannot_train(entry: TaskEntry | None, running_here: bool, holder=None) -> str:
+    """Why "Train"/"Update" is disabled ('' when it can start); ``holder`` is the live lock of another job."""
+    if running_here:
+        return ""
+    if holder is not None:
+        return (f"A training job ({holder.description}) started {holder.started} is still running; wait for it to "
+                "finish.")
+    if entry is None:
+        return "Choose a task or create one (New task…)."
+    if not entry.valid:
+        return entry.reason
+    if not entry.cases:
+        return f"Task '{entry.name}' has no collected cases yet: add at least one case."
+    return ""
+
+
+class TrainingLogic:
+    """Tasks, cases and training runs of one user (see the module docstring).
+
+    :param workspace: folder of the task folders (default :func:`default_workspace`).
+    :param models_dir: where new model versions are written: the models folder LabelShareSegmentation lists.
+    :param lock: the one-job lock (default: the user's ``training.lock``).
+    :param engine: builds a child command line from engine arguments (default ``python -m labelshare ...``).
+    """
+
+    def __init__(self, workspace: str | Path | None = None, models_dir: str | Path | None = None,
+                 lock: TrainingLock | None = None, stop_grace_s: float = DEFAULT_STOP_GRACE_S,
+                 engine: Callable[..., list[str]] = engine_command):
+        self.workspace = Path(workspace).expanduser() if workspace else default_workspace()
+        if models_dir:
+            self.models_dir = Path(models_dir).expanduser()
+        else:
+            self.models_dir = user_models_dir()
+        self.lock = lock or TrainingLock()
+        self.stop_grace_s = stop_grace_s
+        self.engine = engine
+        self.job: ProcessJob | None = None
+        self.request: TrainingRequest | None = None
+        self.progress = TrainingProgress()
+        self.outcome: TrainingOutcome | None = None
+        self._cases_at_start: list[str] = []
+        self._last_heartbeat = 0.0
+
+    # -- tasks ----------------------------------------------------------------------------------------------------
+    @staticmethod
+    def model_tasks(model: str | Path | None) -> dict[str, dict[str, int]]:
+        """{task: {label name: id}} of a model folder ({} without a model)."""
+        if not model:
+            return {}
+        from labelshare.labelspace import LabelSpace
+        space = LabelSpace.load(Path(model) / "labelspace.json")
+        return {name: {label.name: label.id for label in sorted(space.task(name).labels, key=lambda e: e.id)}
+                for name in space.task_names}
+
+    def task_entries(self, model: str | Path | None = None) -> list[TaskEntry]:
+        """The model's tasks (in its order), then the workspace's other task folders (by name)."""
+        model_tasks = self.model_tasks(model)
+        folders = {summary.name: summary for summary in list_task_folders(self.workspace)}
+        entries = []
+        for name in list(model_tasks) + sorted(set(folders) - set(model_tasks)):
+            folder = folders.get(name)
+            entry = TaskEntry(name=name, in_model=name in model_tasks, folder=folder.path if folder else None,
+                              labels=dict(model_tasks.get(name) or (folder.labels if folder else {})),
+                              cases=folder.cases if folder else 0)
+            if folder is not None and not folder.valid:
+                entry.valid, entry.reason = False, folder.reason
+            elif folder is not None and entry.in_model and folder.labels != model_tasks[name]:
+                entry.valid = False
+                entry.reason = (f"{folder.path / 'dataset.json'}: labels {folder.labels} differ from task '{name}' of "
+                                f"the model {model_tasks[name]}; collect into a task with another name")
+            entries.append(entry)
+        return entries
+
+    def create_task(self, name: str, labels: list[str] | Mapping[str, int]) -> TaskCollection:
+        """A new task folder in the workspace ("New task…"); labels as names (ids 1, 2, ...) or {name: id}."""
+        return create_task(self.workspace, name, labels, description=f"Cases collected in 3D Slicer for '{name}'")
+
+    def collection(self, task: str) -> TaskCollection:
+        folder = self.workspace / task
+        if not (folder / "dataset.json").is_file():
+            raise DataError(f"{folder}: task '{task}' has no folder in the workspace yet; add a case first")
+        return TaskCollection.open(folder, task)
+
+    def ensure_task_folder(self, task: str, model: str | Path | None = None) -> TaskCollection:
+        """The workspace folder of a task. For a task only the model has, it is made from the folder the model
+        was trained on when the model's lineage records it (so that an update trains on the old cases and the new
+        ones; that folder itself is never written), else it starts empty with the model's label names and ids."""
+        if (self.workspace / task / "dataset.json").is_file():
+            return self.collection(task)
+        model_tasks = self.model_tasks(model)
+        if task not in model_tasks:
+            raise DataError(f"task '{task}' is neither in the workspace {self.workspace} nor in the selected model")
+        trained_on = self.recorded_task_folders(model).get(task)
+        if trained_on is not None:
+            return copy_task(trained_on, self.workspace, task)
+        return create_task(self.workspace, task, model_tasks[task],
+                           description=f"Cases collected in 3D Slicer for task '{task}' of {Path(model).name}")
+
+    @staticmethod
+    def recorded_task_folders(model: str | Path | None) -> dict[str, Path]:
+        """The task folders a model's ``lineage.json`` records (add-task writes them) that still exist."""
+        lineage = Path(model) / "lineage.json" if model else None
+        if lineage is None or not lineage.is_file():
+            return {}
+        recorded = read_json(lineage, "lineage").get("task_folders") or {}
+        return {name: Path(folder) for name, folder in recorded.items() if (Path(folder) / "dataset.json").is_file()}
+
+    # -- cases ----------------------------------------------------------------------------------------------------
+    def add_case(self, task: str, volume_node, segmentation_node, model: str | Path | None = None,
+                 choices: Mapping[str, str | None] | None = None, duplicate: str = "refuse") -> CaseExport:
+        """"Add current case" (see :func:`.cases.add_case_from_nodes` for ``choices`` and ``duplicate``)."""
+        return add_case_from_nodes(self.ensure_task_folder(task, model), volume_node, segmentation_node, choices,
+                                   duplicate)
+
+    def cases(self, task: str) -> list[CaseSummary]:
+        if not (self.workspace / task / "dataset.json").is_file():
+            return []
+        return self.collection(task).cases()
+
+    def open_case(self, task: str, case: str, scene=None):
+        return open_case(self.collection(task), case, scene)
+
+    def remove_case(self, task: str, case: str) -> Path:
+        return self.collection(task).remove_case(case)
+
+    def new_cases_since_training(self, task: str) -> int:
+        """Cases of the task folder that its last published run did not start with (all when never trained)."""
+        if not (self.workspace / task / "dataset.json").is_file():
+            return 0
+        collection = self.collection(task)
+        marker = collection.root / TRAINED_MARKER
+        trained = set(read_json(marker, "training marker").get("cases", [])) if marker.is_file() else set()
+        return len(set(collection.case_names()) - trained)
+
+    def should_train_automatically(self, task: str, after_cases: int) -> bool:
+        """True when automatic training is on (``after_cases`` > 0), no run is active and enough new cases exist."""
+        return after_cases > 0 and not self.running and self.new_cases_since_training(task) >= after_cases
+
+    # -- runs -----------------------------------------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self.job is not None and not self.job.state.finished
+
+    def plan(self, task: str, model: str | Path | None, budget: str = "quick", device: str = "auto"
+             ) -> TrainingRequest:
+        """The run "Train"/"Update" would start: add-task or update of ``model``, or a first model without one."""
+        collection = self.collection(task)
+        if not collection.case_names():
+            raise DataError(f"task '{task}' has no cases yet; add at least one case before training")
+        if not model:
+            return self._plan_first_model(collection, budget, device)
+        model = Path(model)
+        model_tasks = self.model_tasks(model)
+        if task in model_tasks and collection.labels != model_tasks[task]:
+            raise DataError(f"{collection.root / 'dataset.json'}: labels {collection.labels} differ from task "
+                            f"'{task}' of {model.name} {model_tasks[task]}")
+        stem, version = version_of(model.name)
+        return TrainingRequest(kind="update" if task in model_tasks else "add-task", task_name=task,
+                               task_dir=str(collection.root), out=str(next_version_path(self.models_dir, stem,
+                                                                                         version + 1)),
+                               base_model=str(model), budget=budget, device=device,
+                               replay_tasks=self._replay_folders(model, model_tasks, task))
+
+    def start(self, request: TrainingRequest, resume: bool = False) -> ProcessJob:
+        """Start a run in the background (one at a time: raises :class:`.lock.JobLockedError` otherwise)."""
+        if self.running:
+            raise LabelShareError(f"a training run is already active: {self.request.description}")
+        self.lock.acquire(request.description)
+        try:
+            request.save_record()
+            self.request, self.outcome = request, None
+            self.progress = TrainingProgress()
+            folder = Path(request.task_dir)
+            self._cases_at_start = TaskCollection.open(folder, request.task_name).case_names()
+            self.job = ProcessJob(self.engine(*request.arguments(resume)), env=child_environment(request.device),
+                                  stop_grace_s=self.stop_grace_s, on_event=self.progress.update,
+                                  import_result=self._published)
+            self.lock.set_child(self.job.process.pid)
+            self._last_heartbeat = time.monotonic()
+        except BaseException:
+            if self.job is not None and not self.job.state.finished:
+                self.job.cancel()
+            self.lock.release()
+            raise
+        return self.job
+
+    def poll(self, timeout: float = 0.0) -> JobState | None:
+        """Take in the run's progress (GUI timer), refresh the lock's heartbeat, finish up when it has ended."""
+        if self.job is None:
+            return None
+        state = self.job.poll(timeout)
+        if not state.finished:
+            if time.monotonic() - self._last_heartbeat >= HEARTBEAT_INTERVAL_S:
+                self._last_heartbeat = time.monotonic()
+                try:
+                    self.lock.heartbeat()
+                except LabelShareError as error:  # the lock file was deleted or taken: the run itself goes on
+                    self.job.add_log(f"training lock: {error}")
+        elif self.outcome is None:
+            self._finish()
+        return state
+
+    def stop(self, wait_s: float | None = None) -> None:
+        """Stop the run: the engine saves a resumable checkpoint, then the process tree is killed (after the grace
+        period). ``wait_s`` blocks until it has ended (module cleanup, closing Slicer)."""
+        if not self.running:
+            return
+        self.job.cancel()
+        if wait_s is not None:
+            try:
+                self.job.wait(wait_s)
+            except TimeoutError:
+                self.job.process.kill()
+                self.job.poll()
+        self.poll()
+
+    def wait(self, timeout: float | None = None) -> TrainingOutcome:
+        """Block until the run has ended (scripts, tests); returns its outcome."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.running:
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"training still running after {timeout} s")
+            self.poll(0.1)
+        self.poll()
+        return self.outcome
+
+    def train(self, task: str, model: str | Path | None = None, budget: str = "quick", device: str = "auto",
+              timeout: float | None = None) -> TrainingOutcome:
+        """Plan, start and wait for a run (the console API)."""
+        self.start(self.plan(task, model, budget, device))
+        return self.wait(timeout)
+
+    def unfinished_runs(self) -> list[TrainingRequest]:
+        """Stopped, interrupted or refused runs of this user that can be resumed, published or discarded."""
+        active = self.request.out if self.running else None
+        return [run for run in unfinished_runs() if run.out != active]
+
+    def resume(self, request: TrainingRequest) -> ProcessJob:
+        return self.start(request, resume=True)
+
+    def publish_anyway(self, request: TrainingRequest) -> ProcessJob:
+        """Publish a version the regression gate refused (the engine does not train again)."""
+        return self.start(dataclasses.replace(request, accept_regression=True), resume=True)
+
+    def discard(self, request: TrainingRequest) -> None:
+        """Keep the old model: delete an unpublished run (never a published version)."""
+        if self.running and self.request.out == request.out:
+            raise LabelShareError("stop the run before discarding it")
+        discard_run(request)
+
+    # -- internals --------------------------------------------------------------------------------------------------
+    def _plan_first_model(self, collection: TaskCollection, budget: str, device: str) -> TrainingRequest:
+        from labelshare.labelspace import LabelSpace, compute_statistics
+        from labelshare.tasks import TaskDataset
+        out = next_version_path(self.models_dir, collection.name)
+        space = LabelSpace.build([compute_statistics(TaskDataset.open(collection.root, collection.name))])
+        labelspace = jobs_dir() / f"{out.name}.labelspace.json"
+        labelspace.parent.mkdir(parents=True, exist_ok=True)
+        space.save(labelspace)
+        return TrainingRequest(kind="train", task_name=collection.name, task_dir=str(collection.root), out=str(out),
+                               budget=budget, device=device, labelspace=str(labelspace))
+
+    def _replay_folders(self, model: Path, model_tasks: Mapping[str, dict], task: str) -> dict[str, str]:
+        """Folders of the model's other tasks that its lineage does not record: taken from the workspace."""
+        recorded = self.recorded_task_folders(model)
+        folders = {}
+        for name in model_tasks:
+            if name == task or name in recorded:
+                continue
+            local = self.workspace / name
+            if not (local / "dataset.json").is_file():
+                raise DataError(f"{model}: the folder of its task '{name}' is unknown (lineage.json does not record "
+                                f"it and the workspace {self.workspace} has no folder '{name}'); put that task's "
+                                "nnU-Net folder into the workspace")
+            folders[name] = str(local)
+        return folders
+
+    def _published(self, done_event: dict) -> Path:
+        """On success: the new version exists and is complete; remember which cases it was trained with."""
+        from labelshare.models import verify_folder
+        model = Path(done_event.get("output") or self.request.out)
+        verify_folder(model)
+        marker = Path(self.request.task_dir) / TRAINED_MARKER
+        atomic_write_json(marker, {"model": str(model), "cases": self._cases_at_start,
+                                   "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
+        return model
+
+    def _finish(self) -> None:
+        self.lock.release()
+        request, job, progress = self.request, self.job, self.progress
+        if job.state == JobState.DONE:
+            self.outcome = TrainingOutcome("published", request, (job.done_event or {}).get("message", ""),
+                                           model=job.result,
+                                           report=ForgettingReport.of_model(job.result))
+            request.remove_record()
+            return
+        run_state = request.state()
+        if job.state == JobState.FAILED and progress.regression:
+            report = ForgettingReport.read(progress.report_path) if progress.report_path else None
+            self.outcome = TrainingOutcome("refused", request, job.error, report=report, resumable=True)
+        elif job.state == JobState.CANCELLED or progress.interrupted:
+            self.outcome = TrainingOutcome("stopped", request, "stopped; the previous model is unchanged",
+                                           resumable=run_state == "interrupted")
+        else:
+            self.outcome = TrainingOutcome("failed", request, job.error, resumable=run_state == "interrupted")
+        if run_state == "gone":
+            request.remove_record()

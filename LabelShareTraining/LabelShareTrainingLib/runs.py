@@ -1,0 +1,303 @@
+"""What a training run is: the engine command it runs, where its model goes, how its progress and result read.
+
+A run is one ``labelshare`` command in a child process (the module never trains in Slicer's process):
+
+- ``add-task`` adds a new task to the selected model ("Train");
+- ``update`` is ``add-task`` for a task the model already has: the engine retrains it with the folder's cases;
+- ``train`` makes a first model from one task when no model is selected (its label space is built beforehand).
+
+New versions are named ``<stem>-v<N>`` in the models folder that LabelShareSegmentation lists; old versions are
+only read, so rolling back is choosing an older version. Every run leaves a record in the ``jobs`` folder of the
+LabelShare home with its request, so that a run that was stopped, whose Slicer closed or crashed, or that the
+regression gate refused can be resumed, published anyway, or discarded later. The engine keeps such a run in
+hidden folders beside the requested model folder (``labelshare.fileio.staging_dir_for``, and for add-task
+``labelshare.incremental.candidate_dir_for`` plus the refused report ``<NEW>.forgetting.json``).
+
+The engine's heavy modules (torch) are imported on first use: Slicer loads the module before the first-run
+dependency install.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from labelshare.errors import LabelShareError
+from labelshare.fileio import atomic_write_json, read_json, remove_tree, staging_dir_for
+from labelshare.paths import labelshare_home
+from labelshare.progress import format_duration
+
+JOB_KINDS = ("add-task", "update", "train")
+DEVICES = ("auto", "cuda", "cpu")
+# Budgets: epochs x steps per epoch, batch size. "quick" takes minutes on a laptop CPU for a small task;
+# "standard" is the engine's add-task default budget with more epochs for a first model.
+BUDGETS = {
+    "quick": {"epochs": 3, "steps_per_epoch": 40, "batch_size": 8},
+    "standard": {"epochs": 5, "steps_per_epoch": 100, "batch_size": 16},
+}
+FIRST_MODEL_EPOCHS = {"quick": 10, "standard": 30}  # a model trained from scratch needs more epochs
+EXIT_OK, EXIT_ERROR, EXIT_REGRESSION, EXIT_INTERRUPTED = 0, 1, 3, 75
+RUN_STATES = ("published", "refused", "interrupted", "gone")
+_VERSION = re.compile(r"^(?P<stem>.+?)-v(?P<number>\d+)$")
+
+
+def jobs_dir() -> Path:
+    return labelshare_home() / "jobs"
+
+
+def version_of(model_name: str) -> tuple[str, int]:
+    """(stem, version) of a model folder name: ``liver-v3`` -> (``liver``, 3); a name without ``-vN`` is version 1."""
+    match = _VERSION.match(model_name)
+    return (match["stem"], int(match["number"])) if match else (model_name, 1)
+
+
+def next_version_path(models_dir: Path, stem: str, at_least: int = 1) -> Path:
+    """``<models_dir>/<stem>-v<N>``: N at least ``at_least`` and above every version of ``stem`` there, finished or
+    not (hidden run folders and refused reports count, so a name is never reused)."""
+    numbers = [at_least - 1]
+    if models_dir.is_dir():
+        for path in models_dir.iterdir():
+            match = re.match(rf"^\.*{re.escape(stem)}-v(\d+)(\.|$)", path.name)
+            if match:
+                numbers.append(int(match[1]))
+    return models_dir / f"{stem}-v{max(numbers) + 1}"
+
+
+@dataclass
+class TrainingRequest:
+    """One run as the user asked for it; :meth:`arguments` is the engine command line (after ``labelshare``).
+
+    The budget's numbers are fixed when the request is made (from :data:`BUDGETS`), so that resuming a run repeats
+    its command exactly even if the presets change in between.
+    """
+
+    kind: str
+    task_name: str
+    task_dir: str
+    out: str
+    base_model: str | None = None
+    budget: str = "quick"
+    device: str = "auto"
+    labelspace: str | None = None
+    accept_regression: bool = False
+    replay_tasks: dict[str, str] = field(default_factory=dict)
+    epochs: int | None = None
+    steps_per_epoch: int | None = None
+    batch_size: int | None = None
+
+    def __post_init__(self):
+        if self.kind not in JOB_KINDS:
+            raise LabelShareError(f"unknown run kind '{self.kind}' (known: {', '.join(JOB_KINDS)})")
+        if self.budget not in BUDGETS:
+            raise LabelShareError(f"unknown budget '{self.budget}' (known: {', '.join(BUDGETS)})")
+        preset = BUDGETS[self.budget]
+        if self.epochs is None:
+            self.epochs = FIRST_MODEL_EPOCHS[self.budget] if self.kind == "train" else preset["epochs"]
+        self.steps_per_epoch = self.steps_per_epoch or preset["steps_per_epoch"]
+        self.batch_size = self.batch_size or preset["batch_size"]
+        if self.device not in DEVICES:
+            raise LabelShareError(f"unknown device '{self.device}' (known: {', '.join(DEVICES)})")
+        if self.kind == "train" and not self.labelspace:
+            raise LabelShareError("a first model ('train') needs a label space file")
+        if self.kind != "train" and not self.base_model:
+            raise LabelShareError(f"'{self.kind}' needs the model to extend")
+
+    @property
+    def description(self) -> str:
+        if self.kind == "train":
+            return f"first model from task '{self.task_name}' -> {Path(self.out).name}"
+        verb = "add task" if self.kind == "add-task" else "update task"
+        return f"{verb} '{self.task_name}' in {Path(self.base_model).name} -> {Path(self.out).name}"
+
+    def arguments(self, resume: bool = False) -> list[str]:
+        task = f"{self.task_name}={self.task_dir}"
+        if self.kind == "train":
+            command = ["train", "--labelspace", self.labelspace, "--task", task, "--out", self.out]
+        else:
+            command = ["add-task", "--model", self.base_model, "--task", task, "--out", self.out]
+            for name, folder in sorted(self.replay_tasks.items()):
+                command += ["--replay-task", f"{name}={folder}"]
+            if self.accept_regression:
+                command.append("--accept-regression")
+        command += ["--epochs", str(self.epochs), "--steps-per-epoch", str(self.steps_per_epoch), "--batch-size",
+                    str(self.batch_size), "--device", self.device, "--progress", "json"]
+        return command + (["--resume"] if resume else [])
+
+    # -- where the engine keeps an unfinished run ---------------------------------------------------------------------
+    def work_folders(self) -> list[Path]:
+        """The engine's hidden folders of this run (they exist only while it is unfinished)."""
+        out = Path(self.out)
+        if self.kind == "train":
+            return [staging_dir_for(out)]
+        from labelshare.incremental import candidate_dir_for
+        candidate = candidate_dir_for(out)
+        return [candidate, staging_dir_for(candidate)]
+
+    def refused_report(self) -> Path | None:
+        """The forgetting report of a version the regression gate refused, while it waits for a decision."""
+        if self.kind == "train":
+            return None
+        from labelshare.incremental import report_paths_for
+        return report_paths_for(Path(self.out))[0]
+
+    def state(self) -> str:
+        """``published``, ``refused`` (trained, waiting: publish anyway or discard), ``interrupted`` (resumable)
+        or ``gone`` (nothing was written)."""
+        if Path(self.out).exists():
+            return "published"
+        report = self.refused_report()
+        if report is not None and report.is_file() and self.work_folders()[0].is_dir():
+            return "refused"
+        return "interrupted" if any(folder.exists() for folder in self.work_folders()) else "gone"
+
+    # -- records --------------------------------------------------------------------------------------------------
+    @property
+    def record_path(self) -> Path:
+        return jobs_dir() / f"{Path(self.out).name}.json"
+
+    def save_record(self) -> Path:
+        atomic_write_json(self.record_path, {"format": "labelshare.training-run", "request": asdict(self)})
+        return self.record_path
+
+    def remove_record(self) -> None:
+        self.record_path.unlink(missing_ok=True)
+        if self.labelspace and Path(self.labelspace).parent == jobs_dir():
+            Path(self.labelspace).unlink(missing_ok=True)
+
+    @classmethod
+    def from_record(cls, path: Path) -> TrainingRequest:
+        data = read_json(path, "training run record")
+        if not isinstance(data, dict) or data.get("format") != "labelshare.training-run":
+            raise LabelShareError(f"{path}: not a LabelShare training run record")
+        try:
+            return cls(**data["request"])
+        except (KeyError, TypeError) as error:
+            raise LabelShareError(f"{path}: malformed training run record ({error})") from None
+
+
+def unfinished_runs() -> list[TrainingRequest]:
+    """Runs that are ``refused`` or ``interrupted``, oldest first; records of published runs and of runs that wrote
+    nothing are removed here."""
+    runs = []
+    folder = jobs_dir()
+    for path in sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime) if folder.is_dir() else []:
+        try:
+            request = TrainingRequest.from_record(path)
+        except LabelShareError:
+            continue  # a label space file, or not ours: left alone
+        if request.state() in ("published", "gone"):
+            request.remove_record()
+        else:
+            runs.append(request)
+    return runs
+
+
+def discard_run(request: TrainingRequest) -> None:
+    """Delete an unpublished run: its hidden folders (a checkpoint or a refused candidate, never a published model
+    version), its refused report and its record."""
+    if Path(request.out).exists():
+        raise LabelShareError(f"{request.out}: the run was published; model versions are never deleted here")
+    for folder in request.work_folders():
+        remove_tree(folder)
+    if request.kind != "train":
+        from labelshare.incremental import report_paths_for
+        for path in report_paths_for(Path(request.out)):
+            path.unlink(missing_ok=True)
+    request.remove_record()
+
+
+@dataclass
+class TrainingProgress:
+    """What the widget shows about a running job beside the job's own state: folded from the engine's events."""
+
+    stage: str = "starting"
+    epoch: int = 0
+    epochs: int = 0
+    loss: float | None = None
+    best_dice: float | None = None
+    eta_s: float | None = None
+    output: str | None = None
+    regression: bool = False
+    report_path: str | None = None
+    interrupted: bool = False
+
+    def update(self, event: dict) -> None:
+        kind = event.get("event")
+        if kind == "progress":
+            self.stage = str(event.get("stage") or self.stage)
+            if self.stage == "training":
+                self.epoch = int(event.get("epoch", self.epoch))
+                self.epochs = int(event.get("epochs", self.epochs))
+                self.loss = event.get("loss", self.loss)
+                self.eta_s = event.get("eta_s", self.eta_s)
+        elif kind == "metrics":
+            dice = event.get("mean_validation_dice")
+            if dice is not None and math.isfinite(dice) and (self.best_dice is None or dice > self.best_dice):
+                self.best_dice = float(dice)
+        elif kind == "done":
+            self.stage, self.output = "done", event.get("output")
+        elif kind == "error":
+            self.stage = "error"
+            self.regression = bool(event.get("regression", False))
+            self.report_path = event.get("report")
+            self.interrupted = bool(event.get("interrupted", False))
+
+    def summary(self) -> str:
+        """One line: epoch, loss, best validation Dice, ETA (the parts known so far)."""
+        parts = []
+        if self.epochs:
+            parts.append(f"epoch {self.epoch}/{self.epochs}")
+        if self.loss is not None:
+            parts.append(f"loss {self.loss:.4f}")
+        if self.best_dice is not None:
+            parts.append(f"best validation Dice {self.best_dice:.3f}")
+        if self.eta_s is not None and self.stage == "training":
+            parts.append(f"ETA {format_duration(self.eta_s)}")
+        return " · ".join(parts)
+
+
+@dataclass
+class ForgettingRow:
+    task: str
+    label: str
+    before: float | None
+    after: float | None
+    change: float | None  # Dice, 0-1 scale (after - before)
+
+
+@dataclass
+class ForgettingReport:
+    """The engine's forgetting report: every old task's Dice per label before and after the run, and the gate."""
+
+    threshold: float | None  # Dice points (0-100)
+    passed: bool
+    rows: list[ForgettingRow]
+    new_task: dict
+
+    @classmethod
+    def read(cls, path: str | Path) -> ForgettingReport:
+        data = read_json(path, "forgetting report")
+        try:
+            rows = [ForgettingRow(task=task, label=label, before=values.get("before"), after=values.get("after"),
+                                  change=values.get("change"))
+                    for task, labels in data["tasks"].items() for label, values in labels.items()]
+            return cls(threshold=data.get("threshold"), passed=bool(data["passed"]), rows=rows,
+                       new_task=dict(data.get("new_task") or {}))
+        except (KeyError, TypeError, AttributeError) as error:
+            raise LabelShareError(f"{path}: malformed forgetting report ({error})") from None
+
+    @classmethod
+    def of_model(cls, model_dir: str | Path) -> ForgettingReport | None:
+        path = Path(model_dir) / "forgetting.json"
+        return cls.read(path) if path.is_file() else None
+
+    def table(self) -> list[tuple[str, str, str, str, str]]:
+        """Rows as shown: task, label, Dice before, Dice after, change in Dice points ('-' where unknown)."""
+        def dice(value):
+            return "-" if value is None or value != value else f"{value:.3f}"
+
+        def points(value):
+            return "-" if value is None or value != value else f"{100 * value:+.1f}"
+        return [(r.task, r.label, dice(r.before), dice(r.after), points(r.change)) for r in self.rows]

@@ -1,0 +1,252 @@
+"""LabelShareSegmentation's MRML adapters on real Slicer C++ (slicer-core): volume geometry, segments, subject
+hierarchy, replace-on-rerun and bad inputs."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import slicer
+import vtk
+
+from labelshare.errors import DataError
+from labelshare.tasks import choose_slicing_axis
+
+pytest_plugins = ["slicer_support"]  # fixtures: mrml_scene, slicer_env
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "LabelShareSegmentation"))
+from LabelShareSegmentationLib import segments, volumes  # noqa: E402
+
+ROTATION = sitk.VersorTransform((1, 2, 3), 0.4).GetMatrix()  # an oblique direction: no axis is aligned
+
+
+def scalar_volume(scene, array: np.ndarray, spacing=(0.7, 0.8, 2.5), origin=(10.0, -20.0, 30.0),
+                  ras_direction=None, name: str = "volume"):
+    """A scalar volume node with the given voxels (K, J, I) and RAS geometry."""
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    node.SetSpacing(*spacing)
+    node.SetOrigin(*origin)
+    if ras_direction is not None:
+        node.SetIJKToRASDirectionMatrix(slicer.util.vtkMatrixFromArray(_as4x4(ras_direction)))
+    slicer.util.updateVolumeFromArray(node, array)
+    node.CreateDefaultDisplayNodes()
+    return node
+
+
+def _as4x4(matrix3: np.ndarray) -> np.ndarray:
+    matrix = np.eye(4)
+    matrix[:3, :3] = matrix3
+    return matrix
+
+
+def ijk_to_ras(node) -> np.ndarray:
+    matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    return slicer.util.arrayFromVTKMatrix(matrix)
+
+
+def label(id_: int, name: str, **info) -> SimpleNamespace:
+    return SimpleNamespace(id=id_, name=name, info=info)
+
+
+def segment_voxels(segmentation_node, segment_id: str, volume) -> np.ndarray:
+    return slicer.util.arrayFromSegmentBinaryLabelmap(segmentation_node, segment_id, volume)
+
+
+# -- geometry ---------------------------------------------------------------------------------------------------------
+def test_oblique_volume_to_image_is_lps_and_slicer_reads_it_back_identically(mrml_scene, slicer_env, tmp_path):
+    array = np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6)
+    direction = np.asarray(ROTATION).reshape(3, 3)
+    node = scalar_volume(mrml_scene, array, ras_direction=direction)
+
+    image = volumes.volume_to_image(node)
+    assert image.GetSize() == (6, 5, 4)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), array)
+    np.testing.assert_allclose(image.GetSpacing(), (0.7, 0.8, 2.5))
+    np.testing.assert_allclose(image.GetOrigin(), (-10.0, 20.0, 30.0))  # RAS → LPS flips x and y
+    np.testing.assert_allclose(np.reshape(image.GetDirection(), (3, 3)), np.diag([-1, -1, 1]) @ direction, atol=1e-12)
+
+    # independent oracle: the reader Slicer itself uses interprets the file SimpleITK wrote
+    path = tmp_path / "oblique.nrrd"
+    sitk.WriteImage(image, str(path))
+    loaded = slicer_env.logic("Volumes").AddArchetypeVolume(str(path), "loaded", 0)
+    np.testing.assert_allclose(ijk_to_ras(loaded), ijk_to_ras(node), atol=1e-9)
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(loaded), array)
+
+
+def test_image_to_volume_round_trip_keeps_voxels_and_geometry(mrml_scene):
+    array = np.random.default_rng(0).normal(size=(7, 6, 5)).astype(np.float32)
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((1.5, 0.5, 3.0))
+    image.SetOrigin((4.0, 5.0, -6.0))
+    image.SetDirection(ROTATION)
+
+    node = volumes.image_to_volume(image, mrml_scene, "from image")
+    back = volumes.volume_to_image(node)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(back), array)
+    for attribute in ("GetSpacing", "GetOrigin", "GetDirection"):
+        np.testing.assert_allclose(getattr(back, attribute)(), getattr(image, attribute)(), atol=1e-12)
+    assert node.GetDisplayNode() is not None
+
+
+def test_2d_projection_is_a_single_slice_volume_segmented_as_one_projection(mrml_scene, slicer_env, tmp_path):
+    pixels = np.random.default_rng(1).integers(0, 255, size=(64, 96), dtype=np.uint8)
+    projection = sitk.GetImageFromArray(pixels)  # a 2D image file (slicer-core's ITK has no PNG reader: NRRD)
+    sitk.WriteImage(projection, str(tmp_path / "xray.nrrd"))
+    loaded = slicer_env.logic("Volumes").AddArchetypeVolume(str(tmp_path / "xray.nrrd"), "xray", 0)
+    assert loaded.GetImageData().GetDimensions() == (96, 64, 1)
+
+    image = volumes.volume_to_image(loaded)
+    assert image.GetSize() == (96, 64, 1)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image)[0], pixels)
+    assert choose_slicing_axis(image) == 0  # the engine sees one projection, not 64 rows of slices
+
+    node = volumes.image_to_volume(projection, mrml_scene, "2D image")  # a 2D SimpleITK image becomes one slice
+    assert node.GetImageData().GetDimensions() == (96, 64, 1)
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(node)[0], pixels)
+
+
+@pytest.mark.parametrize("kind", ["vector", "4d", "empty", "no voxels", "labelmap"])
+def test_unusable_volumes_are_refused_with_the_reason(mrml_scene, kind):
+    if kind == "vector":
+        node = mrml_scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "colour photo")
+        slicer.util.updateVolumeFromArray(node, np.zeros((1, 4, 4, 3), dtype=np.uint8))
+        expected = "3 values per voxel"
+    elif kind == "4d":  # a multi-volume (e.g. a cine series) keeps its frames as components of one scalar volume
+        node = mrml_scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "cine")
+        image_data = vtk.vtkImageData()
+        image_data.SetDimensions(4, 4, 3)
+        image_data.AllocateScalars(vtk.VTK_SHORT, 10)
+        node.SetAndObserveImageData(image_data)
+        expected = "10 values per voxel"
+    elif kind == "empty":
+        node = mrml_scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "nothing")
+        expected = "empty"
+    elif kind == "no voxels":
+        node = mrml_scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "zero size")
+        image_data = vtk.vtkImageData()
+        image_data.SetDimensions(0, 0, 0)
+        node.SetAndObserveImageData(image_data)
+        expected = "empty"
+    else:
+        node = mrml_scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "labels")
+        slicer.util.updateVolumeFromArray(node, np.zeros((2, 2, 2), dtype=np.uint8))
+        expected = "vtkMRMLLabelMapVolumeNode"
+    with pytest.raises(DataError, match=expected) as error:
+        volumes.volume_to_image(node)
+    assert node.GetName() in str(error.value)
+
+
+# -- segments ---------------------------------------------------------------------------------------------------------
+def phantom(mrml_scene):
+    """A volume and a task label image on its grid: label 1 a block, label 3 a smaller block, label 2 absent."""
+    volume = scalar_volume(mrml_scene, np.zeros((6, 8, 10), dtype=np.int16), ras_direction=np.asarray(ROTATION)
+                           .reshape(3, 3), name="patient 7")
+    values = np.zeros((6, 8, 10), dtype=np.uint8)
+    values[1:5, 2:6, 2:8] = 1
+    values[2:4, 3:5, 3:5] = 3
+    image = sitk.GetImageFromArray(values)
+    image.CopyInformation(volumes.volume_to_image(volume))
+    return volume, image, values
+
+
+TASK_LABELS = [label(3, "lesion"), label(1, "body"), label(2, "organ")]
+
+
+def test_task_labels_become_named_segments_in_id_order_on_the_volume_grid(mrml_scene):
+    volume, image, values = phantom(mrml_scene)
+    node = segments.output_segmentation(volume, "phantom3d")
+    ids = segments.import_task_segments(node, image, "phantom3d", TASK_LABELS, reference_volume=volume,
+                                        model_name="tiny-v1")
+    segmentation = node.GetSegmentation()
+    assert node.GetName() == "patient 7 phantom3d"
+    assert [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())] == \
+        ["body", "organ", "lesion"]
+    assert ids == [segmentation.GetNthSegmentID(i) for i in range(3)]
+    for segment_id, label_id in zip(ids, (1, 2, 3), strict=True):
+        np.testing.assert_array_equal(segment_voxels(node, segment_id, volume), (values == label_id).astype(np.uint8))
+        assert segments._tag(segmentation.GetSegment(segment_id), segments.LABEL_ID_TAG) == str(label_id)
+        assert segments._tag(segmentation.GetSegment(segment_id), segments.MODEL_TAG) == "tiny-v1"
+    assert node.GetNodeReference(node.GetReferenceImageGeometryReferenceRole()) is volume
+    assert segmentation.GetNumberOfLayers() == 1  # one shared labelmap, not one copy per segment
+
+
+def test_colours_differ_within_a_task_and_known_names_get_terminology(mrml_scene):
+    volume, image, _ = phantom(mrml_scene)
+    labels = [label(1, "LV cavity"), label(2, "myocardium", color=[0.1, 0.2, 0.9]),
+              label(3, "kidney-left", terminology="Custom~SCT^1^a~SCT^2^b~^^~~^^~^^")]
+    node = segments.output_segmentation(volume, "cardiac")
+    ids = segments.import_task_segments(node, image, "cardiac", labels, reference_volume=volume)
+    found = [node.GetSegmentation().GetSegment(i) for i in ids]
+    colors = np.array([s.GetColor() for s in found])
+    assert min(np.linalg.norm(colors[i] - colors[j]) for i in range(3) for j in range(i)) >= \
+        segments.MIN_COLOUR_DISTANCE
+    np.testing.assert_allclose(colors[0], np.array([152, 55, 13]) / 255)  # table colour, name matched loosely
+    np.testing.assert_allclose(colors[1], [0.1, 0.2, 0.9])  # dataset.json label_info wins over the table
+    assert "^87878005^Left Ventricle" in found[0].GetTerminology()
+    assert found[1].GetTerminology() == slicer.vtkSegment().GetTerminology()  # Slicer's default: no verified code
+    assert found[2].GetTerminology() == "Custom~SCT^1^a~SCT^2^b~^^~~^^~^^"
+
+
+def test_many_labels_without_known_colours_still_get_distinct_colours():
+    styles = segments.segment_styles([label(i, f"structure {i}") for i in range(1, 31)], table={})
+    colors = np.array([s.color for s in styles])
+    distances = np.linalg.norm(colors[:, None] - colors[None], axis=-1) + np.eye(len(colors))
+    assert distances.min() >= segments.MIN_COLOUR_DISTANCE
+
+
+def test_rerun_replaces_only_that_tasks_segments_in_place(mrml_scene):
+    volume, image, values = phantom(mrml_scene)
+    node = segments.output_segmentation(volume, "phantom3d")
+    segmentation = node.GetSegmentation()
+    manual = segmentation.AddEmptySegment("", "my annotation", [1, 1, 0])
+    first = segments.import_task_segments(node, image, "phantom3d", TASK_LABELS, reference_volume=volume)
+    organ = sitk.GetImageFromArray((values == 1).astype(np.uint8))
+    organ.CopyInformation(image)
+    other = segments.import_task_segments(node, organ, "other task", [label(1, "organ")], reference_volume=volume)
+    segmentation.SetSegmentIndex(manual, 3)  # the user moved their segment between the task's segments
+
+    shrunk = sitk.GetImageFromArray(np.where(values == 3, 0, values).astype(np.uint8))
+    shrunk.CopyInformation(image)
+    again = segments.output_segmentation(volume, "phantom3d")
+    assert again is node  # the node of the previous run is found again
+    second = segments.import_task_segments(node, shrunk, "phantom3d", TASK_LABELS, reference_volume=volume)
+
+    names = [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
+    assert names == ["body", "organ", "lesion", "my annotation", "organ"]
+    assert not set(first) & set(segmentation.GetSegmentIDs())
+    assert segments.task_segment_ids(node, "phantom3d") == second
+    assert segments.task_segment_ids(node, "other task") == other
+    assert segment_voxels(node, second[2], volume).sum() == 0  # lesion is now empty, still listed
+    assert segment_voxels(node, other[0], volume).sum() == (values == 1).sum()
+
+
+def test_output_is_placed_beside_the_volume_in_the_subject_hierarchy_and_under_its_transform(mrml_scene):
+    volume, image, _ = phantom(mrml_scene)
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(mrml_scene)
+    study = hierarchy.CreateStudyItem(hierarchy.CreateSubjectItem(hierarchy.GetSceneItemID(), "patient"), "MR")
+    hierarchy.CreateItem(study, volume)
+    transform = mrml_scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    volume.SetAndObserveTransformNodeID(transform.GetID())
+
+    node = segments.output_segmentation(volume, "phantom3d")
+    assert hierarchy.GetItemParent(hierarchy.GetItemByDataNode(node)) == study
+    assert node.GetTransformNodeID() == transform.GetID()
+    other_volume = scalar_volume(mrml_scene, np.zeros((2, 2, 2), dtype=np.int16), name="other")
+    assert segments.output_segmentation(other_volume, "phantom3d") is not node
+
+
+def test_result_of_the_wrong_size_or_with_foreign_labels_is_refused(mrml_scene):
+    volume, image, values = phantom(mrml_scene)
+    node = segments.output_segmentation(volume, "phantom3d")
+    with pytest.raises(DataError, match=r"size \(5, 8, 6\).*'patient 7' has \(10, 8, 6\)"):
+        segments.import_task_segments(node, sitk.GetImageFromArray(values[:, :, :5].copy()), "phantom3d",
+                                      TASK_LABELS, reference_volume=volume)
+    foreign = sitk.GetImageFromArray(np.where(values == 3, 7, values).astype(np.uint8))
+    foreign.CopyInformation(image)
+    with pytest.raises(DataError, match=r"label values \[7\]"):
+        segments.import_task_segments(node, foreign, "phantom3d", TASK_LABELS, reference_volume=volume)
+    assert node.GetSegmentation().GetNumberOfSegments() == 0

@@ -1,0 +1,184 @@
+"""The segmentation logic end to end on real slicer-core and a real ``labelshare worker`` with the tiny model:
+segments equal to the engine's own output, progress to 100 %, re-run, cancel, crash, and bad inputs."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import SimpleITK as sitk
+import slicer
+
+from labelshare.errors import DataError, LabelShareError, ModelError, UnknownTaskError
+from labelshare.inference import Segmenter
+from labelshare.models import load_model
+
+pytest_plugins = ["slicer_support"]  # fixtures: mrml_scene, slicer_env
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "LabelShareSegmentation"))
+from LabelShareSegmentationLib import model_choice, segments, volumes  # noqa: E402
+from LabelShareSegmentationLib.jobs import JobFailed, JobState  # noqa: E402
+from LabelShareSegmentationLib.logic import SegmentationLogic, why_not_ready  # noqa: E402
+
+TASK = "phantom3d"
+
+
+@pytest.fixture(scope="module")
+def logic():
+    """One logic for the module's tests: its worker is reused until a test kills it (starting one takes seconds)."""
+    logic = SegmentationLogic()
+    yield logic
+    logic.stop()
+
+
+@pytest.fixture
+def volume(mrml_scene, synthetic_tasks):
+    case = sorted((synthetic_tasks[TASK] / "imagesTr").iterdir())[0]
+    return volumes.image_to_volume(sitk.ReadImage(str(case)), mrml_scene, "case 0")
+
+
+def scene_contents(scene) -> list[str]:
+    return sorted(scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes()))
+
+
+def test_segments_come_from_the_worker_and_equal_the_engine_output(logic, volume, tiny_model, mrml_scene):
+    events, states = [], []
+
+    def record(event):
+        events.append(event)
+        states.append(job.state)  # the state each event left the job in
+
+    job = logic.start(volume, TASK, model=tiny_model, device="cpu", on_event=record)
+    assert job.wait(120) == JobState.DONE, job.error
+    node = job.result
+    fractions = [e["fraction"] for e in events if e["event"] == "progress" and e["stage"] == "segmenting"]
+    assert fractions and fractions[-1] == 1.0 and fractions == sorted(fractions)
+    assert JobState.RUNNING in states and job.fraction == 1.0
+
+    expected = Segmenter(load_model(tiny_model)).segment(volumes.volume_to_image(volume), TASK)
+    expected = sitk.GetArrayFromImage(expected)
+    labels = [(1, "body"), (2, "organ"), (3, "lesion")]
+    segmentation = node.GetSegmentation()
+    assert node.GetName() == "case 0 phantom3d"
+    assert [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())] == \
+        [name for _, name in labels]
+    for index, (label_id, _) in enumerate(labels):
+        voxels = slicer.util.arrayFromSegmentBinaryLabelmap(node, segmentation.GetNthSegmentID(index), volume)
+        np.testing.assert_array_equal(voxels, (expected == label_id).astype(np.uint8))
+    assert not list(Path(job.done_event["output"]).parent.glob("*")), "transfer files must be removed"
+
+    # again: the same worker answers (no new process, model kept), the task's segments are replaced in place
+    worker_pid = logic.worker.process.pid
+    nodes_before = scene_contents(mrml_scene)
+    started = time.monotonic()
+    assert logic.segment(volume, TASK, model=tiny_model, device="cpu", timeout=120) is node
+    assert logic.job.done_event["load_s"] == 0.0 and logic.worker.process.pid == worker_pid
+    assert scene_contents(mrml_scene) == nodes_before and segmentation.GetNumberOfSegments() == 3
+    assert time.monotonic() - started < 60
+
+
+def test_cancel_stops_the_worker_and_leaves_the_scene_unchanged(logic, volume, tiny_model, mrml_scene):
+    before = scene_contents(mrml_scene)
+    job = None
+
+    def cancel_on_first_event(event):
+        if event["event"] == "progress":
+            job.cancel()
+
+    job = logic.start(volume, TASK, model=tiny_model, device="cpu", on_event=cancel_on_first_event)
+    worker_process = logic.worker.process
+    assert job.wait(120) == JobState.CANCELLED
+    assert not worker_process.alive and not psutil.pid_exists(worker_process.pid)
+    assert scene_contents(mrml_scene) == before
+    assert job.result is None and logic.worker.process is None  # the next run starts a new worker
+
+
+def test_engine_crash_fails_the_job_with_a_clear_reason(logic, volume, tiny_model, mrml_scene):
+    before = scene_contents(mrml_scene)
+    job = logic.start(volume, TASK, model=tiny_model, device="cpu")
+    psutil.Process(logic.worker.process.pid).kill()  # what the out-of-memory killer or a segfault does
+    with pytest.raises(JobFailed, match=r"worker stopped unexpectedly \(exit code -9\)"):
+        job.result_or_raise(120)
+    assert scene_contents(mrml_scene) == before
+    assert logic.worker.process is None  # the next run starts a new worker
+
+
+def test_engine_error_reaches_the_user_and_the_worker_keeps_serving(logic, volume, tiny_model, mrml_scene):
+    """Also: after the cancel and the crash above, the next run starts a new worker that works."""
+    broken = volumes.image_to_volume(sitk.GetImageFromArray(np.full((4, 8, 8), np.nan, dtype=np.float32)),
+                                     mrml_scene, "broken scan")
+    with pytest.raises(JobFailed, match="NaN or infinite"):
+        logic.segment(broken, TASK, model=tiny_model, device="cpu", timeout=120)
+    worker_pid = logic.worker.process.pid
+    assert logic.segment(volume, TASK, model=tiny_model, device="cpu", timeout=120) is not None
+    assert logic.worker.process.pid == worker_pid
+
+
+def test_bad_inputs_are_refused_before_anything_runs(volume, tiny_model, mrml_scene, tmp_path):
+    logic = SegmentationLogic()
+    before = scene_contents(mrml_scene)
+    with pytest.raises(UnknownTaskError, match="unknown task 'liver'; known tasks: phantom3d, sides3d, xray2d"):
+        logic.start(volume, "liver", model=tiny_model)
+    incomplete = tmp_path / "incomplete"
+    shutil.copytree(tiny_model, incomplete)
+    (incomplete / "model.safetensors").unlink()
+    with pytest.raises(ModelError, match="missing model.safetensors"):
+        logic.start(volume, TASK, model=incomplete)
+    empty = mrml_scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "nothing loaded")
+    with pytest.raises(DataError, match="volume 'nothing loaded' is empty"):
+        logic.start(empty, TASK, model=tiny_model)
+    with pytest.raises(LabelShareError, match="unknown device 'tpu'"):
+        logic.start(volume, TASK, model=tiny_model, device="tpu")
+    assert logic.worker is None  # no process was started
+    mrml_scene.RemoveNode(empty)
+    assert scene_contents(mrml_scene) == before
+
+
+def test_why_apply_is_disabled(volume, tiny_model, mrml_scene):
+    from labelshare.models import summarize_model
+    summary = summarize_model(tiny_model)
+    assert why_not_ready(None, summary, TASK) == "Select an input volume."
+    empty = mrml_scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "nothing")
+    assert why_not_ready(empty, summary, TASK) == "Volume 'nothing' is empty (it has no voxels)."
+    assert why_not_ready(volume, None, TASK) == "Select a model, or add a model folder."
+    assert why_not_ready(volume, summary, "") == "Select a task."
+    assert why_not_ready(volume, summary, "liver") == f"Model {tiny_model.name} has no task 'liver'."
+    assert why_not_ready(volume, summary, TASK) == ""
+
+
+def test_results_go_into_a_chosen_node_beside_other_segments(logic, volume, tiny_model, mrml_scene):
+    chosen = mrml_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "my work")
+    mine = chosen.GetSegmentation().AddEmptySegment("", "my tumour")
+    assert logic.segment(volume, TASK, model=tiny_model, device="cpu", output_node=chosen, timeout=120) is chosen
+    assert chosen.GetSegmentation().GetSegment(mine) is not None
+    assert len(segments.task_segment_ids(chosen, TASK)) == 3
+
+
+def test_model_list_checks_every_folder_and_keeps_the_reason(tiny_model, tmp_path):
+    store = tmp_path / "models"
+    shutil.copytree(tiny_model, store / "v1")
+    shutil.copytree(tiny_model, store / "v2-tampered")
+    (store / "v2-tampered" / "labelspace.json").write_text("{}")
+    found = {Path(s.path).name: s for s in model_choice.models_in(store)}
+    assert found["v1"].valid and found["v1"].tasks == ["phantom3d", "xray2d", "sides3d"]
+    assert not found["v2-tampered"].valid and "do not match manifest.json" in found["v2-tampered"].reason
+    assert model_choice.model_title(found["v1"]) == "v1 — phantom3d, xray2d, sides3d"
+    assert model_choice.model_title(found["v2-tampered"]) == "v2-tampered — cannot be used"
+
+    listed = model_choice.available_models(store, [store / "v1", tmp_path / "gone"])
+    assert [Path(s.path).name for s in listed] == ["v1", "v2-tampered", "gone"]  # v1 once, then the added folders
+    assert "folder does not exist" in listed[-1].reason
+    assert model_choice.available_models(tmp_path / "no models yet") == []  # a models folder not made yet
+
+    (store / "v1" / "config.json").unlink()
+    [incomplete] = model_choice.models_in(store / "v1")
+    assert not incomplete.valid and "missing config.json" in incomplete.reason
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelError, match="empty: no LabelShare model here"):
+        model_choice.models_in(tmp_path / "empty")
+    assert [(label.id, label.name) for label in model_choice.task_labels(tiny_model, "phantom3d")] == \
+        [(1, "body"), (2, "organ"), (3, "lesion")]

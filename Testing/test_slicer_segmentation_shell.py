@@ -1,0 +1,188 @@
+"""Static checks of LabelShareSegmentation's Qt shell (it needs PythonQt/CTK, which only a real Slicer has), of
+the extension's CMake lists and requirements, and the first-run dependency decisions with the Slicer calls
+replaced by recorders."""
+
+from __future__ import annotations
+
+import ast
+import fnmatch
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+MODULE_DIR = REPO / "LabelShareSegmentation"
+MODULE_FILE = MODULE_DIR / "LabelShareSegmentation.py"
+UI_FILE = MODULE_DIR / "Resources" / "UI" / "LabelShareSegmentation.ui"
+sys.path.insert(0, str(MODULE_DIR))
+from LabelShareSegmentationLib import dependencies  # noqa: E402
+from LabelShareSegmentationLib.dependencies import DependencyError, DependencyInstaller  # noqa: E402
+from qt_shell import load_ui_widgets, parameter_fields, source_tree, ui_names_used  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def ui_widgets() -> dict[str, object]:
+    return load_ui_widgets(UI_FILE)
+
+
+def shell_tree() -> ast.Module:
+    return source_tree(MODULE_FILE)
+
+
+def test_every_ui_widget_the_shell_uses_exists_in_the_ui_file(ui_widgets):
+    used = ui_names_used(MODULE_FILE)
+    assert {"applyButton", "modelComboBox", "taskComboBox", "progressBar", "logTextEdit"} <= used
+    assert sorted(used - set(ui_widgets)) == []
+
+
+def test_every_bound_widget_matches_a_parameter_of_the_right_type(ui_widgets):
+    fields = parameter_fields(MODULE_FILE)
+    bound = {w.property("SlicerParameterName"): w for w in ui_widgets.values() if w.property("SlicerParameterName")}
+    assert set(bound) == {"inputVolume", "outputSegmentation", "largestComponent"}
+    assert set(bound) <= set(fields)
+    for name, widget in bound.items():
+        node_types = widget.property("nodeTypes")
+        if node_types:  # a node selector: its node class is the parameter's type
+            assert list(node_types) == [fields[name]], name
+        else:
+            assert widget.metaObject().className() == "QCheckBox" and fields[name] == "bool", name
+
+
+def test_shell_does_no_array_or_network_work():
+    """Outside its self-test (which trains a tiny model), the shell only wires widgets to the Lib."""
+    imported = set()
+    shell = [node for node in shell_tree().body if not (isinstance(node, ast.ClassDef) and node.name.endswith("Test"))]
+    for node in (inner for top in shell for inner in ast.walk(top)):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            imported.add((node.module or "").split(".")[0])
+    assert not imported & {"numpy", "torch", "monai", "labelshare"}
+    compile(MODULE_FILE.read_text(encoding="utf-8"), str(MODULE_FILE), "exec")
+
+
+def test_self_test_runs_its_tests_in_a_real_slicer():
+    classes = {node.name: node for node in ast.walk(shell_tree()) if isinstance(node, ast.ClassDef)}
+    test = classes["LabelShareSegmentationTest"]
+    assert [ast.unparse(base) for base in test.bases] == ["ScriptedLoadableModuleTest"]
+    methods = {item.name: item for item in test.body if isinstance(item, ast.FunctionDef)}
+    called = {node.func.attr for node in ast.walk(methods["runTest"]) if isinstance(node, ast.Call)
+              and isinstance(node.func, ast.Attribute)}
+    assert {name for name in methods if name.startswith("test_")} <= called
+
+
+def cmake_list(text: str, variable: str) -> list[str]:
+    match = re.search(rf"set\({variable}\s+(.*?)\)", text, re.S)
+    return match.group(1).split() if match else []
+
+
+def test_module_cmake_lists_every_script_and_resource():
+    text = (MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8")
+    listed = [entry.replace("${MODULE_NAME}", "LabelShareSegmentation")
+              for entry in cmake_list(text, "MODULE_PYTHON_SCRIPTS") + cmake_list(text, "MODULE_PYTHON_RESOURCES")]
+    globs = [g.replace("${CMAKE_CURRENT_SOURCE_DIR}/", "") for g in re.findall(r"file\(GLOB\S*\s+\S+\s+RELATIVE\s+"
+                                                                              r"\S+\s+CONFIGURE_DEPENDS\s+(\S+)\)",
+                                                                              text)]
+    assert globs == ["labelshare/*.py", "Resources/Models/*"]
+    for entry in listed:
+        if not entry.startswith("${"):
+            assert (MODULE_DIR / entry).is_file(), entry
+    shipped = {e for e in listed if not e.startswith("${")}
+    for path in MODULE_DIR.rglob("*"):
+        relative = path.relative_to(MODULE_DIR).as_posix()
+        if not path.is_file() or "__pycache__" in relative or ".egg-info" in relative or relative == "CMakeLists.txt":
+            continue
+        assert relative in shipped or any(fnmatch.fnmatch(relative, g) for g in globs), f"{relative} is not shipped"
+
+
+def test_extension_cmake_has_the_metadata_and_both_modules():
+    text = (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
+    for variable in ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION",
+                     "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS", "EXTENSION_DEPENDS"):
+        assert re.search(rf"set\({variable}\s+\S", text), variable
+    assert 'set(EXTENSION_DEPENDS "PyTorch")' in text and 'set(EXTENSION_CATEGORY "Segmentation")' in text
+    assert "add_subdirectory(LabelShareSegmentation)" in text and "add_subdirectory(LabelShareTraining)" in text
+    for resource in cmake_list(text, "LabelShare_EXTENSION_RESOURCES"):
+        assert (REPO / resource).is_file(), resource
+    assert (REPO / "Resources" / "Icons" / "LabelShare.png").is_file()
+
+
+def test_requirements_cover_the_engine_dependencies_except_what_slicer_or_pytorch_provide():
+    pyproject = (REPO / "pyproject.toml").read_text(encoding="utf-8")  # (tomllib needs Python 3.11)
+    engine = re.findall(r'"([^"]+)"', re.search(r"^dependencies = \[(.*?)\]", pyproject, re.S | re.M).group(1))
+    engine_names = {re.split(r"[<>=!~ \[]", requirement)[0].lower() for requirement in engine}
+    assert {"torch", "monai", "safetensors"} <= engine_names
+    required = {requirement.name.lower() for requirement in dependencies.read_requirements()}
+    protected = {name.lower() for name in dependencies.PROTECTED_PACKAGES}
+    assert engine_names - protected <= required
+    assert not required & protected  # pip is never asked for numpy, SimpleITK, requests or torch
+
+
+class Recorder:
+    """Stands in for Slicer's installers: records the calls and 'installs' into a fake package table."""
+
+    def __init__(self, installed: dict[str, str], accept: bool = True):
+        self.installed, self.accept, self.calls = installed, accept, []
+
+    def install_torch(self, requirement):
+        self.calls.append(("torch", requirement))
+        self.installed["torch"] = "2.13.0"
+
+    def pip_ensure(self, packages, constraints, requester):
+        self.calls.append(("pip_ensure", list(packages), Path(constraints).read_text(), requester))
+        self.installed.update({p.split(">=")[0]: "99.0" for p in packages})
+
+    def confirm(self, message, details):
+        self.calls.append(("confirm", details))
+        return self.accept
+
+    def pip_install(self, arguments):
+        self.calls.append(("pip_install", arguments))
+        self.installed.update({name: "99.0" for name in re.findall(r'"([a-z-]+)>=', arguments)})
+
+
+@pytest.fixture
+def packages(monkeypatch, tmp_path) -> tuple[dict[str, str], Path]:
+    installed = {"numpy": "2.1.3", "SimpleITK": "2.4.0", "requests": "2.32.0", "monai": "1.2.0"}
+    monkeypatch.setattr(dependencies, "installed_version", lambda name: installed.get(name))
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("# comment\nmonai>=1.4  # engine\nsafetensors>=0.4\n")
+    return installed, requirements
+
+
+def test_first_run_installs_torch_through_pytorch_then_the_rest_with_protected_versions_pinned(packages):
+    installed, requirements = packages
+    recorder = Recorder(installed)
+    installer = DependencyInstaller(recorder.install_torch, pip_ensure=recorder.pip_ensure)
+    assert installer.ensure(requirements) == ["torch>=2.2", "monai>=1.4", "safetensors>=0.4"]
+    torch_call, pip_call = recorder.calls
+    assert torch_call == ("torch", "torch>=2.2")
+    assert pip_call[1] == ["monai>=1.4", "safetensors>=0.4"] and pip_call[3] == "LabelShare"
+    assert pip_call[2].split() == ["numpy==2.1.3", "SimpleITK==2.4.0", "requests==2.32.0", "torch==2.13.0"]
+    assert installer.ensure(requirements) == [] and len(recorder.calls) == 2  # nothing more to do
+
+
+def test_older_slicer_asks_once_and_installs_with_constraints(packages):
+    installed, requirements = packages
+    installed["torch"] = "2.5.0"
+    recorder = Recorder(installed)
+    installer = DependencyInstaller(recorder.install_torch, confirm=recorder.confirm, pip_install=recorder.pip_install)
+    installer.ensure(requirements)
+    (confirm, details), (pip_install, arguments) = recorder.calls
+    assert confirm == "confirm" and details == "monai>=1.4\nsafetensors>=0.4"
+    assert arguments.startswith('"monai>=1.4" "safetensors>=0.4" -c "') and arguments.endswith('constraints.txt"')
+
+
+def test_declined_or_failed_installs_say_so(packages):
+    installed, requirements = packages
+    installed["torch"] = "2.5.0"
+    declining = Recorder(installed, accept=False)
+    with pytest.raises(DependencyError, match="declined"):
+        DependencyInstaller(declining.install_torch, confirm=declining.confirm,
+                            pip_install=declining.pip_install).ensure(requirements)
+    assert [call[0] for call in declining.calls] == ["confirm"]
+
+    with pytest.raises(DependencyError, match="still missing after installation: monai>=1.4, safetensors>=0.4"):
+        DependencyInstaller(lambda requirement: None, pip_ensure=lambda *args, **kwargs: None).ensure(requirements)

@@ -1,0 +1,70 @@
+"""Shared set-up of the benchmark scripts: an untrained model with the default configuration (throughput does not
+depend on the weights) and memory probes."""
+
+from __future__ import annotations
+
+import resource
+import threading
+import time
+
+import psutil
+import torch
+
+from labelshare.labelspace import LabelEntry, LabelSpace, LabelStats, TaskEntry
+from labelshare.models import Model, ModelConfig, PreprocessingConfig
+from labelshare.networks import NetworkConfig, build_network
+
+
+def default_model(image_size: int = 128, device: str = "cpu", n_shared: int = 3) -> Model:
+    stats = LabelStats(relative_size=0.1, frequency=1.0, slices_with_label=1)
+    tasks = {f"task{t}": TaskEntry(name=f"task{t}", labels=[LabelEntry(f"label{k}", k, k, stats)
+                                                            for k in range(1, n_shared + 1)]) for t in range(2)}
+    space = LabelSpace(tasks)
+    config = ModelConfig(method="label-sharing", layout="shared", network=NetworkConfig(out_channels=n_shared + 1),
+                         preprocessing=PreprocessingConfig(image_size=image_size))
+    network = build_network(config.network).to(device).eval()
+    return Model(path=None, config=config, labelspace=space, network=network, device=torch.device(device))
+
+
+class PeakMemory:
+    """Peak resident memory of this process while the block runs (sampled every 10 ms), and peak GPU memory."""
+
+    def __enter__(self) -> PeakMemory:
+        self.process = psutil.Process()
+        self.start_rss = self.process.memory_info().rss
+        self.peak_rss = self.start_rss
+        self._running = True
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        return self
+
+    def _sample(self) -> None:
+        while self._running:
+            self.peak_rss = max(self.peak_rss, self.process.memory_info().rss)
+            time.sleep(0.01)
+
+    def __exit__(self, *exc) -> None:
+        self._running = False
+        self._thread.join()
+        self.peak_gpu = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0
+
+    def describe(self) -> str:
+        growth = (self.peak_rss - self.start_rss) / 2**20
+        max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
+        text = f"peak host RSS {self.peak_rss / 2**20:.0f} MiB (+{growth:.0f} MiB in the run; max {max_rss:.0f} MiB)"
+        if self.peak_gpu:
+            text += f", peak GPU memory {self.peak_gpu / 2**20:.0f} MiB"
+        return text
+
+
+def machine() -> str:
+    if torch.cuda.is_available():
+        return f"GPU {torch.cuda.get_device_name(0)}"
+    return f"CPU, {torch.get_num_threads()} torch threads, {psutil.cpu_count()} logical cores"
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()

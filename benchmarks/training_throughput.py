@@ -1,0 +1,88 @@
+"""Training throughput: the engine's full training step vs a raw train step on the same network, in one run.
+
+    python benchmarks/training_throughput.py [--device cpu|cuda] [--image-size 128] [--batch-size 16] [--steps 20]
+
+Full step = ``Trainer.train_step``: task-balanced sampling, batch gathering, on-device augmentation, forward with
+mixed precision on CUDA, the engine's loss, backward, clipping, optimiser step. Raw step = forward, the same loss,
+backward and optimiser step on one fixed batch already on the device, so the ratio is what the data pipeline
+(sampling, gathering, augmentation) and the step's bookkeeping cost. Prints steps/s of both, their ratio (target
+>= 0.8 on a GPU) and peak memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from common import PeakMemory, machine, synchronize
+
+from labelshare import synthetic
+from labelshare.heads import task_heads
+from labelshare.labelspace import LabelSpace, compute_statistics
+from labelshare.networks import NetworkConfig, build_network
+from labelshare.progress import Progress
+from labelshare.tasks import TaskDataset
+from labelshare.training import Batch, TrainConfig, Trainer, build_slice_bank
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=20)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder:
+        tasks = {name: TaskDataset.open(path, name) for name, path in synthetic.write_tasks(Path(folder), 8).items()}
+        space = LabelSpace.build([compute_statistics(task) for task in tasks.values()])
+        heads = task_heads("shared", space)
+        banks = [build_slice_bank(task, [c.name for c in task.cases], heads[name], args.image_size)
+                 for name, task in tasks.items()]
+        config = TrainConfig(image_size=args.image_size, batch_size=args.batch_size, epochs=1,
+                             steps_per_epoch=10 * args.steps, device=args.device)
+        network = build_network(NetworkConfig(out_channels=space.n_shared + 1))
+        trainer = Trainer(network, heads, banks, [], config, Path(folder), Progress("quiet"))
+        device = trainer.device
+
+        def engine_step(step: int) -> None:
+            trainer.train_step(step)
+
+        images = torch.randn(args.batch_size, 1, args.image_size, args.image_size, device=device)
+        targets = torch.randint(0, space.n_shared + 1, (args.batch_size, args.image_size, args.image_size),
+                                device=device)
+        fixed_batch = Batch(images=images, targets=targets,
+                            task_index=torch.zeros(args.batch_size, dtype=torch.int64, device=device),
+                            heads=[heads[banks[0].task]])
+
+        def raw_step(step: int) -> None:
+            with torch.autocast(device.type, dtype=trainer.autocast_dtype, enabled=trainer.autocast_dtype is not None):
+                logits = network(fixed_batch.images, fixed_batch.task_index)
+            loss = trainer.loss(logits, fixed_batch)
+            trainer.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            trainer.optimizer.step()
+
+        results = {}
+        for name, step_function in (("raw", raw_step), ("engine", engine_step)):
+            for step in range(3):   # warm-up
+                step_function(step)
+            synchronize(device)
+            with PeakMemory() as memory:
+                start = time.perf_counter()
+                for step in range(args.steps):
+                    step_function(step)
+                synchronize(device)
+                rate = args.steps / (time.perf_counter() - start)
+            results[name] = (rate, memory.describe())
+    print(f"training step, batch {args.batch_size} of {args.image_size}x{args.image_size}, {machine()}")
+    for name in ("engine", "raw"):
+        print(f"  {name}: {results[name][0]:.2f} steps/s ({results[name][0] * args.batch_size:.1f} slices/s); "
+              f"{results[name][1]}")
+    print(f"  ratio engine / raw throughput: {results['engine'][0] / results['raw'][0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
