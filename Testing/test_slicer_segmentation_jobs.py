@@ -37,6 +37,7 @@ def test_progress_log_and_import_of_a_successful_job():
         print("plain text is logged", flush=True)
         print("a warning", file=sys.stderr, flush=True)
         p.progress("preparing", 0.0, "loading")
+        time.sleep(0.3)  # the parent sees "preparing" on its own before "segmenting" arrives
         for k in range(1, 5):
             p.progress("segmenting", k / 4, f"{k}/4")
             time.sleep(0.05)

@@ -56,14 +56,14 @@ class Evaluation:
 
     def mean_dice(self) -> dict[str, float]:
         """Mean over labels of each task's mean Dice."""
-        return {task: _nanmean([s["dice_mean"] for s in labels.values()]) for task, labels in self.summary().items()}
+        return {task: nanmean([s["dice_mean"] for s in labels.values()]) for task, labels in self.summary().items()}
 
     def to_csv(self) -> str:
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(["task", "case", "label", "label_id", "dice", "hd95"])
         for s in self.scores:
-            writer.writerow([s.task, s.case, s.label, s.label_id, _fmt(s.dice, 4), _fmt(s.hd95, 3)])
+            writer.writerow([s.task, s.case, s.label, s.label_id, format_number(s.dice, 4), format_number(s.hd95, 3)])
         return buffer.getvalue()
 
     def to_markdown(self, title: str = "Evaluation") -> str:
@@ -72,10 +72,11 @@ class Evaluation:
                  "| task | label | n | Dice | HD95 |", "|---|---|---|---|---|"]
         for task, labels in self.summary().items():
             for label, s in labels.items():
-                lines.append(f"| {task} | {label} | {s['n']} | {_fmt(s['dice_mean'], 3)} ± {_fmt(s['dice_sd'], 3)} | "
-                             f"{_fmt(s['hd95_mean'], 2)} ± {_fmt(s['hd95_sd'], 2)} |")
+                dice = f"{format_number(s['dice_mean'], 3)} ± {format_number(s['dice_sd'], 3)}"
+                hd95 = f"{format_number(s['hd95_mean'], 2)} ± {format_number(s['hd95_sd'], 2)}"
+                lines.append(f"| {task} | {label} | {s['n']} | {dice} | {hd95} |")
         lines += ["", "| task | mean Dice over labels |", "|---|---|"]
-        lines += [f"| {task} | {_fmt(value, 3)} |" for task, value in self.mean_dice().items()]
+        lines += [f"| {task} | {format_number(value, 3)} |" for task, value in self.mean_dice().items()]
         return "\n".join(lines) + "\n"
 
     def write(self, folder: Path, title: str = "Evaluation") -> tuple[Path, Path]:
@@ -119,7 +120,8 @@ def evaluate_cases(model: Model, task: TaskDataset, case_names: Iterable[str] | 
     return result
 
 
-def _nanmean(values) -> float:
+def nanmean(values) -> float:
+    """Mean of the values that are not NaN; NaN when none is."""
     values = [v for v in values if v == v]
     return float(np.mean(values)) if values else float("nan")
 
@@ -131,5 +133,5 @@ def _stats(dice: np.ndarray, hd95: np.ndarray) -> dict[str, float]:
             "hd95_mean": float(h.mean()) if h.size else math.nan, "hd95_sd": float(h.std()) if h.size else math.nan}
 
 
-def _fmt(value: float, digits: int) -> str:
-    return "nan" if value != value else f"{value:.{digits}f}"
+def format_number(value: float, digits: int, missing: str = "nan") -> str:
+    return missing if value != value else f"{value:.{digits}f}"

@@ -88,17 +88,10 @@ def prepare_data(tasks: dict[str, TaskDataset], space: LabelSpace, layout: str, 
         bank = build_slice_bank(task, names, heads[name], config.image_size, progress,
                                 (start + i * step, start + (i + 1) * step))
         train_rows = np.isin(bank.case_of_slice, split[name]["train"])
-        train_banks.append(_subset(bank, train_rows))
+        train_banks.append(bank.select(train_rows))
         if split[name]["validation"]:
-            validation_banks.append(_subset(bank, ~train_rows))
+            validation_banks.append(bank.select(~train_rows))
     return PreparedData(tasks=tasks, split=split, train_banks=train_banks, validation_banks=validation_banks)
-
-
-def _subset(bank: SliceBank, rows: np.ndarray) -> SliceBank:
-    index = torch.from_numpy(np.flatnonzero(rows))
-    return SliceBank(task=bank.task, images=bank.images[index], targets=bank.targets[index],
-                     case_of_slice=[c for c, keep in zip(bank.case_of_slice, rows, strict=True) if keep],
-                     foreground=bank.foreground[rows], flip_allowed=bank.flip_allowed)
 
 
 def model_config_for(method: str, space: LabelSpace, config: TrainConfig) -> ModelConfig:

@@ -89,6 +89,13 @@ class SliceBank:
         self.targets = self.targets.to(device)
         return self
 
+    def select(self, rows: np.ndarray) -> SliceBank:
+        """The slices where the boolean ``rows`` is true (e.g. the cases of one side of the split)."""
+        index = torch.from_numpy(np.flatnonzero(rows))
+        return SliceBank(task=self.task, images=self.images[index], targets=self.targets[index],
+                         case_of_slice=[c for c, keep in zip(self.case_of_slice, rows, strict=True) if keep],
+                         foreground=self.foreground[rows], flip_allowed=self.flip_allowed)
+
 
 def resize_slices(image: np.ndarray, label: np.ndarray | None, size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Resize (n, h, w) slices to (n, size, size): bilinear with antialiasing for images, nearest for labels."""

@@ -35,7 +35,7 @@ DEVICES = ("auto", "cuda", "cpu")
 # "standard" is the engine's add-task default budget with more epochs for a first model.
 BUDGETS = {
     "quick": {"epochs": 3, "steps_per_epoch": 40, "batch_size": 8},
-    "standard": {"epochs": 5, "steps_per_epoch": 100, "batch_size": 16},
+    "standard": {"epochs": 3, "steps_per_epoch": 100, "batch_size": 16},
 }
 FIRST_MODEL_EPOCHS = {"quick": 10, "standard": 30}  # a model trained from scratch needs more epochs
 EXIT_OK, EXIT_ERROR, EXIT_REGRESSION, EXIT_INTERRUPTED = 0, 1, 3, 75

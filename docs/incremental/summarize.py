@@ -1,0 +1,187 @@
+"""Tables and chart of the incremental-learning experiments (docs/incremental/README.md) from the model folders.
+
+    python docs/incremental/summarize.py RUNS_DIR [--joint MODEL_DIR] [--per-task MODEL_DIR] [--out docs/incremental]
+
+RUNS_DIR is the folder of run_experiments.sh. ``--joint`` is a label-sharing model trained on all four tasks from
+scratch and ``--per-task`` a model of the new task alone, both with the same configuration (the benchmark's).
+Writes results.md, results.json and dice.png into ``--out``. Every number comes from the model folders: Dice from
+metrics.json (validation cases, native resolution), changes from forgetting.json, times from lineage.json and
+RUNS_DIR/wallclock.tsv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+TASKS = ("hippocampus", "acdc", "mammo", "sunnybrook")
+RUNS = [  # (folder in RUNS_DIR, description)
+    ("base-3task", "3-task model (hippocampus, ACDC, mammography), before adding"),
+    ("add-overlap", "+ Sunnybrook: overlap mapping, replay all"),
+    ("add-size", "+ Sunnybrook: size mapping (paper), replay all"),
+    ("add-overlap-noreplay", "+ Sunnybrook: overlap mapping, no replay (fine-tuning)"),
+    ("add-size-noreplay", "+ Sunnybrook: size mapping, no replay (fine-tuning)"),
+    ("add-overlap-replay8", "+ Sunnybrook: overlap mapping, replay 8 cases per task"),
+    ("add-overlap-distill", "+ Sunnybrook: overlap mapping, replay all, distillation weight 1"),
+    ("add-overlap-distill-lr1e-3", "+ Sunnybrook: overlap, replay all, distillation 1, learning rate 1e-3"),
+    ("add-overlap-distill-300", "+ Sunnybrook: overlap, replay all, distillation 1, 300 steps (the defaults)"),
+]
+
+
+def read(folder: Path, name: str, default=None):
+    path = folder / name
+    return json.loads(path.read_text()) if path.is_file() else default
+
+
+def describe(folder: Path, label: str, wallclock: dict[str, float], name: str | None = None) -> dict:
+    metrics, lineage = read(folder, "metrics.json"), read(folder, "lineage.json")
+    training, forgetting = read(folder, "training.json"), read(folder, "forgetting.json")
+    return {
+        "model": name or folder.name, "description": label,
+        "mean_dice": metrics["mean_dice"],
+        "dice": {task: {lab: s["dice_mean"] for lab, s in labels.items()}
+                 for task, labels in metrics["validation"].items()},
+        "steps": training["epochs"] * training["steps_per_epoch"],
+        "training_s": lineage.get("elapsed_s"),
+        "wallclock_s": wallclock.get(folder.name),
+        "mapping": lineage.get("mapping"),
+        "forgetting": forgetting,
+        "labelspace": read(folder, "labelspace.json"),
+    }
+
+
+def case_means(folder: Path) -> dict[tuple[str, str], float]:
+    """(task, case) -> mean Dice over the labels of the case (labels absent from reference and prediction skipped)."""
+    values: dict[tuple[str, str], list[float]] = {}
+    with open(folder / "evaluation.csv") as stream:
+        for row in csv.DictReader(stream):
+            dice = float(row["dice"])
+            if dice == dice:
+                values.setdefault((row["task"], row["case"]), []).append(dice)
+    return {key: sum(v) / len(v) for key, v in values.items()}
+
+
+def paired_standard_error(base: Path, model: Path, task: str) -> float:
+    """Standard error (points) of the mean per-case change of the task's Dice, cases paired (the same cases)."""
+    before, after = case_means(base), case_means(model)
+    changes = [100 * (after[key] - value) for key, value in before.items() if key[0] == task and key in after]
+    if len(changes) < 2:
+        return math.nan
+    mean = sum(changes) / len(changes)
+    return math.sqrt(sum((c - mean) ** 2 for c in changes) / (len(changes) - 1) / len(changes))
+
+
+def fmt(value, digits=3) -> str:
+    return "-" if value is None or value != value else f"{value:.{digits}f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", type=Path)
+    parser.add_argument("--joint", type=Path, action="append", default=[])
+    parser.add_argument("--per-task", type=Path)
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent)
+    args = parser.parse_args()
+    wallclock = {}
+    if (args.runs / "wallclock.tsv").is_file():
+        for line in (args.runs / "wallclock.tsv").read_text().splitlines():
+            name, seconds = line.split("\t")
+            wallclock[name] = float(seconds)
+    rows = [describe(args.runs / name, label, wallclock) for name, label in RUNS if (args.runs / name).is_dir()]
+    for joint in args.joint:
+        groups = read(joint, "labelspace.json")["groups"]
+        mapping = f"size mapping + groups {'; '.join('='.join(g) for g in groups)}" if groups else "size mapping"
+        rows.append(describe(joint, f"joint 4-task model from scratch ({mapping})", wallclock,
+                             name=f"joint {joint.parent.name}"))
+    if args.per_task:
+        rows.append(describe(args.per_task, "per-task model of Sunnybrook", wallclock, name="per-task sunnybrook"))
+    expansion = describe(args.runs / "add-sunnybrook4", "+ Sunnybrook split into 4 labels (n* 3 -> 4)", wallclock) \
+        if (args.runs / "add-sunnybrook4").is_dir() else None
+
+    lines = ["# Incremental learning: measured results", "",
+             "Generated by `python docs/incremental/summarize.py` from the model folders (see README.md for the "
+             "commands and the machine). Dice: per-case Dice at native resolution on the validation cases, mean over "
+             "cases, then over the task's labels. Change: points (x100) against the 3-task model, from "
+             "forgetting.json.", "",
+             "| model | " + " | ".join(TASKS) + " | worst old-task change | steps | training s | wall-clock s |",
+             "|---|" + "---|" * (len(TASKS) + 4)]
+    for row in rows:
+        forgetting = row["forgetting"]
+        worst = forgetting["worst"] if forgetting else None
+        change = f"{100 * worst['change']:+.1f} ({worst['task']})" if worst else "-"
+        lines.append(f"| {row['description']} | " + " | ".join(fmt(row["mean_dice"].get(t)) for t in TASKS)
+                     + f" | {change} | {row['steps']} | {fmt(row['training_s'], 0)} | {fmt(row['wallclock_s'], 0)} |")
+    lines += ["", "## Change of every old task (points), with the standard error of the per-case change", "",
+              "Cases are paired (the same validation cases before and after), so the standard error shows which "
+              "changes are larger than the case-to-case noise.", "",
+              "| model | " + " | ".join(TASKS[:3]) + " | mean of the three |", "|---|" + "---|" * 4]
+    base_folder = args.runs / "base-3task"
+    for row in rows:
+        forgetting = row["forgetting"]
+        if not forgetting or forgetting.get("parent") != "base-3task":
+            continue
+        folder = args.runs / row["model"]
+        means = forgetting["task_means"]
+        cells = [f"{100 * means[t]['change']:+.1f} ± {paired_standard_error(base_folder, folder, t):.1f}"
+                 for t in TASKS[:3]]
+        average = sum(means[t]["change"] for t in TASKS[:3]) / 3
+        lines.append(f"| {row['model']} | " + " | ".join(cells) + f" | {100 * average:+.2f} |")
+    lines += ["", "## Per label", "", "| model | task | label | Dice | change (points) |", "|---|---|---|---|---|"]
+    for row in rows:
+        for task in ("acdc", "sunnybrook"):
+            for label, value in row["dice"].get(task, {}).items():
+                change = (row["forgetting"] or {}).get("tasks", {}).get(task, {}).get(label, {}).get("change")
+                lines.append(f"| {row['model']} | {task} | {label} | {fmt(value)} | "
+                             f"{'-' if change is None else f'{100 * change:+.1f}'} |")
+    lines += ["", "## Mapping of the new task", "", "| model | strategy | label -> shared label | why |",
+              "|---|---|---|---|"]
+    for row in rows + ([expansion] if expansion else []):
+        mapping = row["mapping"]
+        if not mapping or not mapping.get("task"):
+            continue
+        for label, shared in mapping["shared"].items():
+            lines.append(f"| {row['model']} | {mapping['strategy']} | {label} -> {shared} | "
+                         f"{mapping['reasons'][label]} |")
+    if expansion:
+        space = expansion["labelspace"]
+        lines += ["", "## More labels than n*", "",
+                  f"`{expansion['model']}`: n* = {space['n_shared']} after adding (3 before); Dice of the new task: "
+                  + ", ".join(f"{label} {fmt(v)}" for label, v in expansion["dice"]["sunnybrook4"].items())
+                  + "; old tasks: " + ", ".join(f"{t} {fmt(expansion['mean_dice'][t])}" for t in TASKS[:3])
+                  + f"; worst change {100 * expansion['forgetting']['worst']['change']:+.1f} points "
+                  f"({expansion['forgetting']['worst']['task']}); {expansion['steps']} steps, "
+                  f"{fmt(expansion['training_s'], 0)} s training, {fmt(expansion['wallclock_s'], 0)} s wall-clock.", ""]
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.md").write_text("\n".join(lines) + "\n")
+    (args.out / "results.json").write_text(json.dumps(
+        {"rows": [{k: v for k, v in r.items() if k != "labelspace"} for r in rows],
+         "expansion": {k: v for k, v in expansion.items() if k != "labelspace"} if expansion else None},
+        indent=1) + "\n")
+
+    figure, axis = plt.subplots(figsize=(12, 7))
+    width = 0.8 / len(rows)
+    colours = plt.get_cmap("tab20").colors
+    for i, row in enumerate(rows):
+        values = [row["mean_dice"].get(t, float("nan")) for t in TASKS]
+        axis.bar([k + i * width for k in range(len(TASKS))], values, width, label=row["description"],
+                 color=colours[i % len(colours)])
+    axis.set_xticks([k + 0.4 - width / 2 for k in range(len(TASKS))], TASKS)
+    axis.set_ylabel("validation Dice (mean over labels)")
+    axis.set_ylim(0, 1)
+    axis.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=2)
+    axis.set_title("Adding Sunnybrook to a 3-task label-sharing model (CPU, 96x96 input, seed 0)")
+    figure.tight_layout()
+    figure.savefig(args.out / "dice.png", dpi=110, bbox_inches="tight")
+    print((args.out / "results.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
