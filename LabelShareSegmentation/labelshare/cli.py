@@ -29,6 +29,15 @@ def _add_task_arguments(parser: argparse.ArgumentParser, required: bool = True) 
                         help="a task: its name and nnU-Net raw folder (repeat for several tasks)")
 
 
+def _add_method_argument(parser: argparse.ArgumentParser) -> None:
+    # Literal names (pipeline.METHOD_LAYOUTS) so that parsing does not import torch.
+    parser.add_argument("--method", default="label-sharing",
+                        choices=("label-sharing", "label-sharing-task-channels", "per-task", "multi-channel",
+                                 "dodnet"),
+                        help="label-sharing: the paper; -task-channels: the task as one-hot input planes, "
+                             "robust when tasks look alike (docs/benchmark) (default: %(default)s)")
+
+
 def _add_training_arguments(parser: argparse.ArgumentParser, epochs: int, steps: int, image_size: int) -> None:
     group = parser.add_argument_group("training budget and device")
     group.add_argument("--epochs", type=int, default=epochs)
@@ -143,7 +152,8 @@ def cmd_models(args, progress: Progress) -> int:
 
 def cmd_demo(args, progress: Progress) -> int:
     from .demo import run_demo
-    run_demo(args.out, task_arguments(args), args.group, train_config_from(args), progress, command=sys.argv[1:])
+    run_demo(args.out, task_arguments(args), args.group, train_config_from(args), progress, command=sys.argv[1:],
+             method=args.method)
     return 0
 
 
@@ -181,9 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--labelspace", required=True, type=Path)
     _add_task_arguments(train)
     train.add_argument("--out", required=True, type=Path, help="new model folder (never overwritten)")
-    train.add_argument("--method", default="label-sharing",
-                       choices=("label-sharing", "label-sharing-task-channels", "per-task", "multi-channel",
-                                "dodnet"))
+    _add_method_argument(train)
     train.add_argument("--resume", action="store_true", help="continue an interrupted run of the same --out")
     _add_training_arguments(train, epochs=50, steps=100, image_size=128)
     _add_common(train)
@@ -230,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", required=True, type=Path)
     _add_task_arguments(demo, required=False)
     demo.add_argument("--group", action="append", default=[], metavar="TASK:LABEL=TASK:LABEL")
+    _add_method_argument(demo)
     _add_training_arguments(demo, epochs=8, steps=40, image_size=64)
     _add_common(demo)
     demo.set_defaults(func=cmd_demo)
@@ -270,12 +279,13 @@ def build_parser() -> argparse.ArgumentParser:
                           help="folder of an old task (default: the folder recorded in the model's lineage.json)")
     add_task.add_argument("--replay-cases", default="all", metavar="N|all",
                           help="training cases replayed per old task; 0: plain fine-tuning (default: %(default)s)")
-    add_task.add_argument("--distill-weight", type=float, default=0.0, help="default: %(default)s")
+    add_task.add_argument("--distill-weight", type=float, default=1.0,
+                          help="weight of distillation from the old model on replayed slices (default: %(default)s)")
     add_task.add_argument("--max-regression", type=float, default=1.0, metavar="POINTS",
                           help="largest allowed loss of an old task's mean Dice, in points (default: %(default)s)")
     add_task.add_argument("--accept-regression", action="store_true", help="publish even when the gate refuses")
     add_task.add_argument("--resume", action="store_true", help="continue an interrupted run of the same --out")
-    for flag, kind, default in (("--epochs", int, 5), ("--steps-per-epoch", int, 100), ("--batch-size", int, 16),
+    for flag, kind, default in (("--epochs", int, 3), ("--steps-per-epoch", int, 100), ("--batch-size", int, 16),
                                 ("--learning-rate", float, 2e-3), ("--seed", int, 0), ("--device", str, "auto")):
         add_task.add_argument(flag, type=kind, default=default)
     _add_common(add_task)

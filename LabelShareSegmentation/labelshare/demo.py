@@ -40,7 +40,7 @@ class DemoResult:
 
 def run_demo(out: str | Path, task_arguments: Sequence[tuple[str, Path]] = (), groups: Sequence[str] = (),
              config: TrainConfig | None = None, progress: Progress | None = None,
-             command: Sequence[str] | None = None) -> DemoResult:
+             command: Sequence[str] | None = None, method: str = "label-sharing") -> DemoResult:
     progress = progress or Progress("human")
     out = Path(out)
     if out.exists() and any(out.iterdir()):
@@ -54,7 +54,8 @@ def run_demo(out: str | Path, task_arguments: Sequence[tuple[str, Path]] = (), g
     space = LabelSpace.build([compute_statistics(t) for t in tasks.values()], [parse_group(g) for g in groups])
     space.save(out / "labelspace.json")
     progress.log("label space:\n" + space.table())
-    model_dir = train(list(task_arguments), space, out / "model", config, progress=progress, command=command)
+    model_dir = train(list(task_arguments), space, out / "model", config, method=method, progress=progress,
+                      command=command)
     model = load_model(model_dir, device=(config.device if config else "auto"))
     split = read_json(model_dir / "split.json")["tasks"]
     segmenter = Segmenter(model)

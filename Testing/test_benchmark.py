@@ -1,0 +1,243 @@
+"""The benchmark (issue 3): every method trains on synthetic data with the right outputs, DoD-Net's head depends on
+the task code, the runner writes well-formed outputs, repeats itself with the same seed and resumes a half-finished
+run; the shipped default model is a valid, small, documented model folder."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import signal
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from labelshare.benchmark import METHODS, BenchmarkSettings, run_benchmark
+from labelshare.cli import main
+from labelshare.errors import LabelShareError, TrainingInterrupted
+from labelshare.fileio import read_json, staging_dir_for
+from labelshare.heads import task_heads
+from labelshare.inference import Segmenter
+from labelshare.metrics import dice_per_label
+from labelshare.models import WEIGHTS_FILE, default_model_dir, load_model
+from labelshare.networks import NetworkConfig, build_network
+from labelshare.progress import Progress
+from labelshare.tasks import TaskDataset
+from labelshare.training import Trainer
+
+from conftest import REAL_TASKS, real_task_dir
+
+GROUP = "phantom3d:lesion=xray2d:heart"  # ranked 3rd and 2nd by size: the group changes the mapping
+TINY = dict(steps_per_task=2, steps_per_epoch=2, batch_size=6, image_size=32, seed=0, device="cpu")
+
+
+def tiny_settings(**changes) -> BenchmarkSettings:
+    return BenchmarkSettings(**{**TINY, "groups": [GROUP], **changes})
+
+
+@pytest.fixture(scope="module")
+def tiny_benchmark(tmp_path_factory, synthetic_tasks):
+    """Every method on the three synthetic tasks, two steps per task."""
+    out = tmp_path_factory.mktemp("benchmark") / "run"
+    return run_benchmark(list(synthetic_tasks.items()), list(METHODS), out, tiny_settings(),
+                         progress=Progress("quiet"), command=["benchmark", "--out", str(out), "(test)"])
+
+
+def test_dodnet_head_gives_different_outputs_for_different_task_codes():
+    torch.manual_seed(0)
+    network = build_network(NetworkConfig(out_channels=4, n_tasks=3, conditioning="dodnet")).eval()
+    images = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        outputs = [network(images, torch.full((2,), task)) for task in range(3)]
+        again = network(images, torch.zeros(2, dtype=torch.long))
+    assert outputs[0].shape == (2, 4, 32, 32)
+    torch.testing.assert_close(outputs[0], again)
+    for a in range(3):
+        for b in range(a + 1, 3):
+            assert (outputs[a] - outputs[b]).abs().max() > 1e-4, f"task codes {a} and {b} give the same output"
+    with pytest.raises(ValueError, match="task"):
+        network(images)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", list(METHODS))
+def test_every_method_trains_with_its_budget_and_output_channels(tiny_benchmark, synthetic_tasks, method):
+    result = tiny_benchmark.method(method)
+    settings = tiny_benchmark.settings
+    tasks = {name: TaskDataset.open(path, name) for name, path in synthetic_tasks.items()}
+    for folder in set(result.models.values()):
+        model = load_model(folder)
+        model_tasks = model.tasks
+        assert model.config.method == METHODS[method].engine_method
+        training = read_json(folder / "training.json")
+        # the budget: every task of a model gets steps_per_task steps
+        assert training["epochs"] * training["steps_per_epoch"] == len(model_tasks) * settings.steps_per_task
+        assert len((folder / "training_log.jsonl").read_text().splitlines()) == training["epochs"]
+        label_counts = [len(tasks[t].labels) for t in model_tasks]
+        expected = {"per-task": label_counts[0] + 1, "multi-channel": 1 + sum(label_counts),
+                    "dodnet": 1 + max(label_counts)}.get(method, model.labelspace.n_shared + 1)
+        with torch.no_grad():
+            for index, name in enumerate(model_tasks):
+                logits = model.network(torch.randn(2, 1, 32, 32), torch.full((2,), index))
+                assert logits.shape == (2, expected, 32, 32)
+                head = task_heads(model.config.layout, model.labelspace)[name]
+                assert len(head.label_positions) == len(tasks[name].labels)
+                assert len(head.channels) == (expected if model.config.layout == "shared"
+                                              else len(tasks[name].labels) + 1)
+        first_conv = model.network.unet.input_block.conv1.conv
+        conditioned = method.endswith("task-channels")
+        assert first_conv.in_channels == 1 + (len(model_tasks) if conditioned else 0)
+        # a full segmentation returns only the task's own label ids
+        name = model_tasks[-1]
+        image = tasks[name].read_case(tasks[name].case(tiny_benchmark.split[name]["validation"][0]))[0]
+        labels = set(np.unique(sitk.GetArrayFromImage(Segmenter(model).segment(image, name))).tolist())
+        assert labels <= {0, *tasks[name].labels.values()}
+
+
+@pytest.mark.slow
+def test_grouped_methods_put_the_group_on_one_shared_label(tiny_benchmark):
+    for method in ("label-sharing-grouped", "label-sharing-grouped-task-channels"):
+        space = load_model(tiny_benchmark.method(method).models["phantom3d"]).labelspace
+        assert space.task("phantom3d").label("lesion").shared == space.task("xray2d").label("heart").shared
+    size_space = load_model(tiny_benchmark.method("label-sharing").models["phantom3d"]).labelspace
+    assert size_space.task("phantom3d").label("lesion").shared != size_space.task("xray2d").label("heart").shared
+
+
+@pytest.mark.slow
+def test_benchmark_writes_well_formed_outputs(tiny_benchmark, synthetic_tasks):
+    out = tiny_benchmark.out
+    markdown = (out / "results.md").read_text()
+    rows = list(csv.DictReader(io.StringIO((out / "results.csv").read_text())))
+    tasks = {name: TaskDataset.open(path, name) for name, path in synthetic_tasks.items()}
+    n_labels = sum(len(t.labels) for t in tasks.values())
+    own = [r for r in rows if r["images"] == r["task"]]
+    lookalike = [r for r in rows if r["images"] != r["task"]]
+    assert len(own) == len(METHODS) * n_labels
+    # one --group of two labels: each task read out on the other's images, for every method
+    assert sorted((r["task"], r["label"], r["images"], r["reference_label"]) for r in lookalike) == sorted(
+        len(METHODS) * [("phantom3d", "lesion", "xray2d", "heart"), ("xray2d", "heart", "phantom3d", "lesion")])
+    assert "## Look-alike check" in markdown and "| phantom3d: lesion | xray2d: heart |" in markdown
+    for row in rows:
+        assert row["method"] in METHODS and row["task"] in tasks and row["label"] in tasks[row["task"]].labels
+        assert 0.0 <= float(row["dice_mean"]) <= 1.0
+        assert int(row["parameters"]) > 10_000 and float(row["training_s"]) > 0
+        assert float(row["inference_ms_per_slice"]) > 0
+    per_task = [r for r in rows if r["method"] == "per-task"]
+    joint = [r for r in rows if r["method"] == "label-sharing"]
+    # one network per task: about T times the parameters (output layers differ by a few channels)
+    assert int(per_task[0]["parameters"]) == pytest.approx(len(tasks) * int(joint[0]["parameters"]), rel=1e-3)
+    for method in METHODS:
+        assert f"| {method} |" in markdown
+    for name, task in tasks.items():
+        for label in task.labels:
+            assert f"| {name} | {label} |" in markdown
+    assert "mean over tasks" in markdown and "Size-ranked" in markdown and "Grouped" in markdown
+    assert (out / "command.txt").read_text().startswith("labelshare benchmark --out ")
+    png = (out / "results.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    # every model was trained and scored on the benchmark's one split
+    split = read_json(out / "split.json")["tasks"]
+    for method in tiny_benchmark.methods:
+        for name, folder in method.models.items():
+            assert read_json(folder / "split.json")["tasks"][name] == split[name]
+            assert method.validation[name][next(iter(tasks[name].labels))]["n"] <= len(split[name]["validation"])
+
+
+@pytest.mark.slow
+def test_same_seed_reproduces_the_numbers(tmp_path, synthetic_tasks):
+    tasks = [(n, synthetic_tasks[n]) for n in ("phantom3d", "xray2d")]
+    results = [run_benchmark(tasks, ["label-sharing"], tmp_path / f"run{i}", tiny_settings(),
+                             progress=Progress("quiet")) for i in range(2)]
+    first, second = (r.method("label-sharing").validation for r in results)
+    for task, labels in first.items():
+        for label, stats in labels.items():
+            assert stats["dice_mean"] == pytest.approx(second[task][label]["dice_mean"], abs=1e-6)
+
+
+def test_benchmark_refuses_bad_arguments(tmp_path, synthetic_tasks, capsys):
+    task_args = ["--task", f"xray2d={synthetic_tasks['xray2d']}", "--task", f"sides3d={synthetic_tasks['sides3d']}"]
+    assert main(["benchmark", *task_args, "--methods", "per-task,bogus", "--out", str(tmp_path / "a")]) == 1
+    assert "unknown method 'bogus'" in capsys.readouterr().err
+    assert main(["benchmark", *task_args, "--methods", "label-sharing-grouped", "--out", str(tmp_path / "b")]) == 1
+    assert "needs --group" in capsys.readouterr().err
+    assert main(["benchmark", *task_args, "--steps-per-task", "3", "--steps-per-epoch", "2",
+                 "--out", str(tmp_path / "c")]) == 1
+    assert "multiple of --steps-per-epoch" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.slow
+def test_resume_reuses_finished_models_and_continues_an_interrupted_training(tmp_path, synthetic_tasks, monkeypatch):
+    tasks = [(n, synthetic_tasks[n]) for n in ("phantom3d", "xray2d")]
+    out = tmp_path / "bench"
+    settings = tiny_settings(steps_per_epoch=1)
+    quiet = Progress("quiet")
+    run_benchmark(tasks, ["per-task"], out, settings, progress=quiet)
+    finished = {p: p.stat().st_mtime_ns for p in (out / "per-task").rglob(WEIGHTS_FILE)}
+    assert len(finished) == 2
+
+    with pytest.raises(LabelShareError, match="--resume"):
+        run_benchmark(tasks, ["per-task"], out, settings, progress=quiet)
+    with pytest.raises(LabelShareError, match="--image-size"):
+        run_benchmark(tasks, ["per-task"], out, tiny_settings(steps_per_epoch=1, image_size=48), resume=True,
+                      progress=quiet)
+
+    original_step = Trainer.train_step
+    steps_run = []
+
+    def stopped_at_third_step(self, step):
+        steps_run.append(step)
+        if step == 2:  # as if the user pressed Ctrl+C during the third step of the joint model
+            os.kill(os.getpid(), signal.SIGINT)
+        return original_step(self, step)
+
+    monkeypatch.setattr(Trainer, "train_step", stopped_at_third_step)
+    with pytest.raises(TrainingInterrupted):
+        run_benchmark(tasks, ["per-task", "label-sharing"], out, settings, resume=True, progress=quiet)
+    assert steps_run == [0, 1, 2]  # the finished per-task models were not trained again
+    joint = out / "label-sharing" / "all"
+    assert not joint.exists() and (staging_dir_for(joint) / ".checkpoint" / "checkpoint.json").is_file()
+
+    steps_run.clear()
+    monkeypatch.setattr(Trainer, "train_step", lambda self, step: steps_run.append(step) or original_step(self, step))
+    result = run_benchmark(tasks, ["per-task", "label-sharing"], out, settings, resume=True, progress=quiet)
+    assert steps_run == [3]  # 2 tasks x 2 steps; the first three were done before the interruption
+    assert {p: p.stat().st_mtime_ns for p in (out / "per-task").rglob(WEIGHTS_FILE)} == finished
+    history = [json.loads(line) for line in (joint / "training_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in history] == [1, 2, 3, 4]
+    assert [m.method for m in result.methods] == ["per-task", "label-sharing"]
+    assert "| label-sharing |" in (out / "results.md").read_text()
+
+
+# -- the shipped default model -----------------------------------------------------------------------------------------
+def test_default_model_is_shipped_small_and_documented():
+    folder = default_model_dir()
+    assert folder is not None, "no default model under LabelShareSegmentation/Resources/Models"
+    model = load_model(folder)
+    assert set(model.tasks) == set(REAL_TASKS)
+    assert model.config.weights_dtype == "float16"
+    assert sum(p.stat().st_size for p in folder.iterdir()) <= 20 * 1024 * 1024
+    card = (folder / "README.md").read_text()
+    assert "Non-commercial use only" in card and "acdc" in card
+    assert "labelshare train" in card and "float16" in card
+    for name in ("README.md", "lineage.json", "training.json", "split.json", "metrics.json"):
+        text = (folder / name).read_text()
+        for machine_path in ("/work/", "/tmp/", "/home/", "\\Users\\"):
+            assert machine_path not in text, f"{folder / name} names a machine path ({machine_path})"
+
+
+@pytest.mark.realdata
+def test_default_model_segments_a_validation_case_of_every_real_task():
+    folder = default_model_dir()
+    model = load_model(folder)
+    split = read_json(folder / "split.json")["tasks"]
+    segmenter = Segmenter(model)
+    for name, data_folder in REAL_TASKS.items():
+        task = TaskDataset.open(real_task_dir(data_folder), name)
+        image, _, reference = task.read_case(task.case(split[name]["validation"][0]))
+        predicted = sitk.GetArrayFromImage(segmenter.segment(image, name))
+        dice = [d for d in dice_per_label(predicted, reference, list(task.labels.values())).values() if d == d]
+        assert np.mean(dice) > 0.5, f"{name}: mean Dice {np.mean(dice):.3f} on a validation case"
