@@ -39,10 +39,6 @@ class NetworkConfig:
         if self.out_channels < 2:
             raise ValueError("a segmentation network needs at least 2 output channels (background + 1 label)")
 
-    @property
-    def downsampling_factor(self) -> int:
-        return 2 ** (len(self.filters) - 1)
-
     def to_json(self) -> dict:
         return {"architecture": "dynunet2d", **asdict(self)}
 
