@@ -22,7 +22,8 @@ from labelshare.fileio import read_json, staging_dir_for
 from labelshare.heads import task_heads
 from labelshare.inference import Segmenter
 from labelshare.metrics import dice_per_label
-from labelshare.models import WEIGHTS_FILE, default_model_dir, load_model
+from labelshare.models import WEIGHTS_FILE, load_model
+from labelshare.paths import default_model_dir
 from labelshare.networks import NetworkConfig, build_network
 from labelshare.progress import Progress
 from labelshare.tasks import TaskDataset

@@ -17,6 +17,7 @@ import slicer
 from labelshare.errors import DataError, LabelShareError, ModelError, UnknownTaskError
 from labelshare.inference import Segmenter
 from labelshare.models import load_model
+from labelshare.paths import default_model_dir
 
 pytest_plugins = ["slicer_support"]  # fixtures: mrml_scene, slicer_env
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "LabelShareSegmentation"))
@@ -169,10 +170,13 @@ def test_model_list_checks_every_folder_and_keeps_the_reason(tiny_model, tmp_pat
     assert model_choice.model_title(found["v1"]) == "v1 — phantom3d, xray2d, sides3d"
     assert model_choice.model_title(found["v2-tampered"]) == "v2-tampered — cannot be used"
 
+    bundled = [default_model_dir().name] if default_model_dir() is not None else []
     listed = model_choice.available_models(store, [store / "v1", tmp_path / "gone"])
-    assert [Path(s.path).name for s in listed] == ["v1", "v2-tampered", "gone"]  # v1 once, then the added folders
+    # the bundled model first, then the models folder, then the added folders (v1 once)
+    assert [Path(s.path).name for s in listed] == [*bundled, "v1", "v2-tampered", "gone"]
     assert "folder does not exist" in listed[-1].reason
-    assert model_choice.available_models(tmp_path / "no models yet") == []  # a models folder not made yet
+    not_made_yet = model_choice.available_models(tmp_path / "no models yet")
+    assert [Path(s.path).name for s in not_made_yet] == bundled and all(s.valid for s in not_made_yet)
 
     (store / "v1" / "config.json").unlink()
     [incomplete] = model_choice.models_in(store / "v1")
@@ -182,3 +186,17 @@ def test_model_list_checks_every_folder_and_keeps_the_reason(tiny_model, tmp_pat
         model_choice.models_in(tmp_path / "empty")
     assert [(label.id, label.name) for label in model_choice.task_labels(tiny_model, "phantom3d")] == \
         [(1, "body"), (2, "organ"), (3, "lesion")]
+
+
+def test_console_api_without_a_model_uses_the_bundled_default_model(logic, volume, mrml_scene):
+    bundled = default_model_dir()
+    assert bundled is not None, "no default model under LabelShareSegmentation/Resources/Models"
+    node = logic.segment(volume, "acdc", device="cpu", timeout=120)
+    segmentation = node.GetSegmentation()
+    assert node.GetName() == "case 0 acdc"
+    assert [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())] == \
+        ["rv_cavity", "myocardium", "lv_cavity"]
+    expected = sitk.GetArrayFromImage(Segmenter(load_model(bundled)).segment(volumes.volume_to_image(volume), "acdc"))
+    for index, label_id in enumerate((1, 2, 3)):
+        voxels = slicer.util.arrayFromSegmentBinaryLabelmap(node, segmentation.GetNthSegmentID(index), volume)
+        np.testing.assert_array_equal(voxels > 0, expected == label_id)
