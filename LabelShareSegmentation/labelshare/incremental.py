@@ -211,7 +211,7 @@ def measure_overlap(network: torch.nn.Module, device: torch.device, task: TaskDa
             index = torch.full((batch.shape[0],), task_index, device=device)
             logits = network(batch, index)
             channels = logits.shape[1]
-            pairs = labels[start: start + batch_size] * channels + logits.argmax(dim=1).cpu()
+            pairs = labels[start: start + batch_size] * channels + logits.max(dim=1).indices.cpu()
             found = torch.bincount(pairs.flatten(), minlength=(len(label_ids) + 1) * channels)
             found = found.reshape(len(label_ids) + 1, channels)
             counts = found if counts is None else counts + found

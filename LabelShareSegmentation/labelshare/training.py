@@ -428,7 +428,7 @@ class Trainer:
                 images = bank.images[start: start + 64].to(self.device, torch.float32)
                 task_index = torch.full((images.shape[0],), head.index, device=self.device)
                 logits = self.network(images, task_index)[:, head.channels]
-                predictions.append(logits.argmax(dim=1).cpu())
+                predictions.append(logits.max(dim=1).indices.cpu())
             prediction = torch.cat(predictions).numpy()
             target = bank.targets.cpu().numpy()
             cases = np.array(bank.case_of_slice)
