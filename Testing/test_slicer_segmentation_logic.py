@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import shutil
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -75,11 +74,9 @@ def test_segments_come_from_the_worker_and_equal_the_engine_output(logic, volume
     # again: the same worker answers (no new process, model kept), the task's segments are replaced in place
     worker_pid = logic.worker.process.pid
     nodes_before = scene_contents(mrml_scene)
-    started = time.monotonic()
     assert logic.segment(volume, TASK, model=tiny_model, device="cpu", timeout=120) is node
     assert logic.job.done_event["load_s"] == 0.0 and logic.worker.process.pid == worker_pid
     assert scene_contents(mrml_scene) == nodes_before and segmentation.GetNumberOfSegments() == 3
-    assert time.monotonic() - started < 60
 
 
 def test_cancel_stops_the_worker_and_leaves_the_scene_unchanged(logic, volume, tiny_model, mrml_scene):
