@@ -500,8 +500,7 @@ class LabelShareTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.ui.progressBar.value = int(100 * job.fraction)
         self.ui.progressBar.setFormat(job.status_text)
         self.ui.trainingStatusLabel.text = training.progress.summary()
-        newLines = job.lines_added - self._logLinesShown
-        for line in list(job.log)[-min(newLines, len(job.log)):] if newLines > 0 else []:
+        for line in job.log_lines_after(self._logLinesShown):
             self.ui.logTextEdit.appendPlainText(line)
         self._logLinesShown = job.lines_added
         if state.finished:

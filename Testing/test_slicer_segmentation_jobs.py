@@ -89,6 +89,9 @@ def test_log_keeps_only_the_last_lines():
     job = child(f"for i in range({LOG_LINES + 250}): print(f'line {{i}}')\np.done()")
     assert job.wait(30) == JobState.DONE
     assert len(job.log) == LOG_LINES and job.log[-1] == f"line {LOG_LINES + 249}"
+    # a GUI that showed 10 lines gets the ones still held after them; one that showed them all gets none
+    assert job.log_lines_after(10) == list(job.log) and job.log_lines_after(LOG_LINES + 250) == []
+    assert job.log_lines_after(LOG_LINES + 248) == [f"line {LOG_LINES + 248}", f"line {LOG_LINES + 249}"]
 
 
 def test_cancel_kills_the_child_and_its_children_and_never_imports():

@@ -252,6 +252,11 @@ class Job(abc.ABC):
             return f"Failed: {self.error}"
         return self.state.value.capitalize()
 
+    def log_lines_after(self, shown: int) -> list[str]:
+        """The lines added after the first ``shown`` ones that the capped log still holds (what a GUI appends)."""
+        new = min(self.lines_added - shown, len(self.log))
+        return list(self.log)[-new:] if new > 0 else []
+
     def add_log(self, line: str) -> None:
         self.lines_added += 1
         self.log.append(line if len(line) <= LOG_LINE_CHARACTERS else line[:LOG_LINE_CHARACTERS] + " …")
