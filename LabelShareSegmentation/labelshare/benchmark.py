@@ -43,11 +43,11 @@ import SimpleITK as sitk  # noqa: E402
 import torch  # noqa: E402
 
 from .errors import LabelShareError  # noqa: E402
-from .fileio import atomic_path, atomic_write_json, atomic_write_text, read_json, staging_dir_for  # noqa: E402
+from .fileio import atomic_path, atomic_write_json, atomic_write_text, now_iso, read_json, staging_dir_for  # noqa: E402
 from .inference import Segmenter  # noqa: E402
 from .labelspace import LabelSpace, compute_statistics, parse_group, statistics_of  # noqa: E402
 from .metrics import dice_per_label  # noqa: E402
-from .models import environment_summary, load_model, now_iso, verify_folder  # noqa: E402
+from .models import environment_summary, load_model, verify_folder  # noqa: E402
 from .networks import build_network, count_parameters  # noqa: E402
 from .pipeline import make_split, open_tasks, train  # noqa: E402
 from .progress import Progress  # noqa: E402

@@ -42,7 +42,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import DataError, LabelShareError
-from .fileio import (atomic_write_json, image_suffix, publish_dir, read_json, remove_tree, staging_dir_for,
+from .fileio import (atomic_write_json, image_suffix, now_iso, publish_dir, read_json, remove_tree, staging_dir_for,
                      write_image_atomic)
 from .tasks import (CHANNEL_SUFFIX, TaskDataset, check_same_geometry, discover_cases, label_to_array,
                     parse_labels, parse_task_argument, read_image)
@@ -247,7 +247,7 @@ def create_task(workspace: str | Path, name: str, labels: Sequence[str] | Mappin
         "name": name, "description": description or f"Cases collected with LabelShare for task '{name}'",
         "channel_names": {"0": modality}, "labels": {"background": 0, **definitions}, "numTraining": 0,
         "file_ending": file_ending, "license": "not stated (collected locally)",
-        "labelshare": {"collection": {"format_version": COLLECTION_FORMAT_VERSION, "created": _now(), "cases": {}}}})
+        "labelshare": {"collection": {"format_version": COLLECTION_FORMAT_VERSION, "created": now_iso(), "cases": {}}}})
     publish_dir(staging, root)
     return TaskCollection.open(root, name)
 
@@ -418,12 +418,12 @@ class TaskCollection:
             if duplicate == "refuse":
                 raise DuplicateCaseError(self.name, existing, existing_label_hash == label_hash)
             if duplicate == "replace":
-                self.remove_case(existing, reason=f"replaced by a new version of the case on {_now()}")
+                self.remove_case(existing, reason=f"replaced by a new version of the case on {now_iso()}")
                 name = name or existing
         case_name = self.free_case_name(name or source or "case")
         voxels = self._label_voxels(label)
         record = {"image_sha256": image_hash, "label_sha256": label_hash, "label_voxels": voxels,
-                  "missing_labels": [n for n, v in voxels.items() if not v], "added": _now(), "source": source,
+                  "missing_labels": [n for n, v in voxels.items() if not v], "added": now_iso(), "source": source,
                   **dict(details or {})}
         image_path, label_path = self._case_files(case_name)
         self._write_pending({"operation": "add", "case": case_name})
@@ -509,14 +509,14 @@ class TaskCollection:
         metadata = json.loads(json.dumps(self.metadata))
         options = metadata.setdefault("labelshare", {}) or {}
         metadata["labelshare"] = options
-        block = options.setdefault("collection", {"format_version": COLLECTION_FORMAT_VERSION, "created": _now()})
+        block = options.setdefault("collection", {"format_version": COLLECTION_FORMAT_VERSION, "created": now_iso()})
         block["cases"] = records
         metadata["numTraining"] = len(self.case_names())
         atomic_write_json(self.root / "dataset.json", metadata)
         self.metadata = metadata
 
     def _write_pending(self, intent: dict) -> None:
-        atomic_write_json(self.root / PENDING_FILE, {**intent, "started": _now(), "pid": os.getpid()})
+        atomic_write_json(self.root / PENDING_FILE, {**intent, "started": now_iso(), "pid": os.getpid()})
 
     def _move_to_trash(self, name: str, reason: str, only: Sequence[Path] | None = None) -> Path:
         """Move the case's files (only those in ``only`` when given) and leftovers of unfinished writes to a new
@@ -534,7 +534,7 @@ class TaskCollection:
                 moved.append(f"{path.parent.name}/{source.name}")
         trash.mkdir(parents=True, exist_ok=True)
         atomic_write_json(trash / "case.json", {"task": self.name, "case": name, "reason": reason, "moved": moved,
-                                                 "removed": _now(), "record": self.records.get(name)})
+                                                 "removed": now_iso(), "record": self.records.get(name)})
         return trash
 
     def _recover(self) -> None:
@@ -555,7 +555,3 @@ class TaskCollection:
         self._move_to_trash(name, reason)
         self._save_records({k: v for k, v in self.records.items() if k != name})
         pending_file.unlink()
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()

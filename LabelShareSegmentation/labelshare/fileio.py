@@ -7,6 +7,7 @@ name and renamed into place once complete, and an existing model version or coll
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import os
@@ -119,3 +120,8 @@ def publish_dir(staging: str | os.PathLike, target: str | os.PathLike) -> Path:
 
 def remove_tree(path: str | os.PathLike) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+def now_iso() -> str:
+    """The current UTC time to the second, ISO 8601 (the time stamps of model folders, runs and cases)."""
+    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()

@@ -18,7 +18,6 @@ Folders are written under a staging name and renamed into place when complete (s
 from __future__ import annotations
 
 import copy
-import datetime
 import hashlib
 import os
 import platform
@@ -230,10 +229,6 @@ def data_fingerprint(paths: Iterable[Path]) -> str:
         digest.update(path.name.encode())
         digest.update(sha256_file(path).encode())
     return digest.hexdigest()
-
-
-def now_iso() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
 
 
 def environment_summary(world_size: int = 1) -> dict:

@@ -18,11 +18,11 @@ import torch
 
 from .errors import LabelShareError, LabelSpaceError
 from .evaluation import Evaluation, evaluate_cases
-from .fileio import atomic_write_json, publish_dir, read_json, remove_tree, staging_dir_for
+from .fileio import atomic_write_json, now_iso, publish_dir, read_json, remove_tree, staging_dir_for
 from .heads import out_channels, task_heads
 from .labelspace import LabelSpace
 from .models import (Model, ModelConfig, PreprocessingConfig, data_fingerprint,
-                     environment_summary, now_iso, save_model_folder)
+                     environment_summary, save_model_folder)
 from .networks import NetworkConfig, build_network, count_parameters
 from .progress import Progress
 from .tasks import TaskDataset, split_by_patient
