@@ -32,7 +32,7 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
 from slicer.util import VTKObservationMixin
 
 import LabelShareSegmentation
-from LabelShareSegmentationLib import DependencyInstaller, available_models, model_title
+from LabelShareSegmentationLib import DependencyInstaller, available_models, model_title, user_models_dir
 from LabelShareTrainingLib import (BUDGETS, DEVICES, DuplicateCaseError, TrainingLogic, UnmatchedSegmentsError,
                                    default_workspace, parse_label_text, why_cannot_add_case, why_cannot_train)
 
@@ -82,8 +82,7 @@ def registerConsoleApi() -> None:
 
 def modelsFolder() -> str:
     """The models folder of LabelShareSegmentation's settings: new versions go where its model list looks."""
-    return qt.QSettings().value(LabelShareSegmentation.SETTINGS_MODELS_FOLDER, "") or \
-        str(Path.home() / ".labelshare" / "models")
+    return qt.QSettings().value(LabelShareSegmentation.SETTINGS_MODELS_FOLDER, "") or str(user_models_dir())
 
 
 @parameterNodeWrapper

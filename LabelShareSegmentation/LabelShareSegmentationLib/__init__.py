@@ -14,7 +14,7 @@ from .dependencies import DependencyError, DependencyInstaller
 from .jobs import (Job, JobCancelled, JobFailed, JobState, ProcessJob, Worker, WorkerJob, child_environment,
                    engine_command, python_executable)
 from .logic import SegmentationLogic, why_not_ready
-from .model_choice import available_models, model_title, models_in, task_labels
+from .model_choice import available_models, model_title, models_in, task_labels, user_models_dir
 from .segments import (EXTENSION_RESOURCES, import_task_segments, output_segmentation,
                        place_beside, segment_styles, task_segment_ids)
 from .volumes import check_scalar_volume, image_to_volume, set_volume_from_image, volume_to_image
@@ -24,5 +24,6 @@ __all__ = [
     "ProcessJob", "SegmentationLogic", "Worker", "WorkerJob", "available_models", "check_scalar_volume",
     "child_environment", "engine_command", "image_to_volume", "import_task_segments",
     "model_title", "models_in", "output_segmentation", "place_beside", "python_executable", "segment_styles",
-    "set_volume_from_image", "task_labels", "task_segment_ids", "volume_to_image", "why_not_ready",
+    "set_volume_from_image", "task_labels", "task_segment_ids", "user_models_dir", "volume_to_image",
+    "why_not_ready",
 ]
