@@ -35,24 +35,23 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import matplotlib
+from matplotlib.figure import Figure
+import numpy as np
+import SimpleITK as sitk
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import SimpleITK as sitk  # noqa: E402
-import torch  # noqa: E402
-
-from .errors import LabelShareError  # noqa: E402
-from .fileio import atomic_path, atomic_write_json, atomic_write_text, now_iso, read_json, staging_dir_for  # noqa: E402
-from .inference import Segmenter  # noqa: E402
-from .labelspace import LabelSpace, compute_statistics, parse_group, statistics_of  # noqa: E402
-from .metrics import dice_per_label  # noqa: E402
-from .models import environment_summary, load_model, verify_folder  # noqa: E402
-from .networks import build_network, count_parameters  # noqa: E402
-from .pipeline import make_split, open_tasks, train  # noqa: E402
-from .progress import Progress  # noqa: E402
-from .tasks import TaskDataset, choose_slicing_axis  # noqa: E402
-from .training import TrainConfig  # noqa: E402
+from .errors import LabelShareError
+from .evaluation import nanmean
+from .fileio import atomic_path, atomic_write_json, atomic_write_text, now_iso, read_json, staging_dir_for
+from .inference import Segmenter
+from .labelspace import LabelSpace, compute_statistics, parse_group, statistics_of
+from .metrics import dice_per_label
+from .models import environment_summary, load_model, verify_folder
+from .networks import build_network, count_parameters
+from .pipeline import make_split, open_tasks, train
+from .progress import Progress
+from .tasks import TaskDataset, choose_slicing_axis
+from .training import TrainConfig
 
 BENCHMARK_FORMAT = "labelshare.benchmark"
 JOINT_FOLDER = "all"
@@ -134,8 +133,7 @@ class MethodResult:
     lookalike: list[dict] = field(default_factory=list)  # see measure_lookalike
 
     def mean_dice(self, task: str) -> float:
-        values = [s["dice_mean"] for s in self.validation[task].values() if _finite(s["dice_mean"])]
-        return float(np.mean(values)) if values else math.nan
+        return nanmean([s["dice_mean"] for s in self.validation[task].values()])
 
 
 @dataclass
@@ -485,8 +483,7 @@ def render_markdown(result: BenchmarkResult) -> str:
 
 
 def _task_mean(method: MethodResult, tasks: list[str]) -> float:
-    values = [method.mean_dice(t) for t in tasks if _finite(method.mean_dice(t))]
-    return float(np.mean(values)) if values else math.nan
+    return nanmean([method.mean_dice(t) for t in tasks])
 
 
 def render_csv(result: BenchmarkResult) -> str:
@@ -513,8 +510,9 @@ def write_chart(result: BenchmarkResult, path: Path) -> None:
     columns += [f"{x['task']}: {x['label']}\non {x['images']}" for x in result.methods[0].lookalike]
     n = len(result.methods)
     width = 0.8 / n
-    colours = plt.get_cmap("tab10")
-    figure, axis = plt.subplots(figsize=(max(8.0, 0.9 * len(columns) + 0.12 * n * len(columns)), 4.8))
+    colours = matplotlib.colormaps["tab10"]
+    figure = Figure(figsize=(max(8.0, 0.9 * len(columns) + 0.12 * n * len(columns)), 4.8))
+    axis = figure.subplots()
     x = np.arange(len(columns))
     for i, m in enumerate(result.methods):
         stats = [s for task in result.tasks for s in m.validation[task].values()] + m.lookalike
@@ -535,7 +533,6 @@ def write_chart(result: BenchmarkResult, path: Path) -> None:
     figure.tight_layout()
     with atomic_path(path) as tmp:
         figure.savefig(tmp, dpi=110, format="png")
-    plt.close(figure)
 
 
 def run_from_args(args, progress: Progress, command: Sequence[str]) -> BenchmarkResult:

@@ -11,22 +11,21 @@ from pathlib import Path
 from collections.abc import Sequence
 
 import matplotlib
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+import numpy as np
+import SimpleITK as sitk
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import SimpleITK as sitk  # noqa: E402
-
-from . import synthetic  # noqa: E402
-from .errors import LabelShareError  # noqa: E402
-from .fileio import atomic_path, atomic_write_text, read_json  # noqa: E402
-from .inference import Segmenter  # noqa: E402
-from .labelspace import LabelSpace, compute_statistics, parse_group  # noqa: E402
-from .models import load_model  # noqa: E402
-from .pipeline import open_tasks, train  # noqa: E402
-from .progress import Progress  # noqa: E402
-from .tasks import TaskDataset, choose_slicing_axis, to_slices  # noqa: E402
-from .training import TrainConfig  # noqa: E402
+from . import synthetic
+from .errors import LabelShareError
+from .fileio import atomic_path, atomic_write_text, read_json
+from .inference import Segmenter
+from .labelspace import LabelSpace, compute_statistics, parse_group
+from .models import load_model
+from .pipeline import open_tasks, train
+from .progress import Progress
+from .tasks import TaskDataset, choose_slicing_axis, to_slices
+from .training import TrainConfig
 
 SYNTHETIC_CASES = 12
 
@@ -84,8 +83,9 @@ def write_overlay(path: Path, image: sitk.Image, reference: np.ndarray, predicti
     image_slices = to_slices(sitk.GetArrayFromImage(image).astype(np.float32), axis)
     reference_slices, prediction_slices = to_slices(reference, axis), to_slices(prediction, axis)
     index = int(np.argmax((reference_slices.reshape(reference_slices.shape[0], -1) > 0).sum(axis=1)))
-    colours = plt.get_cmap("tab10")
-    figure, axes = plt.subplots(1, 2, figsize=(8, 4.2))
+    colours = matplotlib.colormaps["tab10"]
+    figure = Figure(figsize=(8, 4.2))  # no pyplot: no global backend or figure registry
+    axes = figure.subplots(1, 2)
     for ax, labels, title in ((axes[0], reference_slices[index], "reference"),
                               (axes[1], prediction_slices[index], "LabelShare")):
         ax.imshow(image_slices[index], cmap="gray")
@@ -95,12 +95,11 @@ def write_overlay(path: Path, image: sitk.Image, reference: np.ndarray, predicti
         ax.imshow(overlay)
         ax.set_title(f"{task.name} {case_name}: {title}", fontsize=8)
         ax.axis("off")
-    handles = [plt.Rectangle((0, 0), 1, 1, color=colours(k)) for k in range(len(task.labels))]
+    handles = [Rectangle((0, 0), 1, 1, color=colours(k)) for k in range(len(task.labels))]
     figure.legend(handles, list(task.labels), loc="lower center", ncol=len(task.labels), fontsize=8)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         figure.savefig(tmp, dpi=100, format="png")
-    plt.close(figure)
     return path
 
 
