@@ -23,8 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import SimpleITK as sitk
-from labelshare.errors import LabelShareError, ModelError
-from labelshare.paths import default_model_dir
+from labelshare.errors import LabelShareError
+from labelshare.paths import model_dir_or_default
 
 from .jobs import Worker, WorkerJob
 from .segments import import_task_segments, output_segmentation
@@ -39,16 +39,6 @@ def engine_device(device: str) -> str:
         return DEVICES[device.lower()]
     except (KeyError, AttributeError):
         raise LabelShareError(f"unknown device {device!r}; use auto, gpu or cpu") from None
-
-
-def resolve_model(model: str | Path | None) -> Path:
-    """The model folder to use: the given one, else the bundled default model."""
-    if model:
-        return Path(model)
-    bundled = default_model_dir()
-    if bundled is None:
-        raise ModelError("no model selected and no bundled model is installed; add a model folder")
-    return bundled
 
 
 def why_not_ready(volume_node, model_summary, task: str) -> str:
@@ -113,7 +103,7 @@ class SegmentationLogic:
             raise LabelShareError("a segmentation is already running; cancel it first")
         check_scalar_volume(volume_node)
         device = engine_device(device)
-        model_path = resolve_model(model)
+        model_path = model_dir_or_default(model)
         labels = sorted(self.label_space(model_path).task(task).labels, key=lambda label: label.id)
         worker = self._worker_for(device, model_path)
         self._remove_transfer_files()

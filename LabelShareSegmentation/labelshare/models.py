@@ -36,7 +36,7 @@ from .fileio import atomic_path, atomic_write_json, atomic_write_text, read_json
 from .heads import LAYOUTS, TaskHead, out_channels, task_heads
 from .labelspace import LabelSpace
 from .networks import NetworkConfig, build_network
-from .paths import BUNDLED_MODELS_DIR, default_model_dir, user_models_dir
+from .paths import BUNDLED_MODELS_DIR, model_dir_or_default, user_models_dir
 
 MODEL_FORMAT = "labelshare.model"
 MODEL_FORMAT_VERSION = 1
@@ -197,9 +197,7 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 def load_model(path: str | Path | None = None, device: str = "cpu") -> Model:
     """Load and verify a model folder (default: the bundled default model)."""
-    path = Path(path) if path is not None else default_model_dir()
-    if path is None:
-        raise ModelError("no model given and no default model is installed")
+    path = model_dir_or_default(path)
     config, space = verify_folder(path)
     network = build_network(copy.deepcopy(config.network))
     load_weights(network, path / WEIGHTS_FILE)

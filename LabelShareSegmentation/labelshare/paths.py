@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .errors import ModelError
+
 BUNDLED_MODELS_DIR = Path(__file__).resolve().parent.parent / "Resources" / "Models"
 HOME_ENVIRONMENT_VARIABLE = "LABELSHARE_HOME"
 
@@ -27,3 +29,13 @@ def default_model_dir() -> Path | None:
         return None
     candidates = sorted(p for p in BUNDLED_MODELS_DIR.iterdir() if (p / "config.json").is_file())
     return candidates[-1] if candidates else None
+
+
+def model_dir_or_default(path: str | Path | None) -> Path:
+    """``path``, or the bundled default model when no model is given; ModelError when none is installed."""
+    if path:
+        return Path(path)
+    bundled = default_model_dir()
+    if bundled is None:
+        raise ModelError("no model given and no default model is installed; give a model folder")
+    return bundled

@@ -26,7 +26,6 @@ import sys
 import time
 import traceback
 from collections import OrderedDict
-from pathlib import Path
 from typing import IO, Any
 
 from .errors import LabelShareError
@@ -58,10 +57,8 @@ class Worker:
     def model(self, folder: str | None, device: str, progress: Progress) -> tuple[Any, float]:
         """The loaded model and the seconds spent loading it now (0 when it was already loaded)."""
         from .models import load_model, resolve_device
-        from .paths import default_model_dir
-        path = Path(folder) if folder else default_model_dir()
-        if path is None:
-            raise LabelShareError("no model given and no default model is installed")
+        from .paths import model_dir_or_default
+        path = model_dir_or_default(folder)
         key = (str(path.resolve()), str(resolve_device(device)))
         if key in self.models:
             self.models.move_to_end(key)
