@@ -24,6 +24,7 @@ from __future__ import annotations
 import abc
 import enum
 import json
+import logging
 import os
 import queue
 import shutil
@@ -98,13 +99,12 @@ class ChildProcess:
     :meth:`read` never blocks longer than asked, so a GUI can poll it from a timer.
     """
 
-    def __init__(self, argv: list[str], env: dict[str, str] | None = None, cwd: str | None = None,
-                 stdin_pipe: bool = False):
+    def __init__(self, argv: list[str], env: dict[str, str] | None = None, stdin_pipe: bool = False):
         flags = subprocess.CREATE_NO_WINDOW if sys.platform == "win32" else 0  # no console window on Windows
         self.argv = list(argv)
         self.popen = subprocess.Popen(
             self.argv, stdin=subprocess.PIPE if stdin_pipe else subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, env=env, cwd=cwd, text=True, encoding="utf-8", errors="replace", bufsize=1,
+            stderr=subprocess.PIPE, env=env, text=True, encoding="utf-8", errors="replace", bufsize=1,
             creationflags=flags)
         self.pid = self.popen.pid
         self._lines: queue.Queue[tuple[str, str | None]] = queue.Queue()
@@ -203,7 +203,6 @@ class Job(abc.ABC):
         self.error = ""
         self.result: Any = None
         self.done_event: dict | None = None
-        self.metrics: dict = {}
         self.log: deque[str] = deque(maxlen=log_lines)
         self.lines_added = 0  # lines ever added to the log (a GUI appends the ones it has not shown yet)
         self.started_s = time.monotonic()
@@ -271,8 +270,6 @@ class Job(abc.ABC):
                 self.state = JobState.RUNNING
         elif kind == "log":
             self.add_log(str(event.get("message", "")))
-        elif kind == "metrics":
-            self.metrics = event
         elif kind == "done":
             self.fraction = 1.0
             self.done_event = event
@@ -323,10 +320,10 @@ class ProcessJob(Job):
         training saves a resumable checkpoint) before the whole tree is killed; 0 kills at once.
     """
 
-    def __init__(self, argv: list[str], env: dict[str, str] | None = None, cwd: str | None = None,
-                 stop_grace_s: float = 0.0, **job_options):
+    def __init__(self, argv: list[str], env: dict[str, str] | None = None, stop_grace_s: float = 0.0,
+                 **job_options):
         super().__init__(**job_options)
-        self.process = ChildProcess(argv, env=env or child_environment(), cwd=cwd)
+        self.process = ChildProcess(argv, env=env or child_environment())
         self.stop_grace_s = stop_grace_s
         self._cancel_requested = False
         self._kill_deadline: float | None = None
@@ -391,7 +388,6 @@ class Worker:
         self.current: WorkerJob | None = None
         self.started_s: float | None = None
         self.ready_after_s: float | None = None  # process start to "ready" (interpreter start plus imports)
-        self.log: deque[str] = deque(maxlen=LOG_LINES)
 
     @property
     def running(self) -> bool:
@@ -439,8 +435,8 @@ class Worker:
             event = parse_event(line) if stream == "stdout" else None
             if event is not None and event.get("worker") == "ready":
                 self.ready_after_s = time.monotonic() - self.started_s
-            elif self.current is None or self.current.state.finished:
-                self.log.append(line)
+            elif self.current is None or self.current.state.finished:  # between requests: Slicer's log
+                logging.info("LabelShare worker: %s", line)
             elif event is not None and event.get("request") == self.current.request_id:
                 self.current._handle_event(event)  # may cancel the job, which stops this worker
             else:
@@ -449,7 +445,7 @@ class Worker:
             if self.current is not None and not self.current.state.finished \
                     and self.current.done_event is None and self.current._error_event is None:
                 self.current._fail(self._stopped_reason())
-            self.log.append(f"worker exited with code {self.process.exit_code}")
+            logging.info("LabelShare worker exited with code %s", self.process.exit_code)
             self.process = None
 
     def _stopped_reason(self) -> str:

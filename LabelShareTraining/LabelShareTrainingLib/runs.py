@@ -38,8 +38,6 @@ BUDGETS = {
     "standard": {"epochs": 3, "steps_per_epoch": 100, "batch_size": 16},
 }
 FIRST_MODEL_EPOCHS = {"quick": 10, "standard": 30}  # a model trained from scratch needs more epochs
-EXIT_OK, EXIT_ERROR, EXIT_REGRESSION, EXIT_INTERRUPTED = 0, 1, 3, 75
-RUN_STATES = ("published", "refused", "interrupted", "gone")
 _VERSION = re.compile(r"^(?P<stem>.+?)-v(?P<number>\d+)$")
 
 
