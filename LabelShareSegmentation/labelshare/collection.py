@@ -45,7 +45,7 @@ from .errors import DataError, LabelShareError
 from .fileio import (atomic_write_json, image_suffix, now_iso, publish_dir, read_json, remove_tree, staging_dir_for,
                      write_image_atomic)
 from .tasks import (CHANNEL_SUFFIX, TaskDataset, check_same_geometry, discover_cases, label_to_array,
-                    parse_labels, parse_task_argument, read_image)
+                    check_task_name, parse_labels, read_image)
 
 COLLECTION_FORMAT_VERSION = 1
 TRASH_DIR = ".trash"
@@ -230,9 +230,7 @@ def create_task(workspace: str | Path, name: str, labels: Sequence[str] | Mappin
 
     :param labels: label names (ids 1, 2, ... in this order) or {name: id}.
     """
-    name = name.strip()
-    if parse_task_argument(f"{name}=.")[0] != name:
-        raise DataError(f"task name '{name}': use letters, digits, '_', '.' and '-'")
+    name = check_task_name(name)
     root = Path(workspace) / name
     definitions = check_label_definitions(labels)
     if file_ending not in WRITABLE_ENDINGS:

@@ -472,8 +472,8 @@ def add_task(model: str | Path, task: tuple[str, str | Path], out: str | Path, *
             raise LabelSpaceError(f"--map: task '{name}' is already in {old_path.name}; its mapping stays as it is")
         new_task = TaskDataset.open(folder, name)
         old_folders = _old_task_folders(old, replay_tasks, name)
-        tasks = {t: (new_task if t == name else TaskDataset.open(old_folders[t], t)) for t in old.labelspace.tasks}
-        tasks[name] = new_task
+        tasks = {t: (new_task if t == name else TaskDataset.open(old_folders[t], t))
+                 for t in dict.fromkeys([*old.labelspace.tasks, name])}  # old order; an added task last
         _check_old_labels(old, tasks, name)
         split = _split(old, tasks, name, config)
         replay = {t: spread_cases(tasks[t], split[t]["train"], replay_cases, seed)

@@ -44,10 +44,15 @@ def parse_task_argument(text: str) -> tuple[str, Path]:
     else:
         folder = text
         name = Path(text.rstrip("/\\")).name
+    return check_task_name(name, f" (from '{text}')"), Path(folder)
+
+
+def check_task_name(name: str, context: str = "") -> str:
+    """The name without surrounding blanks; DataError unless it is letters, digits, '_', '.' and '-'."""
     name = name.strip()
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
-        raise DataError(f"task name '{name}' (from '{text}'): use letters, digits, '_', '.' and '-'")
-    return name, Path(folder)
+        raise DataError(f"task name '{name}'{context}: use letters, digits, '_', '.' and '-'")
+    return name
 
 
 def patient_of(case_name: str, pattern: str | None = None) -> str:
