@@ -33,6 +33,7 @@ import numpy as np
 import SimpleITK as sitk
 import slicer
 import vtk
+from labelshare.collection import normalise_name
 from labelshare.errors import DataError
 
 from .volumes import as_3d, set_volume_from_image
@@ -68,11 +69,6 @@ class SegmentStyle:
     terminology: str = ""
 
 
-def normalised_label_name(name: str) -> str:
-    """Key for matching label names: lower case, spaces and hyphens as underscores."""
-    return name.strip().lower().replace(" ", "_").replace("-", "_")
-
-
 def terminology_string(context: str, category: Sequence[str], type_: Sequence[str],
                        modifier: Sequence[str] = ("", "", "")) -> str:
     """A Slicer terminology entry (coding scheme, code value, code meaning triples) in Slicer's own format."""
@@ -99,7 +95,7 @@ def load_label_table(path: str | Path = LABEL_TABLE) -> dict[str, tuple[tuple[fl
                     row["context"], [row[f"category_{k}"] for k in ("scheme", "code", "meaning")],
                     [row[f"type_{k}"] for k in ("scheme", "code", "meaning")],
                     [row[f"modifier_{k}"] for k in ("scheme", "code", "meaning")])
-            table[normalised_label_name(row["label"])] = (color, terminology)
+            table[normalise_name(row["label"])] = (color, terminology)
     return table
 
 
@@ -134,7 +130,7 @@ def segment_styles(labels: Sequence[TaskLabel], table: dict | None = None) -> li
     table = load_label_table() if table is None else table
     styles: list[SegmentStyle] = []
     for label in sorted(labels, key=lambda entry: entry.id):
-        known_color, known_terminology = table.get(normalised_label_name(label.name), (None, ""))
+        known_color, known_terminology = table.get(normalise_name(label.name), (None, ""))
         terminology = str((label.info or {}).get("terminology") or known_terminology)
         color = _info_color(label) or known_color
         used = [style.color for style in styles]
