@@ -25,6 +25,7 @@ from slicer_support import slicer_scene  # noqa: E402
 from labelshare.errors import DataError  # noqa: E402
 from labelshare.fileio import atomic_write_json  # noqa: E402
 from labelshare.labelspace import LabelSpace, compute_statistics  # noqa: E402
+from labelshare.paths import recorded_task_folders  # noqa: E402
 from labelshare.tasks import TaskDataset  # noqa: E402
 
 
@@ -109,7 +110,7 @@ def test_model_task_recorded_in_the_lineage_is_collected_beside_its_old_cases(lo
     trained_on = shutil.copytree(synthetic_tasks["sides3d"], tmp_path / "data" / "sides3d")
     atomic_write_json(model / "lineage.json", {"task_folders": {"sides3d": str(trained_on),
                                                                 "xray2d": str(tmp_path / "gone")}})
-    assert logic.recorded_task_folders(model) == {"sides3d": trained_on}, "a folder that is gone does not count"
+    assert recorded_task_folders(model) == {"sides3d": trained_on}, "a folder that is gone does not count"
     collection = logic.ensure_task_folder("sides3d", model)
     assert collection.root == logic.workspace / "sides3d" and len(collection.case_names()) == 8
     assert collection.labels == logic.model_tasks(model)["sides3d"]

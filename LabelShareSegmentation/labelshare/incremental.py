@@ -51,6 +51,7 @@ from .evaluation import Evaluation, evaluate_cases, format_number, nanmean
 from .fileio import atomic_write_json, atomic_write_text, publish_dir, read_json, sha256_file
 from .labelspace import LabelSpace, TaskStatistics, compute_statistics
 from .models import Model, ModelConfig, load_model, resolve_device, verify_folder, write_manifest
+from .paths import recorded_task_folders
 from .networks import expand_output_channels, expand_task_inputs
 from .pipeline import run_training
 from .progress import Progress
@@ -555,13 +556,13 @@ def _old_task_folders(old: Model, given: Sequence[tuple[str, str | Path]], task:
         if name in folders:
             raise LabelShareError(f"--replay-task {name}: given twice")
         folders[name] = Path(folder)
-    recorded = (old.read_json("lineage.json", {}) or {}).get("task_folders", {})
+    recorded = recorded_task_folders(old.path)
     missing = []
     for name in old.labelspace.task_names:
         if name == task or name in folders:
             continue
-        if name in recorded and Path(recorded[name]).is_dir():
-            folders[name] = Path(recorded[name])
+        if name in recorded:
+            folders[name] = recorded[name]
         else:
             missing.append(name)
     if missing:

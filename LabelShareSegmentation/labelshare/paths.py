@@ -3,6 +3,7 @@ before the first-run dependency install."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -39,3 +40,17 @@ def model_dir_or_default(path: str | Path | None) -> Path:
     if bundled is None:
         raise ModelError("no model given and no default model is installed; give a model folder")
     return bundled
+
+
+def recorded_task_folders(model: str | Path) -> dict[str, Path]:
+    """The task folders that a model's ``lineage.json`` records (every add-task writes them) and that still hold a
+    task (a ``dataset.json``): where replay, the forgetting report and an update find the old tasks' cases."""
+    lineage = Path(model) / "lineage.json"
+    if not lineage.is_file():
+        return {}
+    try:
+        recorded = json.loads(lineage.read_text(encoding="utf-8")).get("task_folders") or {}
+    except (ValueError, AttributeError):
+        raise ModelError(f"{lineage}: not a valid lineage record") from None
+    return {name: Path(folder) for name, folder in recorded.items() if (Path(folder) / "dataset.json").is_file()}
+

@@ -30,7 +30,7 @@ from pathlib import Path
 from labelshare.collection import CaseSummary, TaskCollection, copy_task, create_task, list_task_folders
 from labelshare.errors import DataError, LabelShareError
 from labelshare.fileio import atomic_write_json, read_json
-from labelshare.paths import labelshare_home, user_models_dir
+from labelshare.paths import labelshare_home, recorded_task_folders, user_models_dir
 from LabelShareSegmentationLib.jobs import JobState, ProcessJob, child_environment, engine_command
 
 from .cases import CaseExport, add_case_from_nodes, open_case
@@ -205,20 +205,11 @@ class TrainingLogic:
         model_tasks = self.model_tasks(model)
         if task not in model_tasks:
             raise DataError(f"task '{task}' is neither in the workspace {self.workspace} nor in the selected model")
-        trained_on = self.recorded_task_folders(model).get(task)
+        trained_on = recorded_task_folders(model).get(task) if model else None
         if trained_on is not None:
             return copy_task(trained_on, self.workspace, task)
         return create_task(self.workspace, task, model_tasks[task],
                            description=f"Cases collected in 3D Slicer for task '{task}' of {Path(model).name}")
-
-    @staticmethod
-    def recorded_task_folders(model: str | Path | None) -> dict[str, Path]:
-        """The task folders a model's ``lineage.json`` records (add-task writes them) that still exist."""
-        lineage = Path(model) / "lineage.json" if model else None
-        if lineage is None or not lineage.is_file():
-            return {}
-        recorded = read_json(lineage, "lineage").get("task_folders") or {}
-        return {name: Path(folder) for name, folder in recorded.items() if (Path(folder) / "dataset.json").is_file()}
 
     # -- cases ----------------------------------------------------------------------------------------------------
     def add_case(self, task: str, volume_node, segmentation_node, model: str | Path | None = None,
@@ -377,7 +368,7 @@ class TrainingLogic:
 
     def _replay_folders(self, model: Path, model_tasks: Mapping[str, dict], task: str) -> dict[str, str]:
         """Folders of the model's other tasks that its lineage does not record: taken from the workspace."""
-        recorded = self.recorded_task_folders(model)
+        recorded = recorded_task_folders(model)
         folders = {}
         for name in model_tasks:
             if name == task or name in recorded:
