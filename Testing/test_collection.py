@@ -241,6 +241,23 @@ def test_existing_nnunet_folder_is_listed_and_extended(tmp_path, synthetic_tasks
         TaskCollection.open(tmp_path / "ws" / "xray2d").add_case(*oblique_case())
 
 
+def test_files_of_unrecorded_cases_are_read_once_per_session(tmp_path, synthetic_tasks, monkeypatch):
+    phantom = shutil.copytree(synthetic_tasks["phantom3d"], tmp_path / "ws" / "phantom3d")
+    reads = []
+    original = collection_module.read_image
+    monkeypatch.setattr(collection_module, "read_image",
+                        lambda path, *args, **options: reads.append(path) or original(path, *args, **options))
+    task = TaskCollection.open(phantom)
+    first = task.cases()
+    assert len(reads) == 8  # every label file once
+    assert TaskCollection.open(phantom).cases() == first and len(reads) == 8  # a table refresh reads nothing
+    image, label = oblique_case()
+    task.add_case(image, label, name="new")
+    task.add_case(*oblique_case(seed=1), name="newer")
+    image_reads = [p for p in reads if p.parent.name == "imagesTr"]
+    assert len(image_reads) == 8 and len(set(image_reads)) == 8  # duplicate checks hashed each old image once
+
+
 def test_copied_task_is_extended_without_touching_its_source(tmp_path, synthetic_tasks):
     source = shutil.copytree(synthetic_tasks["sides3d"], tmp_path / "data" / "sides3d")
     before = {p.relative_to(source).as_posix(): p.read_bytes() for p in source.rglob("*") if p.is_file()}

@@ -29,6 +29,7 @@ drawn inside an organ stays a lesion), ties go to the higher label id.
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import json
 import os
@@ -250,6 +251,33 @@ def create_task(workspace: str | Path, name: str, labels: Sequence[str] | Mappin
     return TaskCollection.open(root, name)
 
 
+# Cases that were in a folder before collecting started have no record in dataset.json, so their label counts and
+# image hashes come from their files. Collected files are never changed in place (only added, or moved to the
+# trash), so a file's path, size and modification time identify its content: each file is read once per session,
+# not on every table refresh or duplicate check.
+def _file_key(path: Path) -> tuple[str, int, int]:
+    stat = path.stat()
+    return str(path), stat.st_size, stat.st_mtime_ns
+
+
+def label_voxels(label: np.ndarray, labels: Mapping[str, int]) -> dict[str, int]:
+    """Voxels of every label (by name) in a label array."""
+    counts = np.bincount(np.asarray(label).reshape(-1).astype(np.int64), minlength=max(labels.values()) + 1)
+    return {name: int(counts[label_id]) for name, label_id in labels.items()}
+
+
+@functools.lru_cache(maxsize=4096)
+def _unrecorded_label_voxels(path: str, size: int, mtime_ns: int, labels: tuple[tuple[str, int], ...],
+                             what: str) -> tuple[tuple[str, int], ...]:
+    label = label_to_array(read_image(Path(path), what, True), Path(path), {i for _, i in labels}, what)
+    return tuple(label_voxels(label, dict(labels)).items())
+
+
+@functools.lru_cache(maxsize=4096)
+def _unrecorded_image_fingerprint(path: str, size: int, mtime_ns: int, what: str) -> str:
+    return image_fingerprint(read_image(Path(path), what))
+
+
 def copy_task(source: str | Path, workspace: str | Path, name: str) -> TaskCollection:
     """Start ``workspace/name`` as a copy of the task folder ``source`` (its ``dataset.json`` and cases), so that
     new cases are collected beside the task's existing ones without ever writing into ``source``.
@@ -343,10 +371,8 @@ class TaskCollection:
         for case in discover_cases(self.root, self._options().get("patient_regex")):
             record = self.records.get(case.name)
             if record is None:
-                what = f"label of case '{case.name}'"
-                label = label_to_array(read_image(case.label_path, what, True), case.label_path,
-                                       set(self.labels.values()), what)
-                voxels = self._label_voxels(label)
+                voxels = dict(_unrecorded_label_voxels(*_file_key(case.label_path), tuple(self.labels.items()),
+                                                       f"label of case '{case.name}'"))
                 summaries.append(CaseSummary(name=case.name, patient=case.patient, label_voxels=voxels,
                                              missing_labels=[n for n, v in voxels.items() if not v], recorded=False))
             else:
@@ -376,8 +402,8 @@ class TaskCollection:
             if case_name in self.records:
                 continue
             image_path, label_path = self._case_files(case_name)
-            existing = read_image(image_path, f"image of case '{case_name}'")
-            if image_fingerprint(existing) == fingerprint:
+            if _unrecorded_image_fingerprint(*_file_key(image_path), f"image of case '{case_name}'") == fingerprint:
+                existing = read_image(image_path, f"image of case '{case_name}'")
                 label = sitk.GetArrayFromImage(read_image(label_path, f"label of case '{case_name}'", True))
                 return case_name, label_fingerprint(label, existing)
         return None
@@ -419,7 +445,7 @@ class TaskCollection:
                 self.remove_case(existing, reason=f"replaced by a new version of the case on {now_iso()}")
                 name = name or existing
         case_name = self.free_case_name(name or source or "case")
-        voxels = self._label_voxels(label)
+        voxels = label_voxels(label, self.labels)
         record = {"image_sha256": image_hash, "label_sha256": label_hash, "label_voxels": voxels,
                   "missing_labels": [n for n, v in voxels.items() if not v], "added": now_iso(), "source": source,
                   **dict(details or {})}
@@ -497,10 +523,6 @@ class TaskCollection:
             raise DataError(f"task '{self.name}': label values {unknown[:10]} are not labels of "
                             f"{self.root / 'dataset.json'}")
         return label.astype(np.uint16 if max(allowed) > 255 else np.uint8)
-
-    def _label_voxels(self, label: np.ndarray) -> dict[str, int]:
-        counts = np.bincount(np.asarray(label).reshape(-1).astype(np.int64), minlength=max(self.labels.values()) + 1)
-        return {name: int(counts[label_id]) for name, label_id in self.labels.items()}
 
     def _save_records(self, records: dict[str, dict]) -> None:
         """Write dataset.json with the new case records; the last step of every change."""
