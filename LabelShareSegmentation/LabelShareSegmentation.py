@@ -1,7 +1,9 @@
 """LabelShare Segmentation: segment a volume with one task of a label-sharing model, in the background.
 
 The thin Qt shell: module description, widget wiring, the parameter node, and the self-test. Everything with logic
-in it is in ``LabelShareSegmentationLib`` (no Qt, tested on slicer-core) and in the engine ``labelshare``.
+in it is in ``LabelShareSegmentationLib`` (the segmentation logic), in ``LabelShareLib`` (what both LabelShare
+modules use: geometry, segments, background jobs, the model store, dependencies; both without Qt, tested on
+slicer-core) and in the engine ``labelshare``.
 
 Console API (blocking; returns the segmentation node)::
 
@@ -28,9 +30,10 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
-import LabelShareSegmentationLib
-from LabelShareSegmentationLib import (DependencyError, DependencyInstaller, JobState, SegmentationLogic,
-                                       available_models, model_title, models_in, task_labels, why_not_ready)
+import LabelShareLib
+from LabelShareLib import (DependencyError, DependencyInstaller, JobState, available_models, default_store,
+                           device_choice, model_title, models_in, task_labels)
+from LabelShareSegmentationLib import SegmentationLogic, why_not_ready
 
 SETTINGS_MODELS_FOLDER = "LabelShare/ModelsFolder"
 SETTINGS_ADDED_FOLDERS = "LabelShare/AddedModelFolders"
@@ -111,6 +114,7 @@ class LabelShareSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
         self._logLinesShown = 0
         self._updatingModels = False
         self._dependenciesMissing = []
+        self._modelStore = None
 
     # -- lifecycle --------------------------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -134,10 +138,14 @@ class LabelShareSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
         self.ui.taskComboBox.connect("currentIndexChanged(int)", self.onTaskSelected)
 
         settings = qt.QSettings()
-        self.ui.deviceComboBox.currentText = settings.value(SETTINGS_DEVICE, "auto")
+        self.ui.deviceComboBox.currentText = device_choice(settings.value(SETTINGS_DEVICE, "auto"))  # older: GPU, CPU
         self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceSelected)
         self.ui.modelsFolderPathLineEdit.currentPath = settings.value(SETTINGS_MODELS_FOLDER, "")
         self.ui.modelsFolderPathLineEdit.connect("currentPathChanged(QString)", self.onModelsFolderChanged)
+
+        # new model versions (LabelShare Training publishes them) appear without reopening the module
+        self._modelStore = default_store()
+        self._modelStore.changed.subscribe(self.onModelStoreChanged)
 
         registerConsoleApi()  # also when the module was loaded after start-up
         self.initializeParameterNode()
@@ -148,9 +156,12 @@ class LabelShareSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
         ScriptedLoadableModuleWidget.onReload(self)
 
     def cleanup(self) -> None:
-        """Module closed or Slicer exits: stop the timer and the background worker."""
+        """Module closed or Slicer exits: stop the timer and the background worker, stop listening to the store."""
         self.timer.stop()
         self.logic.stop()
+        if self._modelStore is not None:
+            self._modelStore.changed.unsubscribe(self.onModelStoreChanged)
+            self._modelStore = None
         self.removeObservers()
 
     def enter(self) -> None:
@@ -191,22 +202,18 @@ class LabelShareSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
 
     # -- models and tasks -------------------------------------------------------------------------------------------
     def refreshModels(self) -> None:
-        """Fill the model list; needs the engine's packages (torch), so first say when they are missing."""
+        """Fill the model list (the model store is light: it works before the engine's packages are installed)
+        and say which of those packages are missing."""
         missing = self._dependenciesMissing = DependencyInstaller.missing()
         self.ui.dependenciesStatusLabel.text = (_("missing: {packages}").format(
             packages=", ".join(r.name for r in missing)) if missing else _("installed"))
         self._updatingModels = True
         self.ui.modelComboBox.clear()
-        self._models = []
-        if missing:
-            self.ui.modelStatusLabel.text = _("LabelShare needs PyTorch and a few Python packages: click Apply or "
-                                              "Install (Advanced) to install them.")
-        else:
-            self._models = available_models(self.ui.modelsFolderPathLineEdit.currentPath or None, addedFolders())
-            for summary in self._models:
-                self.ui.modelComboBox.addItem(model_title(summary), str(summary.path))
-            if not self._models:
-                self.ui.modelStatusLabel.text = _("No model found: add a model folder.")
+        self._models = available_models(self.ui.modelsFolderPathLineEdit.currentPath or None, addedFolders())
+        for summary in self._models:
+            self.ui.modelComboBox.addItem(model_title(summary), str(summary.path))
+        if not self._models:
+            self.ui.modelStatusLabel.text = _("No model found: add a model folder.")
         self._updatingModels = False
         wanted = self._parameterNode.model if self._parameterNode else ""
         index = self.ui.modelComboBox.findData(wanted) if wanted else 0
@@ -225,8 +232,13 @@ class LabelShareSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
             if self._job is None or self._job.state.finished:
                 self.logic.stop()  # another model: free the memory the worker holds for the previous one
             self._parameterNode.model = str(summary.path)
-        if summary is not None:
-            self.ui.modelStatusLabel.text = "" if summary.valid else summary.reason
+        if summary is not None and not summary.valid:
+            self.ui.modelStatusLabel.text = summary.reason
+        elif summary is not None and self._dependenciesMissing:
+            self.ui.modelStatusLabel.text = _("LabelShare needs PyTorch and a few Python packages: click Apply or "
+                                              "Install (Advanced) to install them.")
+        elif summary is not None:
+            self.ui.modelStatusLabel.text = ""
         self.ui.taskComboBox.clear()
         for task in summary.tasks if summary is not None and summary.valid else []:
             self.ui.taskComboBox.addItem(task)
@@ -256,6 +268,10 @@ class LabelShareSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
                 qt.QSettings().setValue(SETTINGS_ADDED_FOLDERS, json.dumps(addedFolders() + [folder]))
             self._parameterNode.model = str(models_in(folder)[0].path)
             self.refreshModels()
+
+    def onModelStoreChanged(self, model=None) -> None:
+        """The model store announced a change (e.g. LabelShare Training published ``model``): list it."""
+        self.refreshModels()
 
     def onModelsFolderChanged(self, path: str) -> None:
         qt.QSettings().setValue(SETTINGS_MODELS_FOLDER, path)
@@ -361,7 +377,7 @@ class LabelShareSegmentationLogic(ScriptedLoadableModuleLogic):
         :param volumeNode: scalar volume (3D, or 2D as a single slice).
         :param task: a task of the model, e.g. ``"acdc"``.
         :param model: model folder; None: the bundled model.
-        :param device: ``"auto"``, ``"gpu"`` or ``"cpu"``.
+        :param device: ``"auto"``, ``"cuda"`` (also ``"gpu"`` or ``"cuda:N"``) or ``"cpu"``.
         """
         self.ensureDependencies()
         return self.segmentation.segment(volumeNode, task, model, device, outputSegmentation, largestComponent)
@@ -414,16 +430,16 @@ class LabelShareSegmentationTest(ScriptedLoadableModuleTest):
 
     def _tinyModel(self) -> Path:
         from labelshare import synthetic
+        from labelshare.config import TrainConfig
         from labelshare.labelspace import LabelSpace, compute_statistics
-        from labelshare.pipeline import train
         from labelshare.progress import Progress
         from labelshare.tasks import TaskDataset
-        from labelshare.training import TrainConfig
+        from labelshare.training_run import train
         root = Path(slicer.util.tempDirectory("LabelShareSelfTest"))
         tasks = synthetic.write_tasks(root / "tasks", cases=6)
         space = LabelSpace.build([compute_statistics(TaskDataset.open(path, name)) for name, path in tasks.items()])
         return train(list(tasks.items()), space, root / "model", TrainConfig(image_size=32, batch_size=6, epochs=1,
-                     steps_per_epoch=4, device="cpu"), progress=Progress("quiet"))
+                     steps_per_epoch=4, device="cpu"), progress=Progress("quiet")).path
 
     def test_console_api_segments_a_synthetic_volume(self):
         self.delayDisplay("Training a tiny model on synthetic tasks")
@@ -431,7 +447,7 @@ class LabelShareSegmentationTest(ScriptedLoadableModuleTest):
         model = self._tinyModel()
         import SimpleITK as sitk
         case = sorted((model.parent / "tasks" / "phantom3d" / "imagesTr").iterdir())[0]
-        volume = LabelShareSegmentationLib.image_to_volume(sitk.ReadImage(str(case)), slicer.mrmlScene, "phantom")
+        volume = LabelShareLib.image_to_volume(sitk.ReadImage(str(case)), slicer.mrmlScene, "phantom")
         self.delayDisplay("Segmenting through slicer.modules.labelsharesegmentation.logic()")
         node = slicer.modules.labelsharesegmentation.logic().segment(volume, "phantom3d", model=str(model),
                                                                      device="cpu")
@@ -458,11 +474,17 @@ class LabelShareSegmentationTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Widget test passed")
 
 
-LIB_MODULES = ("volumes", "jobs", "segments", "model_choice", "dependencies", "logic")  # dependencies first
+# The Lib packages this module ships, each module after the ones it imports; the package itself last.
+LIB_MODULES = {
+    "LabelShareLib": ("signals", "volumes", "segments", "jobs", "store", "dependencies"),
+    "LabelShareSegmentationLib": ("logic",),
+}
 
 
 def reloadLib() -> None:
-    """Developer reload of the Lib package (``importlib``: ``imp`` is gone in Python 3.12), leaves first."""
-    for name in [f"LabelShareSegmentationLib.{module}" for module in LIB_MODULES] + ["LabelShareSegmentationLib"]:
-        if name in sys.modules:
-            importlib.reload(sys.modules[name])
+    """Developer reload of the Lib packages (``importlib``: ``imp`` is gone in Python 3.12), leaves first;
+    LabelShareLib before LabelShareSegmentationLib, which imports it."""
+    for package, modules in LIB_MODULES.items():
+        for name in [f"{package}.{module}" for module in modules] + [package]:
+            if name in sys.modules:
+                importlib.reload(sys.modules[name])

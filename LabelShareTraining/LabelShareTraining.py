@@ -1,8 +1,10 @@
 """LabelShare Training: collect corrected cases into task folders, add tasks to a model, train it in the background.
 
 The thin Qt shell: module description, widget wiring, dialogs, the parameter node and the self-test. Everything
-with logic in it is in ``LabelShareTrainingLib`` (no Qt, tested on slicer-core), in LabelShareSegmentation's Lib
-(volumes, segments, background jobs, model list, dependencies) and in the engine ``labelshare``.
+with logic in it is in ``LabelShareTrainingLib`` (no Qt, tested on slicer-core), in the shared ``LabelShareLib``
+(volumes, segments, background jobs, the model store, dependencies; it ships with LabelShareSegmentation) and in
+the engine ``labelshare``. A published version reaches LabelShareSegmentation's model list through the model
+store's change notification, not through that module's widget.
 
 Console API (blocking)::
 
@@ -32,8 +34,8 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
 from slicer.util import VTKObservationMixin
 
 import LabelShareSegmentation
-from LabelShareSegmentationLib import DependencyInstaller, available_models, model_title, user_models_dir
-from LabelShareTrainingLib import (BUDGETS, DEVICES, DuplicateCaseError, TrainingLogic, UnmatchedSegmentsError,
+from LabelShareLib import DEVICES, DependencyInstaller, available_models, model_title, user_models_dir
+from LabelShareTrainingLib import (BUDGETS, DuplicateCaseError, TrainingLogic, UnmatchedSegmentsError,
                                    default_workspace, parse_label_text, why_cannot_add_case, why_cannot_train)
 
 SETTINGS_WORKSPACE = "LabelShare/TrainingWorkspace"
@@ -512,8 +514,7 @@ class LabelShareTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         if outcome.state == "published":
             self.ui.resultLabel.text = _("New model version {name} is ready; LabelShare Segmentation lists it.").format(
                 name=outcome.model.name)
-            self.refreshModels(select=str(outcome.model))
-            refreshSegmentationModule()
+            self.refreshModels(select=str(outcome.model))  # the training logic has told the model store
         elif outcome.state == "refused":
             self.ui.resultLabel.text = _("Not published: the new version forgets too much (see the table). "
                                          "The previous model stays in use.")
@@ -593,9 +594,10 @@ class LabelShareTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             self.refreshUnfinishedRuns()
 
     def onUseModel(self) -> None:
-        """Make the selected version LabelShareSegmentation's model (also to roll back to an older version)."""
+        """Make the selected version LabelShareSegmentation's model (also to roll back to an older version): its
+        parameter node says which model it uses, and the model store's notification makes its list show it."""
         LabelShareSegmentation.moduleLogic().getParameterNode().model = self.selectedModel()
-        refreshSegmentationModule()
+        self.logic.training.store.changed.notify(Path(self.selectedModel()))
         slicer.util.showStatusMessage(_("LabelShare Segmentation now uses {model}.").format(
             model=Path(self.selectedModel()).name), 5000)
 
@@ -605,16 +607,9 @@ class LabelShareTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.refreshAll()
 
 
-def refreshSegmentationModule() -> None:
-    """Let LabelShareSegmentation's model list show new versions (when its widget exists)."""
-    widget = getattr(slicer.modules, "LabelShareSegmentationWidget", None)
-    if widget is not None:
-        widget.refreshModels()
-
-
 class LabelShareTrainingLogic(ScriptedLoadableModuleLogic):
-    """Delegates to :class:`LabelShareTrainingLib.TrainingLogic` (made on first use: it needs the engine's
-    packages, which the first-run install provides); adds the parameter node and the console API."""
+    """Delegates to :class:`LabelShareTrainingLib.TrainingLogic` (made on first use, from the user's settings); adds
+    the parameter node and the console API."""
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
@@ -670,8 +665,7 @@ class LabelShareTrainingTest(ScriptedLoadableModuleTest):
     def test_collect_cases_and_train_a_first_model(self):
         import SimpleITK as sitk
         from labelshare import synthetic
-        from LabelShareSegmentationLib import image_to_volume, import_task_segments
-        from LabelShareSegmentationLib.jobs import engine_command
+        from LabelShareLib import engine_command, image_to_volume, import_task_segments
         from LabelShareTrainingLib.cases import CollectionLabel
 
         LabelShareSegmentation.moduleLogic().ensureDependencies()
@@ -708,11 +702,12 @@ class LabelShareTrainingTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Widget test passed")
 
 
-LIB_MODULES = ("lock", "runs", "cases", "logic")  # dependencies first
+LIB_MODULES = ("matching", "lock", "runs", "cases", "logic")  # dependencies first
 
 
 def reloadLib() -> None:
-    """Developer reload of the Lib package (``importlib``: ``imp`` is gone in Python 3.12), leaves first."""
+    """Developer reload of the Lib package (``importlib``: ``imp`` is gone in Python 3.12), leaves first. The shared
+    LabelShareLib belongs to LabelShareSegmentation and is reloaded with it."""
     for name in [f"LabelShareTrainingLib.{module}" for module in LIB_MODULES] + ["LabelShareTrainingLib"]:
         if name in sys.modules:
             importlib.reload(sys.modules[name])

@@ -9,10 +9,10 @@ import pytest
 
 from labelshare import synthetic
 from labelshare.labelspace import LabelSpace, compute_statistics
-from labelshare.pipeline import train
+from labelshare.training_run import train
 from labelshare.progress import Progress
 from labelshare.tasks import TaskDataset
-from labelshare.training import TrainConfig
+from labelshare.config import TrainConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("LABELSHARE_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
@@ -47,4 +47,4 @@ def tiny_model(tmp_path_factory, synthetic_tasks, synthetic_space) -> Path:
     """A label-sharing model trained for a few steps on the synthetic tasks (valid folder, poor accuracy)."""
     out = tmp_path_factory.mktemp("models") / "tiny"
     return train(list(synthetic_tasks.items()), synthetic_space, out, TrainConfig(**TINY_CONFIG),
-                 progress=Progress("quiet"), command=["train", "(test fixture)"])
+                 progress=Progress("quiet"), command=["train", "(test fixture)"]).path

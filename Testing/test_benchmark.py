@@ -15,16 +15,18 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from labelshare.benchmark import METHODS, BenchmarkSettings, run_benchmark
-from labelshare.cli import main
+from labelshare_benchmarks.methods import METHODS, BenchmarkSettings, main, run_benchmark
 from labelshare.errors import LabelShareError, TrainingInterrupted
-from labelshare.fileio import read_json, staging_dir_for
-from labelshare.heads import task_heads
+from labelshare.fileio import read_json
+from labelshare.paths import staging_dir_for
+from labelshare.layouts import task_heads
 from labelshare.inference import Segmenter
 from labelshare.metrics import dice_per_label
-from labelshare.models import WEIGHTS_FILE, load_model
+from labelshare.modelfolder import WEIGHTS_FILE
+from labelshare.models import load_model
 from labelshare.paths import default_model_dir
-from labelshare.networks import NetworkConfig, build_network
+from labelshare.config import NetworkConfig
+from labelshare.networks import build_network
 from labelshare.progress import Progress
 from labelshare.tasks import TaskDataset
 from labelshare.training import Trainer
@@ -160,11 +162,11 @@ def test_same_seed_reproduces_the_numbers(tmp_path, synthetic_tasks):
 
 def test_benchmark_refuses_bad_arguments(tmp_path, synthetic_tasks, capsys):
     task_args = ["--task", f"xray2d={synthetic_tasks['xray2d']}", "--task", f"sides3d={synthetic_tasks['sides3d']}"]
-    assert main(["benchmark", *task_args, "--methods", "per-task,bogus", "--out", str(tmp_path / "a")]) == 1
+    assert main([*task_args, "--methods", "per-task,bogus", "--out", str(tmp_path / "a")]) == 1
     assert "unknown method 'bogus'" in capsys.readouterr().err
-    assert main(["benchmark", *task_args, "--methods", "label-sharing-grouped", "--out", str(tmp_path / "b")]) == 1
+    assert main([*task_args, "--methods", "label-sharing-grouped", "--out", str(tmp_path / "b")]) == 1
     assert "needs --group" in capsys.readouterr().err
-    assert main(["benchmark", *task_args, "--steps-per-task", "3", "--steps-per-epoch", "2",
+    assert main([*task_args, "--steps-per-task", "3", "--steps-per-epoch", "2",
                  "--out", str(tmp_path / "c")]) == 1
     assert "multiple of --steps-per-epoch" in capsys.readouterr().err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -1,6 +1,5 @@
 """Bad input: every case exits non-zero with one line naming the file or object and the problem, no traceback."""
 
-import argparse
 import json
 import shutil
 import subprocess
@@ -12,7 +11,7 @@ import SimpleITK as sitk
 from taskfactory import blobs, write_task_folder
 
 from labelshare.cli import main
-from labelshare.models import write_manifest
+from labelshare.modelfolder import write_manifest
 
 
 @pytest.fixture
@@ -176,13 +175,3 @@ def test_a_real_process_prints_no_traceback(tmp_path, model_copy, good_image):
     assert result.returncode == 1 and "Traceback" not in result.stderr
     last_line = result.stderr.strip().splitlines()[-1]
     assert last_line.startswith("labelshare: error: ") and "model.safetensors" in last_line
-
-
-def test_method_choices_of_the_command_line_are_the_engines_methods():
-    from labelshare.cli import build_parser
-    from labelshare.pipeline import METHOD_LAYOUTS
-
-    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    for name in ("train", "demo"):
-        method = next(a for a in commands.choices[name]._actions if a.dest == "method")
-        assert set(method.choices) == set(METHOD_LAYOUTS), name

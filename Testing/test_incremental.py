@@ -21,16 +21,19 @@ import torch
 from labelshare import cli, synthetic
 from labelshare.errors import LabelShareError, LabelSpaceError
 from labelshare.fileio import atomic_write_json, write_image_atomic
-from labelshare.incremental import (DEFAULT_DISTILL_WEIGHT, DEFAULT_EPOCHS, DEFAULT_LEARNING_RATE,
-                                    DEFAULT_MAX_REGRESSION, DEFAULT_REPLAY_CASES, DEFAULT_STEPS_PER_EPOCH,
-                                    DEFAULT_STRATEGY, EXIT_REGRESSION, IncrementalTrainer, add_task,
-                                    candidate_dir_for, map_labels, parse_pins, parse_replay_cases, report_paths_for)
+from labelshare.cli import EXIT_REGRESSION, add_task_config_from, parse_replay_cases
+from labelshare.config import AddTaskConfig, TrainConfig
+from labelshare.incremental import add_task
+from labelshare.incremental.mapping import map_labels, parse_pins
+from labelshare.incremental.trainer import IncrementalTrainer
 from labelshare.labelspace import LabelSpace, LabelStats, TaskStatistics, compute_statistics
-from labelshare.models import list_models, load_model, verify_folder
-from labelshare.pipeline import train
+from labelshare.modelfolder import list_models, verify_folder
+from labelshare.models import load_model
+from labelshare.paths import candidate_dir_for
+from labelshare.paths import refused_report_paths as report_paths_for
 from labelshare.progress import Progress, parse_event
 from labelshare.tasks import TaskDataset
-from labelshare.training import TrainConfig
+from labelshare.training_run import train
 
 BUDGET = dict(epochs=1, steps_per_epoch=6, batch_size=6, device="cpu")
 BUDGET_ARGS = ["--epochs", "1", "--steps-per-epoch", "6", "--batch-size", "6", "--device", "cpu"]
@@ -44,7 +47,7 @@ def base_model(tmp_path_factory, synthetic_tasks) -> Path:
     space = LabelSpace.build([compute_statistics(TaskDataset.open(path, name)) for name, path in tasks])
     config = TrainConfig(image_size=32, batch_size=6, epochs=2, steps_per_epoch=20, device="cpu", seed=0)
     return train(tasks, space, tmp_path_factory.mktemp("base") / "v1", config, progress=Progress("quiet"),
-                 command=["train", "(test fixture)"])
+                 command=["train", "(test fixture)"]).path
 
 
 def replay_args(synthetic_tasks) -> list[str]:
@@ -140,8 +143,9 @@ def test_explicit_pins_are_kept_and_checked(space):
 
 # -- replay and distillation -----------------------------------------------------------------------------------------
 def test_replay_keeps_exemplar_slices_and_distillation_adds_the_old_model_divergence(tmp_path, space):
-    from labelshare.heads import task_heads
-    from labelshare.networks import NetworkConfig, build_network
+    from labelshare.config import NetworkConfig
+    from labelshare.layouts import task_heads
+    from labelshare.networks import build_network
     from labelshare.training import Batch, SliceBank
 
     torch.manual_seed(0)
@@ -211,7 +215,7 @@ def test_add_task_publishes_with_report_lineage_and_progress(added, base_model, 
 
     lineage = json.loads((out / "lineage.json").read_text())
     assert lineage["parent"] == base_model.name and lineage["operation"] == "add-task"
-    assert lineage["tasks_added"] == ["sides3d"] and lineage["mapping"]["strategy"] == DEFAULT_STRATEGY
+    assert lineage["tasks_added"] == ["sides3d"] and lineage["mapping"]["strategy"] == AddTaskConfig().strategy
     assert {len(cases) for cases in lineage["replay"]["exemplars"].values()} == {3}
     assert lineage["distillation"]["weight"] == 0.5
     assert set(lineage["data"]) == {"phantom3d", "xray2d", "sides3d"}
@@ -228,9 +232,10 @@ def test_add_task_publishes_with_report_lineage_and_progress(added, base_model, 
 
 def test_more_labels_than_n_star_expands_the_output_layer(tmp_path, base_model, synthetic_tasks):
     four = split_xray_task(synthetic_tasks["xray2d"], tmp_path / "xray4")
-    out = add_task(base_model, ("xray4", four), tmp_path / "v3", strategy="size",
-                   replay_tasks=[(n, synthetic_tasks[n]) for n in ("phantom3d", "xray2d")], replay_cases=2,
-                   max_regression=100, progress=Progress("quiet"), **BUDGET)
+    out = add_task(base_model, ("xray4", four), tmp_path / "v3",
+                   AddTaskConfig(strategy="size", replay_cases=2, max_regression=100, **BUDGET),
+                   replay_tasks=[(n, synthetic_tasks[n]) for n in ("phantom3d", "xray2d")],
+                   progress=Progress("quiet")).path
     old, new = load_model(base_model), load_model(out)
     assert old.labelspace.n_shared == 3 and new.labelspace.n_shared == 4
     assert new.config.network.out_channels == 5
@@ -327,8 +332,9 @@ def test_update_adds_cases_keeps_split_and_mapping_and_reads_folders_from_lineag
     parent = added["out"]
     more = synthetic.write_task(tmp_path, "xray2d", n_cases=12)  # the same first 8 cases and 4 new ones
     events = []
-    out = add_task(parent, ("xray2d", more), tmp_path / "v3", max_regression=100, replay_cases=0,
-                   progress=Progress("quiet", callback=events.append), **BUDGET)  # replay folders from the lineage
+    out = add_task(parent, ("xray2d", more), tmp_path / "v3",
+                   AddTaskConfig(max_regression=100, replay_cases=0, **BUDGET),
+                   progress=Progress("quiet", callback=events.append)).path  # replay folders from the lineage
     # the old model is scored again on xray2d only: its validation cases and data changed, the others did not
     assert any(e["message"].startswith("old scores of phantom3d, sides3d taken from v2") for e in events
                if e["event"] == "log")
@@ -353,23 +359,26 @@ def test_update_adds_cases_keeps_split_and_mapping_and_reads_folders_from_lineag
 def test_bad_requests_fail_with_one_clear_line(tmp_path, base_model, synthetic_tasks):
     quiet = Progress("quiet")
     with pytest.raises(LabelShareError, match="--replay-task phantom3d=DIR"):
-        add_task(base_model, ("sides3d", synthetic_tasks["sides3d"]), tmp_path / "a", progress=quiet, **BUDGET)
+        add_task(base_model, ("sides3d", synthetic_tasks["sides3d"]), tmp_path / "a", AddTaskConfig(**BUDGET),
+                 progress=quiet)
     with pytest.raises(LabelShareError, match="mapping stays as it is"):
-        add_task(base_model, ("xray2d", synthetic_tasks["xray2d"]), tmp_path / "b", label_map=["heart=1"],
-                 progress=quiet, **BUDGET)
+        add_task(base_model, ("xray2d", synthetic_tasks["xray2d"]), tmp_path / "b",
+                 AddTaskConfig(label_map=["heart=1"], **BUDGET), progress=quiet)
     with pytest.raises(LabelShareError, match="differ from task 'xray2d'.*new task name"):
-        add_task(base_model, ("xray2d", synthetic_tasks["sides3d"]), tmp_path / "c",
-                 replay_tasks=[("phantom3d", synthetic_tasks["phantom3d"])], progress=quiet, **BUDGET)
+        add_task(base_model, ("xray2d", synthetic_tasks["sides3d"]), tmp_path / "c", AddTaskConfig(**BUDGET),
+                 replay_tasks=[("phantom3d", synthetic_tasks["phantom3d"])], progress=quiet)
     with pytest.raises(LabelShareError, match="already exists"):
-        add_task(base_model, ("sides3d", synthetic_tasks["sides3d"]), base_model, progress=quiet, **BUDGET)
+        add_task(base_model, ("sides3d", synthetic_tasks["sides3d"]), base_model, AddTaskConfig(**BUDGET),
+                 progress=quiet)
     assert not [p for p in tmp_path.iterdir()]
 
 
-def test_command_line_defaults_are_the_api_defaults():
+def test_command_line_without_options_builds_the_default_config():
     args = cli.build_parser().parse_args(["add-task", "--model", "m", "--task", "t=d", "--out", "o"])
-    assert (args.strategy, parse_replay_cases(args.replay_cases), args.distill_weight, args.max_regression,
-            args.epochs, args.steps_per_epoch, args.learning_rate) == (
-        DEFAULT_STRATEGY, DEFAULT_REPLAY_CASES, DEFAULT_DISTILL_WEIGHT, DEFAULT_MAX_REGRESSION, DEFAULT_EPOCHS,
-        DEFAULT_STEPS_PER_EPOCH, DEFAULT_LEARNING_RATE)
+    assert add_task_config_from(args) == AddTaskConfig()
+    assert parse_replay_cases("all") is None and parse_replay_cases("3") == 3
     with pytest.raises(LabelShareError, match="number of cases or 'all'"):
         parse_replay_cases("some")
+    with pytest.raises(LabelShareError, match="--learning-rate"):
+        add_task_config_from(cli.build_parser().parse_args(
+            ["add-task", "--model", "m", "--task", "t=d", "--out", "o", "--learning-rate", "nan"]))

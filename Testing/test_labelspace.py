@@ -96,8 +96,8 @@ def test_json_round_trip_keeps_mapping_both_ways_and_statistics(three_tasks, tmp
     assert data["format_version"] == 1 and data["n_shared"] == 3
     assert data["shared_labels"][0]["members"] == {"a": "small", "b": "x", "c": "only"}
     assert LabelSpace.load(tmp_path / "ls.json") == space
-    assert list(space.shared_to_task_lut("b")) == [0, 1, 2, 3]
-    assert list(space.task_to_shared_lut("a")) == [0, 1, 2]
+    assert {e.id: e.shared for e in space.task("b").labels} == {1: 1, 2: 2, 3: 3}
+    assert {e.id: e.shared for e in space.task("a").labels} == {1: 1, 2: 2}
 
 
 def test_a_tampered_json_violating_a_constraint_is_refused(three_tasks, tmp_path):

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from labelshare.evaluation import CaseScore, Evaluation
+from labelshare.scores import CaseScore, Evaluation
 from labelshare.metrics import dice_per_label, hd95_per_label
 
 

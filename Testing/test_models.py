@@ -9,7 +9,8 @@ import torch
 
 from labelshare.cli import main
 from labelshare.errors import ModelError
-from labelshare.models import list_models, load_model, save_model_folder, verify_folder
+from labelshare.modelfolder import list_models, verify_folder
+from labelshare.models import load_model, save_model_folder
 from labelshare.paths import user_models_dir
 
 

@@ -7,10 +7,10 @@ import pytest
 from conftest import REAL_TASKS, real_task_dir
 
 from labelshare.labelspace import LabelSpace, compute_statistics, parse_group
-from labelshare.pipeline import train
+from labelshare.training_run import train
 from labelshare.progress import Progress
 from labelshare.tasks import TaskDataset
-from labelshare.training import TrainConfig
+from labelshare.config import TrainConfig
 
 pytestmark = pytest.mark.realdata
 
@@ -45,7 +45,7 @@ def test_short_training_run_on_two_real_tasks(tmp_path, real_statistics):
     tasks = [(name, real_task_dir(REAL_TASKS[name])) for name in ("sunnybrook", "mammo")]
     out = train(tasks, space, tmp_path / "real", TrainConfig(image_size=64, batch_size=8, epochs=2,
                                                             steps_per_epoch=10, device="cpu"),
-                progress=Progress("quiet"))
+                progress=Progress("quiet")).path
     split = json.loads((out / "split.json").read_text())["tasks"]
     patients = {name.split("_im")[0] for name in split["sunnybrook"]["validation"]}
     assert patients and patients.isdisjoint({name.split("_im")[0] for name in split["sunnybrook"]["train"]})

@@ -18,7 +18,7 @@ from labelshare.tasks import choose_slicing_axis
 
 pytest_plugins = ["slicer_support"]  # fixtures: mrml_scene, slicer_env
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "LabelShareSegmentation"))
-from LabelShareSegmentationLib import segments, volumes  # noqa: E402
+from LabelShareLib import segments, volumes  # noqa: E402
 
 ROTATION = sitk.VersorTransform((1, 2, 3), 0.4).GetMatrix()  # an oblique direction: no axis is aligned
 

@@ -1,4 +1,4 @@
-"""The background-job runner (LabelShareSegmentationLib.jobs) with real child processes: progress, log, import,
+"""The background-job runner (LabelShareLib.jobs) with real child processes: progress, log, import,
 failures, crashes and cancel (the whole process tree, with or without a grace period)."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import psutil
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "LabelShareSegmentation"))
-from LabelShareSegmentationLib.jobs import (LOG_LINES, JobFailed, JobState, ProcessJob,  # noqa: E402
-                                            child_environment)
+from LabelShareLib.jobs import (LOG_LINES, JobFailed, JobState, ProcessJob, WorkerProcess,  # noqa: E402
+                                child_environment)
 
 PRELUDE = "import os, subprocess, sys, time\nfrom labelshare.progress import Progress\np = Progress('json')\n"
 
@@ -146,3 +146,44 @@ def test_child_environment_forces_cpu_and_finds_the_engine():
     assert env["CUDA_VISIBLE_DEVICES"] == "-1" and env["PYTHONUNBUFFERED"] == "1"
     assert (Path(env["PYTHONPATH"].split(os.pathsep)[0]) / "labelshare" / "worker.py").is_file()
     assert "CUDA_VISIBLE_DEVICES" not in child_environment("auto", base={})
+
+
+FAKE_WORKER = PRELUDE + textwrap.dedent("""
+    import json
+    p.log("worker ready", worker="ready")
+    for line in sys.stdin:
+        request = json.loads(line)
+        tag = {"request": request["id"]}
+        if request.get("crash"):
+            print("out of memory in the network", file=sys.stderr, flush=True)
+            os._exit(139)
+        p.progress("segmenting", 0.5, **tag)
+        print("a line between events", flush=True)
+        if request.get("wait"):
+            time.sleep(60)
+        p.done(request["output"], **tag)
+""")
+
+
+def test_worker_process_serves_requests_and_reports_a_crash_into_the_job():
+    """WorkerProcess with a stand-in for ``labelshare worker`` (same protocol, no torch): events reach the job through
+    its public surface, the process is reused, and a crash fails the job with the exit code and the last lines."""
+    worker = WorkerProcess(argv=[sys.executable, "-c", FAKE_WORKER], env=child_environment())
+    try:
+        job = worker.submit({"output": "first.mha"}, import_result=lambda event: event["output"])
+        assert job.result_or_raise(30) == "first.mha" and job.reported and job.fraction == 1.0
+        assert "a line between events" in job.log and worker.ready_after_s is not None
+        pid = worker.process.pid
+        assert worker.submit({"output": "second.mha"}).wait(30) == JobState.DONE and worker.process.pid == pid
+
+        crashed = worker.submit({"output": "x", "crash": True})
+        with pytest.raises(JobFailed, match=r"worker stopped unexpectedly \(exit code 139\): .*out of memory"):
+            crashed.result_or_raise(30)
+        assert not crashed.reported and worker.process is None  # the next request starts a new process
+
+        waiting = worker.submit({"output": "y", "wait": True})
+        poll_until(waiting, lambda: waiting.state == JobState.RUNNING)
+        waiting.cancel()
+        assert waiting.state == JobState.CANCELLED and worker.process is None
+    finally:
+        worker.stop()

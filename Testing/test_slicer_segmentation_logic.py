@@ -20,8 +20,8 @@ from labelshare.paths import default_model_dir
 
 pytest_plugins = ["slicer_support"]  # fixtures: mrml_scene, slicer_env
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "LabelShareSegmentation"))
-from LabelShareSegmentationLib import model_choice, segments, volumes  # noqa: E402
-from LabelShareSegmentationLib.jobs import JobFailed, JobState  # noqa: E402
+from LabelShareLib import segments, store, volumes  # noqa: E402
+from LabelShareLib.jobs import JobFailed, JobState  # noqa: E402
 from LabelShareSegmentationLib.logic import SegmentationLogic, why_not_ready  # noqa: E402
 
 TASK = "phantom3d"
@@ -137,7 +137,7 @@ def test_bad_inputs_are_refused_before_anything_runs(volume, tiny_model, mrml_sc
 
 
 def test_why_apply_is_disabled(volume, tiny_model, mrml_scene):
-    from labelshare.models import summarize_model
+    from labelshare.modelfolder import summarize_model
     summary = summarize_model(tiny_model)
     assert why_not_ready(None, summary, TASK) == "Select an input volume."
     empty = mrml_scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "nothing")
@@ -157,31 +157,31 @@ def test_results_go_into_a_chosen_node_beside_other_segments(logic, volume, tiny
 
 
 def test_model_list_checks_every_folder_and_keeps_the_reason(tiny_model, tmp_path):
-    store = tmp_path / "models"
-    shutil.copytree(tiny_model, store / "v1")
-    shutil.copytree(tiny_model, store / "v2-tampered")
-    (store / "v2-tampered" / "labelspace.json").write_text("{}")
-    found = {Path(s.path).name: s for s in model_choice.models_in(store)}
+    models = tmp_path / "models"
+    shutil.copytree(tiny_model, models / "v1")
+    shutil.copytree(tiny_model, models / "v2-tampered")
+    (models / "v2-tampered" / "labelspace.json").write_text("{}")
+    found = {Path(s.path).name: s for s in store.models_in(models)}
     assert found["v1"].valid and found["v1"].tasks == ["phantom3d", "xray2d", "sides3d"]
     assert not found["v2-tampered"].valid and "do not match manifest.json" in found["v2-tampered"].reason
-    assert model_choice.model_title(found["v1"]) == "v1 — phantom3d, xray2d, sides3d"
-    assert model_choice.model_title(found["v2-tampered"]) == "v2-tampered — cannot be used"
+    assert store.model_title(found["v1"]) == "v1 — phantom3d, xray2d, sides3d"
+    assert store.model_title(found["v2-tampered"]) == "v2-tampered — cannot be used"
 
     bundled = [default_model_dir().name] if default_model_dir() is not None else []
-    listed = model_choice.available_models(store, [store / "v1", tmp_path / "gone"])
+    listed = store.available_models(models, [models / "v1", tmp_path / "gone"])
     # the bundled model first, then the models folder, then the added folders (v1 once)
     assert [Path(s.path).name for s in listed] == [*bundled, "v1", "v2-tampered", "gone"]
     assert "folder does not exist" in listed[-1].reason
-    not_made_yet = model_choice.available_models(tmp_path / "no models yet")
+    not_made_yet = store.available_models(tmp_path / "no models yet")
     assert [Path(s.path).name for s in not_made_yet] == bundled and all(s.valid for s in not_made_yet)
 
-    (store / "v1" / "config.json").unlink()
-    [incomplete] = model_choice.models_in(store / "v1")
+    (models / "v1" / "config.json").unlink()
+    [incomplete] = store.models_in(models / "v1")
     assert not incomplete.valid and "missing config.json" in incomplete.reason
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelError, match="empty: no LabelShare model here"):
-        model_choice.models_in(tmp_path / "empty")
-    assert [(label.id, label.name) for label in model_choice.task_labels(tiny_model, "phantom3d")] == \
+        store.models_in(tmp_path / "empty")
+    assert [(label.id, label.name) for label in store.task_labels(tiny_model, "phantom3d")] == \
         [(1, "body"), (2, "organ"), (3, "lesion")]
 
 

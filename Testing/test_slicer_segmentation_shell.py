@@ -17,8 +17,9 @@ MODULE_DIR = REPO / "LabelShareSegmentation"
 MODULE_FILE = MODULE_DIR / "LabelShareSegmentation.py"
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "LabelShareSegmentation.ui"
 sys.path.insert(0, str(MODULE_DIR))
-from LabelShareSegmentationLib import dependencies  # noqa: E402
-from LabelShareSegmentationLib.dependencies import DependencyError, DependencyInstaller  # noqa: E402
+import LabelShareLib  # noqa: E402
+from LabelShareLib import dependencies  # noqa: E402
+from LabelShareLib.dependencies import DependencyError, DependencyInstaller  # noqa: E402
 from qt_shell import load_ui_widgets, parameter_fields, source_tree, ui_names_used  # noqa: E402
 
 
@@ -48,6 +49,31 @@ def test_every_bound_widget_matches_a_parameter_of_the_right_type(ui_widgets):
             assert list(node_types) == [fields[name]], name
         else:
             assert widget.metaObject().className() == "QCheckBox" and fields[name] == "bool", name
+
+
+def test_device_choices_are_the_engine_devices(ui_widgets):
+    """One device vocabulary for both modules and the command line (labelshare.config.DEVICES)."""
+    from labelshare.config import DEVICES
+    combo = ui_widgets["deviceComboBox"]
+    assert [combo.itemText(i) for i in range(combo.count())] == list(DEVICES) == ["auto", "cuda", "cpu"]
+    assert LabelShareLib.DEVICES is DEVICES
+    # a setting saved by an older version (GPU, CPU) or naming a GPU becomes one of the items
+    assert [LabelShareLib.device_choice(text) for text in ("GPU", "CPU", "auto", "cuda:1", "tpu", None, "")] == \
+        ["cuda", "cpu", "auto", "cuda", "auto", "auto", "auto"]
+
+
+def test_widget_listens_to_the_model_store_from_setup_to_cleanup():
+    """LabelShare Training announces new versions on the store; the widget subscribes in setup, unsubscribes in
+    cleanup (a widget that is gone must not be called)."""
+    widget = next(node for node in ast.walk(shell_tree()) if isinstance(node, ast.ClassDef)
+                  and node.name == "LabelShareSegmentationWidget")
+    methods = {item.name: item for item in widget.body if isinstance(item, ast.FunctionDef)}
+
+    def calls(method: str, name: str) -> list[str]:
+        return [ast.unparse(node.args[0]) for node in ast.walk(methods[method]) if isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute) and node.func.attr == name]
+    assert calls("setup", "subscribe") == ["self.onModelStoreChanged"] == calls("cleanup", "unsubscribe")
+    assert "onModelStoreChanged" in methods
 
 
 def test_shell_does_no_array_or_network_work():
@@ -82,10 +108,19 @@ def test_module_cmake_lists_every_script_and_resource():
     text = (MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8")
     listed = [entry.replace("${MODULE_NAME}", "LabelShareSegmentation")
               for entry in cmake_list(text, "MODULE_PYTHON_SCRIPTS") + cmake_list(text, "MODULE_PYTHON_RESOURCES")]
-    globs = [g.replace("${CMAKE_CURRENT_SOURCE_DIR}/", "") for g in re.findall(r"file\(GLOB\S*\s+\S+\s+RELATIVE\s+"
-                                                                              r"\S+\s+CONFIGURE_DEPENDS\s+(\S+)\)",
-                                                                              text)]
-    assert globs == ["labelshare/*.py", "Resources/Models/*"]
+    globs = [(kind, pattern.replace("${CMAKE_CURRENT_SOURCE_DIR}/", "")) for kind, pattern in re.findall(
+        r"file\((GLOB\S*)\s+\S+\s+RELATIVE\s+\S+\s+CONFIGURE_DEPENDS\s+(\S+)\)", text)]
+    assert globs == [("GLOB_RECURSE", "labelshare/*.py"), ("GLOB_RECURSE", "Resources/Models/*")]
+
+    def globbed(relative: str) -> bool:  # CMake's GLOB does not descend into sub-folders, GLOB_RECURSE does
+        return any(fnmatch.fnmatch(relative, pattern) and (kind == "GLOB_RECURSE"
+                                                           or relative.count("/") == pattern.count("/"))
+                   for kind, pattern in globs)
+    scripts = set(cmake_list(text, "MODULE_PYTHON_SCRIPTS"))
+    for package in ("LabelShareLib", "LabelShareSegmentationLib"):  # each file named, none left to a glob
+        files = {f"{package}/{path.name}" for path in (MODULE_DIR / package).glob("*.py")}
+        assert f"{package}/__init__.py" in files
+        assert files <= {entry.replace("${MODULE_NAME}", "LabelShareSegmentation") for entry in scripts}, package
     for entry in listed:
         if not entry.startswith("${"):
             assert (MODULE_DIR / entry).is_file(), entry
@@ -94,7 +129,7 @@ def test_module_cmake_lists_every_script_and_resource():
         relative = path.relative_to(MODULE_DIR).as_posix()
         if not path.is_file() or "__pycache__" in relative or ".egg-info" in relative or relative == "CMakeLists.txt":
             continue
-        assert relative in shipped or any(fnmatch.fnmatch(relative, g) for g in globs), f"{relative} is not shipped"
+        assert relative in shipped or globbed(relative), f"{relative} is not shipped"
 
 
 def test_extension_cmake_has_the_metadata_and_both_modules():
@@ -186,3 +221,18 @@ def test_declined_or_failed_installs_say_so(packages):
 
     with pytest.raises(DependencyError, match="still missing after installation: monai>=1.4, safetensors>=0.4"):
         DependencyInstaller(lambda requirement: None, pip_ensure=lambda *args, **kwargs: None).ensure(requirements)
+
+
+def test_reload_covers_every_module_of_the_lib_packages_the_module_ships():
+    """Developer reload (Reload and Test) reloads each Lib module, LabelShareLib first (the other imports it)."""
+    assignment = next(node for node in shell_tree().body if isinstance(node, ast.Assign)
+                      and ast.unparse(node.targets[0]) == "LIB_MODULES")
+    reloaded = ast.literal_eval(assignment.value)
+    assert list(reloaded) == ["LabelShareLib", "LabelShareSegmentationLib"]
+    for package, modules in reloaded.items():
+        assert sorted(modules) == sorted(path.stem for path in (MODULE_DIR / package).glob("*.py")
+                                         if path.stem != "__init__"), package
+        for position, module in enumerate(modules):  # what a module imports from its package is reloaded before it
+            for node in ast.walk(source_tree(MODULE_DIR / package / f"{module}.py")):
+                if isinstance(node, ast.ImportFrom) and node.level == 1:
+                    assert modules.index(node.module) < position, f"{package}.{module} imports .{node.module}"

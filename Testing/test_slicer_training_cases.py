@@ -20,7 +20,7 @@ from LabelShareTrainingLib.cases import (UnmatchedSegmentsError, add_case_from_n
                                          plan_mapping)
 from slicer_support import slicer_scene  # noqa: E402
 
-from labelshare.collection import TRASH_DIR, DuplicateCaseError, create_task  # noqa: E402
+from labelshare.taskfolders import TRASH_DIR, DuplicateCaseError, create_task  # noqa: E402
 from labelshare.errors import DataError  # noqa: E402
 from labelshare.tasks import TaskDataset  # noqa: E402
 

@@ -14,14 +14,15 @@ import psutil
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT / "LabelShareTraining"))
+for module_folder in ("LabelShareSegmentation", "LabelShareTraining"):  # the package imports LabelShareLib
+    sys.path.insert(0, str(REPO_ROOT / module_folder))
 
 from LabelShareTrainingLib.lock import JobLockedError, LockInfo, TrainingLock  # noqa: E402
-from LabelShareTrainingLib.runs import (BUDGETS, FIRST_MODEL_EPOCHS, ForgettingReport, TrainingProgress,  # noqa: E402
-                                        TrainingRequest, discard_run, jobs_dir, next_version_path,
-                                        unfinished_runs, version_of)
+from LabelShareTrainingLib.runs import (BUDGETS, FIRST_MODEL_EPOCHS, TrainingProgress, TrainingRequest,  # noqa: E402
+                                        discard_run, jobs_dir, next_version_path, unfinished_runs, version_of)
 
 from labelshare.errors import LabelShareError  # noqa: E402
+from labelshare.forgetting import ForgettingReport  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -90,7 +91,7 @@ def test_running_training_process_keeps_the_lock_after_its_owner_died(tmp_path):
     try:
         owner = textwrap.dedent(f"""
             import os, sys
-            sys.path.insert(0, {str(REPO_ROOT / 'LabelShareTraining')!r})
+            sys.path[:0] = [{str(REPO_ROOT / 'LabelShareSegmentation')!r}, {str(REPO_ROOT / 'LabelShareTraining')!r}]
             from LabelShareTrainingLib.lock import TrainingLock
             lock = TrainingLock({str(lock_path)!r})
             lock.acquire("crashed owner")
@@ -170,6 +171,8 @@ def test_a_recorded_request_keeps_its_budget_numbers_when_presets_change(labelsh
         TrainingRequest(kind="train", task_name="liver", task_dir="d", out="o", labelspace="x", budget="huge")
     with pytest.raises(LabelShareError, match="unknown device"):
         TrainingRequest(kind="train", task_name="liver", task_dir="d", out="o", labelspace="x", device="tpu")
+    gpu = TrainingRequest(kind="train", task_name="liver", task_dir="d", out="o", labelspace="x", device="GPU")
+    assert gpu.device == "cuda" and gpu.arguments()[-4:] == ["--device", "cuda", "--progress", "json"]
 
 
 def test_new_versions_never_reuse_a_name(tmp_path):
@@ -193,8 +196,7 @@ def run_request(models: Path, version: int, kind: str = "add-task") -> TrainingR
 
 
 def test_run_states_follow_the_engine_folders(labelshare_home):
-    from labelshare.fileio import staging_dir_for
-    from labelshare.incremental import candidate_dir_for, report_paths_for
+    from labelshare.paths import candidate_dir_for, refused_report_paths, staging_dir_for
     models = labelshare_home / "models"
     models.mkdir(parents=True)
     interrupted, refused, published, gone, first = (run_request(models, 2), run_request(models, 3),
@@ -202,7 +204,7 @@ def test_run_states_follow_the_engine_folders(labelshare_home):
                                                      run_request(models, 1, "train"))
     staging_dir_for(candidate_dir_for(Path(interrupted.out))).mkdir()
     candidate_dir_for(Path(refused.out)).mkdir()
-    for report in report_paths_for(Path(refused.out)):
+    for report in refused_report_paths(Path(refused.out)):
         report.write_text("{}")
     Path(published.out).mkdir()
     staging_dir_for(Path(first.out)).mkdir()
@@ -217,7 +219,7 @@ def test_run_states_follow_the_engine_folders(labelshare_home):
         "m-v2.json", "m-v3.json", "notes.json", "t-v1.json", "t-v1.labelspace.json"]
     discard_run(refused)
     assert not candidate_dir_for(Path(refused.out)).exists()
-    assert not any(p.exists() for p in report_paths_for(Path(refused.out)))
+    assert not any(p.exists() for p in refused_report_paths(Path(refused.out)))
     discard_run(first)
     assert not staging_dir_for(Path(first.out)).exists() and not (jobs_dir() / "t-v1.labelspace.json").exists()
     assert [r.out for r in unfinished_runs()] == [interrupted.out]
@@ -248,10 +250,11 @@ def test_forgetting_report_becomes_table_rows(tmp_path):
                                   "tail": {"before": None, "after": 0.5, "change": None}}},
               "new_task": {"name": "liver", "dice": {"liver": 0.8}}}
     (tmp_path / "forgetting.json").write_text(json.dumps(report))
-    read = ForgettingReport.of_model(tmp_path)
-    assert read.threshold == 1.0 and not read.passed and read.new_task["name"] == "liver"
+    read = ForgettingReport.of_model(tmp_path)  # the engine's reader (labelshare.forgetting), used by the widget
+    assert read.threshold == 1.0 and not read.passed and read.new_task_name == "liver"
+    assert read.new_task == {"liver": 0.8}
     assert read.table() == [("acdc", "lv", "0.900", "0.800", "-10.0"), ("hippo", "head", "0.700", "0.710", "+1.0"),
-                            ("hippo", "tail", "-", "0.500", "-")]
+                            ("hippo", "tail", "-", "0.500", "-"), ("liver", "liver", "-", "0.800", "new")]
     assert ForgettingReport.of_model(tmp_path / "none") is None
     (tmp_path / "forgetting.json").write_text(json.dumps({"tasks": {}}))
     with pytest.raises(LabelShareError, match="malformed forgetting report"):

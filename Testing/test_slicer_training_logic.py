@@ -18,7 +18,7 @@ for module_folder in ("LabelShareSegmentation", "LabelShareTraining"):
 import slicer  # noqa: E402
 from LabelShareTrainingLib.lock import JobLockedError, TrainingLock  # noqa: E402
 from LabelShareTrainingLib.runs import TrainingRequest  # noqa: E402
-from LabelShareTrainingLib.logic import (TaskEntry, TrainingLogic, parse_label_text,  # noqa: E402
+from LabelShareTrainingLib.logic import (TaskRow, TrainingLogic, parse_label_text,  # noqa: E402
                                          why_cannot_add_case, why_cannot_train)
 from slicer_support import slicer_scene  # noqa: E402
 
@@ -171,15 +171,15 @@ def test_automatic_training_counts_cases_since_the_last_published_run(logic, syn
 
 
 def test_buttons_say_why_they_are_disabled(tmp_path):
-    ready = TaskEntry(name="liver", in_model=False, folder=tmp_path, labels={"liver": 1}, cases=2)
+    ready = TaskRow(name="liver", in_model=False, folder=tmp_path, labels={"liver": 1}, cases=2)
     assert why_cannot_add_case(object(), object(), ready) == ""
     assert "Choose a task" in why_cannot_add_case(object(), object(), None)
     assert "volume" in why_cannot_add_case(None, object(), ready)
     assert "segmentation" in why_cannot_add_case(object(), None, ready)
-    broken = TaskEntry(name="x", in_model=False, folder=tmp_path, labels={}, valid=False, reason="bad json")
+    broken = TaskRow(name="x", in_model=False, folder=tmp_path, labels={}, valid=False, reason="bad json")
     assert why_cannot_add_case(object(), object(), broken) == "bad json" == why_cannot_train(broken, False)
     assert why_cannot_train(ready, False) == ""
-    empty = TaskEntry(name="liver", in_model=True, folder=None, labels={"liver": 1})
+    empty = TaskRow(name="liver", in_model=True, folder=None, labels={"liver": 1})
     assert "no collected cases" in why_cannot_train(empty, False)
     lock = TrainingLock(tmp_path / "training.lock")
     holder = lock.acquire("update task 'acdc'")

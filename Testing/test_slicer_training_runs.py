@@ -21,15 +21,15 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 for module_folder in ("LabelShareSegmentation", "LabelShareTraining"):
     sys.path.insert(0, str(REPO_ROOT / module_folder))
 
-from LabelShareSegmentationLib.jobs import JobState, engine_command  # noqa: E402
-from LabelShareSegmentationLib.model_choice import available_models  # noqa: E402
+from LabelShareLib.jobs import JobState, engine_command  # noqa: E402
+from LabelShareLib.store import ModelStore, available_models  # noqa: E402
 from LabelShareTrainingLib import runs  # noqa: E402
 from LabelShareTrainingLib.lock import JobLockedError  # noqa: E402
 from LabelShareTrainingLib.logic import TrainingLogic  # noqa: E402
 
 from labelshare import synthetic  # noqa: E402
-from labelshare.fileio import staging_dir_for  # noqa: E402
-from labelshare.models import verify_folder  # noqa: E402
+from labelshare.modelfolder import verify_folder  # noqa: E402
+from labelshare.paths import staging_dir_for  # noqa: E402
 from labelshare.tasks import TaskDataset  # noqa: E402
 
 RUN_TIMEOUT_S = 300
@@ -73,7 +73,9 @@ def test_first_model_run_reports_progress_stops_resumably_survives_a_crash_and_r
                                                                                        monkeypatch):
     monkeypatch.setitem(runs.BUDGETS, "quick", {"epochs": 2, "steps_per_epoch": 6, "batch_size": 4})
     models = tmp_path / "models"
-    logic = TrainingLogic(workspace=workspace, models_dir=models,
+    store, announced = ModelStore(), []
+    store.changed.subscribe(announced.append)  # what LabelShareSegmentation's widget does
+    logic = TrainingLogic(workspace=workspace, models_dir=models, store=store,
                           engine=lambda *arguments: engine_command(*arguments, "--image-size", "32"))
     request = logic.plan("blobs", None, "quick", "cpu")
     assert request.kind == "train" and Path(request.out) == models / "blobs-v1" and request.epochs == 3
@@ -94,13 +96,14 @@ def test_first_model_run_reports_progress_stops_resumably_survives_a_crash_and_r
     assert logic.lock.holder() is None and not logic.lock.path.exists()
     assert [run.out for run in logic.unfinished_runs()] == [request.out]
     assert logic.new_cases_since_training("blobs") == 6
+    assert announced == [], "nothing was published"
 
     # 2. Slicer crashes while the resumed run trains: the training process ends, the lock goes stale.
     crashing_slicer = textwrap.dedent(f"""
         import os, sys
         sys.path[:0] = [{str(REPO_ROOT / "LabelShareSegmentation")!r}, {str(REPO_ROOT / "LabelShareTraining")!r}]
         from pathlib import Path
-        from LabelShareSegmentationLib.jobs import engine_command
+        from LabelShareLib.jobs import engine_command
         from LabelShareTrainingLib.logic import TrainingLogic
         from LabelShareTrainingLib.runs import TrainingRequest
         logic = TrainingLogic(workspace={str(workspace)!r}, models_dir={str(models)!r},
@@ -129,6 +132,7 @@ def test_first_model_run_reports_progress_stops_resumably_survives_a_crash_and_r
     outcome = logic.wait(RUN_TIMEOUT_S)
     assert outcome.state == "published", outcome.message
     assert outcome.model == Path(request.out) and outcome.report is None
+    assert announced == [outcome.model], "the model store announced the new version (to the model lists)"
     verify_folder(outcome.model)
     assert any("resuming at step" in line for line in logic.job.log)
     assert logic.progress.epoch == 3 and logic.progress.best_dice is not None, "epoch metrics arrived"
@@ -142,9 +146,12 @@ def test_first_model_run_reports_progress_stops_resumably_survives_a_crash_and_r
 def test_add_task_refused_by_the_gate_keeps_the_old_model_until_published_anyway(workspace, tmp_path, tiny_model):
     models = tmp_path / "models"
     base = Path(shutil.copytree(tiny_model, models / "tiny"))
-    # A learning rate of 50 wrecks the old tasks, so the regression gate (1 Dice point) refuses the new version.
-    logic = TrainingLogic(workspace=workspace, models_dir=models,
-                          engine=lambda *arguments: engine_command(*arguments, "--learning-rate", "50"))
+    # A learning rate of 10 (the most the engine accepts) wrecks the old tasks, so the regression gate (1 Dice point)
+    # refuses the new version.
+    store, announced = ModelStore(), []
+    store.changed.subscribe(announced.append)
+    logic = TrainingLogic(workspace=workspace, models_dir=models, store=store,
+                          engine=lambda *arguments: engine_command(*arguments, "--learning-rate", "10"))
     entries = {entry.name: entry for entry in logic.task_entries(base)}
     assert entries["blobs"].action == "Train" and entries["phantom3d"].action == "Update"
     assert entries["blobs"].cases == 6 and not entries["blobs"].in_model
@@ -156,16 +163,17 @@ def test_add_task_refused_by_the_gate_keeps_the_old_model_until_published_anyway
     refused = logic.wait(RUN_TIMEOUT_S)
     assert refused.state == "refused", refused.message
     assert "not published" in refused.message and refused.resumable
-    assert refused.report is not None and not refused.report.passed
-    assert any(row.change is not None and row.change < -0.01 for row in refused.report.rows)
+    assert refused.report is not None and not refused.report.passed and refused.report.verdict()
+    assert any(v["change"] < -0.01 for labels in refused.report.tasks.values() for v in labels.values())
     assert not Path(request.out).exists() and request.state() == "refused"
-    assert [run.out for run in logic.unfinished_runs()] == [request.out]
+    assert [run.out for run in logic.unfinished_runs()] == [request.out] and announced == []
     verify_folder(base)  # the old model is untouched
 
     logic.publish_anyway(request)
     published = logic.wait(RUN_TIMEOUT_S)
     assert published.state == "published", published.message
     assert published.model == Path(request.out) and published.report is not None
+    assert announced == [published.model]
     assert published.report.table() == refused.report.table()
     assert logic.unfinished_runs() == []
     listed = {Path(summary.path).name: summary for summary in available_models(models)}

@@ -1,6 +1,7 @@
 """Static checks of LabelShareTraining's Qt shell (it needs PythonQt/CTK, which only a real Slicer has): the widgets
-and signals it uses exist in its .ui, bound widgets match parameters, it calls only what its Lib and
-LabelShareSegmentation provide, and its CMake list ships every file."""
+and signals it uses exist in its .ui, bound widgets match parameters, it calls only what its Lib, the shared
+LabelShareLib and LabelShareSegmentation's module provide (never that module's widget or its Lib), and its CMake
+list ships every file."""
 
 from __future__ import annotations
 
@@ -13,13 +14,14 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 MODULE_DIR = REPO / "LabelShareTraining"
+LIB_DIR = MODULE_DIR / "LabelShareTrainingLib"
 MODULE_FILE = MODULE_DIR / "LabelShareTraining.py"
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "LabelShareTraining.ui"
 SEGMENTATION_FILE = REPO / "LabelShareSegmentation" / "LabelShareSegmentation.py"
 for module_folder in ("LabelShareSegmentation", "LabelShareTraining"):
     sys.path.insert(0, str(REPO / module_folder))
 
-import LabelShareSegmentationLib  # noqa: E402
+import LabelShareLib  # noqa: E402
 import LabelShareTrainingLib  # noqa: E402
 from LabelShareTrainingLib.logic import TrainingLogic  # noqa: E402
 from qt_shell import load_ui_widgets, parameter_fields, source_tree, ui_attribute, ui_names_used  # noqa: E402
@@ -73,7 +75,7 @@ def test_every_bound_widget_matches_a_parameter_of_the_right_type(ui_widgets):
     bound = {w.property("SlicerParameterName"): w for w in ui_widgets.values() if w.property("SlicerParameterName")}
     assert set(bound) == {"inputVolume", "inputSegmentation", "budget", "device"}
     assert set(bound) <= set(fields)
-    choices = {"BUDGETS": LabelShareTrainingLib.BUDGETS, "DEVICES": LabelShareTrainingLib.DEVICES}
+    choices = {"BUDGETS": LabelShareTrainingLib.BUDGETS, "DEVICES": LabelShareLib.DEVICES}
     for name, widget in bound.items():
         node_types = widget.property("nodeTypes")
         if node_types:  # a node selector: its node class is the parameter's type
@@ -83,7 +85,7 @@ def test_every_bound_widget_matches_a_parameter_of_the_right_type(ui_widgets):
             match = re.fullmatch(r"Annotated\[str, Choice\(list\((\w+)\)\)\]", fields[name])
             assert match and list(choices[match[1]]), fields[name]
     assert list(LabelShareTrainingLib.BUDGETS) == ["quick", "standard"]
-    assert list(LabelShareTrainingLib.DEVICES) == ["auto", "cuda", "cpu"]
+    assert list(LabelShareLib.DEVICES) == ["auto", "cuda", "cpu"]  # the engine's labelshare.config.DEVICES
 
 
 def test_shell_imports_only_what_the_libs_provide_and_does_no_engine_work():
@@ -94,17 +96,31 @@ def test_shell_imports_only_what_the_libs_provide_and_does_no_engine_work():
             imported |= {alias.name.split(".")[0] for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
             imported.add((node.module or "").split(".")[0])
-            package = {"LabelShareTrainingLib": LabelShareTrainingLib,
-                       "LabelShareSegmentationLib": LabelShareSegmentationLib}.get(node.module)
+            package = {"LabelShareTrainingLib": LabelShareTrainingLib, "LabelShareLib": LabelShareLib}.get(node.module)
             for alias in node.names if package else []:
                 assert hasattr(package, alias.name), f"{node.module} has no {alias.name}"
-    assert not imported & {"numpy", "torch", "monai", "labelshare", "SimpleITK"}
+    assert not imported & {"numpy", "torch", "monai", "labelshare", "SimpleITK", "LabelShareSegmentationLib"}
     compile(MODULE_FILE.read_text(encoding="utf-8"), str(MODULE_FILE), "exec")
+
+
+def test_training_never_uses_the_segmentation_lib_or_widget():
+    """What both modules use is in LabelShareLib; new versions reach the segmentation model list through the model
+    store's notification, not by calling the other module's widget."""
+    for path in [MODULE_FILE, *sorted(LIB_DIR.glob("*.py"))]:
+        text = path.read_text(encoding="utf-8")
+        assert "LabelShareSegmentationLib" not in text and "LabelShareSegmentationWidget" not in text, path.name
+        for node in ast.walk(tree(path)):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+                assert not any(name.split(".")[0] == "LabelShareSegmentationLib" for name in names), path.name
+    published = [node for node in ast.walk(tree(LIB_DIR / "logic.py")) if isinstance(node, ast.Call)
+                 and ast.unparse(node.func) == "self.store.changed.notify"]
+    assert len(published) == 1, "the training logic announces a published version on the model store"
 
 
 def test_shell_calls_only_what_the_training_logic_has():
     logic_methods = {name for name in dir(TrainingLogic) if not name.startswith("__")}
-    logic_attributes = {"workspace", "models_dir", "lock", "job", "request", "progress", "outcome", "engine"}
+    logic_attributes = {"workspace", "models_dir", "lock", "job", "request", "progress", "outcome", "engine", "store"}
     used = set()
     for node in ast.walk(tree()):
         if isinstance(node, ast.Attribute) and (
@@ -153,3 +169,14 @@ def test_module_cmake_lists_every_script_and_resource():
     assert shipped == listed
     assert "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
     assert "add_subdirectory(LabelShareTraining)" in (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
+
+
+def test_reload_covers_every_module_of_the_lib_in_import_order():
+    assignment = next(node for node in tree().body if isinstance(node, ast.Assign)
+                      and ast.unparse(node.targets[0]) == "LIB_MODULES")
+    modules = list(ast.literal_eval(assignment.value))
+    assert sorted(modules) == sorted(path.stem for path in LIB_DIR.glob("*.py") if path.stem != "__init__")
+    for position, module in enumerate(modules):
+        for node in ast.walk(tree(LIB_DIR / f"{module}.py")):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                assert modules.index(node.module) < position, f"{module} imports .{node.module}"

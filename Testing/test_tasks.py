@@ -6,7 +6,7 @@ import SimpleITK as sitk
 from taskfactory import blobs, write_task_folder
 
 from labelshare.errors import DataError
-from labelshare.tasks import (Normalisation, TaskDataset, choose_slicing_axis, from_slices, parse_task_argument,
+from labelshare.tasks import (Normalisation, TaskDataset, choose_slicing_axis, parse_task_argument,
                               patient_of, split_by_patient, to_slices)
 
 LABELS = {"a": 1, "b": 2}
@@ -54,7 +54,9 @@ def test_slicing_axis_largest_spacing_ties_last_and_projection():
     array = np.arange(2 * 3 * 4).reshape(2, 3, 4)
     for axis in (0, 1, 2, None):
         data = array if axis is not None else array[0]
-        assert np.array_equal(from_slices(to_slices(data, axis), axis), data)
+        slices = to_slices(data, axis)
+        assert slices.shape[0] == (1 if axis is None else data.shape[axis])
+        assert np.array_equal(slices[0], data if axis is None else np.take(data, 0, axis=axis))
 
 
 def test_normalisation_puts_different_intensity_scales_on_one_scale():
@@ -127,7 +129,7 @@ def test_invalid_cases_are_reported_with_the_case_name(tmp_path, damage, message
         image_path.write_bytes(b"not an image")
     task = TaskDataset.open(root)
     with pytest.raises(DataError, match=message) as error:
-        task.validate()
+        task.read_case(task.case("case_000"))
     assert "case_000" in str(error.value)
 
 

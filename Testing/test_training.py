@@ -11,12 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from labelshare.heads import task_heads
+from labelshare.layouts import task_heads
 from labelshare.labelspace import LabelSpace
-from labelshare.models import load_model, verify_folder
-from labelshare.pipeline import train
+from labelshare.modelfolder import verify_folder
+from labelshare.models import load_model
+from labelshare.training_run import train
 from labelshare.progress import Progress, parse_event
-from labelshare.training import Augmenter, Batch, TaskBalancedSampler, TrainConfig, build_slice_bank
+from labelshare.config import TrainConfig
+from labelshare.training import Augmenter, Batch, TaskBalancedSampler, build_slice_bank
 from labelshare.tasks import TaskDataset
 
 
@@ -28,8 +30,8 @@ def _history(model_dir):
 def test_short_training_loss_falls_and_easy_task_is_learnt(tmp_path, synthetic_tasks, synthetic_space):
     tasks = [(n, synthetic_tasks[n]) for n in ("phantom3d", "xray2d")]
     space = LabelSpace({n: synthetic_space.tasks[n] for n, _ in tasks})
-    out = train(tasks, space, tmp_path / "m", TrainConfig(image_size=48, batch_size=8, epochs=4, steps_per_epoch=15,
-                                                          learning_rate=3e-3, device="cpu"), progress=Progress("quiet"))
+    config = TrainConfig(image_size=48, batch_size=8, epochs=4, steps_per_epoch=15, learning_rate=3e-3, device="cpu")
+    out = train(tasks, space, tmp_path / "m", config, progress=Progress("quiet")).path
     history = _history(out)
     assert len(history) == 4
     assert history[-1]["loss"] < 0.6 * history[0]["loss"]

@@ -1,6 +1,6 @@
 """Apply-to-segments time of the LabelShareSegmentation module: first run and later runs, with a breakdown.
 
-    python benchmarks/apply_to_segments.py [--device cpu|gpu|auto] [--size 256 256 300] [--runs 4]
+    labelshare-bench apply-to-segments [--device cpu|gpu|auto] [--size 256 256 300] [--runs 4]
 
 Drives the module's adapter layer (``LabelShareSegmentationLib.SegmentationLogic``) on real Slicer MRML
 (slicer-core, the scene fixture of ``Testing/slicer_support.py``) exactly as the Apply button does: volume node →
@@ -27,7 +27,7 @@ import slicer
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "Testing"), str(REPO / "LabelShareSegmentation"), str(REPO / "benchmarks")]
 
-from common import default_model  # noqa: E402
+from .common import default_model  # noqa: E402
 from LabelShareSegmentationLib import SegmentationLogic  # noqa: E402
 from slicer_support import slicer_scene  # noqa: E402
 
@@ -46,12 +46,12 @@ def synthetic_volume(size: tuple[int, int, int]) -> np.ndarray:
     return volume.astype(np.int16)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", choices=("cpu", "gpu", "auto"))
     parser.add_argument("--size", type=int, nargs=3, default=(256, 256, 300), metavar=("X", "Y", "Z"))
     parser.add_argument("--runs", type=int, default=4, help="Apply this many times (the first starts the worker)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="labelshare-bench-") as folder, slicer_scene() as env:
         engine_device = {"gpu": "cuda"}.get(args.device, args.device)

@@ -11,8 +11,10 @@ import psutil
 import torch
 
 from labelshare.labelspace import LabelEntry, LabelSpace, LabelStats, TaskEntry
-from labelshare.models import Model, ModelConfig, PreprocessingConfig
-from labelshare.networks import NetworkConfig, build_network
+from labelshare.config import NetworkConfig
+from labelshare.modelfolder import ModelConfig, PreprocessingConfig
+from labelshare.models import Model
+from labelshare.networks import build_network
 
 
 def default_model(image_size: int = 128, device: str = "cpu", n_shared: int = 3) -> Model:

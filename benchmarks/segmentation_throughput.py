@@ -1,6 +1,6 @@
 """Segmentation throughput: the engine end to end vs the raw network forward on the same volume, in one run.
 
-    python benchmarks/segmentation_throughput.py [--device cpu|cuda] [--size 256 256 300] [--image-size 128]
+    labelshare-bench segmentation-throughput [--device cpu|cuda] [--size 256 256 300] [--image-size 128]
 
 End to end = ``Segmenter.segment`` on a SimpleITK image (normalisation, slicing, resizing to the network size and
 back, softmax, argmax, remap, output image). Raw = the network's forward pass alone on the already resized slices,
@@ -18,7 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
-from common import PeakMemory, default_model, machine, synchronize
+from .common import PeakMemory, default_model, machine, synchronize
 
 from labelshare.inference import Segmenter
 
@@ -69,7 +69,7 @@ def measure(segmenter: Segmenter, image: sitk.Image, repeats: int) -> None:
     print(f"  end to end: {memory.describe()}")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--size", type=int, nargs=3, default=(256, 256, 300), metavar=("X", "Y", "Z"))
@@ -77,7 +77,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--large", action="store_true", help="also a 512x512x600 volume (memory bound)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     segmenter = Segmenter(default_model(args.image_size, args.device), batch_size=args.batch_size)
     measure(segmenter, volume(tuple(args.size)), args.repeats)
     if args.large:

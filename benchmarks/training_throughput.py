@@ -1,6 +1,6 @@
 """Training throughput: the engine's full training step vs a raw train step on the same network, in one run.
 
-    python benchmarks/training_throughput.py [--device cpu|cuda] [--image-size 128] [--batch-size 16] [--steps 20]
+    labelshare-bench training-throughput [--device cpu|cuda] [--image-size 128] [--batch-size 16] [--steps 20]
 
 Full step = ``Trainer.train_step``: task-balanced sampling, batch gathering, on-device augmentation, forward with
 mixed precision on CUDA, the engine's loss, backward, clipping, optimiser step. Raw step = forward, the same loss,
@@ -17,24 +17,26 @@ import time
 from pathlib import Path
 
 import torch
-from common import PeakMemory, machine, synchronize
+from .common import PeakMemory, machine, synchronize
 
 from labelshare import synthetic
-from labelshare.heads import task_heads
+from labelshare.layouts import task_heads
 from labelshare.labelspace import LabelSpace, compute_statistics
-from labelshare.networks import NetworkConfig, build_network
+from labelshare.config import NetworkConfig
+from labelshare.networks import build_network
 from labelshare.progress import Progress
 from labelshare.tasks import TaskDataset
-from labelshare.training import Batch, TrainConfig, Trainer, build_slice_bank
+from labelshare.config import TrainConfig
+from labelshare.training import Batch, Trainer, build_slice_bank
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--steps", type=int, default=20)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as folder:
         tasks = {name: TaskDataset.open(path, name) for name, path in synthetic.write_tasks(Path(folder), 8).items()}
         space = LabelSpace.build([compute_statistics(task) for task in tasks.values()])

@@ -23,22 +23,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import SimpleITK as sitk
+from labelshare.config import parse_device
 from labelshare.errors import LabelShareError
 from labelshare.paths import model_dir_or_default
+from LabelShareLib.jobs import WorkerJob, WorkerProcess
+from LabelShareLib.segments import import_task_segments, output_segmentation
+from LabelShareLib.store import ModelStore, default_store
+from LabelShareLib.volumes import check_scalar_volume, volume_to_image
 
-from .jobs import Worker, WorkerJob
-from .segments import import_task_segments, output_segmentation
-from .volumes import check_scalar_volume, volume_to_image
-
-DEVICES = {"auto": "auto", "gpu": "cuda", "cuda": "cuda", "cpu": "cpu"}  # user words → engine device
 TRANSFER_SUFFIX = ".mha"  # uncompressed single file: the fastest format SimpleITK writes and reads here
-
-
-def engine_device(device: str) -> str:
-    try:
-        return DEVICES[device.lower()]
-    except (KeyError, AttributeError):
-        raise LabelShareError(f"unknown device {device!r}; use auto, gpu or cpu") from None
 
 
 def why_not_ready(volume_node, model_summary, task: str) -> str:
@@ -63,26 +56,22 @@ def why_not_ready(volume_node, model_summary, task: str) -> str:
 class SegmentationLogic:
     """Runs segmentations in a persistent background worker and imports the results as segments.
 
-    :param worker_factory: makes the :class:`~.jobs.Worker` for a device (e.g. one running another Python).
+    :param worker_factory: makes the :class:`LabelShareLib.jobs.WorkerProcess` for a device (e.g. one running
+        another Python).
+    :param store: the model store that checks model folders (default: the one both modules share), so a folder
+        the model list has checked is not hashed again here.
     """
 
-    def __init__(self, worker_factory: Callable[[str], Worker] = Worker):
+    def __init__(self, worker_factory: Callable[[str], WorkerProcess] = WorkerProcess,
+                 store: ModelStore | None = None):
         self.worker_factory = worker_factory
-        self.worker: Worker | None = None
+        self.store = store or default_store()
+        self.worker: WorkerProcess | None = None
         self.job: WorkerJob | None = None
         self._worker_model: Path | None = None
-        self._verified: dict[Path, object] = {}  # model folder → label space (model versions never change)
         self._transfer_dir: str | None = None
 
-    def label_space(self, model_path: Path):
-        """The label space of a model folder, verified once per folder with the engine (files, checksums)."""
-        key = model_path.resolve()
-        if key not in self._verified:
-            from labelshare.models import verify_folder
-            self._verified[key] = verify_folder(model_path)[1]
-        return self._verified[key]
-
-    def _worker_for(self, device: str, model_path: Path) -> Worker:
+    def _worker_for(self, device: str, model_path: Path) -> WorkerProcess:
         if self.worker is not None and (self.worker.device != device or self._worker_model != model_path.resolve()):
             self.stop()  # frees the old model's (GPU) memory
         if self.worker is None:
@@ -95,6 +84,7 @@ class SegmentationLogic:
               on_event: Callable[[dict], None] | None = None) -> WorkerJob:
         """Start segmenting; returns the job at once. Nothing in the scene changes until the job imports.
 
+        :param device: ``auto``, ``cuda`` (or ``cuda:N``; ``gpu`` means ``cuda``) or ``cpu``.
         :param output_node: segmentation node to write into (the task's segments in it are replaced); default:
             the node of the previous run for this volume and task, else a new ``<volume> <task>`` node.
         :raises LabelShareError: (before anything runs) for an unusable volume, model, task or device.
@@ -102,9 +92,9 @@ class SegmentationLogic:
         if self.job is not None and not self.job.state.finished:
             raise LabelShareError("a segmentation is already running; cancel it first")
         check_scalar_volume(volume_node)
-        device = engine_device(device)
+        device = parse_device(device)
         model_path = model_dir_or_default(model)
-        labels = sorted(self.label_space(model_path).task(task).labels, key=lambda label: label.id)
+        labels = self.store.task_labels(model_path, task)  # checks the folder (once per session: cached)
         worker = self._worker_for(device, model_path)
         self._remove_transfer_files()
         self._transfer_dir = tempfile.mkdtemp(prefix="LabelShare-")

@@ -5,29 +5,33 @@ The public Python API; everything here also runs without 3D Slicer::
     import labelshare
     space = labelshare.LabelSpace.build([labelshare.compute_statistics(labelshare.TaskDataset.open(d, n))
                                          for n, d in [("acdc", "data/acdc"), ("hippo", "data/hippo")]])
-    model_dir = labelshare.train([("acdc", Path("data/acdc")), ("hippo", Path("data/hippo"))], space, "models/v1")
+    model_dir = labelshare.train([("acdc", Path("data/acdc")), ("hippo", Path("data/hippo"))], space, "models/v1").path
     model = labelshare.load_model(model_dir, device="auto")
     label_image = labelshare.Segmenter(model).segment(SimpleITK.ReadImage("case.nii.gz"), task="acdc")
 """
 
 import importlib
 
-# Public name -> submodule. Submodules are imported on first use (PEP 562) so that light parts of the engine
-# (errors, progress, fileio) load without torch: the Slicer modules import them at start-up, before the first-run
-# dependency install, and parse progress events without paying for torch in Slicer's own process.
+# Public name -> submodule. Submodules are imported on first use (PEP 562). The engine has two weights:
+# light modules (no torch or MONAI: errors, progress, fileio, naming, paths, config, layouts, tasks, taskfolders,
+# labelspace, modelfolder, scores, forgetting, synthetic, worker's protocol) that Slicer's own process imports, and
+# heavy ones (networks, models, training, training_run, inference, evaluation, metrics, incremental, demo) that run in
+# the worker or a training child. Testing/test_light_core.py keeps the light ones light.
 _EXPORTS = {
     "DataError": "errors", "LabelShareError": "errors", "LabelSpaceError": "errors", "ModelError": "errors",
     "TrainingInterrupted": "errors", "UnknownTaskError": "errors",
-    "Evaluation": "evaluation", "evaluate_cases": "evaluation",
+    "AddTaskConfig": "config", "TrainConfig": "config",
+    "Evaluation": "scores", "evaluate_cases": "evaluation",
     "Segmenter": "inference", "segment_file": "inference",
     "LabelSpace": "labelspace", "TaskStatistics": "labelspace", "compute_statistics": "labelspace",
     "parse_group": "labelspace",
-    "Model": "models", "list_models": "models", "load_model": "models", "verify_folder": "models",
+    "list_models": "modelfolder", "verify_folder": "modelfolder", "run_state": "modelfolder",
+    "Model": "models", "load_model": "models",
+    "add_task": "incremental",
     "default_model_dir": "paths", "user_models_dir": "paths",
-    "train": "pipeline",
+    "train": "training_run",
     "Progress": "progress", "parse_event": "progress",
     "TaskDataset": "tasks",
-    "TrainConfig": "training",
 }
 
 

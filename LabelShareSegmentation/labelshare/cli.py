@@ -1,21 +1,28 @@
-"""The ``labelshare`` command line.
+"""The ``labelshare`` command line: it alone parses arguments, builds the typed configurations of
+:mod:`labelshare.config`, calls the library and emits the final ``done`` or ``error`` event.
 
 Errors a user can cause print one line, ``labelshare: error: <file or object>: <problem>``, and exit with
 status 1 (``--debug`` shows the traceback). A training run stopped by SIGINT/SIGTERM saves a checkpoint and exits
-with status 75 (EX_TEMPFAIL: repeat the command with ``--resume``).
+with status 75 (EX_TEMPFAIL: repeat the command with ``--resume``); add-task refused by its regression gate exits
+with status 3.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
+from . import __version__
+from .config import DEVICES, METHODS, STRATEGIES, AddTaskConfig, TrainConfig
 from .errors import LabelShareError, TrainingInterrupted
 from .progress import Progress
 
 EXIT_ERROR = 1
+EXIT_REGRESSION = 3
 EXIT_INTERRUPTED = 75
+DEVICE_HELP = f"{', '.join(DEVICES)} (auto: CUDA if available)"
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -30,35 +37,33 @@ def _add_task_arguments(parser: argparse.ArgumentParser, required: bool = True) 
 
 
 def _add_method_argument(parser: argparse.ArgumentParser) -> None:
-    # Literal names (pipeline.METHOD_LAYOUTS) so that parsing does not import torch.
-    parser.add_argument("--method", default="label-sharing",
-                        choices=("label-sharing", "label-sharing-task-channels", "per-task", "multi-channel",
-                                 "dodnet"),
-                        help="label-sharing: the paper; -task-channels: the task as one-hot input planes, "
-                             "robust when tasks look alike (docs/benchmark) (default: %(default)s)")
+    parser.add_argument("--method", default="label-sharing", choices=list(METHODS),
+                        help="; ".join(f"{m.name}: {m.description}" for m in METHODS.values()))
 
 
 def _add_training_arguments(parser: argparse.ArgumentParser, epochs: int, steps: int, image_size: int) -> None:
+    defaults = TrainConfig()
     group = parser.add_argument_group("training budget and device")
-    group.add_argument("--epochs", type=int, default=epochs)
-    group.add_argument("--steps-per-epoch", type=int, default=steps)
-    group.add_argument("--batch-size", type=int, default=16)
+    group.add_argument("--epochs", type=int, default=epochs, help="epochs (validation and checkpoint after each)")
+    group.add_argument("--steps-per-epoch", type=int, default=steps, help="training steps per epoch")
+    group.add_argument("--batch-size", type=int, default=defaults.batch_size, help="slices per training step")
     group.add_argument("--image-size", type=int, default=image_size, help="network input size (multiple of 16)")
-    group.add_argument("--learning-rate", type=float, default=2e-3)
-    group.add_argument("--validation-fraction", type=float, default=0.2,
+    group.add_argument("--learning-rate", type=float, default=defaults.learning_rate, help="peak learning rate")
+    group.add_argument("--validation-fraction", type=float, default=defaults.validation_fraction,
                        help="fraction of each task's cases (whole patients) held out for validation")
-    group.add_argument("--seed", type=int, default=0)
-    group.add_argument("--device", default="auto", help="auto (CUDA if available), cuda or cpu")
-    group.add_argument("--weights-dtype", choices=("float32", "float16"), default="float32",
+    group.add_argument("--seed", type=int, default=defaults.seed, help="seed of the split, sampling and weights")
+    group.add_argument("--device", default="auto", help=DEVICE_HELP)
+    group.add_argument("--weights-dtype", choices=("float32", "float16"), default=defaults.weights_dtype,
                        help="precision of the stored weights (float16 halves the model folder)")
 
 
-def train_config_from(args: argparse.Namespace):
-    from .training import TrainConfig
-    return TrainConfig(image_size=args.image_size, batch_size=args.batch_size, epochs=args.epochs,
-                       steps_per_epoch=args.steps_per_epoch, learning_rate=args.learning_rate, seed=args.seed,
-                       device=args.device, validation_fraction=args.validation_fraction,
-                       weights_dtype=args.weights_dtype)
+def train_config_from(args: argparse.Namespace) -> TrainConfig:
+    config = TrainConfig(image_size=args.image_size, batch_size=args.batch_size, epochs=args.epochs,
+                         steps_per_epoch=args.steps_per_epoch, learning_rate=args.learning_rate, seed=args.seed,
+                         device=args.device, validation_fraction=args.validation_fraction,
+                         weights_dtype=args.weights_dtype)
+    config.check()
+    return config
 
 
 def task_arguments(args: argparse.Namespace) -> list[tuple[str, Path]]:
@@ -69,7 +74,7 @@ def task_arguments(args: argparse.Namespace) -> list[tuple[str, Path]]:
 # -- commands ---------------------------------------------------------------------------------------------------------
 def cmd_labelspace_build(args, progress: Progress) -> int:
     from .labelspace import LabelSpace, compute_statistics, parse_group
-    from .pipeline import open_tasks
+    from .training_run import open_tasks
     tasks = open_tasks(task_arguments(args))
     statistics = []
     for i, task in enumerate(tasks.values()):
@@ -85,7 +90,7 @@ def cmd_labelspace_build(args, progress: Progress) -> int:
 
 def cmd_labelspace_show(args, progress: Progress) -> int:
     from .labelspace import LabelSpace
-    from .models import verify_folder
+    from .modelfolder import verify_folder
     path = Path(args.path)
     space = verify_folder(path)[1] if path.is_dir() else LabelSpace.load(path)
     print(space.table())
@@ -94,9 +99,11 @@ def cmd_labelspace_show(args, progress: Progress) -> int:
 
 def cmd_train(args, progress: Progress) -> int:
     from .labelspace import LabelSpace
-    from .pipeline import train
-    train(task_arguments(args), LabelSpace.load(args.labelspace), args.out, train_config_from(args),
-          method=args.method, resume=args.resume, progress=progress, command=sys.argv[1:])
+    from .training_run import train
+    result = train(task_arguments(args), LabelSpace.load(args.labelspace), args.out, train_config_from(args),
+                   method=args.method, resume=args.resume, progress=progress, command=sys.argv[1:])
+    progress.done(str(result.path), message=f"model written to {result.path}",
+                  mean_dice=result.metrics.get("mean_dice"))
     return 0
 
 
@@ -135,7 +142,7 @@ def cmd_evaluate(args, progress: Progress) -> int:
 
 
 def cmd_models(args, progress: Progress) -> int:
-    from .models import list_models
+    from .modelfolder import list_models
     summaries = list_models(args.root or None)
     if not summaries:
         print("no models found")
@@ -152,25 +159,56 @@ def cmd_models(args, progress: Progress) -> int:
 
 def cmd_demo(args, progress: Progress) -> int:
     from .demo import run_demo
-    run_demo(args.out, task_arguments(args), args.group, train_config_from(args), progress, command=sys.argv[1:],
-             method=args.method)
+    result = run_demo(args.out, task_arguments(args), args.group, train_config_from(args), progress,
+                      command=sys.argv[1:], method=args.method)
+    progress.done(str(result.report), message=f"report written to {result.report}")
     return 0
 
 
-def cmd_benchmark(args, progress: Progress) -> int:
-    from .benchmark import run_from_args
-    run_from_args(args, progress, command=sys.argv[1:])
-    return 0
+def parse_replay_cases(text: str) -> int | None:
+    """``--replay-cases``: a number of cases, or ``all`` (None)."""
+    if text == "all":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise LabelShareError(f"--replay-cases {text}: give a number of cases or 'all'") from None
+
+
+def add_task_config_from(args: argparse.Namespace) -> AddTaskConfig:
+    config = AddTaskConfig(strategy=args.strategy, label_map=list(args.label_map),
+                           replay_cases=parse_replay_cases(args.replay_cases), distill_weight=args.distill_weight,
+                           max_regression=args.max_regression, accept_regression=args.accept_regression,
+                           epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
+                           learning_rate=args.learning_rate, seed=args.seed, device=args.device)
+    config.check()
+    return config
 
 
 def cmd_add_task(args, progress: Progress) -> int:
-    from .incremental import run_from_args
-    return run_from_args(args, progress, command=sys.argv[1:])
+    """0 when published; :data:`EXIT_REGRESSION` with a final ``error`` event carrying ``"regression": true`` and
+    ``"report"`` when the gate refuses."""
+    from .incremental import RegressionRefused, add_task
+    from .tasks import parse_task_argument
+    try:
+        result = add_task(args.model, parse_task_argument(args.task), args.out, add_task_config_from(args),
+                          replay_tasks=[parse_task_argument(t) for t in args.replay_task], resume=args.resume,
+                          progress=progress, command=sys.argv[1:])
+    except RegressionRefused as error:
+        if progress.mode == "json":
+            progress.error(str(error), regression=True, report=str(error.report_path), interrupted=False)
+        print(f"labelshare: refused: {error}", file=sys.stderr)
+        return EXIT_REGRESSION
+    progress.done(str(result.path), message=f"model written to {result.path} ({result.summary})",
+                  mean_dice=result.metrics["mean_dice"], forgetting=str(result.path / "forgetting.json"),
+                  passed=result.report.passed)
+    return 0
 
 
 # -- parser -----------------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="labelshare", description="Label-sharing multi-task segmentation engine.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     labelspace = commands.add_parser("labelspace", help="build or show a shared label space")
@@ -202,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--task", required=True)
     segment.add_argument("input", type=Path)
     segment.add_argument("-o", "--output", required=True, type=Path)
-    segment.add_argument("--device", default="auto", help="auto (CUDA if available), cuda or cpu")
+    segment.add_argument("--device", default="auto", help=DEVICE_HELP)
     segment.add_argument("--batch-size", type=int, default=None, help="slices per forward pass")
     segment.add_argument("--largest-component", action="store_true",
                          help="keep only the largest connected component of every label")
@@ -219,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--all-cases", action="store_true",
                           help="score every case, not only the validation cases of the model's split")
     evaluate.add_argument("-o", "--output", type=Path, default=Path("evaluation"))
-    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--device", default="auto", help=DEVICE_HELP)
     _add_common(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
 
@@ -243,35 +281,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(demo)
     demo.set_defaults(func=cmd_demo)
 
-    benchmark = commands.add_parser("benchmark", help="per-task vs multi-channel vs DoD-Net vs label sharing, "
-                                                      "same split and budget; table, CSV and chart")
-    _add_task_arguments(benchmark)
-    benchmark.add_argument("--methods", default="per-task,multi-channel,dodnet,label-sharing",
-                           help="comma-separated; also label-sharing-grouped, label-sharing-task-channels, "
-                                "label-sharing-grouped-task-channels")
-    benchmark.add_argument("--out", required=True, type=Path, help="benchmark folder (models, table, chart)")
-    benchmark.add_argument("--group", action="append", default=[], metavar="TASK:LABEL=TASK:LABEL",
-                           help="label pairs of the grouped methods")
-    benchmark.add_argument("--steps-per-task", type=int, default=500,
-                           help="budget: a per-task model trains this many steps, a joint model of T tasks T times")
-    benchmark.add_argument("--resume", action="store_true", help="continue a half-finished benchmark in --out")
-    for flag, kind, default in (("--steps-per-epoch", int, 100), ("--batch-size", int, 16), ("--image-size", int, 128),
-                                ("--learning-rate", float, 2e-3), ("--validation-fraction", float, 0.2),
-                                ("--seed", int, 0), ("--device", str, "auto")):
-        benchmark.add_argument(flag, type=kind, default=default)
-    _add_common(benchmark)
-    benchmark.set_defaults(func=cmd_benchmark)
-
     add_task = commands.add_parser("add-task", help="add a task to a trained model, or update one of its tasks, "
                                                     "without forgetting the others",
                                    description="Exit status: 0 published, 1 error, 3 refused by the regression gate "
                                                "(report beside --out), 75 interrupted (repeat with --resume). See "
-                                               "labelshare/incremental.py.")
+                                               "labelshare/incremental/.")
     add_task.add_argument("--model", required=True, type=Path, help="the trained model folder (only read)")
     add_task.add_argument("--task", required=True, metavar="NAME=DIR",
                           help="the task to add; a task the model already has is updated with the folder's cases")
     add_task.add_argument("--out", required=True, type=Path, help="new model folder (never overwritten)")
-    add_task.add_argument("--strategy", choices=("overlap", "size"), default="overlap",
+    defaults = AddTaskConfig()
+    add_task.add_argument("--strategy", choices=STRATEGIES, default=defaults.strategy,
                           help="label mapping of a new task (default: %(default)s)")
     add_task.add_argument("--map", dest="label_map", action="append", default=[], metavar="LABEL=SHARED",
                           help="pin a label to a shared label: a number (above n* adds one) or TASK:LABEL")
@@ -279,15 +299,22 @@ def build_parser() -> argparse.ArgumentParser:
                           help="folder of an old task (default: the folder recorded in the model's lineage.json)")
     add_task.add_argument("--replay-cases", default="all", metavar="N|all",
                           help="training cases replayed per old task; 0: plain fine-tuning (default: %(default)s)")
-    add_task.add_argument("--distill-weight", type=float, default=1.0,
+    add_task.add_argument("--distill-weight", type=float, default=defaults.distill_weight,
                           help="weight of distillation from the old model on replayed slices (default: %(default)s)")
-    add_task.add_argument("--max-regression", type=float, default=1.0, metavar="POINTS",
+    add_task.add_argument("--max-regression", type=float, default=defaults.max_regression, metavar="POINTS",
                           help="largest allowed loss of an old task's mean Dice, in points (default: %(default)s)")
     add_task.add_argument("--accept-regression", action="store_true", help="publish even when the gate refuses")
     add_task.add_argument("--resume", action="store_true", help="continue an interrupted run of the same --out")
-    for flag, kind, default in (("--epochs", int, 3), ("--steps-per-epoch", int, 100), ("--batch-size", int, 16),
-                                ("--learning-rate", float, 2e-3), ("--seed", int, 0), ("--device", str, "auto")):
-        add_task.add_argument(flag, type=kind, default=default)
+    budget = add_task.add_argument_group("training budget and device")
+    budget.add_argument("--epochs", type=int, default=defaults.epochs, help="epochs (default: %(default)s)")
+    budget.add_argument("--steps-per-epoch", type=int, default=defaults.steps_per_epoch,
+                        help="steps per epoch (default: %(default)s)")
+    budget.add_argument("--batch-size", type=int, default=defaults.batch_size,
+                        help="slices per step (default: %(default)s)")
+    budget.add_argument("--learning-rate", type=float, default=defaults.learning_rate,
+                        help="peak learning rate (default: %(default)s)")
+    budget.add_argument("--seed", type=int, default=defaults.seed, help="seed (default: %(default)s)")
+    budget.add_argument("--device", default=defaults.device, help=DEVICE_HELP)
     _add_common(add_task)
     add_task.set_defaults(func=cmd_add_task)
     return parser
@@ -295,7 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    progress = Progress(args.progress, min_interval_s=0.5 if args.progress == "human" else 0.0)
+    # under torchrun only rank 0 reports (the other ranks train silently beside it)
+    mode = args.progress if int(os.environ.get("RANK", "0")) == 0 else "quiet"
+    progress = Progress(mode, min_interval_s=0.5 if mode == "human" else 0.0)
     try:
         return args.func(args, progress)
     except TrainingInterrupted as error:

@@ -10,24 +10,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Sequence
 
-import matplotlib
-from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
 import numpy as np
 import SimpleITK as sitk
+from skimage.color import label2rgb
+from skimage.transform import resize
 
 from . import synthetic
+from .config import TrainConfig
 from .errors import LabelShareError
-from .fileio import atomic_path, atomic_write_text, read_json
+from .fileio import atomic_write_text, read_json, write_image_atomic
 from .inference import Segmenter
 from .labelspace import LabelSpace, compute_statistics, parse_group
 from .models import load_model
-from .pipeline import open_tasks, train
 from .progress import Progress
-from .tasks import TaskDataset, choose_slicing_axis, to_slices
-from .training import TrainConfig
+from .tasks import Normalisation, TaskDataset, choose_slicing_axis, to_slices
+from .training_run import open_tasks, train
 
 SYNTHETIC_CASES = 12
+OVERLAY_COLOURS = ((0.89, 0.29, 0.20), (0.20, 0.56, 0.86), (0.30, 0.74, 0.36), (0.98, 0.80, 0.18),
+                   (0.60, 0.36, 0.71), (0.96, 0.53, 0.15), (0.10, 0.74, 0.74), (0.91, 0.45, 0.71))
+OVERLAY_MIN_SIDE = 256  # small slices (hippocampus crops) are enlarged for viewing
 
 
 @dataclass
@@ -54,7 +56,7 @@ def run_demo(out: str | Path, task_arguments: Sequence[tuple[str, Path]] = (), g
     space.save(out / "labelspace.json")
     progress.log("label space:\n" + space.table())
     model_dir = train(list(task_arguments), space, out / "model", config, method=method, progress=progress,
-                      command=command)
+                      command=command).path
     model = load_model(model_dir, device=(config.device if config else "auto"))
     split = read_json(model_dir / "split.json")["tasks"]
     segmenter = Segmenter(model)
@@ -64,43 +66,47 @@ def run_demo(out: str | Path, task_arguments: Sequence[tuple[str, Path]] = (), g
         image, _, reference = task.read_case(task.case(case_name))
         prediction = segmenter.segment(image, name)
         segmentation_path = out / "segmentations" / name / f"{case_name}{task.metadata.get('file_ending', '.nii.gz')}"
-        segmentation_path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(segmentation_path) as tmp:
-            sitk.WriteImage(prediction, str(tmp), useCompression=True)
+        write_image_atomic(prediction, segmentation_path)
         overlays[name] = write_overlay(out / "overlays" / f"{name}.png", image, reference,
-                                       sitk.GetArrayFromImage(prediction), task, case_name)
+                                       sitk.GetArrayFromImage(prediction), task)
     metrics = read_json(model_dir / "metrics.json")
     report = out / "report.md"
     atomic_write_text(report, render_report(space, metrics, overlays, out, model_dir, tasks))
-    progress.done(str(report), message=f"report written to {report}")
     return DemoResult(report=report, model=model_dir, labelspace=space)
 
 
-def write_overlay(path: Path, image: sitk.Image, reference: np.ndarray, prediction: np.ndarray, task: TaskDataset,
-                  case_name: str) -> Path:
-    """Side-by-side PNG of the slice with the most reference foreground: reference and prediction overlays."""
+def write_overlay(path: Path, image: sitk.Image, reference: np.ndarray, prediction: np.ndarray,
+                  task: TaskDataset) -> Path:
+    """PNG of the slice with the most reference foreground: reference overlay on the left, prediction on the right
+    (label colours as listed in the report; scikit-image draws them)."""
     axis = choose_slicing_axis(image)
-    image_slices = to_slices(sitk.GetArrayFromImage(image).astype(np.float32), axis)
+    pixels = sitk.GetArrayFromImage(image).astype(np.float32)
+    image_slices = to_slices(Normalisation.of(pixels).apply(pixels), axis)
     reference_slices, prediction_slices = to_slices(reference, axis), to_slices(prediction, axis)
     index = int(np.argmax((reference_slices.reshape(reference_slices.shape[0], -1) > 0).sum(axis=1)))
-    colours = matplotlib.colormaps["tab10"]
-    figure = Figure(figsize=(8, 4.2))  # no pyplot: no global backend or figure registry
-    axes = figure.subplots(1, 2)
-    for ax, labels, title in ((axes[0], reference_slices[index], "reference"),
-                              (axes[1], prediction_slices[index], "LabelShare")):
-        ax.imshow(image_slices[index], cmap="gray")
-        overlay = np.zeros((*labels.shape, 4))
-        for k, label_id in enumerate(task.labels.values()):
-            overlay[labels == label_id] = (*colours(k)[:3], 0.45)
-        ax.imshow(overlay)
-        ax.set_title(f"{task.name} {case_name}: {title}", fontsize=8)
-        ax.axis("off")
-    handles = [Rectangle((0, 0), 1, 1, color=colours(k)) for k in range(len(task.labels))]
-    figure.legend(handles, list(task.labels), loc="lower center", ncol=len(task.labels), fontsize=8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, dpi=100, format="png")
+    grey = image_slices[index]
+    grey = (grey - grey.min()) / max(float(grey.max() - grey.min()), 1e-6)
+    scale = max(1.0, OVERLAY_MIN_SIDE / min(grey.shape))
+    shape = tuple(int(round(side * scale)) for side in grey.shape)
+    grey = resize(grey, shape, order=1)
+    colours = [OVERLAY_COLOURS[k % len(OVERLAY_COLOURS)] for k in range(len(task.labels))]
+    panels = []
+    for labels in (reference_slices[index], prediction_slices[index]):
+        positions = np.zeros(labels.shape, dtype=np.int64)  # label ids -> 1..K in the task's label order
+        for k, label_id in enumerate(task.labels.values(), start=1):
+            positions[labels == label_id] = k
+        positions = resize(positions, shape, order=0, preserve_range=True, anti_aliasing=False).astype(np.int64)
+        panels.append(label2rgb(positions, image=grey, colors=colours, alpha=0.45, bg_label=0, image_alpha=1.0))
+    gap = np.ones((shape[0], 4, 3))
+    rgb = (np.clip(np.concatenate([panels[0], gap, panels[1]], axis=1), 0, 1) * 255).astype(np.uint8)
+    write_image_atomic(sitk.GetImageFromArray(rgb, isVector=True), path, compress=False)
     return path
+
+
+def overlay_legend(task: TaskDataset) -> str:
+    """The colour of every label in :func:`write_overlay`, as text for the report."""
+    return ", ".join(f"{name}: #{''.join(f'{round(255 * c):02x}' for c in OVERLAY_COLOURS[k % len(OVERLAY_COLOURS)])}"
+                     for k, name in enumerate(task.labels))
 
 
 def render_report(space: LabelSpace, metrics: dict, overlays: dict[str, Path], out: Path, model_dir: Path,
@@ -116,6 +122,9 @@ def render_report(space: LabelSpace, metrics: dict, overlays: dict[str, Path], o
                          f"{s['hd95_mean']:.2f} |")
     lines += ["", "| task | mean Dice |", "|---|---|"]
     lines += [f"| {task} | {value:.3f} |" for task, value in metrics["mean_dice"].items()]
-    lines += ["", "## Overlays (validation case, slice with the most reference foreground)", ""]
-    lines += [f"![{task}]({path.relative_to(out).as_posix()})" for task, path in overlays.items()]
+    lines += ["", "## Overlays (validation case, slice with the most reference foreground)", "",
+              "Left: reference; right: LabelShare.", ""]
+    for task, path in overlays.items():
+        lines += [f"**{task}** ({overlay_legend(tasks[task])})", "", f"![{task}]({path.relative_to(out).as_posix()})",
+                  ""]
     return "\n".join(lines) + "\n"

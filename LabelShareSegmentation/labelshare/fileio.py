@@ -103,12 +103,6 @@ def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def staging_dir_for(target: str | os.PathLike) -> Path:
-    """The fixed staging folder where ``target`` is built; fixed so that an interrupted run can resume there."""
-    target = Path(target)
-    return target.parent / f".{target.name}.partial"
-
-
 def publish_dir(staging: str | os.PathLike, target: str | os.PathLike) -> Path:
     """Rename a completed staging folder to ``target``; never replaces an existing folder."""
     staging, target = Path(staging), Path(target)

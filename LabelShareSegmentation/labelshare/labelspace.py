@@ -205,26 +205,6 @@ class LabelSpace:
             raise UnknownTaskError(name, self.task_names)
         return self.tasks[name]
 
-    def task_index(self, name: str) -> int:
-        self.task(name)
-        return self.task_names.index(name)
-
-    def task_to_shared_lut(self, name: str) -> np.ndarray:
-        """Lookup table: task label id -> shared label (0 for background and ids the task does not use)."""
-        entry = self.task(name)
-        lut = np.zeros(max(e.id for e in entry.labels) + 1, dtype=np.int64)
-        for label in entry.labels:
-            lut[label.id] = label.shared
-        return lut
-
-    def shared_to_task_lut(self, name: str) -> np.ndarray:
-        """Lookup table: shared label -> task label id (0 for shared labels the task does not have)."""
-        entry = self.task(name)
-        lut = np.zeros(self.n_shared + 1, dtype=np.int64)
-        for label in entry.labels:
-            lut[label.shared] = label.id
-        return lut
-
     def shared_members(self) -> list[dict[str, str]]:
         """For shared label k (index k-1): {task: label name}."""
         members: list[dict[str, str]] = [{} for _ in range(self.n_shared)]

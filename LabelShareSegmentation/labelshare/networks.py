@@ -2,9 +2,9 @@
 
 Every network takes ``(images, task_index)`` and returns logits ``(B, out_channels, H, W)``; ``task_index`` is a
 LongTensor of the task of each sample and is ignored by unconditioned networks. Which output channels belong to
-which task is decided by :mod:`labelshare.heads`, not here.
+which task is decided by :mod:`labelshare.layouts`, not here.
 
-Conditioning choices (``NetworkConfig.conditioning``):
+Conditioning choices (``labelshare.config.NetworkConfig.conditioning``):
 ``none``            the paper's label-sharing network: the task is not an input.
 ``task_channels``   the task as one-hot constant input planes (beyond the paper; the user picks the task anyway).
 ``dodnet``          DoD-Net (Zhang et al., CVPR 2021) adapted to 2D multi-label tasks: a controller maps the pooled
@@ -14,41 +14,14 @@ Conditioning choices (``NetworkConfig.conditioning``):
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-
 import torch
 import torch.nn.functional as F
 from monai.networks.nets import DynUNet
 from torch import nn
 
-CONDITIONINGS = ("none", "task_channels", "dodnet")
+from .config import NetworkConfig
+
 DODNET_HEAD_CHANNELS = 8
-
-
-@dataclass
-class NetworkConfig:
-    out_channels: int
-    n_tasks: int = 1
-    conditioning: str = "none"
-    filters: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 256])
-    in_channels: int = 1
-
-    def __post_init__(self):
-        if self.conditioning not in CONDITIONINGS:
-            raise ValueError(f"conditioning must be one of {CONDITIONINGS}, not {self.conditioning!r}")
-        if self.out_channels < 2:
-            raise ValueError("a segmentation network needs at least 2 output channels (background + 1 label)")
-
-    def to_json(self) -> dict:
-        return {"architecture": "dynunet2d", **asdict(self)}
-
-    @classmethod
-    def from_json(cls, data: dict) -> NetworkConfig:
-        data = dict(data)
-        architecture = data.pop("architecture", "dynunet2d")
-        if architecture != "dynunet2d":
-            raise ValueError(f"unknown architecture {architecture!r}")
-        return cls(**data)
 
 
 def _dynunet(in_channels: int, out_channels: int, filters: list[int]) -> DynUNet:

@@ -1,5 +1,11 @@
-"""Where models live. Imports nothing heavy (no torch), so the Slicer modules can use it while Slicer starts,
-before the first-run dependency install."""
+"""Where things live and how their folders are named: the user's LabelShare home, the model store, the bundled
+model, and the hidden folders a run builds a model version in. Light (no torch): the Slicer modules use it while
+Slicer starts, before the first-run dependency install.
+
+A model version ``<models>/<name>`` is built in ``<models>/.<name>.partial`` (:func:`staging_dir_for`) and renamed
+into place when complete; an add-task version that waits for the regression gate is ``.<name>.candidate``
+(:func:`candidate_dir_for`) with the refused report beside it (:func:`refused_report_paths`).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,15 @@ from pathlib import Path
 
 from .errors import ModelError
 
-BUNDLED_MODELS_DIR = Path(__file__).resolve().parent.parent / "Resources" / "Models"
+
+def _bundled_models_dir() -> Path:
+    """A source checkout or the Slicer extension: the module's ``Resources/Models``; an installed wheel: the same
+    folders as package data, ``labelshare/bundled_models``."""
+    module_resources = Path(__file__).resolve().parent.parent / "Resources" / "Models"
+    return module_resources if module_resources.is_dir() else Path(__file__).resolve().parent / "bundled_models"
+
+
+BUNDLED_MODELS_DIR = _bundled_models_dir()
 HOME_ENVIRONMENT_VARIABLE = "LABELSHARE_HOME"
 
 
@@ -40,6 +54,24 @@ def model_dir_or_default(path: str | Path | None) -> Path:
     if bundled is None:
         raise ModelError("no model given and no default model is installed; give a model folder")
     return bundled
+
+
+def staging_dir_for(target: str | os.PathLike) -> Path:
+    """The fixed staging folder where ``target`` is built; fixed so that an interrupted run can resume there."""
+    target = Path(target)
+    return target.parent / f".{target.name}.partial"
+
+
+def candidate_dir_for(out: str | os.PathLike) -> Path:
+    """Where a trained add-task version waits for the regression gate; hidden, beside ``out``."""
+    out = Path(out)
+    return out.parent / f".{out.name}.candidate"
+
+
+def refused_report_paths(out: str | os.PathLike) -> tuple[Path, Path]:
+    """Where a refused version's forgetting report is written (JSON, markdown): beside ``out``."""
+    out = Path(out)
+    return out.parent / f"{out.name}.forgetting.json", out.parent / f"{out.name}.forgetting.md"
 
 
 def recorded_task_folders(model: str | Path) -> dict[str, Path]:

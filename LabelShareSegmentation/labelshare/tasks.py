@@ -26,6 +26,7 @@ import SimpleITK as sitk
 
 from .errors import DataError
 from .fileio import image_suffix, read_json
+from .naming import check_task_name
 
 CHANNEL_SUFFIX = "_0000"
 # A case name ends with a per-acquisition part (ACDC "patient002_frame01", Sunnybrook "scd_SC-HF-I-1_im0059");
@@ -45,14 +46,6 @@ def parse_task_argument(text: str) -> tuple[str, Path]:
         folder = text
         name = Path(text.rstrip("/\\")).name
     return check_task_name(name, f" (from '{text}')"), Path(folder)
-
-
-def check_task_name(name: str, context: str = "") -> str:
-    """The name without surrounding blanks; DataError unless it is letters, digits, '_', '.' and '-'."""
-    name = name.strip()
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
-        raise DataError(f"task name '{name}'{context}: use letters, digits, '_', '.' and '-'")
-    return name
 
 
 def patient_of(case_name: str, pattern: str | None = None) -> str:
@@ -167,12 +160,6 @@ class TaskDataset:
         for case in self.cases:
             if wanted is None or case.name in wanted:
                 yield self.load_case(case, slicing_axis)
-
-    def validate(self) -> int:
-        """Load every case once; returns the number of cases, raises on the first bad one."""
-        for _ in self.iter_cases():
-            pass
-        return len(self.cases)
 
 
 def parse_labels(metadata: dict, where: Path) -> dict[str, int]:
@@ -333,12 +320,6 @@ def to_slices(array: np.ndarray, axis: int | None) -> np.ndarray:
     if axis is None:
         return array[np.newaxis]
     return np.moveaxis(array, axis, 0)
-
-
-def from_slices(slices: np.ndarray, axis: int | None) -> np.ndarray:
-    if axis is None:
-        return slices[0]
-    return np.moveaxis(slices, 0, axis)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import os
 import signal
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import Callable, Iterator
 
@@ -30,42 +30,13 @@ from safetensors.torch import load_file, save_file
 
 from .errors import LabelShareError, TrainingInterrupted
 from .fileio import atomic_path, atomic_write_json, read_json
-from .heads import TaskHead
+from .config import TrainConfig
+from .layouts import TaskHead
 from .metrics import dice_per_label
 from .progress import Progress, format_duration
 from .tasks import TaskDataset
 
 CHECKPOINT_DIR = ".checkpoint"  # hidden: not part of the finished model folder or its manifest
-
-
-@dataclass
-class TrainConfig:
-    image_size: int = 128
-    batch_size: int = 16
-    epochs: int = 10
-    steps_per_epoch: int = 100
-    learning_rate: float = 2e-3
-    weight_decay: float = 1e-4
-    seed: int = 0
-    device: str = "auto"
-    validation_fraction: float = 0.2
-    foreground_oversampling: float = 0.33
-    augment: bool = True
-    amp: bool = True
-    weights_dtype: str = "float32"
-
-    @property
-    def total_steps(self) -> int:
-        return self.epochs * self.steps_per_epoch
-
-    def check(self) -> None:
-        for name in ("image_size", "batch_size", "epochs", "steps_per_epoch"):
-            if getattr(self, name) < 1:
-                raise LabelShareError(f"--{name.replace('_', '-')} must be at least 1")
-        if self.image_size % 16:
-            raise LabelShareError(f"--image-size {self.image_size}: must be a multiple of 16 (four down-samplings)")
-        if not 0 <= self.validation_fraction < 1:
-            raise LabelShareError("--validation-fraction must be in [0, 1)")
 
 
 # -- data -------------------------------------------------------------------------------------------------------------
@@ -569,7 +540,3 @@ def _load_unique_state(network: torch.nn.Module, weights: dict[str, torch.Tensor
     with torch.no_grad():
         for key, value in own.items():
             value.copy_(weights[key])
-
-
-def config_to_json(config: TrainConfig) -> dict:
-    return asdict(config)

@@ -46,7 +46,7 @@ class RequestProgress(Progress):
         super().emit(event, request=self.request_id, **fields)
 
 
-class Worker:
+class WorkerServer:
     """Serves requests; keeps up to ``max_models`` loaded models keyed by (model folder, device)."""
 
     def __init__(self, stream: IO[str], max_models: int = DEFAULT_MAX_MODELS):
@@ -120,7 +120,7 @@ def serve(requests: IO[str] | None = None, stream: IO[str] | None = None,
         sys.stdout = sys.stderr  # keep stray prints of libraries out of the protocol stream
     start = time.perf_counter()
     from . import inference  # noqa: F401  (torch, MONAI: imported before "ready", not during the first request)
-    worker = Worker(stream, max_models)
+    worker = WorkerServer(stream, max_models)
     Progress("json", stream=stream).log("worker ready", worker="ready", pid=os.getpid(),
                                         import_s=round(time.perf_counter() - start, 3))
     for line in requests:

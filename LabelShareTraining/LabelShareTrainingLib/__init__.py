@@ -1,25 +1,27 @@
 """MRML adapters and background training of the LabelShareTraining module (no Qt: tested on slicer-core).
 
-- :mod:`.cases`  volume + segmentation nodes → a case of a task folder (segment names → labels, overlaps, missing
+- :mod:`.matching`  segments → task labels: match by name, merge overlapping masks (smaller structure wins)
+- :mod:`.cases`     volume + segmentation nodes → a case of a task folder (segment names → labels, overlaps, missing
   labels, duplicates), and a collected case back into the scene
-- :mod:`.runs`   what a training run is: engine command line, model versions, run records, progress, forgetting
-- :mod:`.lock`   one training job at a time, across Slicer instances and crashes
-- :mod:`.logic`  the module's logic: tasks, cases, one background run
+- :mod:`.runs`      what a training run is: engine command line, model versions, run records, progress
+- :mod:`.lock`      one training job at a time, across Slicer instances and crashes
+- :mod:`.logic`     the module's logic: tasks, cases, one background run
 
-It reuses LabelShareSegmentation's adapters (``volumes``, ``segments``), its job runner (``jobs``) and its model
-list (``model_choice``), and the engine's task-folder writer ``labelshare.collection``.
+It uses the shared package ``LabelShareLib`` (geometry adapters, segments, the job runner, the model store; shipped
+with LabelShareSegmentation) and the engine's light modules: the task-folder writer ``labelshare.taskfolders``,
+the forgetting report ``labelshare.forgetting`` and the run states of ``labelshare.modelfolder``.
 """
 
-from labelshare.collection import DuplicateCaseError
+from labelshare.taskfolders import DuplicateCaseError
 
 from .cases import CaseExport, UnmatchedSegmentsError
 from .lock import JobLockedError, TrainingLock
-from .logic import (TaskEntry, TrainingLogic, TrainingOutcome, default_workspace, parse_label_text,
+from .logic import (TaskRow, TrainingLogic, TrainingOutcome, default_workspace, parse_label_text,
                     why_cannot_add_case, why_cannot_train)
-from .runs import BUDGETS, DEVICES, ForgettingReport, TrainingRequest
+from .runs import BUDGETS, TrainingRequest
 
 __all__ = [
-    "BUDGETS", "CaseExport", "DEVICES", "DuplicateCaseError", "ForgettingReport", "JobLockedError", "TaskEntry",
-    "TrainingLock", "TrainingLogic", "TrainingOutcome", "TrainingRequest", "UnmatchedSegmentsError",
-    "default_workspace", "parse_label_text", "why_cannot_add_case", "why_cannot_train",
+    "BUDGETS", "CaseExport", "DuplicateCaseError", "JobLockedError", "TaskRow", "TrainingLock", "TrainingLogic",
+    "TrainingOutcome", "TrainingRequest", "UnmatchedSegmentsError", "default_workspace", "parse_label_text",
+    "why_cannot_add_case", "why_cannot_train",
 ]

@@ -3,14 +3,14 @@ scene.
 
 Adding a case (:func:`add_case_from_nodes`):
 
-1. segments are matched to the task's labels by name (:func:`labelshare.collection.map_segments`: case and
+1. segments are matched to the task's labels by name (:func:`.matching.map_segments`: case and
    separators ignored); segments that match no label stop the export with :class:`UnmatchedSegmentsError`, whose
    ``mapping`` lets the caller ask the user to map or skip each of them and call again with ``choices``;
 2. every mapped segment is exported as a binary mask on the **volume's** grid (Slicer's
    ``ExportSegmentsToLabelmapNode`` with the volume as reference geometry), and the masks are merged by the
-   engine's rule: where segments overlap, the smaller structure wins (:func:`labelshare.collection.merge_label_masks`);
+   rule of :func:`.matching.merge_label_masks`: where segments overlap, the smaller structure wins;
    labels no segment provides stay empty and are recorded as missing;
-3. the volume becomes a SimpleITK image with its geometry (LabelShareSegmentation's ``volume_to_image``) and the
+3. the volume becomes a SimpleITK image with its geometry (``LabelShareLib.volumes.volume_to_image``) and the
    engine's task-folder writer stores image and label atomically (:meth:`TaskCollection.add_case`), refusing a
    duplicate unless told to keep or replace it.
 
@@ -25,10 +25,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import slicer
-from labelshare.collection import SegmentMapping, TaskCollection, map_segments, merge_label_masks
 from labelshare.errors import DataError
-from LabelShareSegmentationLib.segments import import_task_segments, place_beside
-from LabelShareSegmentationLib.volumes import image_to_volume, volume_to_image
+from labelshare.taskfolders import TaskCollection
+from LabelShareLib.segments import import_task_segments, place_beside
+from LabelShareLib.volumes import image_to_volume, volume_to_image
+
+from .matching import SegmentMapping, map_segments, merge_label_masks
 
 
 class UnmatchedSegmentsError(DataError):
@@ -52,7 +54,7 @@ class CaseExport:
 
 @dataclass(frozen=True)
 class CollectionLabel:
-    """A task-folder label in the shape LabelShareSegmentation's segment import expects (id, name, info)."""
+    """A task-folder label in the shape the segment import (``LabelShareLib.segments``) expects (id, name, info)."""
 
     id: int
     name: str
@@ -111,7 +113,7 @@ def add_case_from_nodes(collection: TaskCollection, volume_node, segmentation_no
     """Add the volume and its segmentation as a case of ``collection``.
 
     :param choices: segment name -> label name, or None to skip the segment (the answers of the mapping dialog).
-    :param duplicate: ``refuse`` (raise :class:`labelshare.collection.DuplicateCaseError` when the image is already
+    :param duplicate: ``refuse`` (raise :class:`labelshare.taskfolders.DuplicateCaseError` when the image is already
         collected), ``keep`` (add another case) or ``replace`` (move the old case to the trash first).
     :param name: case name (default: the volume's name); made unique and file-name safe.
     :raises UnmatchedSegmentsError: segments match no label and ``choices`` does not say what to do with them.

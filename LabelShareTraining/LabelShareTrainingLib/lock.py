@@ -16,8 +16,7 @@ Anything else is *stale* (Slicer crashed and the job ended with it, the machine 
 and :meth:`TrainingLock.acquire` clears it. A training process that outlives a crashed Slicer keeps the lock live
 until it ends, so a second job never starts beside it.
 
-psutil and the engine's model store are imported on first use: Slicer loads the module before the first-run
-dependency install.
+psutil is imported on first use: Slicer loads the module before the first-run dependency install.
 """
 
 from __future__ import annotations
@@ -117,7 +116,7 @@ class TrainingLock:
 
     @property
     def path(self) -> Path:
-        """The lock file; the default is found on first use (it needs the engine's model store, hence torch)."""
+        """The lock file; the default is found on first use (``$LABELSHARE_HOME`` is read then, not at import)."""
         if self._path is None:
             self._path = default_lock_path()
         return self._path

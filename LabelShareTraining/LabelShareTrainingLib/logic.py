@@ -13,9 +13,10 @@ Usage::
 Tasks are the tasks of the selected model plus the task folders (nnU-Net raw layout) in the workspace folder.
 A task that only the model has gets a workspace folder with the model's labels (names and ids) when its first
 case is added. A run extends the selected model (``add-task``, or an update for a task the model has) or, with no
-model, trains a first one; it runs as a child process (:class:`LabelShareSegmentationLib.jobs.ProcessJob`) under
-the one-job lock (:mod:`.lock`), and Stop asks it to save a resumable checkpoint (SIGTERM) before the process tree
-is killed after a grace period.
+model, trains a first one; it runs as a child process (:class:`LabelShareLib.jobs.ProcessJob`) under the one-job
+lock (:mod:`.lock`), and Stop asks it to save a resumable checkpoint (SIGTERM) before the process tree is killed
+after a grace period. A published version is announced on the model store's ``changed`` notification
+(:mod:`LabelShareLib.store`), so that LabelShareSegmentation lists it at once.
 """
 
 from __future__ import annotations
@@ -27,16 +28,20 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from labelshare.collection import CaseSummary, TaskCollection, copy_task, create_task, list_task_folders
 from labelshare.errors import DataError, LabelShareError
 from labelshare.fileio import atomic_write_json, read_json
+from labelshare.forgetting import ForgettingReport
+from labelshare.labelspace import LabelSpace, compute_statistics
 from labelshare.paths import labelshare_home, recorded_task_folders, user_models_dir
-from LabelShareSegmentationLib.jobs import JobState, ProcessJob, child_environment, engine_command
+from labelshare.taskfolders import CaseSummary, TaskCollection, copy_task, create_task, list_task_folders
+from labelshare.tasks import TaskDataset
+from LabelShareLib.jobs import JobState, ProcessJob, child_environment, engine_command
+from LabelShareLib.store import ModelStore, default_store
 
 from .cases import CaseExport, add_case_from_nodes, open_case
 from .lock import HEARTBEAT_INTERVAL_S, TrainingLock
-from .runs import (ForgettingReport, TrainingProgress, TrainingRequest, discard_run, jobs_dir,
-                   next_version_path, unfinished_runs, version_of)
+from .runs import (TrainingProgress, TrainingRequest, discard_run, jobs_dir, next_version_path, unfinished_runs,
+                   version_of)
 
 DEFAULT_STOP_GRACE_S = 30.0  # time the engine gets to write its checkpoint after Stop before the tree is killed
 TRAINED_MARKER = ".labelshare-trained.json"  # in a task folder: the cases its last published run was started with
@@ -48,8 +53,9 @@ def default_workspace() -> Path:
 
 
 @dataclass
-class TaskEntry:
-    """A row of the task list: a task of the selected model, a workspace folder, or both."""
+class TaskRow:
+    """A row of the task list: a task of the selected model, a workspace folder, or both (not the engine's
+    ``labelspace.TaskEntry``, which is a task of a label space)."""
 
     name: str
     in_model: bool
@@ -100,7 +106,7 @@ def parse_label_text(text: str) -> list[str] | dict[str, int]:
     return labels
 
 
-def why_cannot_add_case(volume_node, segmentation_node, entry: TaskEntry | None) -> str:
+def why_cannot_add_case(volume_node, segmentation_node, entry: TaskRow | None) -> str:
     """Why "Add current case" is disabled ('' when it can run): shown as the button's tooltip."""
     if entry is None:
         return "Choose a task or create one (New task…)."
@@ -113,7 +119,7 @@ def why_cannot_add_case(volume_node, segmentation_node, entry: TaskEntry | None)
     return ""
 
 
-def why_cannot_train(entry: TaskEntry | None, running_here: bool, holder=None) -> str:
+def why_cannot_train(entry: TaskRow | None, running_here: bool, holder=None) -> str:
     """Why "Train"/"Update" is disabled ('' when it can start); ``holder`` is the live lock of another job."""
     if running_here:
         return ""
@@ -136,11 +142,12 @@ class TrainingLogic:
     :param models_dir: where new model versions are written: the models folder LabelShareSegmentation lists.
     :param lock: the one-job lock (default: the user's ``training.lock``).
     :param engine: builds a child command line from engine arguments (default ``python -m labelshare ...``).
+    :param store: the model store to check and announce new versions in (default: the one both modules share).
     """
 
     def __init__(self, workspace: str | Path | None = None, models_dir: str | Path | None = None,
                  lock: TrainingLock | None = None, stop_grace_s: float = DEFAULT_STOP_GRACE_S,
-                 engine: Callable[..., list[str]] = engine_command):
+                 engine: Callable[..., list[str]] = engine_command, store: ModelStore | None = None):
         self.workspace = Path(workspace).expanduser() if workspace else default_workspace()
         if models_dir:
             self.models_dir = Path(models_dir).expanduser()
@@ -149,6 +156,7 @@ class TrainingLogic:
         self.lock = lock or TrainingLock()
         self.stop_grace_s = stop_grace_s
         self.engine = engine
+        self._store = store
         self.job: ProcessJob | None = None
         self.request: TrainingRequest | None = None
         self.progress = TrainingProgress()
@@ -156,25 +164,30 @@ class TrainingLogic:
         self._cases_at_start: list[str] = []
         self._last_heartbeat = 0.0
 
+    @property
+    def store(self) -> ModelStore:
+        """The model store given, else the one both modules share (looked up on every use: a developer reload of
+        LabelShareLib replaces it)."""
+        return self._store if self._store is not None else default_store()
+
     # -- tasks ----------------------------------------------------------------------------------------------------
     @staticmethod
     def model_tasks(model: str | Path | None) -> dict[str, dict[str, int]]:
         """{task: {label name: id}} of a model folder ({} without a model)."""
         if not model:
             return {}
-        from labelshare.labelspace import LabelSpace
         space = LabelSpace.load(Path(model) / "labelspace.json")
         return {name: {label.name: label.id for label in sorted(space.task(name).labels, key=lambda e: e.id)}
                 for name in space.task_names}
 
-    def task_entries(self, model: str | Path | None = None) -> list[TaskEntry]:
+    def task_entries(self, model: str | Path | None = None) -> list[TaskRow]:
         """The model's tasks (in its order), then the workspace's other task folders (by name)."""
         model_tasks = self.model_tasks(model)
         folders = {summary.name: summary for summary in list_task_folders(self.workspace)}
         entries = []
         for name in list(model_tasks) + sorted(set(folders) - set(model_tasks)):
             folder = folders.get(name)
-            entry = TaskEntry(name=name, in_model=name in model_tasks, folder=folder.path if folder else None,
+            entry = TaskRow(name=name, in_model=name in model_tasks, folder=folder.path if folder else None,
                               labels=dict(model_tasks.get(name) or (folder.labels if folder else {})),
                               cases=folder.cases if folder else 0)
             if folder is not None and not folder.valid:
@@ -356,8 +369,6 @@ class TrainingLogic:
 
     # -- internals --------------------------------------------------------------------------------------------------
     def _plan_first_model(self, collection: TaskCollection, budget: str, device: str) -> TrainingRequest:
-        from labelshare.labelspace import LabelSpace, compute_statistics
-        from labelshare.tasks import TaskDataset
         out = next_version_path(self.models_dir, collection.name)
         space = LabelSpace.build([compute_statistics(TaskDataset.open(collection.root, collection.name))])
         labelspace = jobs_dir() / f"{out.name}.labelspace.json"
@@ -382,10 +393,10 @@ class TrainingLogic:
         return folders
 
     def _published(self, done_event: dict) -> Path:
-        """On success: the new version exists and is complete; remember which cases it was trained with."""
-        from labelshare.models import verify_folder
+        """On success: the new version exists and is complete (checked by the store, which keeps the result for
+        the model lists); remember which cases it was trained with."""
         model = Path(done_event.get("output") or self.request.out)
-        verify_folder(model)
+        self.store.verify(model)
         marker = Path(self.request.task_dir) / TRAINED_MARKER
         atomic_write_json(marker, {"model": str(model), "cases": self._cases_at_start,
                                    "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
@@ -399,6 +410,7 @@ class TrainingLogic:
                                            model=job.result,
                                            report=ForgettingReport.of_model(job.result))
             request.remove_record()
+            self.store.changed.notify(job.result)  # e.g. LabelShareSegmentation's model list shows it
             return
         run_state = request.state()
         if job.state == JobState.FAILED and progress.regression:

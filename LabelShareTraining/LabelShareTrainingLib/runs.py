@@ -10,11 +10,11 @@ New versions are named ``<stem>-v<N>`` in the models folder that LabelShareSegme
 only read, so rolling back is choosing an older version. Every run leaves a record in the ``jobs`` folder of the
 LabelShare home with its request, so that a run that was stopped, whose Slicer closed or crashed, or that the
 regression gate refused can be resumed, published anyway, or discarded later. The engine keeps such a run in
-hidden folders beside the requested model folder (``labelshare.fileio.staging_dir_for``, and for add-task
-``labelshare.incremental.candidate_dir_for`` plus the refused report ``<NEW>.forgetting.json``).
+hidden folders beside the requested model folder; what they are and what state they mean is the engine's
+(``labelshare.modelfolder.run_work_folders``/``run_state``, ``labelshare.paths.refused_report_paths``).
 
-The engine's heavy modules (torch) are imported on first use: Slicer loads the module before the first-run
-dependency install.
+Only the engine's light modules are imported (no torch): Slicer loads the module before the first-run dependency
+install.
 """
 
 from __future__ import annotations
@@ -24,13 +24,14 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from labelshare.config import parse_device
 from labelshare.errors import LabelShareError
-from labelshare.fileio import atomic_write_json, read_json, remove_tree, staging_dir_for
-from labelshare.paths import labelshare_home
+from labelshare.fileio import atomic_write_json, read_json, remove_tree
+from labelshare.modelfolder import run_state, run_work_folders
+from labelshare.paths import labelshare_home, refused_report_paths
 from labelshare.progress import format_duration
 
 JOB_KINDS = ("add-task", "update", "train")
-DEVICES = ("auto", "cuda", "cpu")
 # Budgets: epochs x steps per epoch, batch size. "quick" takes minutes on a laptop CPU for a small task;
 # "standard" is the engine's add-task default budget with more epochs for a first model.
 BUDGETS = {
@@ -95,8 +96,7 @@ class TrainingRequest:
             self.epochs = FIRST_MODEL_EPOCHS[self.budget] if self.kind == "train" else preset["epochs"]
         self.steps_per_epoch = self.steps_per_epoch or preset["steps_per_epoch"]
         self.batch_size = self.batch_size or preset["batch_size"]
-        if self.device not in DEVICES:
-            raise LabelShareError(f"unknown device '{self.device}' (known: {', '.join(DEVICES)})")
+        self.device = parse_device(self.device)  # "gpu" becomes "cuda"; unknown words raise
         if self.kind == "train" and not self.labelspace:
             raise LabelShareError("a first model ('train') needs a label space file")
         if self.kind != "train" and not self.base_model:
@@ -124,31 +124,10 @@ class TrainingRequest:
         return command + (["--resume"] if resume else [])
 
     # -- where the engine keeps an unfinished run ---------------------------------------------------------------------
-    def work_folders(self) -> list[Path]:
-        """The engine's hidden folders of this run (they exist only while it is unfinished)."""
-        out = Path(self.out)
-        if self.kind == "train":
-            return [staging_dir_for(out)]
-        from labelshare.incremental import candidate_dir_for
-        candidate = candidate_dir_for(out)
-        return [candidate, staging_dir_for(candidate)]
-
-    def refused_report(self) -> Path | None:
-        """The forgetting report of a version the regression gate refused, while it waits for a decision."""
-        if self.kind == "train":
-            return None
-        from labelshare.incremental import report_paths_for
-        return report_paths_for(Path(self.out))[0]
-
     def state(self) -> str:
-        """``published``, ``refused`` (trained, waiting: publish anyway or discard), ``interrupted`` (resumable)
-        or ``gone`` (nothing was written)."""
-        if Path(self.out).exists():
-            return "published"
-        report = self.refused_report()
-        if report is not None and report.is_file() and self.work_folders()[0].is_dir():
-            return "refused"
-        return "interrupted" if any(folder.exists() for folder in self.work_folders()) else "gone"
+        """The engine's state of this run: ``published``, ``refused`` (trained, waiting: publish anyway or
+        discard), ``interrupted`` (resumable) or ``gone`` (nothing was written)."""
+        return run_state(self.out)
 
     # -- records --------------------------------------------------------------------------------------------------
     @property
@@ -197,12 +176,10 @@ def discard_run(request: TrainingRequest) -> None:
     version), its refused report and its record."""
     if Path(request.out).exists():
         raise LabelShareError(f"{request.out}: the run was published; model versions are never deleted here")
-    for folder in request.work_folders():
+    for folder in run_work_folders(request.out):
         remove_tree(folder)
-    if request.kind != "train":
-        from labelshare.incremental import report_paths_for
-        for path in report_paths_for(Path(request.out)):
-            path.unlink(missing_ok=True)
+    for path in refused_report_paths(request.out):
+        path.unlink(missing_ok=True)
     request.remove_record()
 
 
@@ -254,48 +231,3 @@ class TrainingProgress:
         if self.eta_s is not None and self.stage == "training":
             parts.append(f"ETA {format_duration(self.eta_s)}")
         return " · ".join(parts)
-
-
-@dataclass
-class ForgettingRow:
-    task: str
-    label: str
-    before: float | None
-    after: float | None
-    change: float | None  # Dice, 0-1 scale (after - before)
-
-
-@dataclass
-class ForgettingReport:
-    """The engine's forgetting report: every old task's Dice per label before and after the run, and the gate."""
-
-    threshold: float | None  # Dice points (0-100)
-    passed: bool
-    rows: list[ForgettingRow]
-    new_task: dict
-
-    @classmethod
-    def read(cls, path: str | Path) -> ForgettingReport:
-        data = read_json(path, "forgetting report")
-        try:
-            rows = [ForgettingRow(task=task, label=label, before=values.get("before"), after=values.get("after"),
-                                  change=values.get("change"))
-                    for task, labels in data["tasks"].items() for label, values in labels.items()]
-            return cls(threshold=data.get("threshold"), passed=bool(data["passed"]), rows=rows,
-                       new_task=dict(data.get("new_task") or {}))
-        except (KeyError, TypeError, AttributeError) as error:
-            raise LabelShareError(f"{path}: malformed forgetting report ({error})") from None
-
-    @classmethod
-    def of_model(cls, model_dir: str | Path) -> ForgettingReport | None:
-        path = Path(model_dir) / "forgetting.json"
-        return cls.read(path) if path.is_file() else None
-
-    def table(self) -> list[tuple[str, str, str, str, str]]:
-        """Rows as shown: task, label, Dice before, Dice after, change in Dice points ('-' where unknown)."""
-        def dice(value):
-            return "-" if value is None or value != value else f"{value:.3f}"
-
-        def points(value):
-            return "-" if value is None or value != value else f"{100 * value:+.1f}"
-        return [(r.task, r.label, dice(r.before), dice(r.after), points(r.change)) for r in self.rows]

@@ -1,4 +1,4 @@
-"""Output layouts: which output channels a task's softmax covers and how task labels map to them.
+"""Output layouts (light: no torch): which output channels a task's softmax covers and how task labels map to them.
 
 ``shared``        label sharing (and a per-task model, which is label sharing with one task): n*+1 channels, every
                   task uses all of them; task label -> its shared label, shared labels the task lacks -> background.

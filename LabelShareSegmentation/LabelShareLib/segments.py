@@ -14,7 +14,7 @@ one labelmap layer, imported in one call (Slicer's ``ImportLabelmapToSegmentatio
 
 Usage::
 
-    labels = model_choice.labels(task)                  # LabelEntry-like objects: id, name, info
+    labels = task_labels(model, task)                   # LabelEntry-like objects: id, name, info (.store)
     node = output_segmentation(volumeNode, task)        # the node of the last run, or a new "<volume> <task>"
     import_task_segments(node, label_image, task, labels, reference_volume=volumeNode)
 """
@@ -33,7 +33,7 @@ import numpy as np
 import SimpleITK as sitk
 import slicer
 import vtk
-from labelshare.collection import normalise_name
+from labelshare.naming import normalise_name
 from labelshare.errors import DataError
 
 from .volumes import as_3d, set_volume_from_image

@@ -1,4 +1,5 @@
-"""Collecting corrected cases into task folders: the writer behind the Slicer module LabelShareTraining.
+"""Writing task folders: collecting corrected cases into nnU-Net raw folders (the writer behind LabelShareTraining;
+the reader is :mod:`labelshare.tasks`). Light (no torch).
 
 A *collection* is an ordinary nnU-Net v2 raw task folder (see :mod:`labelshare.tasks`) that this module creates
 and appends to. Everything it writes reads back through :class:`labelshare.tasks.TaskDataset` unchanged, so a
@@ -18,9 +19,8 @@ collected task trains like any other task. Its promises:
   added here: content hashes, voxels per label, the labels that are missing (no voxels), where it came from and
   when. Cases that were in the folder before (a downloaded dataset) are listed too, with counts read from disk.
 
-Segments become labels by name (:func:`map_segments`: equal ignoring case and treating spaces, ``_`` and ``-``
-alike); overlapping segments are resolved by :func:`merge_label_masks`: **the smaller structure wins** (a lesion
-drawn inside an organ stays a lesion), ties go to the higher label id.
+Which segment becomes which label, and how overlapping segments merge, is decided by the caller
+(``LabelShareTrainingLib.matching``); this module stores the label array it is given.
 
 >>> collection = create_task("workspace", "liver", ["liver", "tumour"])          # doctest: +SKIP
 >>> collection.add_case(sitk_image, label_array, name="patient007", source="Slicer volume 'CT'")  # doctest: +SKIP
@@ -35,7 +35,7 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,10 +43,11 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import DataError, LabelShareError
-from .fileio import (atomic_write_json, image_suffix, now_iso, publish_dir, read_json, remove_tree, staging_dir_for,
-                     write_image_atomic)
-from .tasks import (CHANNEL_SUFFIX, TaskDataset, check_same_geometry, discover_cases, label_to_array,
-                    check_task_name, parse_labels, read_image)
+from .fileio import atomic_write_json, image_suffix, now_iso, publish_dir, read_json, remove_tree, write_image_atomic
+from .naming import check_task_name, normalise_name
+from .paths import staging_dir_for
+from .tasks import (CHANNEL_SUFFIX, TaskDataset, check_same_geometry, discover_cases, label_to_array, parse_labels,
+                    read_image)
 
 COLLECTION_FORMAT_VERSION = 1
 TRASH_DIR = ".trash"
@@ -56,7 +57,6 @@ DEFAULT_FILE_ENDING = ".nii.gz"
 WRITABLE_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha")
 DUPLICATE_POLICIES = ("refuse", "keep", "replace")
 GEOMETRY_DECIMALS = 3  # hashes ignore geometry differences below 1/1000 mm (NIfTI stores geometry as float32)
-_NAME_SEPARATORS = re.compile(r"[\s_\-]+")
 
 
 class DuplicateCaseError(DataError):
@@ -95,86 +95,6 @@ class TaskFolderSummary:
     cases: int = 0
     valid: bool = True
     reason: str = ""
-
-
-# -- segments -> labels ---------------------------------------------------------------------------------------------
-def normalise_name(name: str) -> str:
-    """The form in which segment and label names are compared: case-folded, spaces/'_'/'-' as one space."""
-    return _NAME_SEPARATORS.sub(" ", name.strip()).casefold()
-
-
-@dataclass
-class SegmentMapping:
-    """Which segment becomes which task label.
-
-    ``assignments``: segment name -> label name; ``unmatched``: segments with no label (ask the user: map or
-    skip); ``skipped``: segments the user chose to leave out; ``missing``: labels that no segment provides.
-    """
-
-    assignments: dict[str, str]
-    unmatched: list[str]
-    skipped: list[str]
-    missing: list[str]
-
-
-def map_segments(segment_names: Sequence[str], label_names: Iterable[str],
-                 choices: Mapping[str, str | None] | None = None) -> SegmentMapping:
-    """Map segments to labels by name; ``choices`` (segment -> label name, or None to skip) overrides the match.
-
-    Several segments may map to one label (their union is used).
-    """
-    labels = list(label_names)
-    by_normal = {normalise_name(label): label for label in labels}
-    choices = dict(choices or {})
-    assignments, unmatched, skipped = {}, [], []
-    for segment in segment_names:
-        if segment in choices:
-            chosen = choices[segment]
-            if chosen is None:
-                skipped.append(segment)
-                continue
-            if chosen not in labels:
-                raise DataError(f"segment '{segment}' is mapped to '{chosen}', which is not a label of the task "
-                                f"(labels: {', '.join(labels)})")
-            assignments[segment] = chosen
-        elif normalise_name(segment) in by_normal:
-            assignments[segment] = by_normal[normalise_name(segment)]
-        else:
-            unmatched.append(segment)
-    provided = set(assignments.values())
-    return SegmentMapping(assignments=assignments, unmatched=unmatched, skipped=skipped,
-                          missing=[label for label in labels if label not in provided])
-
-
-def merge_label_masks(masks: Sequence[tuple[int, np.ndarray]], shape: Sequence[int] | None = None,
-                      ) -> tuple[np.ndarray, dict[tuple[int, int], int]]:
-    """One label array from binary masks; returns (label array, {(winner id, loser id): overlapping voxels}).
-
-    Masks of the same label id are united. Where masks of different labels overlap, the label with fewer voxels
-    wins (ties: the higher id): a small structure drawn over a large one is what the annotator meant.
-    """
-    if not masks and shape is None:
-        raise DataError("no segments to export and no image shape given")
-    united: dict[int, np.ndarray] = {}
-    for label_id, mask in masks:
-        mask = np.asarray(mask) != 0
-        if shape is not None and mask.shape != tuple(shape):
-            raise DataError(f"mask of label {label_id} has shape {mask.shape}, the image has {tuple(shape)}")
-        united[label_id] = united[label_id] | mask if label_id in united else mask
-    target_shape = tuple(shape) if shape is not None else next(iter(united.values())).shape
-    dtype = np.uint16 if max(united, default=0) > 255 else np.uint8
-    result = np.zeros(target_shape, dtype=dtype)
-    # paint large to small, so that the smallest structure is painted last and wins
-    order = sorted(united, key=lambda label_id: (-int(united[label_id].sum()), label_id))
-    for label_id in order:
-        result[united[label_id]] = label_id
-    overlaps = {}
-    for i, first in enumerate(order):
-        for second in order[i + 1:]:
-            count = int(np.count_nonzero(united[first] & united[second]))
-            if count:
-                overlaps[(second, first)] = count  # ``second`` comes later in the painting order: it won
-    return result, overlaps
 
 
 # -- content hashes -------------------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
-"""Training runs end to end: tasks + label space -> a published, verified model folder.
+"""A training run end to end: tasks + label space -> a published, verified model folder.
 
-``train()`` is what ``labelshare train`` runs and what the benchmark and incremental learning build on:
-it splits every task by patient, loads the slices, trains, evaluates the validation cases at native resolution,
-writes the model folder under its staging name and renames it into place.
+``train()`` is what ``labelshare train`` runs; :func:`run_training` is its body, which incremental learning and the
+benchmarks build on: it splits every task by patient, loads the slices, trains, evaluates the validation cases at
+native resolution, writes the model folder under its staging name and renames it into place (or, for add-task,
+leaves it for the regression gate). Both return a :class:`TrainingResult`; they emit progress, never ``done``.
 """
 
 from __future__ import annotations
@@ -16,27 +17,20 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from .config import TrainConfig
 from .errors import LabelShareError, LabelSpaceError
-from .evaluation import Evaluation, evaluate_cases
-from .fileio import atomic_write_json, now_iso, publish_dir, read_json, remove_tree, staging_dir_for
-from .heads import out_channels, task_heads
+from .evaluation import evaluate_cases
+from .fileio import atomic_write_json, now_iso, publish_dir, read_json, remove_tree
 from .labelspace import LabelSpace
-from .models import (Model, ModelConfig, PreprocessingConfig, data_fingerprint,
-                     environment_summary, save_model_folder)
-from .networks import NetworkConfig, build_network, count_parameters
+from .layouts import task_heads
+from .modelfolder import ModelConfig, PreprocessingConfig, data_fingerprint
+from .models import Model, environment_summary, save_model_folder
+from .networks import build_network, count_parameters
+from .paths import staging_dir_for
 from .progress import Progress
+from .scores import Evaluation
 from .tasks import TaskDataset, split_by_patient
-from .training import (CHECKPOINT_DIR, SliceBank, TrainConfig, Trainer, build_slice_bank, config_to_json,
-                       distributed_context)
-
-# method -> (output layout, network conditioning)
-METHOD_LAYOUTS = {
-    "label-sharing": ("shared", "none"),
-    "label-sharing-task-channels": ("shared", "task_channels"),
-    "per-task": ("shared", "none"),
-    "multi-channel": ("concatenated", "none"),
-    "dodnet": ("task_slots", "dodnet"),
-}
+from .training import CHECKPOINT_DIR, SliceBank, Trainer, build_slice_bank, distributed_context
 
 
 @dataclass
@@ -94,19 +88,6 @@ def prepare_data(tasks: dict[str, TaskDataset], space: LabelSpace, layout: str, 
     return PreparedData(tasks=tasks, split=split, train_banks=train_banks, validation_banks=validation_banks)
 
 
-def model_config_for(method: str, space: LabelSpace, config: TrainConfig) -> ModelConfig:
-    if method not in METHOD_LAYOUTS:
-        raise LabelShareError(f"unknown method '{method}'; known: {', '.join(METHOD_LAYOUTS)}")
-    if method == "per-task" and len(space.tasks) != 1:
-        raise LabelShareError("a per-task model is trained on exactly one task")
-    layout, conditioning = METHOD_LAYOUTS[method]
-    network = NetworkConfig(out_channels=out_channels(layout, space), n_tasks=len(space.tasks),
-                            conditioning=conditioning)
-    return ModelConfig(method=method, layout=layout, network=network,
-                       preprocessing=PreprocessingConfig(image_size=config.image_size),
-                       weights_dtype=config.weights_dtype)
-
-
 def evaluate_validation(model: Model, data: PreparedData, progress: Progress,
                         fraction_range: tuple[float, float]) -> Evaluation:
     result = Evaluation()
@@ -125,11 +106,22 @@ def metrics_json(evaluation: Evaluation, history: list[dict]) -> dict:
             "last_epoch": history[-1] if history else None}
 
 
+@dataclass
+class TrainingResult:
+    """What a run produced: the model folder (published, or the candidate add-task publishes after its gate), its
+    validation metrics (``metrics.json``), the split, and the data fingerprints of its tasks."""
+
+    path: Path
+    metrics: dict
+    split: dict[str, dict[str, list[str]]]
+    data: dict[str, dict]
+
+
 def train(task_arguments: Sequence[tuple[str, Path]], space: LabelSpace, out: str | Path,
           config: TrainConfig | None = None, method: str = "label-sharing", resume: bool = False,
           progress: Progress | None = None, command: Sequence[str] | None = None,
-          split: dict[str, dict[str, list[str]]] | None = None) -> Path:
-    """Train a model on the tasks and publish it as ``out``; returns the model folder.
+          split: dict[str, dict[str, list[str]]] | None = None) -> TrainingResult:
+    """Train a model on the tasks and publish it as ``out``.
 
     ``split`` ({task: {"train": [...], "validation": [...]}}) fixes the cases of each side (the benchmark gives every
     method the same one); by default every task is split by patient with ``config.seed``.
@@ -152,7 +144,8 @@ def train(task_arguments: Sequence[tuple[str, Path]], space: LabelSpace, out: st
                               f"{missing[0]}=DIR")
     check_tasks_match(space, tasks)
     space = LabelSpace({name: space.tasks[name] for name in tasks}, space.strategy, space.groups)
-    model_config = model_config_for(method, space, config)
+    model_config = ModelConfig.for_method(method, space, PreprocessingConfig(image_size=config.image_size),
+                                          config.weights_dtype)
     return run_training(tasks, space, model_config, out, config, progress, resume=resume, command=command,
                         lineage={"parent": None, "operation": "train", "tasks_added": list(tasks)}, split=split)
 
@@ -162,7 +155,7 @@ def run_training(tasks: dict[str, TaskDataset], space: LabelSpace, model_config:
                  command: Sequence[str] | None = None, lineage: dict | None = None,
                  initial_network: torch.nn.Module | None = None, trainer_class: type[Trainer] = Trainer,
                  trainer_options: dict | None = None, split: dict[str, dict[str, list[str]]] | None = None,
-                 extra_json: dict | None = None) -> Path:
+                 extra_json: dict | None = None) -> TrainingResult:
     """The shared body of ``train`` and ``add-task``: staging folder, data, loop, evaluation, model folder."""
     if out.exists():
         raise LabelShareError(f"{out}: already exists; model versions are never overwritten, choose a new --out")
@@ -186,7 +179,7 @@ def run_training(tasks: dict[str, TaskDataset], space: LabelSpace, model_config:
             torch.manual_seed(config.seed)  # the initial weights, so that a run (or a resumed benchmark) repeats
         network = initial_network if initial_network is not None else build_network(model_config.network)
         identity = {"labelspace": space.to_json(), "model": model_config.to_json(),
-                    "train": {k: v for k, v in config_to_json(config).items() if k != "device"}, "split": split}
+                    "train": {k: v for k, v in config.to_json().items() if k != "device"}, "split": split}
         if context.is_main:
             atomic_write_json(split_file, {"seed": config.seed, "validation_fraction": config.validation_fraction,
                                            "rule": "patient-wise; see labelshare.tasks.patient_of", "tasks": split})
@@ -199,20 +192,21 @@ def run_training(tasks: dict[str, TaskDataset], space: LabelSpace, model_config:
         state = trainer.run(resume=resume)
         if not context.is_main:
             context.barrier()
-            return out
+            return TrainingResult(path=out, metrics={}, split=split, data={})
         model = Model(path=None, config=model_config, labelspace=space, network=trainer.network.eval(),
                       device=trainer.device)
         evaluation = evaluate_validation(model, data, progress, (0.9, 0.99))
+        data_record = {name: {"folder": task.root.name, "cases": len(task.cases),
+                              "fingerprint": data_fingerprint([p for c in task.cases
+                                                               for p in (c.image_path, c.label_path)])}
+                       for name, task in tasks.items()}
         lineage = {**(lineage or {}), "created": now_iso(), "command": list(command) if command else sys.argv[1:],
-                   "data": {name: {"folder": task.root.name, "cases": len(task.cases),
-                                   "fingerprint": data_fingerprint([p for c in task.cases
-                                                                    for p in (c.image_path, c.label_path)])}
-                            for name, task in tasks.items()},
+                   "data": data_record,
                    "environment": environment_summary(context.world_size), "elapsed_s": round(state.elapsed_s, 1)}
         metrics = metrics_json(evaluation, state.history)
         save_model_folder(staging, trainer.network, model_config, space,
                           json_files={"metrics.json": metrics, "lineage.json": lineage,
-                                      "training.json": config_to_json(config), **(extra_json or {})},
+                                      "training.json": config.to_json(), **(extra_json or {})},
                           text_files={"training_log.jsonl": "".join(_jsonl(r) for r in state.history),
                                       "README.md": model_card(out.name, model_config, space, tasks, metrics, lineage,
                                                               config, count_parameters(trainer.network)),
@@ -220,9 +214,7 @@ def run_training(tasks: dict[str, TaskDataset], space: LabelSpace, model_config:
         remove_tree(staging / CHECKPOINT_DIR)
         published = publish_dir(staging, out)
         context.barrier()
-        progress.done(str(published), message=f"model written to {published}",
-                      mean_dice=metrics["mean_dice"])
-        return published
+        return TrainingResult(path=published, metrics=metrics, split=split, data=data_record)
 
 
 def _jsonl(record: dict) -> str:

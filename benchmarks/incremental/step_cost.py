@@ -1,7 +1,7 @@
 """Cost of one add-task training step with and without distillation, measured in one process, interleaved, so that
 both see the same machine load (the experiment runs shared their machine with other jobs).
 
-    OMP_NUM_THREADS=1 python docs/incremental/step_cost.py [--image-size 96] [--rounds 3] [--steps 10]
+    OMP_NUM_THREADS=1 labelshare-bench incremental-step-cost [--image-size 96] [--rounds 3] [--steps 10]
 
 Random slices in four task banks (batch 16, the network of the experiments: 16-256 filters, 4 output channels);
 prints milliseconds per step for distillation weight 0 and 1 and their ratio.
@@ -18,20 +18,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from labelshare.heads import task_heads
-from labelshare.incremental import IncrementalTrainer
+from labelshare.layouts import task_heads
+from labelshare.incremental.trainer import IncrementalTrainer
 from labelshare.labelspace import LabelSpace, LabelStats, TaskStatistics
-from labelshare.networks import NetworkConfig, build_network
+from labelshare.config import NetworkConfig
+from labelshare.networks import build_network
 from labelshare.progress import Progress
-from labelshare.training import SliceBank, TrainConfig
+from labelshare.config import TrainConfig
+from labelshare.training import SliceBank
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--image-size", type=int, default=96)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     size = args.image_size
     names = ["old1", "old2", "old3", "new"]
     space = LabelSpace.build([TaskStatistics(name=n, labels={"a": 1, "b": 2, "c": 3}, n_slices=1, n_cases=1,

@@ -1,7 +1,7 @@
 """Make a task with more labels than n* from a real one: every structure is cut in two along the middle column of
 the bounding box of the task's first label (left/right half in image columns), so K labels become 2K.
 
-    python docs/incremental/split_task.py ../shared/data/sunnybrook_lv OUT_DIR   # OUT_DIR outside the repository
+    labelshare-bench split-task ../shared/data/sunnybrook_lv OUT_DIR   # OUT_DIR outside the repository
 
 Used by run_experiments.sh (into a temporary folder) to exercise head expansion.
 """
@@ -48,5 +48,10 @@ def split_task(source: Path, target: Path) -> Path:
     return target
 
 
+def main(argv: list[str] | None = None) -> None:
+    source, target = (sys.argv[1:] if argv is None else argv)[:2]
+    split_task(Path(source), Path(target))
+
+
 if __name__ == "__main__":
-    split_task(Path(sys.argv[1]), Path(sys.argv[2]))
+    main()

@@ -1,6 +1,6 @@
 """The benchmark of the paper's comparison: per-task models, multi-channel, DoD-Net and label sharing (+ fixes).
 
-``labelshare benchmark --task NAME=DIR ... --methods per-task,label-sharing,... --out DIR`` trains every method on
+``labelshare-bench methods --task NAME=DIR ... --methods per-task,label-sharing,... --out DIR`` trains every method on
 the same patient-wise split with the same backbone, preprocessing, augmentation and budget, evaluates the same
 validation cases at native resolution, and writes a markdown table, a CSV, a bar chart and the exact command.
 
@@ -25,10 +25,12 @@ Resume (``--resume``): finished model folders are reused, an interrupted trainin
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import math
 import shlex
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -40,18 +42,20 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .errors import LabelShareError
-from .evaluation import nanmean
-from .fileio import atomic_path, atomic_write_json, atomic_write_text, now_iso, read_json, staging_dir_for
-from .inference import Segmenter
-from .labelspace import LabelSpace, compute_statistics, parse_group, statistics_of
-from .metrics import dice_per_label
-from .models import environment_summary, load_model, verify_folder
-from .networks import build_network, count_parameters
-from .pipeline import make_split, open_tasks, train
-from .progress import Progress
-from .tasks import TaskDataset, choose_slicing_axis
-from .training import TrainConfig
+from labelshare.config import TrainConfig
+from labelshare.errors import LabelShareError
+from labelshare.fileio import atomic_path, atomic_write_json, atomic_write_text, now_iso, read_json
+from labelshare.inference import Segmenter
+from labelshare.labelspace import LabelSpace, compute_statistics, parse_group, statistics_of
+from labelshare.metrics import dice_per_label
+from labelshare.modelfolder import verify_folder
+from labelshare.models import environment_summary, load_model
+from labelshare.networks import build_network, count_parameters
+from labelshare.paths import staging_dir_for
+from labelshare.progress import Progress
+from labelshare.scores import nanmean
+from labelshare.tasks import TaskDataset, choose_slicing_axis
+from labelshare.training_run import make_split, open_tasks, train
 
 BENCHMARK_FORMAT = "labelshare.benchmark"
 JOINT_FOLDER = "all"
@@ -190,7 +194,6 @@ def run_benchmark(task_arguments: Sequence[tuple[str, Path]], methods: Sequence[
     result = BenchmarkResult(out=out, methods=results, tasks=list(tasks), spaces=spaces, split=split,
                              machine=describe_machine(settings.device), command=list(command), settings=settings)
     write_outputs(result)
-    progress.done(str(out / "results.md"), message=f"benchmark table written to {out / 'results.md'}")
     return result
 
 
@@ -278,7 +281,7 @@ def _train_unit(folder: Path, method: BenchmarkMethod, unit_tasks: list[str], fo
     folder.parent.mkdir(parents=True, exist_ok=True)
     return train([(t, folders[t]) for t in unit_tasks], _space_for(method, unit_tasks, spaces), folder,
                  settings.train_config(len(unit_tasks)), method=method.engine_method, resume=resume,
-                 progress=progress, command=list(command), split={t: split[t] for t in unit_tasks})
+                 progress=progress, command=list(command), split={t: split[t] for t in unit_tasks}).path
 
 
 # -- measurements -----------------------------------------------------------------------------------------------------
@@ -535,13 +538,45 @@ def write_chart(result: BenchmarkResult, path: Path) -> None:
         figure.savefig(tmp, dpi=110, format="png")
 
 
-def run_from_args(args, progress: Progress, command: Sequence[str]) -> BenchmarkResult:
-    """``labelshare benchmark``: the command-line entry (see :mod:`labelshare.cli`)."""
-    from .tasks import parse_task_argument
+def main(argv: list[str] | None = None) -> int:
+    """``labelshare-bench methods``: the command line of the method comparison."""
+    from labelshare.cli import EXIT_ERROR, EXIT_INTERRUPTED, task_arguments
+    from labelshare.errors import TrainingInterrupted
+    parser = argparse.ArgumentParser(prog="labelshare-bench methods", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", dest="tasks", action="append", required=True, metavar="NAME=DIR",
+                        help="a task: its name and nnU-Net raw folder (repeat for several tasks)")
+    parser.add_argument("--methods", default="per-task,multi-channel,dodnet,label-sharing",
+                        help=f"comma-separated, from: {', '.join(METHODS)}")
+    parser.add_argument("--out", required=True, type=Path, help="benchmark folder (models, table, chart)")
+    parser.add_argument("--group", action="append", default=[], metavar="TASK:LABEL=TASK:LABEL",
+                        help="label pairs of the grouped methods")
+    parser.add_argument("--steps-per-task", type=int, default=500,
+                        help="budget: a per-task model trains this many steps, a joint model of T tasks T times")
+    parser.add_argument("--resume", action="store_true", help="continue a half-finished benchmark in --out")
+    defaults = BenchmarkSettings()
+    for flag in ("steps_per_epoch", "batch_size", "image_size", "learning_rate", "validation_fraction", "seed",
+                 "device"):
+        value = getattr(defaults, flag)
+        parser.add_argument(f"--{flag.replace('_', '-')}", type=type(value), default=value,
+                            help="default: %(default)s")
+    parser.add_argument("--progress", choices=("human", "json", "quiet"), default="human")
+    args = parser.parse_args(argv)
+    progress = Progress(args.progress, min_interval_s=0.5 if args.progress == "human" else 0.0)
     settings = BenchmarkSettings(steps_per_task=args.steps_per_task, steps_per_epoch=args.steps_per_epoch,
                                  batch_size=args.batch_size, image_size=args.image_size,
                                  learning_rate=args.learning_rate, seed=args.seed,
                                  validation_fraction=args.validation_fraction, groups=list(args.group),
                                  device=args.device)
-    return run_benchmark([parse_task_argument(t) for t in args.tasks], parse_methods(args.methods), args.out,
-                         settings, resume=args.resume, progress=progress, command=command)
+    try:
+        result = run_benchmark(task_arguments(args), parse_methods(args.methods), args.out, settings,
+                               resume=args.resume, progress=progress, command=["labelshare-bench", "methods",
+                                                                               *(argv or sys.argv[2:])])
+    except TrainingInterrupted as error:
+        print(f"labelshare-bench: stopped: {error}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except LabelShareError as error:
+        print(f"labelshare-bench: error: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    progress.done(str(result.out / "results.md"), message=f"results written to {result.out / 'results.md'}")
+    return 0

@@ -5,8 +5,9 @@ Two kinds of job share one state machine (:class:`Job`):
 
 - :class:`ProcessJob`: one child process per job, e.g. ``python -m labelshare train ... --progress json``; the job
   ends when the process exits.
-- :class:`WorkerJob`: one request to a persistent ``labelshare worker`` (:class:`Worker`), which answers with the
-  same events tagged with the request id; the process outlives the job.
+- :class:`WorkerJob`: one request to a persistent ``labelshare worker`` child (:class:`WorkerProcess`; the engine's
+  side of it is ``labelshare.worker.WorkerServer``), which answers with the same events tagged with the request id;
+  the process outlives the job.
 
 States: ``preparing`` → ``running`` (the engine's ``stage``, e.g. "segmenting" or "training", is in
 :attr:`Job.stage`) → ``importing`` (the caller's ``import_result`` runs on the polling thread, which is Slicer's
@@ -39,6 +40,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from labelshare.config import DEVICES, parse_device
 from labelshare.errors import LabelShareError
 from labelshare.progress import parse_event
 
@@ -91,6 +93,16 @@ def child_environment(device: str = "auto", base: dict[str, str] | None = None) 
     if device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = "-1"
     return env
+
+
+def device_choice(text: str | None) -> str:
+    """A device word as one of the items the device combos offer (the engine's ``DEVICES``: auto, cuda, cpu):
+    ``gpu`` and ``GPU`` (older settings) are ``cuda``, ``cuda:N`` is offered as ``cuda``, anything else ``auto``."""
+    try:
+        device = parse_device(text or "auto")
+    except LabelShareError:
+        return "auto"
+    return device if device in DEVICES else "cuda"
 
 
 class ChildProcess:
@@ -207,9 +219,9 @@ class Job(abc.ABC):
         self.lines_added = 0  # lines ever added to the log (a GUI appends the ones it has not shown yet)
         self.started_s = time.monotonic()
         self.finished_s: float | None = None
+        self.error_event: dict | None = None
         self._import_result = import_result
         self._on_event = on_event
-        self._error_event: dict | None = None
 
     @abc.abstractmethod
     def poll(self, timeout: float = 0.0) -> JobState:
@@ -260,7 +272,9 @@ class Job(abc.ABC):
         self.lines_added += 1
         self.log.append(line if len(line) <= LOG_LINE_CHARACTERS else line[:LOG_LINE_CHARACTERS] + " …")
 
-    def _handle_event(self, event: dict) -> None:
+    # -- what the process side (ProcessJob.poll, WorkerProcess.pump) reports into the job ----------------------------
+    def handle_event(self, event: dict) -> None:
+        """Take in one protocol event of this job (progress, log, metrics, done, error)."""
         kind = event["event"]
         if kind == "progress":
             self.stage = str(event.get("stage") or self.stage)
@@ -274,10 +288,30 @@ class Job(abc.ABC):
             self.fraction = 1.0
             self.done_event = event
         elif kind == "error":
-            self._error_event = event
+            self.error_event = event
             self.add_log(f"error: {event.get('message', '')}")
         if self._on_event is not None:
             self._on_event(event)
+
+    @property
+    def reported(self) -> bool:
+        """The child sent this job's final event (``done`` or ``error``)."""
+        return self.done_event is not None or self.error_event is not None
+
+    def fail(self, reason: str) -> None:
+        """End the job as failed with the reason shown to the user (e.g. the child died)."""
+        self.error = reason
+        self.state = JobState.FAILED
+        self.finished_s = time.monotonic()
+
+    def mark_cancelled(self) -> None:
+        """End the job as cancelled (its process was stopped)."""
+        self.state = JobState.CANCELLED
+        self.finished_s = time.monotonic()
+
+    def last_lines(self, count: int = 3) -> str:
+        """The last lines of the log on one line, for a failure message."""
+        return " | ".join(list(self.log)[-count:])
 
     def _finish_reported(self) -> None:
         """End after the child's final event: import on success, fail on an error event.
@@ -293,24 +327,12 @@ class Job(abc.ABC):
                     self.result = self._import_result(self.done_event)
             except Exception as error:  # shown to the user; the traceback goes to the log for a bug report
                 self.add_log(traceback.format_exc())
-                self._fail(str(error) or type(error).__name__)
+                self.fail(str(error) or type(error).__name__)
                 return
             self.state = JobState.DONE
             self.finished_s = time.monotonic()
         else:
-            self._fail(str(self._error_event.get("message") or "failed without a message"))
-
-    def _fail(self, reason: str) -> None:
-        self.error = reason
-        self.state = JobState.FAILED
-        self.finished_s = time.monotonic()
-
-    def _cancelled(self) -> None:
-        self.state = JobState.CANCELLED
-        self.finished_s = time.monotonic()
-
-    def _last_lines(self, count: int = 3) -> str:
-        return " | ".join(list(self.log)[-count:])
+            self.fail(str(self.error_event.get("message") or "failed without a message"))
 
 
 class ProcessJob(Job):
@@ -335,7 +357,7 @@ class ProcessJob(Job):
         for stream, line in self.process.read(timeout):
             event = parse_event(line) if stream == "stdout" else None
             if event is not None:
-                self._handle_event(event)
+                self.handle_event(event)
             else:
                 self.add_log(line)
         if self._kill_deadline is not None and time.monotonic() > self._kill_deadline:
@@ -345,12 +367,12 @@ class ProcessJob(Job):
         if exit_code is None:
             return self.state
         if self._cancel_requested:
-            self._cancelled()
-        elif (exit_code == 0 and self.done_event is not None) or self._error_event is not None:
+            self.mark_cancelled()
+        elif (exit_code == 0 and self.done_event is not None) or self.error_event is not None:
             self._finish_reported()
         else:
-            self._fail(f"the engine process stopped unexpectedly (exit code {exit_code})"
-                       + (f": {self._last_lines()}" if self.log else ""))
+            self.fail(f"the engine process stopped unexpectedly (exit code {exit_code})"
+                      + (f": {self.last_lines()}" if self.log else ""))
         return self.state
 
     def cancel(self) -> None:
@@ -363,7 +385,7 @@ class ProcessJob(Job):
             self._kill_deadline = time.monotonic() + self.stop_grace_s
         else:
             self.process.kill()
-            self._cancelled()
+            self.mark_cancelled()
 
     @property
     def status_text(self) -> str:
@@ -372,8 +394,9 @@ class ProcessJob(Job):
         return super().status_text
 
 
-class Worker:
-    """A persistent ``labelshare worker`` child that serves one :class:`WorkerJob` at a time.
+class WorkerProcess:
+    """A persistent ``labelshare worker`` child (the engine's ``WorkerServer``) serving one :class:`WorkerJob` at a
+    time.
 
     It is started on the first :meth:`submit` and keeps its loaded models until :meth:`stop` (Cancel, another
     model or device, scene close, module cleanup). ``device`` is fixed for the life of the process because CPU
@@ -416,13 +439,13 @@ class Worker:
         try:
             self.process.send(json.dumps({**request, "id": job.request_id}))
         except OSError:
-            job._fail(self._stopped_reason())
+            job.fail(self._stopped_reason())
         return job
 
     def stop(self) -> None:
         """Kill the worker process tree; a request in progress ends cancelled."""
         if self.current is not None and not self.current.state.finished:
-            self.current._cancelled()
+            self.current.mark_cancelled()
         if self.process is not None:
             self.process.kill()
         self.process = None
@@ -438,26 +461,25 @@ class Worker:
             elif self.current is None or self.current.state.finished:  # between requests: Slicer's log
                 logging.info("LabelShare worker: %s", line)
             elif event is not None and event.get("request") == self.current.request_id:
-                self.current._handle_event(event)  # may cancel the job, which stops this worker
+                self.current.handle_event(event)  # may cancel the job, which stops this worker
             else:
                 self.current.add_log(line)
         if self.process is not None and self.process.exit_code is not None:
-            if self.current is not None and not self.current.state.finished \
-                    and self.current.done_event is None and self.current._error_event is None:
-                self.current._fail(self._stopped_reason())
+            if self.current is not None and not self.current.state.finished and not self.current.reported:
+                self.current.fail(self._stopped_reason())
             logging.info("LabelShare worker exited with code %s", self.process.exit_code)
             self.process = None
 
     def _stopped_reason(self) -> str:
         code = self.process.exit_code if self.process is not None else None
-        lines = self.current._last_lines() if self.current is not None and self.current.log else ""
+        lines = self.current.last_lines() if self.current is not None and self.current.log else ""
         return (f"the LabelShare worker stopped unexpectedly (exit code {code})" + (f": {lines}" if lines else ""))
 
 
 class WorkerJob(Job):
-    """One request to a :class:`Worker`; cancelling it stops the worker (the only way to interrupt torch)."""
+    """One request to a :class:`WorkerProcess`; cancelling it stops the worker (the only way to interrupt torch)."""
 
-    def __init__(self, worker: Worker, request_id: str, **job_options):
+    def __init__(self, worker: WorkerProcess, request_id: str, **job_options):
         super().__init__(**job_options)
         self.worker = worker
         self.request_id = request_id
@@ -466,7 +488,7 @@ class WorkerJob(Job):
         if self.state.finished:
             return self.state
         self.worker.pump(timeout)
-        if not self.state.finished and (self.done_event is not None or self._error_event is not None):
+        if not self.state.finished and self.reported:
             self._finish_reported()
         return self.state
 

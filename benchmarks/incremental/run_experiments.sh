@@ -2,11 +2,11 @@
 # The incremental-learning experiments of docs/incremental/README.md, reduced CPU configuration (96x96 input,
 # batch 16, 100 steps per epoch, learning rate 2e-3, seed 0; 500 steps per task in a model), one run at a time.
 #
-#   docs/incremental/run_experiments.sh DATA_DIR RUNS_DIR [EXPERIMENT ...]
+#   benchmarks/incremental/run_experiments.sh DATA_DIR RUNS_DIR [EXPERIMENT ...]
 #
 # DATA_DIR holds the shared tasks (msd_hippocampus, acdc_cardiac, ddsm_mammo_tissue, sunnybrook_lv); every model
 # goes to RUNS_DIR/<name>, its log to RUNS_DIR/<name>.log and its wall-clock seconds to RUNS_DIR/wallclock.tsv.
-# Finished runs are skipped, so the script can be repeated. Then: python docs/incremental/summarize.py RUNS_DIR
+# Finished runs are skipped, so the script can be repeated. Then: labelshare-bench incremental-summary RUNS_DIR
 set -euo pipefail
 DATA=$(realpath "$1"); RUNS=$2; shift 2
 mkdir -p "$RUNS"
@@ -54,7 +54,7 @@ experiment() {
                               --distill-weight 1 --learning-rate 1e-3 ;;
     expansion)  # a 4-label task (n* of the base is 3), made in a temporary folder from Sunnybrook
       local split; split=$(mktemp -d)/sunnybrook4
-      python "$(dirname "$0")/split_task.py" "$DATA/sunnybrook_lv" "$split"
+      labelshare-bench split-task "$DATA/sunnybrook_lv" "$split"
       add add-sunnybrook4 --task "sunnybrook4=$split" --strategy overlap --replay-cases all ;;
     *) echo "unknown experiment $1" >&2; exit 2 ;;
   esac

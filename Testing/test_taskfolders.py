@@ -1,4 +1,4 @@
-"""The task-folder writer (labelshare.collection): everything it writes reads back through TaskDataset."""
+"""The task-folder writer (labelshare.taskfolders): everything it writes reads back through TaskDataset."""
 
 from __future__ import annotations
 
@@ -12,10 +12,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from labelshare import collection as collection_module
-from labelshare.collection import (PENDING_FILE, TRASH_DIR, DuplicateCaseError, TaskCollection, copy_task,
-                                   create_task, image_fingerprint, list_task_folders, map_segments,
-                                   merge_label_masks)
+from labelshare import taskfolders
+from labelshare.taskfolders import (PENDING_FILE, TRASH_DIR, DuplicateCaseError, TaskCollection, copy_task,
+                                    create_task, image_fingerprint, list_task_folders)
 from labelshare.errors import DataError
 from labelshare.tasks import TaskDataset
 
@@ -153,7 +152,7 @@ def test_failure_between_image_and_label_leaves_the_dataset_consistent(liver, mo
     image, label = oblique_case()
     liver.add_case(image, label, name="good")
     before = (liver.root / "dataset.json").read_text()
-    real_write = collection_module.write_image_atomic
+    real_write = taskfolders.write_image_atomic
     calls = []
 
     def fail_on_label(image_to_write, target, **options):
@@ -162,7 +161,7 @@ def test_failure_between_image_and_label_leaves_the_dataset_consistent(liver, mo
             raise OSError("disk full (injected)")
         return real_write(image_to_write, target, **options)
 
-    monkeypatch.setattr(collection_module, "write_image_atomic", fail_on_label)
+    monkeypatch.setattr(taskfolders, "write_image_atomic", fail_on_label)
     other, other_label = oblique_case(seed=3)
     with pytest.raises(OSError, match="injected"):
         liver.add_case(other, other_label, name="bad")
@@ -181,7 +180,7 @@ def test_crash_between_image_and_label_is_undone_on_next_open(liver):
     liver.add_case(image, label, name="good")
     script = textwrap.dedent(f"""
         import os, numpy as np, SimpleITK as sitk
-        from labelshare import collection as c
+        from labelshare import taskfolders as c
         real = c.write_image_atomic
         def crash(image, target, **options):
             if "labelsTr" in str(target):
@@ -244,8 +243,8 @@ def test_existing_nnunet_folder_is_listed_and_extended(tmp_path, synthetic_tasks
 def test_files_of_unrecorded_cases_are_read_once_per_session(tmp_path, synthetic_tasks, monkeypatch):
     phantom = shutil.copytree(synthetic_tasks["phantom3d"], tmp_path / "ws" / "phantom3d")
     reads = []
-    original = collection_module.read_image
-    monkeypatch.setattr(collection_module, "read_image",
+    original = taskfolders.read_image
+    monkeypatch.setattr(taskfolders, "read_image",
                         lambda path, *args, **options: reads.append(path) or original(path, *args, **options))
     task = TaskCollection.open(phantom)
     first = task.cases()
@@ -276,40 +275,3 @@ def test_copied_task_is_extended_without_touching_its_source(tmp_path, synthetic
     assert after == before, "the source folder is never written"
     with pytest.raises(DataError, match="already exists"):
         copy_task(source, tmp_path / "workspace", "sides3d")
-
-
-def test_segments_map_to_labels_by_name_ignoring_case_and_separators():
-    mapping = map_segments(["liver", "TUMOUR", "Ruler", "tumour 2"], ["Liver", "tumour", "vessel"])
-    assert mapping.assignments == {"liver": "Liver", "TUMOUR": "tumour"}
-    assert mapping.unmatched == ["Ruler", "tumour 2"] and mapping.missing == ["vessel"]
-    chosen = map_segments(["liver", "TUMOUR", "Ruler", "tumour 2"], ["Liver", "tumour", "vessel"],
-                          {"Ruler": None, "tumour 2": "tumour"})
-    assert chosen.assignments == {"liver": "Liver", "TUMOUR": "tumour", "tumour 2": "tumour"}
-    assert chosen.unmatched == [] and chosen.skipped == ["Ruler"] and chosen.missing == ["vessel"]
-    assert map_segments(["LV-cavity"], ["lv_cavity"]).assignments == {"LV-cavity": "lv_cavity"}
-    with pytest.raises(DataError, match="not a label"):
-        map_segments(["x"], ["a"], {"x": "b"})
-
-
-def test_overlapping_segments_smaller_structure_wins():
-    shape = (4, 10, 10)
-    organ = np.zeros(shape, bool)
-    organ[:, 1:9, 1:9] = True
-    lesion = np.zeros(shape, bool)
-    lesion[1:3, 4:6, 4:6] = True
-    lesion_part_two = np.zeros(shape, bool)
-    lesion_part_two[0, 0, 0] = True
-    label, overlaps = merge_label_masks([(2, lesion), (1, organ), (2, lesion_part_two)], shape)
-    assert label.dtype == np.uint8
-    assert (label == 2).sum() == lesion.sum() + 1, "same-label segments are united and the lesion wins"
-    assert (label == 1).sum() == organ.sum() - lesion.sum()
-    assert overlaps == {(2, 1): int(lesion.sum())}
-    tie_a, tie_b = np.zeros(shape, bool), np.zeros(shape, bool)
-    tie_a[0, :2, :2] = True
-    tie_b[0, 1:3, 1:3] = True
-    tied, tie_overlaps = merge_label_masks([(3, tie_a), (5, tie_b)])
-    assert tied[0, 1, 1] == 5 and tie_overlaps == {(5, 3): 1}, "equal sizes: the higher id wins"
-    empty, none = merge_label_masks([], shape)
-    assert empty.shape == shape and not empty.any() and none == {}
-    wide, _ = merge_label_masks([(300, tie_a)])
-    assert wide.dtype == np.uint16 and wide.max() == 300

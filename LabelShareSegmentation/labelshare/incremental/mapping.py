@@ -1,0 +1,165 @@
+"""Label mapping of a task added to a model: each of its labels gets a shared label, keeping both constraints of
+the paper (a task label maps to exactly one shared label; a shared label holds at most one label of each task).
+
+Strategies: ``size`` (the paper: the k-th largest label goes to shared label k) and ``overlap`` (the current model
+segments the new task's training images; each label goes to the shared label whose prediction overlaps it most, as
+Dice, by an optimal one-to-one assignment; a label whose best overlap is below :data:`MIN_OVERLAP_DICE` takes the
+lowest free shared label in size order, or a new one). ``--map LABEL=SHARED`` pins labels by hand and the strategy
+places the rest. Old mappings never change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+
+from ..config import STRATEGIES
+from ..errors import LabelSpaceError
+from ..labelspace import LabelSpace, TaskStatistics
+from ..tasks import TaskDataset
+from ..training import resize_slices
+
+MIN_OVERLAP_DICE = 0.1  # below this a label's best overlap is noise, not a structure the model already finds
+OVERLAP_CASES = 50  # training cases of the new task segmented for the overlap strategy (spread over patients)
+
+
+@dataclass
+class LabelMapping:
+    """The shared label of every label of a task being added, and why it went there."""
+
+    task: str
+    strategy: str
+    shared: dict[str, int]
+    reasons: dict[str, str]
+    overlap: dict[str, list[float]] | None = None  # label -> Dice with the prediction of shared label 1..n*
+
+    def to_json(self) -> dict:
+        return {"task": self.task, "strategy": self.strategy, "shared": self.shared, "reasons": self.reasons,
+                **({"overlap_dice": self.overlap} if self.overlap is not None else {})}
+
+
+def parse_pins(texts: Sequence[str], stats: TaskStatistics, space: LabelSpace) -> dict[str, int]:
+    """``--map LABEL=SHARED`` arguments -> {label: shared label}; SHARED is a number or ``TASK:LABEL`` of the model."""
+    pins: dict[str, int] = {}
+    limit = space.n_shared + len(stats.labels)
+    for text in texts:
+        label, sep, target = (part.strip() for part in text.partition("="))
+        if not sep or not label or not target:
+            raise LabelSpaceError(f"--map '{text}': use LABEL=SHARED (a shared label number or TASK:LABEL)")
+        if label not in stats.labels:
+            raise LabelSpaceError(f"--map '{text}': task '{stats.name}' has no label '{label}' "
+                                  f"(labels: {', '.join(stats.labels)})")
+        if label in pins:
+            raise LabelSpaceError(f"--map '{text}': label '{label}' is mapped twice")
+        if ":" in target:
+            other_task, _, other_label = target.partition(":")
+            shared = space.task(other_task).label(other_label).shared
+        else:
+            try:
+                shared = int(target)
+            except ValueError:
+                raise LabelSpaceError(f"--map '{text}': '{target}' is neither a shared label number nor "
+                                      "TASK:LABEL") from None
+            if not 1 <= shared <= limit:
+                raise LabelSpaceError(f"--map '{text}': shared label must be 1..{limit} (n* = {space.n_shared}; "
+                                      "numbers above n* add shared labels)")
+        if shared in pins.values():
+            taken = next(name for name, value in pins.items() if value == shared)
+            raise LabelSpaceError(f"--map '{text}': shared label {shared} already holds '{taken}'; a shared label "
+                                  "holds at most one label of a task")
+        pins[label] = shared
+    return pins
+
+
+def map_labels(space: LabelSpace, stats: TaskStatistics, strategy: str, pins: Mapping[str, int] | None = None,
+               overlap: np.ndarray | None = None) -> LabelMapping:
+    """Shared labels for a new task: explicit pins first, then the strategy.
+
+    ``overlap`` (for ``overlap``): Dice between each label of the task (rows, in ``stats.labels`` order) and the
+    prediction of every output channel (columns 0..n*, 0 = background), from :func:`measure_overlap`.
+    """
+    if strategy not in STRATEGIES:
+        raise LabelSpaceError(f"unknown mapping strategy '{strategy}'; known: {', '.join(STRATEGIES)}")
+    if stats.name in space.tasks:
+        raise LabelSpaceError(f"task '{stats.name}' is already in the model; its mapping stays as it is")
+    assigned = dict(pins or {})
+    reasons = {label: "explicit (--map)" for label in assigned}
+    members = space.shared_members()
+    names = list(stats.labels)
+    overlap_json = None
+    if strategy == "overlap":
+        if overlap is None or overlap.shape != (len(names), space.n_shared + 1):
+            raise ValueError("the overlap strategy needs the Dice of every label with every output channel")
+        overlap_json = {label: [round(float(v), 4) for v in overlap[i, 1:]] for i, label in enumerate(names)}
+        rows = [i for i, label in enumerate(names) if label not in assigned]
+        free = [k for k in range(1, space.n_shared + 1) if k not in assigned.values()]
+        if rows and free:
+            scores = overlap[np.ix_(rows, free)]
+            for r, c in zip(*linear_sum_assignment(scores, maximize=True), strict=True):
+                if scores[r, c] >= MIN_OVERLAP_DICE:
+                    label, shared = names[rows[r]], free[c]
+                    assigned[label] = shared
+                    holders = ", ".join(f"{t}:{n}" for t, n in members[shared - 1].items())
+                    reasons[label] = f"overlap: Dice {scores[r, c]:.2f} with the prediction of shared label {shared} " \
+                                     f"({holders})"
+    used = set(assigned.values())
+    slot = 1
+    for rank, label in enumerate(stats.size_order(), start=1):
+        if label in assigned:
+            continue
+        while slot in used:
+            slot += 1
+        assigned[label] = slot
+        used.add(slot)
+        reasons[label] = (f"size rank {rank}" if strategy == "size" else
+                          f"{_unmatched(overlap[names.index(label)], assigned, label)}; size rank {rank}") + \
+            (f", next free shared label {slot}" if slot <= space.n_shared else f", new shared label {slot}")
+    added = sorted(k for k in used if k > space.n_shared)
+    if added != list(range(space.n_shared + 1, space.n_shared + 1 + len(added))):
+        raise LabelSpaceError(f"--map: new shared labels must follow n* = {space.n_shared} without gaps "
+                              f"(got {', '.join(map(str, added))})")
+    strategy_used = "explicit" if pins and len(pins) == len(names) else strategy
+    return LabelMapping(task=stats.name, strategy=strategy_used, shared={n: assigned[n] for n in names},
+                        reasons={n: reasons[n] for n in names}, overlap=overlap_json)
+
+
+def _unmatched(overlap_row: np.ndarray, assigned: Mapping[str, int], label: str) -> str:
+    """Why the overlap strategy did not place a label: its best overlap is too small or went to another label."""
+    best = int(np.argmax(overlap_row[1:])) + 1
+    holder = next((other for other, shared in assigned.items() if shared == best and other != label), None)
+    if overlap_row[best] >= MIN_OVERLAP_DICE and holder is not None:
+        return f"its best overlap, shared label {best} (Dice {overlap_row[best]:.2f}), went to {holder}"
+    return f"no overlap of Dice >= {MIN_OVERLAP_DICE} (best {overlap_row[best]:.2f}, shared label {best})"
+
+
+@torch.no_grad()
+def measure_overlap(network: torch.nn.Module, device: torch.device, task: TaskDataset, case_names: Sequence[str],
+                    image_size: int, task_index: int, batch_size: int = 32) -> np.ndarray:
+    """Dice between each label of ``task`` and the prediction (argmax over all output channels) of each channel,
+    over the given cases at training resolution: array (labels in ``task.labels`` order, channels)."""
+    network.eval()
+    label_ids = list(task.labels.values())
+    lut = torch.zeros(max(label_ids) + 1, dtype=torch.int64)
+    for position, label_id in enumerate(label_ids, start=1):
+        lut[label_id] = position
+    counts = None
+    for case in task.iter_cases(case_names):
+        images, labels = resize_slices(case.image, case.label, image_size)
+        labels = lut[labels]
+        for start in range(0, images.shape[0], batch_size):
+            batch = images[start: start + batch_size].to(device)
+            index = torch.full((batch.shape[0],), task_index, device=device)
+            logits = network(batch, index)
+            channels = logits.shape[1]
+            pairs = labels[start: start + batch_size] * channels + logits.max(dim=1).indices.cpu()
+            found = torch.bincount(pairs.flatten(), minlength=(len(label_ids) + 1) * channels)
+            found = found.reshape(len(label_ids) + 1, channels)
+            counts = found if counts is None else counts + found
+    counts = counts.double()
+    label_pixels = counts[1:].sum(dim=1, keepdim=True)
+    predicted_pixels = counts.sum(dim=0, keepdim=True)
+    return (2 * counts[1:] / (label_pixels + predicted_pixels).clamp_min(1)).numpy()

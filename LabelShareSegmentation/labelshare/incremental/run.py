@@ -1,0 +1,279 @@
+"""``add_task``: teach a trained label-sharing model a new task (or more cases of one of its tasks) and publish the
+new version behind the regression gate. The steps live in :mod:`.mapping`, :mod:`.trainer` and :mod:`.gate`."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from ..config import ADDABLE_METHODS, AddTaskConfig, TrainConfig
+from ..errors import LabelShareError, LabelSpaceError, ModelError, TrainingInterrupted, UnknownTaskError
+from ..fileio import read_json, sha256_file
+from ..forgetting import ForgettingReport
+from ..labelspace import LabelSpace, compute_statistics
+from ..modelfolder import ModelConfig, verify_folder
+from ..models import Model, load_model, resolve_device
+from ..networks import expand_output_channels, expand_task_inputs
+from ..paths import candidate_dir_for, recorded_task_folders, refused_report_paths
+from ..progress import Progress
+from ..tasks import TaskDataset, split_by_patient
+from ..training import StopRequest
+from ..training_run import TrainingResult, run_training
+from .gate import apply_gate
+from .mapping import OVERLAP_CASES, map_labels, measure_overlap, parse_pins
+from .trainer import DISTILL_TEMPERATURE, IncrementalTrainer, spread_cases
+
+
+@dataclass
+class AddTaskResult:
+    """A published version: its folder, the forgetting report and its validation metrics (``metrics.json``)."""
+
+    path: Path
+    report: ForgettingReport
+    metrics: dict
+
+    @property
+    def summary(self) -> str:
+        worst = self.report.worst()
+        if worst is None:
+            return "no old task was evaluated"
+        return f"largest change {100 * worst[1]['change']:+.1f} Dice points on '{worst[0]}'"
+
+
+class _Part(Progress):
+    """One part of add-task as seen by the command's progress: fractions mapped into [start, end], and a
+    SIGINT/SIGTERM received outside the training loop (which handles its own) turned into
+    :class:`TrainingInterrupted` at the next event."""
+
+    def __init__(self, outer: Progress, start: float, end: float, stop: StopRequest):
+        super().__init__("quiet")
+        self.outer, self.start, self.end, self.stop = outer, start, end, stop
+
+    def emit(self, event: str, **fields) -> None:
+        if self.stop.signal_number is not None:
+            raise TrainingInterrupted("stopped by signal; repeat the command with --resume to continue")
+        if event == "progress":
+            fields["fraction"] = self.start + (self.end - self.start) * fields.get("fraction", 0.0)
+        self.outer.emit(event, **fields)
+
+
+def add_task(model: str | Path, task: tuple[str, str | Path], out: str | Path, config: AddTaskConfig | None = None,
+             *, replay_tasks: Sequence[tuple[str, str | Path]] = (), resume: bool = False,
+             progress: Progress | None = None, command: Sequence[str] | None = None) -> AddTaskResult:
+    """Add ``task`` (name, nnU-Net folder) to the model folder ``model`` and publish the result as ``out``; a task
+    the model already has is updated with the folder's cases instead. Raises
+    :class:`~labelshare.incremental.gate.RegressionRefused` when the gate refuses (nothing at ``out``; report
+    beside it).
+
+    >>> add_task("models/v1", ("sunnybrook", "data/sunnybrook"), "models/v2",
+    ...          replay_tasks=[("acdc", "data/acdc"), ("hippo", "data/hippo")])   # doctest: +SKIP
+    """
+    config = config or AddTaskConfig()
+    config.check()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise LabelShareError("add-task runs in one process on one device; start it without torchrun")
+    progress = progress or Progress("human")
+    old_path, out = Path(model), Path(out)
+    name, folder = task
+    if out.exists():
+        raise LabelShareError(f"{out}: already exists; model versions are never overwritten, choose a new --out")
+    candidate = candidate_dir_for(out)
+    with StopRequest() as stop:
+        progress.progress("mapping", 0.0, f"reading {old_path.name}")
+        old = load_model(old_path, device=config.device)
+        if old.config.method not in ADDABLE_METHODS:
+            raise ModelError(f"{old_path}: add-task extends label-sharing models; this is a {old.config.method} "
+                             "model")
+        train_config = _train_config(old, config)
+        update = name in old.labelspace.tasks
+        if update and config.label_map:
+            raise LabelSpaceError(f"--map: task '{name}' is already in {old_path.name}; its mapping stays as it is")
+        new_task = TaskDataset.open(folder, name)
+        old_folders = _old_task_folders(old, replay_tasks, name)
+        tasks = {t: (new_task if t == name else TaskDataset.open(old_folders[t], t))
+                 for t in dict.fromkeys([*old.labelspace.tasks, name])}  # old order; an added task last
+        _check_old_labels(old, tasks, name)
+        split = _split(old, tasks, name, train_config)
+        replay = {t: spread_cases(tasks[t], split[t]["train"], config.replay_cases, config.seed)
+                  for t in old.labelspace.tasks if t != name}
+        distill_weight = config.distill_weight
+        if distill_weight > 0 and not any(replay.values()):
+            progress.log("no old slices are replayed, so there is nothing to distil on: distillation is off")
+            distill_weight = 0.0
+        request = _json_round_trip({
+            "parent": old_path.name, "parent_manifest_sha256": sha256_file(old_path / "manifest.json"),
+            "task": name, "task_folder": str(Path(folder).resolve()), "strategy": config.strategy,
+            "map": list(config.label_map),
+            "replay_cases": "all" if config.replay_cases is None else config.replay_cases,
+            "distill_weight": distill_weight, "old_task_folders": {t: str(p.resolve()) for t, p in old_folders.items()},
+            "train": {k: v for k, v in train_config.to_json().items() if k != "device"}})
+        if candidate.exists():
+            trained = _existing_candidate(candidate, out, request, resume or config.accept_regression)
+            progress.log(f"{candidate}: trained earlier by the same command; checking it again")
+        else:
+            space, network, mapping = _prepare(old, new_task, split, config.strategy, config.label_map, update,
+                                               train_config, _Part(progress, 0.0, 0.05, stop))
+            progress.metrics("mapping", task=name, strategy=mapping["strategy"], shared=mapping["shared"],
+                             n_shared=space.n_shared, message=f"{name}: " + "; ".join(
+                                 f"{label} -> shared {k} ({mapping['reasons'][label]})"
+                                 for label, k in mapping["shared"].items()))
+            method = "label-sharing" if old.config.method == "per-task" else old.config.method
+            model_config = ModelConfig(method=method, layout="shared", network=copy.deepcopy(network.config),
+                                       preprocessing=copy.deepcopy(old.config.preprocessing),
+                                       weights_dtype=old.config.weights_dtype)
+            lineage = {"parent": old_path.name, "parent_manifest_sha256": request["parent_manifest_sha256"],
+                       "operation": "update-task" if update else "add-task",
+                       "tasks_added": [] if update else [name], "task": name, "mapping": mapping,
+                       "replay": {"cases_per_task": request["replay_cases"], "exemplars": replay},
+                       "distillation": {"weight": distill_weight, "temperature": DISTILL_TEMPERATURE},
+                       "task_folders": {t: str(tasks[t].root.resolve()) for t in space.task_names},
+                       "request": request}
+            ordered = {t: tasks[t] for t in space.task_names}
+            trained = run_training(ordered, space, model_config, candidate, train_config,
+                                   _Part(progress, 0.05, 0.9, stop), resume=resume, command=command,
+                                   lineage=lineage, initial_network=network, trainer_class=IncrementalTrainer,
+                                   split=split, trainer_options={"replay": replay, "teacher": old.network,
+                                                                 "distill_weight": distill_weight})
+        published, report = apply_gate(old, trained, out, tasks, name, "update-task" if update else "add-task",
+                                       config.max_regression, config.accept_regression,
+                                       _Part(progress, 0.9, 0.99, stop))
+        return AddTaskResult(path=published, report=report, metrics=trained.metrics)
+
+
+def _train_config(old: Model, config: AddTaskConfig) -> TrainConfig:
+    """The old model's training settings (image size, augmentation, precision) with the new budget."""
+    recorded = old.read_json("training.json", {}) or {}
+    known = set(TrainConfig.__dataclass_fields__)
+    train_config = TrainConfig(**{k: v for k, v in recorded.items() if k in known})
+    train_config.image_size = old.config.preprocessing.image_size
+    train_config.weights_dtype = old.config.weights_dtype
+    train_config.epochs, train_config.steps_per_epoch = config.epochs, config.steps_per_epoch
+    train_config.batch_size, train_config.learning_rate = config.batch_size, config.learning_rate
+    train_config.seed, train_config.device = config.seed, config.device
+    train_config.check()
+    return train_config
+
+
+def _old_task_folders(old: Model, given: Sequence[tuple[str, str | Path]], task: str) -> dict[str, Path]:
+    """Folder of every old task except ``task``: ``--replay-task`` first, else the model's lineage."""
+    folders: dict[str, Path] = {}
+    for name, folder in given:
+        if name not in old.labelspace.tasks:
+            raise UnknownTaskError(name, old.labelspace.task_names)
+        if name == task:
+            raise LabelShareError(f"--replay-task {name}: that is the task given with --task")
+        if name in folders:
+            raise LabelShareError(f"--replay-task {name}: given twice")
+        folders[name] = Path(folder)
+    recorded = recorded_task_folders(old.path)
+    missing = []
+    for name in old.labelspace.task_names:
+        if name == task or name in folders:
+            continue
+        if name in recorded:
+            folders[name] = recorded[name]
+        else:
+            missing.append(name)
+    if missing:
+        raise LabelShareError(f"{old.path}: give the folder of old task(s) {', '.join(missing)} with --replay-task "
+                              f"{missing[0]}=DIR (needed for replay and for the forgetting report)")
+    return folders
+
+
+def _check_old_labels(old: Model, tasks: Mapping[str, TaskDataset], task: str) -> None:
+    for name, dataset in tasks.items():
+        if name not in old.labelspace.tasks:
+            continue
+        expected = {e.name: e.id for e in old.labelspace.task(name).labels}
+        if dataset.labels != expected:
+            hint = "; add it under a new task name instead" if name == task else ""
+            raise LabelShareError(f"{dataset.root / 'dataset.json'}: labels {dataset.labels} differ from task "
+                                  f"'{name}' of {old.path.name} {expected}{hint}")
+
+
+def _split(old: Model, tasks: Mapping[str, TaskDataset], task: str, config: TrainConfig) -> dict[str, dict]:
+    """The old model's split for its tasks; cases it has not seen are split by patient (a patient it has seen
+    stays on its side). Validation cases of the old split must still be in the folders."""
+    recorded = (old.read_json("split.json", {}) or {}).get("tasks")
+    if not isinstance(recorded, dict):
+        raise ModelError(f"{old.path / 'split.json'}: missing or malformed; add-task needs the old validation split")
+    split = {}
+    for name, dataset in tasks.items():
+        present = {case.name for case in dataset.cases}
+        old_split = recorded.get(name, {"train": [], "validation": []})
+        lost = [c for c in old_split["validation"] if c not in present]
+        if lost and name != task:
+            raise LabelShareError(f"{dataset.root}: validation case '{lost[0]}' of task '{name}' in {old.path.name} "
+                                  "is missing; is this the folder the model was trained on?")
+        train = [c for c in old_split["train"] if c in present]
+        validation = [c for c in old_split["validation"] if c in present]
+        if name == task:
+            known = set(train) | set(validation)
+            side = {dataset.case(c).patient: "validation" for c in validation}
+            side.update({dataset.case(c).patient: "train" for c in train})
+            unseen = [case for case in dataset.cases if case.name not in known]
+            fresh = [case for case in unseen if case.patient not in side]
+            fresh_train, fresh_validation = (split_by_patient(fresh, config.validation_fraction, config.seed)
+                                             if fresh else ([], []))
+            train += [c.name for c in unseen if side.get(c.patient) == "train"] + fresh_train
+            validation += [c.name for c in unseen if side.get(c.patient) == "validation"] + fresh_validation
+        split[name] = {"train": train, "validation": validation}
+    return split
+
+
+def _prepare(old: Model, new_task: TaskDataset, split: Mapping[str, Mapping[str, list[str]]], strategy: str,
+             label_map: Sequence[str], update: bool, config: TrainConfig, progress: Progress
+             ) -> tuple[LabelSpace, torch.nn.Module, dict]:
+    """The new label space, the network to start from (old weights, expanded) and the mapping record."""
+    name = new_task.name
+    progress.progress("mapping", 0.1, f"{name}: label statistics of {len(split[name]['train'])} training cases")
+    stats = compute_statistics(new_task, split[name]["train"])
+    network = copy.deepcopy(old.network)
+    if update:
+        entry = old.labelspace.task(name)
+        shared = {label.name: label.shared for label in entry.labels}
+        space = old.labelspace.with_task(stats, shared, entry.strategy)
+        return space, network, {"task": name, "strategy": entry.strategy, "shared": shared,
+                                "reasons": {label: "unchanged (update of an existing task)" for label in shared}}
+    expand_task_inputs(network, len(old.labelspace.tasks) + 1)
+    pins = parse_pins(label_map, stats, old.labelspace)
+    overlap = None
+    if strategy == "overlap" and len(pins) < len(stats.labels):
+        cases = spread_cases(new_task, split[name]["train"], OVERLAP_CASES, config.seed)
+        progress.progress("mapping", 0.5, f"{name}: segmenting {len(cases)} training cases with {old.path.name}")
+        overlap = measure_overlap(network, resolve_device(config.device), new_task, cases, config.image_size,
+                                  task_index=len(old.labelspace.tasks))
+    mapping = map_labels(old.labelspace, stats, "overlap" if overlap is not None else "size", pins, overlap)
+    space = old.labelspace.with_task(stats, mapping.shared, mapping.strategy)
+    expand_output_channels(network, space.n_shared + 1)
+    progress.progress("mapping", 1.0, f"{name}: mapped by {mapping.strategy}; n* = {space.n_shared}")
+    return space, network, mapping.to_json()
+
+
+def _json_round_trip(data: dict) -> dict:
+    return json.loads(json.dumps(data))
+
+
+def _existing_candidate(candidate: Path, out: Path, request: dict, reuse: bool) -> TrainingResult:
+    """A candidate trained earlier by the same command, as a :class:`TrainingResult` read from its folder."""
+    try:
+        verify_folder(candidate)
+    except ModelError as error:
+        raise LabelShareError(f"{candidate}: the unpublished version of {out.name} is damaged ({error}); delete "
+                              "the folder to train again") from None
+    lineage = read_json(candidate / "lineage.json")
+    if lineage.get("request") != request:
+        raise LabelShareError(f"{candidate}: an unpublished version of {out.name} trained with other settings is "
+                              "there; delete the folder or choose another --out")
+    if not reuse:
+        raise LabelShareError(f"{candidate}: {out.name} was trained but not published (report: "
+                              f"{refused_report_paths(out)[1]}); add --accept-regression to publish it, --resume to "
+                              "check it again, or delete the folder to train again")
+    return TrainingResult(path=candidate, metrics=read_json(candidate / "metrics.json"),
+                          split=read_json(candidate / "split.json")["tasks"], data=lineage["data"])

@@ -1,0 +1,265 @@
+"""The model folder format: what a model version holds, its configuration, its manifest, checks, listing and the
+state of a run that builds one. Light (no torch): the Slicer modules list and verify models with it in Slicer's own
+process; loading the network is :mod:`labelshare.models`.
+
+A model folder (one immutable *version*)::
+
+    model.safetensors     network weights (safetensors: loading never unpickles anything)
+    config.json           format, method, output layout, network and preprocessing configuration
+    labelspace.json       the shared label space (tasks, labels, statistics, mapping both ways)
+    manifest.json         sha256 of every other file; a folder that does not match is refused
+    split.json            patient-wise training/validation split per task
+    metrics.json          validation Dice/HD95 per task and label
+    training_log.jsonl    one JSON object per epoch
+    lineage.json          parent model, tasks added, hashes of the data used, command line
+    README.md             model card
+
+Every file a manifest names must be a plain file inside the folder (no symbolic links, no ``..``). Folders are
+written under a staging name and renamed into place when complete (:mod:`labelshare.paths`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+from collections.abc import Iterable
+
+from .config import METHODS, NetworkConfig
+from .errors import DataError, LabelSpaceError, ModelError
+from .fileio import atomic_write_json, read_json, sha256_file
+from .labelspace import LabelSpace
+from .layouts import LAYOUTS, out_channels
+from .naming import check_relative_file
+from .paths import BUNDLED_MODELS_DIR, candidate_dir_for, refused_report_paths, staging_dir_for, user_models_dir
+
+MODEL_FORMAT = "labelshare.model"
+MODEL_FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+MANIFEST_FILE = "manifest.json"
+REQUIRED_FILES = ("config.json", "labelspace.json", WEIGHTS_FILE, MANIFEST_FILE)
+
+
+@dataclass
+class PreprocessingConfig:
+    """How an image becomes network input; recorded so that inference repeats it exactly."""
+
+    image_size: int = 128
+    normalisation: str = "per-case percentile clip 0.5/99.5, then z-score"
+    slicing: str = "through-plane axis = largest spacing (ties: last image axis); 2D or single-slice = projection"
+    resize: str = "each slice resized to image_size x image_size (bilinear image, nearest label)"
+
+
+@dataclass
+class ModelConfig:
+    """``config.json`` of a model folder."""
+
+    method: str
+    layout: str
+    network: NetworkConfig
+    preprocessing: PreprocessingConfig = field(default_factory=PreprocessingConfig)
+    weights_dtype: str = "float32"
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; known: {', '.join(METHODS)}")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"unknown output layout {self.layout!r}")
+
+    @classmethod
+    def for_method(cls, method: str, space: LabelSpace, preprocessing: PreprocessingConfig,
+                   weights_dtype: str = "float32") -> ModelConfig:
+        """The configuration of a new model of ``method`` for the tasks of ``space``."""
+        if method not in METHODS:
+            raise ModelError(f"unknown method '{method}'; known: {', '.join(METHODS)}")
+        if method == "per-task" and len(space.tasks) != 1:
+            raise ModelError("a per-task model is trained on exactly one task")
+        chosen = METHODS[method]
+        network = NetworkConfig(out_channels=out_channels(chosen.layout, space), n_tasks=len(space.tasks),
+                                conditioning=chosen.conditioning)
+        return cls(method=method, layout=chosen.layout, network=network, preprocessing=preprocessing,
+                   weights_dtype=weights_dtype)
+
+    def to_json(self) -> dict:
+        return {"format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION, "method": self.method,
+                "layout": self.layout, "network": self.network.to_json(),
+                "preprocessing": asdict(self.preprocessing), "weights_dtype": self.weights_dtype}
+
+    @classmethod
+    def from_json(cls, data: dict, where: str) -> ModelConfig:
+        if not isinstance(data, dict) or data.get("format") != MODEL_FORMAT:
+            raise ModelError(f"{where}: not a LabelShare model configuration")
+        if data.get("format_version") != MODEL_FORMAT_VERSION:
+            raise ModelError(f"{where}: model format version {data.get('format_version')} is not supported "
+                             f"(this LabelShare reads version {MODEL_FORMAT_VERSION})")
+        try:
+            return cls(method=data["method"], layout=data["layout"],
+                       network=NetworkConfig.from_json(data["network"]),
+                       preprocessing=PreprocessingConfig(**data.get("preprocessing", {})),
+                       weights_dtype=data.get("weights_dtype", "float32"))
+        except (KeyError, TypeError, ValueError) as error:
+            raise ModelError(f"{where}: malformed model configuration ({type(error).__name__}: {error})") from None
+
+
+def folder_file(folder: Path, name: str, what: str = "file") -> Path:
+    """``folder/name`` after checking that it stays inside ``folder``: a safe relative name, no symbolic link on
+    the way, and (when it exists) a plain file."""
+    try:
+        check_relative_file(name, f"{what} name")
+    except DataError as error:
+        raise ModelError(f"{folder / MANIFEST_FILE}: {error}") from None
+    path = folder / name
+    for part in [path, *path.parents]:
+        if part == folder:
+            break
+        if part.is_symlink():
+            raise ModelError(f"{part}: a symbolic link; a model folder holds plain files only")
+    if path.exists() and not path.is_file():
+        raise ModelError(f"{path}: not a plain file")
+    return path
+
+
+def write_manifest(folder: Path) -> None:
+    """Record the sha256 of every file of the folder (manifest last, so it vouches for a complete folder).
+    Hidden files (temporary files of an interrupted write, the checkpoint folder) are not part of a model."""
+    files = {}
+    for path in sorted(folder.rglob("*")):
+        relative = path.relative_to(folder)
+        if path.is_file() and path.name != MANIFEST_FILE and not any(p.startswith(".") for p in relative.parts):
+            files[relative.as_posix()] = sha256_file(folder_file(folder, relative.as_posix()))
+    atomic_write_json(folder / MANIFEST_FILE, {"format": "labelshare.manifest", "algorithm": "sha256", "files": files})
+
+
+def verify_folder(path: str | Path) -> tuple[ModelConfig, LabelSpace]:
+    """Check a model folder without building the network: files present and inside the folder, hashes match,
+    config and label space agree. Raises :class:`ModelError` with a reason a user can act on."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelError(f"{path}: model folder does not exist")
+    missing = [name for name in REQUIRED_FILES if not (path / name).is_file()]
+    if missing:
+        raise ModelError(f"{path}: not a complete model folder, missing {', '.join(missing)}")
+    manifest = read_json(folder_file(path, MANIFEST_FILE), "manifest", ModelError)
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+        raise ModelError(f"{path / MANIFEST_FILE}: malformed manifest")
+    for name in REQUIRED_FILES[:-1]:
+        if name not in files:
+            raise ModelError(f"{path / MANIFEST_FILE}: does not list {name}")
+    for name, digest in files.items():
+        file = folder_file(path, name)
+        if not file.is_file():
+            raise ModelError(f"{file}: listed in manifest.json but missing")
+        if sha256_file(file) != digest:
+            raise ModelError(f"{file}: contents do not match manifest.json (modified or corrupted after training)")
+    config = ModelConfig.from_json(read_json(path / "config.json", "model configuration", ModelError),
+                                   str(path / "config.json"))
+    try:
+        space = LabelSpace.load(path / "labelspace.json")
+    except LabelSpaceError as error:
+        raise ModelError(str(error)) from None
+    expected = out_channels(config.layout, space)
+    if config.network.out_channels != expected:
+        raise ModelError(f"{path}: config.json has {config.network.out_channels} output channels but the label space "
+                         f"needs {expected}")
+    if config.network.n_tasks != len(space.tasks) and config.network.conditioning != "none":
+        raise ModelError(f"{path}: network is conditioned on {config.network.n_tasks} tasks but the label space has "
+                         f"{len(space.tasks)}")
+    return config, space
+
+
+def read_model_json(folder: Path | None, name: str, default: Any = None) -> Any:
+    """A JSON file of a model folder (``split.json``, ``metrics.json``…), or ``default`` when it is absent."""
+    if folder is None or not (folder / name).is_file():
+        return default
+    return read_json(folder_file(folder, name), name, ModelError)
+
+
+def data_fingerprint(paths: Iterable[Path]) -> str:
+    """sha256 over the names and contents of the files used (recorded in lineage)."""
+    digest = hashlib.sha256()
+    for path in sorted(paths, key=lambda p: p.name):
+        digest.update(path.name.encode())
+        digest.update(sha256_file(path).encode())
+    return digest.hexdigest()
+
+
+@dataclass
+class ModelSummary:
+    """A model folder as a model list shows it; ``reason`` says why it cannot be used when ``valid`` is False."""
+
+    path: Path
+    valid: bool
+    reason: str = ""
+    method: str = ""
+    tasks: list[str] = field(default_factory=list)
+    parent: str | None = None
+    created: str = ""
+    metrics: dict = field(default_factory=dict)
+
+
+def summarize_model(path: Path, verified: tuple[ModelConfig, LabelSpace] | None = None) -> ModelSummary:
+    """The folder as a model list shows it; never raises (an unusable folder is ``valid=False`` with the reason).
+    ``verified`` is the result of an earlier :func:`verify_folder` of the same folder (not repeated)."""
+    try:
+        config, space = verified or verify_folder(path)
+        lineage = read_model_json(path, "lineage.json", {}) or {}
+        metrics = read_model_json(path, "metrics.json", {}) or {}
+    except ModelError as error:
+        return ModelSummary(path=path, valid=False, reason=str(error))
+    return ModelSummary(path=path, valid=True, method=config.method, tasks=space.task_names,
+                        parent=lineage.get("parent"), created=lineage.get("created", ""),
+                        metrics=metrics.get("mean_dice", {}))
+
+
+def is_model_folder(path: Path) -> bool:
+    return path.is_dir() and not path.name.startswith(".") and (path / "config.json").is_file()
+
+
+def model_folders(root: str | Path) -> list[Path]:
+    """The model folders a root holds: the root itself when it is one, else ``<root>/<model>`` and
+    ``<root>/<run>/<model>`` (a demo or benchmark run); hidden folders (runs in progress) are left out."""
+    root = Path(root)
+    if is_model_folder(root):
+        return [root]
+    found = []
+    for child in sorted(root.iterdir()) if root.is_dir() else []:
+        if is_model_folder(child):
+            found.append(child)
+        elif child.is_dir() and not child.name.startswith("."):
+            found += [grandchild for grandchild in sorted(child.iterdir()) if is_model_folder(grandchild)]
+    return found
+
+
+def list_models(roots: Iterable[str | Path] | None = None) -> list[ModelSummary]:
+    """Every model folder under the given roots (default: user store and bundled models, see
+    :func:`model_folders`): valid ones oldest first, then the invalid ones with their reason."""
+    roots = [Path(r) for r in roots] if roots else [user_models_dir(), BUNDLED_MODELS_DIR]
+    found: dict[Path, ModelSummary] = {}
+    for root in roots:
+        for folder in model_folders(root):
+            found.setdefault(folder.resolve(), summarize_model(folder))
+    return sorted(found.values(), key=lambda s: (not s.valid, s.created, str(s.path)))
+
+
+RUN_STATES = ("published", "refused", "interrupted", "gone")
+
+
+def run_work_folders(out: str | Path) -> list[Path]:
+    """The hidden folders a run that publishes ``out`` works in (they exist only while it is unfinished): the
+    staging folder of ``train``, and for ``add-task`` the candidate and its staging folder."""
+    out = Path(out)
+    return [staging_dir_for(out), candidate_dir_for(out), staging_dir_for(candidate_dir_for(out))]
+
+
+def run_state(out: str | Path) -> str:
+    """The state of the run that publishes ``out`` (one of :data:`RUN_STATES`): ``published``, ``refused`` (an
+    add-task version the regression gate kept back: publish anyway or discard), ``interrupted`` (resumable) or
+    ``gone`` (nothing was written)."""
+    out = Path(out)
+    if out.exists():
+        return "published"
+    if refused_report_paths(out)[0].is_file() and candidate_dir_for(out).is_dir():
+        return "refused"
+    return "interrupted" if any(folder.exists() for folder in run_work_folders(out)) else "gone"

@@ -1,0 +1,29 @@
+"""LabelShare's experiments and benchmarks: everything that measures the product, apart from the product.
+
+Installed with the ``[experiments]`` extra (which adds matplotlib for the charts) and never part of the Slicer
+extension. Run one with ``labelshare-bench NAME [ARGUMENTS]`` (or ``python -m labelshare_benchmarks NAME``):
+
+=========================== ==================================================================================
+``methods``                 per-task vs multi-channel vs DoD-Net vs label-sharing variants on one split and
+                            budget (docs/benchmark)
+``segmentation-throughput`` the engine end to end vs the raw network forward on one volume
+``training-throughput``     the engine's training step vs a raw training step
+``apply-to-segments``       the Slicer module's Apply on slicer-core, first run and later runs
+``incremental-summary``     tables and chart of the incremental-learning experiments (docs/incremental;
+                            ``benchmarks/incremental/run_experiments.sh`` runs them)
+``incremental-step-cost``   cost of one add-task step with and without distillation
+``split-task``              a task with every structure cut in two (more labels than n*), for head expansion
+=========================== ==================================================================================
+
+Each prints its numbers (and writes them where it says); none passes or fails on time.
+"""
+
+EXPERIMENTS = {
+    "methods": "methods",
+    "segmentation-throughput": "segmentation_throughput",
+    "training-throughput": "training_throughput",
+    "apply-to-segments": "apply_to_segments",
+    "incremental-summary": "incremental.summarize",
+    "incremental-step-cost": "incremental.step_cost",
+    "split-task": "incremental.split_task",
+}
