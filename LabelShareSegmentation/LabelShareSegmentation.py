@@ -438,7 +438,7 @@ class LabelShareSegmentationTest(ScriptedLoadableModuleTest):
         root = Path(slicer.util.tempDirectory("LabelShareSelfTest"))
         tasks = synthetic.write_tasks(root / "tasks", cases=6)
         space = LabelSpace.build([compute_statistics(TaskDataset.open(path, name)) for name, path in tasks.items()])
-        return train(list(tasks.items()), space, root / "model", TrainConfig(image_size=32, batch_size=6, epochs=1,
+        return train(list(tasks.items()), space, root / "model", TrainConfig(batch_size=6, epochs=1,
                      steps_per_epoch=4, device="cpu"), progress=Progress("quiet")).path
 
     def test_console_api_segments_a_synthetic_volume(self):

@@ -673,8 +673,8 @@ class LabelShareTrainingTest(ScriptedLoadableModuleTest):
         source = synthetic.write_task(root / "source", "phantom3d", 4)
         # tiny budget: the engine takes the last value of a repeated option
         training = TrainingLogic(workspace=root / "workspace", models_dir=root / "models",
-                                 engine=lambda *arguments: engine_command(*arguments, "--image-size", "32",
-                                                                          "--epochs", "1", "--steps-per-epoch", "3"))
+                                 engine=lambda *arguments: engine_command(*arguments, "--epochs", "1",
+                                                                          "--steps-per-epoch", "3"))
         training.create_task("phantom", ["body", "organ", "lesion"])
         labels = [CollectionLabel(1, "body", {}), CollectionLabel(2, "organ", {}), CollectionLabel(3, "lesion", {})]
         self.delayDisplay("Collecting synthetic cases from volume and segmentation nodes")

@@ -19,7 +19,7 @@ SHARED_DATA = Path(os.environ.get("LABELSHARE_SHARED_DATA", REPO_ROOT.parent / "
 REAL_TASKS = {"hippocampus": "msd_hippocampus", "acdc": "acdc_cardiac", "sunnybrook": "sunnybrook_lv",
               "mammo": "ddsm_mammo_tissue"}
 
-TINY_CONFIG = dict(image_size=32, batch_size=6, epochs=1, steps_per_epoch=4, device="cpu", seed=0)
+TINY_CONFIG = dict(batch_size=6, epochs=1, steps_per_epoch=4, device="cpu", seed=0)
 
 
 def real_task_dir(folder: str) -> Path:

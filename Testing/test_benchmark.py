@@ -34,7 +34,7 @@ from labelshare.training import Trainer
 from conftest import REAL_TASKS, real_task_dir
 
 GROUP = "phantom3d:lesion=xray2d:heart"  # ranked 3rd and 2nd by size: the group changes the mapping
-TINY = dict(steps_per_task=2, steps_per_epoch=2, batch_size=6, image_size=32, seed=0, device="cpu")
+TINY = dict(steps_per_task=2, steps_per_epoch=2, batch_size=6, patch_pixels=32 * 32, seed=0, device="cpu")
 
 
 def tiny_settings(**changes) -> BenchmarkSettings:
@@ -184,8 +184,8 @@ def test_resume_reuses_finished_models_and_continues_an_interrupted_training(tmp
 
     with pytest.raises(LabelShareError, match="--resume"):
         run_benchmark(tasks, ["per-task"], out, settings, progress=quiet)
-    with pytest.raises(LabelShareError, match="--image-size"):
-        run_benchmark(tasks, ["per-task"], out, tiny_settings(steps_per_epoch=1, image_size=48), resume=True,
+    with pytest.raises(LabelShareError, match="--patch-pixels"):
+        run_benchmark(tasks, ["per-task"], out, tiny_settings(steps_per_epoch=1, patch_pixels=48 * 48), resume=True,
                       progress=quiet)
 
     original_step = Trainer.train_step

@@ -64,7 +64,7 @@ CASE_NAMES = [
     "NaN input", "vector input", "4D input", "output exists", "output format", "task: shape", "task: geometry",
     "task: label_value", "task: nan", "task: empty_labels", "task: missing_image", "task: empty_file",
     "task folder missing", "bad group", "labelspace file invalid", "train: task not in label space",
-    "train: existing output", "train: bad image size", "evaluate: labels differ",
+    "train: existing output", "labelspace: bad fixed size", "labelspace: bad patch budget", "evaluate: labels differ",
 ]
 
 
@@ -140,8 +140,10 @@ def case_table(tmp_path, model, image):
                                            f"good={good}", "--out", str(tmp_path / "m")], "unknown task 'good'")
     add("train: existing output", ["train", "--labelspace", str(model / "labelspace.json"), "--task",
                                    f"good={good}", "--out", str(model)], "already exists")
-    add("train: bad image size", ["train", "--labelspace", str(model / "labelspace.json"), "--task", f"good={good}",
-                                  "--out", str(tmp_path / "m2"), "--image-size", "50"], "multiple of 16")
+    add("labelspace: bad fixed size", ["labelspace", "build", "--task", f"good={good}", "--fixed-size", "50", "-o",
+                                       str(tmp_path / "ls2.json")], "multiple of 16")
+    add("labelspace: bad patch budget", ["labelspace", "build", "--task", f"good={good}", "--patch-pixels", "0",
+                                         "-o", str(tmp_path / "ls3.json")], "--patch-pixels 0")
     add("evaluate: labels differ", ["evaluate", "--model", str(model), "--task", "phantom3d", "--data", str(good),
                                     "-o", str(tmp_path / "ev")], "differ from the labels of task 'phantom3d'")
     return cases

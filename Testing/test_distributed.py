@@ -18,7 +18,7 @@ def test_torchrun_two_processes_train_one_model(tmp_path, synthetic_tasks, synth
     out = tmp_path / "ddp-model"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                "-m", "labelshare", "train", "--labelspace", str(space_path), "--out", str(out), "--epochs", "2",
-               "--steps-per-epoch", "3", "--image-size", "32", "--batch-size", "8", "--device", "cpu",
+               "--steps-per-epoch", "3", "--batch-size", "8", "--device", "cpu",
                "--progress", "json"]
     for name, path in synthetic_tasks.items():
         command += ["--task", f"{name}={path}"]

@@ -21,6 +21,8 @@ import torch
 from labelshare import cli, synthetic
 from labelshare.errors import LabelShareError, LabelSpaceError
 from labelshare.fileio import atomic_write_json, write_image_atomic
+from labelshare import budget
+from labelshare.budget import add_task_epochs
 from labelshare.cli import EXIT_REGRESSION, add_task_config_from, parse_replay_cases
 from labelshare.config import AddTaskConfig, TrainConfig
 from labelshare.incremental import add_task
@@ -45,7 +47,7 @@ def base_model(tmp_path_factory, synthetic_tasks) -> Path:
     """phantom3d (3 labels, so n* = 3) + xray2d, trained long enough for Dice well above 0 (the gate needs it)."""
     tasks = [(name, synthetic_tasks[name]) for name in ("phantom3d", "xray2d")]
     space = LabelSpace.build([compute_statistics(TaskDataset.open(path, name)) for name, path in tasks])
-    config = TrainConfig(image_size=32, batch_size=6, epochs=2, steps_per_epoch=20, device="cpu", seed=0)
+    config = TrainConfig(batch_size=6, epochs=2, steps_per_epoch=20, device="cpu", seed=0)
     return train(tasks, space, tmp_path_factory.mktemp("base") / "v1", config, progress=Progress("quiet"),
                  command=["train", "(test fixture)"]).path
 
@@ -142,39 +144,47 @@ def test_explicit_pins_are_kept_and_checked(space):
 
 
 # -- replay and distillation -----------------------------------------------------------------------------------------
-def test_replay_keeps_exemplar_slices_and_distillation_adds_the_old_model_divergence(tmp_path, space):
+def test_replay_keeps_exemplar_cases_and_distillation_adds_the_old_model_divergence(tmp_path, space):
     from labelshare.config import NetworkConfig
     from labelshare.layouts import task_heads
     from labelshare.networks import build_network
-    from labelshare.training import Batch, SliceBank
+    from labelshare.plans import TaskPlan
+    from labelshare.sampling import TaskBatch, TaskSlices
 
     torch.manual_seed(0)
+    rng = np.random.default_rng(0)
     network = build_network(NetworkConfig(out_channels=4, filters=[4, 8, 8, 8, 8]))
     heads = task_heads("shared", space)
-    banks = [SliceBank(task=task, images=torch.randn(4, 1, 32, 32).half(),
-                       targets=torch.randint(0, 3, (4, 32, 32), dtype=torch.uint8),
-                       case_of_slice=["c0", "c0", "c1", "c2"], foreground=np.ones(4, bool), flip_allowed=True)
-             for task in ("a", "b")]
-    config = TrainConfig(image_size=32, batch_size=4, epochs=1, steps_per_epoch=1, device="cpu")
+    plan = TaskPlan(patch_size=(32, 32), spacing=(1.0, 1.0))
+    banks = [TaskSlices(task=task, plan=plan, cases=["c0", "c1", "c2"],
+                        images=[rng.normal(size=(n, 32, 32)).astype(np.float16) for n in (2, 1, 1)],
+                        targets=[rng.integers(0, 3, (n, 32, 32)).astype(np.uint8) for n in (2, 1, 1)],
+                        flip_allowed=True) for task in ("a", "b")]
+    config = TrainConfig(batch_size=4, epochs=1, steps_per_epoch=1, device="cpu")
 
     def trainer(teacher, weight, replay):
         return IncrementalTrainer(network, heads, banks, [], config, tmp_path, Progress("quiet"),
                                   replay=replay, teacher=teacher, distill_weight=weight)
 
-    assert [b.case_of_slice for b in trainer(None, 0.0, {"a": ["c0", "c2"]}).train_banks] == [
-        ["c0", "c0", "c2"], ["c0", "c0", "c1", "c2"]]
+    assert [b.cases for b in trainer(None, 0.0, {"a": ["c0", "c2"]}).train_banks] == [["c0", "c2"], ["c0", "c1", "c2"]]
     assert [b.task for b in trainer(None, 0.0, {"a": []}).train_banks] == ["b"]
 
-    batch = Batch(images=torch.randn(4, 1, 32, 32), targets=torch.randint(0, 3, (4, 32, 32)),
-                  task_index=torch.tensor([0, 0, 1, 1]), heads=[heads["a"], heads["b"]])
-    logits = network(batch.images, batch.task_index).detach()
-    plain = trainer(None, 0.0, {"a": ["c0"]}).loss(logits, batch)
+    def batch_of(task):
+        return TaskBatch(head=heads[task], images=torch.randn(4, 1, 32, 32), targets=torch.randint(0, 3, (4, 32, 32)),
+                         flip_allowed=True)
+
+    replayed, new = batch_of("a"), batch_of("b")
+    logits = {task: network(batch.images, batch.task_index).detach() for task, batch in (("a", replayed), ("b", new))}
+    plain = trainer(None, 0.0, {"a": ["c0"]}).loss(logits["a"], replayed)
     same = copy.deepcopy(network)
-    assert float(trainer(same, 1.0, {"a": ["c0"]}).loss(logits, batch)) == pytest.approx(float(plain), abs=1e-5)
+    assert float(trainer(same, 1.0, {"a": ["c0"]}).loss(logits["a"], replayed)) == pytest.approx(float(plain), abs=1e-5)
     other = copy.deepcopy(network)
     with torch.no_grad():
         other.unet.output_block.conv.conv.bias.add_(torch.tensor([2.0, -2.0, 0.0, 1.0]))
-    assert float(trainer(other, 1.0, {"a": ["c0"]}).loss(logits, batch)) > float(plain) + 1e-3
+    distilling = trainer(other, 1.0, {"a": ["c0"]})
+    assert float(distilling.loss(logits["a"], replayed)) > float(plain) + 1e-3
+    assert float(distilling.loss(logits["b"], new)) == pytest.approx(
+        float(trainer(None, 0.0, {"a": ["c0"]}).loss(logits["b"], new)), abs=1e-6), "no distillation on new tasks"
 
 
 # -- add-task end to end ----------------------------------------------------------------------------------------------
@@ -262,6 +272,59 @@ def split_xray_task(source: Path, target: Path) -> Path:
     return target
 
 
+def nodule_task(target: Path, cases: int = 12) -> Path:
+    """A synthetic 2D task with four labels, one more than the base model's n*: both lungs, the heart, and a small
+    bright nodule (about 20 pixels of a 64x96 image) inside one lung."""
+    rng = np.random.default_rng(5)
+    (target / "imagesTr").mkdir(parents=True)
+    (target / "labelsTr").mkdir()
+    rows, columns = np.mgrid[0:64, 0:96]
+    for index in range(cases):
+        label = np.zeros((64, 96), np.uint8)
+        for value, centre in ((1, 28), (2, 68)):
+            label[((rows - 30 - rng.uniform(-2, 2)) / 21) ** 2 + ((columns - centre) / 12) ** 2 <= 1] = value
+        label[((rows - 42) / 11) ** 2 + ((columns - 50 - rng.uniform(-3, 3)) / 10) ** 2 <= 1] = 3
+        nodule = (22 + rng.integers(-4, 5), 26 + rng.integers(-3, 4))
+        label[(rows - nodule[0]) ** 2 + (columns - nodule[1]) ** 2 <= 6] = 4
+        image = np.choose(label, [200, 60, 60, 140, 250]).astype(np.float32) + rng.normal(0, 15, label.shape)
+        write_image_atomic(sitk.GetImageFromArray(np.clip(image, 0, 255).astype(np.uint8)),
+                           target / "imagesTr" / f"chest_{index:03d}_0000.png")
+        write_image_atomic(sitk.GetImageFromArray(label), target / "labelsTr" / f"chest_{index:03d}.png")
+    atomic_write_json(target / "dataset.json", {
+        "labels": {"background": 0, "lung_left": 1, "lung_right": 2, "heart": 3, "nodule": 4},
+        "file_ending": ".png", "channel_names": {"0": "synthetic"}})
+    return target
+
+
+@pytest.mark.slow
+def test_add_task_defaults_learn_a_small_label_beyond_n_star(tmp_path, base_model, synthetic_tasks):
+    """Every label of the new task, the 20-pixel nodule on a new output channel included, is learnt with the
+    defaults (batch share, channel start, sampling) in a test-sized budget."""
+    chest = nodule_task(tmp_path / "chest")
+    result = add_task(base_model, ("chest", chest), tmp_path / "v2",
+                      AddTaskConfig(max_regression=100, epochs=3, steps_per_epoch=20, batch_size=8, device="cpu"),
+                      replay_tasks=[(n, synthetic_tasks[n]) for n in ("phantom3d", "xray2d")],
+                      progress=Progress("quiet"))
+    space = LabelSpace.load(result.path / "labelspace.json")
+    assert space.n_shared == 4 and space.task("chest").label("nodule").shared == 4
+    assert result.report.new_task_name == "chest"
+    assert min(result.report.new_task.values()) > 0.5, result.report.new_task
+    assert ("chest", "nodule", "-", f"{result.report.new_task['nodule']:.3f}", "new") in result.report.table()
+
+
+def test_budget_grows_with_the_task_and_is_estimated_from_the_parent(tiny_model):
+    small, large = add_task_epochs(2, 10), add_task_epochs(9, 200)
+    assert 1 <= small < large
+    assert add_task_epochs(100, 10_000) * 100 <= budget.MAX_STEPS
+    lineage = json.loads((tiny_model / "lineage.json").read_text())
+    recorded = json.loads((tiny_model / "training.json").read_text())
+    per_step = lineage["elapsed_s"] / (recorded["epochs"] * recorded["steps_per_epoch"])
+    plain, distilled = budget.estimate(tiny_model, 500, False), budget.estimate(tiny_model, 500, True)
+    assert plain.seconds == pytest.approx(500 * per_step) and distilled.seconds > plain.seconds
+    assert "500 steps, about" in plain.describe()
+    assert budget.estimate(tiny_model.parent / "missing", 500, False).seconds is None
+
+
 # -- the regression gate ----------------------------------------------------------------------------------------------
 def test_gate_refuses_a_planted_regression_and_accept_publishes(tmp_path, base_model, synthetic_tasks, capsys,
                                                                 monkeypatch):
@@ -298,6 +361,21 @@ def test_gate_refuses_a_planted_regression_and_accept_publishes(tmp_path, base_m
     published = json.loads((out / "forgetting.json").read_text())
     assert published["passed"] is False and published["accepted"] is True
     assert not any(p.exists() for p in report_paths_for(out)) and not candidate_dir_for(out).exists()
+
+
+def test_gate_floor_refuses_a_new_label_below_it(tmp_path, base_model, synthetic_tasks, capsys):
+    out = tmp_path / "v2"
+    argv = ["add-task", "--model", str(base_model), "--task", f"sides3d={synthetic_tasks['sides3d']}", "--out",
+            str(out), *replay_args(synthetic_tasks), "--progress", "json", "--max-regression", "100",
+            "--min-new-dice", "0.999", *BUDGET_ARGS]
+    status, events = run_cli(argv, capsys)
+    assert status == EXIT_REGRESSION and not out.exists()
+    report = json.loads(Path(events[-1]["report"]).read_text())
+    assert report["passed"] is False and report["min_new_dice"] == 0.999
+    assert "below the floor of 0.999" in events[-1]["message"] and "left_blob" in events[-1]["message"]
+    status, events = run_cli([a if a != "0.999" else "0" for a in argv] + ["--resume"], capsys)
+    assert status == 0 and out.is_dir(), "a lower floor re-checks the kept candidate without training again"
+    assert json.loads((out / "forgetting.json").read_text())["min_new_dice"] == 0
 
 
 # -- interruption -----------------------------------------------------------------------------------------------------

@@ -93,7 +93,7 @@ def test_json_round_trip_keeps_mapping_both_ways_and_statistics(three_tasks, tmp
     space = LabelSpace.build(list(three_tasks), [parse_group("a:small=b:x")])
     space.save(tmp_path / "ls.json")
     data = json.loads((tmp_path / "ls.json").read_text())
-    assert data["format_version"] == 1 and data["n_shared"] == 3
+    assert data["format_version"] == 2 and data["n_shared"] == 3
     assert data["shared_labels"][0]["members"] == {"a": "small", "b": "x", "c": "only"}
     assert LabelSpace.load(tmp_path / "ls.json") == space
     assert {e.id: e.shared for e in space.task("b").labels} == {1: 1, 2: 2, 3: 3}

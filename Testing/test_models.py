@@ -69,7 +69,7 @@ def test_models_lists_valid_and_invalid_versions(tiny_model, tmp_path, capsys, m
 @pytest.mark.slow
 def test_demo_writes_report_tables_and_overlays(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--epochs", "1", "--steps-per-epoch", "4", "--image-size", "32",
+    assert main(["demo", "--out", str(out), "--epochs", "1", "--steps-per-epoch", "4", "--patch-pixels", "1024",
                  "--device", "cpu", "--progress", "quiet"]) == 0
     report = (out / "report.md").read_text()
     assert "## Label space" in report and "| shared | phantom3d | xray2d | sides3d |" in report

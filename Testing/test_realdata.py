@@ -11,13 +11,17 @@ from labelshare.training_run import train
 from labelshare.progress import Progress
 from labelshare.tasks import TaskDataset
 from labelshare.config import TrainConfig
+from labelshare.plans import PlanSettings
 
 pytestmark = pytest.mark.realdata
+SMALL = PlanSettings(image_pixels=64 * 64, patch_pixels=64 * 64)
 
 
 @pytest.fixture(scope="module")
 def real_statistics():
-    return [compute_statistics(TaskDataset.open(real_task_dir(folder), name)) for name, folder in REAL_TASKS.items()]
+    """Statistics of the real tasks, planned small (64x64-pixel images and patches) so that training tests are quick."""
+    return [compute_statistics(TaskDataset.open(real_task_dir(folder), name), plan_settings=SMALL)
+            for name, folder in REAL_TASKS.items()]
 
 
 def test_size_ranking_of_the_real_tasks_puts_acdc_rv_with_sunnybrook_lv(real_statistics):
@@ -41,10 +45,10 @@ def test_groups_put_the_same_cardiac_structures_together(real_statistics):
 
 @pytest.mark.slow
 def test_short_training_run_on_two_real_tasks(tmp_path, real_statistics):
-    space = LabelSpace.build([s for s in real_statistics if s.name in ("sunnybrook", "mammo")])
+    space = LabelSpace.build([s for s in real_statistics if s.name in ("sunnybrook", "mammo")], plan_settings=SMALL)
     tasks = [(name, real_task_dir(REAL_TASKS[name])) for name in ("sunnybrook", "mammo")]
-    out = train(tasks, space, tmp_path / "real", TrainConfig(image_size=64, batch_size=8, epochs=2,
-                                                            steps_per_epoch=10, device="cpu"),
+    out = train(tasks, space, tmp_path / "real", TrainConfig(batch_size=8, epochs=2, steps_per_epoch=10,
+                                                            device="cpu"),
                 progress=Progress("quiet")).path
     split = json.loads((out / "split.json").read_text())["tasks"]
     patients = {name.split("_im")[0] for name in split["sunnybrook"]["validation"]}

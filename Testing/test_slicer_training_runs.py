@@ -76,7 +76,7 @@ def test_first_model_run_reports_progress_stops_resumably_survives_a_crash_and_r
     store, announced = ModelStore(), []
     store.changed.subscribe(announced.append)  # what LabelShareSegmentation's widget does
     logic = TrainingLogic(workspace=workspace, models_dir=models, store=store,
-                          engine=lambda *arguments: engine_command(*arguments, "--image-size", "32"))
+                          engine=engine_command)
     request = logic.plan("blobs", None, "quick", "cpu")
     assert request.kind == "train" and Path(request.out) == models / "blobs-v1" and request.epochs == 3
 
@@ -107,7 +107,7 @@ def test_first_model_run_reports_progress_stops_resumably_survives_a_crash_and_r
         from LabelShareTrainingLib.logic import TrainingLogic
         from LabelShareTrainingLib.runs import TrainingRequest
         logic = TrainingLogic(workspace={str(workspace)!r}, models_dir={str(models)!r},
-                              engine=lambda *arguments: engine_command(*arguments, "--image-size", "32"))
+                              engine=engine_command)
         job = logic.resume(TrainingRequest.from_record(Path({str(request.record_path)!r})))
         while logic.progress.stage != "training":
             if not logic.running:

@@ -9,6 +9,7 @@ extension. Run one with ``labelshare-bench NAME [ARGUMENTS]`` (or ``python -m la
 ``segmentation-throughput`` the engine end to end vs the raw network forward on one volume
 ``training-throughput``     the engine's training step vs a raw training step
 ``apply-to-segments``       the Slicer module's Apply on slicer-core, first run and later runs
+``cpu-efficiency``          float32 vs channels_last vs bfloat16 autocast vs torch.compile on the CPU
 ``incremental-summary``     tables and chart of the incremental-learning experiments (docs/incremental;
                             ``benchmarks/incremental/run_experiments.sh`` runs them)
 ``incremental-step-cost``   cost of one add-task step with and without distillation
@@ -23,6 +24,7 @@ EXPERIMENTS = {
     "segmentation-throughput": "segmentation_throughput",
     "training-throughput": "training_throughput",
     "apply-to-segments": "apply_to_segments",
+    "cpu-efficiency": "cpu_efficiency",
     "incremental-summary": "incremental.summarize",
     "incremental-step-cost": "incremental.step_cost",
     "split-task": "incremental.split_task",

@@ -1,11 +1,12 @@
 """Apply-to-segments time of the LabelShareSegmentation module: first run and later runs, with a breakdown.
 
-    labelshare-bench apply-to-segments [--device cpu|gpu|auto] [--size 256 256 300] [--runs 4]
+    labelshare-bench apply-to-segments [--device cpu|cuda|auto] [--size 256 256 300] [--runs 4] [--patch 192 192]
+        [--plan-spacing 1.0]
 
 Drives the module's adapter layer (``LabelShareSegmentationLib.SegmentationLogic``) on real Slicer MRML
 (slicer-core, the scene fixture of ``Testing/slicer_support.py``) exactly as the Apply button does: volume node →
 input file → background ``labelshare worker`` → label image → segments in the scene. The model is a model folder
-with the default network and input size (untrained: the time does not depend on the weights). The volume is a
+with the default network and one plan for its tasks (untrained: the time does not depend on the weights). The volume is
 synthetic int16 volume of the given size (x y z), cut into z slices.
 
 Prints, per run: Apply to segments on screen (the target: 3 s on a GPU after the first run, 30 s on a laptop CPU),
@@ -27,11 +28,13 @@ import slicer
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "Testing"), str(REPO / "LabelShareSegmentation"), str(REPO / "benchmarks")]
 
-from .common import default_model  # noqa: E402
+from .common import DEFAULT_PLAN, default_model  # noqa: E402
 from LabelShareSegmentationLib import SegmentationLogic  # noqa: E402
 from slicer_support import slicer_scene  # noqa: E402
 
+from labelshare.config import DEVICES  # noqa: E402
 from labelshare.models import save_model_folder  # noqa: E402
+from labelshare.plans import TaskPlan  # noqa: E402
 
 
 def synthetic_volume(size: tuple[int, int, int]) -> np.ndarray:
@@ -48,14 +51,17 @@ def synthetic_volume(size: tuple[int, int, int]) -> np.ndarray:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cpu", choices=("cpu", "gpu", "auto"))
+    parser.add_argument("--device", default="cpu", choices=DEVICES)
+    parser.add_argument("--patch", type=int, nargs=2, default=DEFAULT_PLAN.patch_size, metavar=("H", "W"))
+    parser.add_argument("--plan-spacing", type=float, default=DEFAULT_PLAN.spacing[0],
+                        help="in-plane spacing of the plan (mm); the volume's is 0.8")
     parser.add_argument("--size", type=int, nargs=3, default=(256, 256, 300), metavar=("X", "Y", "Z"))
     parser.add_argument("--runs", type=int, default=4, help="Apply this many times (the first starts the worker)")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="labelshare-bench-") as folder, slicer_scene() as env:
-        engine_device = {"gpu": "cuda"}.get(args.device, args.device)
-        model = default_model(device="cuda" if engine_device == "cuda" else "cpu")
+        plan = TaskPlan(patch_size=tuple(args.patch), spacing=(args.plan_spacing, args.plan_spacing))
+        model = default_model(plan, device="cuda" if args.device == "cuda" else "cpu")
         model_dir = Path(folder) / "default-config-model"
         save_model_folder(model_dir, model.network, model.config, model.labelspace)
         task = model.labelspace.task_names[0]
@@ -64,8 +70,8 @@ def main(argv: list[str] | None = None) -> None:
         slicer.util.updateVolumeFromArray(volume, synthetic_volume(tuple(args.size)))
 
         logic = SegmentationLogic()
-        print(f"volume {args.size[0]}x{args.size[1]}x{args.size[2]} int16, model input "
-              f"{model.config.preprocessing.image_size}x{model.config.preprocessing.image_size}, device {args.device}")
+        print(f"volume {args.size[0]}x{args.size[1]}x{args.size[2]} int16 (0.8 x 0.8 x 1.0 mm), task plan: "
+              f"{model.labelspace.task(task).plan.describe()}, device {args.device}")
         print("run | Apply→segments s | check+write input s | worker start+imports s | model load s |"
               " worker segment s | import segments s")
         try:

@@ -12,18 +12,23 @@ import torch
 
 from labelshare.labelspace import LabelEntry, LabelSpace, LabelStats, TaskEntry
 from labelshare.config import NetworkConfig
-from labelshare.modelfolder import ModelConfig, PreprocessingConfig
+from labelshare.modelfolder import ModelConfig
 from labelshare.models import Model
 from labelshare.networks import build_network
+from labelshare.plans import PlanSettings, TaskPlan
+
+DEFAULT_PLAN = TaskPlan(patch_size=(192, 192), spacing=(1.0, 1.0))
 
 
-def default_model(image_size: int = 128, device: str = "cpu", n_shared: int = 3) -> Model:
+def default_model(plan: TaskPlan = DEFAULT_PLAN, device: str = "cpu", n_shared: int = 3) -> Model:
+    """An untrained model with the default network whose two tasks have ``plan`` (speed does not depend on the
+    weights)."""
     stats = LabelStats(relative_size=0.1, frequency=1.0, slices_with_label=1)
     tasks = {f"task{t}": TaskEntry(name=f"task{t}", labels=[LabelEntry(f"label{k}", k, k, stats)
-                                                            for k in range(1, n_shared + 1)]) for t in range(2)}
-    space = LabelSpace(tasks)
-    config = ModelConfig(method="label-sharing", layout="shared", network=NetworkConfig(out_channels=n_shared + 1),
-                         preprocessing=PreprocessingConfig(image_size=image_size))
+                                                            for k in range(1, n_shared + 1)], plan=plan)
+             for t in range(2)}
+    space = LabelSpace(tasks, plan_settings=PlanSettings())
+    config = ModelConfig(method="label-sharing", layout="shared", network=NetworkConfig(out_channels=n_shared + 1))
     network = build_network(config.network).to(device).eval()
     return Model(path=None, config=config, labelspace=space, network=network, device=torch.device(device))
 

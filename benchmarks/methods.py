@@ -52,6 +52,7 @@ from labelshare.modelfolder import verify_folder
 from labelshare.models import environment_summary, load_model
 from labelshare.networks import build_network, count_parameters
 from labelshare.paths import staging_dir_for
+from labelshare.plans import PlanSettings
 from labelshare.progress import Progress
 from labelshare.scores import nanmean
 from labelshare.tasks import TaskDataset, choose_slicing_axis
@@ -99,7 +100,9 @@ class BenchmarkSettings:
     steps_per_task: int = 500
     steps_per_epoch: int = 100
     batch_size: int = 16
-    image_size: int = 128
+    image_pixels: int = PlanSettings.image_pixels
+    patch_pixels: int = PlanSettings.patch_pixels
+    fixed_size: int | None = None
     learning_rate: float = 2e-3
     seed: int = 0
     validation_fraction: float = 0.2
@@ -118,9 +121,20 @@ class BenchmarkSettings:
         if not 0 < self.validation_fraction < 1:
             raise LabelShareError("--validation-fraction must be in (0, 1): the benchmark scores validation cases")
         self.train_config(1).check()
+        self.plan_settings().check()
+
+    def plan_settings(self) -> PlanSettings:
+        return PlanSettings(image_pixels=self.image_pixels, patch_pixels=self.patch_pixels,
+                            fixed_size=self.fixed_size)
+
+    def describe_resolution(self) -> str:
+        if self.fixed_size:
+            return f"every slice resized to {self.fixed_size}x{self.fixed_size}"
+        return (f"per-task plans (median spacing, images up to {self.image_pixels} pixels, patches up to "
+                f"{self.patch_pixels} pixels)")
 
     def train_config(self, n_tasks: int) -> TrainConfig:
-        return TrainConfig(image_size=self.image_size, batch_size=self.batch_size,
+        return TrainConfig(batch_size=self.batch_size,
                            epochs=n_tasks * self.steps_per_task // self.steps_per_epoch,
                            steps_per_epoch=self.steps_per_epoch, learning_rate=self.learning_rate, seed=self.seed,
                            device=self.device, validation_fraction=self.validation_fraction)
@@ -247,8 +261,8 @@ def _label_spaces(out: Path, tasks: dict[str, TaskDataset], split: dict, setting
         statistics = []
         for i, (name, task) in enumerate(tasks.items()):
             progress.progress("statistics", i / len(tasks), f"label statistics of {name} (training cases)")
-            statistics.append(compute_statistics(task, split[name]["train"]))
-        size_space = LabelSpace.build(statistics)
+            statistics.append(compute_statistics(task, split[name]["train"], plan_settings=settings.plan_settings()))
+        size_space = LabelSpace.build(statistics, plan_settings=settings.plan_settings())
         size_space.save(size_file)
     spaces = {"size": size_space}
     if grouped:
@@ -256,14 +270,15 @@ def _label_spaces(out: Path, tasks: dict[str, TaskDataset], split: dict, setting
             spaces["grouped"] = LabelSpace.load(grouped_file)
         else:
             spaces["grouped"] = LabelSpace.build([statistics_of(e) for e in size_space.tasks.values()],
-                                                 [parse_group(g) for g in settings.groups])
+                                                 [parse_group(g) for g in settings.groups], size_space.plan_settings)
             spaces["grouped"].save(grouped_file)
     return spaces
 
 
 def _space_for(method: BenchmarkMethod, unit_tasks: list[str], spaces: dict[str, LabelSpace]) -> LabelSpace:
     if method.per_task:
-        return LabelSpace.build([statistics_of(spaces["size"].task(unit_tasks[0]))])
+        return LabelSpace.build([statistics_of(spaces["size"].task(unit_tasks[0]))],
+                                plan_settings=spaces["size"].plan_settings)
     return spaces["grouped" if method.grouped else "size"]
 
 
@@ -423,7 +438,7 @@ def render_markdown(result: BenchmarkResult) -> str:
              f"- machine: {result.machine}",
              f"- budget: {s.steps_per_task} steps of batch {s.batch_size} per task (a joint model of "
              f"{len(result.tasks)} tasks trains {len(result.tasks) * s.steps_per_task} steps with task-balanced "
-             f"batches), {s.steps_per_epoch} steps per epoch, input {s.image_size}x{s.image_size}, learning rate "
+             f"batches), {s.steps_per_epoch} steps per epoch, {s.describe_resolution()}, learning rate "
              f"{s.learning_rate} (AdamW, warm-up + polynomial decay), seed {s.seed}",
              f"- split: patient-wise, {100 * s.validation_fraction:.0f} % of each task's cases for validation, the "
              "same for every method: " + ", ".join(f"{t} {len(result.split[t]['validation'])} cases"
@@ -530,7 +545,7 @@ def write_chart(result: BenchmarkResult, path: Path) -> None:
     axis.set_ylim(0, 1.05)
     axis.set_ylabel("Dice (validation, native resolution)")
     axis.set_title(f"LabelShare benchmark: {result.settings.steps_per_task} steps per task, "
-                   f"{result.settings.image_size}px, seed {result.settings.seed}", fontsize=9)
+                   f"{result.settings.describe_resolution()}, seed {result.settings.seed}", fontsize=9)
     axis.legend(fontsize=7, ncol=min(4, n), loc="upper center", bbox_to_anchor=(0.5, -0.16))
     axis.grid(axis="y", alpha=0.3)
     figure.tight_layout()
@@ -554,9 +569,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps-per-task", type=int, default=500,
                         help="budget: a per-task model trains this many steps, a joint model of T tasks T times")
     parser.add_argument("--resume", action="store_true", help="continue a half-finished benchmark in --out")
+    parser.add_argument("--fixed-size", type=int, default=None, metavar="SIZE",
+                        help="resize every slice to SIZE x SIZE instead of per-task plans (the first release)")
     defaults = BenchmarkSettings()
-    for flag in ("steps_per_epoch", "batch_size", "image_size", "learning_rate", "validation_fraction", "seed",
-                 "device"):
+    for flag in ("steps_per_epoch", "batch_size", "image_pixels", "patch_pixels", "learning_rate",
+                 "validation_fraction", "seed", "device"):
         value = getattr(defaults, flag)
         parser.add_argument(f"--{flag.replace('_', '-')}", type=type(value), default=value,
                             help="default: %(default)s")
@@ -564,7 +581,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     progress = Progress(args.progress, min_interval_s=0.5 if args.progress == "human" else 0.0)
     settings = BenchmarkSettings(steps_per_task=args.steps_per_task, steps_per_epoch=args.steps_per_epoch,
-                                 batch_size=args.batch_size, image_size=args.image_size,
+                                 batch_size=args.batch_size, image_pixels=args.image_pixels,
+                                 patch_pixels=args.patch_pixels, fixed_size=args.fixed_size,
                                  learning_rate=args.learning_rate, seed=args.seed,
                                  validation_fraction=args.validation_fraction, groups=list(args.group),
                                  device=args.device)

@@ -1,12 +1,13 @@
 """Training throughput: the engine's full training step vs a raw train step on the same network, in one run.
 
-    labelshare-bench training-throughput [--device cpu|cuda] [--image-size 128] [--batch-size 16] [--steps 20]
+    labelshare-bench training-throughput [--device cpu|cuda] [--patch 128] [--batch-size 16] [--steps 20]
 
-Full step = ``Trainer.train_step``: task-balanced sampling, batch gathering, on-device augmentation, forward with
-mixed precision on CUDA, the engine's loss, backward, clipping, optimiser step. Raw step = forward, the same loss,
-backward and optimiser step on one fixed batch already on the device, so the ratio is what the data pipeline
-(sampling, gathering, augmentation) and the step's bookkeeping cost. Prints steps/s of both, their ratio (target
->= 0.8 on a GPU) and peak memory.
+Full step = ``Trainer.train_step``: task-balanced patch sampling with foreground oversampling, cropping, on-device
+augmentation, a forward and backward per task (three synthetic tasks, all planned at ``--patch`` pixels square so
+that the raw step can use the same input), mixed precision on CUDA, the engine's loss, clipping, optimiser step.
+Raw step = forward, the same loss, backward and optimiser step on one fixed batch already on the device, so the ratio
+is what the data pipeline and the per-task passes cost. Prints steps/s of both, their ratio (target >= 0.8 on a GPU)
+and peak memory.
 """
 
 from __future__ import annotations
@@ -25,26 +26,30 @@ from labelshare.labelspace import LabelSpace, compute_statistics
 from labelshare.config import NetworkConfig
 from labelshare.networks import build_network
 from labelshare.progress import Progress
+from labelshare.plans import PlanSettings
+from labelshare.sampling import TaskBatch, load_task_slices
 from labelshare.tasks import TaskDataset
 from labelshare.config import TrainConfig
-from labelshare.training import Batch, Trainer, build_slice_bank
+from labelshare.training import Trainer
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--patch", type=int, default=128, help="side of every task's (square) patch")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--steps", type=int, default=20)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as folder:
         tasks = {name: TaskDataset.open(path, name) for name, path in synthetic.write_tasks(Path(folder), 8).items()}
-        space = LabelSpace.build([compute_statistics(task) for task in tasks.values()])
+        settings = PlanSettings(fixed_size=args.patch)
+        space = LabelSpace.build([compute_statistics(task, plan_settings=settings) for task in tasks.values()],
+                                 plan_settings=settings)
         heads = task_heads("shared", space)
-        banks = [build_slice_bank(task, [c.name for c in task.cases], heads[name], args.image_size)
+        banks = [load_task_slices(task, [c.name for c in task.cases], heads[name], space.task(name).plan)
                  for name, task in tasks.items()]
-        config = TrainConfig(image_size=args.image_size, batch_size=args.batch_size, epochs=1,
-                             steps_per_epoch=10 * args.steps, device=args.device)
+        config = TrainConfig(batch_size=args.batch_size, epochs=1, steps_per_epoch=10 * args.steps,
+                             device=args.device)
         network = build_network(NetworkConfig(out_channels=space.n_shared + 1))
         trainer = Trainer(network, heads, banks, [], config, Path(folder), Progress("quiet"))
         device = trainer.device
@@ -52,12 +57,9 @@ def main(argv: list[str] | None = None) -> None:
         def engine_step(step: int) -> None:
             trainer.train_step(step)
 
-        images = torch.randn(args.batch_size, 1, args.image_size, args.image_size, device=device)
-        targets = torch.randint(0, space.n_shared + 1, (args.batch_size, args.image_size, args.image_size),
-                                device=device)
-        fixed_batch = Batch(images=images, targets=targets,
-                            task_index=torch.zeros(args.batch_size, dtype=torch.int64, device=device),
-                            heads=[heads[banks[0].task]])
+        images = torch.randn(args.batch_size, 1, args.patch, args.patch, device=device)
+        targets = torch.randint(0, space.n_shared + 1, (args.batch_size, args.patch, args.patch), device=device)
+        fixed_batch = TaskBatch(head=heads[banks[0].task], images=images, targets=targets, flip_allowed=True)
 
         def raw_step(step: int) -> None:
             with torch.autocast(device.type, dtype=trainer.autocast_dtype, enabled=trainer.autocast_dtype is not None):
@@ -79,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
                 synchronize(device)
                 rate = args.steps / (time.perf_counter() - start)
             results[name] = (rate, memory.describe())
-    print(f"training step, batch {args.batch_size} of {args.image_size}x{args.image_size}, {machine()}")
+    print(f"training step, batch {args.batch_size} of {args.patch}x{args.patch}, {machine()}")
     for name in ("engine", "raw"):
         print(f"  {name}: {results[name][0]:.2f} steps/s ({results[name][0] * args.batch_size:.1f} slices/s); "
               f"{results[name][1]}")

@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .config import DEVICES, METHODS, STRATEGIES, AddTaskConfig, TrainConfig
+from .config import DEVICES, METHODS, NEW_LABEL_INITS, STRATEGIES, AddTaskConfig, TrainConfig
+from .plans import PlanSettings
 from .errors import LabelShareError, TrainingInterrupted
 from .progress import Progress
 
@@ -23,6 +24,8 @@ EXIT_ERROR = 1
 EXIT_REGRESSION = 3
 EXIT_INTERRUPTED = 75
 DEVICE_HELP = f"{', '.join(DEVICES)} (auto: CUDA if available)"
+TTA_HELP = ("test-time augmentation: average with the left-right mirrored prediction (tasks that are not "
+            "lateralised only; about twice the time)")
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -41,13 +44,31 @@ def _add_method_argument(parser: argparse.ArgumentParser) -> None:
                         help="; ".join(f"{m.name}: {m.description}" for m in METHODS.values()))
 
 
-def _add_training_arguments(parser: argparse.ArgumentParser, epochs: int, steps: int, image_size: int) -> None:
+def _add_plan_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = PlanSettings()
+    group = parser.add_argument_group("plans: the resolution and patch size of every task (labelshare/plans.py)")
+    group.add_argument("--image-pixels", type=int, default=defaults.image_pixels,
+                       help="largest median slice (pixels) at a task's target spacing; larger ones are resampled "
+                            "coarser, aspect ratio kept (default: %(default)s)")
+    group.add_argument("--patch-pixels", type=int, default=defaults.patch_pixels,
+                       help="largest training patch / inference window (pixels) (default: %(default)s)")
+    group.add_argument("--fixed-size", type=int, default=None, metavar="SIZE",
+                       help="instead of plans, resize every slice to SIZE x SIZE (the first release's preprocessing)")
+
+
+def plan_settings_from(args: argparse.Namespace) -> PlanSettings:
+    settings = PlanSettings(image_pixels=args.image_pixels, patch_pixels=args.patch_pixels,
+                            fixed_size=args.fixed_size)
+    settings.check()
+    return settings
+
+
+def _add_training_arguments(parser: argparse.ArgumentParser, epochs: int, steps: int) -> None:
     defaults = TrainConfig()
     group = parser.add_argument_group("training budget and device")
     group.add_argument("--epochs", type=int, default=epochs, help="epochs (validation and checkpoint after each)")
     group.add_argument("--steps-per-epoch", type=int, default=steps, help="training steps per epoch")
     group.add_argument("--batch-size", type=int, default=defaults.batch_size, help="slices per training step")
-    group.add_argument("--image-size", type=int, default=image_size, help="network input size (multiple of 16)")
     group.add_argument("--learning-rate", type=float, default=defaults.learning_rate, help="peak learning rate")
     group.add_argument("--validation-fraction", type=float, default=defaults.validation_fraction,
                        help="fraction of each task's cases (whole patients) held out for validation")
@@ -58,7 +79,7 @@ def _add_training_arguments(parser: argparse.ArgumentParser, epochs: int, steps:
 
 
 def train_config_from(args: argparse.Namespace) -> TrainConfig:
-    config = TrainConfig(image_size=args.image_size, batch_size=args.batch_size, epochs=args.epochs,
+    config = TrainConfig(batch_size=args.batch_size, epochs=args.epochs,
                          steps_per_epoch=args.steps_per_epoch, learning_rate=args.learning_rate, seed=args.seed,
                          device=args.device, validation_fraction=args.validation_fraction,
                          weights_dtype=args.weights_dtype)
@@ -75,12 +96,13 @@ def task_arguments(args: argparse.Namespace) -> list[tuple[str, Path]]:
 def cmd_labelspace_build(args, progress: Progress) -> int:
     from .labelspace import LabelSpace, compute_statistics, parse_group
     from .training_run import open_tasks
+    settings = plan_settings_from(args)
     tasks = open_tasks(task_arguments(args))
     statistics = []
     for i, task in enumerate(tasks.values()):
         progress.progress("statistics", i / len(tasks), f"reading {task.name} ({len(task.cases)} cases)")
-        statistics.append(compute_statistics(task))
-    space = LabelSpace.build(statistics, [parse_group(g) for g in args.group])
+        statistics.append(compute_statistics(task, plan_settings=settings))
+    space = LabelSpace.build(statistics, [parse_group(g) for g in args.group], settings)
     space.save(args.output)
     if progress.mode != "json":
         print(space.table())
@@ -111,7 +133,8 @@ def cmd_segment(args, progress: Progress) -> int:
     from .inference import segment_file
     output = segment_file(args.model, args.task, args.input, args.output, device=args.device,
                           largest_component=args.largest_component, batch_size=args.batch_size,
-                          progress=progress, overwrite=args.overwrite, slicing_axis=args.slicing_axis)
+                          progress=progress, overwrite=args.overwrite, slicing_axis=args.slicing_axis,
+                          mirror=args.tta)
     progress.done(str(output), message=f"segmentation written to {output}")
     return 0
 
@@ -131,7 +154,9 @@ def cmd_evaluate(args, progress: Progress) -> int:
         if validation and set(validation) <= known:
             cases = validation
             progress.log(f"evaluating the {len(cases)} validation cases of the model's split (--all-cases for all)")
-    evaluation = evaluate_cases(model, task, cases, task_name=args.task, progress=progress)
+    from .inference import Segmenter
+    evaluation = evaluate_cases(model, task, cases, task_name=args.task, progress=progress,
+                                segmenter=Segmenter(model, mirror=args.tta))
     csv_path, markdown_path = evaluation.write(Path(args.output), f"Evaluation of {Path(args.model).name} on "
                                                                   f"{args.task}")
     if progress.mode != "json":
@@ -160,7 +185,7 @@ def cmd_models(args, progress: Progress) -> int:
 def cmd_demo(args, progress: Progress) -> int:
     from .demo import run_demo
     result = run_demo(args.out, task_arguments(args), args.group, train_config_from(args), progress,
-                      command=sys.argv[1:], method=args.method)
+                      command=sys.argv[1:], method=args.method, plan_settings=plan_settings_from(args))
     progress.done(str(result.report), message=f"report written to {result.report}")
     return 0
 
@@ -178,8 +203,10 @@ def parse_replay_cases(text: str) -> int | None:
 def add_task_config_from(args: argparse.Namespace) -> AddTaskConfig:
     config = AddTaskConfig(strategy=args.strategy, label_map=list(args.label_map),
                            replay_cases=parse_replay_cases(args.replay_cases), distill_weight=args.distill_weight,
-                           max_regression=args.max_regression, accept_regression=args.accept_regression,
-                           epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
+                           max_regression=args.max_regression, min_new_dice=args.min_new_dice,
+                           accept_regression=args.accept_regression, new_task_share=args.new_task_share,
+                           new_label_init=args.new_label_init, epochs=args.epochs,
+                           steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
                            learning_rate=args.learning_rate, seed=args.seed, device=args.device)
     config.check()
     return config
@@ -218,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--group", action="append", default=[], metavar="TASK:LABEL=TASK:LABEL",
                        help="put these labels of different tasks on one shared label; the rest are placed by size")
     build.add_argument("-o", "--output", required=True, type=Path, help="labelspace.json to write")
+    _add_plan_arguments(build)
     _add_common(build)
     build.set_defaults(func=cmd_labelspace_build)
     show = labelspace_commands.add_parser("show", help="print a label space (file or model folder) as a table")
@@ -231,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, type=Path, help="new model folder (never overwritten)")
     _add_method_argument(train)
     train.add_argument("--resume", action="store_true", help="continue an interrupted run of the same --out")
-    _add_training_arguments(train, epochs=50, steps=100, image_size=128)
+    _add_training_arguments(train, epochs=50, steps=100)
     _add_common(train)
     train.set_defaults(func=cmd_train)
 
@@ -244,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--batch-size", type=int, default=None, help="slices per forward pass")
     segment.add_argument("--largest-component", action="store_true",
                          help="keep only the largest connected component of every label")
+    segment.add_argument("--tta", action="store_true", help=TTA_HELP)
     segment.add_argument("--slicing-axis", type=int, choices=(0, 1, 2), default=None,
                          help="image axis to slice along (default: largest spacing)")
     segment.add_argument("--overwrite", action="store_true", help="replace an existing output file")
@@ -258,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="score every case, not only the validation cases of the model's split")
     evaluate.add_argument("-o", "--output", type=Path, default=Path("evaluation"))
     evaluate.add_argument("--device", default="auto", help=DEVICE_HELP)
+    evaluate.add_argument("--tta", action="store_true", help=TTA_HELP)
     _add_common(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
 
@@ -277,7 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_task_arguments(demo, required=False)
     demo.add_argument("--group", action="append", default=[], metavar="TASK:LABEL=TASK:LABEL")
     _add_method_argument(demo)
-    _add_training_arguments(demo, epochs=8, steps=40, image_size=64)
+    _add_training_arguments(demo, epochs=8, steps=40)
+    _add_plan_arguments(demo)
     _add_common(demo)
     demo.set_defaults(func=cmd_demo)
 
@@ -303,10 +334,21 @@ def build_parser() -> argparse.ArgumentParser:
                           help="weight of distillation from the old model on replayed slices (default: %(default)s)")
     add_task.add_argument("--max-regression", type=float, default=defaults.max_regression, metavar="POINTS",
                           help="largest allowed loss of an old task's mean Dice, in points (default: %(default)s)")
+    add_task.add_argument("--min-new-dice", type=float, default=defaults.min_new_dice, metavar="DICE",
+                          help="refuse the version when a label of the task ends below this Dice (0-1) "
+                               "(default: no floor)")
     add_task.add_argument("--accept-regression", action="store_true", help="publish even when the gate refuses")
+    add_task.add_argument("--new-task-share", type=float, default=defaults.new_task_share, metavar="FRACTION",
+                          help="the task's share of every batch; the old tasks share the rest (default: %(default)s)")
+    add_task.add_argument("--new-label-init", choices=NEW_LABEL_INITS, default=defaults.new_label_init,
+                          help="how the output channel of a label beyond n* starts: a copy of the background "
+                               "channel at e^-4 odds, at the label's prior odds, or a copy of the channel whose "
+                               "prediction overlaps it most (default: %(default)s)")
     add_task.add_argument("--resume", action="store_true", help="continue an interrupted run of the same --out")
     budget = add_task.add_argument_group("training budget and device")
-    budget.add_argument("--epochs", type=int, default=defaults.epochs, help="epochs (default: %(default)s)")
+    budget.add_argument("--epochs", type=int, default=defaults.epochs,
+                        help="epochs (default: a budget that grows with the task's labels and cases; printed before "
+                             "training, see labelshare/budget.py)")
     budget.add_argument("--steps-per-epoch", type=int, default=defaults.steps_per_epoch,
                         help="steps per epoch (default: %(default)s)")
     budget.add_argument("--batch-size", type=int, default=defaults.batch_size,

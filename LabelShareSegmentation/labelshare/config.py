@@ -64,9 +64,8 @@ def _check_finite(value, option: str, low: float, high: float, low_open: bool = 
 
 @dataclass
 class TrainConfig:
-    """Budget and settings of one training run (the network and preprocessing come from the model config)."""
+    """Budget and settings of one training run (the resolution is each task's plan in the label space)."""
 
-    image_size: int = 128
     batch_size: int = 16
     epochs: int = 10
     steps_per_epoch: int = 100
@@ -85,10 +84,8 @@ class TrainConfig:
         return self.epochs * self.steps_per_epoch
 
     def check(self) -> None:
-        for name in ("image_size", "batch_size", "epochs", "steps_per_epoch"):
+        for name in ("batch_size", "epochs", "steps_per_epoch"):
             _check_at_least(getattr(self, name), 1, f"--{name.replace('_', '-')}")
-        if self.image_size % 16:
-            raise LabelShareError(f"--image-size {self.image_size}: must be a multiple of 16 (four down-samplings)")
         _check_finite(self.learning_rate, "--learning-rate", 0.0, 10.0, low_open=True)
         _check_finite(self.validation_fraction, "--validation-fraction", 0.0, 1.0)
         if self.validation_fraction == 1.0:
@@ -102,6 +99,7 @@ class TrainConfig:
 
 
 STRATEGIES = ("overlap", "size")  # label mapping of a task added to a model
+NEW_LABEL_INITS = ("background", "prior", "overlap")  # how an output channel added for a new label starts
 
 
 @dataclass
@@ -109,7 +107,11 @@ class AddTaskConfig:
     """Settings of ``labelshare add-task`` (:func:`labelshare.incremental.add_task`); the defaults were chosen by
     measurement (docs/incremental/README.md).
 
-    ``replay_cases`` None replays every training case of every old task; ``max_regression`` is in Dice points.
+    ``replay_cases`` None replays every training case of every old task; ``max_regression`` is in Dice points;
+    ``epochs`` None: a budget that grows with the new task (:func:`labelshare.budget.add_task_epochs`);
+    ``new_task_share``: the task's share of every batch (the old tasks share the rest equally);
+    ``new_label_init``: how the output channel of a label beyond n* starts; ``min_new_dice``: refuse the version
+    when a label of the task ends below this Dice (0-1; None: no floor).
     """
 
     strategy: str = "overlap"
@@ -117,8 +119,11 @@ class AddTaskConfig:
     replay_cases: int | None = None
     distill_weight: float = 1.0
     max_regression: float = 1.0
+    min_new_dice: float | None = None
     accept_regression: bool = False
-    epochs: int = 3
+    new_task_share: float = 0.5
+    new_label_init: str = "prior"
+    epochs: int | None = None
     steps_per_epoch: int = 100
     batch_size: int = 16
     learning_rate: float = 2e-3
@@ -128,11 +133,16 @@ class AddTaskConfig:
     def check(self) -> None:
         if self.strategy not in STRATEGIES:
             raise LabelShareError(f"--strategy {self.strategy}: use one of {', '.join(STRATEGIES)}")
+        if self.new_label_init not in NEW_LABEL_INITS:
+            raise LabelShareError(f"--new-label-init {self.new_label_init}: use one of {', '.join(NEW_LABEL_INITS)}")
         if self.replay_cases is not None:
             _check_at_least(self.replay_cases, 0, "--replay-cases")
         _check_finite(self.distill_weight, "--distill-weight", 0.0, 1e3)
         _check_finite(self.max_regression, "--max-regression", 0.0, 100.0)
-        for name in ("batch_size", "epochs", "steps_per_epoch"):
+        if self.min_new_dice is not None:
+            _check_finite(self.min_new_dice, "--min-new-dice", 0.0, 1.0)
+        _check_finite(self.new_task_share, "--new-task-share", 0.0, 1.0, low_open=True)
+        for name in ("batch_size", "steps_per_epoch") + (("epochs",) if self.epochs is not None else ()):
             _check_at_least(getattr(self, name), 1, f"--{name.replace('_', '-')}")
         _check_finite(self.learning_rate, "--learning-rate", 0.0, 10.0, low_open=True)
         self.device = parse_device(self.device)

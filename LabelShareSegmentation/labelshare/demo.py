@@ -22,6 +22,7 @@ from .fileio import atomic_write_text, read_json, write_image_atomic
 from .inference import Segmenter
 from .labelspace import LabelSpace, compute_statistics, parse_group
 from .models import load_model
+from .plans import PlanSettings
 from .progress import Progress
 from .tasks import Normalisation, TaskDataset, choose_slicing_axis, to_slices
 from .training_run import open_tasks, train
@@ -41,7 +42,8 @@ class DemoResult:
 
 def run_demo(out: str | Path, task_arguments: Sequence[tuple[str, Path]] = (), groups: Sequence[str] = (),
              config: TrainConfig | None = None, progress: Progress | None = None,
-             command: Sequence[str] | None = None, method: str = "label-sharing") -> DemoResult:
+             command: Sequence[str] | None = None, method: str = "label-sharing",
+             plan_settings: PlanSettings | None = None) -> DemoResult:
     progress = progress or Progress("human")
     out = Path(out)
     if out.exists() and any(out.iterdir()):
@@ -52,7 +54,8 @@ def run_demo(out: str | Path, task_arguments: Sequence[tuple[str, Path]] = (), g
         task_arguments = list(synthetic.write_tasks(out / "data", cases=SYNTHETIC_CASES).items())
     tasks = open_tasks(task_arguments)
     progress.progress("preparing", 0.01, "computing label statistics")
-    space = LabelSpace.build([compute_statistics(t) for t in tasks.values()], [parse_group(g) for g in groups])
+    space = LabelSpace.build([compute_statistics(t, plan_settings=plan_settings) for t in tasks.values()],
+                             [parse_group(g) for g in groups], plan_settings)
     space.save(out / "labelspace.json")
     progress.log("label space:\n" + space.table())
     model_dir = train(list(task_arguments), space, out / "model", config, method=method, progress=progress,

@@ -1,5 +1,6 @@
 """The forgetting report of an add-task run and its regression gate: every old task's Dice per label before and
-after, the new task's Dice, and whether the new version may be published. Light (no torch): the engine writes the
+after, the new task's Dice, and whether the new version may be published (no old task lost more than the threshold,
+and, when a floor is set, no label of the new task ended below it). Light (no torch): the engine writes the
 report (``forgetting.json``/``.md``) and LabelShareTraining reads it with the same class.
 
 Dice are on the 0-1 scale; ``threshold`` is in Dice points (0-100) and applies to each old task's mean over its
@@ -39,10 +40,11 @@ class ForgettingReport:
     new_task: dict[str, float]
     new_task_name: str
     accepted: bool = False
+    min_new_dice: float | None = None  # floor for every label of the new task (0-1), or none
 
     @classmethod
     def compare(cls, before: Summary, after: Summary, old_tasks: Sequence[str], new_task: str, threshold: float,
-                accepted: bool) -> ForgettingReport:
+                accepted: bool, min_new_dice: float | None = None) -> ForgettingReport:
         """The report from the old model's and the new model's validation summaries (as in ``metrics.json``)."""
         tasks = {}
         for task in old_tasks:
@@ -51,7 +53,8 @@ class ForgettingReport:
                 old, new = scores["dice_mean"], after[task][label]["dice_mean"]
                 tasks[task][label] = {"before": old, "after": new, "change": new - old}
         new_scores = {label: s["dice_mean"] for label, s in after.get(new_task, {}).items()}
-        return cls(threshold=threshold, tasks=tasks, new_task=new_scores, new_task_name=new_task, accepted=accepted)
+        return cls(threshold=threshold, tasks=tasks, new_task=new_scores, new_task_name=new_task, accepted=accepted,
+                   min_new_dice=min_new_dice)
 
     def task_means(self) -> dict[str, dict[str, float]]:
         means = {}
@@ -71,24 +74,40 @@ class ForgettingReport:
         scored = [(t, m) for t, m in self.task_means().items() if m["change"] == m["change"]]
         return min(scored, key=lambda item: item[1]["change"]) if scored else None
 
+    def below_floor(self) -> dict[str, float]:
+        """Labels of the new task whose Dice ended below ``min_new_dice`` (an unscored label counts as 0)."""
+        if self.min_new_dice is None:
+            return {}
+        return {label: value for label, value in self.new_task.items()
+                if not value == value or value < self.min_new_dice - 1e-9}
+
     @property
     def passed(self) -> bool:
-        return not self.regressions()
+        return not self.regressions() and not self.below_floor()
 
     def verdict(self) -> str:
-        """Why the gate refuses, in one sentence (every task over the limit), or '' when it passes."""
+        """Why the gate refuses, in one sentence (every task over the limit, every new label under the floor), or
+        '' when it passes."""
+        reasons = []
         over = self.regressions()
-        if not over:
-            return ""
-        listed = ", ".join(f"'{task}' {100 * m['change']:+.1f} (mean {m['before']:.3f} -> {m['after']:.3f})"
-                           for task, m in over)
-        noun = "task" if len(over) == 1 else "tasks"
-        return f"{len(over)} old {noun} lost more than the {self.threshold:g} Dice points allowed: {listed}"
+        if over:
+            listed = ", ".join(f"'{task}' {100 * m['change']:+.1f} (mean {m['before']:.3f} -> {m['after']:.3f})"
+                               for task, m in over)
+            noun = "task" if len(over) == 1 else "tasks"
+            reasons.append(f"{len(over)} old {noun} lost more than the {self.threshold:g} Dice points allowed: "
+                           f"{listed}")
+        low = self.below_floor()
+        if low:
+            listed = ", ".join(f"{label} {_dice(value)}" for label, value in low.items())
+            reasons.append(f"{len(low)} label(s) of '{self.new_task_name}' below the floor of {self.min_new_dice:g}: "
+                           f"{listed}")
+        return "; ".join(reasons)
 
     # -- files ------------------------------------------------------------------------------------------------------
     def to_json(self, parent: str, model: str, operation: str) -> dict:
         worst = self.worst()
-        return {"format": REPORT_FORMAT, "threshold": self.threshold, "passed": self.passed,
+        return {"format": REPORT_FORMAT, "threshold": self.threshold, "min_new_dice": self.min_new_dice,
+                "passed": self.passed,
                 "accepted": self.accepted or self.passed, "parent": parent, "model": model, "operation": operation,
                 "definition": "per-case Dice at native resolution on each task's validation cases, mean over cases; "
                               "change = after - before in Dice (0-1); threshold in Dice points (0-100), applied to "
@@ -103,9 +122,11 @@ class ForgettingReport:
             tasks = {str(task): {str(label): {key: _number(values.get(key)) for key in ("before", "after", "change")}
                                  for label, values in labels.items()} for task, labels in data["tasks"].items()}
             new = data.get("new_task") or {}
+            floor = data.get("min_new_dice")
             return cls(threshold=float(data["threshold"]), tasks=tasks,
                        new_task={str(k): _number(v) for k, v in (new.get("dice") or {}).items()},
-                       new_task_name=str(new.get("name", "")), accepted=bool(data.get("accepted", False)))
+                       new_task_name=str(new.get("name", "")), accepted=bool(data.get("accepted", False)),
+                       min_new_dice=None if floor is None else float(floor))
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise LabelShareError(f"{where}: malformed forgetting report ({type(error).__name__}: {error})") from None
 
@@ -129,9 +150,11 @@ class ForgettingReport:
     def to_markdown(self, parent: str, model: str) -> str:
         verdict = "passed" if self.passed else ("REGRESSION accepted (--accept-regression)" if self.accepted
                                                else "REFUSED")
+        floor = (f"; every label of `{self.new_task_name}` must reach Dice {self.min_new_dice:g}"
+                 if self.min_new_dice is not None else "")
         lines = [f"# Forgetting report: `{parent}` -> `{model}`", "",
-                 f"Gate: no old task may lose more than {self.threshold:g} Dice points (mean over its labels). "
-                 f"Verdict: **{verdict}**.", "",
+                 f"Gate: no old task may lose more than {self.threshold:g} Dice points (mean over its labels){floor}. "
+                 f"Verdict: **{verdict}**" + (f" ({self.verdict()})" if not self.passed else "") + ".", "",
                  "Per-case Dice at native resolution on each task's validation cases, mean over cases.", "",
                  "| task | label | before | after | change (points) |", "|---|---|---|---|---|"]
         means = self.task_means()

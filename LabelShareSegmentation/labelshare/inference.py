@@ -1,10 +1,12 @@
 """Segmentation: image in, the chosen task's label image out, on exactly the input's grid.
 
 Slices are cut along the same axis as in training, normalised with the per-case statistics of the whole image,
-resized to the network's input size in batches, and the softmax over the task's channels is resized back to the
-slice's own size before the argmax, so the output has the input's size, spacing, origin and direction. Memory stays
-bounded: the input is read once, one batch of slices is converted to float at a time, and the output is written
-slice by slice into a uint8/uint16 array.
+resampled to the task's plan (its spacing, aspect ratio kept), predicted with Gaussian-weighted sliding windows of
+the plan's patch size (optionally averaged with the left-right mirrored prediction for tasks that are not
+lateralised), and the softmax over the task's channels is resampled back to the slice's own grid before the argmax,
+so the output has the input's size, spacing, origin and direction. Memory stays bounded: the input is read once,
+one batch of slices is converted to float at a time, and the output is written slice by slice into a uint8/uint16
+array.
 """
 
 from __future__ import annotations
@@ -14,13 +16,14 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 import torch
-import torch.nn.functional as F
 
 from .errors import DataError
 from .fileio import image_suffix, write_image_atomic
 from .models import Model, load_model
 from .progress import Progress
-from .tasks import Normalisation, choose_slicing_axis, read_image, to_slices
+from .slices import head_probabilities, resample_images, to_plan
+from .tasks import Normalisation, choose_slicing_axis, read_image, slice_spacing, to_slices
+
 
 class Segmenter:
     """A model loaded on a device, ready to segment many images (the Slicer worker keeps one alive).
@@ -29,8 +32,11 @@ class Segmenter:
     >>> label_image = segmenter.segment(sitk.ReadImage("ct.nii.gz"), task="acdc")   # doctest: +SKIP
     """
 
-    def __init__(self, model: Model, batch_size: int | None = None, precision: str = "auto"):
+    def __init__(self, model: Model, batch_size: int | None = None, precision: str = "auto", mirror: bool = False):
+        """:param batch_size: slices (and windows) per forward pass. :param mirror: test-time augmentation by
+        left-right mirroring, applied to tasks that are not lateralised (training flipped only those)."""
         self.model = model
+        self.mirror = mirror
         self.device = model.device
         self.batch_size = batch_size or (64 if self.device.type == "cuda" else 16)
         if precision not in ("auto", "float32", "bfloat16", "float16"):
@@ -43,22 +49,16 @@ class Segmenter:
             self.autocast_dtype = getattr(torch, precision)
 
     @torch.no_grad()
-    def predict_slices(self, slices: np.ndarray, task: str, normalisation: Normalisation) -> np.ndarray:
-        """Task label ids for a (n, h, w) batch of raw slices."""
+    def predict_slices(self, slices: np.ndarray, task: str, normalisation: Normalisation,
+                       spacing: tuple[float, float]) -> np.ndarray:
+        """Task label ids for a (n, h, w) batch of raw slices of in-plane ``spacing`` (rows, columns)."""
         head = self.model.heads[task]
-        size = self.model.config.preprocessing.image_size
-        height, width = slices.shape[1:]
-        images = torch.from_numpy(np.ascontiguousarray(normalisation.apply(slices)))[:, None].to(self.device)
-        images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False,
-                               antialias=height > size or width > size)
-        task_index = torch.full((images.shape[0],), head.index, device=self.device)
-        if self.autocast_dtype is not None:
-            with torch.autocast("cuda", dtype=self.autocast_dtype):
-                logits = self.model.network(images, task_index)
-        else:
-            logits = self.model.network(images, task_index)
-        probabilities = logits[:, head.channels].float().softmax(dim=1)
-        probabilities = F.interpolate(probabilities, size=(height, width), mode="bilinear", align_corners=False)
+        entry = self.model.labelspace.task(task)
+        images = to_plan(normalisation.apply(slices), spacing, entry.plan, self.device)
+        probabilities = head_probabilities(self.model.network, images, head, entry.plan,
+                                           mirror=self.mirror and not entry.lateralised,
+                                           windows_per_batch=self.batch_size, autocast_dtype=self.autocast_dtype)
+        probabilities = resample_images(probabilities, slices.shape[1:])
         # max(dim=1).indices, not argmax(dim=1): the same result, but torch's CPU argmax over the channel axis of a
         # (n, c, h, w) tensor is ~30x slower (0.8 s vs 27 ms for 16 slices of 512x512, torch 2.13).
         positions = probabilities.max(dim=1).indices.cpu().numpy()
@@ -79,6 +79,7 @@ class Segmenter:
                 (array.dtype.kind == "f" and not np.isfinite(array).all()):
             raise DataError("image contains NaN or infinite values")
         axis = choose_slicing_axis(image, slicing_axis)
+        spacing = slice_spacing(image.GetSpacing(), axis)
         slices = to_slices(array, axis)
         max_id = max(i for i, _ in self.model.task_labels(task))
         output = np.zeros(array.shape, dtype=np.uint8 if max_id < 256 else np.uint16)
@@ -86,7 +87,8 @@ class Segmenter:
         total = slices.shape[0]
         for start in range(0, total, self.batch_size):
             stop = min(total, start + self.batch_size)
-            output_slices[start:stop] = self.predict_slices(np.asarray(slices[start:stop]), task, normalisation)
+            output_slices[start:stop] = self.predict_slices(np.asarray(slices[start:stop]), task, normalisation,
+                                                            spacing)
             if progress is not None:
                 progress.progress("segmenting", stop / total, f"{stop}/{total} slices", slices=stop,
                                   total_slices=total)
@@ -112,7 +114,8 @@ def keep_largest_components(label_image: sitk.Image, label_ids: list[int]) -> si
 
 def segment_file(model: Model | str | Path | None, task: str, input_path: str | Path, output_path: str | Path,
                  device: str = "auto", largest_component: bool = False, batch_size: int | None = None,
-                 progress: Progress | None = None, overwrite: bool = False, slicing_axis: int | None = None) -> Path:
+                 progress: Progress | None = None, overwrite: bool = False, slicing_axis: int | None = None,
+                 mirror: bool = False) -> Path:
     """Segment one image file and write the task label image atomically; returns the output path."""
     output_path = Path(output_path)
     if not image_suffix(output_path):
@@ -125,7 +128,7 @@ def segment_file(model: Model | str | Path | None, task: str, input_path: str | 
             progress.progress("preparing", 0.0, "loading model")
         model = load_model(model, device=device)
     try:
-        result = Segmenter(model, batch_size=batch_size).segment(
+        result = Segmenter(model, batch_size=batch_size, mirror=mirror).segment(
             image, task, largest_component=largest_component, progress=progress, slicing_axis=slicing_axis)
     except DataError as error:
         raise DataError(f"{input_path}: {error}") from None

@@ -12,10 +12,15 @@ lv_cavity``) pin labels of different tasks to one shared label; they take the lo
 their members' mean size rank, and every other label fills its task's free shared labels in size order.
 n* (``n_shared``) is the number of shared labels used, which is the largest label count of any task unless
 groups force more.
+
+Each task also carries its plan (:mod:`labelshare.plans`: the resolution and patch size the network sees it at),
+computed from the same training cases as its statistics; the rule the plans were made with is stored too, so a task
+added later is planned the same way. Format version 1 (the first release) had no plans.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import Iterable, Mapping, Sequence
@@ -24,10 +29,12 @@ import numpy as np
 
 from .errors import LabelSpaceError, UnknownTaskError
 from .fileio import atomic_write_json, read_json
-from .tasks import TaskDataset
+from .plans import PlanSettings, SliceGeometry, TaskPlan
+from .tasks import TaskDataset, slice_spacing
 
 FORMAT = "labelshare.labelspace"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 
 @dataclass
@@ -56,6 +63,8 @@ class TaskEntry:
     license: str = ""
     citation: str = ""
     strategy: str = "size"
+    plan: TaskPlan | None = None  # None: a first-release label space (the model's fixed size applies)
+    intended_input: str = ""
 
     def label(self, name: str) -> LabelEntry:
         for entry in self.labels:
@@ -78,6 +87,8 @@ class TaskStatistics:
     license: str = ""
     citation: str = ""
     label_info: dict = field(default_factory=dict)
+    plan: TaskPlan | None = None
+    intended_input: str = ""
 
     def size_order(self) -> list[str]:
         """Label names, largest average relative size first; ties by label id."""
@@ -85,13 +96,18 @@ class TaskStatistics:
 
 
 def compute_statistics(task: TaskDataset, case_names: Iterable[str] | None = None,
-                       slicing_axis: int | None = None) -> TaskStatistics:
-    """Average relative size, frequency and slice count of every label over the given (default: all) cases."""
+                       slicing_axis: int | None = None, plan_settings: PlanSettings | None = None) -> TaskStatistics:
+    """Average relative size, frequency and slice count of every label over the given (default: all) cases, and the
+    task's plan from the geometry of the same cases (``plan_settings``: the planning rule, default
+    :class:`~labelshare.plans.PlanSettings`)."""
     sums = {name: 0.0 for name in task.labels}
     counts = {name: 0 for name in task.labels}
+    geometries = []
     n_slices = n_cases = 0
     for case in task.iter_cases(case_names, slicing_axis):
         n_cases += 1
+        geometries.append(SliceGeometry(shape=tuple(case.label.shape[1:]),
+                                        spacing=slice_spacing(case.spacing, case.slicing_axis)))
         labels = case.label.reshape(case.label.shape[0], -1)
         n_slices += labels.shape[0]
         pixels = labels.shape[1]
@@ -107,7 +123,8 @@ def compute_statistics(task: TaskDataset, case_names: Iterable[str] | None = Non
              for name in task.labels}
     return TaskStatistics(name=task.name, labels=dict(task.labels), stats=stats, n_slices=n_slices, n_cases=n_cases,
                           lateralised=task.lateralised, license=task.license, citation=task.citation,
-                          label_info=task.label_info)
+                          label_info=task.label_info, plan=(plan_settings or PlanSettings()).plan(geometries),
+                          intended_input=task.intended_input)
 
 
 def parse_group(text: str) -> list[tuple[str, str]]:
@@ -125,17 +142,19 @@ class LabelSpace:
     """Mapping of every task's labels to shared labels 1..n_shared (0 is the shared background)."""
 
     def __init__(self, tasks: Mapping[str, TaskEntry], strategy: str = "size",
-                 groups: Sequence[Sequence[tuple[str, str]]] = ()):
+                 groups: Sequence[Sequence[tuple[str, str]]] = (), plan_settings: PlanSettings | None = None):
         self.tasks: dict[str, TaskEntry] = dict(tasks)
         self.strategy = strategy
+        self.plan_settings = plan_settings  # None: a first-release label space without plans
         self.groups = [list(g) for g in groups]
         self.check()
 
     # -- construction ---------------------------------------------------------------------------------------------
     @classmethod
-    def build(cls, statistics: Sequence[TaskStatistics], groups: Sequence[Sequence[tuple[str, str]]] = ()
-              ) -> LabelSpace:
-        """The paper's size strategy with optional explicit groups (see module docstring)."""
+    def build(cls, statistics: Sequence[TaskStatistics], groups: Sequence[Sequence[tuple[str, str]]] = (),
+              plan_settings: PlanSettings | None = None) -> LabelSpace:
+        """The paper's size strategy with optional explicit groups (see module docstring); ``plan_settings`` is the
+        rule the statistics' plans were made with."""
         by_name = {s.name: s for s in statistics}
         if len(by_name) != len(statistics):
             raise LabelSpaceError("a task name is given twice")
@@ -177,19 +196,23 @@ class LabelSpace:
                 used[stats.name].add(slot)
         tasks = {s.name: _task_entry(s, {label: assignment[(s.name, label)] for label in s.labels}, "size")
                  for s in statistics}
-        return cls(tasks, strategy="size", groups=ordered_groups)
+        return cls(tasks, strategy="size", groups=ordered_groups, plan_settings=plan_settings or PlanSettings())
 
     def with_task(self, stats: TaskStatistics, mapping: Mapping[str, int], strategy: str) -> LabelSpace:
         """A new label space with one task added or replaced; every other task's mapping is unchanged.
 
         ``mapping`` gives the shared label of each label of the task; shared labels above n_shared extend the space.
+        A replaced task keeps its plan (the network learnt it at that resolution).
         """
         missing = [label for label in stats.labels if label not in mapping]
         if missing:
             raise LabelSpaceError(f"task '{stats.name}': no shared label given for {', '.join(missing)}")
         tasks = dict(self.tasks)
-        tasks[stats.name] = _task_entry(stats, dict(mapping), strategy)
-        return LabelSpace(tasks, strategy=self.strategy, groups=self.groups)
+        entry = _task_entry(stats, dict(mapping), strategy)
+        if stats.name in self.tasks:
+            entry.plan = self.tasks[stats.name].plan
+        tasks[stats.name] = entry
+        return LabelSpace(tasks, strategy=self.strategy, groups=self.groups, plan_settings=self.plan_settings)
 
     # -- queries --------------------------------------------------------------------------------------------------
     @property
@@ -237,6 +260,7 @@ class LabelSpace:
                           "slice pixels; shared label k holds the k-th largest label of every task",
             "n_shared": self.n_shared,
             "groups": [[f"{t}:{label}" for t, label in g] for g in self.groups],
+            "plan_settings": self.plan_settings.to_json() if self.plan_settings else None,
             "tasks": {
                 task.name: {
                     "strategy": task.strategy,
@@ -245,6 +269,8 @@ class LabelSpace:
                     "lateralised": task.lateralised,
                     "license": task.license,
                     "citation": task.citation,
+                    "intended_input": task.intended_input,
+                    **({"plan": task.plan.to_json()} if task.plan else {}),
                     "labels": [{"name": e.name, "id": e.id, "shared": e.shared,
                                 "relative_size": e.stats.relative_size, "frequency": e.stats.frequency,
                                 "slices_with_label": e.stats.slices_with_label, **({"info": e.info} if e.info else {})}
@@ -257,10 +283,12 @@ class LabelSpace:
     def from_json(cls, data: dict, where: str = "labelspace.json") -> LabelSpace:
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise LabelSpaceError(f"{where}: not a LabelShare label space (missing \"format\": \"{FORMAT}\")")
-        if data.get("format_version") != FORMAT_VERSION:
-            raise LabelSpaceError(f"{where}: format version {data.get('format_version')} is not supported "
-                                  f"(this LabelShare reads version {FORMAT_VERSION})")
+        version = data.get("format_version")
+        if version not in READABLE_VERSIONS:
+            raise LabelSpaceError(f"{where}: format version {version} is not supported (this LabelShare reads "
+                                  f"versions {', '.join(map(str, READABLE_VERSIONS))})")
         try:
+            plan_settings = PlanSettings.from_json(data["plan_settings"]) if version >= 2 else None
             tasks = {}
             for name, task in data["tasks"].items():
                 labels = [LabelEntry(name=e["name"], id=int(e["id"]), shared=int(e["shared"]),
@@ -270,15 +298,24 @@ class LabelSpace:
                 tasks[name] = TaskEntry(name=name, labels=labels, n_slices=int(task.get("n_slices", 0)),
                                         n_cases=int(task.get("n_cases", 0)), lateralised=bool(task["lateralised"]),
                                         license=task.get("license", ""), citation=task.get("citation", ""),
-                                        strategy=task.get("strategy", data.get("strategy", "size")))
+                                        strategy=task.get("strategy", data.get("strategy", "size")),
+                                        plan=TaskPlan.from_json(task["plan"]) if version >= 2 else None,
+                                        intended_input=str(task.get("intended_input", "")))
             groups = [parse_group("=".join(g)) for g in data.get("groups", [])]
-            space = cls(tasks, strategy=data.get("strategy", "size"), groups=groups)
+            space = cls(tasks, strategy=data.get("strategy", "size"), groups=groups, plan_settings=plan_settings)
         except (KeyError, TypeError, ValueError) as error:
             raise LabelSpaceError(f"{where}: malformed label space ({type(error).__name__}: {error})") from None
         if data.get("n_shared") != space.n_shared:
             raise LabelSpaceError(f"{where}: n_shared {data.get('n_shared')} does not match its labels "
                                   f"({space.n_shared})")
         return space
+
+    def with_fixed_size_plans(self, size: int) -> LabelSpace:
+        """A first-release label space (no plans) with the plans its models used: every slice resized to ``size``."""
+        settings = PlanSettings(fixed_size=size)
+        tasks = {name: dataclasses.replace(entry, plan=entry.plan or settings.plan([]))
+                 for name, entry in self.tasks.items()}
+        return LabelSpace(tasks, strategy=self.strategy, groups=self.groups, plan_settings=settings)
 
     def save(self, path: str | Path) -> None:
         atomic_write_json(path, self.to_json())
@@ -312,7 +349,8 @@ class LabelSpace:
             details.append("groups: " + "; ".join(_group_text(g) for g in self.groups))
         for task in self.tasks.values():
             details.append(f"{task.name}: {task.n_cases} cases, {task.n_slices} slices, mapped by {task.strategy}"
-                           + (", lateralised (no left-right flips)" if task.lateralised else ""))
+                           + (", lateralised (no left-right flips)" if task.lateralised else "")
+                           + (f"; plan: {task.plan.describe()}" if task.plan else ""))
         return "\n".join(lines) + "\n\n" + "\n".join(f"- {d}" for d in details) + "\n"
 
 
@@ -325,7 +363,8 @@ def _task_entry(stats: TaskStatistics, mapping: dict[str, int], strategy: str) -
                          info=stats.label_info.get(name, {}))
               for name, label_id in stats.labels.items()]
     return TaskEntry(name=stats.name, labels=labels, n_slices=stats.n_slices, n_cases=stats.n_cases,
-                     lateralised=stats.lateralised, license=stats.license, citation=stats.citation, strategy=strategy)
+                     lateralised=stats.lateralised, license=stats.license, citation=stats.citation, strategy=strategy,
+                     plan=stats.plan, intended_input=stats.intended_input)
 
 
 def statistics_of(entry: TaskEntry) -> TaskStatistics:
@@ -333,5 +372,6 @@ def statistics_of(entry: TaskEntry) -> TaskStatistics:
     return TaskStatistics(name=entry.name, labels={e.name: e.id for e in entry.labels},
                           stats={e.name: e.stats for e in entry.labels}, n_slices=entry.n_slices,
                           n_cases=entry.n_cases, lateralised=entry.lateralised, license=entry.license,
-                          citation=entry.citation, label_info={e.name: e.info for e in entry.labels if e.info})
+                          citation=entry.citation, label_info={e.name: e.info for e in entry.labels if e.info},
+                          plan=entry.plan, intended_input=entry.intended_input)
 

@@ -35,7 +35,8 @@ from .naming import check_relative_file
 from .paths import BUNDLED_MODELS_DIR, candidate_dir_for, refused_report_paths, staging_dir_for, user_models_dir
 
 MODEL_FORMAT = "labelshare.model"
-MODEL_FORMAT_VERSION = 1
+MODEL_FORMAT_VERSION = 2  # 2: per-task plans in labelspace.json; 1 (first release): one fixed image size
+READABLE_MODEL_VERSIONS = (1, 2)
 WEIGHTS_FILE = "model.safetensors"
 MANIFEST_FILE = "manifest.json"
 REQUIRED_FILES = ("config.json", "labelspace.json", WEIGHTS_FILE, MANIFEST_FILE)
@@ -43,12 +44,15 @@ REQUIRED_FILES = ("config.json", "labelspace.json", WEIGHTS_FILE, MANIFEST_FILE)
 
 @dataclass
 class PreprocessingConfig:
-    """How an image becomes network input; recorded so that inference repeats it exactly."""
+    """How an image becomes network input; recorded so that inference repeats it exactly. The resolution is each
+    task's plan in ``labelspace.json``; ``image_size`` is only set by first-release models, which resized every
+    slice to one square size."""
 
-    image_size: int = 128
     normalisation: str = "per-case percentile clip 0.5/99.5, then z-score"
     slicing: str = "through-plane axis = largest spacing (ties: last image axis); 2D or single-slice = projection"
-    resize: str = "each slice resized to image_size x image_size (bilinear image, nearest label)"
+    resize: str = ("per task, the plan in labelspace.json: slices resampled to its spacing (image bilinear, labels "
+                   "one-hot linear), patches of its size, Gaussian-weighted sliding windows at inference")
+    image_size: int | None = None
 
 
 @dataclass
@@ -68,8 +72,7 @@ class ModelConfig:
             raise ValueError(f"unknown output layout {self.layout!r}")
 
     @classmethod
-    def for_method(cls, method: str, space: LabelSpace, preprocessing: PreprocessingConfig,
-                   weights_dtype: str = "float32") -> ModelConfig:
+    def for_method(cls, method: str, space: LabelSpace, weights_dtype: str = "float32") -> ModelConfig:
         """The configuration of a new model of ``method`` for the tasks of ``space``."""
         if method not in METHODS:
             raise ModelError(f"unknown method '{method}'; known: {', '.join(METHODS)}")
@@ -78,8 +81,7 @@ class ModelConfig:
         chosen = METHODS[method]
         network = NetworkConfig(out_channels=out_channels(chosen.layout, space), n_tasks=len(space.tasks),
                                 conditioning=chosen.conditioning)
-        return cls(method=method, layout=chosen.layout, network=network, preprocessing=preprocessing,
-                   weights_dtype=weights_dtype)
+        return cls(method=method, layout=chosen.layout, network=network, weights_dtype=weights_dtype)
 
     def to_json(self) -> dict:
         return {"format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION, "method": self.method,
@@ -90,9 +92,9 @@ class ModelConfig:
     def from_json(cls, data: dict, where: str) -> ModelConfig:
         if not isinstance(data, dict) or data.get("format") != MODEL_FORMAT:
             raise ModelError(f"{where}: not a LabelShare model configuration")
-        if data.get("format_version") != MODEL_FORMAT_VERSION:
+        if data.get("format_version") not in READABLE_MODEL_VERSIONS:
             raise ModelError(f"{where}: model format version {data.get('format_version')} is not supported "
-                             f"(this LabelShare reads version {MODEL_FORMAT_VERSION})")
+                             f"(this LabelShare reads versions {', '.join(map(str, READABLE_MODEL_VERSIONS))})")
         try:
             return cls(method=data["method"], layout=data["layout"],
                        network=NetworkConfig.from_json(data["network"]),
@@ -159,6 +161,13 @@ def verify_folder(path: str | Path) -> tuple[ModelConfig, LabelSpace]:
         space = LabelSpace.load(path / "labelspace.json")
     except LabelSpaceError as error:
         raise ModelError(str(error)) from None
+    if space.plan_settings is None:  # a first-release model: its plans are its one fixed size
+        if not config.preprocessing.image_size:
+            raise ModelError(f"{path}: labelspace.json has no plans and config.json no image size")
+        space = space.with_fixed_size_plans(config.preprocessing.image_size)
+    missing_plans = [name for name, task in space.tasks.items() if task.plan is None]
+    if missing_plans:
+        raise ModelError(f"{path / 'labelspace.json'}: task(s) {', '.join(missing_plans)} have no plan")
     expected = out_channels(config.layout, space)
     if config.network.out_channels != expected:
         raise ModelError(f"{path}: config.json has {config.network.out_channels} output channels but the label space "

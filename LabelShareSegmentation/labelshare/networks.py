@@ -14,6 +14,8 @@ Conditioning choices (``labelshare.config.NetworkConfig.conditioning``):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from monai.networks.nets import DynUNet
@@ -98,26 +100,29 @@ def count_parameters(network: nn.Module) -> int:
     return sum(p.numel() for p in network.parameters())
 
 
-def expand_output_channels(network: nn.Module, out_channels: int, margin: float = 4.0) -> None:
-    """Grow the output layer of an unconditioned or task-channel network to ``out_channels``, in place.
+def expand_output_channels(network: nn.Module, starts: Sequence[tuple[int, float]]) -> None:
+    """Append one output channel per entry of ``starts`` to an unconditioned or task-channel network, in place.
 
-    Existing channels keep their weights. New channels copy the background channel's weights with a bias lowered by
-    ``margin`` (so e^-margin of the background's odds): predictions of the old tasks are unchanged at the start,
-    and the new channels begin from features that already separate foreground from background.
+    Existing channels keep their weights, so the old tasks' predictions are unchanged at the start. New channel i
+    starts as a copy of channel ``starts[i][0]`` with its bias shifted by ``starts[i][1]`` (a negative shift makes
+    it start below its source: e.g. the background channel shifted by the log prior odds of the new label, so the
+    channel begins from features that already separate foreground from background, at the label's frequency).
     """
     if not isinstance(network, SegmentationNet):
         raise ValueError("output expansion is implemented for label-sharing networks (SegmentationNet)")
-    old = network.unet.output_block.conv.conv
-    if out_channels < old.out_channels:
-        raise ValueError(f"cannot shrink the output layer from {old.out_channels} to {out_channels} channels")
-    if out_channels == old.out_channels:
+    if not starts:
         return
+    old = network.unet.output_block.conv.conv
+    out_channels = old.out_channels + len(starts)
     new = nn.Conv2d(old.in_channels, out_channels, kernel_size=1).to(old.weight.device, old.weight.dtype)
     with torch.no_grad():
         new.weight[: old.out_channels] = old.weight
         new.bias[: old.out_channels] = old.bias
-        new.weight[old.out_channels:] = old.weight[0]
-        new.bias[old.out_channels:] = old.bias[0] - margin
+        for offset, (source, shift) in enumerate(starts, start=old.out_channels):
+            if not 0 <= source < old.out_channels:
+                raise ValueError(f"channel {source} to copy does not exist ({old.out_channels} channels)")
+            new.weight[offset] = old.weight[source]
+            new.bias[offset] = old.bias[source] + shift
     network.unet.output_block.conv.conv = new
     network.unet.out_channels = out_channels
     network.config.out_channels = out_channels

@@ -127,6 +127,17 @@ class TaskDataset:
         return str(self.metadata.get("citation", self.metadata.get("reference", "")))
 
     @property
+    def intended_input(self) -> str:
+        """What the task's images are (for the model card): ``"labelshare": {"intended_input": ...}`` in
+        dataset.json, else its modality and the first sentence of its description."""
+        if self.options.get("intended_input"):
+            return str(self.options["intended_input"])
+        channels = self.metadata.get("channel_names") or self.metadata.get("modality") or {}
+        modality = ", ".join(str(v) for v in channels.values()) if isinstance(channels, dict) else ""
+        description = str(self.metadata.get("description", "")).split(". ")[0].strip().rstrip(".")
+        return "; ".join(part for part in (modality, description) if part)[:400]
+
+    @property
     def label_info(self) -> dict:
         return self.options.get("label_info", {}) or {}
 
@@ -320,6 +331,15 @@ def to_slices(array: np.ndarray, axis: int | None) -> np.ndarray:
     if axis is None:
         return array[np.newaxis]
     return np.moveaxis(array, axis, 0)
+
+
+def slice_spacing(image_spacing: Sequence[float], axis: int | None) -> tuple[float, float]:
+    """In-plane (rows, columns) spacing of the slices cut along numpy ``axis`` (None: a 2D image) of an image with
+    SimpleITK ``spacing`` (x, y[, z])."""
+    numpy_order = list(reversed([float(s) for s in image_spacing]))
+    if axis is not None:
+        del numpy_order[axis]
+    return numpy_order[0], numpy_order[1]
 
 
 @dataclass(frozen=True)

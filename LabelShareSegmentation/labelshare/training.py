@@ -1,7 +1,8 @@
-"""Training: in-memory slice banks, task-balanced sampling, on-device augmentation, the loop and its checkpoints.
+"""Training: the loss, the loop and its checkpoints (the data and its patches are :mod:`labelshare.sampling`).
 
-All training data of the supported task sizes fits in memory as resized 2D slices, so there is no data loader:
-batches are drawn and augmented on the training device, which keeps the GPU busy without worker processes.
+Every step draws one task-balanced batch; each task's patches (their own size, from the task's plan) go through
+the network separately and their gradients add up before one optimiser step (a task's loss is weighted 1/number
+of tasks in the batch), so tasks of different resolutions train together without padding them to one size.
 
 Checkpoints are written after every epoch and on SIGINT/SIGTERM into ``<staging>/.checkpoint/`` (weights and
 optimiser state in safetensors, counters and random states in JSON, JSON written last so that it always points to
@@ -34,180 +35,18 @@ from .config import TrainConfig
 from .layouts import TaskHead
 from .metrics import dice_per_label
 from .progress import Progress, format_duration
-from .tasks import TaskDataset
+from .sampling import Augmenter, PatchSampler, TaskBatch, TaskSlices
+from .slices import head_probabilities
 
 CHECKPOINT_DIR = ".checkpoint"  # hidden: not part of the finished model folder or its manifest
-
-
-# -- data -------------------------------------------------------------------------------------------------------------
-@dataclass
-class SliceBank:
-    """All slices of one task at training resolution: images (N, 1, S, S) float16, targets (N, S, S) uint8 holding
-    positions in the task's head, the case of every slice, and which slices contain foreground."""
-
-    task: str
-    images: torch.Tensor
-    targets: torch.Tensor
-    case_of_slice: list[str]
-    foreground: np.ndarray
-    flip_allowed: bool
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-    def to(self, device: torch.device) -> SliceBank:
-        self.images = self.images.to(device)
-        self.targets = self.targets.to(device)
-        return self
-
-    def select(self, rows: np.ndarray) -> SliceBank:
-        """The slices where the boolean ``rows`` is true (e.g. the cases of one side of the split)."""
-        index = torch.from_numpy(np.flatnonzero(rows))
-        return SliceBank(task=self.task, images=self.images[index], targets=self.targets[index],
-                         case_of_slice=[c for c, keep in zip(self.case_of_slice, rows, strict=True) if keep],
-                         foreground=self.foreground[rows], flip_allowed=self.flip_allowed)
-
-
-def resize_slices(image: np.ndarray, label: np.ndarray | None, size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Resize (n, h, w) slices to (n, size, size): bilinear with antialiasing for images, nearest for labels."""
-    image_t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[:, None]
-    image_t = F.interpolate(image_t, size=(size, size), mode="bilinear", align_corners=False,
-                            antialias=image.shape[-1] > size or image.shape[-2] > size)
-    label_t = None
-    if label is not None:
-        label_t = torch.from_numpy(np.ascontiguousarray(label).astype(np.int64))[:, None].float()
-        label_t = F.interpolate(label_t, size=(size, size), mode="nearest-exact")[:, 0].round().to(torch.int64)
-    return image_t, label_t
-
-
-def build_slice_bank(task: TaskDataset, case_names: list[str], head: TaskHead, image_size: int,
-                     progress: Progress | None = None, fraction_range: tuple[float, float] = (0.0, 0.0)) -> SliceBank:
-    images, targets, cases = [], [], []
-    lut = torch.from_numpy(head.target_lut)
-    for i, case in enumerate(task.iter_cases(case_names)):
-        image, label = resize_slices(case.image, case.label, image_size)
-        images.append(image.to(torch.float16))
-        targets.append(lut[label].to(torch.uint8))
-        cases += [case.name] * image.shape[0]
-        if progress is not None and case_names:
-            start, end = fraction_range
-            progress.progress("loading", start + (end - start) * (i + 1) / len(case_names),
-                              f"{task.name}: loaded {i + 1}/{len(case_names)} cases")
-    if not images:
-        raise LabelShareError(f"task '{task.name}': no cases to load")
-    targets_t = torch.cat(targets)
-    return SliceBank(task=task.name, images=torch.cat(images), targets=targets_t, case_of_slice=cases,
-                     foreground=(targets_t.flatten(1) > 0).any(dim=1).numpy(), flip_allowed=not task.lateralised)
-
-
-class TaskBalancedSampler:
-    """Every batch holds (about) the same number of slices of each task; within a task, a fraction of the slices is
-    drawn from those containing foreground (nnU-Net's oversampling), the rest uniformly."""
-
-    def __init__(self, banks: list[SliceBank], batch_size: int, foreground_fraction: float, rng: np.random.Generator):
-        self.banks = banks
-        self.batch_size = batch_size
-        self.foreground_fraction = foreground_fraction
-        self.rng = rng
-        self.foreground_indices = [np.flatnonzero(bank.foreground) for bank in banks]
-
-    def sample(self) -> list[tuple[int, int]]:
-        """(bank index, slice index) pairs of one batch."""
-        n_tasks = len(self.banks)
-        per_task = [self.batch_size // n_tasks] * n_tasks
-        for extra in self.rng.choice(n_tasks, self.batch_size % n_tasks, replace=False):
-            per_task[extra] += 1
-        picks = []
-        for bank_index, count in enumerate(per_task):
-            foreground = self.foreground_indices[bank_index]
-            for _ in range(count):
-                if foreground.size and self.rng.random() < self.foreground_fraction:
-                    picks.append((bank_index, int(self.rng.choice(foreground))))
-                else:
-                    picks.append((bank_index, int(self.rng.integers(len(self.banks[bank_index])))))
-        return picks
-
-
-@dataclass
-class Batch:
-    images: torch.Tensor        # (B, 1, S, S) float32
-    targets: torch.Tensor       # (B, S, S) int64 positions in each sample's head
-    task_index: torch.Tensor    # (B,) int64 index of each sample's task in the label space
-    heads: list[TaskHead]       # heads of the tasks in this batch, one per distinct task
-
-
-def gather_batch(banks: list[SliceBank], heads: list[TaskHead], picks: list[tuple[int, int]],
-                 device: torch.device) -> Batch:
-    images = torch.stack([banks[b].images[i] for b, i in picks]).to(device, torch.float32)
-    targets = torch.stack([banks[b].targets[i] for b, i in picks]).to(device, torch.int64)
-    task_index = torch.tensor([heads[b].index for b, _ in picks], device=device)
-    present = sorted({b for b, _ in picks})
-    return Batch(images=images, targets=targets, task_index=task_index, heads=[heads[b] for b in present])
-
-
-class Augmenter:
-    """Batched spatial and intensity augmentation on the training device.
-
-    Spatial: rotation +-15 degrees, isotropic scale 0.85-1.25, translation +-6 %, left-right flip only for tasks
-    that are not lateralised. Intensity: brightness 0.75-1.25, contrast 0.75-1.25, gamma 0.7-1.5, Gaussian noise.
-    """
-
-    def __init__(self, rng: np.random.Generator, flip_allowed: dict[int, bool], probability: float = 0.5):
-        self.rng = rng
-        self.flip_allowed = flip_allowed
-        self.probability = probability
-
-    def __call__(self, batch: Batch) -> Batch:
-        n, device = batch.images.shape[0], batch.images.device
-        rng = self.rng
-        apply = rng.random(n) < self.probability
-        angle = np.where(apply, rng.uniform(-np.pi / 12, np.pi / 12, n), 0.0)
-        scale = np.where(apply, rng.uniform(0.85, 1.25, n), 1.0)
-        shift = np.where(apply[:, None], rng.uniform(-0.06, 0.06, (n, 2)), 0.0)
-        tasks = batch.task_index.cpu().numpy()
-        flip = np.array([self.flip_allowed.get(int(t), False) for t in tasks]) & (rng.random(n) < 0.5)
-        cos, sin = np.cos(angle) / scale, np.sin(angle) / scale
-        theta = np.zeros((n, 2, 3), dtype=np.float32)
-        theta[:, 0, 0] = cos * np.where(flip, -1.0, 1.0)
-        theta[:, 0, 1] = -sin
-        theta[:, 1, 0] = sin * np.where(flip, -1.0, 1.0)
-        theta[:, 1, 1] = cos
-        theta[:, :, 2] = shift
-        grid = F.affine_grid(torch.from_numpy(theta).to(device), list(batch.images.shape), align_corners=False)
-        images = F.grid_sample(batch.images, grid, mode="bilinear", padding_mode="border", align_corners=False)
-        targets = F.grid_sample(batch.targets[:, None].float(), grid, mode="nearest", padding_mode="zeros",
-                                align_corners=False)[:, 0].to(torch.int64)
-        images = self._intensity(images)
-        return Batch(images=images, targets=targets, task_index=batch.task_index, heads=batch.heads)
-
-    def _intensity(self, images: torch.Tensor) -> torch.Tensor:
-        n, device, rng = images.shape[0], images.device, self.rng
-
-        def per_sample(values: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy(values.astype(np.float32)).to(device)[:, None, None, None]
-
-        p = self.probability / 2
-        brightness = np.where(rng.random(n) < p, rng.uniform(0.75, 1.25, n), 1.0)
-        contrast = np.where(rng.random(n) < p, rng.uniform(0.75, 1.25, n), 1.0)
-        gamma = np.where(rng.random(n) < p, rng.uniform(0.7, 1.5, n), 1.0)
-        noise = np.where(rng.random(n) < p, rng.uniform(0.0, 0.1, n), 0.0)
-        mean = images.mean(dim=(1, 2, 3), keepdim=True)
-        images = (images - mean) * per_sample(contrast) + mean
-        images = images * per_sample(brightness)
-        low = images.amin(dim=(1, 2, 3), keepdim=True)
-        high = images.amax(dim=(1, 2, 3), keepdim=True)
-        span = (high - low).clamp_min(1e-6)
-        images = ((images - low) / span).clamp(0, 1) ** per_sample(gamma) * span + low
-        seed = int(rng.integers(2**62))
-        generator = torch.Generator(device=device).manual_seed(seed)
-        return images + torch.randn(images.shape, generator=generator, device=device) * per_sample(noise)
+MONITOR_CASES = 8  # validation cases per task scored after every epoch (all of them are scored at the end)
 
 
 # -- loss -------------------------------------------------------------------------------------------------------------
 class SegmentationLoss:
-    """Cross-entropy + Dice per task, averaged over the tasks of the batch (task-balanced).
+    """Cross-entropy + Dice of one task's patches.
 
-    A task's softmax covers its head's channels; Dice (MONAI, batch Dice) covers only the positions holding one of
+    The task's softmax covers its head's channels; Dice (MONAI, batch Dice) covers only the positions holding one of
     the task's labels, so a shared label that a task does not use is trained towards background by the
     cross-entropy alone.
     """
@@ -215,21 +54,16 @@ class SegmentationLoss:
     def __init__(self):
         self.dice = DiceLoss(include_background=True, softmax=False, batch=True, smooth_nr=1e-5, smooth_dr=1e-5)
 
-    def __call__(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
-        total = logits.new_zeros(())
-        for head in batch.heads:
-            mask = batch.task_index == head.index
-            task_logits = logits[mask].float()
-            if not head.all_channels or task_logits.shape[1] != len(head.channels):
-                task_logits = task_logits[:, head.channels]
-            target = batch.targets[mask]
-            cross_entropy = F.cross_entropy(task_logits, target)
-            probabilities = task_logits.softmax(dim=1)
-            positions = head.label_positions
-            one_hot = F.one_hot(target, len(head.channels)).permute(0, 3, 1, 2).float()
-            dice = self.dice(probabilities[:, positions], one_hot[:, positions])
-            total = total + cross_entropy + dice
-        return total / len(batch.heads)
+    def __call__(self, logits: torch.Tensor, batch: TaskBatch) -> torch.Tensor:
+        head = batch.head
+        task_logits = logits.float()
+        if not head.all_channels or task_logits.shape[1] != len(head.channels):
+            task_logits = task_logits[:, head.channels]
+        cross_entropy = F.cross_entropy(task_logits, batch.targets)
+        probabilities = task_logits.softmax(dim=1)
+        positions = head.label_positions
+        one_hot = F.one_hot(batch.targets, len(head.channels)).permute(0, 3, 1, 2).float()
+        return cross_entropy + self.dice(probabilities[:, positions], one_hot[:, positions])
 
 
 # -- distributed ------------------------------------------------------------------------------------------------------
@@ -318,11 +152,11 @@ class StopRequest:
 
 
 class Trainer:
-    """Runs the training loop on prepared slice banks; subclass and override :meth:`loss` to add terms
-    (e.g. distillation for incremental learning)."""
+    """Runs the training loop on the tasks' slices at plan resolution; subclass and override :meth:`loss` to add
+    terms (e.g. distillation for incremental learning)."""
 
-    def __init__(self, network: torch.nn.Module, heads: dict[str, TaskHead], train_banks: list[SliceBank],
-                 validation_banks: list[SliceBank], config: TrainConfig, workdir: Path, progress: Progress,
+    def __init__(self, network: torch.nn.Module, heads: dict[str, TaskHead], train_banks: list[TaskSlices],
+                 validation_banks: list[TaskSlices], config: TrainConfig, workdir: Path, progress: Progress,
                  context: DistributedContext | None = None, run_identity: dict | None = None,
                  fraction_range: tuple[float, float] = (0.0, 1.0)):
         self.config = config
@@ -330,17 +164,17 @@ class Trainer:
         self.device = training_device(config, self.context)
         self.network = network.to(self.device)
         self.heads = heads
-        self.train_banks = [bank.to(self.device) for bank in train_banks]
+        self.train_banks = [bank for bank in train_banks if len(bank)]
         self.validation_banks = validation_banks
-        self.bank_heads = [heads[bank.task] for bank in self.train_banks]
         self.workdir = workdir
         self.progress = progress if self.context.is_main else Progress("quiet")
         self.run_identity = run_identity or {}
         self.fraction_range = fraction_range
         self.rng = np.random.default_rng([config.seed, self.context.rank])
-        self.sampler = TaskBalancedSampler(self.train_banks, self._local_batch_size(), config.foreground_oversampling,
-                                           self.rng)
-        self.augmenter = Augmenter(self.rng, {heads[b.task].index: b.flip_allowed for b in self.train_banks})
+        self.sampler = PatchSampler(self.train_banks, [heads[bank.task] for bank in self.train_banks],
+                                    self._local_batch_size(), config.foreground_oversampling, self.rng,
+                                    self.task_shares(self.train_banks))
+        self.augmenter = Augmenter(self.rng)
         self.criterion = SegmentationLoss()
         self.optimizer = torch.optim.AdamW(self.network.parameters(), lr=config.learning_rate,
                                            weight_decay=config.weight_decay)
@@ -353,6 +187,10 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = torch.nn.parallel.DistributedDataParallel(self.network, device_ids=ids)
 
+    def task_shares(self, banks: list[TaskSlices]) -> list[float] | None:
+        """Each task's share of a batch; None: equal shares (subclasses weight tasks differently)."""
+        return None
+
     def _local_batch_size(self) -> int:
         return max(1, self.config.batch_size // self.context.world_size)
 
@@ -363,50 +201,54 @@ class Trainer:
             return self.config.learning_rate * (step + 1) / warmup
         return self.config.learning_rate * (1 - step / self.config.total_steps) ** 0.9
 
-    def loss(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+    def loss(self, logits: torch.Tensor, batch: TaskBatch) -> torch.Tensor:
         return self.criterion(logits, batch)
 
     def train_step(self, step: int) -> float:
+        """One optimiser step over one batch: every task's patches forward and backward in turn, gradients
+        accumulated (synchronised across DDP ranks on the last task only)."""
         self.network.train()
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate(step)
-        batch = gather_batch(self.train_banks, self.bank_heads, self.sampler.sample(), self.device)
+        batches = self.sampler.sample(self.device)
         if self.config.augment:
-            batch = self.augmenter(batch)
-        autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype
-                    else nullcontext())
-        with autocast:
-            logits = self.model(batch.images, batch.task_index)
-        loss = self.loss(logits, batch)
+            batches = [self.augmenter(batch) for batch in batches]
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        total = 0.0
+        for index, batch in enumerate(batches):
+            last = index == len(batches) - 1
+            synchronise = nullcontext() if last or not self.context.enabled else self.model.no_sync()
+            autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype
+                        else nullcontext())
+            with synchronise:
+                with autocast:
+                    logits = self.model(batch.images, batch.task_index)
+                loss = self.loss(logits, batch) / len(batches)
+                self.scaler.scale(loss).backward()
+            total += float(loss.detach())
         self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12.0)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return float(loss.detach())
+        return total
 
     @torch.no_grad()
     def validate(self) -> dict[str, dict[str, float]]:
-        """Mean per-case Dice of every label at training resolution, per task (a monitor; final metrics are
-        computed at native resolution by :func:`labelshare.evaluation.evaluate_cases`)."""
+        """Mean per-case Dice of every label at plan resolution, per task, predicted with the inference windows, on
+        up to :data:`MONITOR_CASES` validation cases spread over each task's list (a monitor of the learning curve;
+        every validation case is scored at native resolution at the end by
+        :func:`labelshare.evaluation.evaluate_cases`)."""
         self.network.eval()
         result: dict[str, dict[str, float]] = {}
         for bank in self.validation_banks:
             head = self.heads[bank.task]
-            predictions = []
-            for start in range(0, len(bank), 64):
-                images = bank.images[start: start + 64].to(self.device, torch.float32)
-                task_index = torch.full((images.shape[0],), head.index, device=self.device)
-                logits = self.network(images, task_index)[:, head.channels]
-                predictions.append(logits.max(dim=1).indices.cpu())
-            prediction = torch.cat(predictions).numpy()
-            target = bank.targets.cpu().numpy()
-            cases = np.array(bank.case_of_slice)
             per_label: dict[int, list[float]] = {p: [] for p in head.label_positions}
-            for case in dict.fromkeys(bank.case_of_slice):
-                rows = cases == case
-                for position, value in dice_per_label(prediction[rows], target[rows], head.label_positions).items():
+            chosen = np.unique(np.linspace(0, len(bank.cases) - 1, min(MONITOR_CASES, len(bank.cases))).astype(int))
+            for images, target in ((bank.images[i], bank.targets[i]) for i in chosen):
+                probabilities = head_probabilities(self.network, torch.from_numpy(images).float()[:, None].to(
+                    self.device), head, bank.plan, autocast_dtype=self.autocast_dtype)
+                prediction = probabilities.max(dim=1).indices.cpu().numpy()
+                for position, value in dice_per_label(prediction, target, head.label_positions).items():
                     per_label[position].append(value)
             result[bank.task] = {head.position_names[p]: float(np.nanmean(v)) if np.isfinite(v).any()
                                  else float("nan") for p, v in per_label.items()}

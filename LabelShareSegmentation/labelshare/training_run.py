@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 
 from .config import TrainConfig
@@ -23,24 +22,25 @@ from .evaluation import evaluate_cases
 from .fileio import atomic_write_json, now_iso, publish_dir, read_json, remove_tree
 from .labelspace import LabelSpace
 from .layouts import task_heads
-from .modelfolder import ModelConfig, PreprocessingConfig, data_fingerprint
+from .modelfolder import ModelConfig, data_fingerprint
 from .models import Model, environment_summary, save_model_folder
 from .networks import build_network, count_parameters
 from .paths import staging_dir_for
 from .progress import Progress
+from .sampling import TaskSlices, load_task_slices
 from .scores import Evaluation
 from .tasks import TaskDataset, split_by_patient
-from .training import CHECKPOINT_DIR, SliceBank, Trainer, build_slice_bank, distributed_context
+from .training import CHECKPOINT_DIR, Trainer, distributed_context
 
 
 @dataclass
 class PreparedData:
-    """Tasks, their patient-wise split and their slice banks."""
+    """Tasks, their patient-wise split and their slices at plan resolution."""
 
     tasks: dict[str, TaskDataset]
     split: dict[str, dict[str, list[str]]]
-    train_banks: list[SliceBank]
-    validation_banks: list[SliceBank]
+    train_banks: list[TaskSlices]
+    validation_banks: list[TaskSlices]
 
 
 def open_tasks(task_arguments: Sequence[tuple[str, Path]]) -> dict[str, TaskDataset]:
@@ -70,7 +70,7 @@ def make_split(tasks: dict[str, TaskDataset], validation_fraction: float, seed: 
     return split
 
 
-def prepare_data(tasks: dict[str, TaskDataset], space: LabelSpace, layout: str, config: TrainConfig,
+def prepare_data(tasks: dict[str, TaskDataset], space: LabelSpace, layout: str,
                  split: dict[str, dict[str, list[str]]], progress: Progress,
                  fraction_range: tuple[float, float] = (0.0, 0.1)) -> PreparedData:
     heads = task_heads(layout, space)
@@ -79,12 +79,11 @@ def prepare_data(tasks: dict[str, TaskDataset], space: LabelSpace, layout: str, 
     step = (end - start) / max(1, len(tasks))
     for i, (name, task) in enumerate(tasks.items()):
         names = split[name]["train"] + split[name]["validation"]
-        bank = build_slice_bank(task, names, heads[name], config.image_size, progress,
+        bank = load_task_slices(task, names, heads[name], space.task(name).plan, progress,
                                 (start + i * step, start + (i + 1) * step))
-        train_rows = np.isin(bank.case_of_slice, split[name]["train"])
-        train_banks.append(bank.select(train_rows))
+        train_banks.append(bank.select(split[name]["train"]))
         if split[name]["validation"]:
-            validation_banks.append(bank.select(~train_rows))
+            validation_banks.append(bank.select(split[name]["validation"]))
     return PreparedData(tasks=tasks, split=split, train_banks=train_banks, validation_banks=validation_banks)
 
 
@@ -143,9 +142,12 @@ def train(task_arguments: Sequence[tuple[str, Path]], space: LabelSpace, out: st
         raise LabelShareError(f"the label space has task(s) {', '.join(missing)} without data; give --task "
                               f"{missing[0]}=DIR")
     check_tasks_match(space, tasks)
-    space = LabelSpace({name: space.tasks[name] for name in tasks}, space.strategy, space.groups)
-    model_config = ModelConfig.for_method(method, space, PreprocessingConfig(image_size=config.image_size),
-                                          config.weights_dtype)
+    if space.plan_settings is None:
+        raise LabelSpaceError("the label space has no plans (a first-release file): build it again with "
+                              "labelshare labelspace build")
+    space = LabelSpace({name: space.tasks[name] for name in tasks}, space.strategy, space.groups,
+                       space.plan_settings)
+    model_config = ModelConfig.for_method(method, space, config.weights_dtype)
     return run_training(tasks, space, model_config, out, config, progress, resume=resume, command=command,
                         lineage={"parent": None, "operation": "train", "tasks_added": list(tasks)}, split=split)
 
@@ -174,7 +176,7 @@ def run_training(tasks: dict[str, TaskDataset], space: LabelSpace, model_config:
             split = make_split(tasks, config.validation_fraction, config.seed)
         if set(split) != set(tasks):
             raise LabelShareError(f"{split_file}: the unfinished run has tasks {sorted(split)}, not {sorted(tasks)}")
-        data = prepare_data(tasks, space, model_config.layout, config, split, progress)
+        data = prepare_data(tasks, space, model_config.layout, split, progress)
         if initial_network is None:
             torch.manual_seed(config.seed)  # the initial weights, so that a run (or a resumed benchmark) repeats
         network = initial_network if initial_network is not None else build_network(model_config.network)
@@ -226,10 +228,15 @@ def model_card(name: str, config: ModelConfig, space: LabelSpace, tasks: dict[st
     lines = [f"# LabelShare model `{name}`", "",
              f"Method: **{config.method}** (output layout `{config.layout}`, {config.network.out_channels} output "
              f"channels, conditioning `{config.network.conditioning}`), {parameters / 1e6:.2f} M parameters, "
-             f"weights stored as {config.weights_dtype}. Input: one 2D slice or projection resized to "
-             f"{config.preprocessing.image_size}x{config.preprocessing.image_size}, "
-             f"{config.preprocessing.normalisation}.",
-             "", "## Tasks and labels", "", space.table(), "## Training data and licences", ""]
+             f"weights stored as {config.weights_dtype}. Input: one 2D slice or projection at its task's plan "
+             f"resolution, {config.preprocessing.normalisation}.",
+             "", "## Tasks and labels", "", space.table(), "## Intended input", "",
+             "What each task was trained on; other images (another modality, view, field of view or anatomy) are "
+             "outside what the model has seen.", ""]
+    for task_name, entry in space.tasks.items():
+        lines.append(f"- **{task_name}**: {entry.intended_input or 'not described by its dataset.json'}; "
+                     f"{entry.n_cases} training cases, {entry.n_slices} slices; plan: {entry.plan.describe()}")
+    lines += ["", "## Training data and licences", ""]
     non_commercial = [n for n, e in space.tasks.items() if "NC" in e.license.upper().replace("-", "").replace(" ", "")
                       or "non-commercial" in e.license.lower()]
     if non_commercial:

@@ -27,8 +27,9 @@ run() {  # run NAME labelshare-arguments...
 }
 
 base() {
-  [ -f "$RUNS/base-labelspace.json" ] || labelshare labelspace build "${BASE_TASKS[@]}" -o "$RUNS/base-labelspace.json"
-  run base-3task train --labelspace "$RUNS/base-labelspace.json" "${BASE_TASKS[@]}" --image-size 96 --epochs 15 \
+  [ -f "$RUNS/base-labelspace.json" ] || labelshare labelspace build "${BASE_TASKS[@]}" --fixed-size 96 \
+    -o "$RUNS/base-labelspace.json"
+  run base-3task train --labelspace "$RUNS/base-labelspace.json" "${BASE_TASKS[@]}" --epochs 15 \
     "${BUDGET[@]}"
 }
 add() {  # add NAME add-task-arguments...: a task added to the 3-task model. The settings before the defaults were

@@ -25,30 +25,32 @@ from labelshare.config import NetworkConfig
 from labelshare.networks import build_network
 from labelshare.progress import Progress
 from labelshare.config import TrainConfig
-from labelshare.training import SliceBank
+from labelshare.plans import PlanSettings, fixed_size_plan
+from labelshare.sampling import TaskSlices
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--image-size", type=int, default=96)
+    parser.add_argument("--patch", type=int, default=96, help="side of every task's (square) patch")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10)
     args = parser.parse_args(argv)
-    size = args.image_size
+    size = args.patch
     names = ["old1", "old2", "old3", "new"]
     space = LabelSpace.build([TaskStatistics(name=n, labels={"a": 1, "b": 2, "c": 3}, n_slices=1, n_cases=1,
-                                             stats={k: LabelStats(0.1 * i, 1.0, 1) for i, k in enumerate("abc", 1)})
-                              for n in names])
+                                             stats={k: LabelStats(0.1 * i, 1.0, 1) for i, k in enumerate("abc", 1)},
+                                             plan=fixed_size_plan(size))
+                              for n in names], plan_settings=PlanSettings(fixed_size=size))
     heads = task_heads("shared", space)
     generator = torch.Generator().manual_seed(0)
-    banks = [SliceBank(task=n, images=torch.randn(64, 1, size, size, generator=generator).half(),
-                       targets=torch.randint(0, 4, (64, size, size), generator=generator).to(torch.uint8),
-                       case_of_slice=[f"c{i}" for i in range(64)], foreground=np.ones(64, bool), flip_allowed=True)
+    banks = [TaskSlices(task=n, plan=space.task(n).plan, cases=[f"c{i}" for i in range(64)],
+                        images=[torch.randn(1, size, size, generator=generator).half().numpy() for _ in range(64)],
+                        targets=[torch.randint(0, 4, (1, size, size), generator=generator).to(torch.uint8).numpy()
+                                 for _ in range(64)], flip_allowed=True)
              for n in names]
     network = build_network(NetworkConfig(out_channels=4, n_tasks=4))
     teacher = copy.deepcopy(network)
-    config = TrainConfig(image_size=size, batch_size=16, epochs=1, steps_per_epoch=args.steps * args.rounds * 2,
-                         device="cpu")
+    config = TrainConfig(batch_size=16, epochs=1, steps_per_epoch=args.steps * args.rounds * 2, device="cpu")
     replay = {n: [f"c{i}" for i in range(64)] for n in names[:3]}
     timings: dict[float, list[float]] = {0.0: [], 1.0: []}
     with tempfile.TemporaryDirectory() as workdir:
@@ -63,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
                     trainer.train_step(step)
                 timings[weight].append((time.perf_counter() - start) / args.steps)
     plain, distilled = (1000 * float(np.median(timings[w])) for w in (0.0, 1.0))
-    print(f"torch threads {torch.get_num_threads()}, image {size}, batch 16: {plain:.0f} ms/step without "
+    print(f"torch threads {torch.get_num_threads()}, patch {size}, batch 16: {plain:.0f} ms/step without "
           f"distillation, {distilled:.0f} ms/step with (x{distilled / plain:.2f})")
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from ..config import AddTaskConfig
 from ..errors import LabelShareError
 from ..evaluation import evaluate_cases
 from ..fileio import atomic_write_json, atomic_write_text, publish_dir
@@ -69,14 +70,15 @@ def old_validation_scores(old: Model, candidate: TrainingResult, tasks: Mapping[
 
 
 def apply_gate(old: Model, candidate: TrainingResult, out: Path, tasks: Mapping[str, TaskDataset], task: str,
-               operation: str, max_regression: float, accept_regression: bool, progress: Progress
-               ) -> tuple[Path, ForgettingReport]:
+               operation: str, config: AddTaskConfig, progress: Progress) -> tuple[Path, ForgettingReport]:
     """Compare, then publish ``candidate.path`` as ``out`` with its report; raises :class:`RegressionRefused` (and
-    writes the report beside ``out``) when an old task lost too much and the regression is not accepted."""
+    writes the report beside ``out``) when an old task lost too much or a label of the task is below the floor, and
+    that is not accepted."""
+    max_regression = config.max_regression
     old_tasks = [t for t in old.labelspace.task_names if candidate.split.get(t, {}).get("validation")]
     before = old_validation_scores(old, candidate, tasks, old_tasks, progress)
     report = ForgettingReport.compare(before, candidate.metrics["validation"], old_tasks, task, max_regression,
-                                      accept_regression)
+                                      config.accept_regression, config.min_new_dice)
     data = report.to_json(old.path.name, out.name, operation)
     markdown = report.to_markdown(old.path.name, out.name)
     worst = data["worst"]
@@ -84,9 +86,8 @@ def apply_gate(old: Model, candidate: TrainingResult, out: Path, tasks: Mapping[
         f"largest change {100 * worst['change']:+.1f} Dice points on '{worst['task']}'"
     progress.metrics("forgetting", passed=report.passed, threshold=max_regression, worst=worst,
                      task_means=data["task_means"], new_task=data["new_task"],
-                     message=f"forgetting: {summary}; threshold {max_regression:g} points: "
-                             f"{'passed' if report.passed else 'exceeded'}")
-    if not (report.passed or accept_regression):
+                     message=f"forgetting: {summary}; gate: {'passed' if report.passed else report.verdict()}")
+    if not (report.passed or config.accept_regression):
         json_path, markdown_path = refused_report_paths(out)
         atomic_write_json(json_path, data)
         atomic_write_text(markdown_path, markdown)

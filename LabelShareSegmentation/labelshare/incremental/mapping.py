@@ -10,6 +10,7 @@ places the rest. Old mappings never change.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -21,7 +22,9 @@ from ..config import STRATEGIES
 from ..errors import LabelSpaceError
 from ..labelspace import LabelSpace, TaskStatistics
 from ..tasks import TaskDataset
-from ..training import resize_slices
+from ..plans import TaskPlan
+from ..slices import resample_labels, to_plan, window_logits
+from ..tasks import slice_spacing
 
 MIN_OVERLAP_DICE = 0.1  # below this a label's best overlap is noise, not a structure the model already finds
 OVERLAP_CASES = 50  # training cases of the new task segmented for the overlap strategy (spread over patients)
@@ -138,9 +141,9 @@ def _unmatched(overlap_row: np.ndarray, assigned: Mapping[str, int], label: str)
 
 @torch.no_grad()
 def measure_overlap(network: torch.nn.Module, device: torch.device, task: TaskDataset, case_names: Sequence[str],
-                    image_size: int, task_index: int, batch_size: int = 32) -> np.ndarray:
+                    plan: TaskPlan, task_index: int, batch_size: int = 32) -> np.ndarray:
     """Dice between each label of ``task`` and the prediction (argmax over all output channels) of each channel,
-    over the given cases at training resolution: array (labels in ``task.labels`` order, channels)."""
+    over the given cases at the task's plan resolution: array (labels in ``task.labels`` order, channels)."""
     network.eval()
     label_ids = list(task.labels.values())
     lut = torch.zeros(max(label_ids) + 1, dtype=torch.int64)
@@ -148,12 +151,12 @@ def measure_overlap(network: torch.nn.Module, device: torch.device, task: TaskDa
         lut[label_id] = position
     counts = None
     for case in task.iter_cases(case_names):
-        images, labels = resize_slices(case.image, case.label, image_size)
-        labels = lut[labels]
+        images = to_plan(case.image, slice_spacing(case.spacing, case.slicing_axis), plan)
+        labels = resample_labels(lut[torch.from_numpy(case.label.astype(np.int64))], images.shape[-2:],
+                                 len(label_ids) + 1)
         for start in range(0, images.shape[0], batch_size):
-            batch = images[start: start + batch_size].to(device)
-            index = torch.full((batch.shape[0],), task_index, device=device)
-            logits = network(batch, index)
+            logits = window_logits(network, images[start: start + batch_size].to(device), task_index,
+                                   plan.patch_size, batch_size)
             channels = logits.shape[1]
             pairs = labels[start: start + batch_size] * channels + logits.max(dim=1).indices.cpu()
             found = torch.bincount(pairs.flatten(), minlength=(len(label_ids) + 1) * channels)
@@ -163,3 +166,34 @@ def measure_overlap(network: torch.nn.Module, device: torch.device, task: TaskDa
     label_pixels = counts[1:].sum(dim=1, keepdim=True)
     predicted_pixels = counts.sum(dim=0, keepdim=True)
     return (2 * counts[1:] / (label_pixels + predicted_pixels).clamp_min(1)).numpy()
+
+
+PRIOR_RANGE = (1e-4, 0.5)
+BACKGROUND_MARGIN = 4.0  # "background" start: e^-4 of the background's odds
+OVERLAP_SHIFT = -math.log(2.0)  # "overlap" start: half the odds of the channel it copies
+
+
+def new_channel_starts(stats: TaskStatistics, shared: Mapping[str, int], n_shared: int, rule: str,
+                       overlap: np.ndarray | None = None) -> list[tuple[int, float]]:
+    """How every output channel added for a shared label above the old n* starts (the network's
+    :func:`~labelshare.networks.expand_output_channels`): (channel to copy, bias shift), in shared-label order.
+
+    ``background``: the background channel, e^-4 of its odds. ``prior``: the background channel at the label's
+    prior odds (the fraction of all training pixels it covers, from its statistics), so a rare label starts rare
+    and a common one common. ``overlap``: the existing channel whose prediction overlaps the label most on the
+    task's training images (a structure the network already half-finds), at half its odds; without overlap, the
+    prior start.
+    """
+    names = list(stats.labels)
+    starts = []
+    for k in sorted(k for k in shared.values() if k > n_shared):
+        label = next(name for name, value in shared.items() if value == k)
+        pixel_prior = float(np.clip(stats.stats[label].relative_size * stats.stats[label].frequency, *PRIOR_RANGE))
+        prior_start = (0, math.log(pixel_prior / (1 - pixel_prior)))
+        if rule == "background":
+            starts.append((0, -BACKGROUND_MARGIN))
+        elif rule == "overlap" and overlap is not None and overlap[names.index(label), 1:].max() > 0:
+            starts.append((1 + int(np.argmax(overlap[names.index(label), 1:])), OVERLAP_SHIFT))
+        else:
+            starts.append(prior_start)
+    return starts

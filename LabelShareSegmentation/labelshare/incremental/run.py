@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from ..budget import add_task_epochs, estimate
 from ..config import ADDABLE_METHODS, AddTaskConfig, TrainConfig
 from ..errors import LabelShareError, LabelSpaceError, ModelError, TrainingInterrupted, UnknownTaskError
 from ..fileio import read_json, sha256_file
@@ -26,7 +27,7 @@ from ..tasks import TaskDataset, split_by_patient
 from ..training import StopRequest
 from ..training_run import TrainingResult, run_training
 from .gate import apply_gate
-from .mapping import OVERLAP_CASES, map_labels, measure_overlap, parse_pins
+from .mapping import OVERLAP_CASES, map_labels, measure_overlap, new_channel_starts, parse_pins
 from .trainer import DISTILL_TEMPERATURE, IncrementalTrainer, spread_cases
 
 
@@ -90,7 +91,6 @@ def add_task(model: str | Path, task: tuple[str, str | Path], out: str | Path, c
         if old.config.method not in ADDABLE_METHODS:
             raise ModelError(f"{old_path}: add-task extends label-sharing models; this is a {old.config.method} "
                              "model")
-        train_config = _train_config(old, config)
         update = name in old.labelspace.tasks
         if update and config.label_map:
             raise LabelSpaceError(f"--map: task '{name}' is already in {old_path.name}; its mapping stays as it is")
@@ -99,7 +99,8 @@ def add_task(model: str | Path, task: tuple[str, str | Path], out: str | Path, c
         tasks = {t: (new_task if t == name else TaskDataset.open(old_folders[t], t))
                  for t in dict.fromkeys([*old.labelspace.tasks, name])}  # old order; an added task last
         _check_old_labels(old, tasks, name)
-        split = _split(old, tasks, name, train_config)
+        split = _split(old, tasks, name, config)
+        train_config = _train_config(old, config, len(new_task.labels), len(split[name]["train"]))
         replay = {t: spread_cases(tasks[t], split[t]["train"], config.replay_cases, config.seed)
                   for t in old.labelspace.tasks if t != name}
         distill_weight = config.distill_weight
@@ -117,8 +118,11 @@ def add_task(model: str | Path, task: tuple[str, str | Path], out: str | Path, c
             trained = _existing_candidate(candidate, out, request, resume or config.accept_regression)
             progress.log(f"{candidate}: trained earlier by the same command; checking it again")
         else:
-            space, network, mapping = _prepare(old, new_task, split, config.strategy, config.label_map, update,
-                                               train_config, _Part(progress, 0.0, 0.05, stop))
+            progress.log(f"budget: {train_config.epochs} epochs x {train_config.steps_per_epoch} steps = "
+                         + estimate(old_path, train_config.total_steps, distill_weight > 0).describe(),
+                         steps=train_config.total_steps)
+            space, network, mapping = _prepare(old, new_task, split, config, update, train_config,
+                                               _Part(progress, 0.0, 0.05, stop))
             progress.metrics("mapping", task=name, strategy=mapping["strategy"], shared=mapping["shared"],
                              n_shared=space.n_shared, message=f"{name}: " + "; ".join(
                                  f"{label} -> shared {k} ({mapping['reasons'][label]})"
@@ -131,6 +135,7 @@ def add_task(model: str | Path, task: tuple[str, str | Path], out: str | Path, c
                        "operation": "update-task" if update else "add-task",
                        "tasks_added": [] if update else [name], "task": name, "mapping": mapping,
                        "replay": {"cases_per_task": request["replay_cases"], "exemplars": replay},
+                       "new_task_share": config.new_task_share,
                        "distillation": {"weight": distill_weight, "temperature": DISTILL_TEMPERATURE},
                        "task_folders": {t: str(tasks[t].root.resolve()) for t in space.task_names},
                        "request": request}
@@ -139,21 +144,23 @@ def add_task(model: str | Path, task: tuple[str, str | Path], out: str | Path, c
                                    _Part(progress, 0.05, 0.9, stop), resume=resume, command=command,
                                    lineage=lineage, initial_network=network, trainer_class=IncrementalTrainer,
                                    split=split, trainer_options={"replay": replay, "teacher": old.network,
-                                                                 "distill_weight": distill_weight})
+                                                                 "distill_weight": distill_weight,
+                                                                 "new_task": name,
+                                                                 "new_task_share": config.new_task_share})
         published, report = apply_gate(old, trained, out, tasks, name, "update-task" if update else "add-task",
-                                       config.max_regression, config.accept_regression,
-                                       _Part(progress, 0.9, 0.99, stop))
+                                       config, _Part(progress, 0.9, 0.99, stop))
         return AddTaskResult(path=published, report=report, metrics=trained.metrics)
 
 
-def _train_config(old: Model, config: AddTaskConfig) -> TrainConfig:
-    """The old model's training settings (image size, augmentation, precision) with the new budget."""
+def _train_config(old: Model, config: AddTaskConfig, labels: int, training_cases: int) -> TrainConfig:
+    """The old model's training settings (augmentation, precision) with the new budget: the one given, else one
+    that grows with the task (:func:`labelshare.budget.add_task_epochs`)."""
     recorded = old.read_json("training.json", {}) or {}
     known = set(TrainConfig.__dataclass_fields__)
     train_config = TrainConfig(**{k: v for k, v in recorded.items() if k in known})
-    train_config.image_size = old.config.preprocessing.image_size
     train_config.weights_dtype = old.config.weights_dtype
-    train_config.epochs, train_config.steps_per_epoch = config.epochs, config.steps_per_epoch
+    train_config.epochs = config.epochs or add_task_epochs(labels, training_cases, config.steps_per_epoch)
+    train_config.steps_per_epoch = config.steps_per_epoch
     train_config.batch_size, train_config.learning_rate = config.batch_size, config.learning_rate
     train_config.seed, train_config.device = config.seed, config.device
     train_config.check()
@@ -197,7 +204,7 @@ def _check_old_labels(old: Model, tasks: Mapping[str, TaskDataset], task: str) -
                                   f"'{name}' of {old.path.name} {expected}{hint}")
 
 
-def _split(old: Model, tasks: Mapping[str, TaskDataset], task: str, config: TrainConfig) -> dict[str, dict]:
+def _split(old: Model, tasks: Mapping[str, TaskDataset], task: str, config: AddTaskConfig) -> dict[str, dict]:
     """The old model's split for its tasks; cases it has not seen are split by patient (a patient it has seen
     stays on its side). Validation cases of the old split must still be in the folders."""
     recorded = (old.read_json("split.json", {}) or {}).get("tasks")
@@ -219,21 +226,21 @@ def _split(old: Model, tasks: Mapping[str, TaskDataset], task: str, config: Trai
             side.update({dataset.case(c).patient: "train" for c in train})
             unseen = [case for case in dataset.cases if case.name not in known]
             fresh = [case for case in unseen if case.patient not in side]
-            fresh_train, fresh_validation = (split_by_patient(fresh, config.validation_fraction, config.seed)
-                                             if fresh else ([], []))
+            fraction = (old.read_json("split.json", {}) or {}).get("validation_fraction",
+                                                                   TrainConfig().validation_fraction)
+            fresh_train, fresh_validation = (split_by_patient(fresh, fraction, config.seed) if fresh else ([], []))
             train += [c.name for c in unseen if side.get(c.patient) == "train"] + fresh_train
             validation += [c.name for c in unseen if side.get(c.patient) == "validation"] + fresh_validation
         split[name] = {"train": train, "validation": validation}
     return split
 
 
-def _prepare(old: Model, new_task: TaskDataset, split: Mapping[str, Mapping[str, list[str]]], strategy: str,
-             label_map: Sequence[str], update: bool, config: TrainConfig, progress: Progress
-             ) -> tuple[LabelSpace, torch.nn.Module, dict]:
+def _prepare(old: Model, new_task: TaskDataset, split: Mapping[str, Mapping[str, list[str]]], config: AddTaskConfig,
+             update: bool, train_config: TrainConfig, progress: Progress) -> tuple[LabelSpace, torch.nn.Module, dict]:
     """The new label space, the network to start from (old weights, expanded) and the mapping record."""
     name = new_task.name
     progress.progress("mapping", 0.1, f"{name}: label statistics of {len(split[name]['train'])} training cases")
-    stats = compute_statistics(new_task, split[name]["train"])
+    stats = compute_statistics(new_task, split[name]["train"], plan_settings=old.labelspace.plan_settings)
     network = copy.deepcopy(old.network)
     if update:
         entry = old.labelspace.task(name)
@@ -242,18 +249,22 @@ def _prepare(old: Model, new_task: TaskDataset, split: Mapping[str, Mapping[str,
         return space, network, {"task": name, "strategy": entry.strategy, "shared": shared,
                                 "reasons": {label: "unchanged (update of an existing task)" for label in shared}}
     expand_task_inputs(network, len(old.labelspace.tasks) + 1)
-    pins = parse_pins(label_map, stats, old.labelspace)
+    pins = parse_pins(config.label_map, stats, old.labelspace)
     overlap = None
-    if strategy == "overlap" and len(pins) < len(stats.labels):
+    if (config.strategy == "overlap" and len(pins) < len(stats.labels)) or config.new_label_init == "overlap":
         cases = spread_cases(new_task, split[name]["train"], OVERLAP_CASES, config.seed)
         progress.progress("mapping", 0.5, f"{name}: segmenting {len(cases)} training cases with {old.path.name}")
-        overlap = measure_overlap(network, resolve_device(config.device), new_task, cases, config.image_size,
+        overlap = measure_overlap(network, resolve_device(train_config.device), new_task, cases, stats.plan,
                                   task_index=len(old.labelspace.tasks))
-    mapping = map_labels(old.labelspace, stats, "overlap" if overlap is not None else "size", pins, overlap)
+    strategy = "overlap" if config.strategy == "overlap" and overlap is not None else "size"
+    mapping = map_labels(old.labelspace, stats, strategy, pins, overlap if strategy == "overlap" else None)
     space = old.labelspace.with_task(stats, mapping.shared, mapping.strategy)
-    expand_output_channels(network, space.n_shared + 1)
+    starts = new_channel_starts(stats, mapping.shared, old.labelspace.n_shared, config.new_label_init, overlap)
+    expand_output_channels(network, starts)
     progress.progress("mapping", 1.0, f"{name}: mapped by {mapping.strategy}; n* = {space.n_shared}")
-    return space, network, mapping.to_json()
+    return space, network, {**mapping.to_json(), "new_channels": [
+        {"shared": old.labelspace.n_shared + 1 + i, "copied_from": source, "bias_shift": round(shift, 4),
+         "init": config.new_label_init} for i, (source, shift) in enumerate(starts)]}
 
 
 def _json_round_trip(data: dict) -> dict:

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from ..tasks import TaskDataset
-from ..training import Batch, Trainer
+from ..sampling import TaskBatch
+from ..training import Trainer
 
 DISTILL_TEMPERATURE = 2.0
 
@@ -43,44 +44,46 @@ class IncrementalTrainer(Trainer):
     """The engine's training loop with replay and distillation.
 
     Old tasks train on their replay exemplars only (``replay``: task -> case names; an empty list drops the task
-    from training). With ``distill_weight`` > 0 the old model's outputs on the replayed slices are a second target
+    from training). ``new_task`` (the task being added or updated) gets ``new_task_share`` of every batch, the old
+    tasks the rest in equal parts. With ``distill_weight`` > 0 the old model's outputs on the replayed patches are a
+    second target
     (Hinton et al. 2015): KL(old || new) of the softmax at temperature :data:`DISTILL_TEMPERATURE` over the old
     output channels, times T^2, added to the segmentation loss.
     """
 
     def __init__(self, network, heads, train_banks, validation_banks, config, workdir, progress, context=None,
                  run_identity=None, fraction_range=(0.0, 1.0), *, replay: Mapping[str, Sequence[str]],
-                 teacher: torch.nn.Module | None = None, distill_weight: float = 0.0):
-        banks = []
-        for bank in train_banks:
-            if bank.task in replay:
-                bank = bank.select(np.isin(np.array(bank.case_of_slice), list(replay[bank.task])))
-            if len(bank):
-                banks.append(bank)
+                 teacher: torch.nn.Module | None = None, distill_weight: float = 0.0, new_task: str | None = None,
+                 new_task_share: float | None = None):
+        banks = [bank.select(replay[bank.task]) if bank.task in replay else bank for bank in train_banks]
+        self.new_task, self.new_task_share = new_task, new_task_share
         identity = {**(run_identity or {}), "replay": {t: list(c) for t, c in replay.items()},
-                    "distill_weight": distill_weight}
+                    "distill_weight": distill_weight, "new_task_share": new_task_share}
         super().__init__(network, heads, banks, validation_banks, config, workdir, progress, context, identity,
                          fraction_range)
         self.distill_weight = distill_weight
         self.teacher = None
         if teacher is not None and distill_weight > 0:
             self.teacher = teacher.to(self.device).eval().requires_grad_(False)
-        self.replayed_tasks = torch.tensor([heads[t].index for t, cases in replay.items() if cases],
-                                           device=self.device, dtype=torch.int64)
+        self.replayed_tasks = {heads[t].index for t, cases in replay.items() if cases}
 
-    def loss(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+    def task_shares(self, banks) -> list[float] | None:
+        tasks = [bank.task for bank in banks]
+        if self.new_task not in tasks or self.new_task_share is None or len(tasks) == 1:
+            return None
+        others = (1 - self.new_task_share) / (len(tasks) - 1)
+        return [self.new_task_share if task == self.new_task else others for task in tasks]
+
+    def loss(self, logits: torch.Tensor, batch: TaskBatch) -> torch.Tensor:
         loss = super().loss(logits, batch)
-        if self.teacher is None:
-            return loss
-        replayed = torch.isin(batch.task_index, self.replayed_tasks)
-        if not bool(replayed.any()):
+        if self.teacher is None or batch.head.index not in self.replayed_tasks:
             return loss
         autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype
                     else nullcontext())
         with torch.no_grad(), autocast:
-            old_logits = self.teacher(batch.images[replayed], batch.task_index[replayed])
+            old_logits = self.teacher(batch.images, batch.task_index)
         temperature = DISTILL_TEMPERATURE
-        new_log_p = F.log_softmax(logits[replayed, : old_logits.shape[1]].float() / temperature, dim=1)
+        new_log_p = F.log_softmax(logits[:, : old_logits.shape[1]].float() / temperature, dim=1)
         old_log_p = F.log_softmax(old_logits.float() / temperature, dim=1)
         divergence = F.kl_div(new_log_p, old_log_p, reduction="none", log_target=True).sum(dim=1).mean()
         return loss + self.distill_weight * temperature ** 2 * divergence

@@ -1,0 +1,186 @@
+"""Per-task plans: at which in-plane resolution the network sees a task's slices and how large its patches are
+(nnU-Net's experiment planning, in 2D). Light (no torch).
+
+A plan is computed from a task's training cases when the label space is built and stored with the task in
+``labelspace.json``, so training and inference read the same plan:
+
+1. **Target spacing**: the median in-plane spacing of the task's slices (per axis). Images without a spacing (PNG)
+   count their pixels as 1 mm.
+2. **Resolution cap**: when the median slice at that spacing has more than ``image_pixels`` pixels, the spacing is
+   coarsened by the same factor on both axes until it has ``image_pixels`` (the aspect ratio is kept).
+3. **Patch size**: the median slice shape at the target spacing, rounded up to a multiple of
+   :data:`PATCH_MULTIPLE`; while it has more than ``patch_pixels`` pixels, its axis that is largest relative to the
+   median shape shrinks by :data:`PATCH_MULTIPLE` (nnU-Net's rule). A patch smaller than the slice is slid over it
+   at inference (Gaussian-weighted windows).
+
+Models of the first release resized every slice to one square size whatever its spacing; such a model (or a run
+asked for with ``--fixed-size``) has *fixed-size* plans: ``size`` instead of ``spacing``, patch = size. The rule
+a label space's plans were made with (:class:`PlanSettings`) is stored with it, so a task added later is planned
+the same way.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import LabelSpaceError
+
+PATCH_MULTIPLE = 16  # four down-samplings of the U-Net
+MIN_PATCH_SIDE = 32
+MAX_SIDE = 2048  # larger planned images or patches are refused: a spacing error, not an image to train on
+
+
+@dataclass(frozen=True)
+class PlanSettings:
+    """The rule plans are made with: the compute budget (chosen by measurement: docs/resolution), or a fixed size
+    (the first release's square resize; kept to load its models and to compare against)."""
+
+    image_pixels: int = 256 * 256
+    patch_pixels: int = 192 * 192
+    fixed_size: int | None = None
+
+    def check(self) -> None:
+        for name in ("image_pixels", "patch_pixels"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) \
+                    or not MIN_PATCH_SIDE ** 2 <= value <= MAX_SIDE ** 2:
+                raise LabelSpaceError(f"--{name.replace('_', '-')} {value!r}: must be a whole number of pixels in "
+                                      f"{MIN_PATCH_SIDE ** 2}..{MAX_SIDE ** 2}")
+        if self.fixed_size is not None and (isinstance(self.fixed_size, bool) or not isinstance(self.fixed_size, int)
+                                            or self.fixed_size % PATCH_MULTIPLE
+                                            or not MIN_PATCH_SIDE <= self.fixed_size <= MAX_SIDE):
+            raise LabelSpaceError(f"--fixed-size {self.fixed_size!r}: a multiple of {PATCH_MULTIPLE} in "
+                                  f"{MIN_PATCH_SIDE}..{MAX_SIDE}")
+
+    def plan(self, geometries: Sequence[SliceGeometry]) -> TaskPlan:
+        """The plan of a task from the slice geometry of its training cases."""
+        self.check()
+        if self.fixed_size is not None:
+            return fixed_size_plan(self.fixed_size)
+        return plan_task(geometries, self)
+
+    def to_json(self) -> dict:
+        if self.fixed_size is not None:
+            return {"fixed_size": self.fixed_size}
+        return {"image_pixels": self.image_pixels, "patch_pixels": self.patch_pixels}
+
+    @classmethod
+    def from_json(cls, data: dict) -> PlanSettings:
+        try:
+            settings = cls(**{k: int(v) for k, v in data.items() if k in ("image_pixels", "patch_pixels",
+                                                                         "fixed_size")})
+        except (TypeError, ValueError, AttributeError) as error:
+            raise LabelSpaceError(f"plan settings: malformed ({error})") from None
+        settings.check()
+        return settings
+
+
+@dataclass(frozen=True)
+class SliceGeometry:
+    """One case's slices: their shape (rows, columns) and in-plane spacing (rows, columns) in mm."""
+
+    shape: tuple[int, int]
+    spacing: tuple[float, float]
+
+
+@dataclass(frozen=True)
+class TaskPlan:
+    """How a task's slices are brought to the network: resampled to ``spacing`` (aspect ratio kept) or, for
+    fixed-size plans, to ``size``; trained on ``patch_size`` patches and segmented with windows of that size."""
+
+    patch_size: tuple[int, int]
+    spacing: tuple[float, float] | None = None
+    size: tuple[int, int] | None = None
+    median_shape: tuple[int, int] | None = None      # median slice shape at the target spacing
+    source_spacing: tuple[float, float] | None = None  # median spacing of the task's own slices
+
+    def __post_init__(self):
+        if (self.spacing is None) == (self.size is None):
+            raise LabelSpaceError("a plan has either a target spacing or a fixed size")
+        if len(self.patch_size) != 2 or any(p < MIN_PATCH_SIDE or p > MAX_SIDE or p % PATCH_MULTIPLE
+                                            for p in self.patch_size):
+            raise LabelSpaceError(f"patch size {self.patch_size}: two sides, multiples of {PATCH_MULTIPLE} in "
+                                  f"{MIN_PATCH_SIDE}..{MAX_SIDE}")
+        if self.spacing is not None and (len(self.spacing) != 2 or not all(
+                math.isfinite(s) and 1e-4 < s < 1e4 for s in self.spacing)):
+            raise LabelSpaceError(f"target spacing {self.spacing}: two positive finite values are needed")
+
+    @property
+    def fixed_size(self) -> bool:
+        return self.size is not None
+
+    def target_shape(self, shape: Sequence[int], spacing: Sequence[float]) -> tuple[int, int]:
+        """The shape of a slice of ``shape`` and ``spacing`` (rows, columns) at this plan's resolution."""
+        if self.size is not None:
+            return tuple(self.size)
+        return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, self.spacing, strict=True))
+
+    def describe(self) -> str:
+        if self.size is not None:
+            return f"every slice resized to {self.size[0]}x{self.size[1]}"
+        spacing = "x".join(f"{s:.3g}" for s in self.spacing)
+        median = f", median slice {self.median_shape[0]}x{self.median_shape[1]}" if self.median_shape else ""
+        return f"spacing {spacing} mm{median}, patch {self.patch_size[0]}x{self.patch_size[1]}"
+
+    def to_json(self) -> dict:
+        data = {"patch_size": list(self.patch_size)}
+        for key in ("spacing", "size", "median_shape", "source_spacing"):
+            value = getattr(self, key)
+            if value is not None:
+                data[key] = [float(v) if key.endswith("spacing") else int(v) for v in value]
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict) -> TaskPlan:
+        def pair(key, kind):
+            value = data.get(key)
+            if value is None:
+                return None
+            if not isinstance(value, list) or len(value) != 2:
+                raise LabelSpaceError(f"plan: '{key}' must be a list of two numbers")
+            return tuple(kind(v) for v in value)
+        try:
+            return cls(patch_size=pair("patch_size", int), spacing=pair("spacing", float), size=pair("size", int),
+                       median_shape=pair("median_shape", int), source_spacing=pair("source_spacing", float))
+        except (TypeError, ValueError) as error:
+            raise LabelSpaceError(f"plan: malformed ({error})") from None
+
+
+def fixed_size_plan(size: int) -> TaskPlan:
+    """The first release's preprocessing: every slice resized to ``size`` x ``size``."""
+    return TaskPlan(patch_size=(size, size), size=(size, size))
+
+
+def _round_up(value: float) -> int:
+    return int(max(MIN_PATCH_SIDE, math.ceil(value / PATCH_MULTIPLE) * PATCH_MULTIPLE))
+
+
+def plan_task(geometries: Sequence[SliceGeometry], budget: PlanSettings) -> TaskPlan:
+    """The plan of a task from the slice geometry of its training cases (see the module docstring)."""
+    if not geometries:
+        raise LabelSpaceError("no training cases to plan from")
+    spacings = np.array([g.spacing for g in geometries], dtype=float)
+    if not np.isfinite(spacings).all() or (spacings <= 0).any():
+        raise LabelSpaceError("a case has a zero, negative or undefined spacing")
+    source = tuple(float(v) for v in np.median(spacings, axis=0))
+    target = np.array(source)
+    shapes = np.array([[n * s / t for n, s, t in zip(g.shape, g.spacing, target, strict=True)] for g in geometries])
+    median = np.median(shapes, axis=0)
+    if median.prod() > budget.image_pixels:
+        factor = math.sqrt(median.prod() / budget.image_pixels)
+        target, median = target * factor, median / factor
+    if median.max() > MAX_SIDE:
+        raise LabelSpaceError(f"the median slice would be {median[0]:.0f}x{median[1]:.0f} pixels at the plan's "
+                              "spacing; check the images' spacing")
+    patch = [_round_up(side) for side in median]
+    while patch[0] * patch[1] > budget.patch_pixels and max(patch) > MIN_PATCH_SIDE:
+        axis = int(np.argmax([p / m for p, m in zip(patch, median, strict=True)]))
+        if patch[axis] <= MIN_PATCH_SIDE:
+            axis = 1 - axis
+        patch[axis] -= PATCH_MULTIPLE
+    return TaskPlan(patch_size=(patch[0], patch[1]), spacing=(float(target[0]), float(target[1])),
+                    median_shape=(int(round(median[0])), int(round(median[1]))), source_spacing=source)
