@@ -22,7 +22,7 @@ _EXPORTS = {
     "TrainingInterrupted": "errors", "UnknownTaskError": "errors",
     "AddTaskConfig": "config", "TrainConfig": "config",
     "Evaluation": "scores", "evaluate_cases": "evaluation",
-    "Segmenter": "inference", "segment_file": "inference",
+    "Segmenter": "inference", "segment_file": "segment_run", "SegmentConfig": "config",
     "LabelSpace": "labelspace", "TaskStatistics": "labelspace", "compute_statistics": "labelspace",
     "parse_group": "labelspace",
     "list_models": "modelfolder", "verify_folder": "modelfolder", "run_state": "modelfolder",
