@@ -17,8 +17,7 @@ import traceback
 from pathlib import Path
 
 from . import __version__
-from .config import DEVICES, EXISTING_OUTPUTS, METHODS, OUTPUT_FORMATS, STRATEGIES, AddTaskConfig, SegmentConfig, \
-    TrainConfig
+from .config import DEVICES, METHODS, OUTPUT_FORMATS, STRATEGIES, AddTaskConfig, SegmentConfig, TrainConfig
 from .errors import LabelShareError, TrainingInterrupted
 from .progress import Progress
 
@@ -112,7 +111,7 @@ def cmd_train(args, progress: Progress) -> int:
 
 
 def segment_config_from(args: argparse.Namespace) -> SegmentConfig:
-    existing = "overwrite" if args.overwrite else "continue" if args.continue_run else EXISTING_OUTPUTS[0]
+    existing = "overwrite" if args.overwrite else "continue" if args.continue_run else "refuse"
     config = SegmentConfig(task=args.task, largest_component=args.largest_component, slicing_axis=args.slicing_axis,
                            batch_size=args.batch_size, existing=existing, output_format=args.format,
                            series=args.series, device=args.device)
@@ -125,7 +124,7 @@ def cmd_segment(args, progress: Progress) -> int:
     :data:`EXIT_SOME_FAILED` when some failed (their reasons are in the summary and the final ``error`` event)."""
     from .inputs import collect_inputs
     from .models import load_model
-    from .segment_run import segment_cases, plan_cases
+    from .segment_run import plan_cases, segment_cases
     config = segment_config_from(args)
     inputs = collect_inputs(args.inputs, config.series)
     cases = plan_cases(inputs, args.output, config)  # refuses bad arguments before the model loads
