@@ -136,8 +136,9 @@ def case_table(tmp_path, model, image):
     volume = mr_volume(sitk.ReadImage(str(image)))
     first_uid, files = write_series(volume, tmp_path / "dicom", series_number=1)
     second_uid, _ = write_series(volume, tmp_path / "dicom", series_number=2)
+    listed = "; ".join(f"{uid} (T1, 4 files)" for uid in sorted((first_uid, second_uid)))
     add("segment: several DICOM series", _segment(model, tmp_path / "dicom", out),
-        f"dicom: holds 2 DICOM series; choose one with --series UID: {first_uid} (T1, 4 files); {second_uid}")
+        f"dicom: holds 2 DICOM series; choose one with --series UID: {listed}")
     add("segment: one file of a DICOM series", _segment(model, files[1], out),
         f"{files[1].name}: is one of 4 files of DICOM series {first_uid}; pass the folder {tmp_path / 'dicom'}")
     add("segment: DICOM SEG of a non-DICOM input", _segment(model, image, tmp_path / "seg.dcm"),

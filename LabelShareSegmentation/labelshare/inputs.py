@@ -108,7 +108,7 @@ def _series_files(folder: Path, series_uid: str) -> tuple[Path, ...]:
 
 def dicom_folder_image(folder: Path, series: str | None = None) -> InputImage:
     """The DICOM series of a folder (the one ``series`` names when it holds several)."""
-    uids = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+    uids = sorted(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))  # listed in a stable order
     if not uids:
         raise DataError(f"{folder}: holds DICOM files but no readable image series")
     if series is None and len(uids) == 1:
