@@ -3,6 +3,9 @@ geometry of a given volume (oblique included) and file names that do not follow 
 
 from __future__ import annotations
 
+import locale
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +13,17 @@ import pydicom.uid
 import SimpleITK as sitk
 
 ROTATION = sitk.VersorTransform((1, 2, 3), 0.4).GetMatrix()  # an oblique direction: no axis is aligned
+
+
+@contextmanager
+def _locale_kept() -> Iterator[None]:
+    """SimpleITK's GDCM writer switches the process locale to "C" and leaves it there, after which text files read
+    without an explicit encoding decode as ASCII in every later test of the same process; put the locale back."""
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        yield
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
 
 
 def mr_volume(image: sitk.Image, direction=None) -> sitk.Image:
@@ -43,18 +57,19 @@ def write_series(volume: sitk.Image, folder: Path, description: str = "T1", seri
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
     files = []
-    for index in range(depth):
-        plane = volume[:, :, index]
-        for tag, value in common.items():
-            plane.SetMetaData(tag, value)
-        position = volume.TransformIndexToPhysicalPoint((0, 0, index))
-        plane.SetMetaData("0020|0032", "\\".join(f"{v:.6f}" for v in position))
-        plane.SetMetaData("0020|0013", str(index + 1))
-        plane.SetMetaData("0008|0018", pydicom.uid.generate_uid())
-        path = folder / f"S{series_number}IM{int(order[index]):04d}.dcm"
-        writer.SetFileName(str(path))
-        writer.Execute(plane)
-        files.append(path)
+    with _locale_kept():
+        for index in range(depth):
+            plane = volume[:, :, index]
+            for tag, value in common.items():
+                plane.SetMetaData(tag, value)
+            position = volume.TransformIndexToPhysicalPoint((0, 0, index))
+            plane.SetMetaData("0020|0032", "\\".join(f"{v:.6f}" for v in position))
+            plane.SetMetaData("0020|0013", str(index + 1))
+            plane.SetMetaData("0008|0018", pydicom.uid.generate_uid())
+            path = folder / f"S{series_number}IM{int(order[index]):04d}.dcm"
+            writer.SetFileName(str(path))
+            writer.Execute(plane)
+            files.append(path)
     return series_uid, files
 
 
@@ -68,5 +83,6 @@ def write_single_image(image: sitk.Image, path: Path) -> Path:
                        "0020|000d": pydicom.uid.generate_uid(), "0008|0018": pydicom.uid.generate_uid()}.items():
         image.SetMetaData(tag, value)
     writer.SetFileName(str(path))
-    writer.Execute(image)
+    with _locale_kept():
+        writer.Execute(image)
     return path

@@ -3,6 +3,7 @@ the headers), folders with several series, single DICOM files; written by the te
 
 from __future__ import annotations
 
+import locale
 from pathlib import Path
 
 import numpy as np
@@ -120,3 +121,10 @@ def test_dicom_and_other_images_in_one_folder_are_refused(hippocampus_volume, tm
     sitk.WriteImage(hippocampus_volume, str(tmp_path / "mixed" / "other.nii.gz"))
     with pytest.raises(DataError, match="mixed: holds DICOM files and other images"):
         collect_inputs([tmp_path / "mixed"])
+
+
+def test_writing_test_dicom_leaves_the_process_locale_alone(tmp_path):
+    """GDCM's writer sets the locale to "C"; the factory restores it, or later tests would read text as ASCII."""
+    before = locale.setlocale(locale.LC_ALL)
+    write_series(mr_volume(sitk.GetImageFromArray(np.zeros((2, 4, 4), np.float32))), tmp_path / "series")
+    assert locale.setlocale(locale.LC_ALL) == before
