@@ -382,6 +382,13 @@ class LabelShareSegmentationLogic(ScriptedLoadableModuleLogic):
         self.ensureDependencies()
         return self.segmentation.segment(volumeNode, task, model, device, outputSegmentation, largestComponent)
 
+    def segmentMany(self, volumeNodes, task: str, model: str | None = None, device: str = "auto",
+                    largestComponent: bool = False):
+        """Segment several volumes in one warm background worker (one model load); returns their segmentation
+        nodes in order. A volume that fails does not stop the others; the error at the end names each one."""
+        self.ensureDependencies()
+        return self.segmentation.segment_many(volumeNodes, task, model, device, largestComponent)
+
     def stop(self) -> None:
         """Cancel a running segmentation and stop the background worker (frees its memory)."""
         self.segmentation.stop()

@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from dicomfactory import mr_volume, write_series
 from taskfactory import blobs, write_task_folder
 
 from labelshare.cli import main
@@ -54,14 +55,19 @@ def _task(tmp_path, name="t", damage=None):
     return root
 
 
-def _segment(model, image, output, task="phantom3d"):
-    return ["segment", "--model", str(model), "--task", task, str(image), "-o", str(output), "--device", "cpu"]
+def _segment(model, image, output, task="phantom3d", *options):
+    images = [str(i) for i in image] if isinstance(image, list) else [str(image)]
+    return ["segment", "--model", str(model), "--task", task, *images, "-o", str(output), "--device", "cpu", *options]
 
 
 CASE_NAMES = [
     "input missing", "unknown task", "model folder missing", "weights missing", "weights tampered",
     "weights truncated", "weights do not match config", "config tampered", "manifest missing", "labelspace corrupt",
-    "NaN input", "vector input", "4D input", "output exists", "output format", "task: shape", "task: geometry",
+    "NaN input", "vector input", "4D input", "output exists", "output format", "segment: batch size 0",
+    "segment: 3D volume to PNG", "segment: glob matches nothing", "segment: folder without images",
+    "segment: several DICOM series", "segment: one file of a DICOM series", "segment: DICOM SEG of a non-DICOM input",
+    "segment: two images, one output name", "segment: several images into a file",
+    "segment: output is the input", "task: shape", "task: geometry",
     "task: label_value", "task: nan", "task: empty_labels", "task: missing_image", "task: empty_file",
     "task folder missing", "bad group", "labelspace file invalid", "train: task not in label space",
     "train: existing output", "labelspace: bad fixed size", "labelspace: bad patch budget", "evaluate: labels differ",
@@ -77,7 +83,7 @@ def case_table(tmp_path, model, image):
     def add(name, argv, expected, prepare=None):
         cases[name] = (argv, expected, prepare)
 
-    add("input missing", _segment(model, tmp_path / "nope.nii.gz", out), "nope.nii.gz: input image file not found")
+    add("input missing", _segment(model, tmp_path / "nope.nii.gz", out), "nope.nii.gz: input not found")
     add("unknown task", _segment(model, image, out, task="liver"), "unknown task 'liver'; known tasks: phantom3d")
     add("model folder missing", _segment(tmp_path / "no-model", image, out), "no-model: model folder does not exist")
     add("weights missing", _segment(model, image, out), "missing model.safetensors", lambda: weights.unlink())
@@ -113,8 +119,36 @@ def case_table(tmp_path, model, image):
     four_d = tmp_path / "four_d.nii.gz"
     sitk.WriteImage(sitk.Image([4, 4, 4, 2], sitk.sitkFloat32), str(four_d))
     add("4D input", _segment(model, four_d, out), "four_d.nii.gz: input image has 4 dimensions")
-    add("output exists", _segment(model, image, image), "already exists (pass --overwrite")
+    add("output exists", _segment(model, image, tmp_path / "old.nii.gz"),
+        "old.nii.gz: already exists (pass --overwrite", lambda: (tmp_path / "old.nii.gz").write_bytes(b"earlier"))
+    add("segment: output is the input", _segment(model, image, image, "phantom3d", "--overwrite"),
+        "input.nii.gz: is the input image; choose another output")
     add("output format", _segment(model, image, tmp_path / "out.txt"), "out.txt: output must end in")
+    add("segment: batch size 0", _segment(model, image, out, "phantom3d", "--batch-size", "0"),
+        "--batch-size must be a whole number of at least 1, not 0")
+    add("segment: 3D volume to PNG", _segment(model, image, tmp_path / "out.png"),
+        "out.png: PNG holds one 2D image, and this label image is 16x16x4; write .nii.gz")
+    add("segment: glob matches nothing", _segment(model, f"{tmp_path}/absent*.nii.gz", tmp_path / "labels"),
+        "absent*.nii.gz: no file or folder matches")
+    (tmp_path / "empty").mkdir()
+    add("segment: folder without images", _segment(model, tmp_path / "empty", tmp_path / "labels"),
+        "empty: no images to segment")
+    volume = mr_volume(sitk.ReadImage(str(image)))
+    first_uid, files = write_series(volume, tmp_path / "dicom", series_number=1)
+    second_uid, _ = write_series(volume, tmp_path / "dicom", series_number=2)
+    listed = "; ".join(f"{uid} (T1, 4 files)" for uid in sorted((first_uid, second_uid)))
+    add("segment: several DICOM series", _segment(model, tmp_path / "dicom", out),
+        f"dicom: holds 2 DICOM series; choose one with --series UID: {listed}")
+    add("segment: one file of a DICOM series", _segment(model, files[1], out),
+        f"{files[1].name}: is one of 4 files of DICOM series {first_uid}; pass the folder {tmp_path / 'dicom'}")
+    add("segment: DICOM SEG of a non-DICOM input", _segment(model, image, tmp_path / "seg.dcm"),
+        "input.nii.gz: is not DICOM, and DICOM SEG references the DICOM images it segments")
+    twin = tmp_path / "other" / image.name
+    twin.parent.mkdir()
+    twin.write_bytes(image.read_bytes())
+    add("segment: two images, one output name", _segment(model, [image, twin], tmp_path / "labels"),
+        "input.nii.gz: would be written for two images")
+    add("segment: several images into a file", _segment(model, [image, twin], image), "input.nii.gz: is a file")
     space = tmp_path / "ls.json"
     for damage, expected in [("shape", "case_000_0000.mha: case 'case_000' of task 'bad_shape': image size (9, 8, 2) "
                                        "differs from label size (8, 8, 2)"),

@@ -8,7 +8,8 @@ import pytest
 import SimpleITK as sitk
 
 from labelshare.errors import UnknownTaskError
-from labelshare.inference import Segmenter, keep_largest_components, segment_file
+from labelshare.inference import Segmenter, keep_largest_components
+from labelshare.segment_run import segment_file
 from labelshare.models import load_model
 from labelshare.progress import Progress, parse_event
 
@@ -73,7 +74,7 @@ def test_segment_file_emits_progress_and_writes_atomically(tiny_model, tmp_path,
     fractions = [e["fraction"] for e in events if e["event"] == "progress" and e["stage"] == "segmenting"]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0 and len(fractions) >= 3
     assert sitk.ReadImage(str(output)).GetSize() == sitk.ReadImage(str(source)).GetSize()
-    assert [p.name for p in tmp_path.iterdir()] == ["out.nii.gz"]      # no temporary files left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json", "out.nii.gz"]  # no temporary files left
 
 
 def test_segment_command_end_to_end(tiny_model, tmp_path, synthetic_tasks):

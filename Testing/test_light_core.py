@@ -1,6 +1,6 @@
-"""The engine's light layer runs without torch, MONAI, SciPy, safetensors and matplotlib: Slicer's own process
-imports it (model lists, task folders, run states, progress events), and a command that only reads model folders
-must not pay for torch."""
+"""The engine's light layer runs without torch, MONAI, SciPy, safetensors, matplotlib and highdicom: Slicer's own
+process imports it (model lists, task folders, run states, progress events), and a command that only reads model
+folders must not pay for torch."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ import textwrap
 
 import pytest
 
-HEAVY = ("torch", "monai", "safetensors", "scipy", "matplotlib")
+HEAVY = ("torch", "monai", "safetensors", "scipy", "matplotlib", "highdicom")
 LIGHT_MODULES = ("errors", "progress", "fileio", "naming", "paths", "config", "plans", "budget", "layouts", "tasks",
-                 "taskfolders", "labelspace", "modelfolder", "scores", "forgetting", "synthetic", "worker", "cli")
+                 "taskfolders", "labelspace", "modelfolder", "scores", "forgetting", "synthetic", "worker", "cli",
+                 "terminology", "inputs", "outputs")
 
 
 def run_without_heavy_packages(code: str) -> subprocess.CompletedProcess:

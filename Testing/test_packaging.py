@@ -30,6 +30,7 @@ def test_wheel_holds_engine_benchmarks_and_bundled_model_but_no_slicer_code(whee
     assert "labelshare_benchmarks/methods.py" in names
     bundled = [n for n in names if n.startswith("labelshare/bundled_models/labelshare-4tasks-v1/")]
     assert {Path(n).name for n in bundled} >= {"model.safetensors", "manifest.json", "config.json", "labelspace.json"}
+    assert "labelshare/resources/LabelTerminology.csv" in names  # .seg.nrrd and DICOM SEG read it
     assert not any("LabelShareSegmentationLib" in n or "LabelShareLib" in n or n.endswith(".ui") for n in names)
 
 
@@ -45,11 +46,13 @@ def test_wheel_in_a_clean_environment_lists_and_verifies_its_bundled_model(wheel
                               capture_output=True, text=True, check=True).stdout.strip())
     (own / "dependencies.pth").write_text("\n".join(site.getsitepackages()) + "\n")
     found = subprocess.run([str(python), "-c", "import json, labelshare, labelshare.paths as p; print(json.dumps("
-                            "[labelshare.__file__, str(p.default_model_dir())]))"],
+                            "[labelshare.__file__, str(p.default_model_dir()), "
+                            "len(__import__('labelshare.terminology').terminology.load_label_table())]))"],
                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert found.returncode == 0, found.stderr
-    module_file, model_dir = json.loads(found.stdout)
+    module_file, model_dir, known_labels = json.loads(found.stdout)
     assert Path(module_file).is_relative_to(environment) and Path(model_dir).is_relative_to(environment)
+    assert known_labels >= 10  # the packaged terminology table
     listed = subprocess.run([str(environment / "bin" / "labelshare"), "models"], capture_output=True, text=True,
                             timeout=120, cwd=tmp_path)
     assert listed.returncode == 0, listed.stderr

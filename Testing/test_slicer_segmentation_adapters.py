@@ -15,6 +15,7 @@ import vtk
 
 from labelshare.errors import DataError
 from labelshare.tasks import choose_slicing_axis
+from labelshare.terminology import MIN_COLOUR_DISTANCE, load_label_table
 
 pytest_plugins = ["slicer_support"]  # fixtures: mrml_scene, slicer_env
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "LabelShareSegmentation"))
@@ -182,8 +183,7 @@ def test_colours_differ_within_a_task_and_known_names_get_terminology(mrml_scene
     ids = segments.import_task_segments(node, image, "cardiac", labels, reference_volume=volume)
     found = [node.GetSegmentation().GetSegment(i) for i in ids]
     colors = np.array([s.GetColor() for s in found])
-    assert min(np.linalg.norm(colors[i] - colors[j]) for i in range(3) for j in range(i)) >= \
-        segments.MIN_COLOUR_DISTANCE
+    assert min(np.linalg.norm(colors[i] - colors[j]) for i in range(3) for j in range(i)) >= MIN_COLOUR_DISTANCE
     np.testing.assert_allclose(colors[0], np.array([152, 55, 13]) / 255)  # table colour, name matched loosely
     np.testing.assert_allclose(colors[1], [0.1, 0.2, 0.9])  # dataset.json label_info wins over the table
     assert "^87878005^Left Ventricle" in found[0].GetTerminology()
@@ -191,11 +191,21 @@ def test_colours_differ_within_a_task_and_known_names_get_terminology(mrml_scene
     assert found[2].GetTerminology() == "Custom~SCT^1^a~SCT^2^b~^^~~^^~^^"
 
 
-def test_many_labels_without_known_colours_still_get_distinct_colours():
-    styles = segments.segment_styles([label(i, f"structure {i}") for i in range(1, 31)], table={})
-    colors = np.array([s.color for s in styles])
-    distances = np.linalg.norm(colors[:, None] - colors[None], axis=-1) + np.eye(len(colors))
-    assert distances.min() >= segments.MIN_COLOUR_DISTANCE
+def test_engine_terminology_text_is_what_slicer_serialises():
+    """The engine writes terminology without Slicer (.seg.nrrd, sidecars); every entry of the table must read back
+    in Slicer exactly as Slicer would have written it."""
+    entries = [known.terminology for known in load_label_table().values() if known.terminology is not None]
+    assert len(entries) >= 10
+    for terminology in entries:
+        entry = slicer.vtkSlicerTerminologyEntry()
+        entry.SetTerminologyContextName(terminology.context)
+        for target, code in ((entry.GetCategoryObject(), terminology.category),
+                             (entry.GetTypeObject(), terminology.type),
+                             (entry.GetTypeModifierObject(), terminology.type_modifier)):
+            target.SetCodingSchemeDesignator(code.scheme)
+            target.SetCodeValue(code.value)
+            target.SetCodeMeaning(code.meaning)
+        assert slicer.vtkSlicerTerminologiesModuleLogic.SerializeTerminologyEntry(entry) == terminology.slicer_text()
 
 
 def test_rerun_replaces_only_that_tasks_segments_in_place(mrml_scene):

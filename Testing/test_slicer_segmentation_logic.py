@@ -197,3 +197,26 @@ def test_console_api_without_a_model_uses_the_bundled_default_model(logic, volum
     for index, label_id in enumerate((1, 2, 3)):
         voxels = slicer.util.arrayFromSegmentBinaryLabelmap(node, segmentation.GetNthSegmentID(index), volume)
         np.testing.assert_array_equal(voxels > 0, expected == label_id)
+
+
+def test_segment_many_uses_one_warm_worker_and_goes_on_after_a_bad_volume(logic, tiny_model, mrml_scene,
+                                                                         synthetic_tasks):
+    sources = sorted((synthetic_tasks[TASK] / "imagesTr").iterdir())[1:3]
+    good = [volumes.image_to_volume(sitk.ReadImage(str(path)), mrml_scene, f"scan {index}")
+            for index, path in enumerate(sources)]
+    broken = volumes.image_to_volume(sitk.GetImageFromArray(np.full((4, 8, 8), np.nan, dtype=np.float32)),
+                                     mrml_scene, "broken scan")
+    with pytest.raises(JobFailed, match=r"1 of 3 volumes failed: 'broken scan': .*NaN or infinite"):
+        logic.segment_many([good[0], broken, good[1]], TASK, model=tiny_model, device="cpu", timeout=120)
+    worker_pid = logic.worker.process.pid  # the same worker served all three
+
+    nodes = logic.segment_many(good, TASK, model=tiny_model, device="cpu", timeout=120)
+    assert logic.worker.process.pid == worker_pid and logic.job.done_event["load_s"] == 0.0
+    assert [node.GetName() for node in nodes] == ["scan 0 phantom3d", "scan 1 phantom3d"]
+    segmenter = Segmenter(load_model(tiny_model))
+    for volume, node in zip(good, nodes, strict=True):
+        expected = sitk.GetArrayFromImage(segmenter.segment(volumes.volume_to_image(volume), TASK))
+        segmentation = node.GetSegmentation()
+        for index, label_id in enumerate((1, 2, 3)):
+            voxels = slicer.util.arrayFromSegmentBinaryLabelmap(node, segmentation.GetNthSegmentID(index), volume)
+            np.testing.assert_array_equal(voxels > 0, expected == label_id)

@@ -11,7 +11,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from labelshare.cli import build_parser
-from labelshare.inference import segment_file
+from labelshare.segment_run import segment_file
 from labelshare.worker import cmd_worker, serve
 
 

@@ -8,6 +8,7 @@ extension. Run one with ``labelshare-bench NAME [ARGUMENTS]`` (or ``python -m la
                             budget (docs/benchmark)
 ``segmentation-throughput`` the engine end to end vs the raw network forward on one volume
 ``training-throughput``     the engine's training step vs a raw training step
+``batch-segmentation``      50 volumes in one ``labelshare segment`` call vs one call per volume
 ``apply-to-segments``       the Slicer module's Apply on slicer-core, first run and later runs
 ``cpu-efficiency``          float32 vs channels_last vs bfloat16 autocast vs torch.compile on the CPU
 ``incremental-summary``     tables and chart of the incremental-learning experiments (docs/incremental;
@@ -23,6 +24,7 @@ EXPERIMENTS = {
     "methods": "methods",
     "segmentation-throughput": "segmentation_throughput",
     "training-throughput": "training_throughput",
+    "batch-segmentation": "batch_segmentation",
     "apply-to-segments": "apply_to_segments",
     "cpu-efficiency": "cpu_efficiency",
     "incremental-summary": "incremental.summarize",

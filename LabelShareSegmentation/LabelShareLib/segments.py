@@ -2,11 +2,10 @@
 
 One segment per label of the task, in label-id order, named with the task's label names, each with a colour
 that differs from the task's other labels and, where known, a standard terminology entry (DICOM/SNOMED CT codes
-that Slicer shows in the segment list and writes into DICOM SEG and .seg.nrrd). Colour and terminology come from,
-in this order: the label's ``info`` in the model's label space (``dataset.json`` →
-``"labelshare": {"label_info": {"lv_cavity": {"color": [r, g, b], "terminology": "<Slicer terminology string>"}}}``
-with colours in 0..1), the extension's table of known label names (``Resources/LabelTerminology.csv``), and a
-fixed palette of distinct colours.
+that Slicer shows in the segment list and writes into DICOM SEG and .seg.nrrd). Names, colours and terminology are
+the engine's (:func:`labelshare.terminology.label_styles`: the model's ``label_info``, then the extension's table
+``Resources/LabelTerminology.csv``, then a palette), so a segmentation made here and a ``.seg.nrrd`` or DICOM SEG
+written by ``labelshare segment`` describe a label the same way.
 
 Segments are tagged with the task (``LabelShare.Task``) and label id, so running a task again replaces exactly
 that task's segments, in place, and leaves every other segment of the node alone. All of a task's segments share
@@ -21,123 +20,22 @@ Usage::
 
 from __future__ import annotations
 
-import colorsys
-import csv
-import logging
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import SimpleITK as sitk
 import slicer
 import vtk
-from labelshare.naming import normalise_name
 from labelshare.errors import DataError
+from labelshare.outputs import LABEL_ID_TAG, MODEL_TAG, TASK_TAG
+from labelshare.terminology import KnownLabel, TaskLabel, label_styles
 
 from .volumes import as_3d, set_volume_from_image
 
 # <module folder>/../Resources: the repository's Resources/ in a checkout, the installed copy in a built extension
 EXTENSION_RESOURCES = Path(__file__).resolve().parents[2] / "Resources"
-LABEL_TABLE = EXTENSION_RESOURCES / "LabelTerminology.csv"
-TASK_TAG = "LabelShare.Task"
-LABEL_ID_TAG = "LabelShare.LabelId"
-MODEL_TAG = "LabelShare.Model"
 OUTPUT_TASK_ATTRIBUTE = "LabelShare.OutputTask"  # marks the node LabelShare created for (volume, task)
-MIN_COLOUR_DISTANCE = 0.15  # RGB distance (0..1 per channel) under which two colours count as the same
-PALETTE = (  # well separated on screen and from each other; used in this order
-    (0.89, 0.29, 0.20), (0.20, 0.56, 0.86), (0.30, 0.74, 0.36), (0.98, 0.80, 0.18), (0.60, 0.36, 0.71),
-    (0.96, 0.53, 0.15), (0.10, 0.74, 0.74), (0.91, 0.45, 0.71), (0.55, 0.34, 0.16), (0.62, 0.85, 0.38),
-    (0.35, 0.35, 0.85), (0.85, 0.85, 0.85),
-)
-
-
-class TaskLabel(Protocol):
-    """What a label needs to become a segment (the engine's ``labelspace.LabelEntry`` has these)."""
-
-    id: int
-    name: str
-    info: dict
-
-
-@dataclass(frozen=True)
-class SegmentStyle:
-    name: str
-    label_id: int
-    color: tuple[float, float, float]
-    terminology: str = ""
-
-
-def terminology_string(context: str, category: Sequence[str], type_: Sequence[str],
-                       modifier: Sequence[str] = ("", "", "")) -> str:
-    """A Slicer terminology entry (coding scheme, code value, code meaning triples) in Slicer's own format."""
-    entry = slicer.vtkSlicerTerminologyEntry()
-    entry.SetTerminologyContextName(context)
-    for target, (scheme, value, meaning) in ((entry.GetCategoryObject(), category), (entry.GetTypeObject(), type_),
-                                             (entry.GetTypeModifierObject(), modifier)):
-        target.SetCodingSchemeDesignator(scheme)
-        target.SetCodeValue(value)
-        target.SetCodeMeaning(meaning)
-    return slicer.vtkSlicerTerminologiesModuleLogic.SerializeTerminologyEntry(entry)
-
-
-def load_label_table(path: str | Path = LABEL_TABLE) -> dict[str, tuple[tuple[float, float, float], str]]:
-    """Known label names → (colour in 0..1, terminology string or ''), from a CSV (see the file's header)."""
-    table = {}
-    with open(path, encoding="utf-8", newline="") as stream:
-        rows = csv.DictReader(line for line in stream if not line.startswith("#"))
-        for row in rows:
-            color = tuple(int(row[c]) / 255 for c in ("red", "green", "blue"))
-            terminology = ""
-            if row["type_code"]:
-                terminology = terminology_string(
-                    row["context"], [row[f"category_{k}"] for k in ("scheme", "code", "meaning")],
-                    [row[f"type_{k}"] for k in ("scheme", "code", "meaning")],
-                    [row[f"modifier_{k}"] for k in ("scheme", "code", "meaning")])
-            table[normalise_name(row["label"])] = (color, terminology)
-    return table
-
-
-def _info_color(label: TaskLabel) -> tuple[float, float, float] | None:
-    color = (label.info or {}).get("color")
-    if color is None:
-        return None
-    try:
-        values = tuple(float(c) for c in color)
-    except (TypeError, ValueError):
-        values = ()
-    if len(values) != 3 or not all(0.0 <= c <= 1.0 for c in values):
-        logging.warning("label '%s': ignoring label_info color %r (expected [r, g, b] in 0..1)", label.name, color)
-        return None
-    return values
-
-
-def _far_from(color: Sequence[float], used: Iterable[Sequence[float]]) -> bool:
-    return all(np.linalg.norm(np.subtract(color, other)) >= MIN_COLOUR_DISTANCE for other in used)
-
-
-def _palette_colors() -> Iterable[tuple[float, float, float]]:
-    yield from PALETTE
-    hue = 0.0
-    while True:  # beyond the palette: evenly spread hues (golden ratio), alternating brightness
-        hue = (hue + 0.618033988749895) % 1.0
-        yield colorsys.hsv_to_rgb(hue, 0.65, 0.95 if int(hue * 10) % 2 else 0.75)
-
-
-def segment_styles(labels: Sequence[TaskLabel], table: dict | None = None) -> list[SegmentStyle]:
-    """Name, colour and terminology of every label, in label-id order; colours differ within the task."""
-    table = load_label_table() if table is None else table
-    styles: list[SegmentStyle] = []
-    for label in sorted(labels, key=lambda entry: entry.id):
-        known_color, known_terminology = table.get(normalise_name(label.name), (None, ""))
-        terminology = str((label.info or {}).get("terminology") or known_terminology)
-        color = _info_color(label) or known_color
-        used = [style.color for style in styles]
-        if color is None or not _far_from(color, used):
-            color = next(c for c in _palette_colors() if _far_from(c, used))
-        styles.append(SegmentStyle(name=label.name, label_id=label.id, color=tuple(color), terminology=terminology))
-    return styles
 
 
 def task_segment_ids(segmentation_node, task: str) -> list[str]:
@@ -153,7 +51,8 @@ def _tag(segment, name: str) -> str:
 
 
 def import_task_segments(segmentation_node, label_image: sitk.Image, task: str, labels: Sequence[TaskLabel],
-                         reference_volume=None, model_name: str = "", table: dict | None = None) -> list[str]:
+                         reference_volume=None, model_name: str = "",
+                         table: dict[str, KnownLabel] | None = None) -> list[str]:
     """Replace the task's segments in ``segmentation_node`` by the labels of ``label_image``; returns their IDs.
 
     :param label_image: task label ids (0 = background) on the grid of ``reference_volume`` (LPS geometry, as
@@ -168,7 +67,7 @@ def import_task_segments(segmentation_node, label_image: sitk.Image, task: str, 
         if tuple(label_image.GetSize()) != tuple(expected):
             raise DataError(f"segmentation result has size {label_image.GetSize()} but volume "
                             f"'{reference_volume.GetName()}' has {expected}")
-    styles = segment_styles(labels, table)
+    styles = label_styles(labels, table)
     values = sitk.GetArrayViewFromImage(label_image)
     if values.dtype.kind not in "ui":
         raise DataError(f"segmentation result of task '{task}' has {values.dtype} voxels; integer labels are needed")
@@ -198,8 +97,8 @@ def import_task_segments(segmentation_node, label_image: sitk.Image, task: str, 
         for offset, style in enumerate(styles):
             segment_id = segmentation.AddEmptySegment("", style.name, list(style.color))
             segment = segmentation.GetSegment(segment_id)
-            if style.terminology:
-                segment.SetTerminology(style.terminology)
+            if style.terminology is not None:
+                segment.SetTerminology(style.terminology.slicer_text())
             segment.SetTag(TASK_TAG, task)
             segment.SetTag(LABEL_ID_TAG, str(style.label_id))
             if model_name:

@@ -7,6 +7,7 @@ Usage::
 
     logic = SegmentationLogic()
     node = logic.segment(volumeNode, "acdc", model="/models/acdc-v2", device="auto")    # blocks, returns the node
+    nodes = logic.segment_many([volume1, volume2, volume3], "acdc")    # one after another in the same worker
     job = logic.start(volumeNode, "acdc")      # GUI: poll job.poll() from a timer; job.result is the node
     logic.stop()                               # cancel a running job and stop the worker
 
@@ -26,7 +27,7 @@ import SimpleITK as sitk
 from labelshare.config import parse_device
 from labelshare.errors import LabelShareError
 from labelshare.paths import model_dir_or_default
-from LabelShareLib.jobs import WorkerJob, WorkerProcess
+from LabelShareLib.jobs import JobCancelled, JobFailed, WorkerJob, WorkerProcess
 from LabelShareLib.segments import import_task_segments, output_segmentation
 from LabelShareLib.store import ModelStore, default_store
 from LabelShareLib.volumes import check_scalar_volume, volume_to_image
@@ -124,6 +125,27 @@ class SegmentationLogic:
                 output_node=None, largest_component: bool = False, timeout: float | None = None):
         """Segment and wait; returns the segmentation node. Raises ``JobFailed`` with the reason on failure."""
         return self.start(volume_node, task, model, device, output_node, largest_component).result_or_raise(timeout)
+
+    def segment_many(self, volume_nodes, task: str, model: str | Path | None = None, device: str = "auto",
+                     largest_component: bool = False, timeout: float | None = None) -> list:
+        """Segment several volumes one after another in the same worker (one start-up, one model load); returns
+        their segmentation nodes in order.
+
+        A volume that fails does not stop the others: once all were tried, :class:`JobFailed` names every volume
+        that failed and why (the segmentations of the others are in the scene). Cancelling stops the whole run.
+        """
+        nodes, failures = [], []
+        for volume_node in volume_nodes:
+            try:
+                nodes.append(self.segment(volume_node, task, model, device, None, largest_component, timeout))
+            except JobCancelled:
+                raise
+            except LabelShareError as error:  # JobFailed, or a volume refused before its job started
+                name = volume_node.GetName() if volume_node is not None else "(no volume)"
+                failures.append(f"'{name}': {error}")
+        if failures:
+            raise JobFailed(f"{len(failures)} of {len(failures) + len(nodes)} volumes failed: {'; '.join(failures)}")
+        return nodes
 
     def stop(self) -> None:
         """Cancel the running job (if any) and stop the worker; the scene is left as it was."""

@@ -14,15 +14,16 @@ import importlib
 
 # Public name -> submodule. Submodules are imported on first use (PEP 562). The engine has two weights:
 # light modules (no torch or MONAI: errors, progress, fileio, naming, paths, config, layouts, tasks, taskfolders,
-# labelspace, modelfolder, scores, forgetting, synthetic, worker's protocol) that Slicer's own process imports, and
-# heavy ones (networks, models, training, training_run, inference, evaluation, metrics, incremental, demo) that run in
-# the worker or a training child. Testing/test_light_core.py keeps the light ones light.
+# labelspace, modelfolder, scores, forgetting, synthetic, terminology, inputs, outputs, worker's protocol) that Slicer's
+# own process imports, and heavy ones (networks, models, training, training_run, inference, segment_run, evaluation,
+# metrics, incremental, demo) that run in the worker or a training child. Testing/test_light_core.py keeps the light
+# ones light.
 _EXPORTS = {
     "DataError": "errors", "LabelShareError": "errors", "LabelSpaceError": "errors", "ModelError": "errors",
     "TrainingInterrupted": "errors", "UnknownTaskError": "errors",
     "AddTaskConfig": "config", "TrainConfig": "config",
     "Evaluation": "scores", "evaluate_cases": "evaluation",
-    "Segmenter": "inference", "segment_file": "inference",
+    "Segmenter": "inference", "segment_file": "segment_run", "SegmentConfig": "config",
     "LabelSpace": "labelspace", "TaskStatistics": "labelspace", "compute_statistics": "labelspace",
     "parse_group": "labelspace",
     "list_models": "modelfolder", "verify_folder": "modelfolder", "run_state": "modelfolder",

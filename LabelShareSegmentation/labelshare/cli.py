@@ -4,7 +4,8 @@
 Errors a user can cause print one line, ``labelshare: error: <file or object>: <problem>``, and exit with
 status 1 (``--debug`` shows the traceback). A training run stopped by SIGINT/SIGTERM saves a checkpoint and exits
 with status 75 (EX_TEMPFAIL: repeat the command with ``--resume``); add-task refused by its regression gate exits
-with status 3.
+with status 3; ``segment`` with several images exits with status 4 when some of them failed (the others are
+written; the summary lists each failure with its reason).
 """
 
 from __future__ import annotations
@@ -12,16 +13,19 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 from pathlib import Path
 
 from . import __version__
-from .config import DEVICES, METHODS, NEW_LABEL_INITS, STRATEGIES, AddTaskConfig, TrainConfig
+from .config import (DEVICES, METHODS, NEW_LABEL_INITS, OUTPUT_FORMATS, STRATEGIES, AddTaskConfig, SegmentConfig,
+                     TrainConfig)
 from .plans import PlanSettings
 from .errors import LabelShareError, TrainingInterrupted
 from .progress import Progress
 
 EXIT_ERROR = 1
 EXIT_REGRESSION = 3
+EXIT_SOME_FAILED = 4
 EXIT_INTERRUPTED = 75
 DEVICE_HELP = f"{', '.join(DEVICES)} (auto: CUDA if available)"
 TTA_HELP = ("test-time augmentation: average with the left-right mirrored prediction (tasks that are not "
@@ -129,13 +133,47 @@ def cmd_train(args, progress: Progress) -> int:
     return 0
 
 
+def segment_config_from(args: argparse.Namespace) -> SegmentConfig:
+    existing = "overwrite" if args.overwrite else "continue" if args.continue_run else "refuse"
+    config = SegmentConfig(task=args.task, largest_component=args.largest_component, slicing_axis=args.slicing_axis,
+                           batch_size=args.batch_size, existing=existing, output_format=args.format,
+                           series=args.series, device=args.device, mirror=args.tta)
+    config.check()
+    return config
+
+
 def cmd_segment(args, progress: Progress) -> int:
-    from .inference import segment_file
-    output = segment_file(args.model, args.task, args.input, args.output, device=args.device,
-                          largest_component=args.largest_component, batch_size=args.batch_size,
-                          progress=progress, overwrite=args.overwrite, slicing_axis=args.slicing_axis,
-                          mirror=args.tta)
-    progress.done(str(output), message=f"segmentation written to {output}")
+    """One image: its output file, or status 1 with the reason. Several: every output, a summary, and
+    :data:`EXIT_SOME_FAILED` when some failed (their reasons are in the summary and the final ``error`` event)."""
+    from .inputs import collect_inputs
+    from .models import load_model
+    from .segment_run import plan_cases, segment_cases
+    config = segment_config_from(args)
+    inputs = collect_inputs(args.inputs, config.series)
+    cases = plan_cases(inputs, args.output, config)  # refuses bad arguments before the model loads
+    progress.progress("preparing", 0.0, f"loading model for {len(cases)} image{'s' if len(cases) != 1 else ''}")
+    model = load_model(args.model, device=config.device)
+    if not inputs.single:
+        progress.min_interval_s = 0.0  # one event per image: none to thin out
+    summary = segment_cases(model, cases, config, progress)
+    if inputs.single:
+        [outcome] = summary.outcomes
+        if outcome.error is not None:
+            raise outcome.error
+        progress.done(str(outcome.case.output), message=f"segmentation written to {outcome.case.output}"
+                      if outcome.status == "done" else f"{outcome.case.output} is complete; skipped")
+        return 0
+    if progress.mode == "human":
+        print(f"summary: {summary.text()}", file=sys.stderr)
+        for outcome in summary.failed:
+            print(f"  failed: {outcome.reason}", file=sys.stderr)
+    if args.debug:
+        for outcome in summary.failed:
+            traceback.print_exception(outcome.error, file=sys.stderr)
+    if summary.failed:
+        return _fail(progress, f"{len(summary.failed)} of {len(cases)} images failed ({summary.text()}; outputs in "
+                               f"{args.output})", EXIT_SOME_FAILED, **summary.to_json())
+    progress.done(str(args.output), message=f"{summary.text()}; outputs in {args.output}", **summary.to_json())
     return 0
 
 
@@ -263,19 +301,33 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(train)
     train.set_defaults(func=cmd_train)
 
-    segment = commands.add_parser("segment", help="segment an image for one task of a model")
+    segment = commands.add_parser(
+        "segment", help="segment images (files, folders, globs, DICOM series) for one task of a model",
+        description="One image in, one output file out; several images (or a folder of them) in, one output per "
+                    "image in the folder -o. Exit status 4: some images failed (the others are written).")
     segment.add_argument("--model", type=Path, default=None, help="model folder (default: the bundled model)")
     segment.add_argument("--task", required=True)
-    segment.add_argument("input", type=Path)
-    segment.add_argument("-o", "--output", required=True, type=Path)
+    segment.add_argument("inputs", nargs="+", metavar="INPUT",
+                         help="image file (.nii.gz, .nii, .nrrd, .mha, .png, DICOM), folder of images, DICOM series "
+                              "folder, or a quoted glob such as 'scans/*.nii.gz'")
+    segment.add_argument("-o", "--output", required=True, type=Path,
+                         help="output file for one image (.nii.gz, .nii, .nrrd, .mha, .png: label map with a .json "
+                              "sidecar; .seg.nrrd: Slicer segmentation; .dcm: DICOM SEG); otherwise a folder")
+    segment.add_argument("--format", choices=list(OUTPUT_FORMATS), default=None,
+                         help="kind of the outputs written into an output folder (default: nifti)")
+    segment.add_argument("--series", metavar="UID", default=None,
+                         help="the DICOM series to read from a folder that holds several")
     segment.add_argument("--device", default="auto", help=DEVICE_HELP)
-    segment.add_argument("--batch-size", type=int, default=None, help="slices per forward pass")
+    segment.add_argument("--batch-size", type=int, default=None, help="slices per forward pass (at least 1)")
     segment.add_argument("--largest-component", action="store_true",
                          help="keep only the largest connected component of every label")
     segment.add_argument("--tta", action="store_true", help=TTA_HELP)
     segment.add_argument("--slicing-axis", type=int, choices=(0, 1, 2), default=None,
                          help="image axis to slice along (default: largest spacing)")
-    segment.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    existing = segment.add_mutually_exclusive_group()
+    existing.add_argument("--overwrite", action="store_true", help="replace outputs that exist")
+    existing.add_argument("--continue", dest="continue_run", action="store_true",
+                          help="keep the complete outputs of an interrupted run and write the others")
     _add_common(segment)
     segment.set_defaults(func=cmd_segment)
 
@@ -382,10 +434,10 @@ def main(argv: list[str] | None = None) -> int:
                                "--image-size, or --device cpu", EXIT_ERROR)
 
 
-def _fail(progress: Progress, message: str, status: int, kind: str = "error") -> int:
+def _fail(progress: Progress, message: str, status: int, kind: str = "error", **fields) -> int:
     """One line on stderr; in JSON mode also the final ``error`` event for the process that reads stdout."""
     if progress.mode == "json":
-        progress.error(message, interrupted=status == EXIT_INTERRUPTED)
+        progress.error(message, interrupted=status == EXIT_INTERRUPTED, **fields)
     print(f"labelshare: {kind}: {message}", file=sys.stderr)
     return status
 

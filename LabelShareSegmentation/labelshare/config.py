@@ -98,6 +98,44 @@ class TrainConfig:
         return asdict(self)
 
 
+# --format of ``labelshare segment``: name → ending of the outputs written into an output folder
+OUTPUT_FORMATS = {"nifti": ".nii.gz", "nrrd": ".nrrd", "mha": ".mha", "png": ".png", "seg-nrrd": ".seg.nrrd",
+                  "dicom-seg": ".dcm"}
+# What ``labelshare segment`` does with an output that exists: refuse (the default), overwrite it, or continue an
+# interrupted run (skip complete outputs, write the others)
+EXISTING_OUTPUTS = ("refuse", "overwrite", "continue")
+
+
+@dataclass
+class SegmentConfig:
+    """Settings of ``labelshare segment`` (:func:`labelshare.segment_run.segment_cases`).
+
+    ``batch_size`` None takes the segmenter's default for the device; ``output_format`` None writes ``nifti`` into
+    an output folder (a single output file's ending names its format); ``series`` picks the DICOM series of a folder
+    that holds several; ``mirror`` averages with the left-right mirrored prediction (test-time augmentation, for
+    tasks that are not lateralised).
+    """
+
+    task: str
+    largest_component: bool = False
+    mirror: bool = False
+    slicing_axis: int | None = None
+    batch_size: int | None = None
+    existing: str = "refuse"
+    output_format: str | None = None
+    series: str | None = None
+    device: str = "auto"
+
+    def check(self) -> None:
+        if self.batch_size is not None:
+            _check_at_least(self.batch_size, 1, "--batch-size")
+        if self.existing not in EXISTING_OUTPUTS:
+            raise LabelShareError(f"existing outputs: use one of {', '.join(EXISTING_OUTPUTS)}, not {self.existing!r}")
+        if self.output_format is not None and self.output_format not in OUTPUT_FORMATS:
+            raise LabelShareError(f"--format {self.output_format}: use one of {', '.join(OUTPUT_FORMATS)}")
+        self.device = parse_device(self.device)
+
+
 STRATEGIES = ("overlap", "size")  # label mapping of a task added to a model
 NEW_LABEL_INITS = ("background", "prior", "overlap")  # how an output channel added for a new label starts
 

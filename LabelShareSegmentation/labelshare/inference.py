@@ -11,18 +11,15 @@ array.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import SimpleITK as sitk
 import torch
 
 from .errors import DataError
-from .fileio import image_suffix, write_image_atomic
-from .models import Model, load_model
+from .models import Model
 from .progress import Progress
 from .slices import head_probabilities, resample_images, to_plan
-from .tasks import Normalisation, choose_slicing_axis, read_image, slice_spacing, to_slices
+from .tasks import Normalisation, choose_slicing_axis, slice_spacing, to_slices
 
 
 class Segmenter:
@@ -111,28 +108,3 @@ def keep_largest_components(label_image: sitk.Image, label_ids: list[int]) -> si
     result.CopyInformation(label_image)
     return result
 
-
-def segment_file(model: Model | str | Path | None, task: str, input_path: str | Path, output_path: str | Path,
-                 device: str = "auto", largest_component: bool = False, batch_size: int | None = None,
-                 progress: Progress | None = None, overwrite: bool = False, slicing_axis: int | None = None,
-                 mirror: bool = False) -> Path:
-    """Segment one image file and write the task label image atomically; returns the output path."""
-    output_path = Path(output_path)
-    if not image_suffix(output_path):
-        raise DataError(f"{output_path}: output must end in .nii.gz, .nii, .nrrd, .mha or .png")
-    if output_path.exists() and not overwrite:
-        raise DataError(f"{output_path}: already exists (pass --overwrite to replace it)")
-    image = read_image(input_path, "input image")
-    if not isinstance(model, Model):
-        if progress is not None:
-            progress.progress("preparing", 0.0, "loading model")
-        model = load_model(model, device=device)
-    try:
-        result = Segmenter(model, batch_size=batch_size, mirror=mirror).segment(
-            image, task, largest_component=largest_component, progress=progress, slicing_axis=slicing_axis)
-    except DataError as error:
-        raise DataError(f"{input_path}: {error}") from None
-    if image_suffix(output_path) == ".png" and result.GetPixelID() != sitk.sitkUInt8:
-        raise DataError(f"{output_path}: PNG holds 8-bit labels only; use .nii.gz")
-    write_image_atomic(result, output_path, overwrite=True)
-    return output_path

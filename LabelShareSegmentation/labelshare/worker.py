@@ -88,7 +88,7 @@ class WorkerServer:
                 raise LabelShareError(f"worker request {request_id!r} lacks {', '.join(missing)}")
             start = time.perf_counter()
             model, load_seconds = self.model(request.get("model"), request.get("device", "auto"), progress)
-            from .inference import segment_file
+            from .segment_run import segment_file
             output = segment_file(model, request["task"], request["input"], request["output"],
                                   largest_component=bool(request.get("largest_component", False)),
                                   progress=progress, overwrite=True)

@@ -1,0 +1,248 @@
+"""What ``labelshare segment`` writes: a label image that carries its meaning, in one of three kinds.
+
+- **Label map** (``.nii.gz``, ``.nii``, ``.nrrd``, ``.mha``, ``.png``): the task's label ids on the input's grid, with
+  a JSON sidecar beside it (``case.nii.gz`` → ``case.json``) naming every label id (name, colour, terminology), the
+  task, the model version and the engine version. The sidecar is written after the image and records the image's
+  sha256, so a label map counts as complete only with a sidecar that names exactly it.
+- **Slicer segmentation** (``.seg.nrrd``): the same voxels with one segment per task label (its label value is the
+  label id) with name, colour and terminology, which Slicer shows as named segments. Tagged like the segments the
+  Slicer module makes (task, label id, model), so the module replaces them when it segments that task again.
+- **DICOM SEG** (``.dcm``, only for a DICOM input): a binary segmentation (highdicom) that references the source
+  series, one segment per task label with its label, recommended display colour and codes (labels without a
+  known entry: Slicer's generic *Tissue*); empty frames are left out.
+
+Names, colours and terminology come from :func:`labelshare.terminology.label_styles`, the same as the segments of
+the Slicer module. Every file is written under a temporary name and renamed into place
+(:mod:`labelshare.fileio`), so an output at its final name is whole. Light: highdicom is imported only to write
+DICOM SEG.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from . import __version__
+from .errors import DataError
+from .fileio import atomic_path, atomic_write_json, image_suffix, read_json, sha256_file, write_image_atomic
+from .inputs import InputImage
+from .labelspace import LabelSpace
+from .modelfolder import MANIFEST_FILE, WEIGHTS_FILE, read_model_json
+from .terminology import GENERIC_TISSUE, KnownLabel, LabelStyle, Terminology, label_styles
+
+LABEL_MAP, SEG_NRRD, DICOM_SEG = "label map", "Slicer segmentation", "DICOM SEG"
+SEG_NRRD_SUFFIX = ".seg.nrrd"
+DICOM_SEG_SUFFIX = ".dcm"
+DEFAULT_FORMAT = "nifti"  # of the outputs in an output folder (config.OUTPUT_FORMATS)
+ENDINGS_TEXT = ".nii.gz, .nii, .nrrd, .mha, .png (label map), .seg.nrrd (Slicer segmentation) or .dcm (DICOM SEG)"
+SIDECAR_FORMAT = "labelshare.labels"
+# Segment tags; LabelShareLib.segments tags the segments it makes in Slicer with the same ones.
+TASK_TAG = "LabelShare.Task"
+LABEL_ID_TAG = "LabelShare.LabelId"
+MODEL_TAG = "LabelShare.Model"
+TERMINOLOGY_TAG = "TerminologyEntry"
+DICOM_SERIES_NUMBER_OFFSET = 1000  # the SEG series is numbered after its source series (source + 1000)
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """Which model version made an output: folder name, creation time and weights hash (from its manifest)."""
+
+    name: str
+    created: str = ""
+    weights_sha256: str = ""
+
+    @classmethod
+    def of(cls, folder: Path | None) -> ModelIdentity:
+        if folder is None:
+            return cls("unsaved model")
+        lineage = read_model_json(folder, "lineage.json", {}) or {}
+        manifest = read_model_json(folder, MANIFEST_FILE, {}) or {}
+        return cls(folder.name, str(lineage.get("created", "")),
+                   str((manifest.get("files") or {}).get(WEIGHTS_FILE, "")))
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "created": self.created, "weights_sha256": self.weights_sha256}
+
+
+@dataclass(frozen=True)
+class OutputDescription:
+    """What the label images of one task of one model mean: task, label styles (in id order), model."""
+
+    task: str
+    styles: list[LabelStyle]
+    model: ModelIdentity
+
+    @classmethod
+    def of(cls, labelspace: LabelSpace, task: str, model_folder: Path | None,
+           table: dict[str, KnownLabel] | None = None) -> OutputDescription:
+        return cls(task, label_styles(labelspace.task(task).labels, table), ModelIdentity.of(model_folder))
+
+    @property
+    def max_label_id(self) -> int:
+        return max(style.label_id for style in self.styles)
+
+
+def output_kind(path: str | Path) -> str:
+    """:data:`LABEL_MAP`, :data:`SEG_NRRD` or :data:`DICOM_SEG` by the file ending; '' for any other ending."""
+    name = Path(path).name.lower()
+    if name.endswith(SEG_NRRD_SUFFIX):
+        return SEG_NRRD
+    if name.endswith(DICOM_SEG_SUFFIX):
+        return DICOM_SEG
+    return LABEL_MAP if image_suffix(name) else ""
+
+
+def sidecar_path(label_map: str | Path) -> Path:
+    """The JSON sidecar of a label map: the same name with ``.json`` for the image ending."""
+    label_map = Path(label_map)
+    return label_map.with_name(label_map.name[: -len(image_suffix(label_map))] + ".json")
+
+
+def output_complete(path: str | Path) -> bool:
+    """True when a whole output is at ``path``: every writer renames a finished file into place, and a label map is
+    complete only once its sidecar (written last) names it with its sha256."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    if output_kind(path) != LABEL_MAP:
+        return True
+    try:
+        record = read_json(sidecar_path(path), "label sidecar", DataError)
+    except DataError:  # none yet (killed between image and sidecar), or not JSON
+        return False
+    return isinstance(record, dict) and record.get("image") == path.name and record.get("sha256") == sha256_file(path)
+
+
+def check_output(path: Path, image: sitk.Image, source: InputImage, description: OutputDescription) -> None:
+    """Refuse, before anything is segmented, an output that cannot hold this image's labels."""
+    kind = output_kind(path)
+    if not kind:
+        raise DataError(f"{path}: output must end in {ENDINGS_TEXT}")
+    if kind == DICOM_SEG and not source.is_dicom:
+        raise DataError(f"{path}: DICOM SEG references the DICOM images it segments, and {source.source} is not "
+                        "DICOM; write .seg.nrrd or .nii.gz")
+    if image_suffix(path) == ".png":
+        if _plane_axis(image) is None:
+            raise DataError(f"{path}: PNG holds one 2D image, and this label image is "
+                            f"{'x'.join(map(str, image.GetSize()))}; write .nii.gz, .nrrd or .mha")
+        if description.max_label_id > 255:
+            raise DataError(f"{path}: PNG holds 8-bit labels only; use .nii.gz")
+
+
+def _plane_axis(image: sitk.Image) -> int | None:
+    """-1 for a 2D image, the size-1 axis of a single-slice 3D image, None when the image has several slices."""
+    if image.GetDimension() == 2:
+        return -1
+    single = [axis for axis, size in enumerate(image.GetSize()) if size == 1]
+    return single[-1] if single else None
+
+
+def write_segmentation(label_image: sitk.Image, path: Path, description: OutputDescription, source: InputImage,
+                       overwrite: bool) -> None:
+    """Write the label image as the kind ``path`` names (module docstring); call :func:`check_output` first."""
+    kind = output_kind(path)
+    if kind == DICOM_SEG:
+        write_dicom_seg(label_image, path, description, source, overwrite)
+    elif kind == SEG_NRRD:
+        write_seg_nrrd(label_image, path, description, overwrite)
+    else:
+        write_label_map(label_image, path, description, source, overwrite)
+
+
+def write_label_map(label_image: sitk.Image, path: Path, description: OutputDescription, source: InputImage,
+                    overwrite: bool) -> None:
+    if image_suffix(path) == ".png" and label_image.GetDimension() == 3:
+        size = list(label_image.GetSize())
+        size[_plane_axis(label_image)] = 0  # Extract drops a size-0 axis: the one slice as a 2D image
+        label_image = sitk.Extract(label_image, size, [0, 0, 0])
+    write_image_atomic(label_image, path, overwrite=overwrite)
+    atomic_write_json(sidecar_path(path), {
+        "format": SIDECAR_FORMAT, "format_version": 1, "image": path.name, "sha256": sha256_file(path),
+        "task": description.task, "model": description.model.to_json(), "engine_version": __version__,
+        "input": str(source.source.resolve()),
+        "labels": {str(style.label_id): {"name": style.name, "color": [round(c, 4) for c in style.color],
+                                         "terminology": style.terminology.slicer_text() if style.terminology else ""}
+                   for style in description.styles}})
+
+
+def write_seg_nrrd(label_image: sitk.Image, path: Path, description: OutputDescription, overwrite: bool) -> None:
+    """A Slicer ``.seg.nrrd``: the label ids as one labelmap layer, one segment per task label (Slicer's header
+    fields ``Segment<N>_...`` and ``Segmentation_...``)."""
+    image = sitk.JoinSeries(label_image) if label_image.GetDimension() == 2 else sitk.Image(label_image)
+    extent = " ".join(f"0 {size - 1}" for size in image.GetSize())
+    model_name = description.model.name.replace("|", "_")  # '|' separates tags
+    for index, style in enumerate(description.styles):
+        tags = {LABEL_ID_TAG: str(style.label_id), MODEL_TAG: model_name, TASK_TAG: description.task}
+        if style.terminology is not None:
+            tags[TERMINOLOGY_TAG] = style.terminology.slicer_text()
+        fields = {"ID": f"Segment_{style.label_id}", "Name": style.name,
+                  "Color": " ".join(f"{c:.6g}" for c in style.color), "ColorAutoGenerated": "0",
+                  "NameAutoGenerated": "0",  # else Slicer may rename the segment after its terminology
+                  "Layer": "0", "LabelValue": str(style.label_id), "Extent": extent,
+                  "Tags": "".join(f"{key}:{value}|" for key, value in sorted(tags.items()))}
+        for field, value in fields.items():
+            image.SetMetaData(f"Segment{index}_{field}", value)
+    image.SetMetaData("Segmentation_MasterRepresentation", "Binary labelmap")
+    image.SetMetaData("Segmentation_ContainedRepresentationNames", "Binary labelmap|")
+    image.SetMetaData("Segmentation_ReferenceImageExtentOffset", "0 0 0")
+    write_image_atomic(image, path, overwrite=overwrite)
+
+
+def write_dicom_seg(label_image: sitk.Image, path: Path, description: OutputDescription, source: InputImage,
+                    overwrite: bool) -> None:
+    """A DICOM SEG (binary, highdicom) referencing the source series; frames in the order of its files."""
+    import highdicom as hd
+    import pydicom
+    from pydicom.sr.codedict import codes
+
+    sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in source.dicom_files]
+    labels = sitk.GetArrayFromImage(label_image)
+    if labels.ndim == 2:
+        labels = labels[np.newaxis]
+    # segment numbers must run 1..n; task label ids need not (liver=1, tumour=5)
+    segment_of_label = np.zeros(description.max_label_id + 1, dtype=np.uint16)
+    for number, style in enumerate(description.styles, start=1):
+        segment_of_label[style.label_id] = number
+    algorithm = hd.AlgorithmIdentificationSequence(name="LabelShare", family=codes.cid7162.ArtificialIntelligence,
+                                                   version=f"{__version__} ({description.model.name})")
+    segments = [_segment_description(hd, number, style, algorithm)
+                for number, style in enumerate(description.styles, start=1)]
+    first = sources[0]
+    series_number = int(getattr(first, "SeriesNumber", 0) or 0) + DICOM_SERIES_NUMBER_OFFSET
+    pixel_array = segment_of_label[labels]
+    segmentation = hd.seg.Segmentation(
+        source_images=sources, pixel_array=pixel_array, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=segments, series_instance_uid=hd.UID(), series_number=series_number,
+        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="LabelShare",
+        manufacturer_model_name=description.model.name[:64], software_versions=__version__,
+        device_serial_number=description.model.weights_sha256[:16] or "unknown",
+        content_label="LABELSHARE", content_description=f"LabelShare {description.task}"[:64],
+        series_description=f"LabelShare {description.task} ({description.model.name})"[:64],
+        omit_empty_frames=bool(pixel_array.any()))  # an empty result still needs frames to be a valid SEG
+    with atomic_path(path, overwrite) as tmp:
+        segmentation.save_as(tmp)
+
+
+def _coded(hd, code) -> object:
+    return hd.sr.CodedConcept(value=code.value, scheme_designator=code.scheme, meaning=code.meaning)
+
+
+def _segment_description(hd, number: int, style: LabelStyle, algorithm) -> object:
+    terminology: Terminology = style.terminology or GENERIC_TISSUE
+    regions: Sequence = [_coded(hd, terminology.anatomic_region)] if terminology.anatomic_region else []
+    segment = hd.seg.SegmentDescription(
+        segment_number=number, segment_label=style.name[:64],
+        segmented_property_category=_coded(hd, terminology.category),
+        segmented_property_type=_coded(hd, terminology.type),
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=algorithm,
+        anatomic_regions=regions or None,
+        display_color=hd.color.CIELabColor.from_rgb(*(255 * c for c in style.color)))
+    if terminology.type_modifier:  # left/right kidney: the modifier is what tells them apart
+        segment.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [
+            _coded(hd, terminology.type_modifier)]
+    return segment

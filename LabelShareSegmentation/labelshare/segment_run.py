@@ -1,0 +1,212 @@
+"""``labelshare segment`` end to end: inputs → one loaded model → outputs that carry their meaning, with a summary.
+
+Usage::
+
+    config = SegmentConfig(task="hippocampus", existing="continue")
+    cases = plan_cases(collect_inputs(["scans/"]), Path("labels/"), config)   # before loading anything heavy
+    summary = segment_cases(load_model(None), cases, config, Progress("human"))
+    summary.failed                                                            # the cases that failed, with reasons
+
+Many images share one process and one model load (the start-up of torch and MONAI and loading the model cost
+seconds, segmenting a small volume a fraction of one). While the network segments one image, a reader thread reads
+the next, so the network rarely waits for the disk or the decompression. A case that fails (unreadable, NaN
+voxels, an output that cannot hold it) is recorded with its reason and the others go on.
+
+Outputs that exist are refused before anything runs, unless the configuration says ``overwrite`` or ``continue``
+(skip the complete ones: :func:`labelshare.outputs.output_complete`; write the rest).
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .config import OUTPUT_FORMATS, SegmentConfig
+from .errors import DataError, LabelShareError
+from .inference import Segmenter
+from .inputs import InputImage, Inputs, collect_inputs, read_input_image
+from .models import Model, load_model
+from .outputs import (DEFAULT_FORMAT, DICOM_SEG, ENDINGS_TEXT, OutputDescription, check_output, output_complete,
+                      output_kind, write_segmentation)
+from .progress import Progress
+
+DONE, SKIPPED, FAILED = "done", "skipped", "failed"
+
+
+@dataclass(frozen=True)
+class PlannedCase:
+    """One image, where its output goes, and whether a complete output is already there."""
+
+    image: InputImage
+    output: Path
+    complete: bool = False
+
+
+@dataclass
+class CaseOutcome:
+    case: PlannedCase
+    status: str
+    reason: str = ""
+    seconds: float = 0.0
+    error: BaseException | None = None  # what made the case fail (re-raised when a single image was asked for)
+
+    def to_json(self) -> dict:
+        return {"case": self.case.image.name, "input": str(self.case.image.source), "output": str(self.case.output),
+                "status": self.status, "reason": self.reason}
+
+
+@dataclass
+class SegmentSummary:
+    outcomes: list[CaseOutcome]
+
+    def with_status(self, status: str) -> list[CaseOutcome]:
+        return [outcome for outcome in self.outcomes if outcome.status == status]
+
+    @property
+    def failed(self) -> list[CaseOutcome]:
+        return self.with_status(FAILED)
+
+    def counts(self) -> dict[str, int]:
+        return {status: len(self.with_status(status)) for status in (DONE, SKIPPED, FAILED)}
+
+    def text(self) -> str:
+        return ", ".join(f"{count} {status}" for status, count in self.counts().items())
+
+    def to_json(self) -> dict:
+        return {**self.counts(), "failures": [outcome.to_json() for outcome in self.failed]}
+
+
+def plan_cases(inputs: Inputs, output: str | Path, config: SegmentConfig) -> list[PlannedCase]:
+    """Where every image's output goes; refuses (DataError) what cannot work before anything is read or loaded.
+
+    One image named by one argument is written to ``output`` as a file (its ending names the format), or into
+    ``output`` when that is an existing folder; anything else is written into the folder ``output``, one
+    ``<image name><ending of --format>`` per image.
+    """
+    config.check()
+    output = Path(output)
+    if inputs.single and not output.is_dir():
+        if not output_kind(output):
+            raise DataError(f"{output}: output must end in {ENDINGS_TEXT}")
+        if config.output_format and not output.name.lower().endswith(OUTPUT_FORMATS[config.output_format]):
+            raise DataError(f"{output}: --format {config.output_format} writes "
+                            f"{OUTPUT_FORMATS[config.output_format]} files; name the output so, or leave --format out")
+        paths = [output]
+    else:
+        if output.exists() and not output.is_dir():
+            raise DataError(f"{output}: is a file; with several images (or a folder of them) -o names a folder")
+        ending = OUTPUT_FORMATS[config.output_format or DEFAULT_FORMAT]
+        paths = [output / f"{image.name}{ending}" for image in inputs.images]
+    by_path: dict[Path, InputImage] = {}
+    for image, path in zip(inputs.images, paths, strict=True):
+        if path in by_path:
+            raise DataError(f"{path}: would be written for two images, {by_path[path].source} and {image.source}; "
+                            "give them in separate runs or rename one")
+        by_path[path] = image
+        if path.resolve() == image.source.resolve():
+            raise DataError(f"{path}: is the input image; choose another output")
+        if output_kind(path) == DICOM_SEG and not image.is_dicom:
+            raise DataError(f"{image.source}: is not DICOM, and DICOM SEG references the DICOM images it segments; "
+                            "write .seg.nrrd or .nii.gz")
+    if config.existing == "refuse":
+        existing = [path for path in paths if path.exists()]
+        if existing:
+            more = f" (and {len(existing) - 1} more outputs)" if len(existing) > 1 else ""
+            raise DataError(f"{existing[0]}: already exists{more} (pass --overwrite to replace, or --continue to keep "
+                            "complete outputs and write the others)")
+    return [PlannedCase(image, path, config.existing == "continue" and output_complete(path))
+            for image, path in zip(inputs.images, paths, strict=True)]
+
+
+def segment_cases(model: Model, cases: list[PlannedCase], config: SegmentConfig,
+                  progress: Progress | None = None) -> SegmentSummary:
+    """Segment the planned cases with one model; one ``progress`` event per case (status, reason, ETA).
+
+    A single case to segment also reports its slices (``segmenting`` events with the fraction of the image).
+    """
+    config.check()
+    progress = progress or Progress("quiet")
+    description = OutputDescription.of(model.labelspace, config.task, model.path)  # UnknownTaskError up front
+    segmenter = Segmenter(model, batch_size=config.batch_size, mirror=config.mirror)
+    skipped = [case for case in cases if case.complete]
+    to_segment = [case for case in cases if not case.complete]
+    outcomes: list[CaseOutcome] = []
+
+    def report(outcome: CaseOutcome, eta_s: float | None) -> None:
+        outcomes.append(outcome)
+        what = f"{outcome.status} in {outcome.seconds:.1f} s" if outcome.status == DONE else outcome.status
+        message = f"{len(outcomes)}/{len(cases)} {outcome.case.image.name}: {what}"
+        progress.progress("segmenting", len(outcomes) / len(cases),
+                          message + (f": {outcome.reason}" if outcome.reason else ""), index=len(outcomes),
+                          cases=len(cases), seconds=round(outcome.seconds, 3), eta_s=eta_s, **outcome.to_json())
+
+    for case in skipped:
+        report(CaseOutcome(case, SKIPPED, "a complete output exists"), None)
+    started = time.perf_counter()
+    slice_progress = progress if len(to_segment) == 1 else None
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="labelshare-reader") as reader:
+        upcoming: Future | None = reader.submit(read_input_image, to_segment[0].image) if to_segment else None
+        for index, case in enumerate(to_segment):
+            reading = upcoming
+            upcoming = reader.submit(read_input_image, to_segment[index + 1].image) \
+                if index + 1 < len(to_segment) else None
+            case_started = time.perf_counter()
+            outcome = _segment_case(segmenter, case, reading, config, description, slice_progress)
+            outcome.seconds = time.perf_counter() - case_started
+            finished = index + 1
+            eta = (time.perf_counter() - started) / finished * (len(to_segment) - finished)
+            report(outcome, round(eta, 1))
+    return SegmentSummary(outcomes)
+
+
+def _segment_case(segmenter: Segmenter, case: PlannedCase, reading: Future, config: SegmentConfig,
+                  description: OutputDescription, slice_progress: Progress | None) -> CaseOutcome:
+    try:
+        image = reading.result()
+        check_output(case.output, image, case.image, description)
+        try:
+            result = segmenter.segment(image, config.task, largest_component=config.largest_component,
+                                       progress=slice_progress, slicing_axis=config.slicing_axis)
+        except DataError as error:
+            raise DataError(f"{case.image.source}: {error}") from None
+        write_segmentation(result, case.output, description, case.image, overwrite=config.existing != "refuse")
+    except Exception as error:  # the case fails, the others go on; a single image re-raises it
+        return CaseOutcome(case, FAILED, _reason(error), error=error)
+    return CaseOutcome(case, DONE)
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, LabelShareError):
+        return str(error)
+    if isinstance(error, (MemoryError, torch.cuda.OutOfMemoryError)):
+        return f"out of memory ({type(error).__name__}); use a smaller --batch-size, or --device cpu"
+    return f"{type(error).__name__}: {error}"  # a bug: the command line shows the traceback with --debug
+
+
+def segment_file(model: Model | str | Path | None, task: str, input_path: str | Path, output_path: str | Path,
+                 device: str = "auto", largest_component: bool = False, batch_size: int | None = None,
+                 progress: Progress | None = None, overwrite: bool = False, slicing_axis: int | None = None,
+                 mirror: bool = False) -> Path:
+    """Segment one image (a file or a DICOM folder) into one output (its ending names the kind); returns the path.
+
+    The Slicer worker's request and the simplest use from Python; raises the case's error when it fails.
+    """
+    config = SegmentConfig(task=task, largest_component=largest_component, slicing_axis=slicing_axis,
+                           batch_size=batch_size, existing="overwrite" if overwrite else "refuse", device=device,
+                           mirror=mirror)
+    inputs = collect_inputs([input_path])
+    if not inputs.single:
+        raise DataError(f"{input_path}: holds several images; segment_file takes one (use segment_cases)")
+    cases = plan_cases(inputs, output_path, config)
+    if not isinstance(model, Model):
+        if progress is not None:
+            progress.progress("preparing", 0.0, "loading model")
+        model = load_model(model, device=config.device)
+    [outcome] = segment_cases(model, cases, config, progress).outcomes
+    if outcome.error is not None:
+        raise outcome.error
+    return outcome.case.output
