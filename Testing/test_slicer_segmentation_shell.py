@@ -191,9 +191,9 @@ def test_first_run_installs_torch_through_pytorch_then_the_rest_with_protected_v
     installed, requirements = packages
     recorder = Recorder(installed)
     installer = DependencyInstaller(recorder.install_torch, pip_ensure=recorder.pip_ensure)
-    assert installer.ensure(requirements) == ["torch>=2.2", "monai>=1.4", "safetensors>=0.4"]
+    assert installer.ensure(requirements) == [dependencies.TORCH_REQUIREMENT, "monai>=1.4", "safetensors>=0.4"]
     torch_call, pip_call = recorder.calls
-    assert torch_call == ("torch", "torch>=2.2")
+    assert torch_call == ("torch", dependencies.TORCH_REQUIREMENT)
     assert pip_call[1] == ["monai>=1.4", "safetensors>=0.4"] and pip_call[3] == "LabelShare"
     assert pip_call[2].split() == ["numpy==2.1.3", "SimpleITK==2.4.0", "requests==2.32.0", "torch==2.13.0"]
     assert installer.ensure(requirements) == [] and len(recorder.calls) == 2  # nothing more to do

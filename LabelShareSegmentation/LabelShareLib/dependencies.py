@@ -23,7 +23,7 @@ from labelshare.errors import LabelShareError
 from .segments import EXTENSION_RESOURCES
 
 REQUIREMENTS_FILE = EXTENSION_RESOURCES / "requirements.txt"
-TORCH_REQUIREMENT = "torch>=2.2"
+TORCH_REQUIREMENT = "torch>=2.4.1"  # as pyproject.toml: MONAI >= 1.5 needs it; MONAI 1.4 needs numpy < 2
 PROTECTED_PACKAGES = ("numpy", "SimpleITK", "requests", "torch")
 REQUESTER = "LabelShare"
 
@@ -64,7 +64,7 @@ def protected_constraints() -> list[str]:
 class DependencyInstaller:
     """Installs what LabelShare needs with the running Slicer's tools.
 
-    :param install_torch: installs torch for a requirement such as ``torch>=2.2`` (PyTorchUtils in Slicer);
+    :param install_torch: installs torch for a requirement such as ``torch>=2.4.1`` (PyTorchUtils in Slicer);
         raises when the user declines or it fails.
     :param pip_ensure: ``slicer.packaging.pip_ensure`` (Slicer ≥ 5.12: it asks the user itself), or None.
     :param confirm: without ``pip_ensure``: asks once (message, package list) and returns True to go ahead.
