@@ -112,7 +112,7 @@ class LabelShareSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
         self._models = []  # engine ModelSummary of every model in the model list
         self._job = None
         self._logLinesShown = 0
-        self._updatingModels = False
+        self._updating = False  # refilling a combo box: its index changes are not the user's choice
         self._dependenciesMissing = []
         self._modelStore = None
 
@@ -207,14 +207,14 @@ class LabelShareSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
         missing = self._dependenciesMissing = DependencyInstaller.missing()
         self.ui.dependenciesStatusLabel.text = (_("missing: {packages}").format(
             packages=", ".join(r.name for r in missing)) if missing else _("installed"))
-        self._updatingModels = True
+        self._updating = True
         self.ui.modelComboBox.clear()
         self._models = available_models(self.ui.modelsFolderPathLineEdit.currentPath or None, addedFolders())
         for summary in self._models:
             self.ui.modelComboBox.addItem(model_title(summary), str(summary.path))
         if not self._models:
             self.ui.modelStatusLabel.text = _("No model found: add a model folder.")
-        self._updatingModels = False
+        self._updating = False
         wanted = self._parameterNode.model if self._parameterNode else ""
         index = self.ui.modelComboBox.findData(wanted) if wanted else 0
         self.ui.modelComboBox.setCurrentIndex(max(index, 0) if self._models else -1)
@@ -225,7 +225,7 @@ class LabelShareSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
         return self._models[index] if 0 <= index < len(self._models) else None
 
     def onModelSelected(self, index: int) -> None:
-        if self._updatingModels:
+        if self._updating:
             return
         summary = self.selectedModel()
         if self._parameterNode and summary is not None and self._parameterNode.model != str(summary.path):
@@ -239,14 +239,20 @@ class LabelShareSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
                                               "Install (Advanced) to install them.")
         elif summary is not None:
             self.ui.modelStatusLabel.text = ""
+        # Refilling selects the first task; the task the parameter node remembers is restored before the handler
+        # sees any change (Testing/test_slicer_shell_handlers.py).
+        self._updating = True
         self.ui.taskComboBox.clear()
         for task in summary.tasks if summary is not None and summary.valid else []:
             self.ui.taskComboBox.addItem(task)
         if self._parameterNode and self._parameterNode.task:
             self.ui.taskComboBox.currentText = self._parameterNode.task
+        self._updating = False
         self.onTaskSelected(self.ui.taskComboBox.currentIndex)
 
     def onTaskSelected(self, index: int) -> None:
+        if self._updating:
+            return
         summary, task = self.selectedModel(), self.ui.taskComboBox.currentText
         if self._parameterNode and task and self._parameterNode.task != task:
             self._parameterNode.task = task

@@ -1,0 +1,54 @@
+"""Handlers of both modules' Qt shells, run on their real .ui widgets (PySide6, with PythonQt's conventions) and
+Slicer's own ``slicer.util`` (see shell_harness.py): what Qt's signals do to the parameter node, how errors are
+shown, what the self-tests do without the engine's packages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from shell_harness import pythonqt_ui, shell_module
+
+REPO = Path(__file__).resolve().parents[1]
+SEGMENTATION = REPO / "LabelShareSegmentation" / "LabelShareSegmentation.py"
+SEGMENTATION_UI = REPO / "LabelShareSegmentation" / "Resources" / "UI" / "LabelShareSegmentation.ui"
+
+
+@pytest.fixture
+def segmentation_shell(monkeypatch, tmp_path):
+    with shell_module(SEGMENTATION) as shell:
+        monkeypatch.setattr(shell, "addedFolders", lambda: [])
+        yield shell
+
+
+def segmentation_widget(shell, tmp_path, task: str):
+    """The module's widget wired as its ``setup`` wires the model and task lists, with a parameter node that
+    remembers the bundled model and ``task``."""
+    from labelshare.paths import default_model_dir
+    widget = shell.LabelShareSegmentationWidget()
+    widget.ui = pythonqt_ui(SEGMENTATION_UI)
+    widget.ui.modelsFolderPathLineEdit.currentPath = str(tmp_path / "models")  # a ctkPathLineEdit in Slicer
+    widget.logic = SimpleNamespace(stop=lambda: None)
+    widget._parameterNode = SimpleNamespace(model=str(default_model_dir()), task=task, inputVolume=None)
+    widget.ui.modelComboBox.connect("currentIndexChanged(int)", widget.onModelSelected)
+    widget.ui.taskComboBox.connect("currentIndexChanged(int)", widget.onTaskSelected)
+    return widget
+
+
+def test_segmentation_keeps_the_chosen_task_when_the_model_list_is_refreshed(segmentation_shell, tmp_path):
+    """Refilling the task list makes Qt select its first item; that must not overwrite the task the scene
+    remembers (the model list is refreshed on opening the module and whenever a new model version appears)."""
+    widget = segmentation_widget(segmentation_shell, tmp_path, task="acdc")
+    widget.refreshModels()
+    tasks = [widget.ui.taskComboBox.itemText(i) for i in range(widget.ui.taskComboBox.count)]
+    assert tasks[0] != "acdc" and "acdc" in tasks
+    assert widget._parameterNode.task == "acdc"
+    assert widget.ui.taskComboBox.currentText == "acdc"
+    assert widget.ui.taskLabelsLabel.text.startswith("Labels: ") and "myocardium" in widget.ui.taskLabelsLabel.text
+    widget.onModelStoreChanged()  # e.g. LabelShare Training published a version
+    assert widget._parameterNode.task == "acdc"
+
+    widget.ui.taskComboBox.currentText = tasks[0]  # the user picks another task: that one is remembered
+    assert widget._parameterNode.task == tasks[0]
