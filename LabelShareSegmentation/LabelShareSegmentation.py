@@ -287,9 +287,12 @@ class LabelShareSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
         qt.QSettings().setValue(SETTINGS_DEVICE, self.ui.deviceComboBox.currentText)
 
     def onInstallDependencies(self) -> None:
-        with slicer.util.tryWithErrorDisplay(_("Installing LabelShare's Python packages failed."), waitCursor=True):
-            self.logic.ensureDependencies()
-        self.refreshModels()
+        try:
+            with slicer.util.tryWithErrorDisplay(_("Installing LabelShare's Python packages failed."),
+                                                 waitCursor=True):
+                self.logic.ensureDependencies()
+        finally:
+            self.refreshModels()  # what is installed now, also after a partial install
 
     # -- apply / cancel ---------------------------------------------------------------------------------------------
     def _running(self) -> bool:

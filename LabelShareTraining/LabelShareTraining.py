@@ -17,7 +17,9 @@ Console API (blocking)::
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -241,11 +243,11 @@ class LabelShareTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self._models = [summary for summary in available_models(modelsFolder()) if summary.valid]
         for summary in self._models:
             self.ui.modelComboBox.addItem(model_title(summary), str(summary.path))
-        self._updating = False
         wanted = select if select is not None else (self._parameterNode.model if self._parameterNode else "")
         if not wanted and self._models:
             wanted = str(self._models[-1].path)  # the newest version
         self.ui.modelComboBox.setCurrentIndex(max(self.ui.modelComboBox.findData(wanted), 0))
+        self._updating = False  # the handler runs once, for the restored choice
         self.onModelSelected(self.ui.modelComboBox.currentIndex)
 
     def selectedModel(self) -> str:
@@ -259,16 +261,17 @@ class LabelShareTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.refreshTasks()
 
     def refreshTasks(self, select: str | None = None) -> None:
-        with slicer.util.tryWithErrorDisplay(_("The task list could not be read."), waitCursor=True):
+        self._entries = []
+        with showErrorAndContinue(_("The task list could not be read.")):
             self._entries = self.logic.training.task_entries(self.selectedModel() or None)
         self._updating = True
         self.ui.taskComboBox.clear()
         for entry in self._entries:
             suffix = _(" (in the model)") if entry.in_model else ""
             self.ui.taskComboBox.addItem(f"{entry.name}{suffix}", entry.name)
-        self._updating = False
         wanted = select or (self._parameterNode.task if self._parameterNode else "")
         self.ui.taskComboBox.setCurrentIndex(max(self.ui.taskComboBox.findData(wanted), 0))
+        self._updating = False
         self.onTaskSelected(self.ui.taskComboBox.currentIndex)
 
     def selectedEntry(self):
@@ -299,7 +302,7 @@ class LabelShareTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         entry = self.selectedEntry()
         self._cases = []
         if entry is not None and entry.valid:
-            with slicer.util.tryWithErrorDisplay(_("The cases of the task could not be listed."), waitCursor=True):
+            with showErrorAndContinue(_("The cases of the task could not be listed.")):
                 self._cases = self.logic.training.cases(entry.name)
         table = self.ui.casesTableWidget
         table.setRowCount(len(self._cases))
@@ -524,7 +527,7 @@ class LabelShareTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
                 self.logic.training.discard(outcome.request)
                 self.refreshUnfinishedRuns()
             elif decision == "publish":
-                with slicer.util.tryWithErrorDisplay(_("The version could not be published."), waitCursor=True):
+                with showErrorAndContinue(_("The version could not be published.")):
                     self.startRun(outcome.request, "publish")
                 return
         elif outcome.state == "stopped":
@@ -602,9 +605,24 @@ class LabelShareTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             model=Path(self.selectedModel()).name), 5000)
 
     def onInstallDependencies(self) -> None:
-        with slicer.util.tryWithErrorDisplay(_("Installing LabelShare's Python packages failed."), waitCursor=True):
-            LabelShareSegmentation.moduleLogic().ensureDependencies()
-        self.refreshAll()
+        try:
+            with slicer.util.tryWithErrorDisplay(_("Installing LabelShare's Python packages failed."),
+                                                 waitCursor=True):
+                LabelShareSegmentation.moduleLogic().ensureDependencies()
+        finally:
+            self.refreshAll()  # what is installed now, also after a partial install
+
+
+@contextmanager
+def showErrorAndContinue(message: str):
+    """``slicer.util.tryWithErrorDisplay`` (wait cursor, the error shown with its details) for steps after which
+    the module must go on: that function re-raises, and a task folder that cannot be read would abort the
+    module's setup. The error ends here; the step's result stays empty."""
+    try:
+        with slicer.util.tryWithErrorDisplay(message, waitCursor=True):
+            yield
+    except Exception as error:  # already shown to the user; also in the log, which testing mode keeps
+        logging.warning(f"LabelShare: {message} {error}")
 
 
 class LabelShareTrainingLogic(ScriptedLoadableModuleLogic):

@@ -82,8 +82,8 @@ def _stand_ins() -> dict[str, types.ModuleType]:
     from PySide6 import QtCore, QtGui, QtWidgets
 
     qt = types.ModuleType("qt")  # PythonQt's one flat namespace
-    for source in (QtCore, QtGui, QtWidgets):
-        qt.__dict__.update({name: value for name, value in vars(source).items() if name.startswith("Q")})
+    for source in (QtCore, QtGui, QtWidgets):  # (dir, not vars: PySide6 creates its classes on first access)
+        qt.__dict__.update({name: getattr(source, name) for name in dir(source) if name.startswith("Q")})
 
     i18n = types.ModuleType("slicer.i18n")
     i18n.tr = lambda text: text

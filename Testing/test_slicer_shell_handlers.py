@@ -52,3 +52,47 @@ def test_segmentation_keeps_the_chosen_task_when_the_model_list_is_refreshed(seg
 
     widget.ui.taskComboBox.currentText = tasks[0]  # the user picks another task: that one is remembered
     assert widget._parameterNode.task == tasks[0]
+
+
+TRAINING = REPO / "LabelShareTraining" / "LabelShareTraining.py"
+TRAINING_UI = REPO / "LabelShareTraining" / "Resources" / "UI" / "LabelShareTraining.ui"
+
+
+@pytest.fixture
+def shown_errors(monkeypatch) -> list[str]:
+    """What ``slicer.util.errorDisplay`` would have shown (Slicer's own ``tryWithErrorDisplay`` calls it)."""
+    import slicer.util
+    shown = []
+    monkeypatch.setattr(slicer.util, "errorDisplay", lambda text, *args, **kwargs: shown.append(text))
+    return shown
+
+
+def test_training_shows_an_unreadable_task_folder_and_stays_usable(monkeypatch, tmp_path, shown_errors):
+    """One task folder with an unreadable label file must not stop the module from opening: the error is shown,
+    the other tasks are listed and can be worked with."""
+    monkeypatch.setenv("LABELSHARE_HOME", str(tmp_path / "home"))
+    with shell_module(TRAINING) as shell:
+        from LabelShareTrainingLib import TrainingLock, TrainingLogic
+        training = TrainingLogic(workspace=tmp_path / "tasks", models_dir=tmp_path / "models",
+                                 lock=TrainingLock(tmp_path / "training.lock"))
+        training.create_task("liver", ["liver", "tumour"])
+        broken = training.create_task("broken", ["liver"]).root
+        for folder, name in (("imagesTr", "case1_0000.nii.gz"), ("labelsTr", "case1.nii.gz")):
+            (broken / folder).mkdir(exist_ok=True)
+            (broken / folder / name).write_bytes(b"not an image")
+        monkeypatch.setattr(shell, "modelsFolder", lambda: str(tmp_path / "models"))
+        widget = shell.LabelShareTrainingWidget()
+        widget.ui = pythonqt_ui(TRAINING_UI)
+        widget.logic = SimpleNamespace(training=training)
+        widget._parameterNode = SimpleNamespace(model="", task="broken", inputVolume=None, inputSegmentation=None,
+                                                budget="quick", device="auto")
+        widget.ui.taskComboBox.connect("currentIndexChanged(int)", widget.onTaskSelected)
+
+        widget.refreshAll()  # what setup() and enter() do
+
+        assert len(shown_errors) == 1 and "case1.nii.gz" in shown_errors[0], shown_errors
+        assert widget.ui.taskComboBox.currentText.startswith("broken")
+        assert widget.ui.casesTableWidget.rowCount == 0
+        widget.ui.taskComboBox.setCurrentIndex(widget.ui.taskComboBox.findData("liver"))
+        assert widget._parameterNode.task == "liver" and widget.ui.casesSummaryLabel.text.startswith("0 cases")
+        assert len(shown_errors) == 1
