@@ -370,8 +370,10 @@ class LabelShareSegmentationLogic(ScriptedLoadableModuleLogic):
         return LabelShareSegmentationParameterNode(super().getParameterNode())
 
     def ensureDependencies(self) -> None:
-        """Install torch (PyTorch extension) and the engine's packages if missing; asks the user first."""
-        installer = DependencyInstaller(installTorch, **pipTools())
+        """Install torch (PyTorch extension) and the engine's packages if missing; asks the user once first.
+        Raises in testing mode instead (Slicer's test machines install nothing)."""
+        installer = DependencyInstaller(confirmInstall, installTorch, **pipTools(),
+                                        testing=slicer.app.testingEnabled())
         installer.ensure()
 
     def start(self, volumeNode, task: str, model: str | None = None, device: str = "auto",
@@ -401,27 +403,31 @@ def addedFolders() -> list[str]:
     return json.loads(qt.QSettings().value(SETTINGS_ADDED_FOLDERS, "[]") or "[]")
 
 
+def confirmInstall(message: str, details: str) -> bool:
+    """The one question before anything is installed (the installers are then called without asking)."""
+    return slicer.util.confirmOkCancelDisplay(message, detailedText=details)
+
+
 def installTorch(requirement: str) -> None:
-    """torch through the PyTorch extension, which picks the build that matches the GPU driver."""
+    """torch through the PyTorch extension, which picks the build that matches the GPU driver (and replaces a torch
+    older than ``requirement``); the user has already confirmed."""
     try:
         import PyTorchUtils
     except ModuleNotFoundError:
         raise DependencyError(_("LabelShare needs PyTorch: install the 'PyTorch' extension with the Extensions "
                                 "Manager, restart Slicer and try again.")) from None
-    torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-    if not torchLogic.torchInstalled():
-        if torchLogic.installTorch(askConfirmation=True, torchVersionRequirement=requirement[len("torch"):]) is None:
-            raise DependencyError(_("PyTorch was not installed, so LabelShare cannot run."))
+    PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False,
+                                                  torchVersionRequirement=requirement[len("torch"):])
 
 
 def pipTools() -> dict:
-    """``slicer.packaging.pip_ensure`` on Slicer ≥ 5.12, else one confirmation dialog and ``pip_install``."""
+    """``slicer.packaging.pip_ensure`` on Slicer ≥ 5.12, else ``slicer.util.pip_install``. (``from`` import: an
+    ``import slicer.packaging`` here would make ``slicer`` a local name, unbound where the import fails.)"""
     try:
-        import slicer.packaging
-        return {"pip_ensure": slicer.packaging.pip_ensure}
+        from slicer.packaging import pip_ensure
     except ImportError:
-        return {"confirm": lambda message, details: slicer.util.confirmOkCancelDisplay(message, detailedText=details),
-                "pip_install": slicer.util.pip_install}
+        return {"pip_install": slicer.util.pip_install}
+    return {"pip_ensure": pip_ensure}
 
 
 class LabelShareSegmentationTest(ScriptedLoadableModuleTest):

@@ -4,14 +4,16 @@ shown, what the self-tests do without the engine's packages."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from shell_harness import pythonqt_ui, shell_module
+from shell_harness import SHELL_FOLDERS, SlicerApp, pythonqt_ui, shell_module
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(folder) for folder in SHELL_FOLDERS]  # the Lib packages, which fixtures import directly
 SEGMENTATION = REPO / "LabelShareSegmentation" / "LabelShareSegmentation.py"
 SEGMENTATION_UI = REPO / "LabelShareSegmentation" / "Resources" / "UI" / "LabelShareSegmentation.ui"
 
@@ -96,3 +98,55 @@ def test_training_shows_an_unreadable_task_folder_and_stays_usable(monkeypatch, 
         widget.ui.taskComboBox.setCurrentIndex(widget.ui.taskComboBox.findData("liver"))
         assert widget._parameterNode.task == "liver" and widget.ui.casesSummaryLabel.text.startswith("0 cases")
         assert len(shown_errors) == 1
+
+
+class SlicerInstallers:
+    """Records what the module asks of Slicer's installers and 'installs' into a fake package table."""
+
+    def __init__(self, installed: dict[str, str]):
+        self.installed, self.calls = installed, []
+
+    def confirmOkCancelDisplay(self, text, windowTitle=None, **kwargs):
+        self.calls.append(("confirm", text))
+        return True
+
+    def installTorch(self, askConfirmation=False, forceComputationBackend=None, torchVersionRequirement=None):
+        self.calls.append(("PyTorchUtils.installTorch", askConfirmation, torchVersionRequirement))
+        self.installed["torch"] = "2.13.0+cpu"
+
+    def pip_install(self, requirements):
+        self.calls.append(("pip_install", requirements))
+        self.installed.update({argument.split(">=")[0]: "99.0" for argument in requirements if ">=" in argument})
+
+
+@pytest.fixture
+def installers(monkeypatch) -> SlicerInstallers:
+    import slicer.util
+    from LabelShareLib import dependencies
+    recorder = SlicerInstallers({"numpy": "2.0.2", "SimpleITK": "2.5.2"})
+    monkeypatch.setattr(dependencies, "installed_version", recorder.installed.get)
+    monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", recorder.confirmOkCancelDisplay)
+    monkeypatch.setattr(slicer.util, "pip_install", recorder.pip_install)
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", SimpleNamespace(
+        PyTorchUtilsLogic=lambda: SimpleNamespace(installTorch=recorder.installTorch)))
+    return recorder
+
+
+def test_first_run_install_asks_one_question_in_slicer(installers):
+    """Slicer 5.10 (no slicer.packaging): one dialog, then PyTorchUtils without its own dialog, then pip_install
+    with a list of arguments."""
+    with shell_module(SEGMENTATION) as shell:
+        shell.moduleLogic().ensureDependencies()
+    kinds = [call[0] for call in installers.calls]
+    assert kinds == ["confirm", "PyTorchUtils.installTorch", "pip_install"], installers.calls
+    assert installers.calls[1][1:] == (False, ">=2.4.1")
+    arguments = installers.calls[2][1]
+    assert isinstance(arguments, list) and arguments[-2] == "-c" and "monai>=1.5" in arguments
+
+
+def test_nothing_is_installed_in_testing_mode(installers):
+    """Slicer's test machines: confirmations would accept by themselves and download gigabytes."""
+    with shell_module(SEGMENTATION, SlicerApp(testing=True)) as shell:
+        with pytest.raises(shell.DependencyError, match="testing mode"):
+            shell.moduleLogic().ensureDependencies()
+    assert installers.calls == []
