@@ -4,6 +4,7 @@ shown, what the self-tests do without the engine's packages."""
 
 from __future__ import annotations
 
+import ast
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -150,3 +151,60 @@ def test_nothing_is_installed_in_testing_mode(installers):
         with pytest.raises(shell.DependencyError, match="testing mode"):
             shell.moduleLogic().ensureDependencies()
     assert installers.calls == []
+
+
+SELF_TESTS = {  # module file → (test class, the tests that need the engine's packages, the tests that do not)
+    SEGMENTATION: ("LabelShareSegmentationTest", ["test_console_api_segments_a_synthetic_volume"],
+                   ["test_widget_explains_why_apply_is_disabled"]),
+    TRAINING: ("LabelShareTrainingTest", ["test_train_a_first_model_in_the_background"],
+               ["test_widget_explains_why_buttons_are_disabled", "test_collect_cases_from_volume_and_segmentation"]),
+}
+
+
+@pytest.mark.parametrize("module_file", list(SELF_TESTS), ids=lambda path: path.stem)
+@pytest.mark.parametrize("missing", [["torch>=2.4.1", "monai>=1.5"], []], ids=["packages missing", "installed"])
+def test_self_test_skips_with_a_message_what_needs_missing_packages_and_runs_the_rest(module_file, missing,
+                                                                                     monkeypatch):
+    """Slicer's test machines run self-tests in testing mode, where nothing may be installed; a self-test that
+    installed first failed there (5.12: pip_ensure skips installs) or downloaded gigabytes (5.10)."""
+    from packaging.requirements import Requirement
+    class_name, needs_packages, light = SELF_TESTS[module_file]
+    with shell_module(module_file) as shell:
+        monkeypatch.setattr(shell.DependencyInstaller, "missing",
+                            staticmethod(lambda: [Requirement(text) for text in missing]))
+        test = getattr(shell, class_name)()
+        ran = []
+        for name in needs_packages + light:
+            monkeypatch.setattr(test, name, lambda name=name: ran.append(name))
+        monkeypatch.setattr(test, "setUp", lambda: None)
+        test.runTest()
+    if missing:
+        assert sorted(ran) == sorted(light)
+        skipped = [message for message in test.displayed if message.startswith("Skipped")]
+        assert len(skipped) == len(needs_packages) and all(name in " ".join(skipped) for name in needs_packages)
+        assert "torch>=2.4.1" in skipped[0] and "monai>=1.5" in skipped[0]
+    else:
+        assert sorted(ran) == sorted(needs_packages + light)
+
+
+@pytest.mark.parametrize("module_file", list(SELF_TESTS), ids=lambda path: path.stem)
+def test_self_tests_never_install_packages(module_file):
+    from qt_shell import source_tree
+    test_class = next(node for node in source_tree(module_file).body
+                      if isinstance(node, ast.ClassDef) and node.name == SELF_TESTS[module_file][0])
+    calls = {node.func.attr for node in ast.walk(test_class) if isinstance(node, ast.Call)
+             and isinstance(node.func, ast.Attribute)}
+    assert not calls & {"ensureDependencies", "ensure", "pip_install", "pip_ensure", "installTorch"}
+
+
+def test_training_self_test_collects_cases_on_real_mrml_nodes(monkeypatch, tmp_path):
+    """The part of the self-test that runs without the engine's heavy packages, run here on slicer-core."""
+    import slicer.util
+    from slicer_support import slicer_scene
+    monkeypatch.setenv("LABELSHARE_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(slicer.util, "tempDirectory", lambda key: str(tmp_path / key))
+    with slicer_scene(), shell_module(TRAINING) as shell:
+        test = shell.LabelShareTrainingTest()
+        test.setUp()
+        test.test_collect_cases_from_volume_and_segmentation()
+    assert test.displayed[-1] == "Collect test passed"

@@ -15,7 +15,7 @@ offer are the engine's (:data:`DEVICES`, read with :func:`parse_device`, which a
 
 from labelshare.config import DEVICES, parse_device
 
-from .dependencies import DependencyError, DependencyInstaller
+from .dependencies import DependencyError, DependencyInstaller, skip_message
 from .jobs import (Job, JobCancelled, JobFailed, JobState, ProcessJob, WorkerJob, WorkerProcess, child_environment,
                    device_choice, engine_command, python_executable)
 from .segments import (EXTENSION_RESOURCES, import_task_segments, output_segmentation, place_beside, segment_styles,
@@ -30,6 +30,6 @@ __all__ = [
     "JobState", "ModelStore", "ProcessJob", "Signal", "WorkerJob", "WorkerProcess", "available_models",
     "check_scalar_volume", "child_environment", "default_store", "device_choice", "engine_command", "image_to_volume",
     "import_task_segments", "model_title", "models_in", "output_segmentation", "parse_device", "place_beside",
-    "python_executable", "segment_styles", "set_volume_from_image", "task_labels", "task_segment_ids",
-    "user_models_dir", "volume_to_image",
+    "python_executable", "segment_styles", "set_volume_from_image", "skip_message", "task_labels",
+    "task_segment_ids", "user_models_dir", "volume_to_image",
 ]

@@ -63,6 +63,13 @@ def protected_constraints() -> list[str]:
     return [f"{name}=={version}" for name in PROTECTED_PACKAGES if (version := installed_version(name))]
 
 
+def skip_message(test_name: str, missing: Sequence) -> str:
+    """What a self-test shows for a test it skips because packages are missing: self-tests install nothing
+    (Slicer's test machines run them in testing mode, where :class:`DependencyInstaller` refuses)."""
+    return (f"Skipped {test_name}: it needs {', '.join(map(str, missing))}, which is not installed (self-tests "
+            "install nothing; the module's Install button does)")
+
+
 class DependencyInstaller:
     """Installs what LabelShare needs with the running Slicer's tools, after one confirmation.
 
