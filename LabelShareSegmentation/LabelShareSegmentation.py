@@ -499,7 +499,7 @@ class LabelShareSegmentationTest(ScriptedLoadableModuleTest):
 
 # The Lib packages this module ships, each module after the ones it imports; the package itself last.
 LIB_MODULES = {
-    "LabelShareLib": ("signals", "volumes", "segments", "jobs", "store", "dependencies"),
+    "LabelShareLib": ("signals", "application", "volumes", "segments", "jobs", "store", "dependencies"),
     "LabelShareSegmentationLib": ("logic",),
 }
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from labelshare.errors import LabelShareError
 
+from .application import temporary_root
 from .segments import EXTENSION_RESOURCES
 
 REQUIREMENTS_FILE = EXTENSION_RESOURCES / "requirements.txt"
@@ -118,7 +119,7 @@ class DependencyInstaller:
             self.install_torch(TORCH_REQUIREMENT)
         packages = [str(requirement) for requirement in missing if requirement.name != "torch"]
         if packages:
-            with tempfile.TemporaryDirectory(prefix="LabelShare-") as folder:
+            with tempfile.TemporaryDirectory(prefix="LabelShare-", dir=temporary_root()) as folder:
                 constraints = Path(folder) / "constraints.txt"
                 constraints.write_text("\n".join(protected_constraints()) + "\n", encoding="utf-8")
                 if self.pip_ensure is not None:
