@@ -44,7 +44,7 @@ from LabelShareTrainingLib import (BUDGETS, DuplicateCaseError, TrainingLogic, U
 SETTINGS_WORKSPACE = "LabelShare/TrainingWorkspace"
 SETTINGS_AUTO_TRAIN = "LabelShare/TrainAutomaticallyAfterCases"  # 0: off (the default)
 POLL_INTERVAL_MS = 200
-STOP_ON_EXIT_S = 60  # closing Slicer: time the engine gets to save a resumable checkpoint
+STOP_ON_EXIT_S = 15  # closing Slicer: time the engine gets to save a resumable checkpoint (it needs a few seconds)
 NO_MODEL = ""  # model combo data of "no model: train a first model"
 
 
@@ -172,8 +172,25 @@ class LabelShareTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         """Module closed or Slicer exits: a running job saves a resumable checkpoint and stops (nothing is published
         half-written; the run can be resumed next time)."""
         self.timer.stop()
-        self.logic.stop(waitS=STOP_ON_EXIT_S)
+        if self.logic.running:
+            self.stopTrainingOnExit()
         self.removeObservers()
+
+    def stopTrainingOnExit(self) -> None:
+        """Give the engine up to STOP_ON_EXIT_S to save its checkpoint, with a progress dialog: Slicer is closing,
+        and a silent wait would look like a hang."""
+        dialog = slicer.util.createProgressDialog(
+            windowTitle=_("LabelShare Training"), maximum=STOP_ON_EXIT_S,
+            labelText=_("Stopping training: saving a checkpoint to resume it later…"))
+
+        def showWait(secondsLeft: float) -> None:
+            dialog.value = int(STOP_ON_EXIT_S - secondsLeft)  # whole seconds waited
+            slicer.app.processEvents()
+
+        try:
+            self.logic.stop(waitS=STOP_ON_EXIT_S, onWait=showWait)
+        finally:
+            dialog.close()
 
     def enter(self) -> None:
         self.initializeParameterNode()
@@ -661,10 +678,15 @@ class LabelShareTrainingLogic(ScriptedLoadableModuleLogic):
         LabelShareSegmentation.moduleLogic().ensureDependencies()
         return self.training.train(task, model, budget, device)
 
-    def stop(self, waitS: float | None = None) -> None:
-        """Stop a running training run (it stays resumable); ``waitS`` blocks until it has ended."""
+    @property
+    def running(self) -> bool:
+        return self._training is not None and self._training.running
+
+    def stop(self, waitS: float | None = None, onWait=None) -> None:
+        """Stop a running training run (it stays resumable); ``waitS`` blocks until it has ended (the tree is killed
+        then), calling ``onWait(secondsLeft)`` meanwhile."""
         if self._training is not None:
-            self._training.stop(wait_s=waitS)
+            self._training.stop(wait_s=waitS, on_wait=onWait)
 
 
 class LabelShareTrainingTest(ScriptedLoadableModuleTest):

@@ -133,6 +133,9 @@ class SlicerApp:
     def connect(self, signal, slot) -> None:
         pass
 
+    def processEvents(self) -> None:
+        pass
+
 
 @contextmanager
 def shell_module(module_file: Path, app: SlicerApp | None = None) -> Iterator[types.ModuleType]:

@@ -208,3 +208,34 @@ def test_training_self_test_collects_cases_on_real_mrml_nodes(monkeypatch, tmp_p
         test.setUp()
         test.test_collect_cases_from_volume_and_segmentation()
     assert test.displayed[-1] == "Collect test passed"
+
+
+def test_closing_slicer_during_training_shows_the_wait_and_bounds_it(monkeypatch):
+    """Module cleanup (Slicer exits) while a run is active: the engine gets a short time to save a checkpoint, and
+    a progress dialog says so (Slicer used to wait up to 60 s without a sign)."""
+    import slicer.util
+    dialogs = []
+
+    def createProgressDialog(**options):
+        dialog = SimpleNamespace(value=0, visible=True)
+        dialog.close = lambda: setattr(dialog, "visible", False)
+        dialogs.append((options, dialog))
+        return dialog
+
+    monkeypatch.setattr(slicer.util, "createProgressDialog", createProgressDialog)
+    stops = []
+
+    def stop(waitS=None, onWait=None):
+        stops.append(waitS)
+        for secondsLeft in (waitS - 1, waitS - 2.5):
+            onWait(secondsLeft)
+
+    with shell_module(TRAINING) as shell:
+        widget = shell.LabelShareTrainingWidget()
+        widget.timer = SimpleNamespace(stop=lambda: None)
+        widget.logic = SimpleNamespace(running=True, stop=stop)
+        widget.cleanup()
+    assert stops == [shell.STOP_ON_EXIT_S] and shell.STOP_ON_EXIT_S <= 15
+    (options, dialog), = dialogs
+    assert "checkpoint" in options["labelText"] and options["maximum"] == shell.STOP_ON_EXIT_S
+    assert dialog.value == 2 and not dialog.visible
