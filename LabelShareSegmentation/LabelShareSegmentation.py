@@ -47,7 +47,7 @@ class LabelShareSegmentation(ScriptedLoadableModule):
         self.parent.title = _("LabelShare Segmentation")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
         self.parent.dependencies = []
-        self.parent.contributors = ["LabelShare developers"]
+        self.parent.contributors = ["LabelShare developers (LabelShare)"]
         self.parent.helpText = _(
             "Segments a volume (or a 2D image loaded as a single-slice volume) with one task of a LabelShare model: "
             "one network trained on several datasets by label sharing. Pick the volume, the model and the task, "

@@ -54,7 +54,7 @@ class LabelShareTraining(ScriptedLoadableModule):
         self.parent.title = _("LabelShare Training")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
         self.parent.dependencies = ["LabelShareSegmentation"]
-        self.parent.contributors = ["LabelShare developers"]
+        self.parent.contributors = ["LabelShare developers (LabelShare)"]
         self.parent.helpText = _(
             "Collects corrected segmentations as cases of a task (an nnU-Net folder in your workspace) and teaches "
             "them to a LabelShare model in the background: a new task is added to the model, an existing task is "

@@ -45,3 +45,8 @@ def test_bundled_and_committed_models_verify_in_a_clone_that_converts_line_endin
     assert "LabelShareSegmentation/Resources/Models/labelshare-4tasks-v1" in folders
     for folder in folders:
         verify_folder(autocrlf_clone / folder)  # raises ModelError naming the files that differ
+
+
+def test_extensions_index_description_keeps_lf_line_endings_in_that_clone(autocrlf_clone):
+    """The Extensions Index refuses a description file with CR characters."""
+    assert b"\r" not in (autocrlf_clone / "LabelShare.json").read_bytes()

@@ -10,6 +10,7 @@ values (a ``;`` splits a string into list items) is what this test sees.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -53,7 +54,7 @@ generate_description(
 def metadata_block() -> str:
     """The ``set(...)`` commands of the "Extension meta-information" section of the top-level CMakeLists.txt."""
     text = CMAKE_FILE.read_text(encoding="utf-8")
-    section = re.search(r"# Extension meta-information\n(.*?)\n#-+\n# Extension dependencies", text, re.S)
+    section = re.search(r"# Extension meta-information[^\n]*\n(.*?)\n#-+\n# Extension dependencies", text, re.S)
     assert section, "no 'Extension meta-information' section before 'Extension dependencies' in CMakeLists.txt"
     return section.group(1)
 
@@ -83,3 +84,74 @@ def test_every_single_value_field_reaches_the_description_generator_whole(cmake_
     assert cmake_metadata["parsed EXTENSION_DESCRIPTION"].endswith(
         "Requires Slicer 5.10 or later and the PyTorch extension.")
     assert cmake_metadata["parsed EXTENSION_DEPENDS"] == "PyTorch"
+
+
+# -- Slicer's conventions and the Extensions Index ---------------------------------------------------------------------
+INDEX_FILE = REPO / "LabelShare.json"  # the description the Extensions Index holds for this extension
+SCHEMA_URL = "https://raw.githubusercontent.com/Slicer/Slicer/main/Schemas/slicer-extension-catalog-entry-schema-v1.0.1.json#"
+# The fields that schema knows (it allows no others) and the ones it requires.
+SCHEMA_FIELDS = {"$schema", "category", "scm_url", "scm_revision", "scm_type", "build_dependencies",
+                 "build_subdirectory", "enabled", "tier"}
+SCHEMA_REQUIRED = {"$schema", "category", "scm_url"}
+# "Firstname Lastname ([SubOrg, ]Org)", comma-separated (Slicer's SlicerExtensionDescriptionSpec.cmake)
+CONTRIBUTOR = re.compile(r"[^(),]+ \((?:[^(),]+, )?[^(),]+\)")
+
+
+def cmake_text() -> str:
+    return CMAKE_FILE.read_text(encoding="utf-8")
+
+
+def quoted_url_field(name: str) -> str:
+    """The value of ``set(NAME "...")`` written out literally, as the Extensions Index's check reads
+    CMakeLists.txt: as text, one double-quoted string followed by the closing parenthesis, no CMake variables."""
+    match = re.search(rf'set\s*\({name}\s*"([^"]+)"\s*\)', cmake_text())
+    assert match, f"{name} is not one double-quoted string in CMakeLists.txt"
+    assert "${" not in match.group(1), f"{name} uses CMake variables, which the index's check cannot resolve"
+    return match.group(1)
+
+
+def index_description() -> dict:
+    return json.loads(INDEX_FILE.read_text(encoding="utf-8"))
+
+
+def repository_file(url: str) -> Path:
+    """The file of this repository that a raw.githubusercontent.com URL of the indexed revision names."""
+    description = index_description()
+    owner_repo = description["scm_url"].removeprefix("https://github.com/").removesuffix(".git")
+    prefix = f"https://raw.githubusercontent.com/{owner_repo}/{description['scm_revision']}/"
+    assert url.startswith(prefix), f"{url} is not a file of {description['scm_url']} at {description['scm_revision']}"
+    return REPO / url.removeprefix(prefix)
+
+
+def test_cmake_minimum_required_is_that_of_slicer_510s_extension_template():
+    """LabelShare supports Slicer 5.10 and later; its extension template starts with this line (5.12's asks for
+    CMake 3.28, which 5.10's build does not need)."""
+    commands = [line for line in cmake_text().splitlines() if line.startswith("cmake_minimum_required")]
+    assert commands == ["cmake_minimum_required(VERSION 3.20.6...3.22.6 FATAL_ERROR)"]
+
+
+def test_contributors_are_named_with_their_organisation(cmake_metadata):
+    contributors = cmake_metadata["parsed EXTENSION_CONTRIBUTORS"].split(";")
+    for listed in contributors:
+        assert all(CONTRIBUTOR.fullmatch(name.strip()) for name in listed.split(",")), listed
+    for module in ("LabelShareSegmentation", "LabelShareTraining"):
+        source = (REPO / module / f"{module}.py").read_text(encoding="utf-8")
+        assert f"self.parent.contributors = {contributors!r}".replace("'", '"') in source, module
+
+
+def test_extensions_index_description_follows_its_schema_and_agrees_with_cmake(cmake_metadata):
+    description = index_description()
+    assert description["$schema"] == SCHEMA_URL
+    assert SCHEMA_REQUIRED <= set(description) <= SCHEMA_FIELDS
+    assert re.search(r"project\((\w+)\)", cmake_text()).group(1) == INDEX_FILE.stem  # the index checks this
+    assert description["category"] == cmake_metadata["set EXTENSION_CATEGORY"]
+    assert description["build_dependencies"] == cmake_metadata["parsed EXTENSION_DEPENDS"].split(";") == ["PyTorch"]
+    assert description["build_subdirectory"] == cmake_metadata["set EXTENSION_BUILD_SUBDIRECTORY"]
+    assert cmake_metadata["set EXTENSION_HOMEPAGE"].startswith(description["scm_url"])
+    assert Path(description["scm_url"]).name.startswith("Slicer")  # the index asks repository names to
+    assert b"\r" not in INDEX_FILE.read_bytes()  # the index accepts LF line endings only
+
+
+def test_icon_url_is_written_out_and_names_the_icon_in_the_repository():
+    icon = repository_file(quoted_url_field("EXTENSION_ICONURL"))
+    assert icon.is_file() and icon.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", icon
