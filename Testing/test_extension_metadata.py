@@ -14,6 +14,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,15 +27,19 @@ LIST_VALUES = ("EXTENSION_CONTRIBUTORS", "EXTENSION_DEPENDS", "EXTENSION_SCREENS
 
 PROBE = """
 include("${METADATA}")
+function(write_value label value)  # one line each: newlines in a value are written as \\n
+  string(REPLACE "\\n" "\\\\n" value "${value}")
+  file(APPEND "${OUT}" "${label}=${value}\\n")
+endfunction()
 function(generate_description)  # the argument handling of slicerFunctionGenerateExtensionDescription
   cmake_parse_arguments(MY "" "${SINGLE_VALUES}" "${LIST_VALUES}" ${ARGN})
   foreach(name IN LISTS SINGLE_VALUES LIST_VALUES)
-    file(APPEND "${OUT}" "parsed ${name}=${MY_${name}}\\n")
+    write_value("parsed ${name}" "${MY_${name}}")
   endforeach()
-  file(APPEND "${OUT}" "unparsed=${MY_UNPARSED_ARGUMENTS}\\n")
+  write_value("unparsed" "${MY_UNPARSED_ARGUMENTS}")
 endfunction()
 foreach(name IN LISTS SINGLE_VALUES)
-  file(APPEND "${OUT}" "set ${name}=${${name}}\\n")
+  write_value("set ${name}" "${${name}}")
 endforeach()
 # unquoted, as SlicerExtensionCPack.cmake passes them
 generate_description(
@@ -73,7 +78,8 @@ def cmake_metadata(tmp_path_factory) -> dict[str, str]:
                              f"-DSINGLE_VALUES={';'.join(SINGLE_VALUES)}", f"-DLIST_VALUES={';'.join(LIST_VALUES)}",
                              "-P", str(folder / "probe.cmake")], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    return dict(line.split("=", 1) for line in out.read_text(encoding="utf-8").splitlines())
+    lines = out.read_text(encoding="utf-8").splitlines()
+    return {label: value.replace("\\n", "\n") for label, value in (line.split("=", 1) for line in lines)}
 
 
 def test_every_single_value_field_reaches_the_description_generator_whole(cmake_metadata):
@@ -86,7 +92,7 @@ def test_every_single_value_field_reaches_the_description_generator_whole(cmake_
     assert cmake_metadata["parsed EXTENSION_DEPENDS"] == "PyTorch"
 
 
-# -- Slicer's conventions and the Extensions Index ---------------------------------------------------------------------
+# -- Slicer's conventions and the Extensions Index ------------------------------------------------------------------
 INDEX_FILE = REPO / "LabelShare.json"  # the description the Extensions Index holds for this extension
 SCHEMA_URL = "https://raw.githubusercontent.com/Slicer/Slicer/main/Schemas/slicer-extension-catalog-entry-schema-v1.0.1.json#"
 # The fields that schema knows (it allows no others) and the ones it requires.
@@ -155,3 +161,41 @@ def test_extensions_index_description_follows_its_schema_and_agrees_with_cmake(c
 def test_icon_url_is_written_out_and_names_the_icon_in_the_repository():
     icon = repository_file(quoted_url_field("EXTENSION_ICONURL"))
     assert icon.is_file() and icon.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", icon
+
+
+# -- catalog pictures ----------------------------------------------------------------------------------------------
+SCREENSHOTS = REPO / "Resources" / "Screenshots"
+MAX_PICTURE_BYTES = 300 * 1024
+
+
+def test_screenshot_urls_name_small_pictures_in_the_repository_labelled_as_rendered_views(cmake_metadata):
+    urls = quoted_url_field("EXTENSION_SCREENSHOTURLS").split()  # how the Extensions Index reads them
+    # how Slicer's description generator reads them: newlines removed, items stripped, spaces collapsed
+    generated = re.sub(" +", " ", cmake_metadata["parsed EXTENSION_SCREENSHOTURLS"].replace("\n", "")).strip()
+    assert generated.split(" ") == urls and len(urls) == 3
+    readme = (SCREENSHOTS / "README.md").read_text(encoding="utf-8")
+    assert "rendered Slicer slice\nviews" in readme and "not screenshots of the LabelShare modules" in readme
+    for url in urls:
+        picture = repository_file(url)
+        assert picture.parent == SCREENSHOTS and picture.is_file(), url
+        data = picture.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) < MAX_PICTURE_BYTES, (picture.name, len(data))
+        assert f"`{picture.name}`" in readme, picture.name
+
+
+@pytest.mark.realdata
+def test_render_script_draws_the_segments_over_a_real_image(tmp_path):
+    """The script behind the pictures still works: the mammogram's slice view, rendered offscreen, shows the
+    image and the three tissue segments in their colours."""
+    import SimpleITK as sitk
+    from conftest import real_task_dir
+    real_task_dir("ddsm_mammo_tissue")
+    result = subprocess.run([sys.executable, str(SCREENSHOTS / "render_slice_views.py"), "--only", "mammogram.png",
+                             "--out", str(tmp_path)], capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "not EGL" not in result.stderr
+    pixels = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "mammogram.png")))[..., :3].astype(int)
+    assert pixels.shape[:2] == (640, 360)
+    grey = (pixels.max(axis=-1) - pixels.min(axis=-1)) < 8
+    yellowish = (pixels[..., 0] > pixels[..., 2] + 40) & (pixels[..., 1] > pixels[..., 2] + 40)
+    assert grey.mean() > 0.05 and yellowish.mean() > 0.2, (grey.mean(), yellowish.mean())
