@@ -32,9 +32,9 @@ def inside_slicer(monkeypatch, tmp_path) -> Path:
 def test_outside_slicer_children_run_with_this_python_or_pythonslicer(monkeypatch):
     monkeypatch.delattr(slicer, "app", raising=False)
     monkeypatch.setattr(application.shutil, "which", lambda name: None)
-    assert jobs.python_executable() == sys.executable
+    assert application.python_executable() == sys.executable
     monkeypatch.setattr(application.shutil, "which", lambda name: f"/opt/Slicer/bin/{name}")
-    assert jobs.python_executable() == "/opt/Slicer/bin/PythonSlicer"
+    assert application.python_executable() == "/opt/Slicer/bin/PythonSlicer"
 
 
 def test_inside_slicer_a_missing_pythonslicer_is_an_error_not_a_second_slicer(monkeypatch, inside_slicer):
