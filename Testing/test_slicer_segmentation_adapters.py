@@ -12,6 +12,7 @@ import pytest
 import SimpleITK as sitk
 import slicer
 import vtk
+import vtk.util.numpy_support
 
 from labelshare.errors import DataError
 from labelshare.tasks import choose_slicing_axis
@@ -247,6 +248,77 @@ def test_output_is_placed_beside_the_volume_in_the_subject_hierarchy_and_under_i
     assert node.GetTransformNodeID() == transform.GetID()
     other_volume = scalar_volume(mrml_scene, np.zeros((2, 2, 2), dtype=np.int16), name="other")
     assert segments.output_segmentation(other_volume, "phantom3d") is not node
+
+
+def linear_transform(scene, rotation_axis=(0.0, 0.0, 1.0), angle=0.0, translation=(0.0, 0.0, 0.0)):
+    """A linear transform node: a rotation about an axis through the origin, then a translation (mm)."""
+    matrix = np.eye(4)
+    matrix[:3, :3] = np.asarray(sitk.VersorTransform(rotation_axis, angle).GetMatrix()).reshape(3, 3)
+    matrix[:3, 3] = translation
+    node = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    node.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(matrix))
+    return node
+
+
+def world_points(ijk: np.ndarray, ijk_to_local: vtk.vtkMatrix4x4, parent_transform) -> np.ndarray:
+    """World (RAS) positions of voxel indices (I, J, K) of an image whose node is under ``parent_transform``."""
+    local = (slicer.util.arrayFromVTKMatrix(ijk_to_local) @ np.c_[ijk, np.ones(len(ijk))].T).T[:, :3]
+    to_world = vtk.vtkGeneralTransform()
+    slicer.vtkMRMLTransformNode.GetTransformBetweenNodes(parent_transform, None, to_world)
+    return np.array([to_world.TransformPoint(point) for point in local])
+
+
+def volume_label_world_points(volume, values: np.ndarray, label_id: int) -> np.ndarray:
+    matrix = vtk.vtkMatrix4x4()
+    volume.GetIJKToRASMatrix(matrix)
+    return world_points(np.argwhere(values == label_id)[:, ::-1], matrix, volume.GetParentTransformNode())
+
+
+def segment_world_points(segmentation_node, segment_id: str) -> np.ndarray:
+    """World positions of the voxels of a segment, read from its stored labelmap and the node's transform."""
+    image = segmentation_node.GetBinaryLabelmapInternalRepresentation(segment_id)
+    extent = image.GetExtent()
+    shape = (extent[5] - extent[4] + 1, extent[3] - extent[2] + 1, extent[1] - extent[0] + 1)
+    voxels = vtk.util.numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(shape)
+    label_value = segmentation_node.GetSegmentation().GetSegment(segment_id).GetLabelValue()
+    ijk = np.argwhere(voxels == label_value)[:, ::-1] + [extent[0], extent[2], extent[4]]
+    matrix = vtk.vtkMatrix4x4()
+    image.GetImageToWorldMatrix(matrix)
+    return world_points(ijk, matrix, segmentation_node.GetParentTransformNode())
+
+
+TRANSFORMS = {  # (the volume's transform, the existing output segmentation's transform or "beside")
+    "volume translated 20 mm": (dict(translation=(20.0, 0.0, 0.0)), "beside"),
+    "volume rotated and translated": (dict(rotation_axis=(1.0, 2.0, 3.0), angle=0.5, translation=(5.0, -8.0, 12.0)),
+                                      "beside"),
+    "volume and chosen segmentation under different transforms": (
+        dict(rotation_axis=(0.0, 1.0, 0.0), angle=0.3, translation=(20.0, 0.0, 0.0)),
+        dict(rotation_axis=(1.0, 0.0, 0.0), angle=-0.6, translation=(0.0, 15.0, -7.0))),
+    "only the chosen segmentation transformed": (None, dict(translation=(0.0, 0.0, -25.0))),
+}
+
+
+@pytest.mark.parametrize("case", list(TRANSFORMS))
+def test_segments_cover_the_volume_voxels_in_world_coordinates_under_transforms(mrml_scene, case):
+    """Where a segment is drawn is what counts: each segment's voxels, taken to world coordinates through the
+    segmentation's transform, are the labelled voxels of the volume taken through the volume's transform."""
+    volume_transform, segmentation_transform = TRANSFORMS[case]
+    volume, image, values = phantom(mrml_scene)
+    if volume_transform is not None:
+        volume.SetAndObserveTransformNodeID(linear_transform(mrml_scene, **volume_transform).GetID())
+    if segmentation_transform == "beside":
+        node = segments.output_segmentation(volume, "phantom3d")
+    else:
+        node = mrml_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "chosen by the user")
+        node.SetAndObserveTransformNodeID(linear_transform(mrml_scene, **segmentation_transform).GetID())
+    ids = segments.import_task_segments(node, image, "phantom3d", TASK_LABELS, reference_volume=volume)
+    for segment_id, label_id in zip(ids, (1, 2, 3), strict=True):
+        expected = volume_label_world_points(volume, values, label_id)
+        found = segment_world_points(node, segment_id)
+        assert len(found) == len(expected), (label_id, len(found), len(expected))
+        if len(expected):
+            distances = np.linalg.norm(found[:, None] - expected[None], axis=-1).min(axis=1)
+            assert distances.max() < 1e-3, f"label {label_id}: segment voxels up to {distances.max():.1f} mm away"
 
 
 def test_result_of_the_wrong_size_or_with_foreign_labels_is_refused(mrml_scene):

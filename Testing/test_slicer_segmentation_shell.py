@@ -162,21 +162,22 @@ class Recorder:
     def __init__(self, installed: dict[str, str], accept: bool = True):
         self.installed, self.accept, self.calls = installed, accept, []
 
+    def confirm(self, message, details):
+        self.calls.append(("confirm", message, details))
+        return self.accept
+
     def install_torch(self, requirement):
         self.calls.append(("torch", requirement))
         self.installed["torch"] = "2.13.0"
 
-    def pip_ensure(self, packages, constraints, requester):
-        self.calls.append(("pip_ensure", list(packages), Path(constraints).read_text(), requester))
+    def pip_ensure(self, packages, constraints, requester, prompt_install):
+        self.calls.append(("pip_ensure", list(packages), Path(constraints).read_text(), requester, prompt_install))
         self.installed.update({p.split(">=")[0]: "99.0" for p in packages})
 
-    def confirm(self, message, details):
-        self.calls.append(("confirm", details))
-        return self.accept
-
     def pip_install(self, arguments):
-        self.calls.append(("pip_install", arguments))
-        self.installed.update({name: "99.0" for name in re.findall(r'"([a-z-]+)>=', arguments)})
+        constraints = Path(arguments[arguments.index("-c") + 1])
+        self.calls.append(("pip_install", list(arguments), constraints.read_text()))
+        self.installed.update({a.split(">=")[0]: "99.0" for a in arguments if ">=" in a})
 
 
 @pytest.fixture
@@ -188,40 +189,60 @@ def packages(monkeypatch, tmp_path) -> tuple[dict[str, str], Path]:
     return installed, requirements
 
 
-def test_first_run_installs_torch_through_pytorch_then_the_rest_with_protected_versions_pinned(packages):
+def test_first_run_asks_once_then_installs_torch_and_the_rest_with_protected_versions_pinned(packages):
+    """One question for everything (torch included); neither PyTorchUtils nor pip_ensure asks again."""
     installed, requirements = packages
     recorder = Recorder(installed)
-    installer = DependencyInstaller(recorder.install_torch, pip_ensure=recorder.pip_ensure)
-    assert installer.ensure(requirements) == ["torch>=2.2", "monai>=1.4", "safetensors>=0.4"]
-    torch_call, pip_call = recorder.calls
-    assert torch_call == ("torch", "torch>=2.2")
-    assert pip_call[1] == ["monai>=1.4", "safetensors>=0.4"] and pip_call[3] == "LabelShare"
+    installer = DependencyInstaller(recorder.confirm, recorder.install_torch, pip_ensure=recorder.pip_ensure)
+    assert installer.ensure(requirements) == [dependencies.TORCH_REQUIREMENT, "monai>=1.4", "safetensors>=0.4"]
+    confirm, torch_call, pip_call = recorder.calls
+    assert confirm[2] == f"{dependencies.TORCH_REQUIREMENT}\nmonai>=1.4\nsafetensors>=0.4"
+    assert "PyTorch" in confirm[1] and "GB" in confirm[1]
+    assert torch_call == ("torch", dependencies.TORCH_REQUIREMENT)
+    assert pip_call[1] == ["monai>=1.4", "safetensors>=0.4"] and pip_call[3:] == ("LabelShare", False)
     assert pip_call[2].split() == ["numpy==2.1.3", "SimpleITK==2.4.0", "requests==2.32.0", "torch==2.13.0"]
-    assert installer.ensure(requirements) == [] and len(recorder.calls) == 2  # nothing more to do
+    assert installer.ensure(requirements) == [] and len(recorder.calls) == 3  # nothing more to do
 
 
-def test_older_slicer_asks_once_and_installs_with_constraints(packages):
+def test_a_torch_older_than_required_is_replaced_through_pytorch(packages):
+    installed, requirements = packages
+    installed.update(torch="2.3.0", monai="1.5.0", safetensors="0.4.5")
+    recorder = Recorder(installed)
+    DependencyInstaller(recorder.confirm, recorder.install_torch, pip_ensure=recorder.pip_ensure).ensure(requirements)
+    assert [call[0] for call in recorder.calls] == ["confirm", "torch"]
+
+
+def test_older_slicer_gets_pip_arguments_as_a_list(packages):
+    """``slicer.util.pip_install`` splits a string like a shell: a list keeps a constraints path with spaces (or
+    Windows backslashes) one argument."""
     installed, requirements = packages
     installed["torch"] = "2.5.0"
     recorder = Recorder(installed)
-    installer = DependencyInstaller(recorder.install_torch, confirm=recorder.confirm, pip_install=recorder.pip_install)
-    installer.ensure(requirements)
-    (confirm, details), (pip_install, arguments) = recorder.calls
-    assert confirm == "confirm" and details == "monai>=1.4\nsafetensors>=0.4"
-    assert arguments.startswith('"monai>=1.4" "safetensors>=0.4" -c "') and arguments.endswith('constraints.txt"')
+    DependencyInstaller(recorder.confirm, recorder.install_torch, pip_install=recorder.pip_install).ensure(requirements)
+    (confirm, _, details), (pip_install, arguments, constraints) = recorder.calls
+    assert details == "monai>=1.4\nsafetensors>=0.4"
+    assert arguments[:3] == ["monai>=1.4", "safetensors>=0.4", "-c"] and arguments[3].endswith("constraints.txt")
+    assert "torch==2.5.0" in constraints.split()
 
 
-def test_declined_or_failed_installs_say_so(packages):
+def test_declined_refused_or_failed_installs_say_so(packages):
     installed, requirements = packages
-    installed["torch"] = "2.5.0"
     declining = Recorder(installed, accept=False)
     with pytest.raises(DependencyError, match="declined"):
-        DependencyInstaller(declining.install_torch, confirm=declining.confirm,
+        DependencyInstaller(declining.confirm, declining.install_torch,
                             pip_install=declining.pip_install).ensure(requirements)
     assert [call[0] for call in declining.calls] == ["confirm"]
 
+    testing = Recorder(installed)
+    with pytest.raises(DependencyError, match="testing mode.*installs no packages.*torch"):
+        DependencyInstaller(testing.confirm, testing.install_torch, pip_ensure=testing.pip_ensure,
+                            testing=True).ensure(requirements)
+    assert testing.calls == []
+
+    installed["torch"] = "2.5.0"
     with pytest.raises(DependencyError, match="still missing after installation: monai>=1.4, safetensors>=0.4"):
-        DependencyInstaller(lambda requirement: None, pip_ensure=lambda *args, **kwargs: None).ensure(requirements)
+        DependencyInstaller(lambda *details: True, lambda requirement: None,
+                            pip_ensure=lambda *args, **kwargs: None).ensure(requirements)
 
 
 def test_reload_covers_every_module_of_the_lib_packages_the_module_ships():

@@ -181,3 +181,20 @@ def test_add_task_refused_by_the_gate_keeps_the_old_model_until_published_anyway
     assert "blobs" in listed["tiny-v2"].tasks and "blobs" not in listed["tiny"].tasks
     update = logic.plan("blobs", published.model, "quick", "cpu")
     assert update.kind == "update" and Path(update.out) == models / "tiny-v3"
+
+
+def test_stop_with_a_deadline_reports_the_wait_and_kills_a_process_that_does_not_end(workspace, tmp_path):
+    """Closing Slicer during a run: the wait is bounded and shown (``on_wait``), never a silent hang."""
+    ignores_sigterm = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True);"
+                       " time.sleep(120)")
+    logic = TrainingLogic(workspace=workspace, models_dir=tmp_path / "models",
+                          engine=lambda *arguments: [sys.executable, "-c", ignores_sigterm])
+    job = logic.start(logic.plan("blobs", None, "quick", "cpu"))
+    poll_until(logic, lambda: "ready" in job.log)
+    seconds_left = []
+    started = time.monotonic()
+    logic.stop(wait_s=2, on_wait=seconds_left.append)
+    assert time.monotonic() - started < 8
+    assert not logic.running and logic.outcome.state == "stopped" and not job.process.alive
+    assert len(seconds_left) >= 5 and seconds_left == sorted(seconds_left, reverse=True) and seconds_left[0] <= 2
+    assert logic.lock.holder() is None

@@ -1,5 +1,6 @@
 """What both LabelShare modules use, without Qt (tested on slicer-core); shipped with LabelShareSegmentation.
 
+- :mod:`.application`   what the running Slicer application provides: PythonSlicer, its temporary folder
 - :mod:`.volumes`       volume node ⇄ SimpleITK image with the full geometry (RAS ⇄ LPS, oblique, single slice)
 - :mod:`.segments`      task label image → named, coloured segments with terminology; segments → label image
 - :mod:`.jobs`          background child processes with progress, capped log, cancel (the process tree)
@@ -15,10 +16,12 @@ offer are the engine's (:data:`DEVICES`, read with :func:`parse_device`, which a
 
 from labelshare.config import DEVICES, parse_device
 
-from .dependencies import DependencyError, DependencyInstaller
+from .application import python_executable, temporary_root
+from .dependencies import DependencyError, DependencyInstaller, skip_message
 from .jobs import (Job, JobCancelled, JobFailed, JobState, ProcessJob, WorkerJob, WorkerProcess, child_environment,
-                   device_choice, engine_command, python_executable)
-from .segments import (EXTENSION_RESOURCES, import_task_segments, output_segmentation, place_beside, task_segment_ids)
+                   device_choice, engine_command)
+from .segments import (EXTENSION_RESOURCES, import_task_segments, output_segmentation, place_beside, segment_styles,
+                       task_segment_ids)
 from .signals import Signal
 from .store import (ModelStore, available_models, default_store, model_title, models_in, task_labels,
                     user_models_dir)
@@ -29,6 +32,6 @@ __all__ = [
     "JobState", "ModelStore", "ProcessJob", "Signal", "WorkerJob", "WorkerProcess", "available_models",
     "check_scalar_volume", "child_environment", "default_store", "device_choice", "engine_command", "image_to_volume",
     "import_task_segments", "model_title", "models_in", "output_segmentation", "parse_device", "place_beside",
-    "python_executable", "set_volume_from_image", "task_labels", "task_segment_ids",
-    "user_models_dir", "volume_to_image",
+    "python_executable", "segment_styles", "set_volume_from_image", "skip_message", "task_labels",
+    "task_segment_ids", "temporary_root", "user_models_dir", "volume_to_image",
 ]

@@ -3,10 +3,12 @@ confirmation; Slicer's own numpy, SimpleITK and requests (and an installed torch
 
 Users of Slicer AI extensions report broken installs more than anything else: pip replacing Slicer's SimpleITK
 or numpy, CUDA-less or too-new torch builds, proxies (lassoan/SlicerTotalSegmentator #4, #55, #72; Slicer/Slicer
-#6711, #7661). So: torch only through ``PyTorchUtils`` (it chooses the build for the GPU driver); every other
-package through ``slicer.packaging.pip_ensure`` (Slicer ≥ 5.12) or ``slicer.util.pip_install`` after one dialog,
+#6711, #7661). So: one question listing everything that will be installed; then torch only through
+``PyTorchUtils`` (it chooses the build for the GPU driver) and every other package through
+``slicer.packaging.pip_ensure`` (Slicer ≥ 5.12) or ``slicer.util.pip_install``, neither of which asks again,
 always with a constraints file that pins the protected packages to their installed versions, so pip fails with a
-message instead of replacing them.
+message instead of replacing them. Nothing is installed while Slicer runs in testing mode (its test machines):
+there confirmations accept by themselves, and a self-test must not download gigabytes.
 
 The Slicer calls are passed in (:class:`DependencyInstaller`), so the decisions here are tested without Slicer.
 """
@@ -20,10 +22,11 @@ from pathlib import Path
 
 from labelshare.errors import LabelShareError
 
+from .application import temporary_root
 from .segments import EXTENSION_RESOURCES
 
 REQUIREMENTS_FILE = EXTENSION_RESOURCES / "requirements.txt"
-TORCH_REQUIREMENT = "torch>=2.2"
+TORCH_REQUIREMENT = "torch>=2.4.1"  # as pyproject.toml: MONAI >= 1.5 needs it; MONAI 1.4 needs numpy < 2
 PROTECTED_PACKAGES = ("numpy", "SimpleITK", "requests", "torch")
 REQUESTER = "LabelShare"
 
@@ -61,24 +64,36 @@ def protected_constraints() -> list[str]:
     return [f"{name}=={version}" for name in PROTECTED_PACKAGES if (version := installed_version(name))]
 
 
-class DependencyInstaller:
-    """Installs what LabelShare needs with the running Slicer's tools.
+def skip_message(test_name: str, missing: Sequence) -> str:
+    """What a self-test shows for a test it skips because packages are missing: self-tests install nothing
+    (Slicer's test machines run them in testing mode, where :class:`DependencyInstaller` refuses)."""
+    return (f"Skipped {test_name}: it needs {', '.join(map(str, missing))}, which is not installed (self-tests "
+            "install nothing; the module's Install button does)")
 
-    :param install_torch: installs torch for a requirement such as ``torch>=2.2`` (PyTorchUtils in Slicer);
-        raises when the user declines or it fails.
-    :param pip_ensure: ``slicer.packaging.pip_ensure`` (Slicer ≥ 5.12: it asks the user itself), or None.
-    :param confirm: without ``pip_ensure``: asks once (message, package list) and returns True to go ahead.
-    :param pip_install: without ``pip_ensure``: ``slicer.util.pip_install`` (takes one argument string).
+
+class DependencyInstaller:
+    """Installs what LabelShare needs with the running Slicer's tools, after one confirmation.
+
+    :param confirm: asks the user once (message, the requirements one per line); True to go ahead
+        (``slicer.util.confirmOkCancelDisplay`` in Slicer).
+    :param install_torch: installs torch for a requirement such as ``torch>=2.4.1`` without asking again, also
+        replacing an older torch (PyTorchUtils in Slicer); raises when it fails.
+    :param pip_ensure: ``slicer.packaging.pip_ensure`` (Slicer ≥ 5.12), called with ``prompt_install=False``.
+    :param pip_install: without ``pip_ensure``: ``slicer.util.pip_install``, given its arguments as a list (it
+        splits a string like a shell, which breaks paths with spaces or Windows backslashes).
+    :param testing: Slicer runs in testing mode: nothing is installed (:meth:`ensure` raises, naming what is missing).
     """
 
-    def __init__(self, install_torch: Callable[[str], None], pip_ensure: Callable | None = None,
-                 confirm: Callable[[str, str], bool] | None = None, pip_install: Callable[[str], None] | None = None):
-        if pip_ensure is None and (confirm is None or pip_install is None):
-            raise ValueError("give pip_ensure, or confirm and pip_install")
+    def __init__(self, confirm: Callable[[str, str], bool], install_torch: Callable[[str], None],
+                 pip_ensure: Callable | None = None, pip_install: Callable[[list[str]], None] | None = None,
+                 testing: bool = False):
+        if (pip_ensure is None) == (pip_install is None):
+            raise ValueError("give pip_ensure or pip_install")
+        self.confirm = confirm
         self.install_torch = install_torch
         self.pip_ensure = pip_ensure
-        self.confirm = confirm
         self.pip_install = pip_install
+        self.testing = testing
 
     @staticmethod
     def missing(requirements_file: str | Path = REQUIREMENTS_FILE) -> list:
@@ -91,20 +106,26 @@ class DependencyInstaller:
         missing = self.missing(requirements_file)
         if not missing:
             return []
-        if any(requirement.name == "torch" for requirement in missing):
+        listed = ", ".join(map(str, missing))
+        if self.testing:
+            raise DependencyError(f"Slicer runs in testing mode, where {REQUESTER} installs no packages; missing: "
+                                  f"{listed}")
+        needs_torch = any(requirement.name == "torch" for requirement in missing)
+        size = "; about 2-3 GB with PyTorch" if needs_torch else ""
+        if not self.confirm(f"{REQUESTER} needs these Python packages{' (PyTorch first)' if needs_torch else ''}. "
+                            f"Install them now (a few minutes{size})?", "\n".join(map(str, missing))):
+            raise DependencyError("installation of the Python packages LabelShare needs was declined")
+        if needs_torch:
             self.install_torch(TORCH_REQUIREMENT)
         packages = [str(requirement) for requirement in missing if requirement.name != "torch"]
         if packages:
-            with tempfile.TemporaryDirectory(prefix="LabelShare-") as folder:
+            with tempfile.TemporaryDirectory(prefix="LabelShare-", dir=temporary_root()) as folder:
                 constraints = Path(folder) / "constraints.txt"
                 constraints.write_text("\n".join(protected_constraints()) + "\n", encoding="utf-8")
                 if self.pip_ensure is not None:
-                    self.pip_ensure(packages, constraints=str(constraints), requester=REQUESTER)
+                    self.pip_ensure(packages, constraints=str(constraints), requester=REQUESTER, prompt_install=False)
                 else:
-                    if not self.confirm(f"{REQUESTER} needs these Python packages. Install them now (a few minutes, "
-                                        "about 1 GB with PyTorch)?", "\n".join(packages)):
-                        raise DependencyError("installation of the Python packages LabelShare needs was declined")
-                    self.pip_install(" ".join(f'"{p}"' for p in packages) + f' -c "{constraints}"')
+                    self.pip_install([*packages, "-c", str(constraints)])
         still_missing = self.missing(requirements_file)
         if still_missing:
             raise DependencyError(f"still missing after installation: {', '.join(map(str, still_missing))}; see the "

@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import queue
-import shutil
 import subprocess
 import sys
 import threading
@@ -43,6 +42,8 @@ from typing import Any
 from labelshare.config import DEVICES, parse_device
 from labelshare.errors import LabelShareError
 from labelshare.progress import parse_event
+
+from .application import python_executable
 
 LOG_LINES = 500  # lines kept in a job's log (older lines are dropped)
 LOG_LINE_CHARACTERS = 2000
@@ -68,12 +69,6 @@ class JobFailed(LabelShareError):
 
 class JobCancelled(LabelShareError):
     """A job was cancelled before it finished."""
-
-
-def python_executable() -> str:
-    """The Python that runs engine child processes: Slicer's ``PythonSlicer`` launcher (which sets up Slicer's
-    environment) when there is one, else the current interpreter."""
-    return shutil.which("PythonSlicer") or sys.executable
 
 
 def engine_command(*arguments: str) -> list[str]:

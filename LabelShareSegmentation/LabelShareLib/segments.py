@@ -9,7 +9,8 @@ written by ``labelshare segment`` describe a label the same way.
 
 Segments are tagged with the task (``LabelShare.Task``) and label id, so running a task again replaces exactly
 that task's segments, in place, and leaves every other segment of the node alone. All of a task's segments share
-one labelmap layer, imported in one call (Slicer's ``ImportLabelmapToSegmentationNode``).
+one labelmap layer, imported in one call (Slicer's ``ImportLabelmapToSegmentationNode``) with the transform from
+the volume to the segmentation node, so segments lie on the volume also when either is under a transform.
 
 Usage::
 
@@ -31,7 +32,7 @@ from labelshare.errors import DataError
 from labelshare.outputs import LABEL_ID_TAG, MODEL_TAG, TASK_TAG
 from labelshare.terminology import KnownLabel, TaskLabel, label_styles
 
-from .volumes import as_3d, set_volume_from_image
+from .volumes import as_3d, image_to_oriented_image
 
 # <module folder>/../Resources: the repository's Resources/ in a checkout, the installed copy in a built extension
 EXTENSION_RESOURCES = Path(__file__).resolve().parents[2] / "Resources"
@@ -55,11 +56,12 @@ def import_task_segments(segmentation_node, label_image: sitk.Image, task: str, 
                          table: dict[str, KnownLabel] | None = None) -> list[str]:
     """Replace the task's segments in ``segmentation_node`` by the labels of ``label_image``; returns their IDs.
 
-    :param label_image: task label ids (0 = background) on the grid of ``reference_volume`` (LPS geometry, as
-        the engine writes it).
+    :param label_image: task label ids (0 = background) on the grid of ``reference_volume``, in its own
+        coordinates (LPS geometry, as the engine writes it; the volume's parent transform not applied).
     :param labels: the task's labels (id, name, info); every label gets a segment, also when it is absent.
     :param reference_volume: the input volume: it becomes the segmentation's reference geometry when the node
-        has none, and the label image must have its size.
+        has none, and the label image must have its size. The segments cover the volume's voxels in world
+        coordinates whatever transforms the volume and the segmentation node are under.
     """
     label_image = as_3d(label_image)
     if reference_volume is not None:
@@ -81,8 +83,8 @@ def import_task_segments(segmentation_node, label_image: sitk.Image, task: str, 
                         f"of the task ({', '.join(f'{s.label_id} {s.name}' for s in styles)})")
     positions = sitk.GetImageFromArray(known[values].astype(np.uint8 if len(styles) < 256 else np.uint16))
     positions.CopyInformation(label_image)
-    labelmap = slicer.vtkMRMLLabelMapVolumeNode()  # temporary, never added to the scene
-    set_volume_from_image(labelmap, positions)
+    labelmap = image_to_oriented_image(positions)
+    to_segmentation = _transform_between(reference_volume, segmentation_node)
 
     segmentation = segmentation_node.GetSegmentation()
     with slicer.util.NodeModify(segmentation_node):
@@ -107,10 +109,38 @@ def import_task_segments(segmentation_node, label_image: sitk.Image, task: str, 
                 segmentation.SetSegmentIndex(segment_id, insert_at + offset)
             new_ids.InsertNextValue(segment_id)
         if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(
-                labelmap, segmentation_node, new_ids):
+                labelmap, segmentation_node, new_ids, to_segmentation):
             raise DataError(f"could not import the segmentation result into '{segmentation_node.GetName()}'")
     segmentation_node.CreateDefaultDisplayNodes()
     return [new_ids.GetValue(i) for i in range(new_ids.GetNumberOfValues())]
+
+
+def _transform_between(volume_node, segmentation_node) -> vtk.vtkGeneralTransform | None:
+    """The transform from the volume's coordinates to the segmentation's (None when both are under the same
+    transform, the usual case: the output node is placed under the volume's transform).
+
+    The labelmap is imported as an image in the volume's own coordinates together with this transform, which
+    Slicer applies once. Importing a labelmap *node* instead makes Slicer work out the transform itself, from the
+    labelmap node's parent transform (a temporary node has none) to the segmentation's, and apply it twice: a
+    volume translated by 20 mm got its segments 40 mm away (Testing/test_slicer_segmentation_adapters.py).
+    Between linear transforms the transform is given as one matrix, which Slicer recognises as linear and applies
+    to the labelmap's geometry alone; the chain of transforms ``GetTransformBetweenNodes`` builds is not recognised
+    as linear and would resample the voxels (losing some at a rotation). Only a warping transform resamples.
+    """
+    source = volume_node.GetParentTransformNode() if volume_node is not None else None
+    target = segmentation_node.GetParentTransformNode()
+    if source is target:
+        return None
+    transform = vtk.vtkGeneralTransform()
+    if all(node is None or node.IsTransformToWorldLinear() for node in (source, target)):
+        matrix = vtk.vtkMatrix4x4()
+        slicer.vtkMRMLTransformNode.GetMatrixTransformBetweenNodes(source, target, matrix)
+        linear = vtk.vtkTransform()
+        linear.SetMatrix(matrix)
+        transform.Concatenate(linear)
+    else:
+        slicer.vtkMRMLTransformNode.GetTransformBetweenNodes(source, target, transform)
+    return transform
 
 
 def output_segmentation(volume_node, task: str, scene=None):

@@ -18,6 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 import slicer
 import vtk
+from vtk.util import numpy_support
 from labelshare.errors import DataError
 
 RAS_FROM_LPS = np.diag([-1.0, -1.0, 1.0])  # its own inverse
@@ -96,6 +97,18 @@ def set_volume_from_image(volume_node, image: sitk.Image) -> None:
         raise DataError(f"image has {image.GetNumberOfComponentsPerPixel()} components per pixel; scalar needed")
     volume_node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(lps_to_ras_matrix(image)))
     slicer.util.updateVolumeFromArray(volume_node, sitk.GetArrayViewFromImage(image))
+
+
+def image_to_oriented_image(image: sitk.Image):
+    """A ``vtkOrientedImageData`` (Slicer's image with its IJK-to-RAS geometry, as segmentations store labelmaps)
+    holding the voxels and geometry of a scalar SimpleITK image (LPS)."""
+    image = as_3d(image)
+    oriented = slicer.vtkOrientedImageData()
+    oriented.SetDimensions(image.GetSize())
+    voxels = sitk.GetArrayViewFromImage(image)  # (K, J, I) in C order is VTK's point order, I fastest
+    oriented.GetPointData().SetScalars(numpy_support.numpy_to_vtk(voxels.ravel(), deep=True))
+    oriented.SetImageToWorldMatrix(slicer.util.vtkMatrixFromArray(lps_to_ras_matrix(image)))
+    return oriented
 
 
 def image_to_volume(image: sitk.Image, scene, name: str, labelmap: bool = False):

@@ -27,6 +27,7 @@ import SimpleITK as sitk
 from labelshare.config import parse_device
 from labelshare.errors import LabelShareError
 from labelshare.paths import model_dir_or_default
+from LabelShareLib.application import temporary_root
 from LabelShareLib.jobs import JobCancelled, JobFailed, WorkerJob, WorkerProcess
 from LabelShareLib.segments import import_task_segments, output_segmentation
 from LabelShareLib.store import ModelStore, default_store
@@ -98,7 +99,7 @@ class SegmentationLogic:
         labels = self.store.task_labels(model_path, task)  # checks the folder (once per session: cached)
         worker = self._worker_for(device, model_path)
         self._remove_transfer_files()
-        self._transfer_dir = tempfile.mkdtemp(prefix="LabelShare-")
+        self._transfer_dir = tempfile.mkdtemp(prefix="LabelShare-", dir=temporary_root())
         input_path = Path(self._transfer_dir) / f"input{TRANSFER_SUFFIX}"
         output_path = Path(self._transfer_dir) / f"result{TRANSFER_SUFFIX}"
         sitk.WriteImage(volume_to_image(volume_node), str(input_path), useCompression=False)

@@ -319,16 +319,20 @@ class TrainingLogic:
             self._finish()
         return state
 
-    def stop(self, wait_s: float | None = None) -> None:
+    def stop(self, wait_s: float | None = None, on_wait: Callable[[float], None] | None = None) -> None:
         """Stop the run: the engine saves a resumable checkpoint, then the process tree is killed (after the grace
-        period). ``wait_s`` blocks until it has ended (module cleanup, closing Slicer)."""
+        period). ``wait_s`` blocks until it has ended, killing the tree at that deadline (module cleanup, closing
+        Slicer); meanwhile ``on_wait(seconds_left)`` is called about every 0.1 s (a progress display)."""
         if not self.running:
             return
         self.job.cancel()
         if wait_s is not None:
-            try:
-                self.job.wait(wait_s)
-            except TimeoutError:
+            deadline = time.monotonic() + wait_s
+            while not self.job.state.finished and time.monotonic() < deadline:
+                self.job.poll(0.1)
+                if on_wait is not None:
+                    on_wait(max(deadline - time.monotonic(), 0.0))
+            if not self.job.state.finished:
                 self.job.process.kill()
                 self.job.poll()
         self.poll()
