@@ -198,3 +198,15 @@ def test_stop_with_a_deadline_reports_the_wait_and_kills_a_process_that_does_not
     assert not logic.running and logic.outcome.state == "stopped" and not job.process.alive
     assert len(seconds_left) >= 5 and seconds_left == sorted(seconds_left, reverse=True) and seconds_left[0] <= 2
     assert logic.lock.holder() is None
+
+
+def test_standard_budget_leaves_add_task_epochs_to_the_engine_and_a_first_model_gets_its_own(tmp_path):
+    """'standard' add-task and update runs take the engine's budget, which grows with the task (labelshare.budget);
+    a first model has no parent to size a budget from and gets FIRST_MODEL_EPOCHS."""
+    common = dict(task_name="liver", task_dir=str(tmp_path / "liver"), out=str(tmp_path / "liver-v2"),
+                  budget="standard", device="cpu")
+    for kind in ("add-task", "update"):
+        arguments = runs.TrainingRequest(kind=kind, base_model=str(tmp_path / "liver-v1"), **common).arguments()
+        assert "--epochs" not in arguments and arguments[arguments.index("--steps-per-epoch") + 1] == "100"
+    first = runs.TrainingRequest(kind="train", labelspace=str(tmp_path / "space.json"), **common).arguments()
+    assert first[first.index("--epochs") + 1] == str(runs.FIRST_MODEL_EPOCHS["standard"])

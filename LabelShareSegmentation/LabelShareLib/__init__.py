@@ -20,8 +20,7 @@ from .application import python_executable, temporary_root
 from .dependencies import DependencyError, DependencyInstaller, skip_message
 from .jobs import (Job, JobCancelled, JobFailed, JobState, ProcessJob, WorkerJob, WorkerProcess, child_environment,
                    device_choice, engine_command)
-from .segments import (EXTENSION_RESOURCES, import_task_segments, output_segmentation, place_beside, segment_styles,
-                       task_segment_ids)
+from .segments import EXTENSION_RESOURCES, import_task_segments, output_segmentation, place_beside, task_segment_ids
 from .signals import Signal
 from .store import (ModelStore, available_models, default_store, model_title, models_in, task_labels,
                     user_models_dir)
@@ -32,6 +31,6 @@ __all__ = [
     "JobState", "ModelStore", "ProcessJob", "Signal", "WorkerJob", "WorkerProcess", "available_models",
     "check_scalar_volume", "child_environment", "default_store", "device_choice", "engine_command", "image_to_volume",
     "import_task_segments", "model_title", "models_in", "output_segmentation", "parse_device", "place_beside",
-    "python_executable", "segment_styles", "set_volume_from_image", "skip_message", "task_labels",
+    "python_executable", "set_volume_from_image", "skip_message", "task_labels",
     "task_segment_ids", "temporary_root", "user_models_dir", "volume_to_image",
 ]

@@ -24,6 +24,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from labelshare.budget import STEPS_PER_EPOCH
 from labelshare.config import parse_device
 from labelshare.errors import LabelShareError
 from labelshare.fileio import atomic_write_json, read_json, remove_tree
@@ -33,10 +34,11 @@ from labelshare.progress import format_duration
 
 JOB_KINDS = ("add-task", "update", "train")
 # Budgets: epochs x steps per epoch, batch size. "quick" takes minutes on a laptop CPU for a small task;
-# "standard" is the engine's add-task default budget with more epochs for a first model.
+# "standard" adds or updates a task with the engine's budget (epochs None: it grows with the task's labels and cases,
+# labelshare.budget) and trains a first model for FIRST_MODEL_EPOCHS.
 BUDGETS = {
     "quick": {"epochs": 3, "steps_per_epoch": 40, "batch_size": 8},
-    "standard": {"epochs": 3, "steps_per_epoch": 100, "batch_size": 16},
+    "standard": {"epochs": None, "steps_per_epoch": STEPS_PER_EPOCH, "batch_size": 16},
 }
 FIRST_MODEL_EPOCHS = {"quick": 10, "standard": 30}  # a model trained from scratch needs more epochs
 _VERSION = re.compile(r"^(?P<stem>.+?)-v(?P<number>\d+)$")
@@ -69,7 +71,8 @@ class TrainingRequest:
     """One run as the user asked for it; :meth:`arguments` is the engine command line (after ``labelshare``).
 
     The budget's numbers are fixed when the request is made (from :data:`BUDGETS`), so that resuming a run repeats
-    its command exactly even if the presets change in between.
+    its command exactly even if the presets change in between; ``epochs`` None leaves them to the engine's budget
+    for the task.
     """
 
     kind: str
@@ -119,8 +122,10 @@ class TrainingRequest:
                 command += ["--replay-task", f"{name}={folder}"]
             if self.accept_regression:
                 command.append("--accept-regression")
-        command += ["--epochs", str(self.epochs), "--steps-per-epoch", str(self.steps_per_epoch), "--batch-size",
-                    str(self.batch_size), "--device", self.device, "--progress", "json"]
+        if self.epochs is not None:
+            command += ["--epochs", str(self.epochs)]
+        command += ["--steps-per-epoch", str(self.steps_per_epoch), "--batch-size", str(self.batch_size),
+                    "--device", self.device, "--progress", "json"]
         return command + (["--resume"] if resume else [])
 
     # -- where the engine keeps an unfinished run ---------------------------------------------------------------------
