@@ -38,6 +38,7 @@ from slicer.util import VTKObservationMixin
 import LabelShareSegmentation
 from LabelShareLib import (DEVICES, DependencyInstaller, available_models, model_title, skip_message,
                            user_models_dir)
+from labelshare.errors import LabelShareError
 from LabelShareTrainingLib import (BUDGETS, DuplicateCaseError, TrainingLogic, UnmatchedSegmentsError,
                                    default_workspace, parse_label_text, why_cannot_add_case, why_cannot_train)
 
@@ -120,6 +121,7 @@ class LabelShareTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self._cases = []
         self._unfinished = []
         self._logLinesShown = 0
+        self._costKey, self._costText = None, ""
         self._updating = False
         self._dependenciesMissing = True  # until refreshAll has looked
 
@@ -480,13 +482,28 @@ class LabelShareTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
                 self.ui.trainButton.text = _("Train a first model")
             else:
                 self.ui.trainButton.text = _("Update") if entry is not None and entry.in_model else _("Train")
-            self.ui.trainButton.toolTip = trainReason or _("Train in the background; a new model version is written.")
+            self.ui.trainButton.toolTip = trainReason or _(
+                "Train in the background; a new model version is written.\nBudget: {cost}").format(
+                cost=self.trainingCost(entry))
         run = self.selectedUnfinishedRun()
         self.ui.resumeButton.enabled = run is not None and not running
         self.ui.resumeButton.text = _("Publish anyway") if run is not None and run.state() == "refused" \
             else _("Resume")
         self.ui.discardRunButton.enabled = run is not None and not running
         self.ui.useModelButton.enabled = bool(self.selectedModel())
+
+    def trainingCost(self, entry) -> str:
+        """The budget of the run Train would start and its time estimate, read again only when the task, its case
+        count, the model or the budget changed."""
+        key = (entry.name, entry.cases, self.selectedModel(), self._parameterNode.budget)
+        if self._costKey != key:
+            try:
+                request = self.logic.training.plan(entry.name, self.selectedModel() or None, key[3])
+                self._costText = request.cost()
+            except LabelShareError as error:
+                self._costText = str(error)
+            self._costKey = key
+        return self._costText
 
     def onTrainButton(self) -> None:
         training = self.logic.training

@@ -210,3 +210,18 @@ def test_standard_budget_leaves_add_task_epochs_to_the_engine_and_a_first_model_
         assert "--epochs" not in arguments and arguments[arguments.index("--steps-per-epoch") + 1] == "100"
     first = runs.TrainingRequest(kind="train", labelspace=str(tmp_path / "space.json"), **common).arguments()
     assert first[first.index("--epochs") + 1] == str(runs.FIRST_MODEL_EPOCHS["standard"])
+
+
+def test_the_cost_shown_before_train_is_the_engines_budget_timed_at_the_parent_models_speed(workspace, tmp_path,
+                                                                                             tiny_model):
+    """LabelShareTraining shows the run's budget before Train is pressed: the engine's add-task budget for the task
+    (labelshare.budget) and a time from the speed the parent model trained at, which its lineage records."""
+    from labelshare.budget import add_task_epochs
+    logic = TrainingLogic(workspace=workspace, models_dir=tmp_path / "models")
+    request = logic.plan("blobs", tiny_model, budget="standard")
+    assert request.kind == "add-task" and request.epochs is None
+    steps = add_task_epochs(2, round(6 * 0.8)) * 100
+    cost = request.cost()
+    assert cost.startswith(f"{steps} steps, about ") and "at the speed the parent model trained" in cost
+    quick = logic.plan("blobs", tiny_model, budget="quick")
+    assert quick.cost().startswith(f"{quick.epochs * quick.steps_per_epoch} steps")

@@ -24,13 +24,14 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from labelshare.budget import STEPS_PER_EPOCH
-from labelshare.config import parse_device
+from labelshare.budget import STEPS_PER_EPOCH, add_task_epochs, estimate
+from labelshare.config import TrainConfig, parse_device
 from labelshare.errors import LabelShareError
 from labelshare.fileio import atomic_write_json, read_json, remove_tree
 from labelshare.modelfolder import run_state, run_work_folders
 from labelshare.paths import labelshare_home, refused_report_paths
 from labelshare.progress import format_duration
+from labelshare.taskfolders import TaskCollection
 
 JOB_KINDS = ("add-task", "update", "train")
 # Budgets: epochs x steps per epoch, batch size. "quick" takes minutes on a laptop CPU for a small task;
@@ -127,6 +128,19 @@ class TrainingRequest:
         command += ["--steps-per-epoch", str(self.steps_per_epoch), "--batch-size", str(self.batch_size),
                     "--device", self.device, "--progress", "json"]
         return command + (["--resume"] if resume else [])
+
+    def cost(self) -> str:
+        """The run's budget in steps and, for a run on a model, about how long it takes at the speed that model
+        trained (:mod:`labelshare.budget`): what the user reads before pressing Train."""
+        epochs = self.epochs
+        if epochs is None:  # the engine's budget, from the task's labels and training cases
+            collection = TaskCollection.open(self.task_dir, self.task_name)
+            training_cases = round(len(collection.case_names()) * (1 - TrainConfig.validation_fraction))
+            epochs = add_task_epochs(len(collection.labels), max(1, training_cases), self.steps_per_epoch)
+        steps = epochs * self.steps_per_epoch
+        if self.kind == "train":
+            return f"{steps} steps"
+        return estimate(self.base_model, steps, distillation=True).describe()
 
     # -- where the engine keeps an unfinished run ---------------------------------------------------------------------
     def state(self) -> str:
