@@ -38,7 +38,6 @@ from slicer.util import VTKObservationMixin
 import LabelShareSegmentation
 from LabelShareLib import (DEVICES, DependencyInstaller, available_models, model_title, skip_message,
                            user_models_dir)
-from labelshare.errors import LabelShareError
 from LabelShareTrainingLib import (BUDGETS, DuplicateCaseError, TrainingLogic, UnmatchedSegmentsError,
                                    default_workspace, parse_label_text, why_cannot_add_case, why_cannot_train)
 
@@ -497,11 +496,7 @@ class LabelShareTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         count, the model or the budget changed."""
         key = (entry.name, entry.cases, self.selectedModel(), self._parameterNode.budget)
         if self._costKey != key:
-            try:
-                request = self.logic.training.plan(entry.name, self.selectedModel() or None, key[3])
-                self._costText = request.cost()
-            except LabelShareError as error:
-                self._costText = str(error)
+            self._costText = self.logic.training.cost(entry.name, self.selectedModel() or None, key[3])
             self._costKey = key
         return self._costText
 

@@ -224,4 +224,6 @@ def test_the_cost_shown_before_train_is_the_engines_budget_timed_at_the_parent_m
     cost = request.cost()
     assert cost.startswith(f"{steps} steps, about ") and "at the speed the parent model trained" in cost
     quick = logic.plan("blobs", tiny_model, budget="quick")
-    assert quick.cost().startswith(f"{quick.epochs * quick.steps_per_epoch} steps")
+    assert logic.cost("blobs", tiny_model, "quick").startswith(f"{quick.epochs * quick.steps_per_epoch} steps")
+    logic.create_task("empty", ["organ"])
+    assert logic.cost("empty", tiny_model) == "task 'empty' has no cases yet; add at least one case before training"

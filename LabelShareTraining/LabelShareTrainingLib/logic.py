@@ -280,6 +280,14 @@ class TrainingLogic:
                                base_model=str(model), budget=budget, device=device,
                                replay_tasks=self._replay_folders(model, model_tasks, task))
 
+    def cost(self, task: str, model: str | Path | None, budget: str = "quick") -> str:
+        """The budget and time estimate of the run Train would start (:meth:`TrainingRequest.cost`), or why there is
+        no such run yet."""
+        try:
+            return self.plan(task, model, budget).cost()
+        except LabelShareError as error:
+            return str(error)
+
     def start(self, request: TrainingRequest, resume: bool = False) -> ProcessJob:
         """Start a run in the background (one at a time: raises :class:`.lock.JobLockedError` otherwise)."""
         if self.running:
