@@ -140,10 +140,30 @@ def _unmatched(overlap_row: np.ndarray, assigned: Mapping[str, int], label: str)
 
 
 @torch.no_grad()
+@dataclass
+class Overlap:
+    """Pixel counts of (task label, predicted output channel) pairs: row 0 is the task's background, then its labels
+    in ``task.labels`` order; column c is output channel c (0 = background)."""
+
+    counts: np.ndarray
+
+    @property
+    def dice(self) -> np.ndarray:
+        """Dice between each label (rows) and the prediction of each channel (columns): what the mapping matches."""
+        label_pixels = self.counts[1:].sum(axis=1, keepdims=True)
+        predicted_pixels = self.counts.sum(axis=0, keepdims=True)
+        return 2 * self.counts[1:] / np.maximum(label_pixels + predicted_pixels, 1)
+
+    @property
+    def coverage(self) -> np.ndarray:
+        """Fraction of each label's pixels (rows) that each channel (columns) is predicted on."""
+        return self.counts[1:] / np.maximum(self.counts[1:].sum(axis=1, keepdims=True), 1)
+
+
 def measure_overlap(network: torch.nn.Module, device: torch.device, task: TaskDataset, case_names: Sequence[str],
-                    plan: TaskPlan, task_index: int, batch_size: int = 32) -> np.ndarray:
-    """Dice between each label of ``task`` and the prediction (argmax over all output channels) of each channel,
-    over the given cases at the task's plan resolution: array (labels in ``task.labels`` order, channels)."""
+                    plan: TaskPlan, task_index: int, batch_size: int = 32) -> Overlap:
+    """How the current prediction (argmax over all output channels) covers each label of ``task``, over the given
+    cases at the task's plan resolution."""
     network.eval()
     label_ids = list(task.labels.values())
     lut = torch.zeros(max(label_ids) + 1, dtype=torch.int64)
@@ -162,38 +182,38 @@ def measure_overlap(network: torch.nn.Module, device: torch.device, task: TaskDa
             found = torch.bincount(pairs.flatten(), minlength=(len(label_ids) + 1) * channels)
             found = found.reshape(len(label_ids) + 1, channels)
             counts = found if counts is None else counts + found
-    counts = counts.double()
-    label_pixels = counts[1:].sum(dim=1, keepdim=True)
-    predicted_pixels = counts.sum(dim=0, keepdim=True)
-    return (2 * counts[1:] / (label_pixels + predicted_pixels).clamp_min(1)).numpy()
+    return Overlap(counts.double().numpy())
 
 
 PRIOR_RANGE = (1e-4, 0.5)
 BACKGROUND_MARGIN = 4.0  # "background" start: e^-4 of the background's odds
-OVERLAP_SHIFT = -math.log(2.0)  # "overlap" start: half the odds of the channel it copies
+PREDICTED_SHIFT = -math.log(2.0)  # "predicted" start: half the odds of the channel it copies
 
 
 def new_channel_starts(stats: TaskStatistics, shared: Mapping[str, int], n_shared: int, rule: str,
-                       overlap: np.ndarray | None = None) -> list[tuple[int, float]]:
+                       coverage: np.ndarray | None = None) -> list[tuple[int, float]]:
     """How every output channel added for a shared label above the old n* starts (the network's
     :func:`~labelshare.networks.expand_output_channels`): (channel to copy, bias shift), in shared-label order.
 
-    ``background``: the background channel, e^-4 of its odds. ``prior``: the background channel at the label's
-    prior odds (the fraction of all training pixels it covers, from its statistics), so a rare label starts rare
-    and a common one common. ``overlap``: the existing channel whose prediction overlaps the label most on the
-    task's training images (a structure the network already half-finds), at half its odds; without overlap, the
-    prior start.
+    ``predicted``: the channel the current model predicts on most of the label's pixels (``coverage``, from
+    :meth:`Overlap.coverage`; background included), at half its odds, so the new channel starts with a real share
+    of the probability where the label is. ``background``: the background channel, e^-4 of its odds. ``prior``:
+    the background channel at the label's prior odds. Both of the latter start a label that lies inside a structure
+    the model is sure of (a nodule in a lung) at a probability so small that the softmax passes almost no gradient
+    to it: a 20-pixel nodule was never learnt from them (docs/incremental).
     """
     names = list(stats.labels)
     starts = []
     for k in sorted(k for k in shared.values() if k > n_shared):
         label = next(name for name, value in shared.items() if value == k)
-        pixel_prior = float(np.clip(stats.stats[label].relative_size * stats.stats[label].frequency, *PRIOR_RANGE))
-        prior_start = (0, math.log(pixel_prior / (1 - pixel_prior)))
-        if rule == "background":
+        if rule == "predicted":
+            if coverage is None:
+                raise ValueError("the 'predicted' start needs the current prediction's coverage of the label")
+            starts.append((int(np.argmax(coverage[names.index(label)])), PREDICTED_SHIFT))
+        elif rule == "background":
             starts.append((0, -BACKGROUND_MARGIN))
-        elif rule == "overlap" and overlap is not None and overlap[names.index(label), 1:].max() > 0:
-            starts.append((1 + int(np.argmax(overlap[names.index(label), 1:])), OVERLAP_SHIFT))
         else:
-            starts.append(prior_start)
+            pixel_prior = float(np.clip(stats.stats[label].relative_size * stats.stats[label].frequency,
+                                        *PRIOR_RANGE))
+            starts.append((0, math.log(pixel_prior / (1 - pixel_prior))))
     return starts

@@ -251,15 +251,16 @@ def _prepare(old: Model, new_task: TaskDataset, split: Mapping[str, Mapping[str,
     expand_task_inputs(network, len(old.labelspace.tasks) + 1)
     pins = parse_pins(config.label_map, stats, old.labelspace)
     overlap = None
-    if (config.strategy == "overlap" and len(pins) < len(stats.labels)) or config.new_label_init == "overlap":
+    if (config.strategy == "overlap" and len(pins) < len(stats.labels)) or config.new_label_init == "predicted":
         cases = spread_cases(new_task, split[name]["train"], OVERLAP_CASES, config.seed)
         progress.progress("mapping", 0.5, f"{name}: segmenting {len(cases)} training cases with {old.path.name}")
         overlap = measure_overlap(network, resolve_device(train_config.device), new_task, cases, stats.plan,
                                   task_index=len(old.labelspace.tasks))
     strategy = "overlap" if config.strategy == "overlap" and overlap is not None else "size"
-    mapping = map_labels(old.labelspace, stats, strategy, pins, overlap if strategy == "overlap" else None)
+    mapping = map_labels(old.labelspace, stats, strategy, pins, overlap.dice if strategy == "overlap" else None)
     space = old.labelspace.with_task(stats, mapping.shared, mapping.strategy)
-    starts = new_channel_starts(stats, mapping.shared, old.labelspace.n_shared, config.new_label_init, overlap)
+    starts = new_channel_starts(stats, mapping.shared, old.labelspace.n_shared, config.new_label_init,
+                                overlap.coverage if overlap is not None else None)
     expand_output_channels(network, starts)
     progress.progress("mapping", 1.0, f"{name}: mapped by {mapping.strategy}; n* = {space.n_shared}")
     return space, network, {**mapping.to_json(), "new_channels": [
