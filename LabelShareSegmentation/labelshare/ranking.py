@@ -113,7 +113,8 @@ def read_ranking(path: str | Path) -> list[RankedCase]:
 
 def rank_cases(model, inputs: Inputs, config: RankConfig, progress: Progress | None = None) -> Ranking:
     """Score every image of ``inputs`` with the loaded ``model`` (:class:`labelshare.models.Model`); one
-    ``progress`` event per image (``case``, ``status`` done/failed, ``score``, ``reason``, ``seconds``, ``eta_s``).
+    ``progress`` event per image (``case``, ``status`` done/failed, ``score``, ``reason``, ``seconds``, ``eta_s``; the
+    message says only "failed": the caller reports the reasons once).
 
     An image that fails (unreadable, NaN voxels) is recorded in :attr:`Ranking.failures` and the others go on.
     :raises LabelShareError: for an unknown task, or ``tta`` on a lateralised task, before any image is read.
@@ -149,7 +150,7 @@ def rank_cases(model, inputs: Inputs, config: RankConfig, progress: Progress | N
             fields = {"status": "done", "score": round(score, 6), "reason": ""}
         finished = index + 1
         progress.progress("ranking", finished / len(images), f"{finished}/{len(images)} {image.name}: "
-                          + (f"score {fields['score']:.4f}" if fields["status"] == "done" else fields["reason"]),
+                          + (f"score {fields['score']:.4f}" if fields["status"] == "done" else "failed"),
                           case=image.name, input=str(image.source), index=finished, cases=len(images),
                           seconds=round(time.perf_counter() - case_started, 3),
                           eta_s=eta_seconds(started, finished, len(images)), **fields)
