@@ -398,7 +398,7 @@ class LabelShareTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             for (winner, loser), count in export.overlaps.items():
                 message += " " + _("{count} voxels of '{loser}' overlapped '{winner}' and were given to '{winner}' "
                                    "(the smaller structure).").format(count=count, loser=loser, winner=winner)
-            if self.queueLogic.case_added(parameters.inputVolume) is not None:
+            if self._queueLogic is not None and self._queueLogic.case_added(parameters.inputVolume) is not None:
                 message += " " + _("Marked done in the annotation queue.")
                 self.refreshQueue()
             self.ui.casesSummaryLabel.toolTip = message
