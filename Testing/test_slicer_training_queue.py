@@ -148,3 +148,17 @@ def test_next_case_when_all_are_done_and_a_missing_folder(slicer_env, segmentati
         queue_logic.load_next()
     with pytest.raises(DataError, match="absent: folder of unlabelled images not found"):
         queue_logic.start_rank(tmp_path / "absent", TASK)
+
+
+def test_cancel_stops_the_ranking_and_leaves_the_queue_as_it_was(slicer_env, segmentation_logic, tiny_model,
+                                                                 synthetic_tasks, tmp_path):
+    queue = AnnotationQueue.in_workspace(tmp_path / "workspace")
+    queue.set_ranking(ranked(2), TASK, tiny_model, "/data")
+    queue_logic = AnnotationQueueLogic(queue, segmentation_logic)
+    job = queue_logic.start_rank(synthetic_tasks[TASK] / "imagesTr", TASK, tiny_model, device="cpu")
+    job.cancel()
+    assert job.wait(60).value == "cancelled"
+    assert [e.case for e in AnnotationQueue.in_workspace(tmp_path / "workspace").entries] == ["case_00000",
+                                                                                              "case_00001"]
+    assert segmentation_logic.start_ranking([synthetic_tasks[TASK] / "imagesTr"], TASK, tmp_path / "r.csv",
+                                            tiny_model, "cpu").result_or_raise(300)[0].name  # a new worker ranks
