@@ -93,3 +93,13 @@ def test_a_bad_ranking_table_is_one_line_error(tmp_path):
     table.write_text("a,b\n1,2\n")
     with pytest.raises(DataError, match="other.csv: not a ranking table of labelshare rank"):
         read_ranking(table)
+
+
+def test_auto_scores_by_mirroring_only_where_the_task_allows_it(xray_model, unlabelled):
+    assert RankConfig(task="t").score == "auto"
+    assert RankConfig(task="t").score_for(lateralised=True) == "entropy"
+    assert RankConfig(task="t").score_for(lateralised=False) == "tta"
+    assert RankConfig(task="t", score="entropy").score_for(lateralised=False) == "entropy"
+    ranking = rank_cases(load_model(xray_model, device="cpu"), collect_inputs([unlabelled / "easy_0.png"]),
+                         RankConfig(task="xray2d", device="cpu"))
+    assert ranking.score == "tta" and [case.name for case in ranking.cases] == ["easy_0"]

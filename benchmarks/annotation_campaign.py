@@ -13,7 +13,7 @@ already has, with the folder of all labelled patients; the fixed validation pati
 split throughout, so every version's ``metrics.json`` is its Dice on them). Labelled folders hold symbolic links to
 the data, never copies.
 
-Before the first round, every score of :data:`labelshare.config.RANK_SCORES` is computed over the pool with the
+Before the first round, every score of :data:`MEASURED_SCORES` is computed over the pool with the
 initial model and compared with the model's real error there (1 - Dice against the pool's labels, which the
 simulation knows): the Spearman correlation says which score orders cases best by error.
 
@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from labelshare.config import RANK_SCORES, AddTaskConfig, RankConfig, TrainConfig
+from labelshare.config import AddTaskConfig, RankConfig, TrainConfig
 from labelshare.fileio import atomic_write_json, atomic_write_text, read_json
 from labelshare.inputs import InputImage, Inputs
 from labelshare.plans import PlanSettings
@@ -45,6 +45,7 @@ from .common import machine
 TASK = "hippocampus"
 SPLIT_SEED = 1000
 STRATEGIES = ("uncertainty", "random")
+MEASURED_SCORES = ("entropy", "tta")  # the candidates of labelshare rank --score ("auto" picks one of them)
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "msd_hippocampus"
 
 
@@ -152,7 +153,7 @@ class Campaign:
         dice = {case: float(np.nanmean([s.dice for s in evaluation.scores if s.case == case]))
                 for case in self.cases_of(unlabelled)}
         entry = {"seed": seed, "cases": len(dice)}
-        for score in RANK_SCORES:
+        for score in MEASURED_SCORES:
             started = time.perf_counter()
             ranking = rank_cases(model, self.inputs(unlabelled), RankConfig(task=TASK, score=score, device="cpu"))
             seconds = time.perf_counter() - started
@@ -258,11 +259,11 @@ def summarise(out: Path) -> None:
         lines.append(f"| {patients_count} | " + " | ".join(cells + mean_cells) + " |")
     lines += ["", "Scores over the pool with each seed's initial model: Spearman correlation with the model's real "
               "error (1 - Dice) on those cases, and ranking speed:", "",
-              "| seed | cases | " + " | ".join(f"{s}: Spearman vs error | {s}: cases/min" for s in RANK_SCORES) + " |",
-              "|---|---|" + "---|---|" * len(RANK_SCORES)]
+              "| seed | cases | " + " | ".join(f"{s}: Spearman vs error | {s}: cases/min" for s in MEASURED_SCORES)
+              + " |", "|---|---|" + "---|---|" * len(MEASURED_SCORES)]
     for entry in results["scores"]:
-        lines.append(f"| {entry['seed']} | {entry['cases']} | " + " | ".join(
-            f"{entry[s]['spearman_vs_error']:.3f} | {entry[s]['cases_per_minute']:.1f}" for s in RANK_SCORES) + " |")
+        cells = [f"{entry[s]['spearman_vs_error']:.3f} | {entry[s]['cases_per_minute']:.1f}" for s in MEASURED_SCORES]
+        lines.append(f"| {entry['seed']} | {entry['cases']} | " + " | ".join(cells) + " |")
     speeds = [r["cases_per_minute"] for r in rounds if "cases_per_minute" in r]
     if speeds:
         lines += ["", f"Ranking inside the campaign ({setup['arguments']['score']} score): "
@@ -319,8 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--initial-steps", type=int, default=300)
     parser.add_argument("--update-steps", type=int, default=150, help="add-task steps per round")
-    parser.add_argument("--score", choices=list(RANK_SCORES), default="entropy", help="the uncertainty strategy's "
-                                                                                       "score")
+    parser.add_argument("--score", choices=MEASURED_SCORES, default="tta", help="the uncertainty strategy's score")
     parser.add_argument("--summarise", action="store_true", help="only write results.md and dice.png")
     args = parser.parse_args(argv)
     if args.summarise:

@@ -138,11 +138,13 @@ class SegmentConfig:
 
 # --score of ``labelshare rank``: how uncertain the model is about an image (labelshare/ranking.py)
 RANK_SCORES = {
+    "auto": "tta where the task allows mirroring (it ordered cases by the model's real error best, "
+            "docs/annotation-queue), else entropy",
     "entropy": "mean softmax entropy in a band around the predicted label boundaries",
     "tta": "1 - mean Dice between the plain and the left-right mirrored prediction (tasks that are not "
            "lateralised only; about twice the time)",
 }
-DEFAULT_RANK_SCORE = "entropy"  # measured best in docs/annotation-queue (correlation with the model's real error)
+DEFAULT_RANK_SCORE = "auto"
 
 
 @dataclass
@@ -163,6 +165,13 @@ class RankConfig:
         if self.batch_size is not None:
             _check_at_least(self.batch_size, 1, "--batch-size")
         self.device = parse_device(self.device)
+
+    def score_for(self, lateralised: bool) -> str:
+        """The score that is computed for a task: ``auto`` resolved (mirroring is allowed for tasks that are not
+        lateralised only)."""
+        if self.score == "auto":
+            return "entropy" if lateralised else "tta"
+        return self.score
 
 
 STRATEGIES = ("overlap", "size")  # label mapping of a task added to a model
