@@ -206,7 +206,7 @@ def cmd_rank(args, progress: Progress) -> int:
         return _fail(progress, f"{len(ranking.failures)} of {len(inputs.images)} images failed; the others are "
                                f"ranked in {args.output}", EXIT_SOME_FAILED, **summary)
     top = f"; most uncertain: {ranking.cases[0].name}" if ranking.cases else ""
-    progress.done(str(args.output), message=f"{len(ranking.cases)} images ranked by {config.score} in "
+    progress.done(str(args.output), message=f"{len(ranking.cases)} images ranked by {ranking.score} in "
                                             f"{args.output}{top}", **summary)
     return 0
 
