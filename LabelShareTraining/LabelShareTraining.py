@@ -38,11 +38,14 @@ from slicer.util import VTKObservationMixin
 import LabelShareSegmentation
 from LabelShareLib import (DEVICES, DependencyInstaller, available_models, model_title, skip_message,
                            user_models_dir)
-from LabelShareTrainingLib import (BUDGETS, DuplicateCaseError, TrainingLogic, UnmatchedSegmentsError,
-                                   default_workspace, parse_label_text, why_cannot_add_case, why_cannot_train)
+from LabelShareLib.jobs import JobState
+from LabelShareTrainingLib import (BUDGETS, AnnotationQueue, AnnotationQueueLogic, DuplicateCaseError, TrainingLogic,
+                                   UnmatchedSegmentsError, default_workspace, parse_label_text, why_cannot_add_case,
+                                   why_cannot_rank, why_cannot_train, why_no_next_case)
 
 SETTINGS_WORKSPACE = "LabelShare/TrainingWorkspace"
 SETTINGS_AUTO_TRAIN = "LabelShare/TrainAutomaticallyAfterCases"  # 0: off (the default)
+SETTINGS_QUEUE_FOLDER = "LabelShare/AnnotationQueueFolder"
 POLL_INTERVAL_MS = 200
 STOP_ON_EXIT_S = 15  # closing Slicer: time the engine gets to save a resumable checkpoint (it needs a few seconds)
 NO_MODEL = ""  # model combo data of "no model: train a first model"
@@ -123,6 +126,10 @@ class LabelShareTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self._costKey, self._costText = None, ""
         self._updating = False
         self._dependenciesMissing = True  # until refreshAll has looked
+        self._queueLogic = None
+        self._queueJob = None  # the running ranking or "Next case" segmentation
+        self._queueJobKind = ""  # "rank" or "next"
+        self._queueFolder = ""  # the folder of unlabelled images (a preference in QSettings)
 
     # -- lifecycle --------------------------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -152,6 +159,11 @@ class LabelShareTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.ui.unfinishedRunComboBox.connect("currentIndexChanged(int)", self.updateButtons)
         self.ui.useModelButton.connect("clicked(bool)", self.onUseModel)
         self.ui.installDependenciesButton.connect("clicked(bool)", self.onInstallDependencies)
+        self.ui.rankButton.connect("clicked(bool)", self.onRank)
+        self.ui.nextCaseButton.connect("clicked(bool)", self.onNextCase)
+        self.queueTimer = qt.QTimer()
+        self.queueTimer.setInterval(POLL_INTERVAL_MS)
+        self.queueTimer.connect("timeout()", self.onQueuePoll)
 
         settings = qt.QSettings()
         self.ui.workspacePathLineEdit.connect("currentPathChanged(QString)", self.onWorkspaceChanged)
@@ -160,6 +172,9 @@ class LabelShareTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.ui.autoTrainCasesSpinBox.value = autoTrainAfter or 5
         self.ui.autoTrainCheckBox.connect("toggled(bool)", self.onAutoTrainChanged)
         self.ui.autoTrainCasesSpinBox.connect("valueChanged(int)", self.onAutoTrainChanged)
+        self._queueFolder = settings.value(SETTINGS_QUEUE_FOLDER, "") or ""
+        self.ui.queueFolderPathLineEdit.currentPath = self._queueFolder
+        self.ui.queueFolderPathLineEdit.connect("currentPathChanged(QString)", self.onQueueFolderChanged)
 
         registerConsoleApi()
         self.initializeParameterNode()
@@ -173,6 +188,8 @@ class LabelShareTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         """Module closed or Slicer exits: a running job saves a resumable checkpoint and stops (nothing is published
         half-written; the run can be resumed next time)."""
         self.timer.stop()
+        if self._queueJob is not None:  # its worker belongs to LabelShare Segmentation, which stops it on exit
+            self.queueTimer.stop()
         if self.logic.running:
             self.stopTrainingOnExit()
         self.removeObservers()
@@ -241,7 +258,8 @@ class LabelShareTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
                                                   "{packages}).").format(packages=", ".join(r.name for r in missing))
                                                 if missing else "")
         self.ui.installDependenciesButton.visible = bool(missing)
-        for section in (self.ui.taskCollapsibleButton, self.ui.casesCollapsibleButton, self.ui.trainCollapsibleButton):
+        for section in (self.ui.taskCollapsibleButton, self.ui.queueCollapsibleButton, self.ui.casesCollapsibleButton,
+                        self.ui.trainCollapsibleButton):
             section.enabled = not missing
         if missing:
             self.updateButtons()
@@ -254,6 +272,7 @@ class LabelShareTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.ui.workspacePathLineEdit.blockSignals(wasBlocked)
         self.refreshModels()
         self.refreshUnfinishedRuns()
+        self.refreshQueue()
 
     def refreshModels(self, select: str | None = None) -> None:
         self._updating = True
@@ -378,6 +397,9 @@ class LabelShareTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             for (winner, loser), count in export.overlaps.items():
                 message += " " + _("{count} voxels of '{loser}' overlapped '{winner}' and were given to '{winner}' "
                                    "(the smaller structure).").format(count=count, loser=loser, winner=winner)
+            if self._queueLogic is not None and self._queueLogic.case_added(parameters.inputVolume) is not None:
+                message += " " + _("Marked done in the annotation queue.")
+                self.refreshQueue()
             self.ui.casesSummaryLabel.toolTip = message
             slicer.util.showStatusMessage(message, 5000)
             self.refreshTasks(select=entry.name)
@@ -446,7 +468,9 @@ class LabelShareTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
     def onWorkspaceChanged(self, path: str) -> None:
         qt.QSettings().setValue(SETTINGS_WORKSPACE, path)
         self.logic.training.workspace = Path(path).expanduser()
+        self._queueLogic = None  # the queue file is in the workspace
         self.refreshTasks()
+        self.refreshQueue()
 
     def onAutoTrainChanged(self, *args) -> None:
         after = self.ui.autoTrainCasesSpinBox.value if self.ui.autoTrainCheckBox.checked else 0
@@ -460,6 +484,87 @@ class LabelShareTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             slicer.util.showStatusMessage(_("{count} new cases: training starts automatically.").format(count=after))
             self.startRun(self.logic.training.plan(entry.name, self.selectedModel() or None,
                                                    self._parameterNode.budget, self._parameterNode.device))
+
+    # -- annotation queue -------------------------------------------------------------------------------------------
+    @staticmethod
+    def segmentationLogic():
+        """LabelShare Segmentation's logic: its warm worker ranks and segments for the queue."""
+        return LabelShareSegmentation.moduleLogic().segmentation
+
+    @property
+    def queueLogic(self) -> AnnotationQueueLogic:
+        if self._queueLogic is None:
+            self._queueLogic = AnnotationQueueLogic(AnnotationQueue.in_workspace(self.logic.training.workspace),
+                                                    self.segmentationLogic())
+        return self._queueLogic
+
+    def refreshQueue(self) -> None:
+        entries = []
+        with showErrorAndContinue(_("The annotation queue could not be read.")):
+            entries = self.queueLogic.queue.entries  # a damaged queue file: the error, then an empty queue
+        table = self.ui.queueTableWidget
+        table.setRowCount(len(entries))
+        for row, entry in enumerate(entries):
+            voxels = ", ".join(f"{name} {count}" for name, count in entry.voxels.items())
+            for column, text in enumerate((entry.case, f"{entry.score:.4f}", voxels, _("done") if entry.done else "")):
+                item = qt.QTableWidgetItem(text)
+                item.setToolTip(entry.source)
+                table.setItem(row, column, item)
+        table.resizeColumnsToContents()
+        state = self._queueLogic.queue.state if entries else None
+        done, total = self._queueLogic.queue.counts() if entries else (0, 0)
+        self.ui.queueSummaryLabel.text = _("{done} of {total} done; task {task}, ranked {when} by {score} with "
+                                           "{model}.").format(done=done, total=total, task=state.task,
+                                                              when=state.ranked, score=state.score,
+                                                              model=Path(state.model).name) if state else ""
+        self.updateButtons()
+
+    def onQueueFolderChanged(self, path: str) -> None:
+        qt.QSettings().setValue(SETTINGS_QUEUE_FOLDER, path)
+        self._queueFolder = path
+        self.updateButtons()
+
+    def onRank(self) -> None:
+        if self._queueJob is not None:
+            self._queueJob.cancel()
+            self.onQueuePoll()
+            return
+        with slicer.util.tryWithErrorDisplay(_("Ranking could not start."), waitCursor=True):
+            LabelShareSegmentation.moduleLogic().ensureDependencies()
+            self.startQueueJob("rank", self.queueLogic.start_rank(
+                self._queueFolder, self.selectedEntry().name, self.selectedModel(),
+                self._parameterNode.device))
+
+    def onNextCase(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("The next case could not be loaded."), waitCursor=True):
+            LabelShareSegmentation.moduleLogic().ensureDependencies()
+            entry, volume, job = self.queueLogic.start_next(self._parameterNode.device)
+            self._parameterNode.inputVolume = volume
+            slicer.util.setSliceViewerLayers(background=volume, fit=True)
+            self.startQueueJob("next", job)
+
+    def startQueueJob(self, kind: str, job) -> None:
+        self._queueJob, self._queueJobKind = job, kind
+        self.queueTimer.start()
+        self.onQueuePoll()
+
+    def onQueuePoll(self) -> None:
+        """Timer tick of the ranking or "Next case" job (never blocks)."""
+        job = self._queueJob
+        if job is None:
+            return
+        state = job.poll()
+        self.ui.queueProgressBar.value = int(100 * job.fraction)
+        self.ui.queueProgressBar.setFormat(job.status_text)
+        if state.finished:
+            self.queueTimer.stop()
+            self._queueJob = None
+            if state == JobState.FAILED:
+                slicer.util.errorDisplay(_("The annotation queue's job failed: {reason}").format(reason=job.error))
+            elif state == JobState.DONE and self._queueJobKind == "next":  # the model's masks, to correct
+                self._parameterNode.inputSegmentation = job.result
+            self.refreshQueue()
+        self.updateButtons()
 
     # -- training ---------------------------------------------------------------------------------------------------
     def updateButtons(self, caller=None, event=None) -> None:
@@ -490,6 +595,18 @@ class LabelShareTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             else _("Resume")
         self.ui.discardRunButton.enabled = run is not None and not running
         self.ui.useModelButton.enabled = bool(self.selectedModel())
+        queueBusy = self._queueJob is not None
+        workerBusy = self.segmentationLogic().job is not None and not self.segmentationLogic().job.state.finished
+        rankReason = why_cannot_rank(entry, self.selectedModel(), self._queueFolder, workerBusy and not queueBusy)
+        self.ui.rankButton.enabled = queueBusy or not rankReason
+        self.ui.rankButton.text = _("Cancel") if queueBusy else _("Rank")
+        self.ui.rankButton.toolTip = _("Stop the ranking or segmentation (the background worker is stopped).") \
+            if queueBusy else rankReason or _("Score every image by the model's uncertainty, most uncertain first.")
+        queue = self._queueLogic.queue if self._queueLogic is not None else None  # refreshQueue reads it
+        nextReason = why_no_next_case(queue, workerBusy)
+        self.ui.nextCaseButton.enabled = not nextReason
+        self.ui.nextCaseButton.toolTip = nextReason or _("Load and segment: {case}").format(
+            case=queue.next_case().case)
 
     def trainingCost(self, entry) -> str:
         """The budget of the run Train would start and its time estimate, read again only when the task, its case
@@ -775,7 +892,7 @@ class LabelShareTrainingTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Widget test passed")
 
 
-LIB_MODULES = ("matching", "lock", "runs", "cases", "logic")  # dependencies first
+LIB_MODULES = ("annotation_queue", "matching", "lock", "runs", "cases", "logic")  # dependencies first
 
 
 def reloadLib() -> None:

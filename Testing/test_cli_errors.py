@@ -69,9 +69,15 @@ CASE_NAMES = [
     "segment: two images, one output name", "segment: several images into a file",
     "segment: output is the input", "task: shape", "task: geometry",
     "task: label_value", "task: nan", "task: empty_labels", "task: missing_image", "task: empty_file",
-    "task folder missing", "bad group", "labelspace file invalid", "train: task not in label space",
-    "train: existing output", "labelspace: bad fixed size", "labelspace: bad patch budget", "evaluate: labels differ",
+    "rank: unreadable file", "rank: unknown task", "rank: empty folder", "rank: mirroring a lateralised task",
+    "rank: output not CSV", "task folder missing", "bad group", "labelspace file invalid",
+    "train: task not in label space", "train: existing output", "labelspace: bad fixed size",
+    "labelspace: bad patch budget", "evaluate: labels differ",
 ]
+
+
+def _rank(model, image, output, task="phantom3d", *options):
+    return ["rank", "--model", str(model), "--task", task, str(image), "-o", str(output), "--device", "cpu", *options]
 
 
 def case_table(tmp_path, model, image):
@@ -132,7 +138,7 @@ def case_table(tmp_path, model, image):
         "absent*.nii.gz: no file or folder matches")
     (tmp_path / "empty").mkdir()
     add("segment: folder without images", _segment(model, tmp_path / "empty", tmp_path / "labels"),
-        "empty: no images to segment")
+        "empty: no images in it")
     volume = mr_volume(sitk.ReadImage(str(image)))
     first_uid, files = write_series(volume, tmp_path / "dicom", series_number=1)
     second_uid, _ = write_series(volume, tmp_path / "dicom", series_number=2)
@@ -149,6 +155,15 @@ def case_table(tmp_path, model, image):
     add("segment: two images, one output name", _segment(model, [image, twin], tmp_path / "labels"),
         "input.nii.gz: would be written for two images")
     add("segment: several images into a file", _segment(model, [image, twin], image), "input.nii.gz: is a file")
+    broken = tmp_path / "broken.nii.gz"
+    broken.write_bytes(b"not an image")
+    ranking = tmp_path / "ranking.csv"
+    add("rank: unreadable file", _rank(model, broken, ranking), "broken.nii.gz: input image cannot be read")
+    add("rank: unknown task", _rank(model, image, ranking, "liver"), "unknown task 'liver'; known tasks: phantom3d")
+    add("rank: empty folder", _rank(model, tmp_path / "empty", ranking), "empty: no images in it")
+    add("rank: mirroring a lateralised task", _rank(model, image, ranking, "sides3d", "--score", "tta"),
+        "task 'sides3d' is lateralised, so mirroring is not a valid augmentation for it")
+    add("rank: output not CSV", _rank(model, image, tmp_path / "ranking.txt"), "ranking.txt: the ranking table is CSV")
     space = tmp_path / "ls.json"
     for damage, expected in [("shape", "case_000_0000.mha: case 'case_000' of task 'bad_shape': image size (9, 8, 2) "
                                        "differs from label size (8, 8, 2)"),

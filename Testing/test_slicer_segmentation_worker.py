@@ -56,7 +56,7 @@ def test_bad_requests_get_an_error_and_the_worker_goes_on_until_exit(tiny_model,
     errors = {e.get("request"): e["message"] for e in events if e["event"] == "error"}
     anonymous = [e["message"] for e in events if e["event"] == "error" and e.get("request") is None]
     assert anonymous[0].startswith("request is not valid JSON") and anonymous[1] == "request must be a JSON object"
-    assert errors[1] == "unknown worker command 'train' (known: segment, exit)"
+    assert errors[1] == "unknown worker command 'train' (known: segment, rank, exit)"
     assert errors[2] == "worker request 2 lacks input, output"
     assert errors[3] == "unknown task 'liver'; known tasks: phantom3d, sides3d, xray2d"
     assert errors[4] == f"{tmp_path / 'absent'}: model folder does not exist"
@@ -77,3 +77,19 @@ def test_only_the_most_recent_models_stay_loaded(tiny_model, synthetic_tasks, tm
 
 def test_worker_is_a_command_of_the_cli():
     assert build_parser().parse_args(["worker"]).func is cmd_worker
+
+
+def test_rank_requests_rank_a_folder_with_the_loaded_model(tiny_model, synthetic_tasks, tmp_path):
+    folder = synthetic_tasks["xray2d"] / "imagesTr"
+    request = {"model": str(tiny_model), "task": "xray2d", "device": "cpu"}
+    events = run({**request, "id": "s", "input": str(sorted(folder.iterdir())[0]), "output": str(tmp_path / "s.png")},
+                 {**request, "id": "r", "command": "rank", "inputs": [str(folder)],
+                  "output": str(tmp_path / "ranking.csv")},
+                 {**request, "id": "x", "command": "rank", "inputs": [str(tmp_path / "absent")],
+                  "output": str(tmp_path / "x.csv")})
+    ranked = answers(events, "r")
+    assert ranked[-1]["event"] == "done" and ranked[-1]["ranked"] == 8 and ranked[-1]["failures"] == []
+    assert ranked[-1]["load_s"] == 0.0  # the model the segment request loaded
+    assert [e["index"] for e in ranked if e.get("stage") == "ranking"] == list(range(1, 9))
+    assert len((tmp_path / "ranking.csv").read_text().splitlines()) == 9
+    assert answers(events, "x")[-1]["message"] == f"{tmp_path / 'absent'}: input not found (no such file or folder)"

@@ -15,6 +15,8 @@ extension. Run one with ``labelshare-bench NAME [ARGUMENTS]`` (or ``python -m la
                             ``benchmarks/incremental/run_experiments.sh`` runs them)
 ``incremental-step-cost``   cost of one add-task step with and without distillation
 ``split-task``              a task with every structure cut in two (more labels than n*), for head expansion
+``annotation-campaign``     a simulated annotation campaign: uncertainty ranking vs random selection
+                            (docs/annotation-queue)
 =========================== ==================================================================================
 
 Each prints its numbers (and writes them where it says); none passes or fails on time.
@@ -30,4 +32,5 @@ EXPERIMENTS = {
     "incremental-summary": "incremental.summarize",
     "incremental-step-cost": "incremental.step_cost",
     "split-task": "incremental.split_task",
+    "annotation-campaign": "annotation_campaign",
 }

@@ -9,6 +9,7 @@ Usage::
     node = logic.segment(volumeNode, "acdc", model="/models/acdc-v2", device="auto")    # blocks, returns the node
     nodes = logic.segment_many([volume1, volume2, volume3], "acdc")    # one after another in the same worker
     job = logic.start(volumeNode, "acdc")      # GUI: poll job.poll() from a timer; job.result is the node
+    job = logic.start_ranking(["unlabelled/"], "acdc", output="ranking.csv")   # job.result: the ranked cases
     logic.stop()                               # cancel a running job and stop the worker
 
 The worker (``labelshare worker``) stays alive between runs with the model loaded, so only the first run pays
@@ -22,11 +23,13 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import SimpleITK as sitk
-from labelshare.config import parse_device
+from labelshare.config import DEFAULT_RANK_SCORE, RankConfig, parse_device
 from labelshare.errors import LabelShareError
 from labelshare.paths import model_dir_or_default
+from labelshare.ranking import read_ranking
 from LabelShareLib.application import temporary_root
 from LabelShareLib.jobs import JobCancelled, JobFailed, WorkerJob, WorkerProcess
 from LabelShareLib.segments import import_task_segments, output_segmentation
@@ -120,6 +123,33 @@ class SegmentationLogic:
                                   "input": str(input_path), "output": str(output_path), "device": device,
                                   "largest_component": largest_component},
                                  import_result=import_result, on_event=on_event)
+        return self.job
+
+    def start_ranking(self, inputs: list[str | Path], task: str, output: str | Path, model: str | Path | None = None,
+                      device: str = "auto", score: str = DEFAULT_RANK_SCORE,
+                      on_event: Callable[[dict], None] | None = None,
+                      import_ranking: Callable[[list], Any] | None = None) -> WorkerJob:
+        """Rank images (files, folders, globs: the inputs of ``labelshare segment``) by the model's uncertainty in
+        the same warm worker (``labelshare rank``'s work, one event per image); the table is written to ``output``
+        and ``job.result`` is its cases, most uncertain first (:class:`labelshare.ranking.RankedCase`), or what
+        ``import_ranking`` makes of them (called on the polling thread). Cancel stops the worker, as for a
+        segmentation.
+
+        :raises LabelShareError: (before anything runs) for an unusable model, task, score or device.
+        """
+        if self.job is not None and not self.job.state.finished:
+            raise LabelShareError("a segmentation or ranking is already running; cancel it first")
+        RankConfig(task=task, score=score, device=device).check()
+        device = parse_device(device)
+        model_path = model_dir_or_default(model)
+        self.store.task_labels(model_path, task)  # checks the folder and the task (cached)
+        worker = self._worker_for(device, model_path)
+        self.job = worker.submit({"command": "rank", "model": str(model_path), "task": task,
+                                  "inputs": [str(path) for path in inputs], "output": str(output), "device": device,
+                                  "score": score},
+                                 import_result=lambda done_event: (import_ranking or list)(
+                                     read_ranking(done_event.get("output") or output)),
+                                 on_event=on_event)
         return self.job
 
     def segment(self, volume_node, task: str, model: str | Path | None = None, device: str = "auto",

@@ -17,8 +17,8 @@ import traceback
 from pathlib import Path
 
 from . import __version__
-from .config import (DEVICES, METHODS, NEW_LABEL_INITS, OUTPUT_FORMATS, STRATEGIES, AddTaskConfig, SegmentConfig,
-                     TrainConfig)
+from .config import (DEFAULT_RANK_SCORE, DEVICES, METHODS, NEW_LABEL_INITS, OUTPUT_FORMATS, RANK_SCORES,
+                     STRATEGIES, AddTaskConfig, RankConfig, SegmentConfig, TrainConfig)
 from .plans import PlanSettings
 from .errors import LabelShareError, TrainingInterrupted
 from .progress import Progress
@@ -177,6 +177,40 @@ def cmd_segment(args, progress: Progress) -> int:
     return 0
 
 
+def cmd_rank(args, progress: Progress) -> int:
+    """The ranking table of the images; with several images, :data:`EXIT_SOME_FAILED` when some failed (the table
+    holds the others); one image that fails is an error."""
+    from .errors import DataError
+    from .inputs import collect_inputs
+    from .models import load_model
+    from .ranking import rank_cases
+    config = RankConfig(task=args.task, score=args.score, slicing_axis=args.slicing_axis, batch_size=args.batch_size,
+                        series=args.series, device=args.device)
+    config.check()
+    if not args.output.name.lower().endswith(".csv"):
+        raise DataError(f"{args.output}: the ranking table is CSV; name it <name>.csv")
+    inputs = collect_inputs(args.inputs, config.series)  # refuses bad arguments before the model loads
+    progress.progress("preparing", 0.0, f"loading model to rank {len(inputs.images)} image"
+                      f"{'s' if len(inputs.images) != 1 else ''}")
+    model = load_model(args.model, device=config.device)
+    ranking = rank_cases(model, inputs, config, progress)
+    if inputs.single and ranking.failures:
+        raise DataError(ranking.failures[0].reason)
+    ranking.write(args.output)
+    summary = {"ranked": len(ranking.cases), "failed": len(ranking.failures),
+               "failures": [{"case": f.name, "input": str(f.source), "reason": f.reason} for f in ranking.failures]}
+    if progress.mode == "human":
+        for failure in ranking.failures:
+            print(f"  failed: {failure.reason}", file=sys.stderr)
+    if ranking.failures:
+        return _fail(progress, f"{len(ranking.failures)} of {len(inputs.images)} images failed; the others are "
+                               f"ranked in {args.output}", EXIT_SOME_FAILED, **summary)
+    top = f"; most uncertain: {ranking.cases[0].name}" if ranking.cases else ""
+    progress.done(str(args.output), message=f"{len(ranking.cases)} images ranked by {ranking.score} in "
+                                            f"{args.output}{top}", **summary)
+    return 0
+
+
 def cmd_evaluate(args, progress: Progress) -> int:
     from .evaluation import evaluate_cases
     from .fileio import read_json
@@ -330,6 +364,28 @@ def build_parser() -> argparse.ArgumentParser:
                           help="keep the complete outputs of an interrupted run and write the others")
     _add_common(segment)
     segment.set_defaults(func=cmd_segment)
+
+    rank = commands.add_parser(
+        "rank", help="rank unlabelled images by the model's uncertainty: which to annotate next",
+        description="Scores every image (the same inputs as segment) and writes a CSV table, most uncertain first: "
+                    "rank, case, score, predicted voxels per label, seconds, input. Exit status 4: some images "
+                    "failed (the others are ranked). See labelshare/ranking.py.")
+    rank.add_argument("--model", type=Path, default=None, help="model folder (default: the bundled model)")
+    rank.add_argument("--task", required=True)
+    rank.add_argument("inputs", nargs="+", metavar="INPUT",
+                      help="image file, folder of images, DICOM series folder, or a quoted glob (as for segment)")
+    rank.add_argument("-o", "--output", required=True, type=Path, help="the ranking table to write (.csv)")
+    rank.add_argument("--score", choices=list(RANK_SCORES), default=DEFAULT_RANK_SCORE,
+                      help="; ".join(f"{name}: {text}" for name, text in RANK_SCORES.items())
+                           + " (default: %(default)s)")
+    rank.add_argument("--series", metavar="UID", default=None,
+                      help="the DICOM series to read from a folder that holds several")
+    rank.add_argument("--device", default="auto", help=DEVICE_HELP)
+    rank.add_argument("--batch-size", type=int, default=None, help="slices per forward pass (at least 1)")
+    rank.add_argument("--slicing-axis", type=int, choices=(0, 1, 2), default=None,
+                      help="image axis to slice along (default: largest spacing)")
+    _add_common(rank)
+    rank.set_defaults(func=cmd_rank)
 
     evaluate = commands.add_parser("evaluate", help="Dice and HD95 of a model on a task's cases")
     evaluate.add_argument("--model", required=True, type=Path)

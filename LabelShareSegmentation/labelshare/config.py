@@ -136,6 +136,44 @@ class SegmentConfig:
         self.device = parse_device(self.device)
 
 
+# --score of ``labelshare rank``: how uncertain the model is about an image (labelshare/ranking.py)
+RANK_SCORES = {
+    "auto": "tta where the task allows mirroring (it ordered cases by the model's real error best, "
+            "docs/annotation-queue), else entropy",
+    "entropy": "mean softmax entropy in a band around the predicted label boundaries",
+    "tta": "1 - mean Dice between the plain and the left-right mirrored prediction (tasks that are not "
+           "lateralised only; about twice the time)",
+}
+DEFAULT_RANK_SCORE = "auto"
+
+
+@dataclass
+class RankConfig:
+    """Settings of ``labelshare rank`` (:func:`labelshare.ranking.rank_cases`): the task, the score
+    (:data:`RANK_SCORES`) and, as for ``segment``, the slicing axis, batch size, DICOM series and device."""
+
+    task: str
+    score: str = DEFAULT_RANK_SCORE
+    slicing_axis: int | None = None
+    batch_size: int | None = None
+    series: str | None = None
+    device: str = "auto"
+
+    def check(self) -> None:
+        if self.score not in RANK_SCORES:
+            raise LabelShareError(f"--score {self.score}: use one of {', '.join(RANK_SCORES)}")
+        if self.batch_size is not None:
+            _check_at_least(self.batch_size, 1, "--batch-size")
+        self.device = parse_device(self.device)
+
+    def score_for(self, lateralised: bool) -> str:
+        """The score that is computed for a task: ``auto`` resolved (mirroring is allowed for tasks that are not
+        lateralised only)."""
+        if self.score == "auto":
+            return "entropy" if lateralised else "tta"
+        return self.score
+
+
 STRATEGIES = ("overlap", "size")  # label mapping of a task added to a model
 NEW_LABEL_INITS = ("predicted", "prior", "background")  # how an output channel added for a new label starts
 

@@ -160,7 +160,7 @@ def _folder_images(folder: Path, series: str | None) -> tuple[list[InputImage], 
         if _holds_dicom(_visible_files(subfolder)):
             found.append(dicom_folder_image(subfolder, series))
     if not found:
-        raise DataError(f"{folder}: no images to segment ({', '.join(IMAGE_SUFFIXES)}, DICOM files, or subfolders "
+        raise DataError(f"{folder}: no images in it ({', '.join(IMAGE_SUFFIXES)}, DICOM files, or subfolders "
                         "holding a DICOM series)")
     return found, False
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,19 +149,29 @@ def segment_cases(model: Model, cases: list[PlannedCase], config: SegmentConfig,
         report(CaseOutcome(case, SKIPPED, "a complete output exists"), None)
     started = time.perf_counter()
     slice_progress = progress if len(to_segment) == 1 else None
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="labelshare-reader") as reader:
-        upcoming: Future | None = reader.submit(read_input_image, to_segment[0].image) if to_segment else None
-        for index, case in enumerate(to_segment):
-            reading = upcoming
-            upcoming = reader.submit(read_input_image, to_segment[index + 1].image) \
-                if index + 1 < len(to_segment) else None
-            case_started = time.perf_counter()
-            outcome = _segment_case(segmenter, case, reading, config, description, slice_progress)
-            outcome.seconds = time.perf_counter() - case_started
-            finished = index + 1
-            eta = (time.perf_counter() - started) / finished * (len(to_segment) - finished)
-            report(outcome, round(eta, 1))
+    readings = read_ahead([case.image for case in to_segment])
+    for index, (case, reading) in enumerate(zip(to_segment, readings, strict=True)):
+        case_started = time.perf_counter()
+        outcome = _segment_case(segmenter, case, reading, config, description, slice_progress)
+        outcome.seconds = time.perf_counter() - case_started
+        report(outcome, eta_seconds(started, index + 1, len(to_segment)))
     return SegmentSummary(outcomes)
+
+
+def read_ahead(images: Sequence[InputImage]) -> Iterator[Future]:
+    """The reading (a future of the image) of every image in order; while the caller works on one image, a reader
+    thread reads the next, so the network rarely waits for the disk or the decompression."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="labelshare-reader") as reader:
+        upcoming = reader.submit(read_input_image, images[0]) if images else None
+        for index in range(len(images)):
+            reading = upcoming
+            upcoming = reader.submit(read_input_image, images[index + 1]) if index + 1 < len(images) else None
+            yield reading
+
+
+def eta_seconds(started: float, finished: int, total: int) -> float:
+    """Seconds left for ``total - finished`` items at the pace since ``started`` (a ``perf_counter`` time)."""
+    return round((time.perf_counter() - started) / finished * (total - finished), 1)
 
 
 def _segment_case(segmenter: Segmenter, case: PlannedCase, reading: Future, config: SegmentConfig,
@@ -175,11 +186,11 @@ def _segment_case(segmenter: Segmenter, case: PlannedCase, reading: Future, conf
             raise DataError(f"{case.image.source}: {error}") from None
         write_segmentation(result, case.output, description, case.image, overwrite=config.existing != "refuse")
     except Exception as error:  # the case fails, the others go on; a single image re-raises it
-        return CaseOutcome(case, FAILED, _reason(error), error=error)
+        return CaseOutcome(case, FAILED, failure_reason(error), error=error)
     return CaseOutcome(case, DONE)
 
 
-def _reason(error: BaseException) -> str:
+def failure_reason(error: BaseException) -> str:
     if isinstance(error, LabelShareError):
         return str(error)
     if isinstance(error, (MemoryError, torch.cuda.OutOfMemoryError)):

@@ -86,11 +86,20 @@ def head_probabilities(network: torch.nn.Module, images: torch.Tensor, head: Tas
     """Softmax over the task's channels (n, K+1, H, W) at the plan's resolution; ``mirror`` averages with the
     prediction of the left-right mirrored images (test-time augmentation; only for tasks that are not
     lateralised, the flip training used)."""
+    views = head_probability_views(network, images, head, plan, mirror, windows_per_batch, autocast_dtype)
+    return views[0] if len(views) == 1 else (views[0] + views[1]) / 2
+
+
+def head_probability_views(network: torch.nn.Module, images: torch.Tensor, head: TaskHead, plan: TaskPlan,
+                           mirror: bool = False, windows_per_batch: int = 16,
+                           autocast_dtype: torch.dtype | None = None) -> list[torch.Tensor]:
+    """The softmax of :func:`head_probabilities` per view, not averaged: the plain prediction and, with ``mirror``,
+    the mirrored images' prediction flipped back (ranking measures how much the two disagree)."""
     def once(batch: torch.Tensor) -> torch.Tensor:
         logits = window_logits(network, batch, head.index, plan.patch_size, windows_per_batch, autocast_dtype)
         return logits[:, head.channels].softmax(dim=1)
 
-    probabilities = once(images)
+    views = [once(images)]
     if mirror:
-        probabilities = (probabilities + once(images.flip(-1)).flip(-1)) / 2
-    return probabilities
+        views.append(once(images.flip(-1)).flip(-1))
+    return views

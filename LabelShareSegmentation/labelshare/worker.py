@@ -9,13 +9,18 @@ each carrying the ``request`` id it belongs to::
 
     {"id": "r1", "command": "segment", "model": "/models/v3", "task": "acdc", "input": "in.nrrd",
      "output": "out.nrrd", "device": "auto", "largest_component": false}
-    {"id": "r2", "command": "exit"}
+    {"id": "r2", "command": "rank", "model": "/models/v3", "task": "acdc", "inputs": ["unlabelled/"],
+     "output": "ranking.csv", "device": "auto", "score": "entropy"}
+    {"id": "r3", "command": "exit"}
 
-``command`` defaults to ``segment``; ``model`` null means the bundled default model; ``device`` is auto, cpu or
-cuda. Every request ends with exactly one ``done`` (with ``output`` and timings) or ``error`` event; an error
-does not end the worker. Once torch and the engine are imported the worker emits one ``log`` event with
-``"worker": "ready"`` and ``import_s``. It ends on an ``exit`` request or at the end of stdin (the parent closed
-the pipe or died). Anything else a library prints goes to stderr, so stdout carries protocol lines only.
+``command`` defaults to ``segment``; ``rank`` scores the images of ``inputs`` (files, folders, globs: the readers of
+``labelshare segment``) with :func:`labelshare.ranking.rank_cases` (one ``progress`` event per image) and writes the
+ranking table to ``output``, its ``done`` event carrying ``ranked`` and ``failures``. ``model`` null means the
+bundled default model; ``device`` is auto, cpu or cuda. Every request ends with exactly one ``done`` (with
+``output`` and timings) or ``error`` event; an error does not end the worker. Once torch and the engine are
+imported the worker emits one ``log`` event with ``"worker": "ready"`` and ``import_s``. It ends on an ``exit``
+request or at the end of stdin (the parent closed the pipe or died). Anything else a library prints goes to stderr,
+so stdout carries protocol lines only. Cancel is the parent's: it kills the worker (LabelShareLib.jobs).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from typing import IO, Any
 from .errors import LabelShareError
 from .progress import Progress
 
-COMMANDS = ("segment", "exit")
+COMMANDS = ("segment", "rank", "exit")
 DEFAULT_MAX_MODELS = 2  # models kept in memory (least recently used dropped first)
 
 
@@ -83,22 +88,49 @@ class WorkerServer:
             progress.done(None, message="worker stopped")
             return False
         try:
-            missing = [key for key in ("task", "input", "output") if not request.get(key)]
+            needed = ("task", "inputs", "output") if command == "rank" else ("task", "input", "output")
+            missing = [key for key in needed if not request.get(key)]
             if missing:
                 raise LabelShareError(f"worker request {request_id!r} lacks {', '.join(missing)}")
             start = time.perf_counter()
             model, load_seconds = self.model(request.get("model"), request.get("device", "auto"), progress)
+            timings = {"load_s": round(load_seconds, 3)}
+            if command == "rank":
+                self.rank(model, request, progress, start, timings)
+                return True
             from .segment_run import segment_file
             output = segment_file(model, request["task"], request["input"], request["output"],
                                   largest_component=bool(request.get("largest_component", False)),
                                   progress=progress, overwrite=True)
-            progress.done(str(output), message=f"segmentation written to {output}",
-                          load_s=round(load_seconds, 3), total_s=round(time.perf_counter() - start, 3))
+            progress.done(str(output), message=f"segmentation written to {output}", **timings,
+                          total_s=round(time.perf_counter() - start, 3))
         except LabelShareError as error:
             progress.error(str(error))
         except Exception as error:  # out of memory, or a bug: report it and keep serving
             progress.error(_failure_message(error))
         return True
+
+
+    @staticmethod
+    def rank(model: Any, request: dict, progress: Progress, start: float, timings: dict) -> None:
+        """A ``rank`` request: the ranking table written to ``output``; images that failed are listed in the done
+        event (the others are ranked), and an error only when none could be ranked."""
+        from .config import DEFAULT_RANK_SCORE, RankConfig
+        from .inputs import collect_inputs
+        from .ranking import rank_cases
+        config = RankConfig(task=request["task"], score=request.get("score", DEFAULT_RANK_SCORE),
+                            series=request.get("series"), device=request.get("device", "auto"))
+        config.check()
+        inputs = request["inputs"]
+        ranking = rank_cases(model, collect_inputs(inputs if isinstance(inputs, list) else [inputs], config.series),
+                             config, progress)
+        if ranking.failures and not ranking.cases:
+            raise LabelShareError(ranking.failures[0].reason)
+        output = ranking.write(request["output"])
+        progress.done(str(output), message=f"{len(ranking.cases)} images ranked in {output}", **timings,
+                      total_s=round(time.perf_counter() - start, 3), ranked=len(ranking.cases),
+                      failures=[{"case": f.name, "input": str(f.source), "reason": f.reason}
+                                for f in ranking.failures])
 
 
 def _failure_message(error: Exception) -> str:

@@ -6,6 +6,8 @@
 - :mod:`.runs`      what a training run is: engine command line, model versions, run records, progress
 - :mod:`.lock`      one training job at a time, across Slicer instances and crashes
 - :mod:`.logic`     the module's logic: tasks, cases, one background run
+- :mod:`.annotation_queue`  unlabelled images ranked by uncertainty (in LabelShare Segmentation's worker), the next
+  case loaded and segmented, marked done once added; the queue file survives restarts
 
 It uses the shared package ``LabelShareLib`` (geometry adapters, segments, the job runner, the model store; shipped
 with LabelShareSegmentation) and the engine's light modules: the task-folder writer ``labelshare.taskfolders``,
@@ -14,6 +16,7 @@ the forgetting report ``labelshare.forgetting`` and the run states of ``labelsha
 
 from labelshare.taskfolders import DuplicateCaseError
 
+from .annotation_queue import AnnotationQueue, AnnotationQueueLogic, why_cannot_rank, why_no_next_case
 from .cases import CaseExport, UnmatchedSegmentsError
 from .lock import JobLockedError, TrainingLock
 from .logic import (TaskRow, TrainingLogic, TrainingOutcome, default_workspace, parse_label_text,
@@ -21,7 +24,8 @@ from .logic import (TaskRow, TrainingLogic, TrainingOutcome, default_workspace, 
 from .runs import BUDGETS, TrainingRequest
 
 __all__ = [
-    "BUDGETS", "CaseExport", "DuplicateCaseError", "JobLockedError", "TaskRow", "TrainingLock", "TrainingLogic",
-    "TrainingOutcome", "TrainingRequest", "UnmatchedSegmentsError", "default_workspace", "parse_label_text",
-    "why_cannot_add_case", "why_cannot_train",
+    "AnnotationQueue", "AnnotationQueueLogic", "BUDGETS", "CaseExport", "DuplicateCaseError", "JobLockedError",
+    "TaskRow", "TrainingLock", "TrainingLogic", "TrainingOutcome", "TrainingRequest", "UnmatchedSegmentsError",
+    "default_workspace", "parse_label_text", "why_cannot_add_case", "why_cannot_rank", "why_cannot_train",
+    "why_no_next_case",
 ]
