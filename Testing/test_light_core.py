@@ -12,8 +12,8 @@ import textwrap
 import pytest
 
 HEAVY = ("torch", "monai", "safetensors", "scipy", "matplotlib")
-LIGHT_MODULES = ("errors", "progress", "fileio", "naming", "paths", "config", "layouts", "tasks", "taskfolders",
-                 "labelspace", "modelfolder", "scores", "forgetting", "synthetic", "worker", "cli")
+LIGHT_MODULES = ("errors", "progress", "imagedata", "fileio", "naming", "paths", "config", "layouts", "tasks",
+                 "taskfolders", "labelspace", "modelfolder", "scores", "forgetting", "synthetic", "worker", "cli")
 
 
 def run_without_heavy_packages(code: str) -> subprocess.CompletedProcess:
