@@ -50,9 +50,20 @@ def parse_device(text: str) -> str:
     raise LabelShareError(f"unknown device '{text}'; use {', '.join(DEVICES)} (or cuda:N)")
 
 
-def _check_at_least(value, minimum, option: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise LabelShareError(f"{option} must be a whole number of at least {minimum}, not {value!r}")
+MAX_IMAGE_SIZE = 1024  # network input side: a 1024 x 1024 slice bank of a few thousand slices still fits in memory
+# Network shapes a model's config.json may ask for (checked before a network is built): far above what LabelShare
+# trains (16..256 filters, 5 levels), far below what would take gigabytes to build.
+MAX_FILTERS = 1024
+MAX_LEVELS = 8
+MAX_CHANNELS = 4096  # output channels (labels of all tasks) and task codes
+MAX_INPUT_CHANNELS = 16
+
+
+def _check_at_least(value, minimum, option: str, maximum: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum \
+            or (maximum is not None and value > maximum):
+        bound = f"of at least {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+        raise LabelShareError(f"{option} must be a whole number {bound}, not {value!r}")
 
 
 def _check_finite(value, option: str, low: float, high: float, low_open: bool = False) -> None:
@@ -85,20 +96,31 @@ class TrainConfig:
         return self.epochs * self.steps_per_epoch
 
     def check(self) -> None:
-        for name in ("image_size", "batch_size", "epochs", "steps_per_epoch"):
+        check_image_size(self.image_size, "--image-size")
+        for name in ("batch_size", "epochs", "steps_per_epoch"):
             _check_at_least(getattr(self, name), 1, f"--{name.replace('_', '-')}")
-        if self.image_size % 16:
-            raise LabelShareError(f"--image-size {self.image_size}: must be a multiple of 16 (four down-samplings)")
         _check_finite(self.learning_rate, "--learning-rate", 0.0, 10.0, low_open=True)
         _check_finite(self.validation_fraction, "--validation-fraction", 0.0, 1.0)
         if self.validation_fraction == 1.0:
             raise LabelShareError("--validation-fraction must be below 1: some cases must be left to train on")
+        _check_finite(self.weight_decay, "weight_decay", 0.0, 10.0)
+        _check_finite(self.foreground_oversampling, "foreground_oversampling", 0.0, 1.0)
+        for name in ("augment", "amp"):
+            if not isinstance(getattr(self, name), bool):
+                raise LabelShareError(f"{name} must be true or false, not {getattr(self, name)!r}")
         self.device = parse_device(self.device)
         if self.weights_dtype not in ("float32", "float16"):
             raise LabelShareError(f"--weights-dtype {self.weights_dtype}: use float32 or float16")
 
     def to_json(self) -> dict:
         return asdict(self)
+
+
+def check_image_size(value, option: str) -> None:
+    """The network input size: a multiple of 16 (four down-samplings) from 16 to :data:`MAX_IMAGE_SIZE`."""
+    _check_at_least(value, 16, option, MAX_IMAGE_SIZE)
+    if value % 16:
+        raise LabelShareError(f"{option} {value}: must be a multiple of 16 (four down-samplings)")
 
 
 STRATEGIES = ("overlap", "size")  # label mapping of a task added to a model
@@ -149,16 +171,29 @@ class NetworkConfig:
     in_channels: int = 1
 
     def __post_init__(self):
+        """ValueError for a shape no LabelShare network has, before anything is built (config.json is read from
+        model folders)."""
         if self.conditioning not in CONDITIONINGS:
             raise ValueError(f"conditioning must be one of {CONDITIONINGS}, not {self.conditioning!r}")
-        if self.out_channels < 2:
-            raise ValueError("a segmentation network needs at least 2 output channels (background + 1 label)")
+        for name, low, high in (("out_channels", 2, MAX_CHANNELS), ("n_tasks", 1, MAX_CHANNELS),
+                                ("in_channels", 1, MAX_INPUT_CHANNELS)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ValueError(f"{name} must be a whole number from {low} to {high}, not {value!r}")
+        filters = self.filters
+        if not isinstance(filters, list) or not 2 <= len(filters) <= MAX_LEVELS or \
+                not all(isinstance(f, int) and not isinstance(f, bool) and 1 <= f <= MAX_FILTERS for f in filters):
+            shown = repr(filters) if len(repr(filters)) < 80 else repr(filters)[:77] + "..."
+            raise ValueError(f"filters must be a list of 2 to {MAX_LEVELS} whole numbers from 1 to {MAX_FILTERS} "
+                             f"(one per U-Net level), not {shown}")
 
     def to_json(self) -> dict:
         return {"architecture": "dynunet2d", **asdict(self)}
 
     @classmethod
     def from_json(cls, data: dict) -> NetworkConfig:
+        if not isinstance(data, dict):
+            raise ValueError(f"network must be a JSON object, not {type(data).__name__}")
         data = dict(data)
         architecture = data.pop("architecture", "dynunet2d")
         if architecture != "dynunet2d":
