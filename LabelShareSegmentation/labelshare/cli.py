@@ -1,22 +1,27 @@
 """The ``labelshare`` command line: it alone parses arguments, builds the typed configurations of
 :mod:`labelshare.config`, calls the library and emits the final ``done`` or ``error`` event.
 
-Errors a user can cause print one line, ``labelshare: error: <file or object>: <problem>``, and exit with
-status 1 (``--debug`` shows the traceback). A training run stopped by SIGINT/SIGTERM saves a checkpoint and exits
-with status 75 (EX_TEMPFAIL: repeat the command with ``--resume``); add-task refused by its regression gate exits
-with status 3.
+Errors a user or the environment can cause (bad input, a full or read-only disk, no memory) print one line,
+``labelshare: error: <file or object>: <problem>``, and exit with status 1 (``--debug`` shows the traceback). Any
+command stopped by SIGINT/SIGTERM prints ``labelshare: stopped: ...`` and exits with status 75 (EX_TEMPFAIL; a
+training run saves a checkpoint first, and ``train``/``add-task`` continue with ``--resume``); add-task refused by its
+regression gate exits with status 3. An output file is replaced only with ``--overwrite``; a model version never.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from . import __version__
 from .config import DEVICES, METHODS, STRATEGIES, AddTaskConfig, TrainConfig
-from .errors import LabelShareError, TrainingInterrupted
+from .errors import Interrupted, LabelShareError, TrainingInterrupted, os_error_message
 from .progress import Progress
 
 EXIT_ERROR = 1
@@ -25,10 +30,28 @@ EXIT_INTERRUPTED = 75
 DEVICE_HELP = f"{', '.join(DEVICES)} (auto: CUDA if available)"
 
 
+RESUMABLE_COMMANDS = ("train", "add-task")
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Shows an option's default after its help where it has one (not for flags, lists and required options)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "%(default)" not in text and action.option_strings and not action.required \
+                and action.default not in (None, False, [], argparse.SUPPRESS):
+            text += " (default: %(default)s)"
+        return text
+
+
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--progress", choices=("human", "json", "quiet"), default="human",
-                        help="progress as human-readable lines on stderr (default), JSON lines on stdout, or none")
+                        help="progress as human-readable lines on stderr, JSON lines on stdout, or none")
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks on errors")
+
+
+def _add_overwrite(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
 
 def _add_task_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -66,22 +89,32 @@ def train_config_from(args: argparse.Namespace) -> TrainConfig:
     return config
 
 
-def task_arguments(args: argparse.Namespace) -> list[tuple[str, Path]]:
+def task_argument(text: str) -> tuple[str, Path]:
+    """A ``--task`` value: ``NAME=DIR``, or a bare ``DIR`` (named after the folder) that must then be a folder."""
     from .tasks import parse_task_argument
-    return [parse_task_argument(text) for text in args.tasks]
+    if "=" not in text and not Path(text).is_dir():
+        raise LabelShareError(f"--task {text}: no folder '{text}'; give the task as NAME=DIR (its name and its "
+                              "nnU-Net raw folder)")
+    return parse_task_argument(text)
+
+
+def task_arguments(args: argparse.Namespace) -> list[tuple[str, Path]]:
+    return [task_argument(text) for text in args.tasks]
 
 
 # -- commands ---------------------------------------------------------------------------------------------------------
 def cmd_labelspace_build(args, progress: Progress) -> int:
+    from .fileio import check_output_file
     from .labelspace import LabelSpace, compute_statistics, parse_group
     from .training_run import open_tasks
+    check_output_file(args.output, args.overwrite)
     tasks = open_tasks(task_arguments(args))
     statistics = []
     for i, task in enumerate(tasks.values()):
         progress.progress("statistics", i / len(tasks), f"reading {task.name} ({len(task.cases)} cases)")
         statistics.append(compute_statistics(task))
     space = LabelSpace.build(statistics, [parse_group(g) for g in args.group])
-    space.save(args.output)
+    space.save(args.output, overwrite=args.overwrite)
     if progress.mode != "json":
         print(space.table())
     progress.done(str(args.output), message=f"label space written to {args.output}")
@@ -93,7 +126,10 @@ def cmd_labelspace_show(args, progress: Progress) -> int:
     from .modelfolder import verify_folder
     path = Path(args.path)
     space = verify_folder(path)[1] if path.is_dir() else LabelSpace.load(path)
-    print(space.table())
+    if progress.mode == "json":
+        progress.done(str(path), message=f"label space of {path}", labelspace=space.to_json())
+    else:
+        print(space.table())
     return 0
 
 
@@ -118,22 +154,26 @@ def cmd_segment(args, progress: Progress) -> int:
 
 def cmd_evaluate(args, progress: Progress) -> int:
     from .evaluation import evaluate_cases
-    from .fileio import read_json
+    from .fileio import check_output_file
     from .models import load_model
+    from .scores import EVALUATION_FILES
     from .tasks import TaskDataset
+    if args.output.exists() and not args.output.is_dir():
+        raise LabelShareError(f"{args.output}: not a folder; -o names the folder the evaluation is written to")
+    for name in EVALUATION_FILES:
+        check_output_file(args.output / name, args.overwrite)
     model = load_model(args.model, device=args.device)
     task = TaskDataset.open(args.data, args.task)
     cases = None
-    split_file = Path(args.model) / "split.json"
-    if not args.all_cases and split_file.is_file():
-        validation = read_json(split_file).get("tasks", {}).get(args.task, {}).get("validation", [])
+    if not args.all_cases:
+        validation = model.validation_cases(args.task)
         known = {c.name for c in task.cases}
         if validation and set(validation) <= known:
             cases = validation
             progress.log(f"evaluating the {len(cases)} validation cases of the model's split (--all-cases for all)")
     evaluation = evaluate_cases(model, task, cases, task_name=args.task, progress=progress)
-    csv_path, markdown_path = evaluation.write(Path(args.output), f"Evaluation of {Path(args.model).name} on "
-                                                                  f"{args.task}")
+    csv_path, markdown_path = evaluation.write(args.output, f"Evaluation of {Path(args.model).name} on {args.task}",
+                                               overwrite=args.overwrite)
     if progress.mode != "json":
         print(markdown_path.read_text())
     progress.done(str(markdown_path), message=f"wrote {csv_path} and {markdown_path}",
@@ -144,6 +184,10 @@ def cmd_evaluate(args, progress: Progress) -> int:
 def cmd_models(args, progress: Progress) -> int:
     from .modelfolder import list_models
     summaries = list_models(args.root or None)
+    if progress.mode == "json":
+        progress.done(None, message=f"{len(summaries)} models",
+                      models=[{**dataclasses.asdict(s), "path": str(s.path)} for s in summaries])
+        return 0
     if not summaries:
         print("no models found")
         return 0
@@ -189,10 +233,9 @@ def cmd_add_task(args, progress: Progress) -> int:
     """0 when published; :data:`EXIT_REGRESSION` with a final ``error`` event carrying ``"regression": true`` and
     ``"report"`` when the gate refuses."""
     from .incremental import RegressionRefused, add_task
-    from .tasks import parse_task_argument
     try:
-        result = add_task(args.model, parse_task_argument(args.task), args.out, add_task_config_from(args),
-                          replay_tasks=[parse_task_argument(t) for t in args.replay_task], resume=args.resume,
+        result = add_task(args.model, task_argument(args.task), args.out, add_task_config_from(args),
+                          replay_tasks=[task_argument(t) for t in args.replay_task], resume=args.resume,
                           progress=progress, command=sys.argv[1:])
     except RegressionRefused as error:
         if progress.mode == "json":
@@ -207,26 +250,33 @@ def cmd_add_task(args, progress: Progress) -> int:
 
 # -- parser -----------------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="labelshare", description="Label-sharing multi-task segmentation engine.")
+    parser = argparse.ArgumentParser(prog="labelshare", description="Label-sharing multi-task segmentation engine.",
+                                     epilog="Exit status: 0 done, 1 error (one line naming the file and the problem), "
+                                            "3 add-task refused by its regression gate, 75 stopped by a signal.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    labelspace = commands.add_parser("labelspace", help="build or show a shared label space")
+    labelspace = commands.add_parser("labelspace", help="build or show a shared label space",
+                                     formatter_class=HelpFormatter)
     labelspace_commands = labelspace.add_subparsers(dest="labelspace_command", required=True, metavar="ACTION")
-    build = labelspace_commands.add_parser("build", help="map every task's labels to shared labels by size")
+    build = labelspace_commands.add_parser("build", help="map every task's labels to shared labels by size",
+                                           formatter_class=HelpFormatter)
     _add_task_arguments(build)
     build.add_argument("--group", action="append", default=[], metavar="TASK:LABEL=TASK:LABEL",
                        help="put these labels of different tasks on one shared label; the rest are placed by size")
     build.add_argument("-o", "--output", required=True, type=Path, help="labelspace.json to write")
+    _add_overwrite(build)
     _add_common(build)
     build.set_defaults(func=cmd_labelspace_build)
-    show = labelspace_commands.add_parser("show", help="print a label space (file or model folder) as a table")
+    show = labelspace_commands.add_parser("show", help="print a label space (file or model folder) as a table",
+                                          formatter_class=HelpFormatter)
     show.add_argument("path", help="labelspace.json or a model folder")
     _add_common(show)
     show.set_defaults(func=cmd_labelspace_show)
 
-    train = commands.add_parser("train", help="train one network on several tasks")
-    train.add_argument("--labelspace", required=True, type=Path)
+    train = commands.add_parser("train", help="train one network on several tasks", formatter_class=HelpFormatter)
+    train.add_argument("--labelspace", required=True, type=Path,
+                       help="the label space of the tasks (labelshare labelspace build)")
     _add_task_arguments(train)
     train.add_argument("--out", required=True, type=Path, help="new model folder (never overwritten)")
     _add_method_argument(train)
@@ -250,18 +300,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(segment)
     segment.set_defaults(func=cmd_segment)
 
-    evaluate = commands.add_parser("evaluate", help="Dice and HD95 of a model on a task's cases")
-    evaluate.add_argument("--model", required=True, type=Path)
-    evaluate.add_argument("--task", required=True)
+    evaluate = commands.add_parser("evaluate", help="Dice and HD95 of a model on a task's cases",
+                                   formatter_class=HelpFormatter)
+    evaluate.add_argument("--model", required=True, type=Path, help="the model folder")
+    evaluate.add_argument("--task", required=True, help="the task of the model to evaluate")
     evaluate.add_argument("--data", required=True, type=Path, help="the task's nnU-Net raw folder")
     evaluate.add_argument("--all-cases", action="store_true",
                           help="score every case, not only the validation cases of the model's split")
-    evaluate.add_argument("-o", "--output", type=Path, default=Path("evaluation"))
+    evaluate.add_argument("-o", "--output", type=Path, default=Path("evaluation"),
+                          help="folder for evaluation.csv and evaluation.md")
+    _add_overwrite(evaluate)
     evaluate.add_argument("--device", default="auto", help=DEVICE_HELP)
     _add_common(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
 
-    models = commands.add_parser("models", help="list model versions with their tasks and metrics")
+    models = commands.add_parser("models", help="list model versions with their tasks and metrics",
+                                 formatter_class=HelpFormatter)
     models.add_argument("--root", action="append", default=[], type=Path,
                         help="folder holding model folders (default: user store and bundled models)")
     _add_common(models)
@@ -272,10 +326,12 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "(the Slicer module's background process; see labelshare/worker.py)")
     worker.set_defaults(func=cmd_worker, progress="json", debug=False)  # it always speaks the JSON protocol
 
-    demo = commands.add_parser("demo", help="the whole pipeline on generated (or given) tasks, with a report")
-    demo.add_argument("--out", required=True, type=Path)
+    demo = commands.add_parser("demo", help="the whole pipeline on generated (or given) tasks, with a report",
+                               formatter_class=HelpFormatter)
+    demo.add_argument("--out", required=True, type=Path, help="new (or empty) folder for the data, model and report")
     _add_task_arguments(demo, required=False)
-    demo.add_argument("--group", action="append", default=[], metavar="TASK:LABEL=TASK:LABEL")
+    demo.add_argument("--group", action="append", default=[], metavar="TASK:LABEL=TASK:LABEL",
+                      help="put these labels of different tasks on one shared label (labelspace build --group)")
     _add_method_argument(demo)
     _add_training_arguments(demo, epochs=8, steps=40, image_size=64)
     _add_common(demo)
@@ -285,35 +341,35 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "without forgetting the others",
                                    description="Exit status: 0 published, 1 error, 3 refused by the regression gate "
                                                "(report beside --out), 75 interrupted (repeat with --resume). See "
-                                               "labelshare/incremental/.")
+                                               "labelshare/incremental/.", formatter_class=HelpFormatter)
     add_task.add_argument("--model", required=True, type=Path, help="the trained model folder (only read)")
     add_task.add_argument("--task", required=True, metavar="NAME=DIR",
                           help="the task to add; a task the model already has is updated with the folder's cases")
     add_task.add_argument("--out", required=True, type=Path, help="new model folder (never overwritten)")
     defaults = AddTaskConfig()
     add_task.add_argument("--strategy", choices=STRATEGIES, default=defaults.strategy,
-                          help="label mapping of a new task (default: %(default)s)")
+                          help="label mapping of a new task")
     add_task.add_argument("--map", dest="label_map", action="append", default=[], metavar="LABEL=SHARED",
                           help="pin a label to a shared label: a number (above n* adds one) or TASK:LABEL")
     add_task.add_argument("--replay-task", action="append", default=[], metavar="NAME=DIR",
                           help="folder of an old task (default: the folder recorded in the model's lineage.json)")
     add_task.add_argument("--replay-cases", default="all", metavar="N|all",
-                          help="training cases replayed per old task; 0: plain fine-tuning (default: %(default)s)")
+                          help="training cases replayed per old task; 0: plain fine-tuning")
     add_task.add_argument("--distill-weight", type=float, default=defaults.distill_weight,
-                          help="weight of distillation from the old model on replayed slices (default: %(default)s)")
+                          help="weight of distillation from the old model on replayed slices")
     add_task.add_argument("--max-regression", type=float, default=defaults.max_regression, metavar="POINTS",
-                          help="largest allowed loss of an old task's mean Dice, in points (default: %(default)s)")
+                          help="largest allowed loss of an old task's mean Dice, in points")
     add_task.add_argument("--accept-regression", action="store_true", help="publish even when the gate refuses")
     add_task.add_argument("--resume", action="store_true", help="continue an interrupted run of the same --out")
     budget = add_task.add_argument_group("training budget and device")
-    budget.add_argument("--epochs", type=int, default=defaults.epochs, help="epochs (default: %(default)s)")
+    budget.add_argument("--epochs", type=int, default=defaults.epochs, help="epochs")
     budget.add_argument("--steps-per-epoch", type=int, default=defaults.steps_per_epoch,
-                        help="steps per epoch (default: %(default)s)")
+                        help="steps per epoch")
     budget.add_argument("--batch-size", type=int, default=defaults.batch_size,
-                        help="slices per step (default: %(default)s)")
+                        help="slices per step")
     budget.add_argument("--learning-rate", type=float, default=defaults.learning_rate,
-                        help="peak learning rate (default: %(default)s)")
-    budget.add_argument("--seed", type=int, default=defaults.seed, help="seed (default: %(default)s)")
+                        help="peak learning rate")
+    budget.add_argument("--seed", type=int, default=defaults.seed, help="seed")
     budget.add_argument("--device", default=defaults.device, help=DEVICE_HELP)
     _add_common(add_task)
     add_task.set_defaults(func=cmd_add_task)
@@ -326,18 +382,49 @@ def main(argv: list[str] | None = None) -> int:
     mode = args.progress if int(os.environ.get("RANK", "0")) == 0 else "quiet"
     progress = Progress(mode, min_interval_s=0.5 if mode == "human" else 0.0)
     try:
-        return args.func(args, progress)
-    except TrainingInterrupted as error:
-        return _fail(progress, str(error), EXIT_INTERRUPTED, "stopped")
+        with stop_on_signals():
+            return args.func(args, progress)
+    except Interrupted as error:
+        resume = "" if isinstance(error, TrainingInterrupted) or args.command not in RESUMABLE_COMMANDS else \
+            "; repeat the command with --resume to continue"
+        return _fail(progress, f"{error}{resume}", EXIT_INTERRUPTED, "stopped")
     except LabelShareError as error:
         if args.debug:
             raise
         return _fail(progress, str(error), EXIT_ERROR)
-    except _out_of_memory_errors() as error:
+    except OSError as error:  # the file system refused (disk full, read-only, no permission): not a bug
         if args.debug:
+            raise
+        return _fail(progress, os_error_message(error), EXIT_ERROR)
+    except BaseException as error:
+        if args.debug or not _out_of_memory(error):
             raise
         return _fail(progress, f"out of memory ({type(error).__name__}); use a smaller --batch-size or "
                                "--image-size, or --device cpu", EXIT_ERROR)
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM raise :class:`~labelshare.errors.Interrupted` (exit status 75) wherever the command is,
+    so that it ends with one line and its ``finally`` blocks run (temporary files removed, nothing half-written
+    renamed into place); further signals are ignored while it ends. The training loop replaces these handlers with
+    its own, which stop after the current step and save a checkpoint."""
+    def stop(number, frame) -> None:
+        for other in previous:
+            signal.signal(other, signal.SIG_IGN)
+        raise Interrupted(f"interrupted by {signal.Signals(number).name}")
+
+    previous = {}
+    for number in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[number] = signal.signal(number, stop)
+        except ValueError:  # not the main thread: signals stay as they are
+            pass
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def _fail(progress: Progress, message: str, status: int, kind: str = "error") -> int:
@@ -348,9 +435,10 @@ def _fail(progress: Progress, message: str, status: int, kind: str = "error") ->
     return status
 
 
-def _out_of_memory_errors() -> tuple[type[BaseException], ...]:
-    import torch
-    return (MemoryError, torch.cuda.OutOfMemoryError)
+def _out_of_memory(error: BaseException) -> bool:
+    """MemoryError, or torch's CUDA out-of-memory error when torch is loaded (light commands never load it)."""
+    torch = sys.modules.get("torch")
+    return isinstance(error, MemoryError) or (torch is not None and isinstance(error, torch.cuda.OutOfMemoryError))
 
 
 if __name__ == "__main__":

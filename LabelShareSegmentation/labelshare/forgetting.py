@@ -83,7 +83,8 @@ class ForgettingReport:
         listed = ", ".join(f"'{task}' {100 * m['change']:+.1f} (mean {m['before']:.3f} -> {m['after']:.3f})"
                            for task, m in over)
         noun = "task" if len(over) == 1 else "tasks"
-        return f"{len(over)} old {noun} lost more than the {self.threshold:g} Dice points allowed: {listed}"
+        points = "point" if self.threshold == 1 else "points"
+        return f"{len(over)} old {noun} lost more than the {self.threshold:g} Dice {points} allowed: {listed}"
 
     # -- files ------------------------------------------------------------------------------------------------------
     def to_json(self, parent: str, model: str, operation: str) -> dict:

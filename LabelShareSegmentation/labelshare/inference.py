@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import DataError
-from .fileio import image_suffix, write_image_atomic
+from .fileio import check_output_file, image_suffix, write_image_atomic
 from .models import Model, load_model
 from .progress import Progress
 from .tasks import Normalisation, choose_slicing_axis, read_image, to_slices
@@ -117,8 +117,7 @@ def segment_file(model: Model | str | Path | None, task: str, input_path: str | 
     output_path = Path(output_path)
     if not image_suffix(output_path):
         raise DataError(f"{output_path}: output must end in .nii.gz, .nii, .nrrd, .mha or .png")
-    if output_path.exists() and not overwrite:
-        raise DataError(f"{output_path}: already exists (pass --overwrite to replace it)")
+    check_output_file(output_path, overwrite)
     image = read_image(input_path, "input image")
     if not isinstance(model, Model):
         if progress is not None:
