@@ -308,6 +308,14 @@ def test_a_pending_marker_cannot_move_files_from_outside_the_task(tmp_path):
     assert victim.read_bytes() == b"precious"
 
 
+def test_opening_a_collection_removes_temporary_files_a_crash_left(tmp_path):
+    collection = create_task(tmp_path / "workspace", "liver", ["liver"])
+    for name in (".dataset.json.k2j4h6g8.tmp.json", f"{PENDING_FILE}.abcd1234.tmp.json"):
+        (collection.root / name).write_text("{")
+    TaskCollection.open(collection.root)
+    assert hidden_entries(collection.root) == []
+
+
 def test_case_names_given_to_a_collection_are_checked(tmp_path):
     collection = create_task(tmp_path / "workspace", "liver", ["liver"])
     with pytest.raises(DataError, match="case name"):

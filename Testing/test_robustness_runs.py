@@ -119,6 +119,19 @@ def test_sigterm_to_evaluate_and_labelspace_is_one_line_and_writes_nothing(tiny_
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
+def test_a_signal_while_the_interpreter_exits_keeps_the_reported_status():
+    """A finished command exits with its own status even when SIGTERM arrives while Python shuts down (which takes
+    a moment once torch is loaded); the Slicer module reads that status."""
+    code = textwrap.dedent("""
+        import atexit, os, signal, time
+        from labelshare import cli
+        cli.main = lambda: 0  # a command that finished
+        atexit.register(lambda: (os.kill(os.getpid(), signal.SIGTERM), time.sleep(0.5)))
+        cli.run()
+    """)
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
+
+
 @pytest.fixture(scope="module")
 def base_model(tmp_path_factory, synthetic_tasks, synthetic_space):
     space = LabelSpace({name: synthetic_space.tasks[name] for name in ("phantom3d", "xray2d")})

@@ -403,6 +403,16 @@ def main(argv: list[str] | None = None) -> int:
                                "--image-size, or --device cpu", EXIT_ERROR)
 
 
+def run() -> None:
+    """The program (``labelshare``, ``python -m labelshare``): :func:`main`, then exit with its status. Signals that
+    arrive while the interpreter shuts down (which takes a moment once torch is loaded) are ignored: the command has
+    finished, there is nothing left to stop, and its status must stay the one it reported."""
+    status = main()
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, signal.SIG_IGN)
+    sys.exit(status)
+
+
 @contextmanager
 def stop_on_signals() -> Iterator[None]:
     """SIGINT and SIGTERM raise :class:`~labelshare.errors.Interrupted` (exit status 75) wherever the command is,
@@ -442,4 +452,4 @@ def _out_of_memory(error: BaseException) -> bool:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -78,10 +78,12 @@ def atomic_path(target: str | os.PathLike, overwrite: bool = True,
     if not overwrite and target.exists():
         raise LabelShareError(f"{target}: already exists and is never overwritten")
     suffix = image_suffix(target) or target.suffix
-    new_folders = [folder for folder in [target.parent, *target.parent.parents] if not folder.exists()]
+    try:
+        new_folders = make_folders(target.parent)
+    except LabelShareError as error:
+        raise not_written(target, str(error)) from None
     written = False
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{suffix}", dir=target.parent)
         os.close(fd)
     except OSError as error:
@@ -109,6 +111,22 @@ def atomic_path(target: str | os.PathLike, overwrite: bool = True,
             pass  # the folder became unwritable; the temporary name stays hidden and is never renamed into place
         if not written:
             _remove_empty(new_folders)
+
+
+def make_folders(folder: str | os.PathLike) -> list[Path]:
+    """Create ``folder`` and its missing parents; returns the folders created (innermost first). LabelShareError
+    names the folder and why it cannot be made (a file where a folder should be, a read-only disk, ...)."""
+    folder = Path(folder)
+    missing = [f for f in [folder, *folder.parents] if not f.exists()]
+    blocking = next((f for f in [folder, *folder.parents] if f.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise LabelShareError(f"{blocking}: a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        _remove_empty(missing)
+        raise LabelShareError(f"{folder}: cannot be created ({error.strerror or error})") from None
+    return missing
 
 
 def _remove_empty(folders: list[Path]) -> None:
@@ -195,11 +213,11 @@ def write_image_atomic(image: sitk.Image, target: str | os.PathLike, overwrite: 
             written = sitk.ReadImage(str(path))
         except RuntimeError as error:
             return f"the written file cannot be read back ({itk_error_reason(error)})"
+        if written.GetSize() != image.GetSize():
+            return f"the written file reads back with size {written.GetSize()}, not {image.GetSize()}"
         expected = sitk.GetArrayViewFromImage(image)
-        pixels = sitk.GetArrayViewFromImage(written)
-        if written.GetSize() != image.GetSize() or pixels.shape != expected.shape or \
-                not np.array_equal(pixels, expected, equal_nan=expected.dtype.kind in "fc"):
-            return "the written file does not read back as the image (an incomplete write)"
+        if not np.array_equal(sitk.GetArrayViewFromImage(written), expected, equal_nan=expected.dtype.kind in "fc"):
+            return "the written file reads back with other pixel values (an incomplete write)"
         return None
 
     with atomic_path(target, overwrite, reads_back) as tmp:

@@ -43,7 +43,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import DataError, LabelShareError
-from .fileio import atomic_write_json, image_suffix, now_iso, publish_dir, read_json, remove_tree, write_image_atomic
+from .fileio import (TEMPORARY_NAME, atomic_write_json, image_suffix, now_iso, publish_dir, read_json, remove_tree,
+                     write_image_atomic)
 from .naming import check_name, check_task_name, normalise_name
 from .paths import staging_dir_for
 from .tasks import (CHANNEL_SUFFIX, TaskDataset, check_same_geometry, discover_cases, label_to_array, parse_labels,
@@ -481,7 +482,12 @@ class TaskCollection:
         return trash
 
     def _recover(self) -> None:
-        """Finish or undo the operation that a crash interrupted (see the module docstring)."""
+        """Finish or undo the operation that a crash interrupted (see the module docstring). A task folder has one
+        writer at a time, so temporary files of ``dataset.json`` or of the intent file found here were left by a
+        crash: they are removed (those of case files go to the trash with their case)."""
+        for leftover in self.root.glob(".*"):
+            if TEMPORARY_NAME.match(leftover.name) and leftover.is_file():
+                leftover.unlink()
         pending_file = self.root / PENDING_FILE
         if not pending_file.is_file():
             return

@@ -22,7 +22,7 @@ import torch
 from .config import TrainConfig
 from .errors import LabelShareError, LabelSpaceError, ModelError
 from .evaluation import evaluate_cases
-from .fileio import atomic_write_json, hold_folder, now_iso, publish_dir, read_json, remove_tree
+from .fileio import atomic_write_json, hold_folder, make_folders, now_iso, publish_dir, read_json, remove_tree
 from .labelspace import LabelSpace
 from .layouts import task_heads
 from .modelfolder import (MANIFEST_FILE, ModelConfig, PreprocessingConfig, data_fingerprint, read_model_json,
@@ -191,10 +191,7 @@ def _resumable(staging: Path) -> bool:
 def _take_staging(staging: Path, out: Path, resume: bool, holding: ExitStack) -> None:
     """Create (or find) the staging folder and hold it for this run; empty it when it holds nothing to continue
     (what a run killed before its first checkpoint left), refuse it without ``resume`` when it does."""
-    try:
-        staging.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise LabelShareError(f"{staging}: cannot be created ({error.strerror or error})") from None
+    make_folders(staging)
     holding.enter_context(hold_folder(staging))
     if not _resumable(staging):
         for leftover in list(staging.iterdir()):

@@ -274,9 +274,11 @@ def _existing_candidate(candidate: Path, out: Path, request: dict, reuse: bool) 
         raise LabelShareError(f"{candidate}: an unpublished version of {out.name} trained with other settings is "
                               "there; delete the folder or choose another --out")
     if not reuse:
-        raise LabelShareError(f"{candidate}: {out.name} was trained but not published (report: "
-                              f"{refused_report_paths(out)[1]}); add --accept-regression to publish it, --resume to "
-                              "check it again, or delete the folder to train again")
+        report = refused_report_paths(out)[1]
+        why = f"refused by the regression gate (report: {report})" if report.is_file() else \
+            "stopped before its regression gate"
+        raise LabelShareError(f"{candidate}: {out.name} was trained but not published ({why}); add --resume to check "
+                              "it again, --accept-regression to publish it, or delete the folder to train again")
     split = (read_json(candidate / "split.json") or {}).get("tasks")
     if not isinstance(split, dict) or not isinstance(lineage.get("data"), dict):
         raise LabelShareError(f"{candidate}: the unpublished version of {out.name} is damaged (split.json or "
