@@ -153,6 +153,32 @@ def test_weights_that_are_not_finite_are_refused(model_copy, capsys, tmp_path):
     assert "NaN or infinite" in line and not (tmp_path / "o.nii.gz").exists()
 
 
+@pytest.mark.parametrize("batch_size", ["-5", "0"])
+def test_segment_refuses_a_batch_size_below_one(tiny_model, tmp_path, capsys, batch_size):
+    image = tmp_path / "in.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(np.random.default_rng(0).random((4, 16, 16)).astype(np.float32)), str(image))
+    line = cli_error(["segment", "--model", tiny_model, "--task", "phantom3d", image, "-o", tmp_path / "o.nii.gz",
+                      "--device", "cpu", "--batch-size", batch_size], capsys)
+    assert f"--batch-size must be a whole number of at least 1, not {batch_size}" in line
+    assert not (tmp_path / "o.nii.gz").exists()
+
+
+def test_segment_refuses_to_write_a_volume_as_one_png(tiny_model, tmp_path, capsys):
+    image = tmp_path / "in.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(np.random.default_rng(0).random((4, 16, 16)).astype(np.float32)), str(image))
+    line = cli_error(["segment", "--model", tiny_model, "--task", "phantom3d", image, "-o", tmp_path / "o.png",
+                      "--device", "cpu"], capsys)
+    assert "o.png: a PNG file holds one 2D slice, not a volume of 4 slices" in line
+    assert not (tmp_path / "o.png").exists()
+
+
+@pytest.mark.parametrize("root", ["a_file", "absent"])
+def test_models_refuses_a_root_that_is_not_a_folder(tmp_path, capsys, root):
+    (tmp_path / "a_file").write_text("not a folder")
+    line = cli_error(["models", "--root", tmp_path / root], capsys)
+    assert f"{tmp_path / root}: " in line and "--root" in line
+
+
 def test_a_network_that_diverged_is_never_saved(tiny_model, tmp_path):
     import torch
 
@@ -337,7 +363,8 @@ def test_models_finds_models_one_level_down(tiny_model, tmp_path, capsys):
     assert str(tmp_path / "demo-run" / "model") in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("command", ["train", "evaluate", "add-task", "demo", "models", "labelspace build"])
+@pytest.mark.parametrize("command", ["train", "segment", "evaluate", "add-task", "demo", "models",
+                                     "labelspace build"])
 def test_every_option_has_help_and_shows_its_default(command):
     parser = build_parser()
     subparser = parser._subparsers._group_actions[0].choices[command.split()[0]]

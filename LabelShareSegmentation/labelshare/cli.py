@@ -183,6 +183,10 @@ def cmd_evaluate(args, progress: Progress) -> int:
 
 def cmd_models(args, progress: Progress) -> int:
     from .modelfolder import list_models
+    for root in args.root:  # a mistyped --root must not read as 'no models found'
+        if not root.is_dir():
+            state = "a file, not a folder" if root.exists() else "no such folder"
+            raise LabelShareError(f"{root}: {state}; --root names a folder that holds model folders")
     summaries = list_models(args.root or None)
     if progress.mode == "json":
         progress.done(None, message=f"{len(summaries)} models",
@@ -285,13 +289,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(train)
     train.set_defaults(func=cmd_train)
 
-    segment = commands.add_parser("segment", help="segment an image for one task of a model")
+    segment = commands.add_parser("segment", help="segment an image for one task of a model",
+                                  formatter_class=HelpFormatter)
     segment.add_argument("--model", type=Path, default=None, help="model folder (default: the bundled model)")
-    segment.add_argument("--task", required=True)
-    segment.add_argument("input", type=Path)
-    segment.add_argument("-o", "--output", required=True, type=Path)
+    segment.add_argument("--task", required=True, help="the task of the model whose labels to segment")
+    segment.add_argument("input", type=Path, help="the image to segment (.nii.gz, .nii, .nrrd, .mha or .png)")
+    segment.add_argument("-o", "--output", required=True, type=Path,
+                         help="label image to write (.nii.gz, .nii, .nrrd or .mha; .png for a 2D image)")
     segment.add_argument("--device", default="auto", help=DEVICE_HELP)
-    segment.add_argument("--batch-size", type=int, default=None, help="slices per forward pass")
+    segment.add_argument("--batch-size", type=int, default=None,
+                         help="slices per forward pass (default: 64 on CUDA, 16 on the CPU)")
     segment.add_argument("--largest-component", action="store_true",
                          help="keep only the largest connected component of every label")
     segment.add_argument("--slicing-axis", type=int, choices=(0, 1, 2), default=None,

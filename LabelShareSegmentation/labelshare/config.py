@@ -59,7 +59,8 @@ MAX_CHANNELS = 4096  # output channels (labels of all tasks) and task codes
 MAX_INPUT_CHANNELS = 16
 
 
-def _check_at_least(value, minimum, option: str, maximum: int | None = None) -> None:
+def check_at_least(value, minimum, option: str, maximum: int | None = None) -> None:
+    """A whole number (not a bool) from ``minimum`` (to ``maximum``), else one error naming ``option``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum \
             or (maximum is not None and value > maximum):
         bound = f"of at least {minimum}" if maximum is None else f"from {minimum} to {maximum}"
@@ -98,7 +99,7 @@ class TrainConfig:
     def check(self) -> None:
         check_image_size(self.image_size, "--image-size")
         for name in ("batch_size", "epochs", "steps_per_epoch"):
-            _check_at_least(getattr(self, name), 1, f"--{name.replace('_', '-')}")
+            check_at_least(getattr(self, name), 1, f"--{name.replace('_', '-')}")
         _check_finite(self.learning_rate, "--learning-rate", 0.0, 10.0, low_open=True)
         _check_finite(self.validation_fraction, "--validation-fraction", 0.0, 1.0)
         if self.validation_fraction == 1.0:
@@ -118,7 +119,7 @@ class TrainConfig:
 
 def check_image_size(value, option: str) -> None:
     """The network input size: a multiple of 16 (four down-samplings) from 16 to :data:`MAX_IMAGE_SIZE`."""
-    _check_at_least(value, 16, option, MAX_IMAGE_SIZE)
+    check_at_least(value, 16, option, MAX_IMAGE_SIZE)
     if value % 16:
         raise LabelShareError(f"{option} {value}: must be a multiple of 16 (four down-samplings)")
 
@@ -151,11 +152,11 @@ class AddTaskConfig:
         if self.strategy not in STRATEGIES:
             raise LabelShareError(f"--strategy {self.strategy}: use one of {', '.join(STRATEGIES)}")
         if self.replay_cases is not None:
-            _check_at_least(self.replay_cases, 0, "--replay-cases")
+            check_at_least(self.replay_cases, 0, "--replay-cases")
         _check_finite(self.distill_weight, "--distill-weight", 0.0, 1e3)
         _check_finite(self.max_regression, "--max-regression", 0.0, 100.0)
         for name in ("batch_size", "epochs", "steps_per_epoch"):
-            _check_at_least(getattr(self, name), 1, f"--{name.replace('_', '-')}")
+            check_at_least(getattr(self, name), 1, f"--{name.replace('_', '-')}")
         _check_finite(self.learning_rate, "--learning-rate", 0.0, 10.0, low_open=True)
         self.device = parse_device(self.device)
 

@@ -200,6 +200,13 @@ def itk_error_reason(error: RuntimeError) -> str:
     return " ".join(kept)[:300] or "unknown SimpleITK error"
 
 
+def check_image_fits_format(image: sitk.Image, target: str | os.PathLike) -> None:
+    """Refuse a volume for a PNG file: ITK's PNG writer would write its first slice and report success."""
+    if image_suffix(target) == ".png" and image.GetDimension() == 3 and image.GetSize()[2] > 1:
+        raise LabelShareError(f"{target}: a PNG file holds one 2D slice, not a volume of {image.GetSize()[2]} "
+                              "slices; write .nii.gz, .nii, .nrrd or .mha")
+
+
 def write_image_atomic(image: sitk.Image, target: str | os.PathLike, overwrite: bool = True,
                        compress: bool = True) -> None:
     """Write an image atomically; before it replaces anything the file must hold all its pixel data
@@ -220,6 +227,7 @@ def write_image_atomic(image: sitk.Image, target: str | os.PathLike, overwrite: 
             return "the written file reads back with other pixel values (an incomplete write)"
         return None
 
+    check_image_fits_format(image, target)
     with atomic_path(target, overwrite, reads_back) as tmp:
         try:
             sitk.WriteImage(image, str(tmp), useCompression=compress)

@@ -16,8 +16,9 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
+from .config import check_at_least
 from .errors import DataError
-from .fileio import check_output_file, image_suffix, write_image_atomic
+from .fileio import check_image_fits_format, check_output_file, image_suffix, write_image_atomic
 from .models import Model, load_model
 from .progress import Progress
 from .tasks import Normalisation, choose_slicing_axis, read_image, to_slices
@@ -30,6 +31,8 @@ class Segmenter:
     """
 
     def __init__(self, model: Model, batch_size: int | None = None, precision: str = "auto"):
+        if batch_size is not None:  # below 1, no batch would run and the output would be all background
+            check_at_least(batch_size, 1, "--batch-size")
         self.model = model
         self.device = model.device
         self.batch_size = batch_size or (64 if self.device.type == "cuda" else 16)
@@ -119,6 +122,7 @@ def segment_file(model: Model | str | Path | None, task: str, input_path: str | 
         raise DataError(f"{output_path}: output must end in .nii.gz, .nii, .nrrd, .mha or .png")
     check_output_file(output_path, overwrite)
     image = read_image(input_path, "input image")
+    check_image_fits_format(image, output_path)  # before the model loads: a volume never fits in one PNG
     if not isinstance(model, Model):
         if progress is not None:
             progress.progress("preparing", 0.0, "loading model")
