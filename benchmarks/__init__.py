@@ -13,6 +13,8 @@ extension. Run one with ``labelshare-bench NAME [ARGUMENTS]`` (or ``python -m la
                             ``benchmarks/incremental/run_experiments.sh`` runs them)
 ``incremental-step-cost``   cost of one add-task step with and without distillation
 ``split-task``              a task with every structure cut in two (more labels than n*), for head expansion
+``robustness``              bad inputs and kills over every command and the worker, each outcome classified
+                            (issue #11; exits 1 when any is a traceback, wrongly accepted, a hang or damage)
 =========================== ==================================================================================
 
 Each prints its numbers (and writes them where it says); none passes or fails on time.
@@ -26,4 +28,5 @@ EXPERIMENTS = {
     "incremental-summary": "incremental.summarize",
     "incremental-step-cost": "incremental.step_cost",
     "split-task": "incremental.split_task",
+    "robustness": "robustness_campaign",
 }
