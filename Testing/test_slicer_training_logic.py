@@ -22,7 +22,7 @@ from LabelShareTrainingLib.logic import (TaskRow, TrainingLogic, parse_label_tex
                                          why_cannot_add_case, why_cannot_train)
 from slicer_support import slicer_scene  # noqa: E402
 
-from labelshare.errors import DataError  # noqa: E402
+from labelshare.errors import DataError, LabelShareError  # noqa: E402
 from labelshare.fileio import atomic_write_json  # noqa: E402
 from labelshare.labelspace import LabelSpace, compute_statistics  # noqa: E402
 from labelshare.paths import recorded_task_folders  # noqa: E402
@@ -117,6 +117,21 @@ def test_model_task_recorded_in_the_lineage_is_collected_beside_its_old_cases(lo
     empty = logic.ensure_task_folder("xray2d", model)
     assert empty.case_names() == [] and empty.labels == logic.model_tasks(model)["xray2d"]
     assert logic.ensure_task_folder("sides3d", model).root == collection.root, "made once"
+
+
+def test_a_task_name_from_a_tampered_model_makes_no_folder_outside_the_workspace(model, synthetic_tasks, tmp_path):
+    """Issue #11 (3): a model whose label space and lineage name a task '../../x' must not lead the collection
+    outside the workspace."""
+    logic = TrainingLogic(workspace=tmp_path / "deep" / "workspace", models_dir=tmp_path / "models")
+    space = json.loads((model / "labelspace.json").read_text())
+    space["tasks"]["../../x"] = space["tasks"].pop("xray2d")
+    (model / "labelspace.json").write_text(json.dumps(space))
+    atomic_write_json(model / "lineage.json", {"task_folders": {"../../x": str(synthetic_tasks["xray2d"])}})
+    with pytest.raises(LabelShareError, match=r"task name '\.\./\.\./x'"):
+        logic.ensure_task_folder("../../x", model)
+    with pytest.raises(LabelShareError, match=r"task name '\.\./\.\./x'"):
+        logic.collection("../../x")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "deep" / "x").exists()
 
 
 def test_plans_follow_the_task_and_the_model(logic, model, synthetic_tasks, tmp_path):

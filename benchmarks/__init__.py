@@ -17,6 +17,8 @@ extension. Run one with ``labelshare-bench NAME [ARGUMENTS]`` (or ``python -m la
 ``split-task``              a task with every structure cut in two (more labels than n*), for head expansion
 ``annotation-campaign``     a simulated annotation campaign: uncertainty ranking vs random selection
                             (docs/annotation-queue)
+``robustness``              bad inputs and kills over every command and the worker, each outcome classified
+                            (issue #11; exits 1 when any is a traceback, wrongly accepted, a hang or damage)
 =========================== ==================================================================================
 
 Each prints its numbers (and writes them where it says); none passes or fails on time.
@@ -33,4 +35,5 @@ EXPERIMENTS = {
     "incremental-step-cost": "incremental.step_cost",
     "split-task": "incremental.split_task",
     "annotation-campaign": "annotation_campaign",
+    "robustness": "robustness_campaign",
 }

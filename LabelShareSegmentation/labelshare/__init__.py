@@ -13,11 +13,11 @@ The public Python API; everything here also runs without 3D Slicer::
 import importlib
 
 # Public name -> submodule. Submodules are imported on first use (PEP 562). The engine has two weights:
-# light modules (no torch or MONAI: errors, progress, fileio, naming, paths, config, layouts, tasks, taskfolders,
-# labelspace, modelfolder, scores, forgetting, synthetic, terminology, inputs, outputs, worker's protocol) that Slicer's
-# own process imports, and heavy ones (networks, models, training, training_run, inference, segment_run, evaluation,
-# metrics, incremental, demo) that run in the worker or a training child. Testing/test_light_core.py keeps the light
-# ones light.
+# light modules (no torch or MONAI: errors, progress, imagedata, fileio, naming, paths, config, layouts, tasks,
+# taskfolders, labelspace, modelfolder, scores, forgetting, synthetic, terminology, inputs, outputs, worker's protocol)
+# that Slicer's own process imports, and heavy ones (networks, models, training, training_run, inference, segment_run,
+# evaluation, metrics, incremental, demo) that run in the worker or a training child. Testing/test_light_core.py keeps
+# the light ones light.
 _EXPORTS = {
     "DataError": "errors", "LabelShareError": "errors", "LabelSpaceError": "errors", "ModelError": "errors",
     "TrainingInterrupted": "errors", "UnknownTaskError": "errors",

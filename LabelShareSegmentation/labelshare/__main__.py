@@ -1,7 +1,5 @@
 """``python -m labelshare`` (used by the Slicer modules as ``PythonSlicer -m labelshare``)."""
 
-import sys
+from .cli import run
 
-from .cli import main
-
-sys.exit(main())
+run()

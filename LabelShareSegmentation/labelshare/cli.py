@@ -1,26 +1,32 @@
 """The ``labelshare`` command line: it alone parses arguments, builds the typed configurations of
 :mod:`labelshare.config`, calls the library and emits the final ``done`` or ``error`` event.
 
-Errors a user can cause print one line, ``labelshare: error: <file or object>: <problem>``, and exit with
-status 1 (``--debug`` shows the traceback). A training run stopped by SIGINT/SIGTERM saves a checkpoint and exits
-with status 75 (EX_TEMPFAIL: repeat the command with ``--resume``); add-task refused by its regression gate exits
-with status 3; ``segment`` with several images exits with status 4 when some of them failed (the others are
-written; the summary lists each failure with its reason).
+Errors a user or the environment can cause (bad input, a full or read-only disk, no memory) print one line,
+``labelshare: error: <file or object>: <problem>``, and exit with status 1 (``--debug`` shows the traceback). Any
+command stopped by SIGINT/SIGTERM prints ``labelshare: stopped: ...`` and exits with status 75 (EX_TEMPFAIL; a
+training run saves a checkpoint first, and ``train``/``add-task`` continue with ``--resume``); add-task refused by its
+regression gate exits with status 3; ``segment`` and ``rank`` with several images exit with status 4 when some of
+them failed (the others are written; the summary lists each failure with its reason). An output file is replaced
+only with ``--overwrite``; a model version never.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import signal
 import sys
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from . import __version__
 from .config import (DEFAULT_RANK_SCORE, DEVICES, METHODS, NEW_LABEL_INITS, OUTPUT_FORMATS, RANK_SCORES,
                      STRATEGIES, AddTaskConfig, RankConfig, SegmentConfig, TrainConfig)
+from .errors import Interrupted, LabelShareError, TrainingInterrupted, os_error_message
 from .plans import PlanSettings
-from .errors import LabelShareError, TrainingInterrupted
 from .progress import Progress
 
 EXIT_ERROR = 1
@@ -32,10 +38,28 @@ TTA_HELP = ("test-time augmentation: average with the left-right mirrored predic
             "lateralised only; about twice the time)")
 
 
+RESUMABLE_COMMANDS = ("train", "add-task")
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Shows an option's default after its help where it has one (not for flags, lists and required options)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "%(default)" not in text and action.option_strings and not action.required \
+                and action.default not in (None, False, [], argparse.SUPPRESS):
+            text += " (default: %(default)s)"
+        return text
+
+
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--progress", choices=("human", "json", "quiet"), default="human",
-                        help="progress as human-readable lines on stderr (default), JSON lines on stdout, or none")
+                        help="progress as human-readable lines on stderr, JSON lines on stdout, or none")
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks on errors")
+
+
+def _add_overwrite(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
 
 def _add_task_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -91,23 +115,33 @@ def train_config_from(args: argparse.Namespace) -> TrainConfig:
     return config
 
 
-def task_arguments(args: argparse.Namespace) -> list[tuple[str, Path]]:
+def task_argument(text: str) -> tuple[str, Path]:
+    """A ``--task`` value: ``NAME=DIR``, or a bare ``DIR`` (named after the folder) that must then be a folder."""
     from .tasks import parse_task_argument
-    return [parse_task_argument(text) for text in args.tasks]
+    if "=" not in text and not Path(text).is_dir():
+        raise LabelShareError(f"--task {text}: no folder '{text}'; give the task as NAME=DIR (its name and its "
+                              "nnU-Net raw folder)")
+    return parse_task_argument(text)
+
+
+def task_arguments(args: argparse.Namespace) -> list[tuple[str, Path]]:
+    return [task_argument(text) for text in args.tasks]
 
 
 # -- commands ---------------------------------------------------------------------------------------------------------
 def cmd_labelspace_build(args, progress: Progress) -> int:
+    from .fileio import check_output_file
     from .labelspace import LabelSpace, compute_statistics, parse_group
     from .training_run import open_tasks
     settings = plan_settings_from(args)
+    check_output_file(args.output, args.overwrite)
     tasks = open_tasks(task_arguments(args))
     statistics = []
     for i, task in enumerate(tasks.values()):
         progress.progress("statistics", i / len(tasks), f"reading {task.name} ({len(task.cases)} cases)")
         statistics.append(compute_statistics(task, plan_settings=settings))
     space = LabelSpace.build(statistics, [parse_group(g) for g in args.group], settings)
-    space.save(args.output)
+    space.save(args.output, overwrite=args.overwrite)
     if progress.mode != "json":
         print(space.table())
     progress.done(str(args.output), message=f"label space written to {args.output}")
@@ -119,7 +153,10 @@ def cmd_labelspace_show(args, progress: Progress) -> int:
     from .modelfolder import verify_folder
     path = Path(args.path)
     space = verify_folder(path)[1] if path.is_dir() else LabelSpace.load(path)
-    print(space.table())
+    if progress.mode == "json":
+        progress.done(str(path), message=f"label space of {path}", labelspace=space.to_json())
+    else:
+        print(space.table())
     return 0
 
 
@@ -213,15 +250,19 @@ def cmd_rank(args, progress: Progress) -> int:
 
 def cmd_evaluate(args, progress: Progress) -> int:
     from .evaluation import evaluate_cases
-    from .fileio import read_json
+    from .fileio import check_output_file
     from .models import load_model
+    from .scores import EVALUATION_FILES
     from .tasks import TaskDataset
+    if args.output.exists() and not args.output.is_dir():
+        raise LabelShareError(f"{args.output}: not a folder; -o names the folder the evaluation is written to")
+    for name in EVALUATION_FILES:
+        check_output_file(args.output / name, args.overwrite)
     model = load_model(args.model, device=args.device)
     task = TaskDataset.open(args.data, args.task)
     cases = None
-    split_file = Path(args.model) / "split.json"
-    if not args.all_cases and split_file.is_file():
-        validation = read_json(split_file).get("tasks", {}).get(args.task, {}).get("validation", [])
+    if not args.all_cases:
+        validation = model.validation_cases(args.task)
         known = {c.name for c in task.cases}
         if validation and set(validation) <= known:
             cases = validation
@@ -229,8 +270,8 @@ def cmd_evaluate(args, progress: Progress) -> int:
     from .inference import Segmenter
     evaluation = evaluate_cases(model, task, cases, task_name=args.task, progress=progress,
                                 segmenter=Segmenter(model, mirror=args.tta))
-    csv_path, markdown_path = evaluation.write(Path(args.output), f"Evaluation of {Path(args.model).name} on "
-                                                                  f"{args.task}")
+    csv_path, markdown_path = evaluation.write(args.output, f"Evaluation of {Path(args.model).name} on {args.task}",
+                                               overwrite=args.overwrite)
     if progress.mode != "json":
         print(markdown_path.read_text())
     progress.done(str(markdown_path), message=f"wrote {csv_path} and {markdown_path}",
@@ -240,7 +281,15 @@ def cmd_evaluate(args, progress: Progress) -> int:
 
 def cmd_models(args, progress: Progress) -> int:
     from .modelfolder import list_models
+    for root in args.root:  # a mistyped --root must not read as 'no models found'
+        if not root.is_dir():
+            state = "a file, not a folder" if root.exists() else "no such folder"
+            raise LabelShareError(f"{root}: {state}; --root names a folder that holds model folders")
     summaries = list_models(args.root or None)
+    if progress.mode == "json":
+        progress.done(None, message=f"{len(summaries)} models",
+                      models=[{**dataclasses.asdict(s), "path": str(s.path)} for s in summaries])
+        return 0
     if not summaries:
         print("no models found")
         return 0
@@ -288,10 +337,9 @@ def cmd_add_task(args, progress: Progress) -> int:
     """0 when published; :data:`EXIT_REGRESSION` with a final ``error`` event carrying ``"regression": true`` and
     ``"report"`` when the gate refuses."""
     from .incremental import RegressionRefused, add_task
-    from .tasks import parse_task_argument
     try:
-        result = add_task(args.model, parse_task_argument(args.task), args.out, add_task_config_from(args),
-                          replay_tasks=[parse_task_argument(t) for t in args.replay_task], resume=args.resume,
+        result = add_task(args.model, task_argument(args.task), args.out, add_task_config_from(args),
+                          replay_tasks=[task_argument(t) for t in args.replay_task], resume=args.resume,
                           progress=progress, command=sys.argv[1:])
     except RegressionRefused as error:
         if progress.mode == "json":
@@ -306,27 +354,34 @@ def cmd_add_task(args, progress: Progress) -> int:
 
 # -- parser -----------------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="labelshare", description="Label-sharing multi-task segmentation engine.")
+    parser = argparse.ArgumentParser(prog="labelshare", description="Label-sharing multi-task segmentation engine.",
+                                     epilog="Exit status: 0 done, 1 error (one line naming the file and the problem), "
+                                            "3 add-task refused by its regression gate, 75 stopped by a signal.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    labelspace = commands.add_parser("labelspace", help="build or show a shared label space")
+    labelspace = commands.add_parser("labelspace", help="build or show a shared label space",
+                                     formatter_class=HelpFormatter)
     labelspace_commands = labelspace.add_subparsers(dest="labelspace_command", required=True, metavar="ACTION")
-    build = labelspace_commands.add_parser("build", help="map every task's labels to shared labels by size")
+    build = labelspace_commands.add_parser("build", help="map every task's labels to shared labels by size",
+                                           formatter_class=HelpFormatter)
     _add_task_arguments(build)
     build.add_argument("--group", action="append", default=[], metavar="TASK:LABEL=TASK:LABEL",
                        help="put these labels of different tasks on one shared label; the rest are placed by size")
     build.add_argument("-o", "--output", required=True, type=Path, help="labelspace.json to write")
     _add_plan_arguments(build)
+    _add_overwrite(build)
     _add_common(build)
     build.set_defaults(func=cmd_labelspace_build)
-    show = labelspace_commands.add_parser("show", help="print a label space (file or model folder) as a table")
+    show = labelspace_commands.add_parser("show", help="print a label space (file or model folder) as a table",
+                                          formatter_class=HelpFormatter)
     show.add_argument("path", help="labelspace.json or a model folder")
     _add_common(show)
     show.set_defaults(func=cmd_labelspace_show)
 
-    train = commands.add_parser("train", help="train one network on several tasks")
-    train.add_argument("--labelspace", required=True, type=Path)
+    train = commands.add_parser("train", help="train one network on several tasks", formatter_class=HelpFormatter)
+    train.add_argument("--labelspace", required=True, type=Path,
+                       help="the label space of the tasks (labelshare labelspace build)")
     _add_task_arguments(train)
     train.add_argument("--out", required=True, type=Path, help="new model folder (never overwritten)")
     _add_method_argument(train)
@@ -338,9 +393,10 @@ def build_parser() -> argparse.ArgumentParser:
     segment = commands.add_parser(
         "segment", help="segment images (files, folders, globs, DICOM series) for one task of a model",
         description="One image in, one output file out; several images (or a folder of them) in, one output per "
-                    "image in the folder -o. Exit status 4: some images failed (the others are written).")
+                    "image in the folder -o. Exit status 4: some images failed (the others are written).",
+        formatter_class=HelpFormatter)
     segment.add_argument("--model", type=Path, default=None, help="model folder (default: the bundled model)")
-    segment.add_argument("--task", required=True)
+    segment.add_argument("--task", required=True, help="the task of the model whose labels to segment")
     segment.add_argument("inputs", nargs="+", metavar="INPUT",
                          help="image file (.nii.gz, .nii, .nrrd, .mha, .png, DICOM), folder of images, DICOM series "
                               "folder, or a quoted glob such as 'scans/*.nii.gz'")
@@ -352,7 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--series", metavar="UID", default=None,
                          help="the DICOM series to read from a folder that holds several")
     segment.add_argument("--device", default="auto", help=DEVICE_HELP)
-    segment.add_argument("--batch-size", type=int, default=None, help="slices per forward pass (at least 1)")
+    segment.add_argument("--batch-size", type=int, default=None,
+                         help="slices per forward pass (default: 64 on CUDA, 16 on the CPU)")
     segment.add_argument("--largest-component", action="store_true",
                          help="keep only the largest connected component of every label")
     segment.add_argument("--tta", action="store_true", help=TTA_HELP)
@@ -369,37 +426,41 @@ def build_parser() -> argparse.ArgumentParser:
         "rank", help="rank unlabelled images by the model's uncertainty: which to annotate next",
         description="Scores every image (the same inputs as segment) and writes a CSV table, most uncertain first: "
                     "rank, case, score, predicted voxels per label, seconds, input. Exit status 4: some images "
-                    "failed (the others are ranked). See labelshare/ranking.py.")
+                    "failed (the others are ranked). See labelshare/ranking.py.", formatter_class=HelpFormatter)
     rank.add_argument("--model", type=Path, default=None, help="model folder (default: the bundled model)")
-    rank.add_argument("--task", required=True)
+    rank.add_argument("--task", required=True, help="the task of the model whose labels to score")
     rank.add_argument("inputs", nargs="+", metavar="INPUT",
                       help="image file, folder of images, DICOM series folder, or a quoted glob (as for segment)")
     rank.add_argument("-o", "--output", required=True, type=Path, help="the ranking table to write (.csv)")
     rank.add_argument("--score", choices=list(RANK_SCORES), default=DEFAULT_RANK_SCORE,
-                      help="; ".join(f"{name}: {text}" for name, text in RANK_SCORES.items())
-                           + " (default: %(default)s)")
+                      help="; ".join(f"{name}: {text}" for name, text in RANK_SCORES.items()))
     rank.add_argument("--series", metavar="UID", default=None,
                       help="the DICOM series to read from a folder that holds several")
     rank.add_argument("--device", default="auto", help=DEVICE_HELP)
-    rank.add_argument("--batch-size", type=int, default=None, help="slices per forward pass (at least 1)")
+    rank.add_argument("--batch-size", type=int, default=None,
+                      help="slices per forward pass (default: 64 on CUDA, 16 on the CPU)")
     rank.add_argument("--slicing-axis", type=int, choices=(0, 1, 2), default=None,
                       help="image axis to slice along (default: largest spacing)")
     _add_common(rank)
     rank.set_defaults(func=cmd_rank)
 
-    evaluate = commands.add_parser("evaluate", help="Dice and HD95 of a model on a task's cases")
-    evaluate.add_argument("--model", required=True, type=Path)
-    evaluate.add_argument("--task", required=True)
+    evaluate = commands.add_parser("evaluate", help="Dice and HD95 of a model on a task's cases",
+                                   formatter_class=HelpFormatter)
+    evaluate.add_argument("--model", required=True, type=Path, help="the model folder")
+    evaluate.add_argument("--task", required=True, help="the task of the model to evaluate")
     evaluate.add_argument("--data", required=True, type=Path, help="the task's nnU-Net raw folder")
     evaluate.add_argument("--all-cases", action="store_true",
                           help="score every case, not only the validation cases of the model's split")
-    evaluate.add_argument("-o", "--output", type=Path, default=Path("evaluation"))
+    evaluate.add_argument("-o", "--output", type=Path, default=Path("evaluation"),
+                          help="folder for evaluation.csv and evaluation.md")
+    _add_overwrite(evaluate)
     evaluate.add_argument("--device", default="auto", help=DEVICE_HELP)
     evaluate.add_argument("--tta", action="store_true", help=TTA_HELP)
     _add_common(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
 
-    models = commands.add_parser("models", help="list model versions with their tasks and metrics")
+    models = commands.add_parser("models", help="list model versions with their tasks and metrics",
+                                 formatter_class=HelpFormatter)
     models.add_argument("--root", action="append", default=[], type=Path,
                         help="folder holding model folders (default: user store and bundled models)")
     _add_common(models)
@@ -410,10 +471,12 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "(the Slicer module's background process; see labelshare/worker.py)")
     worker.set_defaults(func=cmd_worker, progress="json", debug=False)  # it always speaks the JSON protocol
 
-    demo = commands.add_parser("demo", help="the whole pipeline on generated (or given) tasks, with a report")
-    demo.add_argument("--out", required=True, type=Path)
+    demo = commands.add_parser("demo", help="the whole pipeline on generated (or given) tasks, with a report",
+                               formatter_class=HelpFormatter)
+    demo.add_argument("--out", required=True, type=Path, help="new (or empty) folder for the data, model and report")
     _add_task_arguments(demo, required=False)
-    demo.add_argument("--group", action="append", default=[], metavar="TASK:LABEL=TASK:LABEL")
+    demo.add_argument("--group", action="append", default=[], metavar="TASK:LABEL=TASK:LABEL",
+                      help="put these labels of different tasks on one shared label (labelspace build --group)")
     _add_method_argument(demo)
     _add_training_arguments(demo, epochs=8, steps=40)
     _add_plan_arguments(demo)
@@ -424,24 +487,24 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "without forgetting the others",
                                    description="Exit status: 0 published, 1 error, 3 refused by the regression gate "
                                                "(report beside --out), 75 interrupted (repeat with --resume). See "
-                                               "labelshare/incremental/.")
+                                               "labelshare/incremental/.", formatter_class=HelpFormatter)
     add_task.add_argument("--model", required=True, type=Path, help="the trained model folder (only read)")
     add_task.add_argument("--task", required=True, metavar="NAME=DIR",
                           help="the task to add; a task the model already has is updated with the folder's cases")
     add_task.add_argument("--out", required=True, type=Path, help="new model folder (never overwritten)")
     defaults = AddTaskConfig()
     add_task.add_argument("--strategy", choices=STRATEGIES, default=defaults.strategy,
-                          help="label mapping of a new task (default: %(default)s)")
+                          help="label mapping of a new task")
     add_task.add_argument("--map", dest="label_map", action="append", default=[], metavar="LABEL=SHARED",
                           help="pin a label to a shared label: a number (above n* adds one) or TASK:LABEL")
     add_task.add_argument("--replay-task", action="append", default=[], metavar="NAME=DIR",
                           help="folder of an old task (default: the folder recorded in the model's lineage.json)")
     add_task.add_argument("--replay-cases", default="all", metavar="N|all",
-                          help="training cases replayed per old task; 0: plain fine-tuning (default: %(default)s)")
+                          help="training cases replayed per old task; 0: plain fine-tuning")
     add_task.add_argument("--distill-weight", type=float, default=defaults.distill_weight,
-                          help="weight of distillation from the old model on replayed slices (default: %(default)s)")
+                          help="weight of distillation from the old model on replayed slices")
     add_task.add_argument("--max-regression", type=float, default=defaults.max_regression, metavar="POINTS",
-                          help="largest allowed loss of an old task's mean Dice, in points (default: %(default)s)")
+                          help="largest allowed loss of an old task's mean Dice, in points")
     add_task.add_argument("--min-new-dice", type=float, default=defaults.min_new_dice, metavar="DICE",
                           help="refuse the version when a label of the task ends below this Dice (0-1) "
                                "(default: no floor)")
@@ -458,12 +521,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="epochs (default: a budget that grows with the task's labels and cases; printed before "
                              "training, see labelshare/budget.py)")
     budget.add_argument("--steps-per-epoch", type=int, default=defaults.steps_per_epoch,
-                        help="steps per epoch (default: %(default)s)")
+                        help="steps per epoch")
     budget.add_argument("--batch-size", type=int, default=defaults.batch_size,
-                        help="slices per step (default: %(default)s)")
+                        help="slices per step")
     budget.add_argument("--learning-rate", type=float, default=defaults.learning_rate,
-                        help="peak learning rate (default: %(default)s)")
-    budget.add_argument("--seed", type=int, default=defaults.seed, help="seed (default: %(default)s)")
+                        help="peak learning rate")
+    budget.add_argument("--seed", type=int, default=defaults.seed, help="seed")
     budget.add_argument("--device", default=defaults.device, help=DEVICE_HELP)
     _add_common(add_task)
     add_task.set_defaults(func=cmd_add_task)
@@ -476,18 +539,59 @@ def main(argv: list[str] | None = None) -> int:
     mode = args.progress if int(os.environ.get("RANK", "0")) == 0 else "quiet"
     progress = Progress(mode, min_interval_s=0.5 if mode == "human" else 0.0)
     try:
-        return args.func(args, progress)
-    except TrainingInterrupted as error:
-        return _fail(progress, str(error), EXIT_INTERRUPTED, "stopped")
+        with stop_on_signals():
+            return args.func(args, progress)
+    except Interrupted as error:
+        resume = "" if isinstance(error, TrainingInterrupted) or args.command not in RESUMABLE_COMMANDS else \
+            "; repeat the command with --resume to continue"
+        return _fail(progress, f"{error}{resume}", EXIT_INTERRUPTED, "stopped")
     except LabelShareError as error:
         if args.debug:
             raise
         return _fail(progress, str(error), EXIT_ERROR)
-    except _out_of_memory_errors() as error:
+    except OSError as error:  # the file system refused (disk full, read-only, no permission): not a bug
         if args.debug:
             raise
+        return _fail(progress, os_error_message(error), EXIT_ERROR)
+    except BaseException as error:
+        if args.debug or not _out_of_memory(error):
+            raise
         return _fail(progress, f"out of memory ({type(error).__name__}); use a smaller --batch-size or "
-                               "--image-size, or --device cpu", EXIT_ERROR)
+                               "--patch-pixels, or --device cpu", EXIT_ERROR)
+
+
+def run() -> None:
+    """The program (``labelshare``, ``python -m labelshare``): :func:`main`, then exit with its status. Signals that
+    arrive while the interpreter shuts down (which takes a moment once torch is loaded) are ignored: the command has
+    finished, there is nothing left to stop, and its status must stay the one it reported."""
+    status = main()
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, signal.SIG_IGN)
+    sys.exit(status)
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM raise :class:`~labelshare.errors.Interrupted` (exit status 75) wherever the command is,
+    so that it ends with one line and its ``finally`` blocks run (temporary files removed, nothing half-written
+    renamed into place); further signals are ignored while it ends. The training loop replaces these handlers with
+    its own, which stop after the current step and save a checkpoint."""
+    def stop(number, frame) -> None:
+        for other in previous:
+            signal.signal(other, signal.SIG_IGN)
+        raise Interrupted(f"interrupted by {signal.Signals(number).name}")
+
+    previous = {}
+    for number in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[number] = signal.signal(number, stop)
+        except ValueError:  # not the main thread: signals stay as they are
+            pass
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def _fail(progress: Progress, message: str, status: int, kind: str = "error", **fields) -> int:
@@ -498,10 +602,11 @@ def _fail(progress: Progress, message: str, status: int, kind: str = "error", **
     return status
 
 
-def _out_of_memory_errors() -> tuple[type[BaseException], ...]:
-    import torch
-    return (MemoryError, torch.cuda.OutOfMemoryError)
+def _out_of_memory(error: BaseException) -> bool:
+    """MemoryError, or torch's CUDA out-of-memory error when torch is loaded (light commands never load it)."""
+    torch = sys.modules.get("torch")
+    return isinstance(error, MemoryError) or (torch is not None and isinstance(error, torch.cuda.OutOfMemoryError))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

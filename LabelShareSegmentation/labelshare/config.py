@@ -50,9 +50,20 @@ def parse_device(text: str) -> str:
     raise LabelShareError(f"unknown device '{text}'; use {', '.join(DEVICES)} (or cuda:N)")
 
 
-def _check_at_least(value, minimum, option: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise LabelShareError(f"{option} must be a whole number of at least {minimum}, not {value!r}")
+# Network shapes a model's config.json may ask for (checked before a network is built): far above what LabelShare
+# trains (16..256 filters, 5 levels), far below what would take gigabytes to build.
+MAX_FILTERS = 1024
+MAX_LEVELS = 8
+MAX_CHANNELS = 4096  # output channels (labels of all tasks) and task codes
+MAX_INPUT_CHANNELS = 16
+
+
+def check_at_least(value, minimum, option: str, maximum: int | None = None) -> None:
+    """A whole number (not a bool) from ``minimum`` (to ``maximum``), else one error naming ``option``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum \
+            or (maximum is not None and value > maximum):
+        bound = f"of at least {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+        raise LabelShareError(f"{option} must be a whole number {bound}, not {value!r}")
 
 
 def _check_finite(value, option: str, low: float, high: float, low_open: bool = False) -> None:
@@ -85,11 +96,16 @@ class TrainConfig:
 
     def check(self) -> None:
         for name in ("batch_size", "epochs", "steps_per_epoch"):
-            _check_at_least(getattr(self, name), 1, f"--{name.replace('_', '-')}")
+            check_at_least(getattr(self, name), 1, f"--{name.replace('_', '-')}")
         _check_finite(self.learning_rate, "--learning-rate", 0.0, 10.0, low_open=True)
         _check_finite(self.validation_fraction, "--validation-fraction", 0.0, 1.0)
         if self.validation_fraction == 1.0:
             raise LabelShareError("--validation-fraction must be below 1: some cases must be left to train on")
+        _check_finite(self.weight_decay, "weight_decay", 0.0, 10.0)
+        _check_finite(self.foreground_oversampling, "foreground_oversampling", 0.0, 1.0)
+        for name in ("augment", "amp"):
+            if not isinstance(getattr(self, name), bool):
+                raise LabelShareError(f"{name} must be true or false, not {getattr(self, name)!r}")
         self.device = parse_device(self.device)
         if self.weights_dtype not in ("float32", "float16"):
             raise LabelShareError(f"--weights-dtype {self.weights_dtype}: use float32 or float16")
@@ -128,7 +144,7 @@ class SegmentConfig:
 
     def check(self) -> None:
         if self.batch_size is not None:
-            _check_at_least(self.batch_size, 1, "--batch-size")
+            check_at_least(self.batch_size, 1, "--batch-size")
         if self.existing not in EXISTING_OUTPUTS:
             raise LabelShareError(f"existing outputs: use one of {', '.join(EXISTING_OUTPUTS)}, not {self.existing!r}")
         if self.output_format is not None and self.output_format not in OUTPUT_FORMATS:
@@ -163,7 +179,7 @@ class RankConfig:
         if self.score not in RANK_SCORES:
             raise LabelShareError(f"--score {self.score}: use one of {', '.join(RANK_SCORES)}")
         if self.batch_size is not None:
-            _check_at_least(self.batch_size, 1, "--batch-size")
+            check_at_least(self.batch_size, 1, "--batch-size")
         self.device = parse_device(self.device)
 
     def score_for(self, lateralised: bool) -> str:
@@ -212,14 +228,14 @@ class AddTaskConfig:
         if self.new_label_init not in NEW_LABEL_INITS:
             raise LabelShareError(f"--new-label-init {self.new_label_init}: use one of {', '.join(NEW_LABEL_INITS)}")
         if self.replay_cases is not None:
-            _check_at_least(self.replay_cases, 0, "--replay-cases")
+            check_at_least(self.replay_cases, 0, "--replay-cases")
         _check_finite(self.distill_weight, "--distill-weight", 0.0, 1e3)
         _check_finite(self.max_regression, "--max-regression", 0.0, 100.0)
         if self.min_new_dice is not None:
             _check_finite(self.min_new_dice, "--min-new-dice", 0.0, 1.0)
         _check_finite(self.new_task_share, "--new-task-share", 0.0, 1.0, low_open=True)
         for name in ("batch_size", "steps_per_epoch") + (("epochs",) if self.epochs is not None else ()):
-            _check_at_least(getattr(self, name), 1, f"--{name.replace('_', '-')}")
+            check_at_least(getattr(self, name), 1, f"--{name.replace('_', '-')}")
         _check_finite(self.learning_rate, "--learning-rate", 0.0, 10.0, low_open=True)
         self.device = parse_device(self.device)
 
@@ -235,16 +251,29 @@ class NetworkConfig:
     in_channels: int = 1
 
     def __post_init__(self):
+        """ValueError for a shape no LabelShare network has, before anything is built (config.json is read from
+        model folders)."""
         if self.conditioning not in CONDITIONINGS:
             raise ValueError(f"conditioning must be one of {CONDITIONINGS}, not {self.conditioning!r}")
-        if self.out_channels < 2:
-            raise ValueError("a segmentation network needs at least 2 output channels (background + 1 label)")
+        for name, low, high in (("out_channels", 2, MAX_CHANNELS), ("n_tasks", 1, MAX_CHANNELS),
+                                ("in_channels", 1, MAX_INPUT_CHANNELS)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ValueError(f"{name} must be a whole number from {low} to {high}, not {value!r}")
+        filters = self.filters
+        if not isinstance(filters, list) or not 2 <= len(filters) <= MAX_LEVELS or \
+                not all(isinstance(f, int) and not isinstance(f, bool) and 1 <= f <= MAX_FILTERS for f in filters):
+            shown = repr(filters) if len(repr(filters)) < 80 else repr(filters)[:77] + "..."
+            raise ValueError(f"filters must be a list of 2 to {MAX_LEVELS} whole numbers from 1 to {MAX_FILTERS} "
+                             f"(one per U-Net level), not {shown}")
 
     def to_json(self) -> dict:
         return {"architecture": "dynunet2d", **asdict(self)}
 
     @classmethod
     def from_json(cls, data: dict) -> NetworkConfig:
+        if not isinstance(data, dict):
+            raise ValueError(f"network must be a JSON object, not {type(data).__name__}")
         data = dict(data)
         architecture = data.pop("architecture", "dynunet2d")
         if architecture != "dynunet2d":

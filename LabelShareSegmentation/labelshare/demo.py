@@ -18,7 +18,7 @@ from skimage.transform import resize
 from . import synthetic
 from .config import TrainConfig
 from .errors import LabelShareError
-from .fileio import atomic_write_text, read_json, write_image_atomic
+from .fileio import atomic_write_text, make_folders, read_json, write_image_atomic
 from .inference import Segmenter
 from .labelspace import LabelSpace, compute_statistics, parse_group
 from .models import load_model
@@ -46,9 +46,9 @@ def run_demo(out: str | Path, task_arguments: Sequence[tuple[str, Path]] = (), g
              plan_settings: PlanSettings | None = None) -> DemoResult:
     progress = progress or Progress("human")
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise LabelShareError(f"{out}: already exists and is not empty; choose a new --out")
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise LabelShareError(f"{out}: already exists and is not an empty folder; choose a new --out")
+    make_folders(out)
     if not task_arguments:
         progress.progress("preparing", 0.0, "writing synthetic tasks")
         task_arguments = list(synthetic.write_tasks(out / "data", cases=SYNTHETIC_CASES).items())

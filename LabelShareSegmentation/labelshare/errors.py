@@ -31,5 +31,15 @@ class UnknownTaskError(LabelShareError):
         super().__init__(f"unknown task '{task}'; known tasks: {', '.join(sorted(self.known)) or '(none)'}")
 
 
-class TrainingInterrupted(LabelShareError):
+class Interrupted(LabelShareError):
+    """The command was stopped by SIGINT or SIGTERM (the command line exits with status 75)."""
+
+
+class TrainingInterrupted(Interrupted):
     """Training stopped on SIGINT/SIGTERM after saving a resumable checkpoint."""
+
+
+def os_error_message(error: OSError) -> str:
+    """A file-system error (disk full, read-only, no permission, ...) as one line naming the file."""
+    reason = error.strerror or str(error) or type(error).__name__
+    return f"{error.filename}: {reason}" if error.filename else reason

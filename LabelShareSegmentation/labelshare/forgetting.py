@@ -94,7 +94,8 @@ class ForgettingReport:
             listed = ", ".join(f"'{task}' {100 * m['change']:+.1f} (mean {m['before']:.3f} -> {m['after']:.3f})"
                                for task, m in over)
             noun = "task" if len(over) == 1 else "tasks"
-            reasons.append(f"{len(over)} old {noun} lost more than the {self.threshold:g} Dice points allowed: "
+            points = "point" if self.threshold == 1 else "points"
+            reasons.append(f"{len(over)} old {noun} lost more than the {self.threshold:g} Dice {points} allowed: "
                            f"{listed}")
         low = self.below_floor()
         if low:

@@ -17,6 +17,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from .config import check_at_least
 from .errors import DataError
 from .models import Model
 from .progress import Progress
@@ -34,6 +35,8 @@ class Segmenter:
     def __init__(self, model: Model, batch_size: int | None = None, precision: str = "auto", mirror: bool = False):
         """:param batch_size: slices (and windows) per forward pass. :param mirror: test-time augmentation by
         left-right mirroring, applied to tasks that are not lateralised (training flipped only those)."""
+        if batch_size is not None:  # below 1, no batch would run and the output would be all background
+            check_at_least(batch_size, 1, "--batch-size")
         self.model = model
         self.mirror = mirror
         self.device = model.device
@@ -146,4 +149,3 @@ def keep_largest_components(label_image: sitk.Image, label_ids: list[int]) -> si
     result = sitk.GetImageFromArray(output)
     result.CopyInformation(label_image)
     return result
-

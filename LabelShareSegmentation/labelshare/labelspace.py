@@ -27,8 +27,9 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .errors import LabelSpaceError, UnknownTaskError
+from .errors import DataError, LabelSpaceError, UnknownTaskError
 from .fileio import atomic_write_json, read_json
+from .naming import check_task_name
 from .plans import PlanSettings, SliceGeometry, TaskPlan
 from .tasks import TaskDataset, slice_spacing
 
@@ -291,6 +292,7 @@ class LabelSpace:
             plan_settings = PlanSettings.from_json(data["plan_settings"]) if version >= 2 else None
             tasks = {}
             for name, task in data["tasks"].items():
+                check_task_name(name)  # task names become folder names (collected tasks, demo outputs)
                 labels = [LabelEntry(name=e["name"], id=int(e["id"]), shared=int(e["shared"]),
                                      stats=LabelStats(float(e["relative_size"]), float(e["frequency"]),
                                                       int(e["slices_with_label"])), info=e.get("info", {}))
@@ -303,7 +305,9 @@ class LabelSpace:
                                         intended_input=str(task.get("intended_input", "")))
             groups = [parse_group("=".join(g)) for g in data.get("groups", [])]
             space = cls(tasks, strategy=data.get("strategy", "size"), groups=groups, plan_settings=plan_settings)
-        except (KeyError, TypeError, ValueError) as error:
+        except DataError as error:
+            raise LabelSpaceError(f"{where}: {error}") from None
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise LabelSpaceError(f"{where}: malformed label space ({type(error).__name__}: {error})") from None
         if data.get("n_shared") != space.n_shared:
             raise LabelSpaceError(f"{where}: n_shared {data.get('n_shared')} does not match its labels "
@@ -317,8 +321,8 @@ class LabelSpace:
                  for name, entry in self.tasks.items()}
         return LabelSpace(tasks, strategy=self.strategy, groups=self.groups, plan_settings=settings)
 
-    def save(self, path: str | Path) -> None:
-        atomic_write_json(path, self.to_json())
+    def save(self, path: str | Path, overwrite: bool = True) -> None:
+        atomic_write_json(path, self.to_json(), overwrite)
 
     @classmethod
     def load(cls, path: str | Path) -> LabelSpace:

@@ -27,11 +27,12 @@ from typing import Any
 from collections.abc import Iterable
 
 from .config import METHODS, NetworkConfig
-from .errors import DataError, LabelSpaceError, ModelError
+from .errors import DataError, LabelShareError, LabelSpaceError, ModelError
 from .fileio import atomic_write_json, read_json, sha256_file
 from .labelspace import LabelSpace
 from .layouts import LAYOUTS, out_channels
 from .naming import check_relative_file
+from .plans import check_fixed_size
 from .paths import BUNDLED_MODELS_DIR, candidate_dir_for, refused_report_paths, staging_dir_for, user_models_dir
 
 MODEL_FORMAT = "labelshare.model"
@@ -70,6 +71,13 @@ class ModelConfig:
             raise ValueError(f"unknown method {self.method!r}; known: {', '.join(METHODS)}")
         if self.layout not in LAYOUTS:
             raise ValueError(f"unknown output layout {self.layout!r}")
+        if self.weights_dtype not in ("float32", "float16"):
+            raise ValueError(f"weights_dtype must be float32 or float16, not {self.weights_dtype!r}")
+        if self.preprocessing.image_size is not None:  # a first-release model: its fixed-size plans
+            try:
+                check_fixed_size(self.preprocessing.image_size, "preprocessing image_size")
+            except LabelShareError as error:
+                raise ValueError(str(error)) from None
 
     @classmethod
     def for_method(cls, method: str, space: LabelSpace, weights_dtype: str = "float32") -> ModelConfig:
@@ -101,7 +109,8 @@ class ModelConfig:
                        preprocessing=PreprocessingConfig(**data.get("preprocessing", {})),
                        weights_dtype=data.get("weights_dtype", "float32"))
         except (KeyError, TypeError, ValueError) as error:
-            raise ModelError(f"{where}: malformed model configuration ({type(error).__name__}: {error})") from None
+            reason = f"{error} missing" if isinstance(error, KeyError) else str(error)
+            raise ModelError(f"{where}: malformed model configuration ({reason})") from None
 
 
 def folder_file(folder: Path, name: str, what: str = "file") -> Path:
@@ -138,7 +147,8 @@ def verify_folder(path: str | Path) -> tuple[ModelConfig, LabelSpace]:
     config and label space agree. Raises :class:`ModelError` with a reason a user can act on."""
     path = Path(path)
     if not path.is_dir():
-        raise ModelError(f"{path}: model folder does not exist")
+        raise ModelError(f"{path}: " + ("not a model folder (a file)" if path.exists() else
+                                        "model folder does not exist"))
     missing = [name for name in REQUIRED_FILES if not (path / name).is_file()]
     if missing:
         raise ModelError(f"{path}: not a complete model folder, missing {', '.join(missing)}")

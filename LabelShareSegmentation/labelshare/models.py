@@ -15,12 +15,13 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
+from safetensors.torch import load_file
 from safetensors.torch import load_model as load_safetensors_model
 from safetensors.torch import save_model as save_safetensors_model
 
 from .config import parse_device
 from .errors import LabelShareError, ModelError
-from .fileio import atomic_path, atomic_write_json, atomic_write_text
+from .fileio import atomic_path, atomic_write_json, atomic_write_text, not_written
 from .labelspace import LabelSpace
 from .layouts import TaskHead, task_heads
 from .modelfolder import (MODEL_FORMAT, WEIGHTS_FILE, ModelConfig, folder_file, read_model_json, verify_folder,
@@ -54,13 +55,53 @@ class Model:
     def read_json(self, name: str, default: Any = None) -> Any:
         return read_model_json(self.path, name, default)
 
+    def validation_cases(self, task: str) -> list[str]:
+        """The validation cases of a task in the model's ``split.json`` ([] when it records none)."""
+        split = self.read_json("split.json", {}) or {}
+        try:
+            cases = split.get("tasks", {}).get(task, {}).get("validation", [])
+        except AttributeError:
+            cases = None
+        if not isinstance(cases, list) or not all(isinstance(case, str) for case in cases):
+            raise ModelError(f"{self.path / 'split.json'}: malformed split (expected tasks -> validation -> names)")
+        return cases
+
 
 def save_weights(network: torch.nn.Module, path: Path, dtype: str = "float32") -> None:
-    """Write weights atomically; aliased tensors (DynUNet's skip layers) are stored once."""
+    """Write weights atomically; aliased tensors (DynUNet's skip layers) are stored once. The file is loaded back
+    and compared before it replaces anything; weights that are not finite (a diverged run) are refused."""
     target_dtype = {"float32": torch.float32, "float16": torch.float16}[dtype]
     to_save = copy.deepcopy(network).to(device="cpu", dtype=target_dtype)
-    with atomic_path(path) as tmp:
-        save_safetensors_model(to_save, str(tmp), metadata={"format": MODEL_FORMAT, "dtype": dtype})
+    not_finite = non_finite_tensors(to_save)
+    if not_finite:
+        raise ModelError(f"{path}: not written: {len(not_finite)} weight tensors hold NaN or infinite values (e.g. "
+                         f"{not_finite[0]}); the training diverged: lower --learning-rate"
+                         + (" or store float32 weights" if dtype == "float16" else ""))
+    expected = to_save.state_dict()
+    with atomic_path(path, verify=lambda tmp: tensors_problem(tmp, expected)) as tmp:
+        try:
+            save_safetensors_model(to_save, str(tmp), metadata={"format": MODEL_FORMAT, "dtype": dtype})
+        except SafetensorError as error:
+            raise not_written(path, str(error)) from None
+
+
+def tensors_problem(path: Path, expected: dict[str, torch.Tensor]) -> str | None:
+    """What is wrong with a safetensors file just written (None: every tensor in it reads back as one of
+    ``expected``; aliased tensors are stored once, so it may hold fewer)."""
+    try:
+        loaded = load_file(str(path))
+    except SafetensorError as error:
+        return f"the written tensors cannot be read back ({error})"
+    if not loaded or any(name not in expected or not torch.equal(value, expected[name].cpu())
+                         for name, value in loaded.items()):
+        return "the written tensors do not read back as they were"
+    return None
+
+
+def non_finite_tensors(network: torch.nn.Module) -> list[str]:
+    """Names of the floating-point parameters and buffers holding NaN or infinite values."""
+    return [name for name, value in network.state_dict().items()
+            if value.is_floating_point() and not bool(torch.isfinite(value).all())]
 
 
 def load_weights(network: torch.nn.Module, path: Path) -> None:
@@ -71,6 +112,10 @@ def load_weights(network: torch.nn.Module, path: Path) -> None:
     except (RuntimeError, KeyError) as error:
         first_line = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
         raise ModelError(f"{path}: weights do not match config.json ({first_line})") from None
+    not_finite = non_finite_tensors(network)
+    if not_finite:
+        raise ModelError(f"{path}: {len(not_finite)} weight tensors hold NaN or infinite values (e.g. {not_finite[0]});"
+                         " this model would segment nothing")
 
 
 def resolve_device(device: str = "auto") -> torch.device:

@@ -82,7 +82,10 @@ def recorded_task_folders(model: str | Path) -> dict[str, Path]:
         return {}
     try:
         recorded = json.loads(lineage.read_text(encoding="utf-8")).get("task_folders") or {}
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, OSError, RecursionError):
         raise ModelError(f"{lineage}: not a valid lineage record") from None
+    if not isinstance(recorded, dict) or not all(isinstance(k, str) and isinstance(v, str) and v
+                                                 for k, v in recorded.items()):
+        raise ModelError(f"{lineage}: 'task_folders' must map task names to folders")
     return {name: Path(folder) for name, folder in recorded.items() if (Path(folder) / "dataset.json").is_file()}
 

@@ -34,6 +34,14 @@ MIN_PATCH_SIDE = 32
 MAX_SIDE = 2048  # larger planned images or patches are refused: a spacing error, not an image to train on
 
 
+def check_fixed_size(value, option: str) -> None:
+    """A fixed size (the first release's square resize, ``--fixed-size``): a whole number, a multiple of
+    :data:`PATCH_MULTIPLE` in :data:`MIN_PATCH_SIDE`..:data:`MAX_SIDE`, else one error naming ``option``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value % PATCH_MULTIPLE \
+            or not MIN_PATCH_SIDE <= value <= MAX_SIDE:
+        raise LabelSpaceError(f"{option} {value!r}: a multiple of {PATCH_MULTIPLE} in {MIN_PATCH_SIDE}..{MAX_SIDE}")
+
+
 @dataclass(frozen=True)
 class PlanSettings:
     """The rule plans are made with: the compute budget (chosen by measurement: docs/resolution), or a fixed size
@@ -50,11 +58,8 @@ class PlanSettings:
                     or not MIN_PATCH_SIDE ** 2 <= value <= MAX_SIDE ** 2:
                 raise LabelSpaceError(f"--{name.replace('_', '-')} {value!r}: must be a whole number of pixels in "
                                       f"{MIN_PATCH_SIDE ** 2}..{MAX_SIDE ** 2}")
-        if self.fixed_size is not None and (isinstance(self.fixed_size, bool) or not isinstance(self.fixed_size, int)
-                                            or self.fixed_size % PATCH_MULTIPLE
-                                            or not MIN_PATCH_SIDE <= self.fixed_size <= MAX_SIDE):
-            raise LabelSpaceError(f"--fixed-size {self.fixed_size!r}: a multiple of {PATCH_MULTIPLE} in "
-                                  f"{MIN_PATCH_SIDE}..{MAX_SIDE}")
+        if self.fixed_size is not None:
+            check_fixed_size(self.fixed_size, "--fixed-size")
 
     def plan(self, geometries: Sequence[SliceGeometry]) -> TaskPlan:
         """The plan of a task from the slice geometry of its training cases."""

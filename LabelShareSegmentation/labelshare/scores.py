@@ -11,7 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .fileio import atomic_write_text
+from .fileio import atomic_write_files
+
+EVALUATION_FILES = ("evaluation.csv", "evaluation.md")
 
 
 @dataclass
@@ -72,11 +74,12 @@ class Evaluation:
         lines += [f"| {task} | {format_number(value, 3)} |" for task, value in self.mean_dice().items()]
         return "\n".join(lines) + "\n"
 
-    def write(self, folder: Path, title: str = "Evaluation") -> tuple[Path, Path]:
-        folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(folder / "evaluation.csv", self.to_csv())
-        atomic_write_text(folder / "evaluation.md", self.to_markdown(title))
-        return folder / "evaluation.csv", folder / "evaluation.md"
+    def write(self, folder: Path, title: str = "Evaluation", overwrite: bool = True) -> tuple[Path, Path]:
+        """:data:`EVALUATION_FILES` (CSV, markdown) in ``folder``, both or neither."""
+        csv_path, markdown_path = (folder / name for name in EVALUATION_FILES)
+        atomic_write_files({csv_path: self.to_csv().encode("utf-8"),
+                            markdown_path: self.to_markdown(title).encode("utf-8")}, overwrite)
+        return csv_path, markdown_path
 
 
 def nanmean(values) -> float:

@@ -43,11 +43,12 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import DataError, LabelShareError
-from .fileio import atomic_write_json, image_suffix, now_iso, publish_dir, read_json, remove_tree, write_image_atomic
-from .naming import check_task_name, normalise_name
+from .fileio import (TEMPORARY_NAME, atomic_write_json, image_suffix, now_iso, publish_dir, read_json, remove_tree,
+                     write_image_atomic)
+from .naming import check_name, check_task_name, normalise_name
 from .paths import staging_dir_for
 from .tasks import (CHANNEL_SUFFIX, TaskDataset, check_same_geometry, discover_cases, label_to_array, parse_labels,
-                    read_image)
+                    parse_options, read_image)
 
 COLLECTION_FORMAT_VERSION = 1
 TRASH_DIR = ".trash"
@@ -205,6 +206,7 @@ def copy_task(source: str | Path, workspace: str | Path, name: str) -> TaskColle
     Case files are hard-linked where the file system allows (no extra space; collecting never changes a file in
     place, it only adds files and moves them to the trash), and copied otherwise.
     """
+    name = check_task_name(name)
     dataset = TaskDataset.open(source, name)
     root = Path(workspace) / name
     if root.exists():
@@ -406,14 +408,16 @@ class TaskCollection:
             raise DataError(f"{self.root / 'dataset.json'}: expected a JSON object")
         self.metadata = metadata
         parse_labels(metadata, self.root / "dataset.json")
+        parse_options(metadata, self.root / "dataset.json")
 
     def _options(self) -> dict:
-        return self.metadata.get("labelshare", {}) or {}
+        return parse_options(self.metadata, self.root / "dataset.json")
 
     def _collection_block(self) -> dict:
         return self._options().get("collection", {}) or {}
 
     def _case_files(self, name: str) -> tuple[Path, Path]:
+        check_name(name, "case name", f" of task '{self.name}'")  # names from files and callers stay in the task
         ending = self.file_ending
         return (self.root / "imagesTr" / f"{name}{CHANNEL_SUFFIX}{ending}", self.root / "labelsTr" / f"{name}{ending}")
 
@@ -478,7 +482,12 @@ class TaskCollection:
         return trash
 
     def _recover(self) -> None:
-        """Finish or undo the operation that a crash interrupted (see the module docstring)."""
+        """Finish or undo the operation that a crash interrupted (see the module docstring). A task folder has one
+        writer at a time, so temporary files of ``dataset.json`` or of the intent file found here were left by a
+        crash: they are removed (those of case files go to the trash with their case)."""
+        for leftover in self.root.glob(".*"):
+            if TEMPORARY_NAME.match(leftover.name) and leftover.is_file():
+                leftover.unlink()
         pending_file = self.root / PENDING_FILE
         if not pending_file.is_file():
             return
@@ -488,6 +497,10 @@ class TaskCollection:
         except (LabelShareError, KeyError, TypeError):
             pending_file.unlink()  # written atomically, so unreadable means it was never completed: nothing began
             return
+        try:
+            check_name(name, "case name")
+        except DataError as error:  # never written by LabelShare: act on nothing it names
+            raise DataError(f"{pending_file}: {error}; remove this file after checking the task folder") from None
         if operation == "add" and name in self.records:
             pending_file.unlink()  # dataset.json was written: the add completed
             return

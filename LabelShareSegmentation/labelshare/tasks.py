@@ -25,7 +25,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import DataError
-from .fileio import image_suffix, read_json
+from .fileio import image_suffix, itk_error_reason, read_json
+from .imagedata import image_data_problem
 from .naming import check_task_name
 
 CHANNEL_SUFFIX = "_0000"
@@ -45,6 +46,8 @@ def parse_task_argument(text: str) -> tuple[str, Path]:
     else:
         folder = text
         name = Path(text.rstrip("/\\")).name
+    if not folder:
+        raise DataError(f"--task {text}: no folder after '='; give the task as NAME=DIR")
     return check_task_name(name, f" (from '{text}')"), Path(folder)
 
 
@@ -94,22 +97,25 @@ class TaskDataset:
         root = Path(root)
         name = name or root.name
         if not root.is_dir():
-            raise DataError(f"{root}: task folder of '{name}' does not exist")
+            raise DataError(f"{root}: task folder of '{name}' " + ("is a file, not a folder" if root.exists()
+                                                                   else "does not exist"))
         metadata = read_json(root / "dataset.json", "dataset.json", DataError)
         if not isinstance(metadata, dict):
             raise DataError(f"{root / 'dataset.json'}: expected a JSON object")
         labels = parse_labels(metadata, root / "dataset.json")
         channels = metadata.get("channel_names", metadata.get("modality", {"0": "image"}))
-        if isinstance(channels, dict) and len(channels) > 1 and all(k.isdigit() for k in channels):
+        if not isinstance(channels, dict):
+            raise DataError(f"{root / 'dataset.json'}: 'channel_names' must map channel numbers to names")
+        if len(channels) > 1 and all(str(k).isdigit() for k in channels):
             raise DataError(f"{root / 'dataset.json'}: {len(channels)} input channels; LabelShare takes one image "
                             "channel per case")
-        options = metadata.get("labelshare", {}) or {}
+        options = parse_options(metadata, root / "dataset.json")
         cases = discover_cases(root, options.get("patient_regex"))
         return cls(name=name, root=root, labels=labels, cases=cases, metadata=metadata)
 
     @property
     def options(self) -> dict:
-        return self.metadata.get("labelshare", {}) or {}
+        return parse_options(self.metadata, self.root / "dataset.json")
 
     @property
     def lateralised(self) -> bool:
@@ -139,7 +145,7 @@ class TaskDataset:
 
     @property
     def label_info(self) -> dict:
-        return self.options.get("label_info", {}) or {}
+        return self.options.get("label_info") or {}
 
     def case(self, name: str) -> Case:
         for case in self.cases:
@@ -171,6 +177,28 @@ class TaskDataset:
         for case in self.cases:
             if wanted is None or case.name in wanted:
                 yield self.load_case(case, slicing_axis)
+
+
+def parse_options(metadata: dict, where: Path) -> dict:
+    """The ``"labelshare"`` block of a dataset.json (see the module docstring), its values checked."""
+    options = metadata.get("labelshare")
+    if options is None:
+        return {}
+    if not isinstance(options, dict):
+        raise DataError(f"{where}: 'labelshare' must be a JSON object, not {type(options).__name__}")
+    regex = options.get("patient_regex")
+    if regex is not None:
+        if not isinstance(regex, str):
+            raise DataError(f"{where}: labelshare.patient_regex must be a string (a regular expression)")
+        try:
+            re.compile(regex)
+        except re.error as error:
+            raise DataError(f"{where}: labelshare.patient_regex is not a valid regular expression ({error})") from None
+    if "lateralised" in options and not isinstance(options["lateralised"], bool):
+        raise DataError(f"{where}: labelshare.lateralised must be true or false")
+    if options.get("label_info") is not None and not isinstance(options["label_info"], dict):
+        raise DataError(f"{where}: labelshare.label_info must map label names to colour and terminology")
+    return options
 
 
 def parse_labels(metadata: dict, where: Path) -> dict[str, int]:
@@ -240,15 +268,27 @@ def discover_cases(root: Path, patient_regex: str | None = None) -> list[Case]:
 
 
 def read_image(path: str | Path, what: str, is_label: bool = False) -> sitk.Image:
-    """Read an image with SimpleITK; RGB(A) PNG images become grey (luminance), RGB labels must be grey."""
+    """Read an image with SimpleITK; RGB(A) PNG images become grey (luminance), RGB labels must be grey.
+
+    The file must be readable and hold all the pixel data its header describes
+    (:func:`labelshare.imagedata.image_data_problem`): SimpleITK would fill a truncated NIfTI file with zeros."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: {what} is a folder, not an image file")
     if not path.is_file():
         raise DataError(f"{path}: {what} file not found")
     try:
+        with open(path, "rb"):
+            pass
+        problem = image_data_problem(path)
+    except OSError as error:
+        raise DataError(f"{path}: {what} cannot be read ({error.strerror or error})") from None
+    if problem:
+        raise DataError(f"{path}: {what} {problem}")
+    try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as error:
-        reason = str(error).strip().splitlines()[-1] if str(error).strip() else "unreadable"
-        raise DataError(f"{path}: {what} cannot be read ({reason[:200]})") from None
+        raise DataError(f"{path}: {what} cannot be read ({itk_error_reason(error)[:200]})") from None
     if image.GetNumberOfComponentsPerPixel() > 1:
         components = image.GetNumberOfComponentsPerPixel()
         if components not in (3, 4) or image.GetDimension() != 2:
@@ -278,7 +318,12 @@ def check_same_geometry(image: sitk.Image, label: sitk.Image, what: str) -> None
         b = np.asarray(getattr(label, f"Get{attribute}")())
         scale = max(1.0, float(np.abs(a).max(initial=0)))
         if not np.allclose(a, b, atol=GEOMETRY_TOLERANCE * scale):
-            raise DataError(f"{what}: image and label {attribute.lower()} differ ({tuple(a)} vs {tuple(b)})")
+            raise DataError(f"{what}: image and label {attribute.lower()} differ ({_plain(a)} vs {_plain(b)})")
+
+
+def _plain(values: np.ndarray) -> tuple[float, ...]:
+    """Numbers as Python floats (printed 1.3671875, not np.float64(1.3671875)), float32 noise rounded off."""
+    return tuple(round(float(v), 7) for v in values)
 
 
 def image_to_array(image: sitk.Image, path: Path) -> np.ndarray:

@@ -27,13 +27,16 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from monai.losses import DiceLoss
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .errors import LabelShareError, TrainingInterrupted
-from .fileio import atomic_path, atomic_write_json, read_json
+from .fileio import atomic_path, atomic_write_json, not_written, read_json
 from .config import TrainConfig
 from .layouts import TaskHead
 from .metrics import dice_per_label
+from .models import tensors_problem
+from .naming import check_name
 from .progress import Progress, format_duration
 from .sampling import Augmenter, PatchSampler, TaskBatch, TaskSlices
 from .slices import head_probabilities
@@ -134,6 +137,10 @@ class StopRequest:
     def __init__(self):
         self.signal_number: int | None = None
         self._previous: dict[int, object] = {}
+
+    @property
+    def signal_name(self) -> str:
+        return signal.Signals(self.signal_number).name if self.signal_number else "a signal"
 
     def __enter__(self) -> StopRequest:
         for number in (signal.SIGINT, signal.SIGTERM):
@@ -273,10 +280,8 @@ class Trainer:
                 tensors[f"{index}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
                 slots[str(index)].append(key)
         tensors["rng.torch"] = torch.get_rng_state()
-        with atomic_path(folder / f"weights-{tag}.safetensors") as tmp:
-            save_file(weights, str(tmp))
-        with atomic_path(folder / f"optimizer-{tag}.safetensors") as tmp:
-            save_file(tensors, str(tmp))
+        _save_tensors(weights, folder / f"weights-{tag}.safetensors")
+        _save_tensors(tensors, folder / f"optimizer-{tag}.safetensors")
         atomic_write_json(folder / "checkpoint.json", {
             "tag": tag, "step": state.step, "elapsed_s": state.elapsed_s, "history": state.history,
             "optimizer_slots": slots, "param_groups": optimizer_state["param_groups"],
@@ -287,22 +292,39 @@ class Trainer:
                 old.unlink()
 
     def load_checkpoint(self) -> TrainingState:
+        """The state :meth:`save_checkpoint` saved. A checkpoint of another run, or a damaged one (a missing or
+        truncated file, a tampered record), is a LabelShareError naming the folder; the checkpoint is left as it
+        is."""
         folder = self.checkpoint_dir()
         info = read_json(folder / "checkpoint.json", "checkpoint")
+        if not isinstance(info, dict):
+            raise LabelShareError(f"{folder}: the checkpoint is damaged (checkpoint.json is not a JSON object); "
+                                  f"delete {self.workdir} to start the run over")
         if info.get("identity") != self.run_identity:
             raise LabelShareError(f"{folder}: the checkpoint belongs to a run with other tasks, label space or "
                                   "settings; start a new run (another --out) or repeat the original command")
-        tag = info["tag"]
-        weights = load_file(str(folder / f"weights-{tag}.safetensors"))
-        _load_unique_state(self.network, weights)
-        tensors = load_file(str(folder / f"optimizer-{tag}.safetensors"))
-        state = {int(index): {key: tensors[f"{index}.{key}"].to(self.device) for key in keys}
-                 for index, keys in info["optimizer_slots"].items()}
-        self.optimizer.load_state_dict({"state": state, "param_groups": info["param_groups"]})
-        torch.set_rng_state(tensors["rng.torch"])
-        self.rng.bit_generator.state = info["numpy_rng"]
-        self.scaler.load_state_dict(info["scaler"])
-        return TrainingState(step=int(info["step"]), history=list(info["history"]), elapsed_s=info["elapsed_s"])
+        try:
+            tag = check_name(info["tag"], "checkpoint tag")  # it names files: it must stay in the folder
+            weights = load_file(str(folder / f"weights-{tag}.safetensors"))
+            tensors = load_file(str(folder / f"optimizer-{tag}.safetensors"))
+            step = int(info["step"])
+            if not 0 <= step <= self.config.total_steps:
+                raise ValueError(f"step {step} is outside 0..{self.config.total_steps}")
+            state = TrainingState(step=step, history=list(info["history"]), elapsed_s=float(info["elapsed_s"]))
+            _load_unique_state(self.network, weights)
+            slots = {int(index): {key: tensors[f"{index}.{key}"].to(self.device) for key in keys}
+                     for index, keys in info["optimizer_slots"].items()}
+            self.optimizer.load_state_dict({"state": slots, "param_groups": info["param_groups"]})
+            torch.set_rng_state(tensors["rng.torch"])
+            self.rng.bit_generator.state = info["numpy_rng"]
+            self.scaler.load_state_dict(info["scaler"])
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError, OSError, SafetensorError,
+                LabelShareError) as error:
+            reason = f"{error} missing" if isinstance(error, KeyError) else \
+                (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+            raise LabelShareError(f"{folder}: the checkpoint is damaged ({reason}); delete {self.workdir} to start "
+                                  "the run over") from None
+        return state
 
     def has_checkpoint(self) -> bool:
         return (self.checkpoint_dir() / "checkpoint.json").is_file()
@@ -353,9 +375,18 @@ class Trainer:
                     self.save_checkpoint(state)
                     self.context.barrier()
                     raise TrainingInterrupted(
-                        f"stopped by signal at step {state.step}/{config.total_steps}; checkpoint saved in "
-                        f"{self.checkpoint_dir()}; repeat the command with --resume to continue")
+                        f"interrupted by {stop.signal_name} at step {state.step}/{config.total_steps}; checkpoint "
+                        f"saved in {self.checkpoint_dir()}; repeat the command with --resume to continue")
         return state
+
+
+def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """A safetensors file of the checkpoint, written atomically and read back before it counts."""
+    with atomic_path(path, verify=lambda tmp: tensors_problem(tmp, tensors)) as tmp:
+        try:
+            save_file(tensors, str(tmp))
+        except SafetensorError as error:
+            raise not_written(path, str(error)) from None
 
 
 def _mean_dice(per_task: dict[str, dict[str, float]]) -> float:

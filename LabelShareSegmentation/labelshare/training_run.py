@@ -8,8 +8,10 @@ leaves it for the regression gate). Both return a :class:`TrainingResult`; they 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Sequence
@@ -17,20 +19,20 @@ from collections.abc import Sequence
 import torch
 
 from .config import TrainConfig
-from .errors import LabelShareError, LabelSpaceError
+from .errors import LabelShareError, LabelSpaceError, ModelError
 from .evaluation import evaluate_cases
-from .fileio import atomic_write_json, now_iso, publish_dir, read_json, remove_tree
+from .fileio import atomic_write_json, hold_folder, make_folders, now_iso, publish_dir, read_json, remove_tree
 from .labelspace import LabelSpace
 from .layouts import task_heads
-from .modelfolder import ModelConfig, data_fingerprint
-from .models import Model, environment_summary, save_model_folder
+from .modelfolder import MANIFEST_FILE, ModelConfig, data_fingerprint, read_model_json, verify_folder
+from .models import Model, environment_summary, resolve_device, save_model_folder
 from .networks import build_network, count_parameters
 from .paths import staging_dir_for
 from .progress import Progress
 from .sampling import TaskSlices, load_task_slices
 from .scores import Evaluation
 from .tasks import TaskDataset, split_by_patient
-from .training import CHECKPOINT_DIR, Trainer, distributed_context
+from .training import CHECKPOINT_DIR, DistributedContext, Trainer, distributed_context
 
 
 @dataclass
@@ -158,43 +160,130 @@ def run_training(tasks: dict[str, TaskDataset], space: LabelSpace, model_config:
                  initial_network: torch.nn.Module | None = None, trainer_class: type[Trainer] = Trainer,
                  trainer_options: dict | None = None, split: dict[str, dict[str, list[str]]] | None = None,
                  extra_json: dict | None = None) -> TrainingResult:
-    """The shared body of ``train`` and ``add-task``: staging folder, data, loop, evaluation, model folder."""
+    """The shared body of ``train`` and ``add-task``: staging folder, data, loop, evaluation, model folder.
+
+    The staging folder is held by this run (:func:`labelshare.fileio.hold_folder`) and kept only while it holds
+    something to continue: a checkpoint, or the complete model folder of a run killed before renaming it (which
+    ``resume`` publishes without training again). A run that fails or stops before its first checkpoint removes
+    it, and one that finds such a folder starts over in it."""
     if out.exists():
         raise LabelShareError(f"{out}: already exists; model versions are never overwritten, choose a new --out")
+    resolve_device(config.device)  # no CUDA for --device cuda: say so before anything is read or written
     staging = staging_dir_for(out)
-    if staging.exists() and not resume:
+    with distributed_context(config.device) as context, ExitStack() as holding:
+        if context.is_main:
+            _take_staging(staging, out, resume, holding)
+        context.barrier()
+        try:
+            return _train_in(staging, tasks, space, model_config, out, config, progress, context, resume, command,
+                             lineage, initial_network, trainer_class, trainer_options, split, extra_json)
+        except BaseException:
+            if context.is_main and staging.is_dir() and not _resumable(staging):
+                remove_tree(staging)
+            raise
+
+
+def _resumable(staging: Path) -> bool:
+    """Whether a staging folder holds anything to continue: a checkpoint or a complete model folder."""
+    return (staging / CHECKPOINT_DIR / "checkpoint.json").is_file() or (staging / MANIFEST_FILE).is_file()
+
+
+def _take_staging(staging: Path, out: Path, resume: bool, holding: ExitStack) -> None:
+    """Create (or find) the staging folder and hold it for this run; empty it when it holds nothing to continue
+    (what a run killed before its first checkpoint left), refuse it without ``resume`` when it does."""
+    make_folders(staging)
+    holding.enter_context(hold_folder(staging))
+    if not _resumable(staging):
+        for leftover in list(staging.iterdir()):
+            if leftover.is_dir() and not leftover.is_symlink():
+                remove_tree(leftover)
+            else:
+                leftover.unlink()
+    elif not resume:
         raise LabelShareError(f"{staging}: an unfinished run of {out.name} is there; add --resume to continue it "
                               "or delete that folder to start over")
-    with distributed_context(config.device) as context:
-        if context.is_main:
-            staging.mkdir(parents=True, exist_ok=True)
-        context.barrier()
-        split_file = staging / "split.json"
-        if split_file.is_file():
-            split = read_json(split_file)["tasks"]
-        elif split is None:
-            split = make_split(tasks, config.validation_fraction, config.seed)
-        if set(split) != set(tasks):
-            raise LabelShareError(f"{split_file}: the unfinished run has tasks {sorted(split)}, not {sorted(tasks)}")
-        data = prepare_data(tasks, space, model_config.layout, split, progress)
-        if initial_network is None:
-            torch.manual_seed(config.seed)  # the initial weights, so that a run (or a resumed benchmark) repeats
-        network = initial_network if initial_network is not None else build_network(model_config.network)
-        identity = {"labelspace": space.to_json(), "model": model_config.to_json(),
-                    "train": {k: v for k, v in config.to_json().items() if k != "device"}, "split": split}
-        if context.is_main:
-            atomic_write_json(split_file, {"seed": config.seed, "validation_fraction": config.validation_fraction,
-                                           "rule": "patient-wise; see labelshare.tasks.patient_of", "tasks": split})
-            progress.log(f"{model_config.method}: {count_parameters(network) / 1e6:.2f} M parameters; "
-                         + "; ".join(f"{n}: {len(split[n]['train'])} training / {len(split[n]['validation'])} "
-                                     f"validation cases" for n in tasks))
-        trainer = trainer_class(network, task_heads(model_config.layout, space), data.train_banks,
-                                data.validation_banks, config, staging, progress, context, identity,
-                                fraction_range=(0.1, 0.9), **(trainer_options or {}))
+
+
+def _recorded_split(split_file: Path, tasks: dict[str, TaskDataset]) -> dict[str, dict[str, list[str]]]:
+    """The split an unfinished run recorded, checked against the task folders."""
+    recorded = read_json(split_file, "split")
+    split = recorded.get("tasks") if isinstance(recorded, dict) else None
+    if not isinstance(split, dict):
+        problem = "not a split (expected tasks -> train/validation -> case names)"
+    elif set(split) != set(tasks):
+        problem = f"the unfinished run has tasks {sorted(split)}, not {sorted(tasks)}"
+    else:
+        problem = next((f"task '{name}' lists cases its folder does not have, or is malformed"
+                        for name, sides in split.items()
+                        if not _split_of(sides, {case.name for case in tasks[name].cases})), None)
+    if problem:
+        raise LabelShareError(f"{split_file}: {problem}; delete {split_file.parent} to start the run over")
+    return split
+
+
+def _split_of(sides, known: set[str]) -> bool:
+    return isinstance(sides, dict) and set(sides) == {"train", "validation"} and all(
+        isinstance(cases, list) and all(isinstance(case, str) and case in known for case in cases)
+        for cases in sides.values())
+
+
+def _identity_digest(identity: dict) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def _finished_model(staging: Path, digest: str, split: dict) -> TrainingResult:
+    """The complete model folder a run killed before renaming it left in ``staging``, if the same run made it."""
+    try:
+        verify_folder(staging)
+    except ModelError as error:
+        raise LabelShareError(f"{staging}: the finished model there is damaged ({error}); delete the folder to train "
+                              "again") from None
+    if (read_model_json(staging, "training.json", {}) or {}).get("run_identity") != digest:
+        raise LabelShareError(f"{staging}: holds a model trained by a run with other tasks, label space or settings; "
+                              "start a new run (another --out) or delete that folder")
+    lineage = read_model_json(staging, "lineage.json", {}) or {}
+    return TrainingResult(path=staging, metrics=read_model_json(staging, "metrics.json", {}), split=split,
+                          data=lineage.get("data", {}))
+
+
+def _train_in(staging: Path, tasks: dict[str, TaskDataset], space: LabelSpace, model_config: ModelConfig, out: Path,
+              config: TrainConfig, progress: Progress, context: DistributedContext, resume: bool,
+              command: Sequence[str] | None, lineage: dict | None, initial_network: torch.nn.Module | None,
+              trainer_class: type[Trainer], trainer_options: dict | None,
+              split: dict[str, dict[str, list[str]]] | None, extra_json: dict | None) -> TrainingResult:
+    split_file = staging / "split.json"
+    if split_file.is_file():
+        split = _recorded_split(split_file, tasks)
+    elif split is None:
+        split = make_split(tasks, config.validation_fraction, config.seed)
+    data = prepare_data(tasks, space, model_config.layout, split, progress)
+    if initial_network is None:
+        torch.manual_seed(config.seed)  # the initial weights, so that a run (or a resumed benchmark) repeats
+    network = initial_network if initial_network is not None else build_network(model_config.network)
+    identity = {"labelspace": space.to_json(), "model": model_config.to_json(),
+                "train": {k: v for k, v in config.to_json().items() if k != "device"}, "split": split}
+    if context.is_main:
+        atomic_write_json(split_file, {"seed": config.seed, "validation_fraction": config.validation_fraction,
+                                       "rule": "patient-wise; see labelshare.tasks.patient_of", "tasks": split})
+        progress.log(f"{model_config.method}: {count_parameters(network) / 1e6:.2f} M parameters; "
+                     + "; ".join(f"{n}: {len(split[n]['train'])} training / {len(split[n]['validation'])} "
+                                 f"validation cases" for n in tasks))
+    trainer = trainer_class(network, task_heads(model_config.layout, space), data.train_banks,
+                            data.validation_banks, config, staging, progress, context, identity,
+                            fraction_range=(0.1, 0.9), **(trainer_options or {}))
+    digest = _identity_digest(trainer.run_identity)
+    finished = None
+    if (staging / MANIFEST_FILE).is_file():  # killed after the model folder was complete, before the rename
+        finished = _finished_model(staging, digest, split)
+        progress.log(f"{staging}: the model of this run is complete; publishing it")
+    else:
         state = trainer.run(resume=resume)
-        if not context.is_main:
-            context.barrier()
-            return TrainingResult(path=out, metrics={}, split=split, data={})
+    if not context.is_main:  # rank 0 alone evaluates, writes and publishes
+        context.barrier()
+        return TrainingResult(path=out, metrics={}, split=split, data={})
+    if finished is not None:
+        metrics, data_record = finished.metrics, finished.data
+    else:
         model = Model(path=None, config=model_config, labelspace=space, network=trainer.network.eval(),
                       device=trainer.device)
         evaluation = evaluate_validation(model, data, progress, (0.9, 0.99))
@@ -208,15 +297,16 @@ def run_training(tasks: dict[str, TaskDataset], space: LabelSpace, model_config:
         metrics = metrics_json(evaluation, state.history)
         save_model_folder(staging, trainer.network, model_config, space,
                           json_files={"metrics.json": metrics, "lineage.json": lineage,
-                                      "training.json": config.to_json(), **(extra_json or {})},
+                                      "training.json": {**config.to_json(), "run_identity": digest},
+                                      **(extra_json or {})},
                           text_files={"training_log.jsonl": "".join(_jsonl(r) for r in state.history),
                                       "README.md": model_card(out.name, model_config, space, tasks, metrics, lineage,
                                                               config, count_parameters(trainer.network)),
                                       "evaluation.csv": evaluation.to_csv()})
-        remove_tree(staging / CHECKPOINT_DIR)
-        published = publish_dir(staging, out)
-        context.barrier()
-        return TrainingResult(path=published, metrics=metrics, split=split, data=data_record)
+    remove_tree(staging / CHECKPOINT_DIR)
+    published = publish_dir(staging, out)
+    context.barrier()
+    return TrainingResult(path=published, metrics=metrics, split=split, data=data_record)
 
 
 def _jsonl(record: dict) -> str:

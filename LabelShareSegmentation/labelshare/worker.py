@@ -8,7 +8,7 @@ Protocol: one JSON object per line on stdin, answered on stdout with the events 
 each carrying the ``request`` id it belongs to::
 
     {"id": "r1", "command": "segment", "model": "/models/v3", "task": "acdc", "input": "in.nrrd",
-     "output": "out.nrrd", "device": "auto", "largest_component": false}
+     "output": "out.nrrd", "device": "auto", "largest_component": false, "overwrite": false}
     {"id": "r2", "command": "rank", "model": "/models/v3", "task": "acdc", "inputs": ["unlabelled/"],
      "output": "ranking.csv", "device": "auto", "score": "entropy"}
     {"id": "r3", "command": "exit"}
@@ -16,11 +16,21 @@ each carrying the ``request`` id it belongs to::
 ``command`` defaults to ``segment``; ``rank`` scores the images of ``inputs`` (files, folders, globs: the readers of
 ``labelshare segment``) with :func:`labelshare.ranking.rank_cases` (one ``progress`` event per image) and writes the
 ranking table to ``output``, its ``done`` event carrying ``ranked`` and ``failures``. ``model`` null means the
-bundled default model; ``device`` is auto, cpu or cuda. Every request ends with exactly one ``done`` (with
-``output`` and timings) or ``error`` event; an error does not end the worker. Once torch and the engine are
-imported the worker emits one ``log`` event with ``"worker": "ready"`` and ``import_s``. It ends on an ``exit``
+bundled default model; ``device`` is auto, cpu or cuda; ``largest_component`` and ``overwrite`` are true or false
+(default false: an existing segmentation is never replaced, the command line's ``--overwrite`` rule). Every field
+has its type checked and unknown fields are refused (:data:`COMMAND_FIELDS`). Every request ends with exactly one
+``done`` (with ``output`` and timings) or ``error`` event; an error does not end the worker. A request line longer
+than :data:`MAX_REQUEST_CHARS` or nested too deeply is answered with an error and skipped. Once torch and the engine
+are imported the worker emits one ``log`` event with ``"worker": "ready"`` and ``import_s``. It ends on an ``exit``
 request or at the end of stdin (the parent closed the pipe or died). Anything else a library prints goes to stderr,
 so stdout carries protocol lines only. Cancel is the parent's: it kills the worker (LabelShareLib.jobs).
+
+Trust boundary: the worker serves its parent process (the Slicer module) over a private pipe and acts with the
+rights of the user who runs it. It reads the input and model and writes the output that a request names, wherever
+they are, exactly as that user could; it is not a service for other users or programs and must never read requests
+from a socket or any channel others can write to. Within that boundary it checks every request (size, nesting,
+field types), verifies the model folder (:func:`labelshare.modelfolder.verify_folder`), reads inputs with their
+data checked and writes outputs atomically and verified, never over an existing file unless asked.
 """
 
 from __future__ import annotations
@@ -31,13 +41,26 @@ import sys
 import time
 import traceback
 from collections import OrderedDict
+from collections.abc import Iterator
 from typing import IO, Any
 
-from .errors import LabelShareError
+from .config import parse_device
+from .errors import Interrupted, LabelShareError, os_error_message
 from .progress import Progress
 
 COMMANDS = ("segment", "rank", "exit")
 DEFAULT_MAX_MODELS = 2  # models kept in memory (least recently used dropped first)
+MAX_REQUEST_CHARS = 1 << 20  # a request names a few paths; a longer line is not one
+_COMMON_FIELDS = {"id": ((str, int, type(None)), False), "command": ((str,), False),
+                  "model": ((str, type(None)), False), "task": ((str,), True)}
+# the fields of a request of each command: name -> (allowed types, required)
+COMMAND_FIELDS = {
+    "segment": {**_COMMON_FIELDS, "input": ((str,), True), "output": ((str,), True), "device": ((str,), False),
+                "largest_component": ((bool,), False), "overwrite": ((bool,), False)},
+    "rank": {**_COMMON_FIELDS, "inputs": ((list, str), True), "output": ((str,), True), "device": ((str,), False),
+             "score": ((str,), False), "series": ((str, type(None)), False)},
+}
+_TYPE_NAMES = {str: "a string", int: "a number", bool: "true or false", type(None): "null", list: "a list of strings"}
 
 
 class RequestProgress(Progress):
@@ -78,7 +101,7 @@ class WorkerServer:
 
     def handle(self, request: dict) -> bool:
         """Answer one request; False when the worker should end."""
-        request_id = request.get("id")
+        request_id = request.get("id") if isinstance(request.get("id"), (str, int)) else None
         progress = RequestProgress(request_id, self.stream)
         command = request.get("command", "segment")
         if command not in COMMANDS:
@@ -88,10 +111,7 @@ class WorkerServer:
             progress.done(None, message="worker stopped")
             return False
         try:
-            needed = ("task", "inputs", "output") if command == "rank" else ("task", "input", "output")
-            missing = [key for key in needed if not request.get(key)]
-            if missing:
-                raise LabelShareError(f"worker request {request_id!r} lacks {', '.join(missing)}")
+            check_request(request, command)
             start = time.perf_counter()
             model, load_seconds = self.model(request.get("model"), request.get("device", "auto"), progress)
             timings = {"load_s": round(load_seconds, 3)}
@@ -100,12 +120,16 @@ class WorkerServer:
                 return True
             from .segment_run import segment_file
             output = segment_file(model, request["task"], request["input"], request["output"],
-                                  largest_component=bool(request.get("largest_component", False)),
-                                  progress=progress, overwrite=True)
+                                  largest_component=request.get("largest_component", False),
+                                  progress=progress, overwrite=request.get("overwrite", False))
             progress.done(str(output), message=f"segmentation written to {output}", **timings,
                           total_s=round(time.perf_counter() - start, 3))
+        except Interrupted:
+            raise  # SIGINT/SIGTERM end the worker (the command line reports it), not just this request
         except LabelShareError as error:
             progress.error(str(error))
+        except OSError as error:
+            progress.error(os_error_message(error))
         except Exception as error:  # out of memory, or a bug: report it and keep serving
             progress.error(_failure_message(error))
         return True
@@ -133,14 +157,42 @@ class WorkerServer:
                                 for f in ranking.failures])
 
 
+def check_request(request: dict, command: str) -> None:
+    """LabelShareError unless every field of a ``command`` request is known and of its type, and the required ones
+    are there."""
+    request_id = request.get("id")
+    fields = COMMAND_FIELDS[command]
+    unknown = sorted(set(request) - set(fields))
+    if unknown:
+        raise LabelShareError(f"worker request {request_id!r}: unknown field(s) {', '.join(map(repr, unknown))} "
+                              f"(known: {', '.join(fields)})")
+    for name, (types, _) in fields.items():
+        if name not in request:
+            continue
+        value = request[name]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            raise LabelShareError(f"worker request {request_id!r}: '{name}' must be "
+                                  f"{' or '.join(_TYPE_NAMES[t] for t in types)}, not {json.dumps(value)[:60]}")
+        if isinstance(value, list) and not all(isinstance(item, str) for item in value):
+            raise LabelShareError(f"worker request {request_id!r}: '{name}' must hold strings only, not "
+                                  f"{json.dumps(value)[:60]}")
+    missing = [name for name, (_, required) in fields.items() if required and not request.get(name)]
+    if missing:
+        raise LabelShareError(f"worker request {request_id!r} lacks {', '.join(missing)}")
+    parse_device(request.get("device", "auto"))
+
+
 def _failure_message(error: Exception) -> str:
+    """One line for a failure that is neither bad input nor a file-system error: out of memory, or a bug (whose
+    traceback goes to stderr, the worker's log; the event carries no raw exception text)."""
     import torch
     if isinstance(error, torch.cuda.OutOfMemoryError):
         return "GPU out of memory; choose the CPU device or close other programs that use the GPU"
     if isinstance(error, MemoryError):
         return "out of memory; close other programs, or segment a smaller (cropped) image"
     traceback.print_exc(file=sys.stderr)
-    return f"{type(error).__name__}: {error}"
+    return (f"internal error in the LabelShare worker ({type(error).__name__}); the details are in its log. Please "
+            "report it with the log")
 
 
 def serve(requests: IO[str] | None = None, stream: IO[str] | None = None,
@@ -155,7 +207,10 @@ def serve(requests: IO[str] | None = None, stream: IO[str] | None = None,
     worker = WorkerServer(stream, max_models)
     Progress("json", stream=stream).log("worker ready", worker="ready", pid=os.getpid(),
                                         import_s=round(time.perf_counter() - start, 3))
-    for line in requests:
+    for line in request_lines(requests):
+        if line is None:
+            RequestProgress(None, stream).error(f"request is longer than {MAX_REQUEST_CHARS} characters; skipped")
+            continue
         if not line.strip():
             continue
         try:
@@ -163,6 +218,9 @@ def serve(requests: IO[str] | None = None, stream: IO[str] | None = None,
         except json.JSONDecodeError as error:
             request = None
             reason = f"request is not valid JSON ({error})"
+        except RecursionError:
+            request = None
+            reason = "request is nested too deeply; skipped"
         else:
             reason = "request must be a JSON object"
         if not isinstance(request, dict):
@@ -171,6 +229,21 @@ def serve(requests: IO[str] | None = None, stream: IO[str] | None = None,
         if not worker.handle(request):
             break
     return 0
+
+
+def request_lines(requests: IO[str]) -> Iterator[str | None]:
+    """The lines of ``requests``, each read with bounded memory: None stands for a line longer than
+    :data:`MAX_REQUEST_CHARS` (the rest of which is read and dropped)."""
+    while True:
+        line = requests.readline(MAX_REQUEST_CHARS + 1)
+        if not line:
+            return
+        if len(line) <= MAX_REQUEST_CHARS or line.endswith("\n"):
+            yield line
+            continue
+        while line and not line.endswith("\n"):
+            line = requests.readline(MAX_REQUEST_CHARS)
+        yield None
 
 
 def cmd_worker(args, progress: Progress) -> int:

@@ -32,6 +32,7 @@ from labelshare.errors import DataError, LabelShareError
 from labelshare.fileio import atomic_write_json, read_json
 from labelshare.forgetting import ForgettingReport
 from labelshare.labelspace import LabelSpace, compute_statistics
+from labelshare.naming import check_task_name
 from labelshare.paths import labelshare_home, recorded_task_folders, user_models_dir
 from labelshare.taskfolders import CaseSummary, TaskCollection, copy_task, create_task, list_task_folders
 from labelshare.tasks import TaskDataset
@@ -203,8 +204,13 @@ class TrainingLogic:
         """A new task folder in the workspace ("New task…"); labels as names (ids 1, 2, ...) or {name: id}."""
         return create_task(self.workspace, name, labels, description=f"Cases collected in 3D Slicer for '{name}'")
 
+    def task_folder(self, task: str) -> Path:
+        """The workspace folder of a task; the name (from the GUI, a model's label space, a lineage) must be a plain
+        folder name (labelshare.naming), so that no task leads outside the workspace."""
+        return self.workspace / check_task_name(task)
+
     def collection(self, task: str) -> TaskCollection:
-        folder = self.workspace / task
+        folder = self.task_folder(task)
         if not (folder / "dataset.json").is_file():
             raise DataError(f"{folder}: task '{task}' has no folder in the workspace yet; add a case first")
         return TaskCollection.open(folder, task)
@@ -213,7 +219,7 @@ class TrainingLogic:
         """The workspace folder of a task. For a task only the model has, it is made from the folder the model
         was trained on when the model's lineage records it (so that an update trains on the old cases and the new
         ones; that folder itself is never written), else it starts empty with the model's label names and ids."""
-        if (self.workspace / task / "dataset.json").is_file():
+        if (self.task_folder(task) / "dataset.json").is_file():
             return self.collection(task)
         model_tasks = self.model_tasks(model)
         if task not in model_tasks:
@@ -232,7 +238,7 @@ class TrainingLogic:
                                    duplicate)
 
     def cases(self, task: str) -> list[CaseSummary]:
-        if not (self.workspace / task / "dataset.json").is_file():
+        if not (self.task_folder(task) / "dataset.json").is_file():
             return []
         return self.collection(task).cases()
 
@@ -244,7 +250,7 @@ class TrainingLogic:
 
     def new_cases_since_training(self, task: str) -> int:
         """Cases of the task folder that its last published run did not start with (all when never trained)."""
-        if not (self.workspace / task / "dataset.json").is_file():
+        if not (self.task_folder(task) / "dataset.json").is_file():
             return 0
         collection = self.collection(task)
         marker = collection.root / TRAINED_MARKER
@@ -396,7 +402,7 @@ class TrainingLogic:
         for name in model_tasks:
             if name == task or name in recorded:
                 continue
-            local = self.workspace / name
+            local = self.task_folder(name)
             if not (local / "dataset.json").is_file():
                 raise DataError(f"{model}: the folder of its task '{name}' is unknown (lineage.json does not record "
                                 f"it and the workspace {self.workspace} has no folder '{name}'); put that task's "

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Mapping, Sequence
@@ -14,8 +15,8 @@ import torch
 
 from ..budget import add_task_epochs, estimate
 from ..config import ADDABLE_METHODS, AddTaskConfig, TrainConfig
-from ..errors import LabelShareError, LabelSpaceError, ModelError, TrainingInterrupted, UnknownTaskError
-from ..fileio import read_json, sha256_file
+from ..errors import LabelShareError, LabelSpaceError, ModelError, UnknownTaskError
+from ..fileio import hold_folder, read_json, sha256_file
 from ..forgetting import ForgettingReport
 from ..labelspace import LabelSpace, compute_statistics
 from ..modelfolder import ModelConfig, verify_folder
@@ -24,7 +25,6 @@ from ..networks import expand_output_channels, expand_task_inputs
 from ..paths import candidate_dir_for, recorded_task_folders, refused_report_paths
 from ..progress import Progress
 from ..tasks import TaskDataset, split_by_patient
-from ..training import StopRequest
 from ..training_run import TrainingResult, run_training
 from .gate import apply_gate
 from .mapping import OVERLAP_CASES, map_labels, measure_overlap, new_channel_starts, parse_pins
@@ -48,17 +48,13 @@ class AddTaskResult:
 
 
 class _Part(Progress):
-    """One part of add-task as seen by the command's progress: fractions mapped into [start, end], and a
-    SIGINT/SIGTERM received outside the training loop (which handles its own) turned into
-    :class:`TrainingInterrupted` at the next event."""
+    """One part of add-task as seen by the command's progress: fractions mapped into [start, end]."""
 
-    def __init__(self, outer: Progress, start: float, end: float, stop: StopRequest):
+    def __init__(self, outer: Progress, start: float, end: float):
         super().__init__("quiet")
-        self.outer, self.start, self.end, self.stop = outer, start, end, stop
+        self.outer, self.start, self.end = outer, start, end
 
     def emit(self, event: str, **fields) -> None:
-        if self.stop.signal_number is not None:
-            raise TrainingInterrupted("stopped by signal; repeat the command with --resume to continue")
         if event == "progress":
             fields["fraction"] = self.start + (self.end - self.start) * fields.get("fraction", 0.0)
         self.outer.emit(event, **fields)
@@ -85,36 +81,37 @@ def add_task(model: str | Path, task: tuple[str, str | Path], out: str | Path, c
     if out.exists():
         raise LabelShareError(f"{out}: already exists; model versions are never overwritten, choose a new --out")
     candidate = candidate_dir_for(out)
-    with StopRequest() as stop:
-        progress.progress("mapping", 0.0, f"reading {old_path.name}")
-        old = load_model(old_path, device=config.device)
-        if old.config.method not in ADDABLE_METHODS:
-            raise ModelError(f"{old_path}: add-task extends label-sharing models; this is a {old.config.method} "
-                             "model")
-        update = name in old.labelspace.tasks
-        if update and config.label_map:
-            raise LabelSpaceError(f"--map: task '{name}' is already in {old_path.name}; its mapping stays as it is")
-        new_task = TaskDataset.open(folder, name)
-        old_folders = _old_task_folders(old, replay_tasks, name)
-        tasks = {t: (new_task if t == name else TaskDataset.open(old_folders[t], t))
-                 for t in dict.fromkeys([*old.labelspace.tasks, name])}  # old order; an added task last
-        _check_old_labels(old, tasks, name)
-        split = _split(old, tasks, name, config)
-        train_config = _train_config(old, config, len(new_task.labels), len(split[name]["train"]))
-        replay = {t: spread_cases(tasks[t], split[t]["train"], config.replay_cases, config.seed)
-                  for t in old.labelspace.tasks if t != name}
-        distill_weight = config.distill_weight
-        if distill_weight > 0 and not any(replay.values()):
-            progress.log("no old slices are replayed, so there is nothing to distil on: distillation is off")
-            distill_weight = 0.0
-        request = _json_round_trip({
-            "parent": old_path.name, "parent_manifest_sha256": sha256_file(old_path / "manifest.json"),
-            "task": name, "task_folder": str(Path(folder).resolve()), "strategy": config.strategy,
-            "map": list(config.label_map),
-            "replay_cases": "all" if config.replay_cases is None else config.replay_cases,
-            "distill_weight": distill_weight, "old_task_folders": {t: str(p.resolve()) for t, p in old_folders.items()},
-            "train": {k: v for k, v in train_config.to_json().items() if k != "device"}})
+    progress.progress("mapping", 0.0, f"reading {old_path.name}")
+    old = load_model(old_path, device=config.device)
+    if old.config.method not in ADDABLE_METHODS:
+        raise ModelError(f"{old_path}: add-task extends label-sharing models; this is a {old.config.method} "
+                         "model")
+    update = name in old.labelspace.tasks
+    if update and config.label_map:
+        raise LabelSpaceError(f"--map: task '{name}' is already in {old_path.name}; its mapping stays as it is")
+    new_task = TaskDataset.open(folder, name)
+    old_folders = _old_task_folders(old, replay_tasks, name)
+    tasks = {t: (new_task if t == name else TaskDataset.open(old_folders[t], t))
+             for t in dict.fromkeys([*old.labelspace.tasks, name])}  # old order; an added task last
+    _check_old_labels(old, tasks, name)
+    split = _split(old, tasks, name, config)
+    train_config = _train_config(old, config, len(new_task.labels), len(split[name]["train"]))
+    replay = {t: spread_cases(tasks[t], split[t]["train"], config.replay_cases, config.seed)
+              for t in old.labelspace.tasks if t != name}
+    distill_weight = config.distill_weight
+    if distill_weight > 0 and not any(replay.values()):
+        progress.log("no old slices are replayed, so there is nothing to distil on: distillation is off")
+        distill_weight = 0.0
+    request = _json_round_trip({
+        "parent": old_path.name, "parent_manifest_sha256": sha256_file(old_path / "manifest.json"),
+        "task": name, "task_folder": str(Path(folder).resolve()), "strategy": config.strategy,
+        "map": list(config.label_map),
+        "replay_cases": "all" if config.replay_cases is None else config.replay_cases,
+        "distill_weight": distill_weight, "old_task_folders": {t: str(p.resolve()) for t, p in old_folders.items()},
+        "train": {k: v for k, v in train_config.to_json().items() if k != "device"}})
+    with ExitStack() as holding:  # the candidate is held from its check (or creation) until it is published
         if candidate.exists():
+            holding.enter_context(hold_folder(candidate))
             trained = _existing_candidate(candidate, out, request, resume or config.accept_regression)
             progress.log(f"{candidate}: trained earlier by the same command; checking it again")
         else:
@@ -122,7 +119,7 @@ def add_task(model: str | Path, task: tuple[str, str | Path], out: str | Path, c
                          + estimate(old_path, train_config.total_steps, distill_weight > 0).describe(),
                          steps=train_config.total_steps)
             space, network, mapping = _prepare(old, new_task, split, config, update, train_config,
-                                               _Part(progress, 0.0, 0.05, stop))
+                                               _Part(progress, 0.0, 0.05))
             progress.metrics("mapping", task=name, strategy=mapping["strategy"], shared=mapping["shared"],
                              n_shared=space.n_shared, message=f"{name}: " + "; ".join(
                                  f"{label} -> shared {k} ({mapping['reasons'][label]})"
@@ -141,21 +138,24 @@ def add_task(model: str | Path, task: tuple[str, str | Path], out: str | Path, c
                        "request": request}
             ordered = {t: tasks[t] for t in space.task_names}
             trained = run_training(ordered, space, model_config, candidate, train_config,
-                                   _Part(progress, 0.05, 0.9, stop), resume=resume, command=command,
+                                   _Part(progress, 0.05, 0.9), resume=resume, command=command,
                                    lineage=lineage, initial_network=network, trainer_class=IncrementalTrainer,
                                    split=split, trainer_options={"replay": replay, "teacher": old.network,
                                                                  "distill_weight": distill_weight,
                                                                  "new_task": name,
                                                                  "new_task_share": config.new_task_share})
+            holding.enter_context(hold_folder(candidate))
         published, report = apply_gate(old, trained, out, tasks, name, "update-task" if update else "add-task",
-                                       config, _Part(progress, 0.9, 0.99, stop))
-        return AddTaskResult(path=published, report=report, metrics=trained.metrics)
+                                       config, _Part(progress, 0.9, 0.99))
+    return AddTaskResult(path=published, report=report, metrics=trained.metrics)
 
 
 def _train_config(old: Model, config: AddTaskConfig, labels: int, training_cases: int) -> TrainConfig:
     """The old model's training settings (augmentation, precision) with the new budget: the one given, else one
     that grows with the task (:func:`labelshare.budget.add_task_epochs`)."""
     recorded = old.read_json("training.json", {}) or {}
+    if not isinstance(recorded, dict):
+        raise ModelError(f"{old.path / 'training.json'}: not a JSON object")
     known = set(TrainConfig.__dataclass_fields__)
     train_config = TrainConfig(**{k: v for k, v in recorded.items() if k in known})
     train_config.weights_dtype = old.config.weights_dtype
@@ -163,7 +163,10 @@ def _train_config(old: Model, config: AddTaskConfig, labels: int, training_cases
     train_config.steps_per_epoch = config.steps_per_epoch
     train_config.batch_size, train_config.learning_rate = config.batch_size, config.learning_rate
     train_config.seed, train_config.device = config.seed, config.device
-    train_config.check()
+    try:
+        train_config.check()
+    except LabelShareError as error:  # the budget was checked with AddTaskConfig: the rest came from the model
+        raise ModelError(f"{old.path / 'training.json'}: {error}") from None
     return train_config
 
 
@@ -280,12 +283,18 @@ def _existing_candidate(candidate: Path, out: Path, request: dict, reuse: bool) 
         raise LabelShareError(f"{candidate}: the unpublished version of {out.name} is damaged ({error}); delete "
                               "the folder to train again") from None
     lineage = read_json(candidate / "lineage.json")
-    if lineage.get("request") != request:
+    if not isinstance(lineage, dict) or lineage.get("request") != request:
         raise LabelShareError(f"{candidate}: an unpublished version of {out.name} trained with other settings is "
                               "there; delete the folder or choose another --out")
     if not reuse:
-        raise LabelShareError(f"{candidate}: {out.name} was trained but not published (report: "
-                              f"{refused_report_paths(out)[1]}); add --accept-regression to publish it, --resume to "
-                              "check it again, or delete the folder to train again")
-    return TrainingResult(path=candidate, metrics=read_json(candidate / "metrics.json"),
-                          split=read_json(candidate / "split.json")["tasks"], data=lineage["data"])
+        report = refused_report_paths(out)[1]
+        why = f"refused by the regression gate (report: {report})" if report.is_file() else \
+            "stopped before its regression gate"
+        raise LabelShareError(f"{candidate}: {out.name} was trained but not published ({why}); add --resume to check "
+                              "it again, --accept-regression to publish it, or delete the folder to train again")
+    split = (read_json(candidate / "split.json") or {}).get("tasks")
+    if not isinstance(split, dict) or not isinstance(lineage.get("data"), dict):
+        raise LabelShareError(f"{candidate}: the unpublished version of {out.name} is damaged (split.json or "
+                              "lineage.json); delete the folder to train again")
+    return TrainingResult(path=candidate, metrics=read_json(candidate / "metrics.json"), split=split,
+                          data=lineage["data"])
