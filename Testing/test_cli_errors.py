@@ -158,7 +158,7 @@ def case_table(tmp_path, model, image):
     broken = tmp_path / "broken.nii.gz"
     broken.write_bytes(b"not an image")
     ranking = tmp_path / "ranking.csv"
-    add("rank: unreadable file", _rank(model, broken, ranking), "broken.nii.gz: input image cannot be read")
+    add("rank: unreadable file", _rank(model, broken, ranking), "broken.nii.gz: input image is damaged")
     add("rank: unknown task", _rank(model, image, ranking, "liver"), "unknown task 'liver'; known tasks: phantom3d")
     add("rank: empty folder", _rank(model, tmp_path / "empty", ranking), "empty: no images in it")
     add("rank: mirroring a lateralised task", _rank(model, image, ranking, "sides3d", "--score", "tta"),

@@ -15,7 +15,7 @@ from taskfactory import blobs, write_task_folder
 
 from labelshare import __version__
 from labelshare.cli import build_parser, main
-from labelshare.config import NetworkConfig, TrainConfig
+from labelshare.config import NetworkConfig
 from labelshare.errors import LabelShareError, ModelError
 from labelshare.forgetting import ForgettingReport
 from labelshare.modelfolder import verify_folder, write_manifest
@@ -64,9 +64,10 @@ def test_an_oversized_request_line_is_an_error_and_the_worker_goes_on():
 
 
 @pytest.mark.parametrize("size", [65536, 4096, 0, -16])
-def test_image_size_is_bounded(size):
-    with pytest.raises(LabelShareError, match="--image-size"):
-        TrainConfig(image_size=size).check()
+def test_fixed_size_is_bounded(size):
+    from labelshare.plans import PlanSettings
+    with pytest.raises(LabelShareError, match="--fixed-size"):
+        PlanSettings(fixed_size=size).check()
 
 
 @pytest.mark.parametrize("change, message", [
