@@ -13,6 +13,19 @@ from pathlib import Path
 import pytest
 
 from labelshare.cli import main
+from labelshare.labelspace import LabelSpace, compute_statistics
+from labelshare.plans import PlanSettings
+from labelshare.tasks import TaskDataset
+
+FIXED_SIZE = 32  # the robustness runs resize every slice to 32 x 32 (--fixed-size): the quickest plans there are
+
+
+def fixed_size_space(tasks: dict[str, Path], names: list[str] | None = None, size: int = FIXED_SIZE) -> LabelSpace:
+    """The label space of ``names`` (default: every task) with fixed-size plans (``labelspace build --fixed-size``):
+    what the first release's ``--image-size`` was for these tests, a quick run."""
+    settings = PlanSettings(fixed_size=size)
+    return LabelSpace.build([compute_statistics(TaskDataset.open(tasks[name], name), plan_settings=settings)
+                             for name in (names or list(tasks))], plan_settings=settings)
 
 
 @contextmanager

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from robustness_support import cli_error, cut, fill, hidden_entries, remount_read_only, small_file_system
+from robustness_support import (cli_error, cut, fill, fixed_size_space, hidden_entries, remount_read_only,
+                                small_file_system)
 
 from labelshare import fileio, modelfolder
 from labelshare.errors import DataError, LabelShareError, LabelSpaceError, ModelError
@@ -158,16 +159,17 @@ def test_worker_reports_an_error_not_done_when_the_output_is_not_written(tiny_mo
 @pytest.mark.parametrize("command", ["labelspace", "evaluate", "train"])
 def test_a_full_disk_is_one_line_for_every_command(tiny_model, synthetic_tasks, synthetic_space, tmp_path, capsys,
                                                    command):
+    fixed_size_space(synthetic_tasks).save(tmp_path / "fixed32.json")  # outside the full disk
     with small_file_system(tmp_path / "disk", "256k") as disk:
         fill(disk, 0)
         task = f"xray2d={synthetic_tasks['xray2d']}"
         argv = {"labelspace": ["labelspace", "build", "--task", task, "-o", disk / "ls.json"],
                 "evaluate": ["evaluate", "--model", tiny_model, "--task", "xray2d", "--data", synthetic_tasks["xray2d"],
                              "-o", disk / "evaluation", "--device", "cpu"],
-                "train": ["train", "--labelspace", tiny_model / "labelspace.json", "--task", task, "--task",
+                "train": ["train", "--labelspace", tmp_path / "fixed32.json", "--task", task, "--task",
                           f"phantom3d={synthetic_tasks['phantom3d']}", "--task",
                           f"sides3d={synthetic_tasks['sides3d']}", "--out", disk / "model", "--epochs", "1",
-                          "--steps-per-epoch", "2", "--image-size", "32", "--device", "cpu"]}[command]
+                          "--steps-per-epoch", "2", "--device", "cpu"]}[command]
         line = cli_error(argv, capsys)
         assert "No space left on device" in line
         assert sorted(p.name for p in disk.iterdir()) == ["filler"], "nothing half-written is left"
@@ -265,12 +267,13 @@ def test_a_header_claiming_more_than_the_file_holds_is_refused_before_allocating
 def test_every_command_refuses_a_truncated_case(tiny_model, synthetic_tasks, tmp_path, capsys, command):
     task = shutil.copytree(synthetic_tasks["phantom3d"], tmp_path / "phantom3d")
     damaged = cut(sorted((task / "imagesTr").iterdir())[1], 0.5)
+    if command == "train":  # the label space comes from the intact cases; training reads the damaged one
+        fixed_size_space(synthetic_tasks).save(tmp_path / "fixed32.json")
     argv = {"labelspace": ["labelspace", "build", "--task", f"phantom3d={task}", "-o", tmp_path / "ls.json"],
-            "train": ["train", "--labelspace", tiny_model / "labelspace.json", "--task", f"phantom3d={task}",
+            "train": ["train", "--labelspace", tmp_path / "fixed32.json", "--task", f"phantom3d={task}",
                       "--task", f"xray2d={synthetic_tasks['xray2d']}",
                       "--task", f"sides3d={synthetic_tasks['sides3d']}",
-                      "--out", tmp_path / "m", "--epochs", "1", "--steps-per-epoch", "1", "--image-size", "32",
-                      "--device", "cpu"],
+                      "--out", tmp_path / "m", "--epochs", "1", "--steps-per-epoch", "1", "--device", "cpu"],
             "segment": ["segment", "--model", tiny_model, "--task", "phantom3d", damaged, "-o", tmp_path / "o.nii.gz",
                         "--device", "cpu"],
             "evaluate": ["evaluate", "--model", tiny_model, "--task", "phantom3d", "--data", task, "--all-cases",

@@ -16,12 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from robustness_support import cli_error, hidden_entries, snapshot
+from robustness_support import cli_error, fixed_size_space, hidden_entries, snapshot
 
 from labelshare import training_run
 from labelshare.cli import main
 from labelshare.config import TrainConfig
-from labelshare.labelspace import LabelSpace
 from labelshare.modelfolder import verify_folder
 from labelshare.paths import candidate_dir_for, staging_dir_for
 from labelshare.progress import Progress
@@ -29,13 +28,13 @@ from labelshare.training import CHECKPOINT_DIR, Trainer
 from labelshare.training_run import train
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-TINY = ["--image-size", "32", "--batch-size", "6", "--device", "cpu"]
+TINY = ["--batch-size", "6", "--device", "cpu"]  # with a label space of fixed_size_space (--fixed-size 32)
 
 
 @pytest.fixture
-def two_tasks(synthetic_tasks, synthetic_space, tmp_path):
+def two_tasks(synthetic_tasks, tmp_path):
     """phantom3d and xray2d with their label space file (the quickest run that has two tasks)."""
-    space = LabelSpace({name: synthetic_space.tasks[name] for name in ("phantom3d", "xray2d")})
+    space = fixed_size_space(synthetic_tasks, ["phantom3d", "xray2d"])
     space.save(tmp_path / "ls.json")
     return {"space": space, "space_file": tmp_path / "ls.json",
             "tasks": [(name, synthetic_tasks[name]) for name in ("phantom3d", "xray2d")]}
@@ -133,9 +132,9 @@ def test_a_signal_while_the_interpreter_exits_keeps_the_reported_status():
 
 
 @pytest.fixture(scope="module")
-def base_model(tmp_path_factory, synthetic_tasks, synthetic_space):
-    space = LabelSpace({name: synthetic_space.tasks[name] for name in ("phantom3d", "xray2d")})
-    config = TrainConfig(image_size=32, batch_size=6, epochs=1, steps_per_epoch=4, device="cpu")
+def base_model(tmp_path_factory, synthetic_tasks):
+    space = fixed_size_space(synthetic_tasks, ["phantom3d", "xray2d"])
+    config = TrainConfig( batch_size=6, epochs=1, steps_per_epoch=4, device="cpu")
     return train([(n, synthetic_tasks[n]) for n in ("phantom3d", "xray2d")], space,
                  tmp_path_factory.mktemp("base") / "v1", config, progress=Progress("quiet")).path
 
@@ -164,7 +163,7 @@ class Killed(BaseException):
 def test_killed_after_the_model_folder_was_complete_resume_publishes_without_training(two_tasks, tmp_path,
                                                                                        monkeypatch):
     out = tmp_path / "model"
-    config = TrainConfig(image_size=32, batch_size=6, epochs=1, steps_per_epoch=3, device="cpu")
+    config = TrainConfig(batch_size=6, epochs=1, steps_per_epoch=3, device="cpu")
     real_publish = training_run.publish_dir
 
     def killed_before_rename(staging, target):
@@ -185,12 +184,12 @@ def test_killed_after_the_model_folder_was_complete_resume_publishes_without_tra
 
 def test_a_run_with_other_settings_does_not_publish_a_complete_staging_folder(two_tasks, tmp_path, monkeypatch):
     out = tmp_path / "model"
-    config = TrainConfig(image_size=32, batch_size=6, epochs=1, steps_per_epoch=3, device="cpu")
+    config = TrainConfig(batch_size=6, epochs=1, steps_per_epoch=3, device="cpu")
     monkeypatch.setattr(training_run, "publish_dir", lambda staging, target: (_ for _ in ()).throw(Killed()))
     with pytest.raises(Killed):
         train(two_tasks["tasks"], two_tasks["space"], out, config, progress=Progress("quiet"))
     monkeypatch.undo()
-    other = TrainConfig(image_size=32, batch_size=6, epochs=1, steps_per_epoch=3, device="cpu", learning_rate=1e-3)
+    other = TrainConfig(batch_size=6, epochs=1, steps_per_epoch=3, device="cpu", learning_rate=1e-3)
     with pytest.raises(Exception, match="other tasks, label space or settings"):
         train(two_tasks["tasks"], two_tasks["space"], out, other, resume=True, progress=Progress("quiet"))
 
@@ -211,7 +210,7 @@ def test_two_runs_never_work_in_one_staging_folder(two_tasks, tmp_path, capsys):
 # -- 6: leftovers -----------------------------------------------------------------------------------------------------
 def test_temporary_files_of_a_killed_write_are_not_published(two_tasks, tmp_path, monkeypatch):
     out = tmp_path / "model"
-    config = TrainConfig(image_size=32, batch_size=6, epochs=1, steps_per_epoch=3, device="cpu")
+    config = TrainConfig(batch_size=6, epochs=1, steps_per_epoch=3, device="cpu")
     monkeypatch.setattr(training_run, "publish_dir", lambda staging, target: (_ for _ in ()).throw(Killed()))
     with pytest.raises(Killed):
         train(two_tasks["tasks"], two_tasks["space"], out, config, progress=Progress("quiet"))
@@ -259,10 +258,10 @@ def test_a_staging_folder_without_a_checkpoint_does_not_block_a_new_run(two_task
 
 # -- 8: damaged checkpoints -------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def interrupted(tmp_path_factory, synthetic_tasks, synthetic_space):
+def interrupted(tmp_path_factory, synthetic_tasks):
     """A run stopped after its first epoch: the staging folder with a checkpoint (copied by each test)."""
     root = tmp_path_factory.mktemp("interrupted")
-    space = LabelSpace({name: synthetic_space.tasks[name] for name in ("phantom3d", "xray2d")})
+    space = fixed_size_space(synthetic_tasks, ["phantom3d", "xray2d"])
     space.save(root / "ls.json")
     argv = ["train", "--labelspace", str(root / "ls.json"), "--task", f"phantom3d={synthetic_tasks['phantom3d']}",
             "--task", f"xray2d={synthetic_tasks['xray2d']}", "--out", str(root / "model"), "--epochs", "2",
