@@ -133,7 +133,7 @@ def case_table(tmp_path, model, image):
     add("segment: batch size 0", _segment(model, image, out, "phantom3d", "--batch-size", "0"),
         "--batch-size must be a whole number of at least 1, not 0")
     add("segment: 3D volume to PNG", _segment(model, image, tmp_path / "out.png"),
-        "out.png: PNG holds one 2D image, and this label image is 16x16x4; write .nii.gz")
+        "out.png: a PNG file holds one 2D slice, not a volume of 4 slices (16x16x4); write .nii.gz")
     add("segment: glob matches nothing", _segment(model, f"{tmp_path}/absent*.nii.gz", tmp_path / "labels"),
         "absent*.nii.gz: no file or folder matches")
     (tmp_path / "empty").mkdir()

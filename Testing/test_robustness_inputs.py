@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from robustness_support import cli_error
+from robustness_support import cli_error, fixed_size_space
 from taskfactory import blobs, write_task_folder
 
 from labelshare import __version__
@@ -164,12 +164,14 @@ def test_segment_refuses_a_batch_size_below_one(tiny_model, tmp_path, capsys, ba
     assert not (tmp_path / "o.nii.gz").exists()
 
 
-def test_segment_refuses_to_write_a_volume_as_one_png(tiny_model, tmp_path, capsys):
+def test_segment_refuses_to_write_a_volume_as_one_png(tiny_model, tmp_path, capsys, monkeypatch):
+    from labelshare import models
+    monkeypatch.setattr(models, "load_model", lambda *args, **kwargs: pytest.fail("refused only after the model loaded"))
     image = tmp_path / "in.nii.gz"
     sitk.WriteImage(sitk.GetImageFromArray(np.random.default_rng(0).random((4, 16, 16)).astype(np.float32)), str(image))
     line = cli_error(["segment", "--model", tiny_model, "--task", "phantom3d", image, "-o", tmp_path / "o.png",
                       "--device", "cpu"], capsys)
-    assert "o.png: a PNG file holds one 2D slice, not a volume of 4 slices" in line
+    assert "o.png: a PNG file holds one 2D slice, not a volume of 4 slices (16x16x4)" in line
     assert not (tmp_path / "o.png").exists()
 
 
@@ -203,9 +205,10 @@ def test_output_paths_that_cannot_be_written_are_one_line(tiny_model, synthetic_
     evaluate = ["evaluate", "--model", tiny_model, "--task", "xray2d", "--data", synthetic_tasks["xray2d"], "--device",
                 "cpu", "-o"]
     assert "a_file: not a folder" in cli_error(evaluate + [a_file], capsys)
-    train = ["train", "--labelspace", tiny_model / "labelspace.json", "--task", task, "--task",
+    fixed_size_space(synthetic_tasks).save(tmp_path / "fixed32.json")
+    train = ["train", "--labelspace", tmp_path / "fixed32.json", "--task", task, "--task",
              f"phantom3d={synthetic_tasks['phantom3d']}", "--task", f"sides3d={synthetic_tasks['sides3d']}",
-             "--epochs", "1", "--steps-per-epoch", "1", "--image-size", "32", "--device", "cpu", "--out"]
+             "--epochs", "1", "--steps-per-epoch", "1", "--device", "cpu", "--out"]
     assert "a_file" in cli_error(train + [a_file / "model"], capsys)
     assert a_file.read_text() == "x"
 

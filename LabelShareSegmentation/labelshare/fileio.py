@@ -17,7 +17,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from functools import partial
 from pathlib import Path
@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import LabelShareError
+from .errors import DataError, LabelShareError
 from .imagedata import format_bytes, image_data_problem
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".png")
@@ -200,11 +200,32 @@ def itk_error_reason(error: RuntimeError) -> str:
     return " ".join(kept)[:300] or "unknown SimpleITK error"
 
 
-def check_image_fits_format(image: sitk.Image, target: str | os.PathLike) -> None:
-    """Refuse a volume for a PNG file: ITK's PNG writer would write its first slice and report success."""
-    if image_suffix(target) == ".png" and image.GetDimension() == 3 and image.GetSize()[2] > 1:
-        raise LabelShareError(f"{target}: a PNG file holds one 2D slice, not a volume of {image.GetSize()[2]} "
-                              "slices; write .nii.gz, .nii, .nrrd or .mha")
+def png_plane_axis(size: Sequence[int]) -> int | None:
+    """Where the one 2D slice of an image of ``size`` lies for a PNG file: -1 for a 2D image, the (last) size-1 axis
+    of a single-slice 3D image, None when the image has several slices (a volume no PNG file holds)."""
+    if len(size) == 2:
+        return -1
+    single = [axis for axis, n in enumerate(size) if n == 1]
+    return single[-1] if single else None
+
+
+def check_image_fits_format(image: sitk.Image | Sequence[int], target: str | os.PathLike) -> None:
+    """The one rule for what an image file can hold (an image or its size): a PNG file holds one 2D slice, so a
+    volume of several slices is refused (ITK's PNG writer would write its first slice and report success). A
+    single-slice 3D image fits: :func:`write_image_atomic` writes that slice."""
+    size = tuple(image.GetSize()) if isinstance(image, sitk.Image) else tuple(image)
+    if image_suffix(target) == ".png" and png_plane_axis(size) is None:
+        raise DataError(f"{target}: a PNG file holds one 2D slice, not a volume of {size[2]} slices "
+                        f"({'x'.join(map(str, size))}); write .nii.gz, .nii, .nrrd or .mha")
+
+
+def _as_png_slice(image: sitk.Image) -> sitk.Image:
+    """A single-slice 3D image as the 2D slice a PNG file holds (any axis of size 1; a 2D image as it is)."""
+    if image.GetDimension() == 2:
+        return image
+    size = list(image.GetSize())
+    size[png_plane_axis(size)] = 0  # Extract drops a size-0 axis
+    return sitk.Extract(image, size, [0] * len(size))
 
 
 def write_image_atomic(image: sitk.Image, target: str | os.PathLike, overwrite: bool = True,
@@ -228,6 +249,8 @@ def write_image_atomic(image: sitk.Image, target: str | os.PathLike, overwrite: 
         return None
 
     check_image_fits_format(image, target)
+    if image_suffix(target) == ".png":
+        image = _as_png_slice(image)
     with atomic_path(target, overwrite, reads_back) as tmp:
         try:
             sitk.WriteImage(image, str(tmp), useCompression=compress)

@@ -196,6 +196,22 @@ def collect_inputs(arguments: Sequence[str | os.PathLike], series: str | None = 
     return Inputs(images, single and len(arguments) == 1)
 
 
+def input_size(image: InputImage) -> tuple[int, ...] | None:
+    """The size of an input from its header(s) alone, before anything is read (a DICOM series: its first file's
+    rows and columns by its number of files); None when the header cannot tell (reading the image will say why)."""
+    files = image.dicom_files or (image.source,)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(files[0]))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return None
+    size = tuple(reader.GetSize())
+    if len(files) > 1:
+        return (*size[:2], len(files))
+    return size
+
+
 def read_input_image(image: InputImage) -> sitk.Image:
     """The voxels and geometry of an input (DICOM: the series sorted by position); DataError naming the source."""
     if not image.is_dicom:

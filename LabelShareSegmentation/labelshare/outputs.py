@@ -28,7 +28,8 @@ import SimpleITK as sitk
 
 from . import __version__
 from .errors import DataError
-from .fileio import atomic_path, atomic_write_json, image_suffix, read_json, sha256_file, write_image_atomic
+from .fileio import (atomic_path, atomic_write_json, check_image_fits_format, image_suffix, read_json, sha256_file,
+                     write_image_atomic)
 from .inputs import InputImage
 from .labelspace import LabelSpace
 from .modelfolder import MANIFEST_FILE, WEIGHTS_FILE, read_model_json
@@ -126,20 +127,10 @@ def check_output(path: Path, image: sitk.Image, source: InputImage, description:
     if kind == DICOM_SEG and not source.is_dicom:
         raise DataError(f"{path}: DICOM SEG references the DICOM images it segments, and {source.source} is not "
                         "DICOM; write .seg.nrrd or .nii.gz")
+    check_image_fits_format(image, path)
     if image_suffix(path) == ".png":
-        if _plane_axis(image) is None:
-            raise DataError(f"{path}: PNG holds one 2D image, and this label image is "
-                            f"{'x'.join(map(str, image.GetSize()))}; write .nii.gz, .nrrd or .mha")
         if description.max_label_id > 255:
             raise DataError(f"{path}: PNG holds 8-bit labels only; use .nii.gz")
-
-
-def _plane_axis(image: sitk.Image) -> int | None:
-    """-1 for a 2D image, the size-1 axis of a single-slice 3D image, None when the image has several slices."""
-    if image.GetDimension() == 2:
-        return -1
-    single = [axis for axis, size in enumerate(image.GetSize()) if size == 1]
-    return single[-1] if single else None
 
 
 def write_segmentation(label_image: sitk.Image, path: Path, description: OutputDescription, source: InputImage,
@@ -156,10 +147,6 @@ def write_segmentation(label_image: sitk.Image, path: Path, description: OutputD
 
 def write_label_map(label_image: sitk.Image, path: Path, description: OutputDescription, source: InputImage,
                     overwrite: bool) -> None:
-    if image_suffix(path) == ".png" and label_image.GetDimension() == 3:
-        size = list(label_image.GetSize())
-        size[_plane_axis(label_image)] = 0  # Extract drops a size-0 axis: the one slice as a 2D image
-        label_image = sitk.Extract(label_image, size, [0, 0, 0])
     write_image_atomic(label_image, path, overwrite=overwrite)
     atomic_write_json(sidecar_path(path), {
         "format": SIDECAR_FORMAT, "format_version": 1, "image": path.name, "sha256": sha256_file(path),

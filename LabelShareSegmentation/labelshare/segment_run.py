@@ -29,7 +29,8 @@ import torch
 from .config import OUTPUT_FORMATS, SegmentConfig
 from .errors import DataError, LabelShareError
 from .inference import Segmenter
-from .inputs import InputImage, Inputs, collect_inputs, read_input_image
+from .fileio import check_image_fits_format, image_suffix
+from .inputs import InputImage, Inputs, collect_inputs, input_size, read_input_image
 from .models import Model, load_model
 from .outputs import (DEFAULT_FORMAT, DICOM_SEG, ENDINGS_TEXT, OutputDescription, check_output, output_complete,
                       output_kind, write_segmentation)
@@ -113,6 +114,8 @@ def plan_cases(inputs: Inputs, output: str | Path, config: SegmentConfig) -> lis
         if output_kind(path) == DICOM_SEG and not image.is_dicom:
             raise DataError(f"{image.source}: is not DICOM, and DICOM SEG references the DICOM images it segments; "
                             "write .seg.nrrd or .nii.gz")
+        if inputs.single and image_suffix(path) == ".png" and (size := input_size(image)):
+            check_image_fits_format(size, path)  # the label image has its input's size (in a batch: that case fails)
     if config.existing == "refuse":
         existing = [path for path in paths if path.exists()]
         if existing:
