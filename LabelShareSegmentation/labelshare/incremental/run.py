@@ -86,6 +86,7 @@ def add_task(model: str | Path, task: tuple[str, str | Path], out: str | Path, c
     if old.config.method not in ADDABLE_METHODS:
         raise ModelError(f"{old_path}: add-task extends label-sharing models; this is a {old.config.method} "
                          "model")
+    recorded = _recorded_train_config(old, config)  # a tampered training.json is refused before any task is read
     update = name in old.labelspace.tasks
     if update and config.label_map:
         raise LabelSpaceError(f"--map: task '{name}' is already in {old_path.name}; its mapping stays as it is")
@@ -95,7 +96,7 @@ def add_task(model: str | Path, task: tuple[str, str | Path], out: str | Path, c
              for t in dict.fromkeys([*old.labelspace.tasks, name])}  # old order; an added task last
     _check_old_labels(old, tasks, name)
     split = _split(old, tasks, name, config)
-    train_config = _train_config(old, config, len(new_task.labels), len(split[name]["train"]))
+    train_config = _train_config(recorded, config, len(new_task.labels), len(split[name]["train"]))
     replay = {t: spread_cases(tasks[t], split[t]["train"], config.replay_cases, config.seed)
               for t in old.labelspace.tasks if t != name}
     distill_weight = config.distill_weight
@@ -150,23 +151,32 @@ def add_task(model: str | Path, task: tuple[str, str | Path], out: str | Path, c
     return AddTaskResult(path=published, report=report, metrics=trained.metrics)
 
 
-def _train_config(old: Model, config: AddTaskConfig, labels: int, training_cases: int) -> TrainConfig:
-    """The old model's training settings (augmentation, precision) with the new budget: the one given, else one
-    that grows with the task (:func:`labelshare.budget.add_task_epochs`)."""
+def _recorded_train_config(old: Model, config: AddTaskConfig) -> TrainConfig:
+    """The old model's training settings (augmentation, precision) from its ``training.json`` with this run's
+    budget and device, checked: a tampered file is one :class:`ModelError` naming it. The epochs are set by
+    :func:`_train_config` once the task's size is known."""
     recorded = old.read_json("training.json", {}) or {}
     if not isinstance(recorded, dict):
         raise ModelError(f"{old.path / 'training.json'}: not a JSON object")
     known = set(TrainConfig.__dataclass_fields__)
-    train_config = TrainConfig(**{k: v for k, v in recorded.items() if k in known})
-    train_config.weights_dtype = old.config.weights_dtype
-    train_config.epochs = config.epochs or add_task_epochs(labels, training_cases, config.steps_per_epoch)
-    train_config.steps_per_epoch = config.steps_per_epoch
-    train_config.batch_size, train_config.learning_rate = config.batch_size, config.learning_rate
-    train_config.seed, train_config.device = config.seed, config.device
     try:
+        train_config = TrainConfig(**{k: v for k, v in recorded.items() if k in known})
+        train_config.weights_dtype = old.config.weights_dtype
+        train_config.epochs = config.epochs or 1
+        train_config.steps_per_epoch = config.steps_per_epoch
+        train_config.batch_size, train_config.learning_rate = config.batch_size, config.learning_rate
+        train_config.seed, train_config.device = config.seed, config.device
         train_config.check()
-    except LabelShareError as error:  # the budget was checked with AddTaskConfig: the rest came from the model
+    except (LabelShareError, TypeError, ValueError) as error:  # the budget was checked with AddTaskConfig
         raise ModelError(f"{old.path / 'training.json'}: {error}") from None
+    return train_config
+
+
+def _train_config(recorded: TrainConfig, config: AddTaskConfig, labels: int, training_cases: int) -> TrainConfig:
+    """The recorded settings (:func:`_recorded_train_config`) with the new budget: the one given, else one that
+    grows with the task (:func:`labelshare.budget.add_task_epochs`)."""
+    train_config = copy.deepcopy(recorded)
+    train_config.epochs = config.epochs or add_task_epochs(labels, training_cases, config.steps_per_epoch)
     return train_config
 
 
