@@ -70,7 +70,7 @@ CASE_NAMES = [
     "segment: output is the input", "task: shape", "task: geometry",
     "task: label_value", "task: nan", "task: empty_labels", "task: missing_image", "task: empty_file",
     "rank: unreadable file", "rank: unknown task", "rank: empty folder", "rank: mirroring a lateralised task",
-    "rank: output not CSV", "task folder missing", "bad group", "labelspace file invalid",
+    "rank: output not CSV", "rank: output exists", "task folder missing", "bad group", "labelspace file invalid",
     "train: task not in label space", "train: existing output", "labelspace: bad fixed size",
     "labelspace: bad patch budget", "evaluate: labels differ",
 ]
@@ -164,6 +164,8 @@ def case_table(tmp_path, model, image):
     add("rank: mirroring a lateralised task", _rank(model, image, ranking, "sides3d", "--score", "tta"),
         "task 'sides3d' is lateralised, so mirroring is not a valid augmentation for it")
     add("rank: output not CSV", _rank(model, image, tmp_path / "ranking.txt"), "ranking.txt: the ranking table is CSV")
+    add("rank: output exists", _rank(model, image, tmp_path / "old.csv"), "old.csv: already exists (pass --overwrite",
+        lambda: (tmp_path / "old.csv").write_text("earlier"))
     space = tmp_path / "ls.json"
     for damage, expected in [("shape", "case_000_0000.mha: case 'case_000' of task 'bad_shape': image size (9, 8, 2) "
                                        "differs from label size (8, 8, 2)"),

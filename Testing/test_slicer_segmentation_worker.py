@@ -86,10 +86,17 @@ def test_rank_requests_rank_a_folder_with_the_loaded_model(tiny_model, synthetic
                  {**request, "id": "r", "command": "rank", "inputs": [str(folder)],
                   "output": str(tmp_path / "ranking.csv")},
                  {**request, "id": "x", "command": "rank", "inputs": [str(tmp_path / "absent")],
-                  "output": str(tmp_path / "x.csv")})
+                  "output": str(tmp_path / "x.csv")},
+                 {**request, "id": "again", "command": "rank", "inputs": [str(folder)],
+                  "output": str(tmp_path / "ranking.csv")},
+                 {**request, "id": "replace", "command": "rank", "inputs": [str(folder)],
+                  "output": str(tmp_path / "ranking.csv"), "overwrite": True})
     ranked = answers(events, "r")
     assert ranked[-1]["event"] == "done" and ranked[-1]["ranked"] == 8 and ranked[-1]["failures"] == []
     assert ranked[-1]["load_s"] == 0.0  # the model the segment request loaded
     assert [e["index"] for e in ranked if e.get("stage") == "ranking"] == list(range(1, 9))
     assert len((tmp_path / "ranking.csv").read_text().splitlines()) == 9
     assert answers(events, "x")[-1]["message"] == f"{tmp_path / 'absent'}: input not found (no such file or folder)"
+    again = answers(events, "again")  # the one overwrite rule: refused before ranking, unless asked
+    assert [e["event"] for e in again] == ["error"] and "ranking.csv: already exists" in again[-1]["message"]
+    assert answers(events, "replace")[-1]["event"] == "done"

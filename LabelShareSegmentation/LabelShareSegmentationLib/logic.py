@@ -128,12 +128,13 @@ class SegmentationLogic:
     def start_ranking(self, inputs: list[str | Path], task: str, output: str | Path, model: str | Path | None = None,
                       device: str = "auto", score: str = DEFAULT_RANK_SCORE,
                       on_event: Callable[[dict], None] | None = None,
-                      import_ranking: Callable[[list], Any] | None = None) -> WorkerJob:
+                      import_ranking: Callable[[list], Any] | None = None, overwrite: bool = False) -> WorkerJob:
         """Rank images (files, folders, globs: the inputs of ``labelshare segment``) by the model's uncertainty in
         the same warm worker (``labelshare rank``'s work, one event per image); the table is written to ``output``
         and ``job.result`` is its cases, most uncertain first (:class:`labelshare.ranking.RankedCase`), or what
-        ``import_ranking`` makes of them (called on the polling thread). Cancel stops the worker, as for a
-        segmentation.
+        ``import_ranking`` makes of them (called on the polling thread). An existing ``output`` is replaced only with
+        ``overwrite`` (the command line's ``--overwrite`` rule; the annotation queue re-ranks into its own table).
+        Cancel stops the worker, as for a segmentation.
 
         :raises LabelShareError: (before anything runs) for an unusable model, task, score or device.
         """
@@ -146,7 +147,7 @@ class SegmentationLogic:
         worker = self._worker_for(device, model_path)
         self.job = worker.submit({"command": "rank", "model": str(model_path), "task": task,
                                   "inputs": [str(path) for path in inputs], "output": str(output), "device": device,
-                                  "score": score},
+                                  "score": score, "overwrite": overwrite},
                                  import_result=lambda done_event: (import_ranking or list)(
                                      read_ranking(done_event.get("output") or output)),
                                  on_event=on_event)

@@ -218,6 +218,7 @@ def cmd_rank(args, progress: Progress) -> int:
     """The ranking table of the images; with several images, :data:`EXIT_SOME_FAILED` when some failed (the table
     holds the others); one image that fails is an error."""
     from .errors import DataError
+    from .fileio import check_output_file
     from .inputs import collect_inputs
     from .models import load_model
     from .ranking import rank_cases
@@ -226,6 +227,7 @@ def cmd_rank(args, progress: Progress) -> int:
     config.check()
     if not args.output.name.lower().endswith(".csv"):
         raise DataError(f"{args.output}: the ranking table is CSV; name it <name>.csv")
+    check_output_file(args.output, args.overwrite)  # the one overwrite rule, before the model loads
     inputs = collect_inputs(args.inputs, config.series)  # refuses bad arguments before the model loads
     progress.progress("preparing", 0.0, f"loading model to rank {len(inputs.images)} image"
                       f"{'s' if len(inputs.images) != 1 else ''}")
@@ -441,6 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="slices per forward pass (default: 64 on CUDA, 16 on the CPU)")
     rank.add_argument("--slicing-axis", type=int, choices=(0, 1, 2), default=None,
                       help="image axis to slice along (default: largest spacing)")
+    _add_overwrite(rank)
     _add_common(rank)
     rank.set_defaults(func=cmd_rank)
 

@@ -10,14 +10,15 @@ each carrying the ``request`` id it belongs to::
     {"id": "r1", "command": "segment", "model": "/models/v3", "task": "acdc", "input": "in.nrrd",
      "output": "out.nrrd", "device": "auto", "largest_component": false, "overwrite": false}
     {"id": "r2", "command": "rank", "model": "/models/v3", "task": "acdc", "inputs": ["unlabelled/"],
-     "output": "ranking.csv", "device": "auto", "score": "entropy"}
+     "output": "ranking.csv", "device": "auto", "score": "entropy", "overwrite": false}
     {"id": "r3", "command": "exit"}
 
 ``command`` defaults to ``segment``; ``rank`` scores the images of ``inputs`` (files, folders, globs: the readers of
 ``labelshare segment``) with :func:`labelshare.ranking.rank_cases` (one ``progress`` event per image) and writes the
 ranking table to ``output``, its ``done`` event carrying ``ranked`` and ``failures``. ``model`` null means the
 bundled default model; ``device`` is auto, cpu or cuda; ``largest_component`` and ``overwrite`` are true or false
-(default false: an existing segmentation is never replaced, the command line's ``--overwrite`` rule). Every field
+(default false: an existing segmentation or ranking table is never replaced, the command line's ``--overwrite``
+rule). Every field
 has its type checked and unknown fields are refused (:data:`COMMAND_FIELDS`). Every request ends with exactly one
 ``done`` (with ``output`` and timings) or ``error`` event; an error does not end the worker. A request line longer
 than :data:`MAX_REQUEST_CHARS` or nested too deeply is answered with an error and skipped. Once torch and the engine
@@ -58,7 +59,7 @@ COMMAND_FIELDS = {
     "segment": {**_COMMON_FIELDS, "input": ((str,), True), "output": ((str,), True), "device": ((str,), False),
                 "largest_component": ((bool,), False), "overwrite": ((bool,), False)},
     "rank": {**_COMMON_FIELDS, "inputs": ((list, str), True), "output": ((str,), True), "device": ((str,), False),
-             "score": ((str,), False), "series": ((str, type(None)), False)},
+             "score": ((str,), False), "series": ((str, type(None)), False), "overwrite": ((bool,), False)},
 }
 _TYPE_NAMES = {str: "a string", int: "a number", bool: "true or false", type(None): "null", list: "a list of strings"}
 
@@ -140,11 +141,13 @@ class WorkerServer:
         """A ``rank`` request: the ranking table written to ``output``; images that failed are listed in the done
         event (the others are ranked), and an error only when none could be ranked."""
         from .config import DEFAULT_RANK_SCORE, RankConfig
+        from .fileio import check_output_file
         from .inputs import collect_inputs
         from .ranking import rank_cases
         config = RankConfig(task=request["task"], score=request.get("score", DEFAULT_RANK_SCORE),
                             series=request.get("series"), device=request.get("device", "auto"))
         config.check()
+        check_output_file(request["output"], request.get("overwrite", False))
         inputs = request["inputs"]
         ranking = rank_cases(model, collect_inputs(inputs if isinstance(inputs, list) else [inputs], config.series),
                              config, progress)

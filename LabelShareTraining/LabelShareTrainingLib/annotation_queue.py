@@ -182,7 +182,8 @@ class AnnotationQueueLogic:
             return self.queue.entries
 
         return self.segmentation.start_ranking([folder], task, self.queue.path.with_suffix(".csv"), model_path,
-                                               device, score, on_event, import_ranking)
+                                               device, score, on_event, import_ranking,
+                                               overwrite=True)  # its own table, re-ranked each time
 
     def rank(self, folder: str | Path, task: str, model: str | Path | None = None, device: str = "auto",
              score: str = DEFAULT_RANK_SCORE, timeout: float | None = None) -> list[QueueEntry]:
