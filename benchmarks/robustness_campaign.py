@@ -58,6 +58,8 @@ from labelshare.config import TrainConfig
 from labelshare.fileio import TEMPORARY_NAME
 from labelshare.labelspace import LabelSpace, compute_statistics
 from labelshare.modelfolder import list_models, verify_folder, write_manifest
+from labelshare.paths import default_model_dir
+from labelshare.plans import PlanSettings
 from labelshare.progress import Progress, parse_event
 from labelshare.tasks import TaskDataset, read_image
 from labelshare.training_run import train
@@ -65,7 +67,8 @@ from labelshare.training_run import train
 OUTCOMES = ("clear error", "done", "traceback", "wrongly accepted", "hang", "damaged")
 BAD_OUTCOMES = ("traceback", "wrongly accepted", "hang", "damaged")
 ONE_LINE = re.compile(r"^labelshare[\w -]*: (error|stopped|refused): \S")
-TINY = ["--image-size", "32", "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "4", "--device", "cpu"]
+FIXED_SIZE = 32  # the fixtures' label spaces have fixed-size plans (labelspace build --fixed-size 32): quick runs
+TINY = ["--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "4", "--device", "cpu"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
@@ -76,8 +79,8 @@ class Fixtures:
 
     root: Path
     tasks: dict[str, Path]
-    space2: Path       # label space of phantom3d + xray2d (the base model's)
-    space3: Path       # label space of all three tasks
+    space2: Path       # label space of phantom3d + xray2d (the base model's), fixed-size plans (FIXED_SIZE)
+    space3: Path       # label space of all three tasks, fixed-size plans
     model: Path        # base model: phantom3d + xray2d
     image: Path        # a phantom3d image to segment
 
@@ -88,11 +91,13 @@ class Fixtures:
 def make_fixtures(root: Path) -> Fixtures:
     tasks = synthetic.write_tasks(root / "data", cases=6)
     spaces = {}
-    statistics = {name: compute_statistics(TaskDataset.open(path, name)) for name, path in tasks.items()}
+    settings = PlanSettings(fixed_size=FIXED_SIZE)
+    statistics = {name: compute_statistics(TaskDataset.open(path, name), plan_settings=settings)
+                  for name, path in tasks.items()}
     for key, names in (("space2", ("phantom3d", "xray2d")), ("space3", tuple(tasks))):
         spaces[key] = root / f"{key}.json"
-        LabelSpace.build([statistics[n] for n in names]).save(spaces[key])
-    config = TrainConfig(image_size=32, batch_size=4, epochs=1, steps_per_epoch=3, device="cpu")
+        LabelSpace.build([statistics[n] for n in names], plan_settings=settings).save(spaces[key])
+    config = TrainConfig(batch_size=4, epochs=1, steps_per_epoch=3, device="cpu")
     model = train([(n, tasks[n]) for n in ("phantom3d", "xray2d")], LabelSpace.load(spaces["space2"]),
                   root / "models" / "base", config, progress=Progress("quiet"), command=["(campaign fixture)"]).path
     image = sorted((tasks["phantom3d"] / "imagesTr").iterdir())[0]
@@ -255,7 +260,7 @@ def add_task_argv(f: Fixtures, d: Path, *options: str, model: Path | None = None
     replays = ["--replay-task", f"phantom3d={f.tasks['phantom3d']}", "--replay-task", f"xray2d={f.tasks['xray2d']}"]
     return with_options(["add-task", "--model", str(model or f.model), "--task",
                          task or f"sides3d={f.tasks['sides3d']}", "--out", str(out or d / "v2"),
-                         *(replays if replay else []), "--max-regression", "100", *TINY[2:]], options)
+                         *(replays if replay else []), "--max-regression", "100", *TINY], options)
 
 
 def on_task(name: str, damage: Callable[[Path], object], command: str = "build") -> Callable:
@@ -283,6 +288,20 @@ def on_model(change: Callable[[Path], object], command: str = "segment") -> Call
         if command == "evaluate":
             return evaluate_argv(f, d, model=model)
         return segment_argv(f, d, model=model)
+    return build
+
+
+def on_first_release_model(change: Callable[[Path], object]) -> Callable:
+    """A probe builder: ``segment`` with a copy of the bundled first-release model (format 1: no plans, one fixed
+    ``preprocessing.image_size`` in config.json) with ``change`` applied, on one of its own tasks."""
+    def build(f: Fixtures, d: Path) -> list[str]:
+        bundled = default_model_dir()
+        if bundled is None:
+            raise FileNotFoundError("the bundled first-release model is not installed")
+        model = Path(shutil.copytree(bundled, d / bundled.name))
+        task = next(iter(json.loads((model / "labelspace.json").read_text())["tasks"]))
+        change(model)
+        return with_options(segment_argv(f, d, model=model), ("--task", task))
     return build
 
 
@@ -498,8 +517,11 @@ def bad_input_probes() -> list[Probe]:
         Probe("train: run of other settings in the staging folder", lambda f, d: stale_checkpoint(f, d),
               protect=(".m.partial",)),
     ]
-    for option, value in (("--image-size", "65536"), ("--image-size", "50"), ("--image-size", "0"),
-                          ("--image-size", "x"), ("--learning-rate", "nan"), ("--learning-rate", "-1"),
+    for option, value in (("--fixed-size", "65536"), ("--fixed-size", "50"), ("--fixed-size", "0"),
+                          ("--fixed-size", "x"), ("--patch-pixels", "10"), ("--patch-pixels", "x"),
+                          ("--image-pixels", "0")):  # the plans are the label space's (labelspace build)
+        probes.append(Probe(f"build: {option} {value}", lambda f, d, o=(option, value): build_argv(f, d) + list(o)))
+    for option, value in (("--learning-rate", "nan"), ("--learning-rate", "-1"),
                           ("--learning-rate", "inf"), ("--epochs", "0"), ("--batch-size", "-5"),
                           ("--steps-per-epoch", "0"), ("--validation-fraction", "1"),
                           ("--validation-fraction", "nan"), ("--device", "tpu"), ("--device", "cuda:x"),
@@ -541,12 +563,38 @@ def bad_input_probes() -> list[Probe]:
             "config.json", lambda c: c["network"].update(filters=[65536] * 5)))),
         Probe("segment: config with 40 levels", on_model(in_json(
             "config.json", lambda c: c["network"].update(filters=[16] * 40)))),
-        Probe("segment: config image_size 0", on_model(in_json(
+        # the fixed size of a first-release model (config.json preprocessing.image_size) ...
+        Probe("segment: first-release config image_size 0", on_first_release_model(in_json(
             "config.json", lambda c: c["preprocessing"].update(image_size=0)))),
-        Probe("segment: config image_size '128'", on_model(in_json(
+        Probe("segment: first-release config image_size '128'", on_first_release_model(in_json(
             "config.json", lambda c: c["preprocessing"].update(image_size="128")))),
-        Probe("segment: config image_size 65536", on_model(in_json(
+        Probe("segment: first-release config image_size 65536", on_first_release_model(in_json(
             "config.json", lambda c: c["preprocessing"].update(image_size=65536)))),
+        Probe("segment: first-release config without image_size", on_first_release_model(in_json(
+            "config.json", lambda c: c["preprocessing"].pop("image_size")))),
+        # ... and the plans of a newer one (labelspace.json: each task's plan, the plan settings)
+        Probe("segment: plan patch_size [8, 8]", on_model(in_json(
+            "labelspace.json", lambda j: j["tasks"]["phantom3d"]["plan"].update(patch_size=[8, 8])))),
+        Probe("segment: plan patch_size 65536", on_model(in_json(
+            "labelspace.json", lambda j: j["tasks"]["phantom3d"]["plan"].update(patch_size=[65536, 65536])))),
+        Probe("segment: plan patch_size one side", on_model(in_json(
+            "labelspace.json", lambda j: j["tasks"]["phantom3d"]["plan"].update(patch_size=[32])))),
+        Probe("segment: plan spacing 0", on_model(in_json(
+            "labelspace.json", lambda j: j["tasks"]["phantom3d"].update(plan={"patch_size": [32, 32],
+                                                                              "spacing": [0.0, 1.0]})))),
+        Probe("segment: plan spacing NaN", on_model(in_json(
+            "labelspace.json", lambda j: j["tasks"]["phantom3d"].update(plan={"patch_size": [32, 32],
+                                                                              "spacing": [float("nan"), 1.0]})))),
+        Probe("segment: plan with spacing and size", on_model(in_json(
+            "labelspace.json", lambda j: j["tasks"]["phantom3d"]["plan"].update(spacing=[1.0, 1.0])))),
+        Probe("segment: plan a string", on_model(in_json(
+            "labelspace.json", lambda j: j["tasks"]["phantom3d"].update(plan="big")))),
+        Probe("segment: plan missing", on_model(in_json(
+            "labelspace.json", lambda j: j["tasks"]["phantom3d"].pop("plan")))),
+        Probe("segment: plan_settings fixed_size 50", on_model(in_json(
+            "labelspace.json", lambda j: j.update(plan_settings={"fixed_size": 50})))),
+        Probe("segment: plan_settings patch_pixels 'x'", on_model(in_json(
+            "labelspace.json", lambda j: j.update(plan_settings={"patch_pixels": "x"})))),
         Probe("segment: config network a list", on_model(in_json("config.json", lambda c: c.update(network=[1])))),
         Probe("segment: config out_channels a string", on_model(in_json(
             "config.json", lambda c: c["network"].update(out_channels="4")))),
@@ -605,13 +653,14 @@ def bad_input_probes() -> list[Probe]:
                                                        "add-task")),
         Probe("add-task: bare --task NAME", lambda f, d: add_task_argv(f, d, task="sides3d")),
         # demo
-        Probe("demo: --out not empty", lambda f, d: a_file(d) and ["demo", "--out", str(d), "--image-size", "32"],
+        Probe("demo: --out not empty", lambda f, d: a_file(d) and ["demo", "--out", str(d), "--fixed-size", "32"],
               protect=("a_file",)),
-        Probe("demo: --out is a file", lambda f, d: ["demo", "--out", str(a_file(d)), "--image-size", "32"],
+        Probe("demo: --out is a file", lambda f, d: ["demo", "--out", str(a_file(d)), "--fixed-size", "32"],
               protect=("a_file",)),
         Probe("demo: task folder missing", lambda f, d: ["demo", "--out", str(d / "run"), "--task",
-                                                         f"x={d / 'absent'}", "--image-size", "32"]),
-        Probe("demo: --image-size 65536", lambda f, d: ["demo", "--out", str(d / "run"), "--image-size", "65536"]),
+                                                         f"x={d / 'absent'}", "--fixed-size", "32"]),
+        Probe("demo: --fixed-size 65536", lambda f, d: ["demo", "--out", str(d / "run"), "--fixed-size", "65536"]),
+        Probe("demo: --patch-pixels 10", lambda f, d: ["demo", "--out", str(d / "run"), "--patch-pixels", "10"]),
         Probe("demo: --epochs -1", lambda f, d: ["demo", "--out", str(d / "run"), "--epochs", "-1"]),
         # models
         Probe("models: --root is a file", lambda f, d: ["models", "--root", str(a_file(d))]),

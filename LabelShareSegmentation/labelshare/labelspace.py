@@ -289,7 +289,8 @@ class LabelSpace:
             raise LabelSpaceError(f"{where}: format version {version} is not supported (this LabelShare reads "
                                   f"versions {', '.join(map(str, READABLE_VERSIONS))})")
         try:
-            plan_settings = PlanSettings.from_json(data["plan_settings"]) if version >= 2 else None
+            plan_settings = _read_plan(PlanSettings, data["plan_settings"], where, "plan_settings") \
+                if version >= 2 else None
             tasks = {}
             for name, task in data["tasks"].items():
                 check_task_name(name)  # task names become folder names (collected tasks, demo outputs)
@@ -301,7 +302,8 @@ class LabelSpace:
                                         n_cases=int(task.get("n_cases", 0)), lateralised=bool(task["lateralised"]),
                                         license=task.get("license", ""), citation=task.get("citation", ""),
                                         strategy=task.get("strategy", data.get("strategy", "size")),
-                                        plan=TaskPlan.from_json(task["plan"]) if version >= 2 else None,
+                                        plan=_read_plan(TaskPlan, task["plan"], where, f"task '{name}': plan")
+                                        if version >= 2 else None,
                                         intended_input=str(task.get("intended_input", "")))
             groups = [parse_group("=".join(g)) for g in data.get("groups", [])]
             space = cls(tasks, strategy=data.get("strategy", "size"), groups=groups, plan_settings=plan_settings)
@@ -356,6 +358,15 @@ class LabelSpace:
                            + (", lateralised (no left-right flips)" if task.lateralised else "")
                            + (f"; plan: {task.plan.describe()}" if task.plan else ""))
         return "\n".join(lines) + "\n\n" + "\n".join(f"- {d}" for d in details) + "\n"
+
+
+def _read_plan(kind: type[PlanSettings] | type[TaskPlan], data, where: str, what: str):
+    """A task's plan or the plan settings from a label space file; a bad value is one error naming the file and
+    the entry."""
+    try:
+        return kind.from_json(data)
+    except LabelSpaceError as error:
+        raise LabelSpaceError(f"{where}: {what}: {error}") from None
 
 
 def _group_text(group: Sequence[tuple[str, str]]) -> str:

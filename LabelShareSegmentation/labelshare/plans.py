@@ -51,15 +51,20 @@ class PlanSettings:
     patch_pixels: int = 192 * 192
     fixed_size: int | None = None
 
-    def check(self) -> None:
+    def check(self, as_options: bool = True) -> None:
+        """One error naming the value as its command-line option (``--fixed-size``), or as its field in a file
+        (``fixed_size``) when not ``as_options``."""
+        def named(field: str) -> str:
+            return f"--{field.replace('_', '-')}" if as_options else field
+
         for name in ("image_pixels", "patch_pixels"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) \
                     or not MIN_PATCH_SIDE ** 2 <= value <= MAX_SIDE ** 2:
-                raise LabelSpaceError(f"--{name.replace('_', '-')} {value!r}: must be a whole number of pixels in "
+                raise LabelSpaceError(f"{named(name)} {value!r}: must be a whole number of pixels in "
                                       f"{MIN_PATCH_SIDE ** 2}..{MAX_SIDE ** 2}")
         if self.fixed_size is not None:
-            check_fixed_size(self.fixed_size, "--fixed-size")
+            check_fixed_size(self.fixed_size, named("fixed_size"))
 
     def plan(self, geometries: Sequence[SliceGeometry]) -> TaskPlan:
         """The plan of a task from the slice geometry of its training cases."""
@@ -79,8 +84,8 @@ class PlanSettings:
             settings = cls(**{k: int(v) for k, v in data.items() if k in ("image_pixels", "patch_pixels",
                                                                          "fixed_size")})
         except (TypeError, ValueError, AttributeError) as error:
-            raise LabelSpaceError(f"plan settings: malformed ({error})") from None
-        settings.check()
+            raise LabelSpaceError(f"malformed ({error})") from None
+        settings.check(as_options=False)
         return settings
 
 
@@ -146,13 +151,13 @@ class TaskPlan:
             if value is None:
                 return None
             if not isinstance(value, list) or len(value) != 2:
-                raise LabelSpaceError(f"plan: '{key}' must be a list of two numbers")
+                raise LabelSpaceError(f"'{key}' must be a list of two numbers")
             return tuple(kind(v) for v in value)
         try:
             return cls(patch_size=pair("patch_size", int), spacing=pair("spacing", float), size=pair("size", int),
                        median_shape=pair("median_shape", int), source_spacing=pair("source_spacing", float))
         except (TypeError, ValueError) as error:
-            raise LabelSpaceError(f"plan: malformed ({error})") from None
+            raise LabelSpaceError(f"malformed ({error})") from None
 
 
 def fixed_size_plan(size: int) -> TaskPlan:
