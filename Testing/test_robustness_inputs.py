@@ -166,7 +166,8 @@ def test_segment_refuses_a_batch_size_below_one(tiny_model, tmp_path, capsys, ba
 
 def test_segment_refuses_to_write_a_volume_as_one_png(tiny_model, tmp_path, capsys, monkeypatch):
     from labelshare import models
-    monkeypatch.setattr(models, "load_model", lambda *args, **kwargs: pytest.fail("refused only after the model loaded"))
+    monkeypatch.setattr(models, "load_model",
+                        lambda *args, **kwargs: pytest.fail("refused only after the model loaded"))
     image = tmp_path / "in.nii.gz"
     sitk.WriteImage(sitk.GetImageFromArray(np.random.default_rng(0).random((4, 16, 16)).astype(np.float32)), str(image))
     line = cli_error(["segment", "--model", tiny_model, "--task", "phantom3d", image, "-o", tmp_path / "o.png",

@@ -155,7 +155,8 @@ def test_volumes_into_png_fail_and_a_2d_image_in_the_same_batch_is_written(tiny_
     xray = sorted((synthetic_tasks["xray2d"] / "imagesTr").iterdir())[0]
     volume = sorted((synthetic_tasks[TASK] / "imagesTr").iterdir())[0]
     status = main(segment(tiny_model, xray, volume, "-o", tmp_path / "png", "--format", "png"))
-    assert status == 4 and "a PNG file holds one 2D slice, not a volume of 10 slices (48x48x10)" in capsys.readouterr().err
+    assert status == 4
+    assert "a PNG file holds one 2D slice, not a volume of 10 slices (48x48x10)" in capsys.readouterr().err
     written = sitk.ReadImage(str(tmp_path / "png" / f"{xray.name.removesuffix('_0000.png')}.png"))
     assert written.GetSize() == sitk.ReadImage(str(xray)).GetSize()
     assert set(np.unique(sitk.GetArrayViewFromImage(written))) <= {0, 1, 2, 3}

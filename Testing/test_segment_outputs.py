@@ -122,7 +122,8 @@ def test_a_label_map_is_complete_only_with_the_sidecar_that_names_it(tmp_path):
 
 def test_png_holds_one_2d_image_only(tmp_path):
     source = InputImage("x", tmp_path / "x.png")
-    with pytest.raises(DataError, match=r"out.png: a PNG file holds one 2D slice, not a volume of 6 slices \(12x10x6\)"):
+    with pytest.raises(DataError,
+                       match=r"out.png: a PNG file holds one 2D slice, not a volume of 6 slices \(12x10x6\)"):
         check_output(tmp_path / "out.png", phantom_labels(), source, DESCRIPTION)
     one_slice = phantom_labels(size=(12, 1, 6), direction=(1, 0, 0, 0, 1, 0, 0, 0, 1))
     check_output(tmp_path / "out.png", one_slice, source, DESCRIPTION)
