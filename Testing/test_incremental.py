@@ -297,6 +297,10 @@ def nodule_task(target: Path, cases: int = 12) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="known limitation (issue 10, open): after 60-200 add-task steps the 20-pixel "
+                   "nodule stays at Dice 0.000 with every channel start (predicted, prior, background, random), while "
+                   "a per-task model of the same task reaches 0.37 at step 60 and 0.68 at step 120; strict, so a fix "
+                   "shows up here")
 def test_add_task_defaults_learn_a_small_label_beyond_n_star(tmp_path, base_model, synthetic_tasks):
     """Every label of the new task, the 20-pixel nodule on a new output channel included, is learnt with the
     defaults (batch share, channel start, sampling) in a test-sized budget."""

@@ -515,9 +515,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_task.add_argument("--new-task-share", type=float, default=defaults.new_task_share, metavar="FRACTION",
                           help="the task's share of every batch; the old tasks share the rest (default: %(default)s)")
     add_task.add_argument("--new-label-init", choices=NEW_LABEL_INITS, default=defaults.new_label_init,
-                          help="how the output channel of a label beyond n* starts: a copy of the channel the "
-                               "model predicts on most of the label's pixels at half its odds, or of the background "
-                               "channel at the label's prior odds or at e^-4 odds (default: %(default)s)")
+                          help="how the output channel of a label beyond n* starts: a copy of the background "
+                               "channel at the label's prior odds, a copy of the channel the model predicts on most "
+                               "of the label's pixels at half its odds, or the background channel at e^-4 odds "
+                               "(default: %(default)s)")
     add_task.add_argument("--resume", action="store_true", help="continue an interrupted run of the same --out")
     budget = add_task.add_argument_group("training budget and device")
     budget.add_argument("--epochs", type=int, default=defaults.epochs,

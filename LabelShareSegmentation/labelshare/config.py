@@ -191,7 +191,7 @@ class RankConfig:
 
 
 STRATEGIES = ("overlap", "size")  # label mapping of a task added to a model
-NEW_LABEL_INITS = ("predicted", "prior", "background")  # how an output channel added for a new label starts
+NEW_LABEL_INITS = ("prior", "predicted", "background")  # how an output channel added for a new label starts
 
 
 @dataclass
@@ -214,7 +214,7 @@ class AddTaskConfig:
     min_new_dice: float | None = None
     accept_regression: bool = False
     new_task_share: float = 0.5
-    new_label_init: str = "predicted"
+    new_label_init: str = "prior"
     epochs: int | None = None
     steps_per_epoch: int = 100
     batch_size: int = 16

@@ -195,12 +195,12 @@ def new_channel_starts(stats: TaskStatistics, shared: Mapping[str, int], n_share
     """How every output channel added for a shared label above the old n* starts (the network's
     :func:`~labelshare.networks.expand_output_channels`): (channel to copy, bias shift), in shared-label order.
 
+    ``prior``: the background channel at the label's prior odds (the fraction of the training pixels it covers).
     ``predicted``: the channel the current model predicts on most of the label's pixels (``coverage``, from
-    :meth:`Overlap.coverage`; background included), at half its odds, so the new channel starts with a real share
-    of the probability where the label is. ``background``: the background channel, e^-4 of its odds. ``prior``:
-    the background channel at the label's prior odds. Both of the latter start a label that lies inside a structure
-    the model is sure of (a nodule in a lung) at a probability so small that the softmax passes almost no gradient
-    to it: a 20-pixel nodule was never learnt from them (docs/incremental).
+    :meth:`Overlap.coverage`; background included), at half its odds. ``background``: the background channel, e^-4
+    of its odds. Measured on ACDC added to a hippocampus + Sunnybrook model (docs/incremental/new-labels.md), the
+    new RV channel stayed at Dice 0 for 200 steps from ``prior`` and then learnt, and for 300 steps from
+    ``predicted``: ``prior`` is the default.
     """
     names = list(stats.labels)
     starts = []
