@@ -145,7 +145,7 @@ def test_add_task_command_line_follows_the_engine_contract(tmp_path):
     budget = BUDGETS["standard"]
     assert request.arguments() == [
         "add-task", "--model", str(tmp_path / "m-v2"), "--task", f"liver={tmp_path / 'liver'}",
-        "--out", str(tmp_path / "m-v3"), "--replay-task", "acdc=/data/acdc", "--epochs", str(budget["epochs"]),
+        "--out", str(tmp_path / "m-v3"), "--replay-task", "acdc=/data/acdc",  # no --epochs: the engine's budget
         "--steps-per-epoch", str(budget["steps_per_epoch"]), "--batch-size", str(budget["batch_size"]),
         "--device", "cpu", "--progress", "json"]
     assert request.arguments(resume=True)[-1] == "--resume"

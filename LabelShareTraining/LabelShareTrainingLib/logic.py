@@ -46,6 +46,7 @@ from .runs import (TrainingProgress, TrainingRequest, discard_run, jobs_dir, nex
 
 DEFAULT_STOP_GRACE_S = 30.0  # time the engine gets to write its checkpoint after Stop before the tree is killed
 TRAINED_MARKER = ".labelshare-trained.json"  # in a task folder: the cases its last published run was started with
+KILL_REAP_S = 5.0  # how long stop() waits to see a killed process end
 
 
 def default_workspace() -> Path:
@@ -348,7 +349,9 @@ class TrainingLogic:
                     on_wait(max(deadline - time.monotonic(), 0.0))
             if not self.job.state.finished:
                 self.job.process.kill()
-                self.job.poll()
+                reaped_by = time.monotonic() + KILL_REAP_S  # a killed tree ends at once, but is seen a moment later
+                while not self.job.state.finished and time.monotonic() < reaped_by:
+                    self.job.poll(0.1)
         self.poll()
 
     def wait(self, timeout: float | None = None) -> TrainingOutcome:
