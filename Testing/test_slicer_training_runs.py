@@ -90,7 +90,7 @@ def test_first_model_run_reports_progress_stops_resumably_survives_a_crash_and_r
     logic.stop(wait_s=60)
     outcome = logic.outcome
     assert outcome.state == "stopped" and outcome.resumable and logic.job.state == JobState.CANCELLED
-    assert any("stopped by signal" in line for line in logic.job.log), "Stop let the engine save a checkpoint"
+    assert any("checkpoint saved" in line for line in logic.job.log), "Stop let the engine save a checkpoint"
     assert not Path(request.out).exists(), "no model version appears from a stopped run"
     assert (staging_dir_for(request.out) / ".checkpoint" / "checkpoint.json").is_file()
     assert logic.lock.holder() is None and not logic.lock.path.exists()
