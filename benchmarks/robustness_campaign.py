@@ -629,7 +629,8 @@ def bad_input_probes() -> list[Probe]:
     ]
     for option, value in (("--learning-rate", "nan"), ("--epochs", "0"), ("--device", "tpu"),
                           ("--replay-cases", "x"), ("--distill-weight", "inf"), ("--max-regression", "-1"),
-                          ("--map", "left_blob=99"), ("--map", "nolabel=1"), ("--strategy", "magic")):
+                          ("--map", "left_blob=99"), ("--map", "nolabel=1"), ("--strategy", "magic"),
+                          ("--new-label-lr-scale", "0.5")):
         probes.append(Probe(f"add-task: {option} {value}",
                             lambda f, d, o=(option, value): add_task_argv(f, d, *o)))
     probes += [

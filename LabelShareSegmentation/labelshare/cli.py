@@ -328,7 +328,8 @@ def add_task_config_from(args: argparse.Namespace) -> AddTaskConfig:
                            replay_cases=parse_replay_cases(args.replay_cases), distill_weight=args.distill_weight,
                            max_regression=args.max_regression, min_new_dice=args.min_new_dice,
                            accept_regression=args.accept_regression, new_task_share=args.new_task_share,
-                           new_label_init=args.new_label_init, epochs=args.epochs,
+                           new_label_init=args.new_label_init, new_label_lr_scale=args.new_label_lr_scale,
+                           epochs=args.epochs,
                            steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
                            learning_rate=args.learning_rate, seed=args.seed, device=args.device)
     config.check()
@@ -519,6 +520,10 @@ def build_parser() -> argparse.ArgumentParser:
                                "channel at the label's prior odds, a copy of the channel the model predicts on most "
                                "of the label's pixels at half its odds, or the background channel at e^-4 odds "
                                "(default: %(default)s)")
+    add_task.add_argument("--new-label-lr-scale", type=float, default=defaults.new_label_lr_scale, metavar="FACTOR",
+                          help="learning-rate multiplier of the output channels of labels beyond n*, so that a "
+                               "channel starting at a small label's prior rises within a short budget (1: the base "
+                               "rate) (default: %(default)s)")
     add_task.add_argument("--resume", action="store_true", help="continue an interrupted run of the same --out")
     budget = add_task.add_argument_group("training budget and device")
     budget.add_argument("--epochs", type=int, default=defaults.epochs,

@@ -100,6 +100,11 @@ def count_parameters(network: nn.Module) -> int:
     return sum(p.numel() for p in network.parameters())
 
 
+def output_layer(network: nn.Module) -> nn.Conv2d:
+    """The 1x1 convolution that gives a label-sharing network's output channels (one row per channel)."""
+    return network.unet.output_block.conv.conv
+
+
 def expand_output_channels(network: nn.Module, starts: Sequence[tuple[int, float]]) -> None:
     """Append one output channel per entry of ``starts`` to an unconditioned or task-channel network, in place.
 
@@ -112,7 +117,7 @@ def expand_output_channels(network: nn.Module, starts: Sequence[tuple[int, float
         raise ValueError("output expansion is implemented for label-sharing networks (SegmentationNet)")
     if not starts:
         return
-    old = network.unet.output_block.conv.conv
+    old = output_layer(network)
     out_channels = old.out_channels + len(starts)
     new = nn.Conv2d(old.in_channels, out_channels, kernel_size=1).to(old.weight.device, old.weight.dtype)
     with torch.no_grad():

@@ -139,7 +139,6 @@ def _unmatched(overlap_row: np.ndarray, assigned: Mapping[str, int], label: str)
     return f"no overlap of Dice >= {MIN_OVERLAP_DICE} (best {overlap_row[best]:.2f}, shared label {best})"
 
 
-@torch.no_grad()
 @dataclass
 class Overlap:
     """Pixel counts of (task label, predicted output channel) pairs: row 0 is the task's background, then its labels
@@ -160,6 +159,7 @@ class Overlap:
         return self.counts[1:] / np.maximum(self.counts[1:].sum(axis=1, keepdims=True), 1)
 
 
+@torch.no_grad()
 def measure_overlap(network: torch.nn.Module, device: torch.device, task: TaskDataset, case_names: Sequence[str],
                     plan: TaskPlan, task_index: int, batch_size: int = 32) -> Overlap:
     """How the current prediction (argmax over all output channels) covers each label of ``task``, over the given

@@ -121,6 +121,7 @@ def add_task(model: str | Path, task: tuple[str, str | Path], out: str | Path, c
                          steps=train_config.total_steps)
             space, network, mapping = _prepare(old, new_task, split, config, update, train_config,
                                                _Part(progress, 0.0, 0.05))
+            first_new_channel = old.network.config.out_channels if mapping.get("new_channels") else None
             progress.metrics("mapping", task=name, strategy=mapping["strategy"], shared=mapping["shared"],
                              n_shared=space.n_shared, message=f"{name}: " + "; ".join(
                                  f"{label} -> shared {k} ({mapping['reasons'][label]})"
@@ -134,6 +135,7 @@ def add_task(model: str | Path, task: tuple[str, str | Path], out: str | Path, c
                        "tasks_added": [] if update else [name], "task": name, "mapping": mapping,
                        "replay": {"cases_per_task": request["replay_cases"], "exemplars": replay},
                        "new_task_share": config.new_task_share,
+                       "new_label_lr_scale": config.new_label_lr_scale,
                        "distillation": {"weight": distill_weight, "temperature": DISTILL_TEMPERATURE},
                        "task_folders": {t: str(tasks[t].root.resolve()) for t in space.task_names},
                        "request": request}
@@ -144,7 +146,9 @@ def add_task(model: str | Path, task: tuple[str, str | Path], out: str | Path, c
                                    split=split, trainer_options={"replay": replay, "teacher": old.network,
                                                                  "distill_weight": distill_weight,
                                                                  "new_task": name,
-                                                                 "new_task_share": config.new_task_share})
+                                                                 "new_task_share": config.new_task_share,
+                                                                 "first_new_channel": first_new_channel,
+                                                                 "new_channel_lr_scale": config.new_label_lr_scale})
             holding.enter_context(hold_folder(candidate))
         published, report = apply_gate(old, trained, out, tasks, name, "update-task" if update else "add-task",
                                        config, _Part(progress, 0.9, 0.99))

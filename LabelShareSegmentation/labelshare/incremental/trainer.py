@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..networks import output_layer
 from ..tasks import TaskDataset
 from ..sampling import TaskBatch
 from ..training import Trainer
@@ -49,16 +50,26 @@ class IncrementalTrainer(Trainer):
     second target
     (Hinton et al. 2015): KL(old || new) of the softmax at temperature :data:`DISTILL_TEMPERATURE` over the old
     output channels, times T^2, added to the segmentation loss.
+
+    Output channels from ``first_new_channel`` on (those added for labels beyond n*) take ``new_channel_lr_scale``
+    times the optimiser's step. AdamW moves every weight by about the learning rate per step, whatever the size of
+    its gradient, so a channel that starts at a small label's prior odds (a logit ~6 below the background) needs
+    hundreds of steps at the base rate before it wins a pixel: in a short add-task it was never predicted at all
+    (docs/incremental/new-labels.md). Scaling the step of those rows only leaves the old channels and the shared
+    features at the base rate.
     """
 
     def __init__(self, network, heads, train_banks, validation_banks, config, workdir, progress, context=None,
                  run_identity=None, fraction_range=(0.0, 1.0), *, replay: Mapping[str, Sequence[str]],
                  teacher: torch.nn.Module | None = None, distill_weight: float = 0.0, new_task: str | None = None,
-                 new_task_share: float | None = None):
+                 new_task_share: float | None = None, first_new_channel: int | None = None,
+                 new_channel_lr_scale: float = 1.0):
         banks = [bank.select(replay[bank.task]) if bank.task in replay else bank for bank in train_banks]
         self.new_task, self.new_task_share = new_task, new_task_share
         identity = {**(run_identity or {}), "replay": {t: list(c) for t, c in replay.items()},
                     "distill_weight": distill_weight, "new_task_share": new_task_share}
+        if first_new_channel is not None:
+            identity["new_channels"] = {"first": first_new_channel, "lr_scale": new_channel_lr_scale}
         super().__init__(network, heads, banks, validation_banks, config, workdir, progress, context, identity,
                          fraction_range)
         self.distill_weight = distill_weight
@@ -66,6 +77,18 @@ class IncrementalTrainer(Trainer):
         if teacher is not None and distill_weight > 0:
             self.teacher = teacher.to(self.device).eval().requires_grad_(False)
         self.replayed_tasks = {heads[t].index for t, cases in replay.items() if cases}
+        self.first_new_channel, self.new_channel_lr_scale = first_new_channel, new_channel_lr_scale
+
+    def train_step(self, step: int) -> float:
+        if self.first_new_channel is None or self.new_channel_lr_scale == 1.0:
+            return super().train_step(step)
+        layer, rows = output_layer(self.network), slice(self.first_new_channel, None)
+        before = [parameter[rows].detach().clone() for parameter in (layer.weight, layer.bias)]
+        loss = super().train_step(step)
+        with torch.no_grad():  # the optimiser's update of the new rows, extended to new_channel_lr_scale times
+            for parameter, start in zip((layer.weight, layer.bias), before):
+                parameter[rows] += (self.new_channel_lr_scale - 1.0) * (parameter[rows] - start)
+        return loss
 
     def task_shares(self, banks) -> list[float] | None:
         tasks = [bank.task for bank in banks]
