@@ -309,30 +309,6 @@ def split_xray_task(source: Path, target: Path) -> Path:
     return target
 
 
-def nodule_task(target: Path, cases: int = 12) -> Path:
-    """A synthetic 2D task with four labels, one more than the base model's n*: both lungs, the heart, and a small
-    bright nodule (about 20 pixels of a 64x96 image) inside one lung."""
-    rng = np.random.default_rng(5)
-    (target / "imagesTr").mkdir(parents=True)
-    (target / "labelsTr").mkdir()
-    rows, columns = np.mgrid[0:64, 0:96]
-    for index in range(cases):
-        label = np.zeros((64, 96), np.uint8)
-        for value, centre in ((1, 28), (2, 68)):
-            label[((rows - 30 - rng.uniform(-2, 2)) / 21) ** 2 + ((columns - centre) / 12) ** 2 <= 1] = value
-        label[((rows - 42) / 11) ** 2 + ((columns - 50 - rng.uniform(-3, 3)) / 10) ** 2 <= 1] = 3
-        nodule = (22 + rng.integers(-4, 5), 26 + rng.integers(-3, 4))
-        label[(rows - nodule[0]) ** 2 + (columns - nodule[1]) ** 2 <= 6] = 4
-        image = np.choose(label, [200, 60, 60, 140, 250]).astype(np.float32) + rng.normal(0, 15, label.shape)
-        write_image_atomic(sitk.GetImageFromArray(np.clip(image, 0, 255).astype(np.uint8)),
-                           target / "imagesTr" / f"chest_{index:03d}_0000.png")
-        write_image_atomic(sitk.GetImageFromArray(label), target / "labelsTr" / f"chest_{index:03d}.png")
-    atomic_write_json(target / "dataset.json", {
-        "labels": {"background": 0, "lung_left": 1, "lung_right": 2, "heart": 3, "nodule": 4},
-        "file_ending": ".png", "channel_names": {"0": "synthetic"}})
-    return target
-
-
 @pytest.mark.slow
 def test_add_task_defaults_learn_a_small_label_beyond_n_star(tmp_path, base_model, synthetic_tasks):
     """The 20-pixel nodule, on a new output channel, is learnt with the defaults (batch share, channel start and its
@@ -342,7 +318,7 @@ def test_add_task_defaults_learn_a_small_label_beyond_n_star(tmp_path, base_mode
     The chest task is a look-alike of the replayed xray2d task, whose single lung_field label covers both lungs: an
     unconditioned label-sharing network cannot tell the two tasks' lungs apart, so only the labels without that
     conflict (the nodule and the heart) are held to the threshold (docs/incremental/new-labels.md)."""
-    chest = nodule_task(tmp_path / "chest")
+    chest = synthetic.write_chest_task(tmp_path / "chest")
     replay = [(n, synthetic_tasks[n]) for n in ("phantom3d", "xray2d")]
     result = add_task(base_model, ("chest", chest), tmp_path / "v2",
                       AddTaskConfig(max_regression=100, epochs=3, steps_per_epoch=20, batch_size=8, device="cpu"),

@@ -11,10 +11,12 @@ extension. Run one with ``labelshare-bench NAME [ARGUMENTS]`` (or ``python -m la
 ``batch-segmentation``      50 volumes in one ``labelshare segment`` call vs one call per volume
 ``apply-to-segments``       the Slicer module's Apply on slicer-core, first run and later runs
 ``cpu-efficiency``          float32 vs channels_last vs bfloat16 autocast vs torch.compile on the CPU
+``window-size``             patch-sized sliding windows vs one window per whole slice: Dice and CPU time
 ``incremental-summary``     tables and chart of the incremental-learning experiments (docs/incremental;
                             ``benchmarks/incremental/run_experiments.sh`` runs them)
 ``incremental-step-cost``   cost of one add-task step with and without distillation
 ``split-task``              a task with every structure cut in two (more labels than n*), for head expansion
+``new-label-rate``          add-task of a small label beyond n* against the new channel's learning-rate scale
 ``annotation-campaign``     a simulated annotation campaign: uncertainty ranking vs random selection
                             (docs/annotation-queue)
 ``robustness``              bad inputs and kills over every command and the worker, each outcome classified
@@ -31,9 +33,11 @@ EXPERIMENTS = {
     "batch-segmentation": "batch_segmentation",
     "apply-to-segments": "apply_to_segments",
     "cpu-efficiency": "cpu_efficiency",
+    "window-size": "window_size",
     "incremental-summary": "incremental.summarize",
     "incremental-step-cost": "incremental.step_cost",
     "split-task": "incremental.split_task",
+    "new-label-rate": "incremental.new_label_rate",
     "annotation-campaign": "annotation_campaign",
     "robustness": "robustness_campaign",
 }

@@ -199,8 +199,8 @@ def new_channel_starts(stats: TaskStatistics, shared: Mapping[str, int], n_share
     ``predicted``: the channel the current model predicts on most of the label's pixels (``coverage``, from
     :meth:`Overlap.coverage`; background included), at half its odds. ``background``: the background channel, e^-4
     of its odds. Measured on ACDC added to a hippocampus + Sunnybrook model (docs/incremental/new-labels.md), the
-    new RV channel stayed at Dice 0 for 200 steps from ``prior`` and then learnt, and for 300 steps from
-    ``predicted``: ``prior`` is the default.
+    new RV channel (at the base learning rate) stayed at Dice 0 for 200 steps from ``prior`` and then learnt,
+    and for 300 steps from ``predicted``: ``prior`` is the default.
     """
     names = list(stats.labels)
     starts = []

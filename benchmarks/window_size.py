@@ -1,0 +1,60 @@
+"""Patch-sized sliding windows against one window per whole slice: validation Dice and CPU time of one model.
+
+    labelshare-bench window-size --model DIR --task NAME=DIR
+
+Scores the model's validation cases of the task (its ``split.json``) with the full inference pipeline twice: with
+the plan's patch-sized windows (what the engine does) and with one window per slice, padded to a multiple of 16
+(fewer, larger windows: faster on a CPU, but the network sees inputs unlike its training patches). Prints the mean
+Dice per label and the process CPU seconds of each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+import labelshare.slices as slices
+from labelshare.evaluation import evaluate_cases
+from labelshare.fileio import read_json
+from labelshare.models import load_model
+from labelshare.tasks import TaskDataset
+
+patch_windows = slices.window_logits
+
+
+def whole_slice_windows(network, images, task_index: int, patch: Sequence[int], windows_per_batch: int = 16,
+                        autocast_dtype=None):
+    """:func:`labelshare.slices.window_logits` with a window that covers the whole slice."""
+    rows, columns = images.shape[-2:]
+    window = (max(patch[0], -(-rows // 16) * 16), max(patch[1], -(-columns // 16) * 16))
+    return patch_windows(network, images, task_index, window, windows_per_batch, autocast_dtype)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="a model folder with a split.json")
+    parser.add_argument("--task", required=True, metavar="NAME=DIR", help="the task and its nnU-Net folder")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    name, folder = args.task.split("=", 1)
+    model = load_model(args.model, device=args.device)
+    validation = read_json(model.path / "split.json")["tasks"][name]["validation"]
+    dataset = TaskDataset.open(folder, name)
+    print(f"{model.path.name}, task {name}: {len(validation)} validation cases, plan "
+          f"{model.labelspace.task(name).plan.describe()}")
+    try:
+        for title, windows in (("patch windows", patch_windows), ("whole-slice window", whole_slice_windows)):
+            slices.window_logits = windows
+            started = time.process_time()
+            evaluation = evaluate_cases(model, dataset, validation, task_name=name)
+            seconds = time.process_time() - started
+            per_label: dict[str, list[float]] = {}
+            for score in evaluation.scores:
+                per_label.setdefault(score.label, []).append(score.dice)
+            print(f"{title}: " + ", ".join(f"{label} {np.nanmean(values):.3f}" for label, values in per_label.items())
+                  + f"; {seconds:.0f} CPU s", flush=True)
+    finally:
+        slices.window_logits = patch_windows
