@@ -214,7 +214,7 @@ def test_output_channels_of_new_labels_take_a_scaled_step_and_the_rest_the_base_
         return network
 
     base, scaled = one_step(1.0), one_step(10.0)
-    for name, value in start.state_dict().items():
+    for name in start.state_dict():
         if "output_block" not in name:
             assert torch.equal(base.state_dict()[name], scaled.state_dict()[name]), name
     for parameter in ("weight", "bias"):

@@ -203,8 +203,8 @@ class AddTaskConfig:
     ``epochs`` None: a budget that grows with the new task (:func:`labelshare.budget.add_task_epochs`);
     ``new_task_share``: the task's share of every batch (the old tasks share the rest equally);
     ``new_label_init``: how the output channel of a label beyond n* starts; ``new_label_lr_scale``: the learning-rate
-    multiplier of those channels (:class:`~labelshare.incremental.trainer.IncrementalTrainer`); ``min_new_dice``: refuse the version
-    when a label of the task ends below this Dice (0-1; None: no floor).
+    multiplier of those channels (:class:`~labelshare.incremental.trainer.IncrementalTrainer`); ``min_new_dice``:
+    refuse the version when a label of the task ends below this Dice (0-1; None: no floor).
     """
 
     strategy: str = "overlap"

@@ -5,16 +5,15 @@
 Synthetic and small enough for a CPU: a base model of ``phantom3d`` + ``xray2d`` (n* = 3; 8 cases each, 40 steps of
 6), then ``add-task`` of ``chest`` (:func:`labelshare.synthetic.write_chest_task`: 4 labels, the 20-pixel nodule on a
 new shared label 4) with add-task's defaults and a test-sized budget (60 steps of 8), once per scale and seed.
-Prints the new task's validation Dice per label and the old tasks' largest change, and writes ``results.json`` in
-``--out`` (default: a temporary folder). The chest task is a look-alike of xray2d, whose single lung_field label
-covers both lungs, so the unconditioned network splits the chest's lungs between two shared labels whatever the
-scale: read the nodule and heart columns for the new label's learning.
+Prints the new task's validation Dice per label and the old tasks' worst change (the lowest), and writes
+``results.json`` in ``--out`` (default: a temporary folder). The chest task is a look-alike of xray2d, whose single
+lung_field label covers both lungs, so the unconditioned network splits the chest's lungs between two shared labels
+whatever the scale: read the nodule and heart columns for the new label's learning.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -47,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
                                                          seed=0), progress=Progress("quiet"),
                  command=["new-label-rate", "base"]).path
     rows = []
-    print("| scale | seed | lung_left | lung_right | heart | nodule (new) | old tasks' largest change | s |")
+    print("| scale | seed | lung_left | lung_right | heart | nodule (new) | old tasks' worst change | s |")
     print("|---|---|---|---|---|---|---|---|")
     for scale in args.scales:
         for seed in args.seeds:

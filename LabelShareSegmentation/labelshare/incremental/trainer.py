@@ -86,7 +86,7 @@ class IncrementalTrainer(Trainer):
         before = [parameter[rows].detach().clone() for parameter in (layer.weight, layer.bias)]
         loss = super().train_step(step)
         with torch.no_grad():  # the optimiser's update of the new rows, extended to new_channel_lr_scale times
-            for parameter, start in zip((layer.weight, layer.bias), before):
+            for parameter, start in zip((layer.weight, layer.bias), before, strict=True):
                 parameter[rows] += (self.new_channel_lr_scale - 1.0) * (parameter[rows] - start)
         return loss
 
