@@ -108,7 +108,9 @@ def add_task(model: str | Path, task: tuple[str, str | Path], out: str | Path, c
         "task": name, "task_folder": str(Path(folder).resolve()), "strategy": config.strategy,
         "map": list(config.label_map),
         "replay_cases": "all" if config.replay_cases is None else config.replay_cases,
-        "distill_weight": distill_weight, "old_task_folders": {t: str(p.resolve()) for t, p in old_folders.items()},
+        "distill_weight": distill_weight, "new_task_share": config.new_task_share,
+        "new_label_init": config.new_label_init, "new_label_lr_scale": config.new_label_lr_scale,
+        "old_task_folders": {t: str(p.resolve()) for t, p in old_folders.items()},
         "train": {k: v for k, v in train_config.to_json().items() if k != "device"}})
     with ExitStack() as holding:  # the candidate is held from its check (or creation) until it is published
         if candidate.exists():
@@ -135,7 +137,6 @@ def add_task(model: str | Path, task: tuple[str, str | Path], out: str | Path, c
                        "tasks_added": [] if update else [name], "task": name, "mapping": mapping,
                        "replay": {"cases_per_task": request["replay_cases"], "exemplars": replay},
                        "new_task_share": config.new_task_share,
-                       "new_label_lr_scale": config.new_label_lr_scale,
                        "distillation": {"weight": distill_weight, "temperature": DISTILL_TEMPERATURE},
                        "task_folders": {t: str(tasks[t].root.resolve()) for t in space.task_names},
                        "request": request}
