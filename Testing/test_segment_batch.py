@@ -115,6 +115,12 @@ def test_existing_outputs_are_refused_before_anything_runs_unless_overwrite(tiny
     assert "not allowed with argument" in capsys.readouterr().err
 
 
+def test_a_batch_refuses_an_output_named_like_an_image_file(tiny_model, scans, tmp_path, capsys):
+    assert main(segment(tiny_model, scans, "-o", tmp_path / "labels.nii.gz")) == 1
+    assert "labels.nii.gz: with several images (or a folder of them) -o names a folder" in capsys.readouterr().err
+    assert not (tmp_path / "labels.nii.gz").exists()
+
+
 def test_continue_after_a_kill_mid_batch_keeps_complete_outputs_and_redoes_the_rest(tiny_model, tmp_path,
                                                                                     synthetic_tasks):
     scans = tmp_path / "scans"

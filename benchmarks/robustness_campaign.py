@@ -383,6 +383,23 @@ def segment_output_problem(f: Fixtures, d: Path) -> str:
     return segmentation_problem(d / "o.nii.gz", f.image, {0, 1, 2, 3})
 
 
+def output_name(image: Path) -> str:
+    """The file name ``labelshare segment`` gives the output of ``image`` in an output folder (nnU-Net: the case
+    name, without the channel suffix, in NIfTI)."""
+    name = image.name.split(".")[0]
+    return f"{name[:-5] if name.endswith('_0000') else name}.nii.gz"
+
+
+def folder_segmentations_problem(f: Fixtures, d: Path) -> str:
+    """'' when the output folder holds one good segmentation per image of phantom3d's imagesTr."""
+    images = sorted((f.tasks["phantom3d"] / "imagesTr").iterdir())
+    for image in images:
+        problem = segmentation_problem(d / "out" / output_name(image), image, {0, 1, 2, 3})
+        if problem:
+            return problem
+    return "" if len(list((d / "out").glob("*.nii.gz"))) == len(images) else "not one output per image"
+
+
 def evaluation_problem(f: Fixtures, d: Path) -> str:
     """'' when evaluation.csv scores every label of the xray2d validation cases with a Dice in [0, 1]."""
     rows = (d / "evaluation" / "evaluation.csv").read_text().splitlines()
@@ -605,7 +622,8 @@ def bad_input_probes() -> list[Probe]:
         Probe("segment: NaN weights", on_model(nan_weights)),
         Probe("segment: output exists", lambda f, d: segment_argv(f, d, output=earlier_result(f, d)),
               protect=("earlier.nii.gz",)),
-        Probe("segment: output is a folder", lambda f, d: segment_argv(f, d, output=d) + ["--overwrite"]),
+        Probe("segment: a folder of images to -o o.nii.gz", lambda f, d: segment_argv(
+            f, d, image=f.tasks["phantom3d"] / "imagesTr"), absent=("o.nii.gz",)),
         Probe("segment: output format .txt", lambda f, d: segment_argv(f, d, output=d / "o.txt")),
         Probe("segment: output under a file", lambda f, d: segment_argv(f, d, output=a_file(d) / "o.nii.gz"),
               protect=("a_file",)),
@@ -614,7 +632,6 @@ def bad_input_probes() -> list[Probe]:
         Probe("segment: --batch-size -5", lambda f, d: segment_argv(f, d, "--batch-size", "-5"),
               absent=("o.nii.gz",)),
         Probe("segment: --batch-size 0", lambda f, d: segment_argv(f, d, "--batch-size", "0"), absent=("o.nii.gz",)),
-        Probe("segment: a folder as input", lambda f, d: segment_argv(f, d, image=f.tasks["phantom3d"] / "imagesTr")),
         # evaluate
         Probe("evaluate: labels differ from the model's", lambda f, d: evaluate_argv(f, d, task="phantom3d",
                                                                                      data=f.tasks["sides3d"])),
@@ -688,6 +705,11 @@ def bad_input_probes() -> list[Probe]:
         Probe("control: models --progress json", lambda f, d: ["models", "--root", str(f.model.parent),
                                                                "--progress", "json"], expect="done"),
         Probe("control: segment", lambda f, d: segment_argv(f, d), expect="done", verify=segment_output_problem),
+        Probe("control: segment into an existing folder", lambda f, d: segment_argv(f, d, output=d), expect="done",
+              verify=lambda f, d: segmentation_problem(d / output_name(f.image), f.image, {0, 1, 2, 3})),
+        Probe("control: segment a folder of images", lambda f, d: segment_argv(
+            f, d, image=f.tasks["phantom3d"] / "imagesTr", output=d / "out"), expect="done",
+              verify=folder_segmentations_problem),
         Probe("control: evaluate", lambda f, d: evaluate_argv(f, d), expect="done", verify=evaluation_problem),
     ]
     return probes
@@ -897,7 +919,6 @@ def worker_probes() -> list[WorkerProbe]:
             volume, huge_header)))),
         WorkerProbe("worker: output exists", request(output=lambda f, d: str(earlier_result(f, d))),
                     protect=("earlier.nii.gz",)),
-        WorkerProbe("worker: output is a folder", request(output=lambda f, d: str(d), overwrite=True)),
         WorkerProbe("worker: output format .txt", request(output=lambda f, d: str(d / "out.txt"))),
         WorkerProbe("worker: 3D volume to .png", request(output=lambda f, d: str(d / "out.png")), absent=("out.png",)),
         WorkerProbe("worker: output under a file", request(output=lambda f, d: str(a_file(d) / "o.nii.gz")),
@@ -912,6 +933,9 @@ def worker_probes() -> list[WorkerProbe]:
         WorkerProbe("worker control: overwrite true", request(output=lambda f, d: str(earlier_result(f, d)),
                                                               overwrite=True), expect="done", absent=(),
                     verify=lambda f, d: segmentation_problem(d / "earlier.nii.gz", f.image, {0, 1, 2, 3})),
+        WorkerProbe("worker control: output is a folder", request(output=lambda f, d: str(d)), expect="done",
+                    absent=(), verify=lambda f, d: segmentation_problem(d / output_name(f.image), f.image,
+                                                                        {0, 1, 2, 3})),
     ]
 
 

@@ -101,6 +101,9 @@ def plan_cases(inputs: Inputs, output: str | Path, config: SegmentConfig) -> lis
     else:
         if output.exists() and not output.is_dir():
             raise DataError(f"{output}: is a file; with several images (or a folder of them) -o names a folder")
+        if not output.exists() and output_kind(output):  # a folder named like a file would surprise everyone
+            raise DataError(f"{output}: with several images (or a folder of them) -o names a folder, and this name "
+                            "ends like an image file; give a folder name")
         ending = OUTPUT_FORMATS[config.output_format or DEFAULT_FORMAT]
         paths = [output / f"{image.name}{ending}" for image in inputs.images]
     by_path: dict[Path, InputImage] = {}
