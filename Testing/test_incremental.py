@@ -144,22 +144,29 @@ def test_explicit_pins_are_kept_and_checked(space):
 
 
 # -- replay and distillation -----------------------------------------------------------------------------------------
-def test_replay_keeps_exemplar_cases_and_distillation_adds_the_old_model_divergence(tmp_path, space):
+def tiny_trainer_inputs(space, slices_per_case: tuple[int, ...], classes: int):
+    """A 4-channel label-sharing network, its shared heads and random slice banks of tasks 'a' and 'b' (32x32)."""
     from labelshare.config import NetworkConfig
     from labelshare.layouts import task_heads
     from labelshare.networks import build_network
     from labelshare.plans import TaskPlan
-    from labelshare.sampling import TaskBatch, TaskSlices
+    from labelshare.sampling import TaskSlices
 
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     network = build_network(NetworkConfig(out_channels=4, filters=[4, 8, 8, 8, 8]))
-    heads = task_heads("shared", space)
     plan = TaskPlan(patch_size=(32, 32), spacing=(1.0, 1.0))
-    banks = [TaskSlices(task=task, plan=plan, cases=["c0", "c1", "c2"],
-                        images=[rng.normal(size=(n, 32, 32)).astype(np.float16) for n in (2, 1, 1)],
-                        targets=[rng.integers(0, 3, (n, 32, 32)).astype(np.uint8) for n in (2, 1, 1)],
+    banks = [TaskSlices(task=task, plan=plan, cases=[f"c{i}" for i in range(len(slices_per_case))],
+                        images=[rng.normal(size=(n, 32, 32)).astype(np.float16) for n in slices_per_case],
+                        targets=[rng.integers(0, classes, (n, 32, 32)).astype(np.uint8) for n in slices_per_case],
                         flip_allowed=True) for task in ("a", "b")]
+    return network, task_heads("shared", space), banks
+
+
+def test_replay_keeps_exemplar_cases_and_distillation_adds_the_old_model_divergence(tmp_path, space):
+    from labelshare.sampling import TaskBatch
+
+    network, heads, banks = tiny_trainer_inputs(space, (2, 1, 1), classes=3)
     config = TrainConfig(batch_size=4, epochs=1, steps_per_epoch=1, device="cpu")
 
     def trainer(teacher, weight, replay):
@@ -188,21 +195,9 @@ def test_replay_keeps_exemplar_cases_and_distillation_adds_the_old_model_diverge
 
 
 def test_output_channels_of_new_labels_take_a_scaled_step_and_the_rest_the_base_step(tmp_path, space):
-    from labelshare.config import NetworkConfig
-    from labelshare.layouts import task_heads
-    from labelshare.networks import build_network, output_layer
-    from labelshare.plans import TaskPlan
-    from labelshare.sampling import TaskSlices
+    from labelshare.networks import output_layer
 
-    torch.manual_seed(0)
-    rng = np.random.default_rng(0)
-    start = build_network(NetworkConfig(out_channels=4, filters=[4, 8, 8, 8, 8]))
-    heads = task_heads("shared", space)
-    plan = TaskPlan(patch_size=(32, 32), spacing=(1.0, 1.0))
-    banks = [TaskSlices(task=task, plan=plan, cases=["c0", "c1"],
-                        images=[rng.normal(size=(2, 32, 32)).astype(np.float16) for _ in range(2)],
-                        targets=[rng.integers(0, 4, (2, 32, 32)).astype(np.uint8) for _ in range(2)],
-                        flip_allowed=True) for task in ("a", "b")]
+    start, heads, banks = tiny_trainer_inputs(space, (2, 2), classes=4)
     config = TrainConfig(batch_size=4, epochs=1, steps_per_epoch=10, device="cpu")
 
     def one_step(scale: float) -> torch.nn.Module:
