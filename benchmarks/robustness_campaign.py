@@ -54,10 +54,12 @@ import numpy as np
 import SimpleITK as sitk
 
 from labelshare import synthetic
-from labelshare.config import TrainConfig
+from labelshare.config import OUTPUT_FORMATS, TrainConfig
 from labelshare.fileio import TEMPORARY_NAME
+from labelshare.inputs import image_file_name
 from labelshare.labelspace import LabelSpace, compute_statistics
 from labelshare.modelfolder import list_models, verify_folder, write_manifest
+from labelshare.outputs import DEFAULT_FORMAT
 from labelshare.paths import default_model_dir
 from labelshare.plans import PlanSettings
 from labelshare.progress import Progress, parse_event
@@ -384,10 +386,8 @@ def segment_output_problem(f: Fixtures, d: Path) -> str:
 
 
 def output_name(image: Path) -> str:
-    """The file name ``labelshare segment`` gives the output of ``image`` in an output folder (nnU-Net: the case
-    name, without the channel suffix, in NIfTI)."""
-    name = image.name.split(".")[0]
-    return f"{name[:-5] if name.endswith('_0000') else name}.nii.gz"
+    """The file name ``labelshare segment`` gives the output of ``image`` in an output folder."""
+    return image_file_name(image) + OUTPUT_FORMATS[DEFAULT_FORMAT]
 
 
 def folder_segmentations_problem(f: Fixtures, d: Path) -> str:

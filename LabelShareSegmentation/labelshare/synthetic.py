@@ -116,7 +116,6 @@ def write_tasks(root: str | Path, cases: int = 12, seed: int = 0, names: tuple[s
     return {name: write_task(root, name, cases, seed) for name in names}
 
 
-
 def write_chest_task(folder: str | Path, cases: int = 12) -> Path:
     """Write the ``chest`` task (module docstring) as 64x96 .png projections; returns the folder. Its images look
     like ``xray2d``'s (same intensities and layout) plus a small bright nodule inside the left lung."""
