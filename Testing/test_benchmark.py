@@ -244,3 +244,45 @@ def test_default_model_segments_a_validation_case_of_every_real_task():
         predicted = sitk.GetArrayFromImage(segmenter.segment(image, name))
         dice = [d for d in dice_per_label(predicted, reference, list(task.labels.values())).values() if d == d]
         assert np.mean(dice) > 0.5, f"{name}: mean Dice {np.mean(dice):.3f} on a validation case"
+
+
+def test_window_size_benchmark_scores_every_overlap_and_restores_the_engine(tiny_model, synthetic_tasks, capsys,
+                                                                            monkeypatch):
+    import labelshare.slices as slices
+    from labelshare_benchmarks import window_size
+
+    overlaps_used = []
+
+    def recording(*args, overlap, **kwargs):
+        overlaps_used.append(overlap)
+        return sliding_window(*args, overlap=overlap, **kwargs)
+
+    sliding_window = slices.sliding_window_inference
+    monkeypatch.setattr(slices, "sliding_window_inference", recording)
+    engine_overlap = slices.WINDOW_OVERLAP
+    window_size.main(["--model", str(tiny_model), "--task", f"xray2d={synthetic_tasks['xray2d']}",
+                      "--overlaps", "0.25", "0"])
+    lines = capsys.readouterr().out.splitlines()
+    titles = [line.split(":")[0] for line in lines[1:]]
+    assert titles == ["patch windows, overlap 0.25", "patch windows, overlap 0", "whole-slice window"]
+    labels = [name for _, name in load_model(tiny_model).task_labels("xray2d")]
+    assert all(f"{label} " in line for line in lines[1:] for label in labels)
+    assert set(overlaps_used) == {0.25, 0.0, engine_overlap}
+    assert slices.WINDOW_OVERLAP == engine_overlap and slices.window_logits is window_size.patch_windows
+    with pytest.raises(SystemExit):
+        window_size.main(["--model", str(tiny_model), "--task", f"xray2d={synthetic_tasks['xray2d']}",
+                          "--overlaps", "1"])
+    assert "--overlaps [1.0]: each in [0, 1)" in capsys.readouterr().err
+
+
+def test_cpu_efficiency_benchmark_times_every_option_and_compares_its_logits(capsys):
+    from labelshare_benchmarks import cpu_efficiency
+
+    cpu_efficiency.main(["--patch", "32", "32", "--batch-size", "2", "--rounds", "1", "--steps", "1",
+                         "--options", "float32", "bfloat16", "torchscript"])
+    rows = {line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[2:-1]]
+            for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "option" not in line}
+    assert list(rows) == ["float32", "bfloat16", "torchscript"]
+    assert rows["float32"][1] == "1.00x" and rows["torchscript"][:2] == ["-", "-"]  # inference only
+    assert float(rows["float32"][4]) == 0 and float(rows["torchscript"][4]) < 1e-4
+    assert float(rows["bfloat16"][4]) > 1e-3  # bf16 rounding moves the logits: the table must show it

@@ -11,7 +11,7 @@ extension. Run one with ``labelshare-bench NAME [ARGUMENTS]`` (or ``python -m la
 ``batch-segmentation``      50 volumes in one ``labelshare segment`` call vs one call per volume
 ``apply-to-segments``       the Slicer module's Apply on slicer-core, first run and later runs
 ``cpu-efficiency``          float32 vs channels_last vs bfloat16 autocast vs torch.compile on the CPU
-``window-size``             patch-sized sliding windows vs one window per whole slice: Dice and CPU time
+``window-size``             sliding-window overlaps and one window per whole slice: Dice and CPU time
 ``incremental-summary``     tables and chart of the incremental-learning experiments (docs/incremental;
                             ``benchmarks/incremental/run_experiments.sh`` runs them)
 ``incremental-step-cost``   cost of one add-task step with and without distillation

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -92,8 +91,7 @@ class Campaign:
             "arguments": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "summarise"},
             "command": "labelshare-bench annotation-campaign " + " ".join(sys.argv[2:] if sys.argv[1:2] == [
                 "annotation-campaign"] else sys.argv[1:]),
-            "machine": f"{machine()}, {platform.processor() or platform.machine()}, "
-                       f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}"}
+            "machine": f"{machine()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}"}
         self.save()
 
     def save(self) -> None:

@@ -1,11 +1,12 @@
-"""Patch-sized sliding windows against one window per whole slice: validation Dice and CPU time of one model.
+"""Sliding-window choices at inference: validation Dice and CPU time of one model.
 
-    labelshare-bench window-size --model DIR --task NAME=DIR
+    labelshare-bench window-size --model DIR --task NAME=DIR [--overlaps 0.5 0.25 0]
 
-Scores the model's validation cases of the task (its ``split.json``) with the full inference pipeline twice: with
-the plan's patch-sized windows (what the engine does) and with one window per slice, padded to a multiple of 16
-(fewer, larger windows: faster on a CPU, but the network sees inputs unlike its training patches). Prints the mean
-Dice per label and the process CPU seconds of each.
+Scores the model's validation cases of the task (its ``split.json``) with the full inference pipeline: with the
+plan's patch-sized windows at each overlap of ``--overlaps`` (the engine uses
+:data:`labelshare.slices.WINDOW_OVERLAP`, nnU-Net's half-patch steps; less overlap means fewer windows) and with one
+window per slice, padded to a multiple of 16 (fewer, larger windows: faster on a CPU, but the network sees inputs
+unlike its training patches). Prints the mean Dice per label and the process CPU seconds of each.
 """
 
 from __future__ import annotations
@@ -38,16 +39,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", required=True, help="a model folder with a split.json")
     parser.add_argument("--task", required=True, metavar="NAME=DIR", help="the task and its nnU-Net folder")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--overlaps", type=float, nargs="+", default=[slices.WINDOW_OVERLAP],
+                        help="overlaps of neighbouring patch windows to score, each in [0, 1)")
     args = parser.parse_args(argv)
+    if not all(0 <= overlap < 1 for overlap in args.overlaps):
+        parser.error(f"--overlaps {args.overlaps}: each in [0, 1)")
     name, folder = args.task.split("=", 1)
     model = load_model(args.model, device=args.device)
     validation = read_json(model.path / "split.json")["tasks"][name]["validation"]
     dataset = TaskDataset.open(folder, name)
     print(f"{model.path.name}, task {name}: {len(validation)} validation cases, plan "
           f"{model.labelspace.task(name).plan.describe()}")
+    engine_overlap = slices.WINDOW_OVERLAP
+    runs = [(f"patch windows, overlap {overlap:g}", patch_windows, overlap) for overlap in args.overlaps]
     try:
-        for title, windows in (("patch windows", patch_windows), ("whole-slice window", whole_slice_windows)):
-            slices.window_logits = windows
+        for title, windows, overlap in [*runs, ("whole-slice window", whole_slice_windows, engine_overlap)]:
+            slices.window_logits, slices.WINDOW_OVERLAP = windows, overlap
             started = time.process_time()
             evaluation = evaluate_cases(model, dataset, validation, task_name=name)
             seconds = time.process_time() - started
@@ -57,4 +64,4 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{title}: " + ", ".join(f"{label} {np.nanmean(values):.3f}" for label, values in per_label.items())
                   + f"; {seconds:.0f} CPU s", flush=True)
     finally:
-        slices.window_logits = patch_windows
+        slices.window_logits, slices.WINDOW_OVERLAP = patch_windows, engine_overlap
