@@ -1,6 +1,7 @@
 """Model folders: verification, fp16 storage, the model list, the demo's report."""
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -10,7 +11,7 @@ import torch
 from labelshare.cli import main
 from labelshare.errors import ModelError
 from labelshare.modelfolder import list_models, verify_folder
-from labelshare.models import load_model, save_model_folder
+from labelshare.models import environment_summary, load_model, save_model_folder
 from labelshare.paths import user_models_dir
 
 
@@ -81,3 +82,12 @@ def test_demo_writes_report_tables_and_overlays(tmp_path, capsys):
     assert len(segmentations) == 3
     verify_folder(out / "model")
     assert np.isfinite(json.loads((out / "model" / "metrics.json").read_text())["mean_dice"]["xray2d"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="describes the CPU only where no GPU trains")
+def test_the_training_machine_is_described_by_processor_vector_instructions_and_cores(tiny_model):
+    described = environment_summary()["device"]
+    assert described.startswith("CPU (") and torch.backends.cpu.get_cpu_capability() in described
+    assert described.endswith(f", {os.cpu_count()} cores)")
+    card = (tiny_model / "README.md").read_text()
+    assert f"on {described}," in card  # the model card says where its training time was measured

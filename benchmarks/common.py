@@ -3,10 +3,8 @@ depend on the weights) and memory probes."""
 
 from __future__ import annotations
 
-import platform
 import resource
 import threading
-from pathlib import Path
 import time
 
 import psutil
@@ -15,7 +13,7 @@ import torch
 from labelshare.labelspace import LabelEntry, LabelSpace, LabelStats, TaskEntry
 from labelshare.config import NetworkConfig
 from labelshare.modelfolder import ModelConfig
-from labelshare.models import Model
+from labelshare.models import Model, cpu_description
 from labelshare.networks import build_network
 from labelshare.plans import PlanSettings, TaskPlan
 
@@ -68,21 +66,10 @@ class PeakMemory:
         return text
 
 
-def cpu_model() -> str:
-    """The processor's name (/proc/cpuinfo on Linux) and the widest vector instructions torch uses on it: machines
-    of one kind differ, and CPU figures move with them (the 128x128 pipeline segmented 112 slices/s on an AVX-512
-    machine and 34 on an AVX2 one)."""
-    cpuinfo = Path("/proc/cpuinfo")
-    names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-             if line.startswith("model name")] if cpuinfo.exists() else []
-    return f"{names[0] if names else platform.processor() or platform.machine()}, " \
-           f"{torch.backends.cpu.get_cpu_capability()}"
-
-
 def machine() -> str:
     if torch.cuda.is_available():
         return f"GPU {torch.cuda.get_device_name(0)}"
-    return f"CPU ({cpu_model()}), {torch.get_num_threads()} torch threads, {psutil.cpu_count()} logical cores"
+    return f"CPU ({cpu_description()}), {torch.get_num_threads()} torch threads"
 
 
 def synchronize(device: torch.device) -> None:

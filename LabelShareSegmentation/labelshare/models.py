@@ -154,7 +154,18 @@ def save_model_folder(folder: Path, network: torch.nn.Module, config: ModelConfi
     write_manifest(folder)
 
 
+def cpu_description() -> str:
+    """The processor's name (/proc/cpuinfo on Linux), the widest vector instructions torch uses on it and the core
+    count: CPU timings are only comparable on like machines (the same network ran 3x faster on an AVX-512 machine
+    than on an AVX2 one of the same size)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+             if line.startswith("model name")] if cpuinfo.is_file() else []
+    name = names[0] if names else platform.processor() or platform.machine()
+    return f"{name}, {torch.backends.cpu.get_cpu_capability()}, {os.cpu_count()} cores"
+
+
 def environment_summary(world_size: int = 1) -> dict:
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({cpu_description()})"
     return {"torch": torch.__version__, "python": platform.python_version(), "device": device,
             "world_size": world_size}
