@@ -66,10 +66,13 @@ class PeakMemory:
         return text
 
 
-def machine() -> str:
-    if torch.cuda.is_available():
-        return f"GPU {torch.cuda.get_device_name(0)}"
-    return f"CPU ({cpu_description()}), {torch.get_num_threads()} torch threads"
+def machine(device: str = "auto") -> str:
+    """What a figure was measured on: the GPU, or the CPU (processor, vector instructions, cores, torch threads)
+    when there is none or ``device`` is ``cpu``; and torch's version."""
+    if device != "cpu" and torch.cuda.is_available():
+        return f"GPU {torch.cuda.get_device_name(0)}, torch {torch.__version__}"
+    threads = torch.get_num_threads()
+    return f"CPU ({cpu_description()}, {threads} torch thread{'s' if threads > 1 else ''}), torch {torch.__version__}"
 
 
 def synchronize(device: torch.device) -> None:

@@ -40,7 +40,6 @@ import matplotlib
 from matplotlib.figure import Figure
 import numpy as np
 import SimpleITK as sitk
-import torch
 
 from labelshare.config import TrainConfig
 from labelshare.errors import LabelShareError
@@ -49,7 +48,7 @@ from labelshare.inference import Segmenter
 from labelshare.labelspace import LabelSpace, compute_statistics, parse_group, statistics_of
 from labelshare.metrics import dice_per_label
 from labelshare.modelfolder import verify_folder
-from labelshare.models import environment_summary, load_model
+from labelshare.models import load_model
 from labelshare.networks import build_network, count_parameters
 from labelshare.paths import staging_dir_for
 from labelshare.plans import PlanSettings
@@ -57,6 +56,8 @@ from labelshare.progress import Progress
 from labelshare.scores import nanmean
 from labelshare.tasks import TaskDataset, choose_slicing_axis
 from labelshare.training_run import make_split, open_tasks, train
+
+from .common import machine
 
 BENCHMARK_FORMAT = "labelshare.benchmark"
 JOINT_FOLDER = "all"
@@ -206,7 +207,7 @@ def run_benchmark(task_arguments: Sequence[tuple[str, Path]], methods: Sequence[
             models.update({t: folder for t in unit_tasks})
         results.append(_method_result(out, method, models, tasks, split, settings, progress))
     result = BenchmarkResult(out=out, methods=results, tasks=list(tasks), spaces=spaces, split=split,
-                             machine=describe_machine(settings.device), command=list(command), settings=settings)
+                             machine=machine(settings.device), command=list(command), settings=settings)
     write_outputs(result)
     return result
 
@@ -300,15 +301,6 @@ def _train_unit(folder: Path, method: BenchmarkMethod, unit_tasks: list[str], fo
 
 
 # -- measurements -----------------------------------------------------------------------------------------------------
-def describe_machine(device: str) -> str:
-    summary = environment_summary()
-    if device == "cpu" or not torch.cuda.is_available():
-        threads = torch.get_num_threads()
-        return f"CPU ({summary['device'].removeprefix('CPU (').removesuffix(')')}, {threads} torch " \
-               f"thread{'s' if threads > 1 else ''}), torch {summary['torch']}"
-    return f"GPU {summary['device']}, torch {summary['torch']}"
-
-
 def _slice_count(image) -> int:
     axis = choose_slicing_axis(image)
     return 1 if axis is None else image.GetSize()[::-1][axis]
@@ -333,7 +325,7 @@ def measure_inference(models: dict[str, Path], tasks: dict[str, TaskDataset], sp
                 seconds += time.perf_counter() - start
                 slices += _slice_count(image)
     return {"seconds": round(seconds, 3), "slices": slices, "ms_per_slice": round(1000 * seconds / max(1, slices), 3),
-            "machine": describe_machine(device), "models": sorted({f.name for f in models.values()})}
+            "machine": machine(device), "models": sorted({f.name for f in models.values()})}
 
 
 def measure_lookalike(models: dict[str, Path], tasks: dict[str, TaskDataset], split: dict,
