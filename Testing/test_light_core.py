@@ -49,7 +49,8 @@ def test_commands_that_read_model_folders_run_without_torch(argv):
     """)
     assert result.returncode == 0, result.stderr
     if argv[0] == "models":
-        assert "labelshare-4tasks-v1" in result.stdout and "INVALID" not in result.stdout
+        assert all(f"labelshare-4tasks-{version}" in result.stdout for version in ("v1", "v2"))
+        assert "INVALID" not in result.stdout
     elif argv[0] == "labelspace":
         assert "| shared |" in result.stdout
 

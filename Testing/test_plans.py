@@ -19,7 +19,7 @@ from labelshare.metrics import dice_per_label
 from labelshare.modelfolder import MODEL_FORMAT_VERSION, ModelConfig, verify_folder
 from labelshare.models import Model, load_model
 from labelshare.networks import build_network
-from labelshare.paths import default_model_dir
+from labelshare.paths import BUNDLED_MODELS_DIR, bundled_model_dirs, default_model_dir
 from labelshare.plans import PATCH_MULTIPLE, PlanSettings, SliceGeometry, TaskPlan, fixed_size_plan, plan_task
 from labelshare.slices import pad_to_patch, resample_labels, window_logits
 from labelshare.tasks import TaskDataset
@@ -84,20 +84,31 @@ def test_fixed_size_plans_and_json_round_trip():
         plan_task([geometry((10, 10), (0.0, 1.0))], BUDGET)
 
 
+FIRST_RELEASE_MODEL = BUNDLED_MODELS_DIR / "labelshare-4tasks-v1"  # squashes every slice to 128x128, no plans
+
+
+def test_the_default_model_is_the_newest_bundled_one_and_segments_with_per_task_plans():
+    bundled = bundled_model_dirs()
+    assert FIRST_RELEASE_MODEL in bundled and bundled[0] == default_model_dir() != FIRST_RELEASE_MODEL
+    config, space = verify_folder(default_model_dir())
+    assert config.preprocessing.image_size is None
+    assert all(task.plan is not None and not task.plan.fixed_size for task in space.tasks.values())
+
+
 def test_label_space_files_carry_plans_and_first_release_files_still_read(tmp_path, synthetic_space):
     synthetic_space.save(tmp_path / "ls.json")
     data = json.loads((tmp_path / "ls.json").read_text())
     assert data["format_version"] == 2 and data["plan_settings"] == synthetic_space.plan_settings.to_json()
     assert all("plan" in task for task in data["tasks"].values())
     assert LabelSpace.load(tmp_path / "ls.json") == synthetic_space
-    bundled = json.loads((default_model_dir() / "labelspace.json").read_text())
+    bundled = json.loads((FIRST_RELEASE_MODEL / "labelspace.json").read_text())
     assert bundled["format_version"] == 1
     old = LabelSpace.from_json(bundled)
     assert old.plan_settings is None and all(task.plan is None for task in old.tasks.values())
 
 
 def test_a_first_release_model_loads_with_its_fixed_size_and_a_new_one_with_its_plans(tiny_model):
-    config, space = verify_folder(default_model_dir())
+    config, space = verify_folder(FIRST_RELEASE_MODEL)
     assert config.preprocessing.image_size == 128
     assert {name: task.plan for name, task in space.tasks.items()} == {name: fixed_size_plan(128)
                                                                        for name in space.task_names}

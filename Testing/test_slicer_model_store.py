@@ -18,7 +18,7 @@ from LabelShareLib.signals import Signal  # noqa: E402
 from LabelShareLib.store import ModelStore, default_store  # noqa: E402
 
 from labelshare.errors import ModelError  # noqa: E402
-from labelshare.paths import default_model_dir  # noqa: E402
+from labelshare.paths import bundled_model_dirs, default_model_dir  # noqa: E402
 
 
 @pytest.fixture
@@ -44,24 +44,24 @@ def hashed(monkeypatch) -> list[str]:
 
 def test_each_folder_is_hashed_once_per_session_however_it_is_reached(model, hashed, tmp_path):
     store = ModelStore()
-    bundled = default_model_dir().name
+    bundled = [folder.name for folder in bundled_model_dirs()]
     listed = store.available(model.parent)
-    assert [Path(s.path).name for s in listed] == [bundled, model.name] and all(s.valid for s in listed)
-    assert hashed == [bundled, model.name]
+    assert [Path(s.path).name for s in listed] == [*bundled, model.name] and all(s.valid for s in listed)
+    assert hashed == [*bundled, model.name]
     # model list refreshes, the task list, the labels line and Apply's check all use the cached result
     for _ in range(3):
         store.available(model.parent)
     summary = store.summary(model)
-    assert summary.tasks == listed[1].tasks and summary.path == model and summary.created == listed[1].created
+    assert summary.tasks == listed[-1].tasks and summary.path == model and summary.created == listed[-1].created
     assert store.models_in(model) == [summary] and store.label_space(model).task_names == summary.tasks
     assert [label.name for label in store.task_labels(model, "acdc")] == ["rv_cavity", "myocardium", "lv_cavity"]
     link = tmp_path / "link-to-model"  # another path to the same folder: same check (keyed by the resolved path)
     link.symlink_to(model, target_is_directory=True)
     assert store.summary(link).valid and store.summary(link).path == link
-    assert hashed == [bundled, model.name]
+    assert hashed == [*bundled, model.name]
 
     store.forget(model)
-    assert store.summary(model).valid and hashed == [bundled, model.name, model.name]
+    assert store.summary(model).valid and hashed == [*bundled, model.name, model.name]
 
 
 def test_a_changed_folder_is_checked_again_and_a_failed_one_until_it_is_fixed(model, hashed):

@@ -16,7 +16,7 @@ import slicer
 from labelshare.errors import DataError, LabelShareError, ModelError, UnknownTaskError
 from labelshare.inference import Segmenter
 from labelshare.models import load_model
-from labelshare.paths import default_model_dir
+from labelshare.paths import bundled_model_dirs, default_model_dir
 
 pytest_plugins = ["slicer_support"]  # fixtures: mrml_scene, slicer_env
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "LabelShareSegmentation"))
@@ -167,9 +167,9 @@ def test_model_list_checks_every_folder_and_keeps_the_reason(tiny_model, tmp_pat
     assert store.model_title(found["v1"]) == "v1 — phantom3d, xray2d, sides3d"
     assert store.model_title(found["v2-tampered"]) == "v2-tampered — cannot be used"
 
-    bundled = [default_model_dir().name] if default_model_dir() is not None else []
+    bundled = [folder.name for folder in bundled_model_dirs()]
     listed = store.available_models(models, [models / "v1", tmp_path / "gone"])
-    # the bundled model first, then the models folder, then the added folders (v1 once)
+    # the bundled models first (newest first), then the models folder, then the added folders (v1 once)
     assert [Path(s.path).name for s in listed] == [*bundled, "v1", "v2-tampered", "gone"]
     assert "folder does not exist" in listed[-1].reason
     not_made_yet = store.available_models(tmp_path / "no models yet")

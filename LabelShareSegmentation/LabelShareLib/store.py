@@ -34,7 +34,7 @@ from pathlib import Path
 from labelshare.errors import ModelError
 from labelshare.modelfolder import (MANIFEST_FILE, REQUIRED_FILES, ModelConfig, ModelSummary, model_folders,
                                     summarize_model, verify_folder)
-from labelshare.paths import BUNDLED_MODELS_DIR, default_model_dir, user_models_dir
+from labelshare.paths import BUNDLED_MODELS_DIR, bundled_model_dirs, user_models_dir
 
 from .signals import Signal
 
@@ -137,8 +137,9 @@ class ModelStore:
 
     def available(self, models_folder: str | Path | None = None,
                   added_folders: Iterable[str | Path] = ()) -> list[ModelSummary]:
-        """Bundled default model first, then the models of ``models_folder`` (default: the engine's user models
-        folder, ``$LABELSHARE_HOME/models`` or ``~/.labelshare/models``) and of every added folder (each once).
+        """Bundled models first (the newest, the default, at the top), then the models of ``models_folder``
+        (default: the engine's user models folder, ``$LABELSHARE_HOME/models`` or ``~/.labelshare/models``) and of
+        every added folder (each once).
 
         A models folder that is missing or empty is skipped (the first training run creates it); an added folder
         that has gone or holds no model is listed as invalid with the reason.
@@ -153,8 +154,7 @@ class ModelStore:
             for summary in summaries:
                 found.setdefault(Path(summary.path).resolve(), summary)
 
-        bundled = default_model_dir()
-        if bundled is not None:
+        for bundled in bundled_model_dirs():
             add(bundled, keep_error=True)
         add(models_folder or user_models_dir(), keep_error=False)
         for folder in added_folders:

@@ -38,12 +38,18 @@ def user_models_dir() -> Path:
     return labelshare_home() / "models"
 
 
-def default_model_dir() -> Path | None:
-    """The model shipped with the extension (newest folder under Resources/Models), if any."""
+def bundled_model_dirs() -> list[Path]:
+    """The models shipped with the extension (the folders under Resources/Models), newest version first: their
+    names end in the version (``labelshare-4tasks-v2``), so the newest sorts last by name."""
     if not BUNDLED_MODELS_DIR.is_dir():
-        return None
-    candidates = sorted(p for p in BUNDLED_MODELS_DIR.iterdir() if (p / "config.json").is_file())
-    return candidates[-1] if candidates else None
+        return []
+    return sorted((p for p in BUNDLED_MODELS_DIR.iterdir() if (p / "config.json").is_file()), reverse=True)
+
+
+def default_model_dir() -> Path | None:
+    """The newest model shipped with the extension, if any."""
+    bundled = bundled_model_dirs()
+    return bundled[0] if bundled else None
 
 
 def model_dir_or_default(path: str | Path | None) -> Path:

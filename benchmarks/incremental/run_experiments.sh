@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# The incremental-learning experiments of docs/incremental/README.md, reduced CPU configuration (96x96 input,
-# batch 16, 100 steps per epoch, learning rate 2e-3, seed 0; 500 steps per task in a model), one run at a time.
+# The incremental-learning experiments of docs/incremental/README.md, reduced CPU configuration (batch 16, 100 steps
+# per epoch, learning rate 2e-3, seed 0; 500 steps per task in a model), one run at a time.
 #
-#   benchmarks/incremental/run_experiments.sh DATA_DIR RUNS_DIR [EXPERIMENT ...]
+#   [PIPELINE='--fixed-size 96'] benchmarks/incremental/run_experiments.sh DATA_DIR RUNS_DIR [EXPERIMENT ...]
 #
+# PIPELINE: the label-space options of the base model's pipeline; default: per-task plans with 96x96-pixel patches
+# (--patch-pixels 9216, the compute per step of the first tables, which squashed every slice to 96x96:
+# PIPELINE='--fixed-size 96').
 # DATA_DIR holds the shared tasks (msd_hippocampus, acdc_cardiac, ddsm_mammo_tissue, sunnybrook_lv); every model
 # goes to RUNS_DIR/<name>, its log to RUNS_DIR/<name>.log and its wall-clock seconds to RUNS_DIR/wallclock.tsv.
 # Finished runs are skipped, so the script can be repeated. Then: labelshare-bench incremental-summary RUNS_DIR
@@ -27,7 +30,8 @@ run() {  # run NAME labelshare-arguments...
 }
 
 base() {
-  [ -f "$RUNS/base-labelspace.json" ] || labelshare labelspace build "${BASE_TASKS[@]}" --fixed-size 96 \
+  # shellcheck disable=SC2086  # PIPELINE is a list of options
+  [ -f "$RUNS/base-labelspace.json" ] || labelshare labelspace build "${BASE_TASKS[@]}" ${PIPELINE:---patch-pixels 9216} \
     -o "$RUNS/base-labelspace.json"
   run base-3task train --labelspace "$RUNS/base-labelspace.json" "${BASE_TASKS[@]}" --epochs 15 \
     "${BUDGET[@]}"
