@@ -92,7 +92,8 @@ class LabelShareSegmentationParameterNode:
     outputSegmentation - where the segments go (none: the previous result for this volume and task, or new).
     model - the model folder; empty: the bundled model.
     task - the task of the model whose labels are segmented.
-    largestComponent - keep only the largest connected part of each label.
+    largestComponent - keep only the largest connected part of every label (without it, of the labels the model
+        chose on its validation cases).
     """
 
     inputVolume: vtkMRMLScalarVolumeNode

@@ -305,6 +305,13 @@ def cmd_models(args, progress: Progress) -> int:
     return 0
 
 
+def cmd_postprocess(args, progress: Progress) -> int:
+    from .postprocess_run import postprocess
+    out = postprocess(args.model, task_arguments(args), args.out, progress, command=sys.argv[1:])
+    progress.done(str(out), message=f"model written to {out}")
+    return 0
+
+
 def cmd_demo(args, progress: Progress) -> int:
     from .demo import run_demo
     result = run_demo(args.out, task_arguments(args), args.group, train_config_from(args), progress,
@@ -414,7 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--batch-size", type=int, default=None,
                          help="slices per forward pass (default: 64 on CUDA, 16 on the CPU)")
     segment.add_argument("--largest-component", action="store_true",
-                         help="keep only the largest connected component of every label")
+                         help="keep only the largest connected component of every label (the model does it "
+                              "anyway for the labels where it raised Dice on its validation cases)")
     segment.add_argument("--tta", action="store_true", help=TTA_HELP)
     segment.add_argument("--slicing-axis", type=int, choices=(0, 1, 2), default=None,
                          help="image axis to slice along (default: largest spacing)")
@@ -462,6 +470,20 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--tta", action="store_true", help=TTA_HELP)
     _add_common(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
+
+    postprocess = commands.add_parser(
+        "postprocess", formatter_class=HelpFormatter,
+        help="choose a model's post-processing on its validation cases (as models trained now do at the end of "
+             "training), as a new model version",
+        description="Per task and label, keep only the largest connected component where that raises the mean Dice "
+                    "of the validation cases of the model's split.json; writes a new version (same weights) with "
+                    "that choice, its scores and the model given as its parent.")
+    postprocess.add_argument("--model", required=True, type=Path, help="the model folder")
+    postprocess.add_argument("--task", dest="tasks", action="append", default=[], required=True, metavar="NAME=DIR",
+                             help="every task of the model: its name and nnU-Net raw folder")
+    postprocess.add_argument("--out", required=True, type=Path, help="new model folder (never overwritten)")
+    _add_common(postprocess)
+    postprocess.set_defaults(func=cmd_postprocess)
 
     models = commands.add_parser("models", help="list model versions with their tasks and metrics",
                                  formatter_class=HelpFormatter)

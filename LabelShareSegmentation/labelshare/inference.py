@@ -94,9 +94,13 @@ class Segmenter:
         return SliceBatches(array.shape, axis, to_slices(array, axis), normalisation,
                             slice_spacing(image.GetSpacing(), axis), self.batch_size)
 
-    def segment(self, image: sitk.Image, task: str, largest_component: bool = False,
+    def segment(self, image: sitk.Image, task: str, largest_component: bool | None = None,
                 progress: Progress | None = None, slicing_axis: int | None = None) -> sitk.Image:
-        """Label image of ``task`` on the grid of ``image`` (2D, 3D, or a single-slice 3D projection)."""
+        """Label image of ``task`` on the grid of ``image`` (2D, 3D, or a single-slice 3D projection).
+
+        ``largest_component``: None keeps only the largest connected component of the labels the model chose on its
+        validation cases (``config.json``), True of every label, False of none.
+        """
         batches = self.slice_batches(image, task, slicing_axis)
         max_id = max(i for i, _ in self.model.task_labels(task))
         output = np.zeros(batches.shape, dtype=np.uint8 if max_id < 256 else np.uint16)
@@ -110,8 +114,10 @@ class Segmenter:
                                   total_slices=total)
         result = sitk.GetImageFromArray(output)
         result.CopyInformation(image)
-        if largest_component:
-            result = keep_largest_components(result, [i for i, _ in self.model.task_labels(task)])
+        cleaned = self.model.config.largest_component.get(task, []) if largest_component is None else \
+            [name for _, name in self.model.task_labels(task)] if largest_component else []
+        if cleaned:
+            result = keep_largest_components(result, [i for i, name in self.model.task_labels(task) if name in cleaned])
         return result
 
 

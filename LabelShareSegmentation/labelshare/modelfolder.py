@@ -65,6 +65,9 @@ class ModelConfig:
     network: NetworkConfig
     preprocessing: PreprocessingConfig = field(default_factory=PreprocessingConfig)
     weights_dtype: str = "float32"
+    # post-processing chosen on the validation cases: task -> labels of which only the largest connected component
+    # is kept (nnU-Net's decision; labelshare.evaluation.choose_postprocessing)
+    largest_component: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -73,6 +76,10 @@ class ModelConfig:
             raise ValueError(f"unknown output layout {self.layout!r}")
         if self.weights_dtype not in ("float32", "float16"):
             raise ValueError(f"weights_dtype must be float32 or float16, not {self.weights_dtype!r}")
+        if not isinstance(self.largest_component, dict) or not all(
+                isinstance(task, str) and isinstance(labels, list) and all(isinstance(label, str) for label in labels)
+                for task, labels in self.largest_component.items()):
+            raise ValueError("largest_component must map task names to lists of label names")
         if self.preprocessing.image_size is not None:  # a first-release model: its fixed-size plans
             try:
                 check_fixed_size(self.preprocessing.image_size, "preprocessing image_size")
@@ -94,7 +101,8 @@ class ModelConfig:
     def to_json(self) -> dict:
         return {"format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION, "method": self.method,
                 "layout": self.layout, "network": self.network.to_json(),
-                "preprocessing": asdict(self.preprocessing), "weights_dtype": self.weights_dtype}
+                "preprocessing": asdict(self.preprocessing), "weights_dtype": self.weights_dtype,
+                "largest_component": self.largest_component}
 
     @classmethod
     def from_json(cls, data: dict, where: str) -> ModelConfig:
@@ -107,7 +115,8 @@ class ModelConfig:
             return cls(method=data["method"], layout=data["layout"],
                        network=NetworkConfig.from_json(data["network"]),
                        preprocessing=PreprocessingConfig(**data.get("preprocessing", {})),
-                       weights_dtype=data.get("weights_dtype", "float32"))
+                       weights_dtype=data.get("weights_dtype", "float32"),
+                       largest_component=data.get("largest_component", {}))
         except (KeyError, TypeError, ValueError) as error:
             reason = f"{error} missing" if isinstance(error, KeyError) else str(error)
             raise ModelError(f"{where}: malformed model configuration ({reason})") from None
@@ -182,6 +191,11 @@ def verify_folder(path: str | Path) -> tuple[ModelConfig, LabelSpace]:
     if config.network.out_channels != expected:
         raise ModelError(f"{path}: config.json has {config.network.out_channels} output channels but the label space "
                          f"needs {expected}")
+    unknown = [f"{task}:{label}" for task, labels in config.largest_component.items() for label in labels
+               if task not in space.tasks or label not in {entry.name for entry in space.tasks[task].labels}]
+    if unknown:
+        raise ModelError(f"{path / 'config.json'}: largest_component names labels the label space does not have: "
+                         f"{', '.join(unknown)}")
     if config.network.n_tasks != len(space.tasks) and config.network.conditioning != "none":
         raise ModelError(f"{path}: network is conditioned on {config.network.n_tasks} tasks but the label space has "
                          f"{len(space.tasks)}")

@@ -186,7 +186,7 @@ def _segment_case(segmenter: Segmenter, case: PlannedCase, reading: Future, conf
         image = reading.result()
         check_output(case.output, image, case.image, description)
         try:
-            result = segmenter.segment(image, config.task, largest_component=config.largest_component,
+            result = segmenter.segment(image, config.task, largest_component=config.largest_component or None,
                                        progress=slice_progress, slicing_axis=config.slicing_axis)
         except DataError as error:
             raise DataError(f"{case.image.source}: {error}") from None

@@ -12,7 +12,7 @@ import hashlib
 import json
 import sys
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from collections.abc import Sequence
 
@@ -20,7 +20,7 @@ import torch
 
 from .config import TrainConfig
 from .errors import LabelShareError, LabelSpaceError, ModelError
-from .evaluation import evaluate_cases
+from .evaluation import choose_postprocessing
 from .fileio import atomic_write_json, hold_folder, make_folders, now_iso, publish_dir, read_json, remove_tree
 from .labelspace import LabelSpace
 from .layouts import task_heads
@@ -90,15 +90,22 @@ def prepare_data(tasks: dict[str, TaskDataset], space: LabelSpace, layout: str,
 
 
 def evaluate_validation(model: Model, data: PreparedData, progress: Progress,
-                        fraction_range: tuple[float, float]) -> Evaluation:
-    result = Evaluation()
+                        fraction_range: tuple[float, float]) -> tuple[dict[str, list[str]], Evaluation]:
+    """Every validation case scored, and each task's post-processing chosen on them (the labels whose largest
+    connected component alone is kept: :func:`labelshare.evaluation.choose_postprocessing`); the scores are those
+    of the model with that choice."""
+    result, choice = Evaluation(), {}
     start, end = fraction_range
     names = [n for n in data.tasks if data.split[n]["validation"]]
     step = (end - start) / max(1, len(names))
     for i, name in enumerate(names):
-        result.extend(evaluate_cases(model, data.tasks[name], data.split[name]["validation"], progress=progress,
-                                     fraction_range=(start + i * step, start + (i + 1) * step)))
-    return result
+        labels, evaluation = choose_postprocessing(model, data.tasks[name], data.split[name]["validation"],
+                                                   progress=progress,
+                                                   fraction_range=(start + i * step, start + (i + 1) * step))
+        result.extend(evaluation)
+        if labels:
+            choice[name] = labels
+    return choice, result
 
 
 def metrics_json(evaluation: Evaluation, history: list[dict]) -> dict:
@@ -286,7 +293,8 @@ def _train_in(staging: Path, tasks: dict[str, TaskDataset], space: LabelSpace, m
     else:
         model = Model(path=None, config=model_config, labelspace=space, network=trainer.network.eval(),
                       device=trainer.device)
-        evaluation = evaluate_validation(model, data, progress, (0.9, 0.99))
+        largest_component, evaluation = evaluate_validation(model, data, progress, (0.9, 0.99))
+        model_config = replace(model_config, largest_component=largest_component)
         data_record = {name: {"folder": task.root.name, "cases": len(task.cases),
                               "fingerprint": data_fingerprint([p for c in task.cases
                                                                for p in (c.image_path, c.label_path)])}
@@ -343,11 +351,18 @@ def model_card(name: str, config: ModelConfig, space: LabelSpace, tasks: dict[st
         for label, s in labels.items():
             lines.append(f"| {task_name} | {label} | {s['dice_mean']:.3f} ± {s['dice_sd']:.3f} | "
                          f"{s['hd95_mean']:.2f} |")
+    if config.largest_component:
+        lines += ["", "Post-processing (chosen on these validation cases, as nnU-Net does): only the largest connected "
+                  "component is kept of " + "; ".join(f"{task}: {', '.join(labels)}"
+                                                      for task, labels in config.largest_component.items()) + "."]
     lines += ["", "## Provenance", "",
               f"- created {lineage.get('created')} on {lineage['environment']['device']}, "
               f"torch {lineage['environment']['torch']}; training took {lineage.get('elapsed_s')} s",
               f"- training: {train_config.epochs} epochs x {train_config.steps_per_epoch} steps, batch "
               f"{train_config.batch_size}, learning rate {train_config.learning_rate}, seed {train_config.seed}",
               f"- parent model: {lineage.get('parent') or 'none'}",
-              f"- command: `labelshare {' '.join(lineage.get('command', []))}`", ""]
+              f"- command: `labelshare {' '.join(lineage.get('command', []))}`"]
+    if lineage.get("training_command"):
+        lines.append(f"- training command: `labelshare {' '.join(lineage['training_command'])}`")
+    lines.append("")
     return "\n".join(lines)
