@@ -4,7 +4,7 @@
 
 On small synthetic tasks (:mod:`labelshare.synthetic`) it runs
 
-- **bad inputs**: every command (``labelspace build/show``, ``train``, ``segment``, ``evaluate``, ``add-task``,
+- **bad inputs**: every command (``labelspace build/show``, ``train``, ``segment``, ``evaluate``, ``postprocess``, ``add-task``,
   ``models``, ``demo``) and the worker with damaged, tampered, truncated, oversized or contradictory input, each in
   a ``labelshare`` process of its own (the worker: one process answering all its requests), plus a full and a
   read-only disk where a small tmpfs can be mounted (root); and a few good inputs as controls;
@@ -60,7 +60,7 @@ from labelshare.inputs import image_file_name
 from labelshare.labelspace import LabelSpace, compute_statistics
 from labelshare.modelfolder import list_models, verify_folder, write_manifest
 from labelshare.outputs import DEFAULT_FORMAT
-from labelshare.paths import default_model_dir
+from labelshare.paths import BUNDLED_MODELS_DIR
 from labelshare.plans import PlanSettings
 from labelshare.progress import Progress, parse_event
 from labelshare.tasks import TaskDataset, read_image
@@ -278,6 +278,11 @@ def on_task(name: str, damage: Callable[[Path], object], command: str = "build")
     return build
 
 
+def postprocess_argv(f: Fixtures, d: Path, model: Path | None = None, out: Path | None = None,
+                     tasks: tuple[str, ...] = ("phantom3d", "xray2d")) -> list[str]:
+    return ["postprocess", "--model", str(model or f.model), *f.task_args(*tasks), "--out", str(out or d / "pp")]
+
+
 def on_model(change: Callable[[Path], object], command: str = "segment") -> Callable:
     """A probe builder: a copy of the base model with ``change`` applied, used by ``command``."""
     def build(f: Fixtures, d: Path) -> list[str]:
@@ -289,6 +294,8 @@ def on_model(change: Callable[[Path], object], command: str = "segment") -> Call
             return add_task_argv(f, d, model=model, replay=command == "add-task")
         if command == "evaluate":
             return evaluate_argv(f, d, model=model)
+        if command == "postprocess":
+            return postprocess_argv(f, d, model=model)
         return segment_argv(f, d, model=model)
     return build
 
@@ -297,9 +304,9 @@ def on_first_release_model(change: Callable[[Path], object]) -> Callable:
     """A probe builder: ``segment`` with a copy of the bundled first-release model (format 1: no plans, one fixed
     ``preprocessing.image_size`` in config.json) with ``change`` applied, on one of its own tasks."""
     def build(f: Fixtures, d: Path) -> list[str]:
-        bundled = default_model_dir()
-        if bundled is None:
-            raise FileNotFoundError("the bundled first-release model is not installed")
+        bundled = BUNDLED_MODELS_DIR / "labelshare-4tasks-v1"
+        if not bundled.is_dir():
+            raise FileNotFoundError(f"{bundled}: the bundled first-release model is not installed")
         model = Path(shutil.copytree(bundled, d / bundled.name))
         task = next(iter(json.loads((model / "labelspace.json").read_text())["tasks"]))
         change(model)
@@ -643,6 +650,15 @@ def bad_input_probes() -> list[Probe]:
         Probe("evaluate: truncated case", on_task("phantom3d", first_image(lambda p: cut(p, 0.5)), "evaluate")),
         Probe("evaluate: unknown task", lambda f, d: evaluate_argv(f, d, "--task", "liver")),
         Probe("evaluate: --device tpu", lambda f, d: evaluate_argv(f, d, "--device", "tpu")),
+        # postprocess
+        Probe("postprocess: --out exists", lambda f, d: (d / "pp").mkdir() or postprocess_argv(f, d),
+              protect=("pp",)),
+        Probe("postprocess: a task of the model missing", lambda f, d: postprocess_argv(f, d, tasks=("xray2d",)),
+              absent=("pp",)),
+        Probe("postprocess: model labelspace.json tampered", on_model(
+            lambda m: (m / "labelspace.json").write_text("{}"), "postprocess"), absent=("pp",)),
+        Probe("postprocess: model split.json a list", on_model(in_json("split.json", replace_with=[1]),
+                                                               "postprocess"), absent=("pp",)),
     ]
     for option, value in (("--learning-rate", "nan"), ("--epochs", "0"), ("--device", "tpu"),
                           ("--replay-cases", "x"), ("--distill-weight", "inf"), ("--max-regression", "-1"),
