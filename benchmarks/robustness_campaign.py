@@ -4,10 +4,10 @@
 
 On small synthetic tasks (:mod:`labelshare.synthetic`) it runs
 
-- **bad inputs**: every command (``labelspace build/show``, ``train``, ``segment``, ``evaluate``, ``postprocess``, ``add-task``,
-  ``models``, ``demo``) and the worker with damaged, tampered, truncated, oversized or contradictory input, each in
-  a ``labelshare`` process of its own (the worker: one process answering all its requests), plus a full and a
-  read-only disk where a small tmpfs can be mounted (root); and a few good inputs as controls;
+- **bad inputs**: every command (``labelspace build/show``, ``train``, ``segment``, ``evaluate``, ``postprocess``,
+  ``add-task``, ``models``, ``demo``) and the worker with damaged, tampered, truncated, oversized or contradictory
+  input, each in a ``labelshare`` process of its own (the worker: one process answering all its requests), plus a
+  full and a read-only disk where a small tmpfs can be mounted (root); and a few good inputs as controls;
 - **kills**: ``train``, ``add-task``, ``segment``, ``labelspace build``, ``evaluate``, the worker and the case
   collection stopped by SIGKILL or SIGTERM at a random moment of a normal run; then the folder is checked and the
   interrupted work continued (``--resume``, or the same command again).

@@ -114,10 +114,13 @@ class Segmenter:
                                   total_slices=total)
         result = sitk.GetImageFromArray(output)
         result.CopyInformation(image)
-        cleaned = self.model.config.largest_component.get(task, []) if largest_component is None else \
-            [name for _, name in self.model.task_labels(task)] if largest_component else []
+        labels = self.model.task_labels(task)
+        if largest_component is None:
+            cleaned = set(self.model.config.largest_component.get(task, []))
+        else:
+            cleaned = {name for _, name in labels} if largest_component else set()
         if cleaned:
-            result = keep_largest_components(result, [i for i, name in self.model.task_labels(task) if name in cleaned])
+            result = keep_largest_components(result, [label_id for label_id, name in labels if name in cleaned])
         return result
 
 
