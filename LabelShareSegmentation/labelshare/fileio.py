@@ -342,6 +342,15 @@ def remove_tree(path: str | os.PathLike) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def empty_folder(folder: str | os.PathLike) -> None:
+    """Remove everything in ``folder`` (what an interrupted run left in its staging folder), keeping the folder."""
+    for leftover in list(Path(folder).iterdir()):
+        if leftover.is_dir() and not leftover.is_symlink():
+            remove_tree(leftover)
+        else:
+            leftover.unlink()
+
+
 def now_iso() -> str:
     """The current UTC time to the second, ISO 8601 (the time stamps of model folders, runs and cases)."""
     return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()

@@ -18,7 +18,7 @@ from pathlib import Path
 from .config import TrainConfig
 from .errors import LabelShareError
 from .evaluation import choose_postprocessing
-from .fileio import hold_folder, make_folders, now_iso, publish_dir, remove_tree
+from .fileio import empty_folder, hold_folder, make_folders, now_iso, publish_dir
 from .models import environment_summary, load_model, save_model_folder
 from .networks import count_parameters
 from .paths import staging_dir_for
@@ -71,11 +71,7 @@ def postprocess(model_path: str | Path, task_arguments: Sequence[tuple[str, Path
     staging = staging_dir_for(out)
     make_folders(staging)
     with hold_folder(staging):
-        for leftover in list(staging.iterdir()):  # what an interrupted run left: this command starts over
-            if leftover.is_dir() and not leftover.is_symlink():
-                remove_tree(leftover)
-            else:
-                leftover.unlink()
+        empty_folder(staging)  # what an interrupted run left: this command starts over
         for name in CARRIED_FILES:
             if (model.path / name).is_file():
                 shutil.copyfile(model.path / name, staging / name)

@@ -21,7 +21,8 @@ import torch
 from .config import TrainConfig
 from .errors import LabelShareError, LabelSpaceError, ModelError
 from .evaluation import choose_postprocessing
-from .fileio import atomic_write_json, hold_folder, make_folders, now_iso, publish_dir, read_json, remove_tree
+from .fileio import (atomic_write_json, empty_folder, hold_folder, make_folders, now_iso, publish_dir, read_json,
+                     remove_tree)
 from .labelspace import LabelSpace
 from .layouts import task_heads
 from .modelfolder import MANIFEST_FILE, ModelConfig, data_fingerprint, read_model_json, verify_folder
@@ -201,11 +202,7 @@ def _take_staging(staging: Path, out: Path, resume: bool, holding: ExitStack) ->
     make_folders(staging)
     holding.enter_context(hold_folder(staging))
     if not _resumable(staging):
-        for leftover in list(staging.iterdir()):
-            if leftover.is_dir() and not leftover.is_symlink():
-                remove_tree(leftover)
-            else:
-                leftover.unlink()
+        empty_folder(staging)
     elif not resume:
         raise LabelShareError(f"{staging}: an unfinished run of {out.name} is there; add --resume to continue it "
                               "or delete that folder to start over")
