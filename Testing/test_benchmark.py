@@ -46,7 +46,8 @@ def tiny_benchmark(tmp_path_factory, synthetic_tasks):
     """Every method on the three synthetic tasks, two steps per task."""
     out = tmp_path_factory.mktemp("benchmark") / "run"
     return run_benchmark(list(synthetic_tasks.items()), list(METHODS), out, tiny_settings(),
-                         progress=Progress("quiet"), command=["benchmark", "--out", str(out), "(test)"])
+                         progress=Progress("quiet"),
+                         command=["labelshare-bench", "methods", "--out", str(out), "(test)"])
 
 
 def test_dodnet_head_gives_different_outputs_for_different_task_codes():
@@ -138,7 +139,7 @@ def test_benchmark_writes_well_formed_outputs(tiny_benchmark, synthetic_tasks):
         for label in task.labels:
             assert f"| {name} | {label} |" in markdown
     assert "mean over tasks" in markdown and "Size-ranked" in markdown and "Grouped" in markdown
-    assert (out / "command.txt").read_text().startswith("labelshare benchmark --out ")
+    assert (out / "command.txt").read_text().startswith("labelshare-bench methods --out ")
     png = (out / "results.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     # every model was trained and scored on the benchmark's one split
@@ -213,6 +214,13 @@ def test_resume_reuses_finished_models_and_continues_an_interrupted_training(tmp
     assert [r["step"] for r in history] == [1, 2, 3, 4]
     assert [m.method for m in result.methods] == ["per-task", "label-sharing"]
     assert "| label-sharing |" in (out / "results.md").read_text()
+
+    # a table rewritten later (another process, another thread count) names the machine the methods were run on
+    timing_file = out / "per-task" / "inference.json"
+    timing = json.loads(timing_file.read_text())
+    timing_file.write_text(json.dumps({**timing, "machine": "the first run's machine"}))
+    run_benchmark(tasks, ["per-task"], out, settings, resume=True, progress=quiet)
+    assert "- machine: the first run's machine\n" in (out / "results.md").read_text()
 
 
 # -- the shipped default model -----------------------------------------------------------------------------------------

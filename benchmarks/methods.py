@@ -149,6 +149,7 @@ class MethodResult:
     parameters: int                                 # summed over the method's networks
     training_s: float                               # summed over the method's networks
     inference_ms_per_slice: float
+    machine: str                                    # where the inference was timed (see measure_inference)
     lookalike: list[dict] = field(default_factory=list)  # see measure_lookalike
 
     def mean_dice(self, task: str) -> float:
@@ -162,12 +163,17 @@ class BenchmarkResult:
     tasks: list[str]
     spaces: dict[str, LabelSpace]
     split: dict[str, dict[str, list[str]]]
-    machine: str
     command: list[str]
     settings: BenchmarkSettings
 
     def method(self, name: str) -> MethodResult:
         return next(m for m in self.methods if m.method == name)
+
+    @property
+    def machines(self) -> str:
+        """The machines the methods were timed on: a table rewritten by ``--resume`` in another process (other thread
+        count) reports the run's machine, not its own."""
+        return "; ".join(dict.fromkeys(m.machine for m in self.methods))
 
 
 def parse_methods(text: str) -> list[str]:
@@ -207,7 +213,7 @@ def run_benchmark(task_arguments: Sequence[tuple[str, Path]], methods: Sequence[
             models.update({t: folder for t in unit_tasks})
         results.append(_method_result(out, method, models, tasks, split, settings, progress))
     result = BenchmarkResult(out=out, methods=results, tasks=list(tasks), spaces=spaces, split=split,
-                             machine=machine(settings.device), command=list(command), settings=settings)
+                             command=list(command), settings=settings)
     write_outputs(result)
     return result
 
@@ -390,7 +396,7 @@ def _method_result(out: Path, method: BenchmarkMethod, models: dict[str, Path], 
         atomic_write_json(lookalike_file, lookalike)
     return MethodResult(method=method.name, models=models, validation={t: validation[t] for t in tasks},
                         parameters=parameters, training_s=training_s,
-                        inference_ms_per_slice=float(timing["ms_per_slice"]),
+                        inference_ms_per_slice=float(timing["ms_per_slice"]), machine=timing["machine"],
                         lookalike=lookalike["rows"] if groups else [])
 
 
@@ -399,12 +405,8 @@ def write_outputs(result: BenchmarkResult) -> None:
     out = result.out
     atomic_write_text(out / "results.md", render_markdown(result))
     atomic_write_text(out / "results.csv", render_csv(result))
-    atomic_write_text(out / "command.txt", command_line(result.command) + "\n")
+    atomic_write_text(out / "command.txt", shlex.join(result.command) + "\n")
     write_chart(result, out / "results.png")
-
-
-def command_line(command: Sequence[str]) -> str:
-    return "labelshare " + shlex.join(command)
 
 
 def _finite(value) -> bool:
@@ -426,8 +428,8 @@ def render_markdown(result: BenchmarkResult) -> str:
     methods = result.methods
     reference = next((m for m in methods if m.method == "per-task"), None)
     lines = ["# Benchmark: label sharing vs per-task, multi-channel and DoD-Net", "",
-             f"- command: `{command_line(result.command)}`",
-             f"- machine: {result.machine}",
+             f"- command: `{shlex.join(result.command)}`",
+             f"- machine: {result.machines}",
              f"- budget: {s.steps_per_task} steps of batch {s.batch_size} per task (a joint model of "
              f"{len(result.tasks)} tasks trains {len(result.tasks) * s.steps_per_task} steps with task-balanced "
              f"batches), {s.steps_per_epoch} steps per epoch, {s.describe_resolution()}, learning rate "
