@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import signal
 
@@ -16,6 +17,7 @@ import SimpleITK as sitk
 import torch
 
 from labelshare_benchmarks.methods import METHODS, BenchmarkSettings, main, run_benchmark
+from labelshare_benchmarks.paired import paired_standard_error
 from labelshare.errors import LabelShareError, TrainingInterrupted
 from labelshare.fileio import read_json
 from labelshare.paths import staging_dir_for
@@ -139,6 +141,10 @@ def test_benchmark_writes_well_formed_outputs(tiny_benchmark, synthetic_tasks):
         for label in task.labels:
             assert f"| {name} | {label} |" in markdown
     assert "mean over tasks" in markdown and "Size-ranked" in markdown and "Grouped" in markdown
+    # every joint method's task row: its difference to per-task with the paired standard error
+    task_rows = [line for line in markdown.splitlines() if line.startswith(tuple(f"| {t} | 0." for t in tasks))]
+    assert len(task_rows) == len(tasks)
+    assert all(row.count(" ± ") == len(METHODS) - 1 for row in task_rows)
     assert (out / "command.txt").read_text().startswith("labelshare-bench methods --out ")
     png = (out / "results.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
@@ -148,6 +154,21 @@ def test_benchmark_writes_well_formed_outputs(tiny_benchmark, synthetic_tasks):
         for name, folder in method.models.items():
             assert read_json(folder / "split.json")["tasks"][name] == split[name]
             assert method.validation[name][next(iter(tasks[name].labels))]["n"] <= len(split[name]["validation"])
+
+
+def test_paired_standard_error_pairs_cases_and_averages_their_labels(tmp_path):
+    """Case means skip NaN labels; only cases of the task in both folders count; fewer than two cases: NaN."""
+    rows = {"base": [("t", "a", "x", 0.8), ("t", "a", "y", 0.6), ("t", "b", "x", 0.5), ("t", "b", "y", 0.5),
+                     ("t", "c", "x", 0.9), ("t", "c", "y", math.nan), ("t", "d", "x", 0.1), ("u", "a", "x", 0.0)],
+            "model": [("t", "a", "x", 0.9), ("t", "a", "y", 0.7), ("t", "b", "x", 0.5), ("t", "b", "y", 0.7),
+                      ("t", "c", "x", 0.6), ("t", "c", "y", math.nan), ("u", "a", "x", 1.0)]}
+    for name, values in rows.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "evaluation.csv").write_text(
+            "task,case,label,label_id,dice,hd95\n" + "".join(f"{t},{c},{lab},1,{d},1.0\n" for t, c, lab, d in values))
+    # per-case differences 0.1, 0.1, -0.3: sd 0.2309, standard error 0.2309 / sqrt(3)
+    assert paired_standard_error(tmp_path / "base", tmp_path / "model", "t") == pytest.approx(0.13333, abs=1e-4)
+    assert math.isnan(paired_standard_error(tmp_path / "base", tmp_path / "model", "u"))
 
 
 @pytest.mark.slow

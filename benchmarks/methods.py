@@ -58,6 +58,7 @@ from labelshare.tasks import TaskDataset, choose_slicing_axis
 from labelshare.training_run import make_split, open_tasks, train
 
 from .common import machine
+from .paired import paired_standard_error
 
 BENCHMARK_FORMAT = "labelshare.benchmark"
 JOINT_FOLDER = "all"
@@ -442,8 +443,12 @@ def render_markdown(result: BenchmarkResult) -> str:
              ""]
     header = "| task | " + " | ".join(m.method for m in methods) + " |"
     rule = "|---|" + "---|" * len(methods)
-    lines += ["## Mean Dice per task (mean over labels)" + (" and difference to per-task" if reference else ""), "",
-              header, rule]
+    lines += ["## Mean Dice per task (mean over labels)" + (" and difference to per-task" if reference else ""), ""]
+    if reference is not None:
+        lines += ["In brackets: the difference to per-task ± its standard error, cases paired (per-case Dice "
+                  "differences on the same validation cases); a difference within about two standard errors is not "
+                  "told apart from the case-to-case noise of this split.", ""]
+    lines += [header, rule]
     for task in result.tasks + ["mean over tasks"]:
         cells = []
         for m in methods:
@@ -451,7 +456,11 @@ def render_markdown(result: BenchmarkResult) -> str:
             cell = _number(value, 3)
             if reference is not None and m is not reference and _finite(value):
                 base = _task_mean(reference, result.tasks) if task == "mean over tasks" else reference.mean_dice(task)
-                cell += f" ({value - base:+.3f})" if _finite(base) else ""
+                if _finite(base) and task == "mean over tasks":
+                    cell += f" ({value - base:+.3f})"
+                elif _finite(base):
+                    error = paired_standard_error(reference.models[task], m.models[task], task)
+                    cell += f" ({value - base:+.3f} ± {_number(error, 3)})"
             cells.append(cell)
         lines.append(f"| {task} | " + " | ".join(cells) + " |")
     lines += ["", "## Dice mean ± sd and HD95 per label", "",

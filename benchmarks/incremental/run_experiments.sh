@@ -57,6 +57,10 @@ experiment() {
                            --distill-weight 1 --epochs 3 ;;
     overlap-distill-lr1e-3) add add-overlap-distill-lr1e-3 "${SUNNYBROOK[@]}" --strategy overlap --replay-cases all \
                               --distill-weight 1 --learning-rate 1e-3 ;;
+    overlap-distill-300-share25) add add-overlap-distill-300-share25 "${SUNNYBROOK[@]}" --strategy overlap \
+                                   --replay-cases all --distill-weight 1 --epochs 3 --new-task-share 0.25 ;;
+    overlap-distill-300-lr1e-3) add add-overlap-distill-300-lr1e-3 "${SUNNYBROOK[@]}" --strategy overlap \
+                                  --replay-cases all --distill-weight 1 --epochs 3 --learning-rate 1e-3 ;;
     expansion)  # a 4-label task (n* of the base is 3), made in a temporary folder from Sunnybrook
       local split; split=$(mktemp -d)/sunnybrook4
       labelshare-bench split-task "$DATA/sunnybrook_lv" "$split"
@@ -66,6 +70,6 @@ experiment() {
 }
 
 for name in "${@:-base overlap size overlap-noreplay overlap-replay8 overlap-distill expansion overlap-distill-300 \
-overlap-distill-lr1e-3}"; do
+overlap-distill-lr1e-3 overlap-distill-300-share25 overlap-distill-300-lr1e-3}"; do
   for each in $name; do experiment "$each"; done
 done

@@ -12,15 +12,15 @@ RUNS_DIR/wallclock.tsv.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import math
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+from ..paired import paired_standard_error  # noqa: E402
 
 TASKS = ("hippocampus", "acdc", "mammo", "sunnybrook")
 RUNS = [  # (folder in RUNS_DIR, description)
@@ -33,6 +33,8 @@ RUNS = [  # (folder in RUNS_DIR, description)
     ("add-overlap-distill", "+ Sunnybrook: overlap mapping, replay all, distillation weight 1"),
     ("add-overlap-distill-lr1e-3", "+ Sunnybrook: overlap, replay all, distillation 1, learning rate 1e-3"),
     ("add-overlap-distill-300", "+ Sunnybrook: overlap, replay all, distillation 1, 300 steps (the defaults)"),
+    ("add-overlap-distill-300-share25", "+ Sunnybrook: the defaults with a new-task share of 0.25 of every batch"),
+    ("add-overlap-distill-300-lr1e-3", "+ Sunnybrook: the defaults with learning rate 1e-3"),
 ]
 
 
@@ -56,27 +58,6 @@ def describe(folder: Path, label: str, wallclock: dict[str, float], name: str | 
         "forgetting": forgetting,
         "labelspace": read(folder, "labelspace.json"),
     }
-
-
-def case_means(folder: Path) -> dict[tuple[str, str], float]:
-    """(task, case) -> mean Dice over the labels of the case (labels absent from reference and prediction skipped)."""
-    values: dict[tuple[str, str], list[float]] = {}
-    with open(folder / "evaluation.csv") as stream:
-        for row in csv.DictReader(stream):
-            dice = float(row["dice"])
-            if dice == dice:
-                values.setdefault((row["task"], row["case"]), []).append(dice)
-    return {key: sum(v) / len(v) for key, v in values.items()}
-
-
-def paired_standard_error(base: Path, model: Path, task: str) -> float:
-    """Standard error (points) of the mean per-case change of the task's Dice, cases paired (the same cases)."""
-    before, after = case_means(base), case_means(model)
-    changes = [100 * (after[key] - value) for key, value in before.items() if key[0] == task and key in after]
-    if len(changes) < 2:
-        return math.nan
-    mean = sum(changes) / len(changes)
-    return math.sqrt(sum((c - mean) ** 2 for c in changes) / (len(changes) - 1) / len(changes))
 
 
 def fmt(value, digits=3) -> str:
@@ -130,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
             continue
         folder = args.runs / row["model"]
         means = forgetting["task_means"]
-        cells = [f"{100 * means[t]['change']:+.1f} ± {paired_standard_error(base_folder, folder, t):.1f}"
+        cells = [f"{100 * means[t]['change']:+.1f} ± {100 * paired_standard_error(base_folder, folder, t):.1f}"
                  for t in TASKS[:3]]
         average = sum(means[t]["change"] for t in TASKS[:3]) / 3
         lines.append(f"| {row['model']} | " + " | ".join(cells) + f" | {100 * average:+.2f} |")

@@ -1,0 +1,34 @@
+"""Paired comparison of two models on the same validation cases, from their ``evaluation.csv``.
+
+Both benchmarks (methods and incremental) compare models on identical validation cases; the standard error of the
+per-case difference tells which differences are larger than the case-to-case noise of a small validation set.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+
+def case_means(folder: Path) -> dict[tuple[str, str], float]:
+    """(task, case) -> mean Dice over the labels of the case (labels absent from reference and prediction skipped)."""
+    values: dict[tuple[str, str], list[float]] = {}
+    with open(folder / "evaluation.csv") as stream:
+        for row in csv.DictReader(stream):
+            dice = float(row["dice"])
+            if not math.isnan(dice):
+                values.setdefault((row["task"], row["case"]), []).append(dice)
+    return {key: sum(v) / len(v) for key, v in values.items()}
+
+
+def paired_standard_error(base: Path, model: Path, task: str) -> float:
+    """Standard error (Dice, 0-1) of the mean per-case difference model - base of the task's Dice, over the cases
+    both folders evaluated; NaN with fewer than two such cases."""
+    before, after = case_means(base), case_means(model)
+    differences = [after[key] - value for key, value in before.items() if key[0] == task and key in after]
+    if len(differences) < 2:
+        return math.nan
+    mean = sum(differences) / len(differences)
+    variance = sum((d - mean) ** 2 for d in differences) / (len(differences) - 1)
+    return math.sqrt(variance / len(differences))
