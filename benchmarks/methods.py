@@ -456,11 +456,10 @@ def render_markdown(result: BenchmarkResult) -> str:
             cell = _number(value, 3)
             if reference is not None and m is not reference and _finite(value):
                 base = _task_mean(reference, result.tasks) if task == "mean over tasks" else reference.mean_dice(task)
-                if _finite(base) and task == "mean over tasks":
-                    cell += f" ({value - base:+.3f})"
-                elif _finite(base):
-                    error = paired_standard_error(reference.models[task], m.models[task], task)
-                    cell += f" ({value - base:+.3f} ± {_number(error, 3)})"
+                if _finite(base):  # a task's difference carries its standard error; the mean over tasks has none
+                    error = "" if task == "mean over tasks" else \
+                        f" ± {_number(paired_standard_error(reference.models[task], m.models[task], task), 3)}"
+                    cell += f" ({value - base:+.3f}{error})"
             cells.append(cell)
         lines.append(f"| {task} | " + " | ".join(cells) + " |")
     lines += ["", "## Dice mean ± sd and HD95 per label", "",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import math
+import statistics
 from pathlib import Path
 
 
@@ -19,7 +20,7 @@ def case_means(folder: Path) -> dict[tuple[str, str], float]:
             dice = float(row["dice"])
             if not math.isnan(dice):
                 values.setdefault((row["task"], row["case"]), []).append(dice)
-    return {key: sum(v) / len(v) for key, v in values.items()}
+    return {key: statistics.fmean(v) for key, v in values.items()}
 
 
 def paired_standard_error(base: Path, model: Path, task: str) -> float:
@@ -29,6 +30,4 @@ def paired_standard_error(base: Path, model: Path, task: str) -> float:
     differences = [after[key] - value for key, value in before.items() if key[0] == task and key in after]
     if len(differences) < 2:
         return math.nan
-    mean = sum(differences) / len(differences)
-    variance = sum((d - mean) ** 2 for d in differences) / (len(differences) - 1)
-    return math.sqrt(variance / len(differences))
+    return statistics.stdev(differences) / math.sqrt(len(differences))
