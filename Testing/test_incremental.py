@@ -323,6 +323,8 @@ def test_add_task_defaults_learn_a_small_label_beyond_n_star(tmp_path, base_mode
     assert result.report.new_task_name == "chest"
     assert result.report.new_task["nodule"] > 0.5 and result.report.new_task["heart"] > 0.5, result.report.new_task
     assert ("chest", "nodule", "-", f"{result.report.new_task['nodule']:.3f}", "new") in result.report.table()
+    lineage = json.loads((result.path / "lineage.json").read_text())
+    assert lineage["new_task_share"] == pytest.approx(1 / 3)  # the default: two replayed tasks and the new one
 
 
 def test_budget_grows_with_the_task_and_is_estimated_from_the_parent(tiny_model):

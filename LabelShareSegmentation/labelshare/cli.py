@@ -536,7 +536,8 @@ def build_parser() -> argparse.ArgumentParser:
                                "(default: no floor)")
     add_task.add_argument("--accept-regression", action="store_true", help="publish even when the gate refuses")
     add_task.add_argument("--new-task-share", type=float, default=defaults.new_task_share, metavar="FRACTION",
-                          help="the task's share of every batch; the old tasks share the rest (default: %(default)s)")
+                          help="the task's share of every batch; the old tasks share the rest (default: an equal "
+                               "share for every trained task, old or new: 1/(old tasks replayed + 1))")
     add_task.add_argument("--new-label-init", choices=NEW_LABEL_INITS, default=defaults.new_label_init,
                           help="how the output channel of a label beyond n* starts: a copy of the background "
                                "channel at the label's prior odds, a copy of the channel the model predicts on most "

@@ -202,7 +202,8 @@ class AddTaskConfig:
 
     ``replay_cases`` None replays every training case of every old task; ``max_regression`` is in Dice points;
     ``epochs`` None: a budget that grows with the new task (:func:`labelshare.budget.add_task_epochs`);
-    ``new_task_share``: the task's share of every batch (the old tasks share the rest equally);
+    ``new_task_share``: the task's share of every batch (the old tasks share the rest equally; None: every trained
+    task, old or new, an equal share, as in joint training);
     ``new_label_init``: how the output channel of a label beyond n* starts; ``new_label_lr_scale``: the learning-rate
     multiplier of those channels (:class:`~labelshare.incremental.trainer.IncrementalTrainer`); ``min_new_dice``:
     refuse the version when a label of the task ends below this Dice (0-1; None: no floor).
@@ -215,7 +216,7 @@ class AddTaskConfig:
     max_regression: float = 1.0
     min_new_dice: float | None = None
     accept_regression: bool = False
-    new_task_share: float = 0.5
+    new_task_share: float | None = None
     new_label_init: str = "prior"
     new_label_lr_scale: float = 10.0
     epochs: int | None = None
@@ -236,7 +237,8 @@ class AddTaskConfig:
         _check_finite(self.max_regression, "--max-regression", 0.0, 100.0)
         if self.min_new_dice is not None:
             _check_finite(self.min_new_dice, "--min-new-dice", 0.0, 1.0)
-        _check_finite(self.new_task_share, "--new-task-share", 0.0, 1.0, low_open=True)
+        if self.new_task_share is not None:
+            _check_finite(self.new_task_share, "--new-task-share", 0.0, 1.0, low_open=True)
         _check_finite(self.new_label_lr_scale, "--new-label-lr-scale", 1.0, 1e3)
         for name in ("batch_size", "steps_per_epoch") + (("epochs",) if self.epochs is not None else ()):
             check_at_least(getattr(self, name), 1, f"--{name.replace('_', '-')}")

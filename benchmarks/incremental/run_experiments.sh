@@ -40,7 +40,7 @@ add() {  # add NAME add-task-arguments...: a task added to the 3-task model. The
   # chosen (500 steps, no distillation) come first; each experiment's own arguments override them.
   local name=$1; shift
   run "$name" add-task --model "$RUNS/base-3task" "${REPLAY[@]}" --accept-regression "${BUDGET[@]}" --epochs 5 \
-    --distill-weight 0 "$@"
+    --distill-weight 0 --new-task-share 0.5 "$@"
 }
 
 experiment() {

@@ -32,9 +32,10 @@ RUNS = [  # (folder in RUNS_DIR, description)
     ("add-overlap-replay8", "+ Sunnybrook: overlap mapping, replay 8 cases per task"),
     ("add-overlap-distill", "+ Sunnybrook: overlap mapping, replay all, distillation weight 1"),
     ("add-overlap-distill-lr1e-3", "+ Sunnybrook: overlap, replay all, distillation 1, learning rate 1e-3"),
-    ("add-overlap-distill-300", "+ Sunnybrook: overlap, replay all, distillation 1, 300 steps (the defaults)"),
-    ("add-overlap-distill-300-share25", "+ Sunnybrook: the defaults with a new-task share of 0.25 of every batch"),
-    ("add-overlap-distill-300-lr1e-3", "+ Sunnybrook: the defaults with learning rate 1e-3"),
+    ("add-overlap-distill-300",
+     "+ Sunnybrook: overlap, replay all, distillation 1, 300 steps, new-task share 0.5 (the earlier defaults)"),
+    ("add-overlap-distill-300-share25", "+ Sunnybrook: the same, new-task share 0.25 (equal shares: the default)"),
+    ("add-overlap-distill-300-lr1e-3", "+ Sunnybrook: the same (share 0.5) with learning rate 1e-3"),
 ]
 
 

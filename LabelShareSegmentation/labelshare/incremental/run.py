@@ -103,12 +103,15 @@ def add_task(model: str | Path, task: tuple[str, str | Path], out: str | Path, c
     if distill_weight > 0 and not any(replay.values()):
         progress.log("no old slices are replayed, so there is nothing to distil on: distillation is off")
         distill_weight = 0.0
+    new_task_share = config.new_task_share
+    if new_task_share is None:  # as in joint training: with plans, half of every batch cost the old tasks 2 points
+        new_task_share = 1 / (1 + sum(1 for cases in replay.values() if cases))
     request = _json_round_trip({
         "parent": old_path.name, "parent_manifest_sha256": sha256_file(old_path / "manifest.json"),
         "task": name, "task_folder": str(Path(folder).resolve()), "strategy": config.strategy,
         "map": list(config.label_map),
         "replay_cases": "all" if config.replay_cases is None else config.replay_cases,
-        "distill_weight": distill_weight, "new_task_share": config.new_task_share,
+        "distill_weight": distill_weight, "new_task_share": new_task_share,
         "new_label_init": config.new_label_init, "new_label_lr_scale": config.new_label_lr_scale,
         "old_task_folders": {t: str(p.resolve()) for t, p in old_folders.items()},
         "train": {k: v for k, v in train_config.to_json().items() if k != "device"}})
@@ -136,7 +139,7 @@ def add_task(model: str | Path, task: tuple[str, str | Path], out: str | Path, c
                        "operation": "update-task" if update else "add-task",
                        "tasks_added": [] if update else [name], "task": name, "mapping": mapping,
                        "replay": {"cases_per_task": request["replay_cases"], "exemplars": replay},
-                       "new_task_share": config.new_task_share,
+                       "new_task_share": new_task_share,
                        "distillation": {"weight": distill_weight, "temperature": DISTILL_TEMPERATURE},
                        "task_folders": {t: str(tasks[t].root.resolve()) for t in space.task_names},
                        "request": request}
@@ -147,7 +150,7 @@ def add_task(model: str | Path, task: tuple[str, str | Path], out: str | Path, c
                                    split=split, trainer_options={"replay": replay, "teacher": old.network,
                                                                  "distill_weight": distill_weight,
                                                                  "new_task": name,
-                                                                 "new_task_share": config.new_task_share,
+                                                                 "new_task_share": new_task_share,
                                                                  "first_new_channel": first_new_channel,
                                                                  "new_channel_lr_scale": config.new_label_lr_scale})
             holding.enter_context(hold_folder(candidate))
