@@ -17,6 +17,7 @@ import SimpleITK as sitk
 import torch
 
 from labelshare_benchmarks.methods import METHODS, BenchmarkSettings, main, run_benchmark
+from labelshare_benchmarks.compare_models import comparison_table
 from labelshare_benchmarks.paired import paired_standard_error
 from labelshare.errors import LabelShareError, TrainingInterrupted
 from labelshare.fileio import read_json
@@ -169,6 +170,10 @@ def test_paired_standard_error_pairs_cases_and_averages_their_labels(tmp_path):
     # per-case differences 0.1, 0.1, -0.3: sd 0.2309, standard error 0.2309 / sqrt(3)
     assert paired_standard_error(tmp_path / "base", tmp_path / "model", "t") == pytest.approx(0.13333, abs=1e-4)
     assert math.isnan(paired_standard_error(tmp_path / "base", tmp_path / "model", "u"))
+    table = comparison_table(tmp_path / "base", tmp_path / "model")
+    assert "| t | x | 0.575 | 0.667 | +9.2 |" in table  # label x: (0.8+0.5+0.9+0.1)/4 against (0.9+0.5+0.6)/3
+    assert "| t | **mean** (3 cases) | 0.700 | 0.667 | -3.3 ± 13.3 |" in table
+    assert "| u | **mean** (1 cases) | 0.000 | 1.000 | +100.0 ± nan |" in table
 
 
 @pytest.mark.slow

@@ -28,7 +28,7 @@ def test_wheel_holds_engine_benchmarks_and_bundled_model_but_no_slicer_code(whee
     names = zipfile.ZipFile(wheel).namelist()
     assert "labelshare/cli.py" in names and "labelshare/incremental/run.py" in names
     assert "labelshare_benchmarks/methods.py" in names
-    for version in ("labelshare-4tasks-v1", "labelshare-4tasks-v2"):  # the first release stays loadable
+    for version in ("labelshare-4tasks-v1", "labelshare-4tasks-v2", "labelshare-4tasks-v3"):  # older ones stay loadable
         bundled = [n for n in names if n.startswith(f"labelshare/bundled_models/{version}/")]
         assert {Path(n).name for n in bundled} >= {"model.safetensors", "manifest.json", "config.json",
                                                    "labelspace.json"}, version
@@ -54,10 +54,10 @@ def test_wheel_in_a_clean_environment_lists_and_verifies_its_bundled_model(wheel
     assert found.returncode == 0, found.stderr
     module_file, model_dir, known_labels = json.loads(found.stdout)
     assert Path(module_file).is_relative_to(environment) and Path(model_dir).is_relative_to(environment)
-    assert Path(model_dir).name == "labelshare-4tasks-v2"
+    assert Path(model_dir).name == "labelshare-4tasks-v3"
     assert known_labels >= 10  # the packaged terminology table
     listed = subprocess.run([str(environment / "bin" / "labelshare"), "models"], capture_output=True, text=True,
                             timeout=120, cwd=tmp_path)
     assert listed.returncode == 0, listed.stderr
-    assert "labelshare-4tasks-v1" in listed.stdout and "labelshare-4tasks-v2" in listed.stdout
+    assert all(f"labelshare-4tasks-v{n}" in listed.stdout for n in (1, 2, 3))
     assert "INVALID" not in listed.stdout

@@ -19,7 +19,7 @@ from labelshare.metrics import dice_per_label
 from labelshare.modelfolder import MODEL_FORMAT_VERSION, ModelConfig, verify_folder
 from labelshare.models import Model, load_model
 from labelshare.networks import build_network
-from labelshare.paths import BUNDLED_MODELS_DIR, bundled_model_dirs, default_model_dir
+from labelshare.paths import BUNDLED_MODELS_DIR, bundled_model_dirs, default_model_dir, version_order
 from labelshare.plans import PATCH_MULTIPLE, PlanSettings, SliceGeometry, TaskPlan, fixed_size_plan, plan_task
 from labelshare.slices import pad_to_patch, resample_labels, window_logits
 from labelshare.tasks import TaskDataset
@@ -93,6 +93,11 @@ def test_the_default_model_is_the_newest_bundled_one_and_segments_with_per_task_
     config, space = verify_folder(default_model_dir())
     assert config.preprocessing.image_size is None
     assert all(task.plan is not None and not task.plan.fixed_size for task in space.tasks.values())
+
+
+def test_model_versions_sort_by_number():
+    names = ["labelshare-4tasks-v10", "labelshare-4tasks-v2", "labelshare-4tasks-v9", "labelshare-4tasks-v1"]
+    assert sorted(names, key=version_order) == [names[3], names[1], names[2], names[0]]
 
 
 def test_label_space_files_carry_plans_and_first_release_files_still_read(tmp_path, synthetic_space):

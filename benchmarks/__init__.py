@@ -12,6 +12,8 @@ extension. Run one with ``labelshare-bench NAME [ARGUMENTS]`` (or ``python -m la
 ``apply-to-segments``       the Slicer module's Apply on slicer-core, first run and later runs
 ``cpu-efficiency``          float32 vs channels_last vs bfloat16 autocast vs torch.compile on the CPU
 ``window-size``             sliding-window overlaps and one window per whole slice: Dice and CPU time
+``compare-models``          two versions of a model on the same validation cases: per-label Dice, paired
+                            differences per task, and with ``--group`` the look-alike read-outs
 ``incremental-summary``     tables and chart of the incremental-learning experiments (docs/incremental;
                             ``benchmarks/incremental/run_experiments.sh`` runs them)
 ``incremental-step-cost``   cost of one add-task step with and without distillation
@@ -34,6 +36,7 @@ EXPERIMENTS = {
     "apply-to-segments": "apply_to_segments",
     "cpu-efficiency": "cpu_efficiency",
     "window-size": "window_size",
+    "compare-models": "compare_models",
     "incremental-summary": "incremental.summarize",
     "incremental-step-cost": "incremental.step_cost",
     "split-task": "incremental.split_task",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 from .errors import ModelError
@@ -38,12 +39,19 @@ def user_models_dir() -> Path:
     return labelshare_home() / "models"
 
 
+def version_order(name: str) -> list:
+    """Sort key of model folder names that end in their version: numbers compare as numbers, so
+    ``labelshare-4tasks-v10`` sorts after ``labelshare-4tasks-v9``."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
 def bundled_model_dirs() -> list[Path]:
     """The models shipped with the extension (the folders under Resources/Models), newest version first: their
-    names end in the version (``labelshare-4tasks-v2``), so the newest sorts last by name."""
+    names end in the version (``labelshare-4tasks-v3``)."""
     if not BUNDLED_MODELS_DIR.is_dir():
         return []
-    return sorted((p for p in BUNDLED_MODELS_DIR.iterdir() if (p / "config.json").is_file()), reverse=True)
+    return sorted((p for p in BUNDLED_MODELS_DIR.iterdir() if (p / "config.json").is_file()),
+                  key=lambda p: version_order(p.name), reverse=True)
 
 
 def default_model_dir() -> Path | None:

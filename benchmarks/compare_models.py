@@ -1,0 +1,95 @@
+"""``labelshare-bench compare-models BASE MODEL``: two versions of a model on the validation cases both evaluated.
+
+Prints a markdown table with each label's mean Dice in both folders and the difference in points, then each task's
+mean over cases with the paired difference and its standard error (:mod:`labelshare_benchmarks.paired`), from the
+folders' ``evaluation.csv``. With ``--task NAME=DIR`` for the tasks of ``--group`` pairs it also reads every grouped
+label out on the other task's validation images with both models (the look-alike check of
+:func:`labelshare_benchmarks.methods.measure_lookalike`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import statistics
+import sys
+from pathlib import Path
+
+from labelshare.errors import LabelShareError
+from labelshare.fileio import read_json
+
+from .paired import case_means, paired_standard_error
+
+
+def label_means(folder: Path) -> dict[tuple[str, str], float]:
+    """(task, label) -> mean Dice over the cases where the label is defined."""
+    values: dict[tuple[str, str], list[float]] = {}
+    with open(folder / "evaluation.csv") as stream:
+        for row in csv.DictReader(stream):
+            dice = float(row["dice"])
+            if not math.isnan(dice):
+                values.setdefault((row["task"], row["label"]), []).append(dice)
+    return {key: statistics.fmean(v) for key, v in values.items()}
+
+
+def comparison_table(base: Path, model: Path) -> str:
+    """Markdown: per label both means and the difference (points); per task the paired mean difference ± SE."""
+    before, after = label_means(base), label_means(model)
+    lines = [f"| task | label | {base.name} | {model.name} | difference (points) |", "|---|---|---|---|---|"]
+    for (task, label), value in before.items():
+        if (task, label) in after:
+            lines.append(f"| {task} | {label} | {value:.3f} | {after[task, label]:.3f} | "
+                         f"{100 * (after[task, label] - value):+.1f} |")
+    cases_before, cases_after = case_means(base), case_means(model)
+    for task in dict.fromkeys(task for task, _ in cases_before):
+        paired = [key for key in cases_before if key[0] == task and key in cases_after]
+        if not paired:
+            continue
+        mean_before = statistics.fmean(cases_before[key] for key in paired)
+        mean_after = statistics.fmean(cases_after[key] for key in paired)
+        error = 100 * paired_standard_error(base, model, task)
+        lines.append(f"| {task} | **mean** ({len(paired)} cases) | {mean_before:.3f} | {mean_after:.3f} | "
+                     f"{100 * (mean_after - mean_before):+.1f} ± {error:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def lookalike_table(models: list[Path], tasks: dict, groups: list[str], device: str) -> str:
+    from labelshare.labelspace import parse_group
+
+    from .methods import measure_lookalike
+    parsed = [parse_group(group) for group in groups]
+    lines = ["| model | read-out | on images of | Dice (mean ± sd, cases) |", "|---|---|---|---|"]
+    for folder in models:
+        split = read_json(folder / "split.json")["tasks"]
+        for row in measure_lookalike({name: folder for name in tasks}, tasks, split, parsed, device):
+            lines.append(f"| {folder.name} | {row['task']}:{row['label']} | {row['images']}:{row['reference_label']} "
+                         f"| {row['dice_mean']:.3f} ± {row['dice_sd']:.3f} ({row['n']}) |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    from labelshare.cli import task_arguments
+    from labelshare.tasks import TaskDataset
+    parser = argparse.ArgumentParser(prog="labelshare-bench compare-models", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("base", type=Path, help="model folder compared against")
+    parser.add_argument("model", type=Path, help="model folder")
+    parser.add_argument("--task", dest="tasks", action="append", default=[], metavar="NAME=DIR",
+                        help="nnU-Net folder of a task of the --group pairs (the look-alike check)")
+    parser.add_argument("--group", action="append", default=[], metavar="TASK:LABEL=TASK:LABEL",
+                        help="a look-alike label pair to read out on the other task's images")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    try:
+        for folder in (args.base, args.model):
+            if not (folder / "evaluation.csv").is_file():
+                raise LabelShareError(f"{folder}: no evaluation.csv (not an evaluated model folder)")
+        print(comparison_table(args.base, args.model))
+        if args.group:
+            tasks = {name: TaskDataset.open(folder, name) for name, folder in task_arguments(args)}
+            print(lookalike_table([args.base, args.model], tasks, args.group, args.device))
+    except LabelShareError as error:
+        print(f"labelshare-bench: error: {error}", file=sys.stderr)
+        return 1
+    return 0
