@@ -10,8 +10,6 @@ label out on the other task's validation images with both models (the look-alike
 from __future__ import annotations
 
 import argparse
-import csv
-import math
 import statistics
 import sys
 from pathlib import Path
@@ -19,23 +17,12 @@ from pathlib import Path
 from labelshare.errors import LabelShareError
 from labelshare.fileio import read_json
 
-from .paired import case_means, paired_standard_error
-
-
-def label_means(folder: Path) -> dict[tuple[str, str], float]:
-    """(task, label) -> mean Dice over the cases where the label is defined."""
-    values: dict[tuple[str, str], list[float]] = {}
-    with open(folder / "evaluation.csv") as stream:
-        for row in csv.DictReader(stream):
-            dice = float(row["dice"])
-            if not math.isnan(dice):
-                values.setdefault((row["task"], row["label"]), []).append(dice)
-    return {key: statistics.fmean(v) for key, v in values.items()}
+from .paired import case_means, mean_dice, paired_standard_error
 
 
 def comparison_table(base: Path, model: Path) -> str:
     """Markdown: per label both means and the difference (points); per task the paired mean difference ± SE."""
-    before, after = label_means(base), label_means(model)
+    before, after = mean_dice(base, "label"), mean_dice(model, "label")
     lines = [f"| task | label | {base.name} | {model.name} | difference (points) |", "|---|---|---|---|---|"]
     for (task, label), value in before.items():
         if (task, label) in after:

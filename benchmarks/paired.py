@@ -12,15 +12,21 @@ import statistics
 from pathlib import Path
 
 
-def case_means(folder: Path) -> dict[tuple[str, str], float]:
-    """(task, case) -> mean Dice over the labels of the case (labels absent from reference and prediction skipped)."""
+def mean_dice(folder: Path, by: str) -> dict[tuple[str, str], float]:
+    """(task, row[by]) -> mean Dice of the folder's evaluation.csv rows, grouped by the column ``by`` ("case" or
+    "label"); labels absent from reference and prediction (NaN) are skipped."""
     values: dict[tuple[str, str], list[float]] = {}
     with open(folder / "evaluation.csv") as stream:
         for row in csv.DictReader(stream):
             dice = float(row["dice"])
             if not math.isnan(dice):
-                values.setdefault((row["task"], row["case"]), []).append(dice)
+                values.setdefault((row["task"], row[by]), []).append(dice)
     return {key: statistics.fmean(v) for key, v in values.items()}
+
+
+def case_means(folder: Path) -> dict[tuple[str, str], float]:
+    """(task, case) -> mean Dice over the labels of the case."""
+    return mean_dice(folder, "case")
 
 
 def paired_standard_error(base: Path, model: Path, task: str) -> float:
