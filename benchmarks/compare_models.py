@@ -10,14 +10,13 @@ label out on the other task's validation images with both models (the look-alike
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from pathlib import Path
 
 from labelshare.errors import LabelShareError
 from labelshare.fileio import read_json
 
-from .paired import case_means, mean_dice, paired_standard_error
+from .paired import case_means, mean_dice, paired_difference
 
 
 def comparison_table(base: Path, model: Path) -> str:
@@ -30,14 +29,10 @@ def comparison_table(base: Path, model: Path) -> str:
                          f"{100 * (after[task, label] - value):+.1f} |")
     cases_before, cases_after = case_means(base), case_means(model)
     for task in dict.fromkeys(task for task, _ in cases_before):
-        paired = [key for key in cases_before if key[0] == task and key in cases_after]
-        if not paired:
-            continue
-        mean_before = statistics.fmean(cases_before[key] for key in paired)
-        mean_after = statistics.fmean(cases_after[key] for key in paired)
-        error = 100 * paired_standard_error(base, model, task)
-        lines.append(f"| {task} | **mean** ({len(paired)} cases) | {mean_before:.3f} | {mean_after:.3f} | "
-                     f"{100 * (mean_after - mean_before):+.1f} ± {error:.1f} |")
+        paired = paired_difference(cases_before, cases_after, task)
+        if paired.cases:
+            lines.append(f"| {task} | **mean** ({paired.cases} cases) | {paired.before:.3f} | {paired.after:.3f} | "
+                         f"{100 * (paired.after - paired.before):+.1f} ± {100 * paired.standard_error:.1f} |")
     return "\n".join(lines) + "\n"
 
 

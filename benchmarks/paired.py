@@ -10,6 +10,7 @@ import csv
 import math
 import statistics
 from pathlib import Path
+from typing import NamedTuple
 
 
 def mean_dice(folder: Path, by: str) -> dict[tuple[str, str], float]:
@@ -29,11 +30,29 @@ def case_means(folder: Path) -> dict[tuple[str, str], float]:
     return mean_dice(folder, "case")
 
 
+class PairedDifference(NamedTuple):
+    """A task's mean Dice (0-1) over the cases two models both evaluated, and the standard error of the mean
+    per-case difference (NaN with fewer than two cases)."""
+
+    cases: int
+    before: float
+    after: float
+    standard_error: float
+
+
+def paired_difference(before: dict[tuple[str, str], float], after: dict[tuple[str, str], float],
+                      task: str) -> PairedDifference:
+    """The task's paired comparison of two :func:`case_means`."""
+    keys = [key for key in before if key[0] == task and key in after]
+    if not keys:
+        return PairedDifference(0, math.nan, math.nan, math.nan)
+    differences = [after[key] - before[key] for key in keys]
+    error = statistics.stdev(differences) / math.sqrt(len(keys)) if len(keys) >= 2 else math.nan
+    return PairedDifference(len(keys), statistics.fmean(before[key] for key in keys),
+                            statistics.fmean(after[key] for key in keys), error)
+
+
 def paired_standard_error(base: Path, model: Path, task: str) -> float:
     """Standard error (Dice, 0-1) of the mean per-case difference model - base of the task's Dice, over the cases
     both folders evaluated; NaN with fewer than two such cases."""
-    before, after = case_means(base), case_means(model)
-    differences = [after[key] - value for key, value in before.items() if key[0] == task and key in after]
-    if len(differences) < 2:
-        return math.nan
-    return statistics.stdev(differences) / math.sqrt(len(differences))
+    return paired_difference(case_means(base), case_means(model), task).standard_error
