@@ -19,6 +19,7 @@ import torch
 from labelshare_benchmarks.methods import METHODS, BenchmarkSettings, main, run_benchmark
 from labelshare_benchmarks.compare_models import comparison_table
 from labelshare_benchmarks.paired import paired_standard_error
+from labelshare_benchmarks import training_budget
 from labelshare.errors import LabelShareError, TrainingInterrupted
 from labelshare.fileio import read_json
 from labelshare.paths import staging_dir_for
@@ -175,6 +176,57 @@ def test_paired_standard_error_pairs_cases_and_averages_their_labels(tmp_path):
     assert "| t | **mean** (3 cases) | 0.700 | 0.667 | -3.3 ± 13.3 |" in table
     assert "| u | **mean** (1 cases) | 0.000 | 1.000 | +100.0 ± nan |" in table
 
+
+
+def _budget_folder(folder, epochs: int, case_dice: dict, learning_rate=2e-3, split=("a", "b")):
+    """A hand-made trained model folder: ``case_dice`` maps (case, label) to Dice of task t."""
+    folder.mkdir()
+    (folder / "training.json").write_text(json.dumps({"epochs": epochs, "steps_per_epoch": 100, "batch_size": 16,
+                                                      "learning_rate": learning_rate, "seed": 0, "device": "cpu",
+                                                      "run_identity": folder.name}))
+    (folder / "split.json").write_text(json.dumps({"tasks": {"t": {"train": ["c"], "validation": list(split)}}}))
+    (folder / "evaluation.csv").write_text("task,case,label,label_id,dice,hd95\n" + "".join(
+        f"t,{case},{label},1,{dice},1.0\n" for (case, label), dice in case_dice.items()))
+    (folder / "training_log.jsonl").write_text("".join(
+        json.dumps({"epoch": e, "step": 100 * e, "elapsed_s": 60.0 * e,
+                    "validation_dice": {"t": {"x": 0.5 + 0.01 * e, "y": 0.3 + 0.01 * e}}}) + "\n"
+        for e in range(1, epochs + 1)))
+    return folder
+
+
+def test_training_budget_pairs_budgets_of_one_recipe(tmp_path, capsys):
+    """Budgets sorted by steps; each later budget's task mean paired with the smallest; chart and record written;
+    folders of another recipe, another split or the same budget are refused by name."""
+    small = _budget_folder(tmp_path / "small", 2, {("a", "x"): 0.8, ("a", "y"): 0.6, ("b", "x"): 0.5,
+                                                     ("b", "y"): 0.5})
+    large = _budget_folder(tmp_path / "large", 8, {("a", "x"): 0.9, ("a", "y"): 0.7, ("b", "x"): 0.7,
+                                                     ("b", "y"): 0.7})
+    out = tmp_path / "report"
+    assert training_budget.main([str(large), str(small), "--out", str(out)]) == 0
+    table = (out / "budget.md").read_text()
+    assert table == capsys.readouterr().out.rstrip("\n") + "\n"
+    assert "| task | label | 200 steps | 800 steps |" in table
+    assert "| t | x | 0.650 | 0.800 |" in table
+    # case means 0.7, 0.5 -> 0.8, 0.7: differences 0.1 and 0.2, mean +15 points, sd 0.0707 / sqrt(2) = 5 points
+    assert "| t | **mean** (2 cases) | 0.600 | 0.750 (+15.0 ± 5.0) |" in table
+    assert "| | training time | 2.0 min | 8.0 min |" in table
+    record = read_json(out / "budget.json")
+    assert [m["steps"] for m in record["models"]] == [200, 800]
+    assert record["models"][1]["task_mean"]["t"]["difference_to_first"] == pytest.approx(0.15)
+    assert record["models"][1]["curve"][-1] == {"step": 800, "dice": {"t": pytest.approx(0.48)}}
+    assert (out / "budget.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    other_rate = _budget_folder(tmp_path / "other-rate", 4, {("a", "x"): 0.8}, learning_rate=1e-3)
+    other_split = _budget_folder(tmp_path / "other-split", 4, {("a", "x"): 0.8}, split=("a",))
+    same_steps = _budget_folder(tmp_path / "same-steps", 2, {("a", "x"): 0.8})
+    no_log = _budget_folder(tmp_path / "no-log", 4, {("a", "x"): 0.8})
+    (no_log / "training_log.jsonl").unlink()
+    for folder, message in ((other_rate, "other learning_rate"), (other_split, "split.json differs"),
+                            (same_steps, "same number of steps"), (no_log, "no training_log.jsonl")):
+        assert training_budget.main([str(small), str(folder), "--out", str(tmp_path / "refused")]) == 1
+        error = capsys.readouterr().err
+        assert message in error and (folder.name in error or message == "same number of steps"), error
+    assert not (tmp_path / "refused").exists()
 
 @pytest.mark.slow
 def test_same_seed_reproduces_the_numbers(tmp_path, synthetic_tasks):

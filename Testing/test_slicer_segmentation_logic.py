@@ -59,7 +59,7 @@ def test_segments_come_from_the_worker_and_equal_the_engine_output(logic, volume
     assert fractions and fractions[-1] == 1.0 and fractions == sorted(fractions)
     assert JobState.RUNNING in states and job.fraction == 1.0
 
-    expected = Segmenter(load_model(tiny_model)).segment(volumes.volume_to_image(volume), TASK)
+    expected = Segmenter(load_model(tiny_model), mirror=True).segment(volumes.volume_to_image(volume), TASK)
     expected = sitk.GetArrayFromImage(expected)
     labels = [(1, "body"), (2, "organ"), (3, "lesion")]
     segmentation = node.GetSegmentation()

@@ -12,6 +12,8 @@ extension. Run one with ``labelshare-bench NAME [ARGUMENTS]`` (or ``python -m la
 ``apply-to-segments``       the Slicer module's Apply on slicer-core, first run and later runs
 ``cpu-efficiency``          float32 vs channels_last vs bfloat16 autocast vs torch.compile on the CPU
 ``window-size``             sliding-window overlaps and one window per whole slice: Dice and CPU time
+``training-budget``         one recipe trained for several numbers of steps: Dice per budget, paired
+                            differences and learning curves (docs/resolution)
 ``compare-models``          two versions of a model on the same validation cases: per-label Dice, paired
                             differences per task, and with ``--group`` the look-alike read-outs
 ``incremental-summary``     tables and chart of the incremental-learning experiments (docs/incremental;
@@ -36,6 +38,7 @@ EXPERIMENTS = {
     "apply-to-segments": "apply_to_segments",
     "cpu-efficiency": "cpu_efficiency",
     "window-size": "window_size",
+    "training-budget": "training_budget",
     "compare-models": "compare_models",
     "incremental-summary": "incremental.summarize",
     "incremental-step-cost": "incremental.step_cost",

@@ -86,10 +86,12 @@ class SegmentationLogic:
 
     def start(self, volume_node, task: str, model: str | Path | None = None, device: str = "auto",
               output_node=None, largest_component: bool = False,
-              on_event: Callable[[dict], None] | None = None) -> WorkerJob:
+              on_event: Callable[[dict], None] | None = None, mirror: bool = True) -> WorkerJob:
         """Start segmenting; returns the job at once. Nothing in the scene changes until the job imports.
 
         :param device: ``auto``, ``cuda`` (or ``cuda:N``; ``gpu`` means ``cuda``) or ``cpu``.
+        :param mirror: average with the left-right mirrored prediction for tasks that are not lateralised (as
+            ``labelshare segment`` does by default; False: the network alone).
         :param output_node: segmentation node to write into (the task's segments in it are replaced); default:
             the node of the previous run for this volume and task, else a new ``<volume> <task>`` node.
         :raises LabelShareError: (before anything runs) for an unusable volume, model, task or device.
@@ -121,7 +123,7 @@ class SegmentationLogic:
 
         self.job = worker.submit({"command": "segment", "model": str(model_path), "task": task,
                                   "input": str(input_path), "output": str(output_path), "device": device,
-                                  "largest_component": largest_component},
+                                  "largest_component": largest_component, "mirror": mirror},
                                  import_result=import_result, on_event=on_event)
         return self.job
 
@@ -154,12 +156,14 @@ class SegmentationLogic:
         return self.job
 
     def segment(self, volume_node, task: str, model: str | Path | None = None, device: str = "auto",
-                output_node=None, largest_component: bool = False, timeout: float | None = None):
+                output_node=None, largest_component: bool = False, timeout: float | None = None,
+                mirror: bool = True):
         """Segment and wait; returns the segmentation node. Raises ``JobFailed`` with the reason on failure."""
-        return self.start(volume_node, task, model, device, output_node, largest_component).result_or_raise(timeout)
+        return self.start(volume_node, task, model, device, output_node, largest_component,
+                          mirror=mirror).result_or_raise(timeout)
 
     def segment_many(self, volume_nodes, task: str, model: str | Path | None = None, device: str = "auto",
-                     largest_component: bool = False, timeout: float | None = None) -> list:
+                     largest_component: bool = False, timeout: float | None = None, mirror: bool = True) -> list:
         """Segment several volumes one after another in the same worker (one start-up, one model load); returns
         their segmentation nodes in order.
 
@@ -169,7 +173,8 @@ class SegmentationLogic:
         nodes, failures = [], []
         for volume_node in volume_nodes:
             try:
-                nodes.append(self.segment(volume_node, task, model, device, None, largest_component, timeout))
+                nodes.append(self.segment(volume_node, task, model, device, None, largest_component, timeout,
+                                          mirror))
             except JobCancelled:
                 raise
             except LabelShareError as error:  # JobFailed, or a volume refused before its job started
