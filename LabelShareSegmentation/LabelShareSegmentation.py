@@ -94,6 +94,8 @@ class LabelShareSegmentationParameterNode:
     task - the task of the model whose labels are segmented.
     largestComponent - keep only the largest connected part of every label (without it, of the labels the model
         chose on its validation cases).
+    mirror - average with the left-right mirrored prediction for tasks that are not lateralised (test-time
+        augmentation, as ``labelshare segment`` does by default).
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -101,6 +103,7 @@ class LabelShareSegmentationParameterNode:
     model: str = ""
     task: str = ""
     largestComponent: bool = False
+    mirror: bool = True
 
 
 class LabelShareSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -333,7 +336,7 @@ class LabelShareSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
             self._job = self.logic.start(parameters.inputVolume, parameters.task, model=parameters.model or None,
                                          device=self.ui.deviceComboBox.currentText,
                                          outputSegmentation=parameters.outputSegmentation,
-                                         largestComponent=parameters.largestComponent)
+                                         largestComponent=parameters.largestComponent, mirror=parameters.mirror)
             self.ui.progressBar.visible = True
             self.timer.start()
         self.onPoll()
@@ -378,28 +381,31 @@ class LabelShareSegmentationLogic(ScriptedLoadableModuleLogic):
         installer.ensure()
 
     def start(self, volumeNode, task: str, model: str | None = None, device: str = "auto",
-              outputSegmentation=None, largestComponent: bool = False):
+              outputSegmentation=None, largestComponent: bool = False, mirror: bool = True):
         """Start segmenting in the background; returns the job (poll it, or ``wait()``)."""
-        return self.segmentation.start(volumeNode, task, model, device, outputSegmentation, largestComponent)
+        return self.segmentation.start(volumeNode, task, model, device, outputSegmentation, largestComponent,
+                                       mirror=mirror)
 
     def segment(self, volumeNode, task: str, model: str | None = None, device: str = "auto",
-                outputSegmentation=None, largestComponent: bool = False):
+                outputSegmentation=None, largestComponent: bool = False, mirror: bool = True):
         """Segment and wait (console and scripts); returns the segmentation node, raises with the reason.
 
         :param volumeNode: scalar volume (3D, or 2D as a single slice).
         :param task: a task of the model, e.g. ``"acdc"``.
         :param model: model folder; None: the bundled model.
         :param device: ``"auto"``, ``"cuda"`` (also ``"gpu"`` or ``"cuda:N"``) or ``"cpu"``.
+        :param mirror: test-time mirroring for tasks that are not lateralised; False: the network alone.
         """
         self.ensureDependencies()
-        return self.segmentation.segment(volumeNode, task, model, device, outputSegmentation, largestComponent)
+        return self.segmentation.segment(volumeNode, task, model, device, outputSegmentation, largestComponent,
+                                         mirror=mirror)
 
     def segmentMany(self, volumeNodes, task: str, model: str | None = None, device: str = "auto",
-                    largestComponent: bool = False):
+                    largestComponent: bool = False, mirror: bool = True):
         """Segment several volumes in one warm background worker (one model load); returns their segmentation
         nodes in order. A volume that fails does not stop the others; the error at the end names each one."""
         self.ensureDependencies()
-        return self.segmentation.segment_many(volumeNodes, task, model, device, largestComponent)
+        return self.segmentation.segment_many(volumeNodes, task, model, device, largestComponent, mirror=mirror)
 
     def stop(self) -> None:
         """Cancel a running segmentation and stop the background worker (frees its memory)."""
