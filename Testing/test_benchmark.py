@@ -202,7 +202,7 @@ def test_training_budget_pairs_budgets_of_one_recipe(tmp_path, capsys):
     large = _budget_folder(tmp_path / "large", 8, {("a", "x"): 0.9, ("a", "y"): 0.7, ("b", "x"): 0.7,
                                                      ("b", "y"): 0.7})
     out = tmp_path / "report"
-    assert training_budget.main([str(large), str(small), "--out", str(out)]) == 0
+    assert training_budget.main([str(large), str(small), "--out", str(out), "--goal", "t=0.9"]) == 0
     table = (out / "budget.md").read_text()
     assert table == capsys.readouterr().out.rstrip("\n") + "\n"
     assert "| task | label | 200 steps | 800 steps |" in table
@@ -226,6 +226,8 @@ def test_training_budget_pairs_budgets_of_one_recipe(tmp_path, capsys):
         assert training_budget.main([str(small), str(folder), "--out", str(tmp_path / "refused")]) == 1
         error = capsys.readouterr().err
         assert message in error and (folder.name in error or message == "same number of steps"), error
+    assert training_budget.main([str(small), str(large), "--out", str(tmp_path / "refused"), "--goal", "t"]) == 1
+    assert "--goal t: expected TASK=DICE" in capsys.readouterr().err
     assert not (tmp_path / "refused").exists()
 
 @pytest.mark.slow

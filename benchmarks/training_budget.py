@@ -11,8 +11,8 @@ Writes into ``--out`` (created if missing; files replaced atomically):
 - ``budget.md``: per label, the validation Dice of every budget; per task, the mean over cases with the paired
   difference to the smallest budget ± its standard error (:mod:`labelshare_benchmarks.paired`); training time.
 - ``budget.json``: the same numbers and every model's monitor curve (``training_log.jsonl``).
-- ``budget.png``: per task, the monitor cases' mean Dice against training steps, one line per budget, and the final
-  validation mean of every budget as a point.
+- ``budget.png``: per task, the monitor cases' mean Dice against training steps, one line per budget, the final
+  validation mean of every budget as a point, and a task's goal (``--goal TASK=DICE``) as a dashed line.
 """
 
 from __future__ import annotations
@@ -141,7 +141,7 @@ def budget_record(runs: list[BudgetRun], command: list[str]) -> dict:
     return {"command": command, "recipe": base.recipe, "models": models}
 
 
-def write_chart(runs: list[BudgetRun], path: Path) -> None:
+def write_chart(runs: list[BudgetRun], path: Path, goals: dict[str, float]) -> None:
     tasks = runs[0].tasks
     colours = matplotlib.colormaps["viridis"]
     figure = Figure(figsize=(4.2 * len(tasks), 3.6))
@@ -153,6 +153,8 @@ def write_chart(runs: list[BudgetRun], path: Path) -> None:
             axis.plot([s for s, _ in points], [d for _, d in points], color=colour, linewidth=1.2,
                       label=f"{run.steps:,} steps (monitor)")
             axis.plot([run.steps], [run.task_mean(task)], "o", color=colour, markersize=6)
+        if task in goals:
+            axis.axhline(goals[task], color="grey", linestyle="--", linewidth=1, label=f"goal {goals[task]:.3f}")
         axis.set_title(f"{task}: points = validation mean", fontsize=9)
         axis.set_xlabel("training step")
         axis.set_ylabel("mean Dice")
@@ -165,23 +167,39 @@ def write_chart(runs: list[BudgetRun], path: Path) -> None:
         figure.savefig(tmp, dpi=110, format="png")
 
 
+def parse_goals(texts: list[str]) -> dict[str, float]:
+    goals = {}
+    for text in texts:
+        task, _, value = text.partition("=")
+        try:
+            goals[task] = float(value)
+        except ValueError:
+            raise LabelShareError(f"--goal {text}: expected TASK=DICE, e.g. acdc=0.90") from None
+        if not task or not 0 <= goals[task] <= 1:
+            raise LabelShareError(f"--goal {text}: expected TASK=DICE with a Dice between 0 and 1")
+    return goals
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="labelshare-bench training-budget", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("models", type=Path, nargs="+", help="model folders of one recipe, one per budget")
     parser.add_argument("--out", type=Path, required=True, help="folder for budget.md, budget.json, budget.png")
+    parser.add_argument("--goal", action="append", default=[], metavar="TASK=DICE",
+                        help="a task's target mean Dice, drawn on its chart")
     args = parser.parse_args(argv)
     command = ["labelshare-bench", "training-budget", *(argv if argv is not None else sys.argv[2:])]
     try:
         if len(args.models) < 2:
             raise LabelShareError("give at least two model folders (two budgets of one recipe)")
+        goals = parse_goals(args.goal)
         runs = sorted((read_run(folder) for folder in args.models), key=lambda run: run.steps)
         check_one_recipe(runs)
         table = budget_table(runs)
         args.out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(args.out / "budget.md", table)
         atomic_write_json(args.out / "budget.json", budget_record(runs, command))
-        write_chart(runs, args.out / "budget.png")
+        write_chart(runs, args.out / "budget.png", goals)
     except LabelShareError as error:
         print(f"labelshare-bench: error: {error}", file=sys.stderr)
         return 1
