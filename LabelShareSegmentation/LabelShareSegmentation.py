@@ -95,7 +95,7 @@ class LabelShareSegmentationParameterNode:
     largestComponent - keep only the largest connected part of every label (without it, of the labels the model
         chose on its validation cases).
     mirror - average with the left-right mirrored prediction for tasks that are not lateralised (test-time
-        augmentation, as ``labelshare segment`` does by default).
+        augmentation, ``labelshare segment --tta``; about twice the time for those tasks).
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -103,7 +103,7 @@ class LabelShareSegmentationParameterNode:
     model: str = ""
     task: str = ""
     largestComponent: bool = False
-    mirror: bool = True
+    mirror: bool = False
 
 
 class LabelShareSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -381,27 +381,27 @@ class LabelShareSegmentationLogic(ScriptedLoadableModuleLogic):
         installer.ensure()
 
     def start(self, volumeNode, task: str, model: str | None = None, device: str = "auto",
-              outputSegmentation=None, largestComponent: bool = False, mirror: bool = True):
+              outputSegmentation=None, largestComponent: bool = False, mirror: bool = False):
         """Start segmenting in the background; returns the job (poll it, or ``wait()``)."""
         return self.segmentation.start(volumeNode, task, model, device, outputSegmentation, largestComponent,
                                        mirror=mirror)
 
     def segment(self, volumeNode, task: str, model: str | None = None, device: str = "auto",
-                outputSegmentation=None, largestComponent: bool = False, mirror: bool = True):
+                outputSegmentation=None, largestComponent: bool = False, mirror: bool = False):
         """Segment and wait (console and scripts); returns the segmentation node, raises with the reason.
 
         :param volumeNode: scalar volume (3D, or 2D as a single slice).
         :param task: a task of the model, e.g. ``"acdc"``.
         :param model: model folder; None: the bundled model.
         :param device: ``"auto"``, ``"cuda"`` (also ``"gpu"`` or ``"cuda:N"``) or ``"cpu"``.
-        :param mirror: test-time mirroring for tasks that are not lateralised; False: the network alone.
+        :param mirror: test-time mirroring for tasks that are not lateralised (about twice the time for them).
         """
         self.ensureDependencies()
         return self.segmentation.segment(volumeNode, task, model, device, outputSegmentation, largestComponent,
                                          mirror=mirror)
 
     def segmentMany(self, volumeNodes, task: str, model: str | None = None, device: str = "auto",
-                    largestComponent: bool = False, mirror: bool = True):
+                    largestComponent: bool = False, mirror: bool = False):
         """Segment several volumes in one warm background worker (one model load); returns their segmentation
         nodes in order. A volume that fails does not stop the others; the error at the end names each one."""
         self.ensureDependencies()

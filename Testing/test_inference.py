@@ -78,9 +78,9 @@ def test_segment_file_emits_progress_and_writes_atomically(tiny_model, tmp_path,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json", "out.nii.gz"]  # no temporary files left
 
 
-def test_segment_mirrors_tasks_that_allow_it_by_default(tiny_model, tmp_path, synthetic_tasks):
-    """As nnU-Net does, ``segment_file`` (the command line's and the Slicer worker's way in) averages with the
-    left-right mirrored prediction unless told not to, and only for tasks that are not lateralised."""
+def test_segment_mirrors_when_asked_and_only_tasks_that_allow_it(tiny_model, tmp_path, synthetic_tasks):
+    """``segment_file`` (the command line's and the Slicer worker's way in) averages with the left-right mirrored
+    prediction with ``mirror`` (``--tta``), and only for tasks that are not lateralised."""
     model = load_model(tiny_model, device="cpu")
 
     def labels(task, **options):
@@ -89,16 +89,15 @@ def test_segment_mirrors_tasks_that_allow_it_by_default(tiny_model, tmp_path, sy
                               device="cpu", **options)
         return sitk.GetArrayFromImage(sitk.ReadImage(str(output)))
 
-    mirrored, plain = labels("xray2d"), labels("xray2d", mirror=False)
-    assert np.array_equal(mirrored, labels("xray2d", mirror=True))
-    assert not np.array_equal(mirrored, plain)  # xray2d is not lateralised: the default mirrored it
-    assert np.array_equal(labels("sides3d"), labels("sides3d", mirror=False))  # lateralised: never mirrored
+    plain, mirrored = labels("xray2d"), labels("xray2d", mirror=True)
+    assert np.array_equal(plain, labels("xray2d", mirror=False))  # the network alone unless asked
+    assert not np.array_equal(mirrored, plain)  # xray2d is not lateralised: mirrored when asked
+    assert np.array_equal(labels("sides3d", mirror=True), labels("sides3d"))  # lateralised: never mirrored
     parser = build_parser()
     for command in (["segment", "--task", "t", "in.nii.gz", "-o", "out.nii.gz"],
                     ["evaluate", "--model", "m", "--task", "t", "--data", "d"]):
-        assert parser.parse_args(command).tta and not parser.parse_args([*command, "--no-tta"]).tta
-    assert segment_config_from(parser.parse_args(["segment", "--task", "t", "in", "-o", "o", "--no-tta"])).mirror \
-        is False
+        assert parser.parse_args([*command, "--tta"]).tta and not parser.parse_args(command).tta
+    assert segment_config_from(parser.parse_args(["segment", "--task", "t", "in", "-o", "o", "--tta"])).mirror
 
 def test_segment_command_end_to_end(tiny_model, tmp_path, synthetic_tasks):
     source = next((synthetic_tasks["xray2d"] / "imagesTr").iterdir())

@@ -59,7 +59,7 @@ def test_segments_come_from_the_worker_and_equal_the_engine_output(logic, volume
     assert fractions and fractions[-1] == 1.0 and fractions == sorted(fractions)
     assert JobState.RUNNING in states and job.fraction == 1.0
 
-    expected = Segmenter(load_model(tiny_model), mirror=True).segment(volumes.volume_to_image(volume), TASK)
+    expected = Segmenter(load_model(tiny_model)).segment(volumes.volume_to_image(volume), TASK)
     expected = sitk.GetArrayFromImage(expected)
     labels = [(1, "body"), (2, "organ"), (3, "lesion")]
     segmentation = node.GetSegmentation()
@@ -77,6 +77,15 @@ def test_segments_come_from_the_worker_and_equal_the_engine_output(logic, volume
     assert logic.segment(volume, TASK, model=tiny_model, device="cpu", timeout=120) is node
     assert logic.job.done_event["load_s"] == 0.0 and logic.worker.process.pid == worker_pid
     assert scene_contents(mrml_scene) == nodes_before and segmentation.GetNumberOfSegments() == 3
+
+    # with test-time mirroring (the Advanced checkbox) the segments are the engine's mirrored output
+    mirrored = Segmenter(load_model(tiny_model), mirror=True).segment(volumes.volume_to_image(volume), TASK)
+    mirrored = sitk.GetArrayFromImage(mirrored)
+    assert not np.array_equal(mirrored, expected)
+    assert logic.segment(volume, TASK, model=tiny_model, device="cpu", timeout=120, mirror=True) is node
+    for index, (label_id, _) in enumerate(labels):
+        voxels = slicer.util.arrayFromSegmentBinaryLabelmap(node, segmentation.GetNthSegmentID(index), volume)
+        np.testing.assert_array_equal(voxels, (mirrored == label_id).astype(np.uint8))
 
 
 def test_cancel_stops_the_worker_and_leaves_the_scene_unchanged(logic, volume, tiny_model, mrml_scene):

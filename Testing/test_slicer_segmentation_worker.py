@@ -46,12 +46,12 @@ def test_segment_requests_are_answered_with_tagged_events_and_the_model_stays_lo
                                   sitk.GetArrayFromImage(sitk.ReadImage(str(reference))))
 
 
-def test_segment_requests_mirror_like_the_command_line_unless_told_not_to(tiny_model, synthetic_tasks, tmp_path):
+def test_segment_requests_mirror_like_the_command_line_when_asked(tiny_model, synthetic_tasks, tmp_path):
     case = sorted((synthetic_tasks["xray2d"] / "imagesTr").iterdir())[0]
     request = {"model": str(tiny_model), "task": "xray2d", "input": str(case), "device": "cpu"}
     run({**request, "id": "default", "output": str(tmp_path / "default.png")},
-        {**request, "id": "plain", "output": str(tmp_path / "plain.png"), "mirror": False})
-    for name, mirror in (("default", True), ("plain", False)):
+        {**request, "id": "mirrored", "output": str(tmp_path / "mirrored.png"), "mirror": True})
+    for name, mirror in (("default", False), ("mirrored", True)):
         reference = segment_file(tiny_model, "xray2d", case, tmp_path / f"reference-{name}.png", device="cpu",
                                  mirror=mirror)
         np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / f"{name}.png"))),

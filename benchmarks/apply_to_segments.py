@@ -1,15 +1,14 @@
 """Apply-to-segments time of the LabelShareSegmentation module: first run and later runs, with a breakdown.
 
     labelshare-bench apply-to-segments [--device cpu|cuda|auto] [--size 256 256 300] [--runs 4] [--patch 192 192]
-        [--plan-spacing 1.0] [--no-tta]
+        [--plan-spacing 1.0] [--tta]
 
 Drives the module's adapter layer (``LabelShareSegmentationLib.SegmentationLogic``) on real Slicer MRML
 (slicer-core, the scene fixture of ``Testing/slicer_support.py``) exactly as the Apply button does: volume node →
 input file → background ``labelshare worker`` → label image → segments in the scene. The model is a model folder
 with the default network and one plan for its tasks (untrained: the time does not depend on the weights). The volume is
-synthetic int16 volume of the given size (x y z), cut into z slices. The task is not lateralised, so Apply averages
-with the mirrored prediction as the module does by default; ``--no-tta`` times the network alone, which is also what a
-lateralised task (ACDC, Sunnybrook) costs.
+synthetic int16 volume of the given size (x y z), cut into z slices. ``--tta`` times Apply with the module's
+test-time augmentation checked (the task is not lateralised, so it is mirrored).
 
 Prints, per run: Apply to segments on screen (the target: 3 s on a GPU after the first run, 30 s on a laptop CPU),
 and where the time goes: writing the input, starting the worker process (interpreter start plus importing torch
@@ -59,8 +58,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="in-plane spacing of the plan (mm); the volume's is 0.8")
     parser.add_argument("--size", type=int, nargs=3, default=(256, 256, 300), metavar=("X", "Y", "Z"))
     parser.add_argument("--runs", type=int, default=4, help="Apply this many times (the first starts the worker)")
-    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
-                        help="test-time mirroring, the module's default (--no-tta: the network alone)")
+    parser.add_argument("--tta", action="store_true", help="with the module's test-time mirroring checked")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="labelshare-bench-") as folder, slicer_scene() as env:
@@ -76,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
         logic = SegmentationLogic()
         print(f"volume {args.size[0]}x{args.size[1]}x{args.size[2]} int16 (0.8 x 0.8 x 1.0 mm), task plan: "
               f"{model.labelspace.task(task).plan.describe()}, device {args.device}, "
-              f"{'mirrored (test-time augmentation)' if args.tta else 'network alone (--no-tta)'}")
+              f"{'mirrored (--tta)' if args.tta else 'network alone'}")
         print("run | Apply→segments s | check+write input s | worker start+imports s | model load s |"
               " worker segment s | import segments s")
         try:

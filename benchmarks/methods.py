@@ -318,7 +318,7 @@ def measure_inference(models: dict[str, Path], tasks: dict[str, TaskDataset], sp
     cases, after one warm-up call per network; reading the files is not timed."""
     seconds, slices = 0.0, 0
     for folder in dict.fromkeys(models.values()):
-        segmenter = Segmenter(load_model(folder, device=device), mirror=False)
+        segmenter = Segmenter(load_model(folder, device=device))
         warmed_up = False
         for name in (t for t, f in models.items() if f == folder):
             task = tasks[name]
@@ -354,7 +354,7 @@ def measure_lookalike(models: dict[str, Path], tasks: dict[str, TaskDataset], sp
     segmenters: dict[Path, Segmenter] = {}
     for (readout, images_of), label_pairs in pairs.items():
         folder = models[readout]
-        segmenter = segmenters.setdefault(folder, Segmenter(load_model(folder, device=device), mirror=False))
+        segmenter = segmenters.setdefault(folder, Segmenter(load_model(folder, device=device)))
         scores: dict[tuple[str, str], list[float]] = {pair: [] for pair in label_pairs}
         task = tasks[images_of]
         for case_name in split[images_of]["validation"]:

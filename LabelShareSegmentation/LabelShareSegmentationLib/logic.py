@@ -86,12 +86,12 @@ class SegmentationLogic:
 
     def start(self, volume_node, task: str, model: str | Path | None = None, device: str = "auto",
               output_node=None, largest_component: bool = False,
-              on_event: Callable[[dict], None] | None = None, mirror: bool = True) -> WorkerJob:
+              on_event: Callable[[dict], None] | None = None, mirror: bool = False) -> WorkerJob:
         """Start segmenting; returns the job at once. Nothing in the scene changes until the job imports.
 
         :param device: ``auto``, ``cuda`` (or ``cuda:N``; ``gpu`` means ``cuda``) or ``cpu``.
-        :param mirror: average with the left-right mirrored prediction for tasks that are not lateralised (as
-            ``labelshare segment`` does by default; False: the network alone).
+        :param mirror: average with the left-right mirrored prediction for tasks that are not lateralised
+            (test-time augmentation, ``labelshare segment --tta``; about twice the time for those tasks).
         :param output_node: segmentation node to write into (the task's segments in it are replaced); default:
             the node of the previous run for this volume and task, else a new ``<volume> <task>`` node.
         :raises LabelShareError: (before anything runs) for an unusable volume, model, task or device.
@@ -157,13 +157,13 @@ class SegmentationLogic:
 
     def segment(self, volume_node, task: str, model: str | Path | None = None, device: str = "auto",
                 output_node=None, largest_component: bool = False, timeout: float | None = None,
-                mirror: bool = True):
+                mirror: bool = False):
         """Segment and wait; returns the segmentation node. Raises ``JobFailed`` with the reason on failure."""
         return self.start(volume_node, task, model, device, output_node, largest_component,
                           mirror=mirror).result_or_raise(timeout)
 
     def segment_many(self, volume_nodes, task: str, model: str | Path | None = None, device: str = "auto",
-                     largest_component: bool = False, timeout: float | None = None, mirror: bool = True) -> list:
+                     largest_component: bool = False, timeout: float | None = None, mirror: bool = False) -> list:
         """Segment several volumes one after another in the same worker (one start-up, one model load); returns
         their segmentation nodes in order.
 

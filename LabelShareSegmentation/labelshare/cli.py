@@ -34,9 +34,8 @@ EXIT_REGRESSION = 3
 EXIT_SOME_FAILED = 4
 EXIT_INTERRUPTED = 75
 DEVICE_HELP = f"{', '.join(DEVICES)} (auto: CUDA if available)"
-TTA_HELP = ("test-time augmentation: average with the left-right mirrored prediction, as nnU-Net does "
-            "(tasks that are not lateralised only, for which it costs about twice the time; --no-tta: the network "
-            "alone)")
+TTA_HELP = ("test-time augmentation: average with the left-right mirrored prediction (tasks that are not "
+            "lateralised only; about twice the time)")
 
 
 RESUMABLE_COMMANDS = ("train", "add-task")
@@ -424,7 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--largest-component", action="store_true",
                          help="keep only the largest connected component of every label (the model does it "
                               "anyway for the labels where it raised Dice on its validation cases)")
-    segment.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True, help=TTA_HELP)
+    segment.add_argument("--tta", action="store_true", help=TTA_HELP)
     segment.add_argument("--slicing-axis", type=int, choices=(0, 1, 2), default=None,
                          help="image axis to slice along (default: largest spacing)")
     existing = segment.add_mutually_exclusive_group()
@@ -468,7 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="folder for evaluation.csv and evaluation.md")
     _add_overwrite(evaluate)
     evaluate.add_argument("--device", default="auto", help=DEVICE_HELP)
-    evaluate.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True, help=TTA_HELP)
+    evaluate.add_argument("--tta", action="store_true", help=TTA_HELP)
     _add_common(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
 

@@ -129,14 +129,13 @@ class SegmentConfig:
     ``batch_size`` None takes the segmenter's default for the device; ``output_format`` None writes ``nifti`` into
     an output folder (a single output file's ending names its format); ``series`` picks the DICOM series of a folder
     that holds several; ``mirror`` averages with the left-right mirrored prediction (test-time augmentation, for
-    tasks that are not lateralised; on by default, as in nnU-Net); ``largest_component`` keeps only the largest
-    connected component of every label, not only of the labels the model chose on its validation cases (which it
-    always does).
+    tasks that are not lateralised); ``largest_component`` keeps only the largest connected component of every label,
+    not only of the labels the model chose on its validation cases (which it always does).
     """
 
     task: str
     largest_component: bool = False
-    mirror: bool = True
+    mirror: bool = False
     slicing_axis: int | None = None
     batch_size: int | None = None
     existing: str = "refuse"

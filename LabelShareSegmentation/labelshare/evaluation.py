@@ -23,9 +23,7 @@ def evaluate_cases(model: Model, task: TaskDataset, case_names: Iterable[str] | 
     """Segment every case with the model's full inference pipeline (its post-processing included) and score it
     against its label file.
 
-    ``task_name`` is the task in the model (default: the dataset's name). Without ``segmenter``, the network alone
-    (no test-time mirroring): the measure of record that training, the regression gate and model cards use, the same
-    for every model version.
+    ``task_name`` is the task in the model (default: the dataset's name).
     """
     return _scored_cases(model, task, case_names, task_name, progress, fraction_range, segmenter, False)[0]
 
@@ -57,7 +55,7 @@ def _scored_cases(model: Model, task: TaskDataset, case_names: Iterable[str] | N
     if model_names != set(task.labels) or any(task.labels[name] != i for i, name in labels):
         raise DataError(f"{task.root}: labels {task.labels} differ from the labels of task '{task_name}' in the "
                         f"model {dict((n, i) for i, n in labels)}")
-    segmenter = segmenter or Segmenter(model, mirror=False)
+    segmenter = segmenter or Segmenter(model)
     names = list(case_names) if case_names is not None else [c.name for c in task.cases]
     plain, cleaned = Evaluation(), Evaluation()
     ids = [label_id for label_id, _ in labels]

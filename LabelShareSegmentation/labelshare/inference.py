@@ -2,7 +2,7 @@
 
 Slices are cut along the same axis as in training, normalised with the per-case statistics of the whole image,
 resampled to the task's plan (its spacing, aspect ratio kept), predicted with Gaussian-weighted sliding windows of
-the plan's patch size (by default averaged with the left-right mirrored prediction for tasks that are not
+the plan's patch size (optionally averaged with the left-right mirrored prediction for tasks that are not
 lateralised), and the softmax over the task's channels is resampled back to the slice's own grid before the argmax,
 so the output has the input's size, spacing, origin and direction. Memory stays bounded: the input is read once,
 one batch of slices is converted to float at a time, and the output is written slice by slice into a uint8/uint16
@@ -32,10 +32,9 @@ class Segmenter:
     >>> label_image = segmenter.segment(sitk.ReadImage("ct.nii.gz"), task="acdc")   # doctest: +SKIP
     """
 
-    def __init__(self, model: Model, batch_size: int | None = None, precision: str = "auto", mirror: bool = True):
+    def __init__(self, model: Model, batch_size: int | None = None, precision: str = "auto", mirror: bool = False):
         """:param batch_size: slices (and windows) per forward pass. :param mirror: test-time augmentation by
-        left-right mirroring, as nnU-Net does by default, applied to tasks that are not lateralised (training flipped
-        only those); False: the network alone, what training, the regression gate and the benchmarks score."""
+        left-right mirroring, applied to tasks that are not lateralised (training flipped only those)."""
         if batch_size is not None:  # below 1, no batch would run and the output would be all background
             check_at_least(batch_size, 1, "--batch-size")
         self.model = model

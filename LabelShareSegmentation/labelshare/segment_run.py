@@ -207,7 +207,7 @@ def failure_reason(error: BaseException) -> str:
 def segment_file(model: Model | str | Path | None, task: str, input_path: str | Path, output_path: str | Path,
                  device: str = "auto", largest_component: bool = False, batch_size: int | None = None,
                  progress: Progress | None = None, overwrite: bool = False, slicing_axis: int | None = None,
-                 mirror: bool = True) -> Path:
+                 mirror: bool = False) -> Path:
     """Segment one image (a file or a DICOM folder) into one output (its ending names the kind); returns the path.
 
     The Slicer worker's request and the simplest use from Python; raises the case's error when it fails.

@@ -8,7 +8,7 @@ Protocol: one JSON object per line on stdin, answered on stdout with the events 
 each carrying the ``request`` id it belongs to::
 
     {"id": "r1", "command": "segment", "model": "/models/v3", "task": "acdc", "input": "in.nrrd",
-     "output": "out.nrrd", "device": "auto", "largest_component": false, "mirror": true, "overwrite": false}
+     "output": "out.nrrd", "device": "auto", "largest_component": false, "mirror": false, "overwrite": false}
     {"id": "r2", "command": "rank", "model": "/models/v3", "task": "acdc", "inputs": ["unlabelled/"],
      "output": "ranking.csv", "device": "auto", "score": "entropy", "overwrite": false}
     {"id": "r3", "command": "exit"}
@@ -18,8 +18,8 @@ each carrying the ``request`` id it belongs to::
 ranking table to ``output``, its ``done`` event carrying ``ranked`` and ``failures``. ``model`` null means the
 bundled default model; ``device`` is auto, cpu or cuda; ``largest_component`` and ``overwrite`` are true or false
 (default false: an existing segmentation or ranking table is never replaced, the command line's ``--overwrite``
-rule); ``mirror`` (default true, as ``labelshare segment``) averages with the mirrored prediction for tasks that are
-not lateralised. Every field
+rule); ``mirror`` true (default false, as ``labelshare segment --tta``) averages with the left-right mirrored
+prediction for tasks that are not lateralised. Every field
 has its type checked and unknown fields are refused (:data:`COMMAND_FIELDS`). Every request ends with exactly one
 ``done`` (with ``output`` and timings) or ``error`` event; an error does not end the worker. A request line longer
 than :data:`MAX_REQUEST_CHARS` or nested too deeply is answered with an error and skipped. Once torch and the engine
@@ -123,7 +123,7 @@ class WorkerServer:
             from .segment_run import segment_file
             output = segment_file(model, request["task"], request["input"], request["output"],
                                   largest_component=request.get("largest_component", False),
-                                  mirror=request.get("mirror", True), progress=progress,
+                                  mirror=request.get("mirror", False), progress=progress,
                                   overwrite=request.get("overwrite", False))
             progress.done(str(output), message=f"segmentation written to {output}", **timings,
                           total_s=round(time.perf_counter() - start, 3))
