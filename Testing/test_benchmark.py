@@ -221,8 +221,11 @@ def test_training_budget_pairs_budgets_of_one_recipe(tmp_path, capsys):
     same_steps = _budget_folder(tmp_path / "same-steps", 2, {("a", "x"): 0.8})
     no_log = _budget_folder(tmp_path / "no-log", 4, {("a", "x"): 0.8})
     (no_log / "training_log.jsonl").unlink()
+    no_epochs = _budget_folder(tmp_path / "no-epochs", 4, {("a", "x"): 0.8})
+    (no_epochs / "training.json").write_text(json.dumps({"batch_size": 16}))
     for folder, message in ((other_rate, "other learning_rate"), (other_split, "split.json differs"),
-                            (same_steps, "same number of steps"), (no_log, "no training_log.jsonl")):
+                            (same_steps, "same number of steps"), (no_log, "no training_log.jsonl"),
+                            (no_epochs, "KeyError: 'epochs'")):
         assert training_budget.main([str(small), str(folder), "--out", str(tmp_path / "refused")]) == 1
         error = capsys.readouterr().err
         assert message in error and (folder.name in error or message == "same number of steps"), error

@@ -76,15 +76,20 @@ def read_run(folder: Path) -> BudgetRun:
         raise LabelShareError(f"{log_file}: unreadable training log ({error})") from error
     if not history:
         raise LabelShareError(f"{log_file}: empty training log")
-    curve = [{"step": record["step"],
-              "dice": {task: sum(labels.values()) / len(labels)
-                       for task, labels in record.get("validation_dice", {}).items() if labels}}
-             for record in history]
-    return BudgetRun(folder=folder, steps=training["epochs"] * training["steps_per_epoch"], device=training["device"],
-                     batch_size=training["batch_size"], training_s=float(history[-1]["elapsed_s"]),
-                     recipe={k: v for k, v in training.items() if k not in BUDGET_KEYS},
-                     split=read_json(folder / "split.json", "split")["tasks"],
-                     label_dice=mean_dice(folder, "label"), case_dice=case_means(folder), curve=curve)
+    try:
+        curve = [{"step": record["step"],
+                  "dice": {task: sum(labels.values()) / len(labels)
+                           for task, labels in record.get("validation_dice", {}).items() if labels}}
+                 for record in history]
+        return BudgetRun(folder=folder, steps=training["epochs"] * training["steps_per_epoch"],
+                         device=training["device"], batch_size=training["batch_size"],
+                         training_s=float(history[-1]["elapsed_s"]),
+                         recipe={k: v for k, v in training.items() if k not in BUDGET_KEYS},
+                         split=read_json(folder / "split.json", "split")["tasks"],
+                         label_dice=mean_dice(folder, "label"), case_dice=case_means(folder), curve=curve)
+    except (KeyError, TypeError, ValueError) as error:
+        raise LabelShareError(f"{folder}: training.json, training_log.jsonl, split.json or evaluation.csv lacks or "
+                              f"mangles a field ({type(error).__name__}: {error})") from error
 
 
 def check_one_recipe(runs: list[BudgetRun]) -> None:
