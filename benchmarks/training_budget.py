@@ -45,7 +45,6 @@ class BudgetRun:
     folder: Path
     steps: int
     device: str
-    batch_size: int
     training_s: float
     recipe: dict
     split: dict
@@ -82,8 +81,7 @@ def read_run(folder: Path) -> BudgetRun:
                            for task, labels in record.get("validation_dice", {}).items() if labels}}
                  for record in history]
         return BudgetRun(folder=folder, steps=training["epochs"] * training["steps_per_epoch"],
-                         device=training["device"], batch_size=training["batch_size"],
-                         training_s=float(history[-1]["elapsed_s"]),
+                         device=training["device"], training_s=float(history[-1]["elapsed_s"]),
                          recipe={k: v for k, v in training.items() if k not in BUDGET_KEYS},
                          split=read_json(folder / "split.json", "split")["tasks"],
                          label_dice=mean_dice(folder, "label"), case_dice=case_means(folder), curve=curve)
@@ -139,7 +137,7 @@ def budget_record(runs: list[BudgetRun], command: list[str]) -> dict:
             means[task] = {"cases": paired.cases, "dice": paired.after,
                            "difference_to_first": paired.after - paired.before,
                            "standard_error": None if math.isnan(paired.standard_error) else paired.standard_error}
-        models.append({"folder": run.folder.name, "steps": run.steps, "batch_size": run.batch_size,
+        models.append({"folder": run.folder.name, "steps": run.steps,
                        "device": run.device, "training_s": run.training_s,
                        "label_dice": {f"{task}/{label}": value for (task, label), value in run.label_dice.items()},
                        "task_mean": means, "curve": run.curve})
