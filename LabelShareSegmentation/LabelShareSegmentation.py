@@ -17,6 +17,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Annotated
 
 import qt
 import vtk
@@ -25,15 +26,15 @@ import slicer
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
-from slicer.parameterNodeWrapper import parameterNodeWrapper
+from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
 import LabelShareLib
-from LabelShareLib import (DependencyError, DependencyInstaller, JobState, available_models, default_store,
-                           device_choice, model_title, models_in, skip_message, task_labels)
-from LabelShareSegmentationLib import SegmentationLogic, why_not_ready
+from LabelShareLib import (DEFAULT_DEVICE, DependencyError, DependencyInstaller, JobState, available_models,
+                           default_store, device_choice, model_title, models_in, skip_message, task_labels)
+from LabelShareSegmentationLib import LARGEST_COMPONENT, InferenceConfig, SegmentationLogic, why_not_ready
 
 SETTINGS_MODELS_FOLDER = "LabelShare/ModelsFolder"
 SETTINGS_ADDED_FOLDERS = "LabelShare/AddedModelFolders"
@@ -92,18 +93,19 @@ class LabelShareSegmentationParameterNode:
     outputSegmentation - where the segments go (none: the previous result for this volume and task, or new).
     model - the model folder; empty: the bundled model.
     task - the task of the model whose labels are segmented.
-    largestComponent - keep only the largest connected part of every label (without it, of the labels the model
-        chose on its validation cases).
+    largestComponent - of which labels only the largest connected part is kept: model (the labels the model chose on
+        its validation cases), all or none (``labelshare segment --largest-component``).
     mirror - average with the left-right mirrored prediction for tasks that are not lateralised (test-time
         augmentation, ``labelshare segment --tta``; about twice the time for those tasks).
+    The defaults are those of the engine's configuration (labelshare.config.InferenceConfig).
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
     outputSegmentation: vtkMRMLSegmentationNode
     model: str = ""
     task: str = ""
-    largestComponent: bool = False
-    mirror: bool = False
+    largestComponent: Annotated[str, Choice(list(LARGEST_COMPONENT))] = InferenceConfig.largest_component
+    mirror: bool = InferenceConfig.mirror
 
 
 class LabelShareSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -142,7 +144,7 @@ class LabelShareSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
         self.ui.taskComboBox.connect("currentIndexChanged(int)", self.onTaskSelected)
 
         settings = qt.QSettings()
-        self.ui.deviceComboBox.currentText = device_choice(settings.value(SETTINGS_DEVICE, "auto"))  # older: GPU, CPU
+        self.ui.deviceComboBox.currentText = device_choice(settings.value(SETTINGS_DEVICE, DEFAULT_DEVICE))  # or GPU
         self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceSelected)
         self.ui.modelsFolderPathLineEdit.currentPath = settings.value(SETTINGS_MODELS_FOLDER, "")
         self.ui.modelsFolderPathLineEdit.connect("currentPathChanged(QString)", self.onModelsFolderChanged)
@@ -334,9 +336,9 @@ class LabelShareSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
             self.ui.logTextEdit.clear()
             self._logLinesShown = 0
             self._job = self.logic.start(parameters.inputVolume, parameters.task, model=parameters.model or None,
-                                         device=self.ui.deviceComboBox.currentText,
                                          outputSegmentation=parameters.outputSegmentation,
-                                         largestComponent=parameters.largestComponent, mirror=parameters.mirror)
+                                         device=self.ui.deviceComboBox.currentText,
+                                         largest_component=parameters.largestComponent, mirror=parameters.mirror)
             self.ui.progressBar.visible = True
             self.timer.start()
         self.onPoll()
@@ -380,32 +382,29 @@ class LabelShareSegmentationLogic(ScriptedLoadableModuleLogic):
                                         testing=slicer.app.testingEnabled())
         installer.ensure()
 
-    def start(self, volumeNode, task: str, model: str | None = None, device: str = "auto",
-              outputSegmentation=None, largestComponent: bool = False, mirror: bool = False):
+    def start(self, volumeNode, task: str, model: str | None = None, outputSegmentation=None, **options):
         """Start segmenting in the background; returns the job (poll it, or ``wait()``)."""
-        return self.segmentation.start(volumeNode, task, model, device, outputSegmentation, largestComponent,
-                                       mirror=mirror)
+        return self.segmentation.start(volumeNode, task, model, outputSegmentation, **options)
 
-    def segment(self, volumeNode, task: str, model: str | None = None, device: str = "auto",
-                outputSegmentation=None, largestComponent: bool = False, mirror: bool = False):
+    def segment(self, volumeNode, task: str, model: str | None = None, outputSegmentation=None, **options):
         """Segment and wait (console and scripts); returns the segmentation node, raises with the reason.
 
         :param volumeNode: scalar volume (3D, or 2D as a single slice).
         :param task: a task of the model, e.g. ``"acdc"``.
         :param model: model folder; None: the bundled model.
-        :param device: ``"auto"``, ``"cuda"`` (also ``"gpu"`` or ``"cuda:N"``) or ``"cpu"``.
-        :param mirror: test-time mirroring for tasks that are not lateralised (about twice the time for them).
+        :param options: the engine's segmentation options by name, the others at their defaults
+            (labelshare.config.SegmentConfig): ``device`` (``"auto"``, ``"cuda"``, also ``"gpu"`` or ``"cuda:N"``,
+            or ``"cpu"``), ``mirror`` (test-time mirroring for tasks that are not lateralised, about twice the time
+            for them), ``largest_component`` (``"model"``, ``"all"`` or ``"none"``), ``batch_size``.
         """
         self.ensureDependencies()
-        return self.segmentation.segment(volumeNode, task, model, device, outputSegmentation, largestComponent,
-                                         mirror=mirror)
+        return self.segmentation.segment(volumeNode, task, model, outputSegmentation, **options)
 
-    def segmentMany(self, volumeNodes, task: str, model: str | None = None, device: str = "auto",
-                    largestComponent: bool = False, mirror: bool = False):
+    def segmentMany(self, volumeNodes, task: str, model: str | None = None, **options):
         """Segment several volumes in one warm background worker (one model load); returns their segmentation
         nodes in order. A volume that fails does not stop the others; the error at the end names each one."""
         self.ensureDependencies()
-        return self.segmentation.segment_many(volumeNodes, task, model, device, largestComponent, mirror=mirror)
+        return self.segmentation.segment_many(volumeNodes, task, model, **options)
 
     def stop(self) -> None:
         """Cancel a running segmentation and stop the background worker (frees its memory)."""

@@ -36,12 +36,12 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
 from slicer.util import VTKObservationMixin
 
 import LabelShareSegmentation
-from LabelShareLib import (DEVICES, DependencyInstaller, available_models, model_title, skip_message,
+from LabelShareLib import (DEFAULT_DEVICE, DEVICES, DependencyInstaller, available_models, model_title, skip_message,
                            user_models_dir)
 from LabelShareLib.jobs import JobState
-from LabelShareTrainingLib import (BUDGETS, AnnotationQueue, AnnotationQueueLogic, DuplicateCaseError, TrainingLogic,
-                                   UnmatchedSegmentsError, default_workspace, parse_label_text, why_cannot_add_case,
-                                   why_cannot_rank, why_cannot_train, why_no_next_case)
+from LabelShareTrainingLib import (BUDGETS, DEFAULT_BUDGET, AnnotationQueue, AnnotationQueueLogic, DuplicateCaseError,
+                                   TrainingLogic, UnmatchedSegmentsError, default_workspace, parse_label_text,
+                                   why_cannot_add_case, why_cannot_rank, why_cannot_train, why_no_next_case)
 
 SETTINGS_WORKSPACE = "LabelShare/TrainingWorkspace"
 SETTINGS_AUTO_TRAIN = "LabelShare/TrainAutomaticallyAfterCases"  # 0: off (the default)
@@ -107,8 +107,8 @@ class LabelShareTrainingParameterNode:
     inputSegmentation: vtkMRMLSegmentationNode
     model: str = ""
     task: str = ""
-    budget: Annotated[str, Choice(list(BUDGETS))] = "quick"
-    device: Annotated[str, Choice(list(DEVICES))] = "auto"
+    budget: Annotated[str, Choice(list(BUDGETS))] = DEFAULT_BUDGET
+    device: Annotated[str, Choice(list(DEVICES))] = DEFAULT_DEVICE
 
 
 class LabelShareTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -533,12 +533,12 @@ class LabelShareTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             LabelShareSegmentation.moduleLogic().ensureDependencies()
             self.startQueueJob("rank", self.queueLogic.start_rank(
                 self._queueFolder, self.selectedEntry().name, self.selectedModel(),
-                self._parameterNode.device))
+                device=self._parameterNode.device))
 
     def onNextCase(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("The next case could not be loaded."), waitCursor=True):
             LabelShareSegmentation.moduleLogic().ensureDependencies()
-            entry, volume, job = self.queueLogic.start_next(self._parameterNode.device)
+            entry, volume, job = self.queueLogic.start_next(device=self._parameterNode.device)
             self._parameterNode.inputVolume = volume
             slicer.util.setSliceViewerLayers(background=volume, fit=True)
             self.startQueueJob("next", job)
@@ -802,7 +802,8 @@ class LabelShareTrainingLogic(ScriptedLoadableModuleLogic):
         LabelShareSegmentation.moduleLogic().ensureDependencies()
         return self.training.add_case(task, volumeNode, segmentationNode, model, choices, duplicate).case_name
 
-    def train(self, task: str, model: str | None = None, budget: str = "quick", device: str = "auto"):
+    def train(self, task: str, model: str | None = None, budget: str = DEFAULT_BUDGET,
+              device: str = DEFAULT_DEVICE):
         """Train and wait (console and scripts); returns the outcome (``state``, ``model``, ``report``)."""
         LabelShareSegmentation.moduleLogic().ensureDependencies()
         return self.training.train(task, model, budget, device)

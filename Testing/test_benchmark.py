@@ -77,7 +77,7 @@ def test_every_method_trains_with_its_budget_and_output_channels(tiny_benchmark,
     settings = tiny_benchmark.settings
     tasks = {name: TaskDataset.open(path, name) for name, path in synthetic_tasks.items()}
     for folder in set(result.models.values()):
-        model = load_model(folder)
+        model = load_model(folder, device="cpu")
         model_tasks = model.tasks
         assert model.config.method == METHODS[method].engine_method
         training = read_json(folder / "training.json")
@@ -108,9 +108,9 @@ def test_every_method_trains_with_its_budget_and_output_channels(tiny_benchmark,
 @pytest.mark.slow
 def test_grouped_methods_put_the_group_on_one_shared_label(tiny_benchmark):
     for method in ("label-sharing-grouped", "label-sharing-grouped-task-channels"):
-        space = load_model(tiny_benchmark.method(method).models["phantom3d"]).labelspace
+        space = load_model(tiny_benchmark.method(method).models["phantom3d"], device="cpu").labelspace
         assert space.task("phantom3d").label("lesion").shared == space.task("xray2d").label("heart").shared
-    size_space = load_model(tiny_benchmark.method("label-sharing").models["phantom3d"]).labelspace
+    size_space = load_model(tiny_benchmark.method("label-sharing").models["phantom3d"], device="cpu").labelspace
     assert size_space.task("phantom3d").label("lesion").shared != size_space.task("xray2d").label("heart").shared
 
 
@@ -310,7 +310,7 @@ def test_resume_reuses_finished_models_and_continues_an_interrupted_training(tmp
 def test_default_model_is_shipped_small_and_documented():
     folder = default_model_dir()
     assert folder is not None, "no default model under LabelShareSegmentation/Resources/Models"
-    model = load_model(folder)
+    model = load_model(folder, device="cpu")
     assert set(model.tasks) == set(REAL_TASKS)
     assert model.config.weights_dtype == "float16"
     assert sum(p.stat().st_size for p in folder.iterdir()) <= 20 * 1024 * 1024
@@ -326,7 +326,7 @@ def test_default_model_is_shipped_small_and_documented():
 @pytest.mark.realdata
 def test_default_model_segments_a_validation_case_of_every_real_task():
     folder = default_model_dir()
-    model = load_model(folder)
+    model = load_model(folder, device="cpu")
     split = read_json(folder / "split.json")["tasks"]
     segmenter = Segmenter(model)
     for name, data_folder in REAL_TASKS.items():
@@ -356,7 +356,7 @@ def test_window_size_benchmark_scores_every_overlap_and_restores_the_engine(tiny
     lines = capsys.readouterr().out.splitlines()
     titles = [line.split(":")[0] for line in lines[1:]]
     assert titles == ["patch windows, overlap 0.25", "patch windows, overlap 0", "whole-slice window"]
-    labels = [name for _, name in load_model(tiny_model).task_labels("xray2d")]
+    labels = [name for _, name in load_model(tiny_model, device="cpu").task_labels("xray2d")]
     assert all(f"{label} " in line for line in lines[1:] for label in labels)
     assert set(overlaps_used) == {0.25, 0.0, engine_overlap}
     assert slices.WINDOW_OVERLAP == engine_overlap and slices.window_logits is window_size.patch_windows

@@ -32,4 +32,4 @@ def test_torchrun_two_processes_train_one_model(tmp_path, synthetic_tasks, synth
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
     lineage = json.loads((out / "lineage.json").read_text())
     assert lineage["environment"]["world_size"] == 2
-    load_model(out)
+    load_model(out, device="cpu")

@@ -23,8 +23,8 @@ from labelshare.errors import LabelShareError, LabelSpaceError
 from labelshare.fileio import atomic_write_json, write_image_atomic
 from labelshare import budget
 from labelshare.budget import add_task_epochs
-from labelshare.cli import EXIT_REGRESSION, add_task_config_from, parse_replay_cases
-from labelshare.config import AddTaskConfig, TrainConfig
+from labelshare.cli import EXIT_REGRESSION, add_task_config_from
+from labelshare.config import AddTaskConfig, TrainConfig, parse_replay_cases
 from labelshare.incremental import add_task
 from labelshare.incremental.mapping import map_labels, parse_pins
 from labelshare.incremental.trainer import IncrementalTrainer
@@ -275,10 +275,10 @@ def test_add_task_publishes_with_report_lineage_and_progress(added, base_model, 
 def test_more_labels_than_n_star_expands_the_output_layer(tmp_path, base_model, synthetic_tasks):
     four = split_xray_task(synthetic_tasks["xray2d"], tmp_path / "xray4")
     out = add_task(base_model, ("xray4", four), tmp_path / "v3",
-                   AddTaskConfig(strategy="size", replay_cases=2, max_regression=100, **BUDGET),
+                   AddTaskConfig.from_options(strategy="size", replay_cases=2, max_regression=100, **BUDGET),
                    replay_tasks=[(n, synthetic_tasks[n]) for n in ("phantom3d", "xray2d")],
                    progress=Progress("quiet")).path
-    old, new = load_model(base_model), load_model(out)
+    old, new = load_model(base_model, device="cpu"), load_model(out, device="cpu")
     assert old.labelspace.n_shared == 3 and new.labelspace.n_shared == 4
     assert new.config.network.out_channels == 5
     assert sorted(e.shared for e in new.labelspace.task("xray4").labels) == [1, 2, 3, 4]
@@ -316,7 +316,8 @@ def test_add_task_defaults_learn_a_small_label_beyond_n_star(tmp_path, base_mode
     chest = synthetic.write_chest_task(tmp_path / "chest")
     replay = [(n, synthetic_tasks[n]) for n in ("phantom3d", "xray2d")]
     result = add_task(base_model, ("chest", chest), tmp_path / "v2",
-                      AddTaskConfig(max_regression=100, epochs=3, steps_per_epoch=20, batch_size=8, device="cpu"),
+                      AddTaskConfig.from_options(max_regression=100, epochs=3, steps_per_epoch=20, batch_size=8,
+                                                 device="cpu"),
                       replay_tasks=replay, progress=Progress("quiet"))
     space = LabelSpace.load(result.path / "labelspace.json")
     assert space.n_shared == 4 and space.task("chest").label("nodule").shared == 4
@@ -328,9 +329,9 @@ def test_add_task_defaults_learn_a_small_label_beyond_n_star(tmp_path, base_mode
 
 
 def test_budget_grows_with_the_task_and_is_estimated_from_the_parent(tiny_model):
-    small, large = add_task_epochs(2, 10), add_task_epochs(9, 200)
+    small, large = add_task_epochs(2, 10, 100), add_task_epochs(9, 200, 100)
     assert 1 <= small < large
-    assert add_task_epochs(100, 10_000) * 100 <= budget.MAX_STEPS
+    assert add_task_epochs(100, 10_000, 100) * 100 <= budget.MAX_STEPS
     lineage = json.loads((tiny_model / "lineage.json").read_text())
     recorded = json.loads((tiny_model / "training.json").read_text())
     per_step = lineage["elapsed_s"] / (recorded["epochs"] * recorded["steps_per_epoch"])
@@ -426,7 +427,7 @@ def test_update_adds_cases_keeps_split_and_mapping_and_reads_folders_from_lineag
     more = synthetic.write_task(tmp_path, "xray2d", n_cases=12)  # the same first 8 cases and 4 new ones
     events = []
     out = add_task(parent, ("xray2d", more), tmp_path / "v3",
-                   AddTaskConfig(max_regression=100, replay_cases=0, **BUDGET),
+                   AddTaskConfig.from_options(max_regression=100, replay_cases=0, **BUDGET),
                    progress=Progress("quiet", callback=events.append)).path  # replay folders from the lineage
     # the old model is scored again on xray2d only: its validation cases and data changed, the others did not
     assert any(e["message"].startswith("old scores of phantom3d, sides3d taken from v2") for e in events
@@ -452,16 +453,19 @@ def test_update_adds_cases_keeps_split_and_mapping_and_reads_folders_from_lineag
 def test_bad_requests_fail_with_one_clear_line(tmp_path, base_model, synthetic_tasks):
     quiet = Progress("quiet")
     with pytest.raises(LabelShareError, match="--replay-task phantom3d=DIR"):
-        add_task(base_model, ("sides3d", synthetic_tasks["sides3d"]), tmp_path / "a", AddTaskConfig(**BUDGET),
+        add_task(base_model, ("sides3d", synthetic_tasks["sides3d"]), tmp_path / "a",
+                 AddTaskConfig.from_options(**BUDGET),
                  progress=quiet)
     with pytest.raises(LabelShareError, match="mapping stays as it is"):
         add_task(base_model, ("xray2d", synthetic_tasks["xray2d"]), tmp_path / "b",
-                 AddTaskConfig(label_map=["heart=1"], **BUDGET), progress=quiet)
+                 AddTaskConfig.from_options(label_map=["heart=1"], **BUDGET), progress=quiet)
     with pytest.raises(LabelShareError, match="differ from task 'xray2d'.*new task name"):
-        add_task(base_model, ("xray2d", synthetic_tasks["sides3d"]), tmp_path / "c", AddTaskConfig(**BUDGET),
+        add_task(base_model, ("xray2d", synthetic_tasks["sides3d"]), tmp_path / "c",
+                 AddTaskConfig.from_options(**BUDGET),
                  replay_tasks=[("phantom3d", synthetic_tasks["phantom3d"])], progress=quiet)
     with pytest.raises(LabelShareError, match="already exists"):
-        add_task(base_model, ("sides3d", synthetic_tasks["sides3d"]), base_model, AddTaskConfig(**BUDGET),
+        add_task(base_model, ("sides3d", synthetic_tasks["sides3d"]), base_model,
+                 AddTaskConfig.from_options(**BUDGET),
                  progress=quiet)
     assert not [p for p in tmp_path.iterdir()]
 

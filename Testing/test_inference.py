@@ -10,6 +10,7 @@ import SimpleITK as sitk
 from labelshare.cli import build_parser, segment_config_from
 from labelshare.errors import UnknownTaskError
 from labelshare.inference import Segmenter, keep_largest_components
+from labelshare.config import SegmentConfig
 from labelshare.segment_run import segment_file
 from labelshare.models import load_model
 from labelshare.progress import Progress, parse_event
@@ -34,7 +35,7 @@ OBLIQUE = sitk.VersorTransform((1, 2, 3), 0.4).GetMatrix()
     _image((31, 22), (0.3, 0.3), (5.0, -5.0), (0, 1, 1, 0), dtype=np.uint8),  # 2D projection (flipped axes)
 ], ids=["oblique-z", "oblique-x", "single-slice", "2d"])
 def test_output_has_the_input_geometry_and_task_label_ids(tiny_model, image):
-    model = load_model(tiny_model)
+    model = load_model(tiny_model, device="cpu")
     result = Segmenter(model).segment(image, "phantom3d")
     assert result.GetSize() == image.GetSize()
     assert result.GetSpacing() == image.GetSpacing()
@@ -44,7 +45,7 @@ def test_output_has_the_input_geometry_and_task_label_ids(tiny_model, image):
 
 
 def test_shared_labels_are_remapped_to_each_tasks_own_ids(tiny_model):
-    model = load_model(tiny_model)
+    model = load_model(tiny_model, device="cpu")
     space = model.labelspace
     for task in model.tasks:
         lut = model.heads[task].output_lut
@@ -70,8 +71,8 @@ def test_largest_component_keeps_one_component_per_label():
 def test_segment_file_emits_progress_and_writes_atomically(tiny_model, tmp_path, synthetic_tasks):
     events = []
     source = next((synthetic_tasks["phantom3d"] / "imagesTr").iterdir())
-    output = segment_file(tiny_model, "phantom3d", source, tmp_path / "out.nii.gz", device="cpu",
-                          progress=Progress("quiet", callback=events.append), batch_size=4)
+    output = segment_file(tiny_model, SegmentConfig.from_options(task="phantom3d", device="cpu", batch_size=4),
+                          source, tmp_path / "out.nii.gz", progress=Progress("quiet", callback=events.append))
     fractions = [e["fraction"] for e in events if e["event"] == "progress" and e["stage"] == "segmenting"]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0 and len(fractions) >= 3
     assert sitk.ReadImage(str(output)).GetSize() == sitk.ReadImage(str(source)).GetSize()
@@ -85,8 +86,8 @@ def test_segment_mirrors_when_asked_and_only_tasks_that_allow_it(tiny_model, tmp
 
     def labels(task, **options):
         source = next((synthetic_tasks[task] / "imagesTr").iterdir())
-        output = segment_file(model, task, source, tmp_path / f"{task}-{len(list(tmp_path.iterdir()))}.nii.gz",
-                              device="cpu", **options)
+        output = segment_file(model, SegmentConfig.from_options(task=task, device="cpu", **options), source,
+                              tmp_path / f"{task}-{len(list(tmp_path.iterdir()))}.nii.gz")
         return sitk.GetArrayFromImage(sitk.ReadImage(str(output)))
 
     plain, mirrored = labels("xray2d"), labels("xray2d", mirror=True)
@@ -96,8 +97,8 @@ def test_segment_mirrors_when_asked_and_only_tasks_that_allow_it(tiny_model, tmp
     parser = build_parser()
     for command in (["segment", "--task", "t", "in.nii.gz", "-o", "out.nii.gz"],
                     ["evaluate", "--model", "m", "--task", "t", "--data", "d"]):
-        assert parser.parse_args([*command, "--tta"]).tta and not parser.parse_args(command).tta
-    assert segment_config_from(parser.parse_args(["segment", "--task", "t", "in", "-o", "o", "--tta"])).mirror
+        assert parser.parse_args([*command, "--tta"]).mirror and not parser.parse_args(command).mirror
+    assert segment_config_from(parser.parse_args(["segment", "--task", "t", "in", "-o", "o", "--tta"])).inference.mirror
 
 def test_segment_command_end_to_end(tiny_model, tmp_path, synthetic_tasks):
     source = next((synthetic_tasks["xray2d"] / "imagesTr").iterdir())

@@ -30,12 +30,12 @@ def test_model_folder_contents_and_card(tiny_model):
 
 
 def test_float16_weights_halve_the_file_and_keep_predictions(tiny_model, tmp_path):
-    model = load_model(tiny_model)
+    model = load_model(tiny_model, device="cpu")
     model.config.weights_dtype = "float16"
     half = tmp_path / "half"
     save_model_folder(half, model.network, model.config, model.labelspace)
     assert (half / "model.safetensors").stat().st_size < 0.6 * (tiny_model / "model.safetensors").stat().st_size
-    reloaded = load_model(half)
+    reloaded = load_model(half, device="cpu")
     images = torch.randn(2, 1, 32, 32)
     task = torch.zeros(2, dtype=torch.int64)
     with torch.no_grad():

@@ -11,7 +11,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from labelshare.config import NetworkConfig
+from labelshare.config import InferenceConfig, NetworkConfig
 from labelshare.errors import LabelSpaceError
 from labelshare.inference import Segmenter
 from labelshare.labelspace import LabelEntry, LabelSpace, LabelStats, TaskEntry, compute_statistics
@@ -118,7 +118,7 @@ def test_a_first_release_model_loads_with_its_fixed_size_and_a_new_one_with_its_
     assert {name: task.plan for name, task in space.tasks.items()} == {name: fixed_size_plan(128)
                                                                        for name in space.task_names}
     assert json.loads((tiny_model / "config.json").read_text())["format_version"] == MODEL_FORMAT_VERSION
-    new = load_model(tiny_model)
+    new = load_model(tiny_model, device="cpu")
     assert new.config.preprocessing.image_size is None
     assert all(not task.plan.fixed_size for task in new.labelspace.tasks.values())
 
@@ -132,12 +132,12 @@ def small_network(out_channels: int = 3) -> torch.nn.Module:
 def test_sliding_window_on_an_image_smaller_than_the_patch_is_the_whole_image_forward():
     network = small_network()
     images = torch.randn(2, 1, 40, 24)
-    windows = window_logits(network, images, task_index=0, patch=(64, 48))
+    windows = window_logits(network, images, task_index=0, patch=(64, 48), windows_per_batch=16)
     padded, region = pad_to_patch(images, (64, 48))
     whole = network(padded, torch.zeros(2, dtype=torch.int64))[:, :, region[0], region[1]]
     assert windows.shape == (2, 3, 40, 24)
     assert torch.allclose(windows, whole, atol=1e-5)
-    large = window_logits(network, torch.randn(1, 1, 100, 70), task_index=0, patch=(64, 48))
+    large = window_logits(network, torch.randn(1, 1, 100, 70), task_index=0, patch=(64, 48), windows_per_batch=16)
     assert large.shape == (1, 3, 100, 70) and torch.isfinite(large).all()
 
 
@@ -176,7 +176,7 @@ def test_geometry_round_trip_on_an_oblique_anisotropic_volume(plan):
     image.SetSpacing((0.7, 1.1, 4.0))
     image.SetOrigin((-12.5, 40.0, 7.25))
     image.SetDirection(sitk.VersorTransform((1, 2, 3), 0.4).GetMatrix())
-    result = Segmenter(threshold_model(plan), batch_size=4).segment(image, "blob")
+    result = Segmenter(threshold_model(plan), InferenceConfig(batch_size=4)).segment(image, "blob")
     assert (result.GetSize(), result.GetSpacing(), result.GetOrigin(), result.GetDirection()) == (
         image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection())
     assert dice_per_label(sitk.GetArrayFromImage(result), inside.astype(np.uint8), [1])[1] > 0.97

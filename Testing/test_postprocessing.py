@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 import labelshare.inference as inference
 from labelshare.cli import main
+from labelshare.config import InferenceConfig
 from labelshare.errors import LabelShareError
 from labelshare.evaluation import choose_postprocessing, evaluate_cases
 from labelshare.fileio import sha256_file
@@ -30,11 +31,15 @@ from labelshare.tasks import TaskDataset
 class ReferencePlusIsland:
     """Stands in for a segmenter: returns each case's reference with a far-away fragment of one label added."""
 
-    def __init__(self, task: TaskDataset, label_id: int):
-        self.task, self.label_id, self.calls = task, label_id, []
+    def __init__(self, task: TaskDataset, label_id: int, calls: list | None = None, largest_component: str = "model"):
+        self.task, self.label_id, self.largest_component = task, label_id, largest_component
+        self.calls = [] if calls is None else calls
 
-    def segment(self, image: sitk.Image, task_name: str, largest_component=None) -> sitk.Image:
-        self.calls.append(largest_component)
+    def configured(self, largest_component: str) -> ReferencePlusIsland:
+        return ReferencePlusIsland(self.task, self.label_id, self.calls, largest_component)
+
+    def segment(self, image: sitk.Image, task_name: str) -> sitk.Image:
+        self.calls.append(self.largest_component)
         pixels = sitk.GetArrayViewFromImage(image)
         reference = next(reference for case in self.task.cases
                          for case_image, _, reference in [self.task.read_case(case)]
@@ -47,7 +52,7 @@ class ReferencePlusIsland:
 
 
 def test_the_largest_component_is_kept_only_of_labels_whose_validation_dice_it_raises(tiny_model, synthetic_tasks):
-    model = load_model(tiny_model)
+    model = load_model(tiny_model, device="cpu")
     task = TaskDataset.open(synthetic_tasks["phantom3d"], "phantom3d")
     cases = [c.name for c in task.cases[:3]]
     for case in cases:  # the corner is background, so the fragment is a false detection of its own
@@ -57,7 +62,7 @@ def test_the_largest_component_is_kept_only_of_labels_whose_validation_dice_it_r
     segmenter = ReferencePlusIsland(task, organ)
     chosen, evaluation = choose_postprocessing(model, task, cases, segmenter=segmenter)
     assert chosen == ["organ"]
-    assert segmenter.calls == [False] * len(cases)  # segmented once per case, without the model's own clean-up
+    assert segmenter.calls == ["none"] * len(cases)  # segmented once per case, without the model's own clean-up
     # the scores are those of the chosen pipeline: the fragment removed, every other label as segmented (perfect)
     for label in evaluation.labels("phantom3d"):
         dice = evaluation.values("phantom3d", label)
@@ -66,28 +71,27 @@ def test_the_largest_component_is_kept_only_of_labels_whose_validation_dice_it_r
 
 
 def test_segmentation_applies_the_models_choice_unless_told_all_or_none(tiny_model, synthetic_tasks, monkeypatch):
-    model = load_model(tiny_model)
+    model = load_model(tiny_model, device="cpu")
     model.config = replace(model.config, largest_component={"phantom3d": ["organ"]})
     cleaned = []
     monkeypatch.setattr(inference, "keep_largest_components",
                         lambda image, ids: cleaned.append(sorted(ids)) or image)
     task = TaskDataset.open(synthetic_tasks["phantom3d"], "phantom3d")
     image, _, _ = task.read_case(task.cases[0])
-    segmenter = Segmenter(model)
     all_ids = sorted(i for i, _ in model.task_labels("phantom3d"))
-    for setting, expected in ((None, [[task.labels["organ"]]]), (True, [all_ids]), (False, [])):
+    for setting, expected in (("model", [[task.labels["organ"]]]), ("all", [all_ids]), ("none", [])):
         cleaned.clear()
-        segmenter.segment(image, "phantom3d", largest_component=setting)
+        Segmenter(model, InferenceConfig(largest_component=setting)).segment(image, "phantom3d")
         assert cleaned == expected, setting
     cleaned.clear()
-    segmenter.segment(image, "xray2d")  # a task the model chose nothing for
+    Segmenter(model).segment(image, "xray2d")  # a task the model chose nothing for
     assert cleaned == []
 
 
 def test_training_records_its_choice_and_its_metrics_are_what_segmentation_gives(tiny_model, synthetic_tasks):
     config, space = verify_folder(tiny_model)
     assert set(config.largest_component) <= set(space.tasks)
-    model = load_model(tiny_model)
+    model = load_model(tiny_model, device="cpu")
     metrics = json.loads((tiny_model / "metrics.json").read_text())["validation"]
     task = TaskDataset.open(synthetic_tasks["phantom3d"], "phantom3d")
     evaluation = evaluate_cases(model, task, model.validation_cases("phantom3d")).summary()["phantom3d"]

@@ -105,7 +105,7 @@ def test_json_and_text_writes_detect_errors_and_short_writes(tmp_path, monkeypat
 
 def test_model_weights_are_read_back_before_they_count_as_written(tiny_model, tmp_path, monkeypatch):
     from labelshare import models
-    model = load_model(tiny_model)
+    model = load_model(tiny_model, device="cpu")
     real_save = models.save_safetensors_model
 
     def half_written(network, path, metadata=None):
@@ -369,7 +369,7 @@ def test_weights_linked_from_outside_the_folder_do_not_load(model_copy, tmp_path
         (model_copy / "manifest.json").write_text(json.dumps(manifest))
         weights.symlink_to(outside / "model.safetensors")
     with pytest.raises(ModelError, match="symbolic link"):
-        load_model(model_copy)
+        load_model(model_copy, device="cpu")
 
 
 def test_a_lineage_naming_task_folders_as_a_list_is_a_model_error(model_copy):
@@ -383,7 +383,7 @@ def test_a_lineage_naming_task_folders_as_a_list_is_a_model_error(model_copy):
 def test_every_file_of_a_model_folder_has_the_same_permissions(tiny_model, tmp_path):
     old = os.umask(0o022)
     try:
-        model = load_model(tiny_model)
+        model = load_model(tiny_model, device="cpu")
         save_model_folder(tmp_path / "m", model.network, model.config, model.labelspace)
     finally:
         os.umask(old)

@@ -146,7 +146,7 @@ def test_weights_that_are_not_finite_are_refused(model_copy, capsys, tmp_path):
               str(model_copy / "model.safetensors"), metadata={"format": "labelshare.model", "dtype": "float32"})
     write_manifest(model_copy)
     with pytest.raises(ModelError, match="NaN or infinite"):
-        load_model(model_copy)
+        load_model(model_copy, device="cpu")
     image = tmp_path / "in.nii.gz"
     sitk.WriteImage(sitk.GetImageFromArray(np.random.default_rng(0).random((4, 16, 16)).astype(np.float32)), str(image))
     line = cli_error(["segment", "--model", model_copy, "--task", "phantom3d", image, "-o", tmp_path / "o.nii.gz",
@@ -187,7 +187,7 @@ def test_a_network_that_diverged_is_never_saved(tiny_model, tmp_path):
     import torch
 
     from labelshare.models import save_model_folder
-    model = load_model(tiny_model)
+    model = load_model(tiny_model, device="cpu")
     with torch.no_grad():
         next(model.network.parameters()).fill_(float("inf"))
     with pytest.raises(ModelError, match="diverged"):

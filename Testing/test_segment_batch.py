@@ -57,7 +57,7 @@ def test_files_a_folder_and_a_glob_give_the_same_outputs_in_one_call(tiny_model,
         assert main(segment(tiny_model, *inputs, "-o", tmp_path / name, "--progress", "quiet")) == 0
         assert outputs_in(tmp_path / name) == sorted(f"case_{i}.{ending}" for i in range(4)
                                                      for ending in ("json", "nii.gz"))
-    segmenter = Segmenter(load_model(tiny_model))
+    segmenter = Segmenter(load_model(tiny_model, device="cpu"))
     for index, source in enumerate(files):
         image = sitk.ReadImage(str(source))
         expected = sitk.GetArrayFromImage(segmenter.segment(image, TASK))

@@ -13,6 +13,7 @@ import pytest
 import SimpleITK as sitk
 import slicer
 
+from labelshare.config import InferenceConfig
 from labelshare.errors import DataError, LabelShareError, ModelError, UnknownTaskError
 from labelshare.inference import Segmenter
 from labelshare.models import load_model
@@ -59,7 +60,7 @@ def test_segments_come_from_the_worker_and_equal_the_engine_output(logic, volume
     assert fractions and fractions[-1] == 1.0 and fractions == sorted(fractions)
     assert JobState.RUNNING in states and job.fraction == 1.0
 
-    expected = Segmenter(load_model(tiny_model)).segment(volumes.volume_to_image(volume), TASK)
+    expected = Segmenter(load_model(tiny_model, device="cpu")).segment(volumes.volume_to_image(volume), TASK)
     expected = sitk.GetArrayFromImage(expected)
     labels = [(1, "body"), (2, "organ"), (3, "lesion")]
     segmentation = node.GetSegmentation()
@@ -79,7 +80,8 @@ def test_segments_come_from_the_worker_and_equal_the_engine_output(logic, volume
     assert scene_contents(mrml_scene) == nodes_before and segmentation.GetNumberOfSegments() == 3
 
     # with test-time mirroring (the Advanced checkbox) the segments are the engine's mirrored output
-    mirrored = Segmenter(load_model(tiny_model), mirror=True).segment(volumes.volume_to_image(volume), TASK)
+    mirrored = Segmenter(load_model(tiny_model, device="cpu"), InferenceConfig(mirror=True)).segment(
+        volumes.volume_to_image(volume), TASK)
     mirrored = sitk.GetArrayFromImage(mirrored)
     assert not np.array_equal(mirrored, expected)
     assert logic.segment(volume, TASK, model=tiny_model, device="cpu", timeout=120, mirror=True) is node
@@ -202,7 +204,8 @@ def test_console_api_without_a_model_uses_the_bundled_default_model(logic, volum
     assert node.GetName() == "case 0 acdc"
     assert [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())] == \
         ["rv_cavity", "myocardium", "lv_cavity"]
-    expected = sitk.GetArrayFromImage(Segmenter(load_model(bundled)).segment(volumes.volume_to_image(volume), "acdc"))
+    expected = sitk.GetArrayFromImage(Segmenter(load_model(bundled, device="cpu")).segment(
+        volumes.volume_to_image(volume), "acdc"))
     for index, label_id in enumerate((1, 2, 3)):
         voxels = slicer.util.arrayFromSegmentBinaryLabelmap(node, segmentation.GetNthSegmentID(index), volume)
         np.testing.assert_array_equal(voxels > 0, expected == label_id)
@@ -222,7 +225,7 @@ def test_segment_many_uses_one_warm_worker_and_goes_on_after_a_bad_volume(logic,
     nodes = logic.segment_many(good, TASK, model=tiny_model, device="cpu", timeout=120)
     assert logic.worker.process.pid == worker_pid and logic.job.done_event["load_s"] == 0.0
     assert [node.GetName() for node in nodes] == ["scan 0 phantom3d", "scan 1 phantom3d"]
-    segmenter = Segmenter(load_model(tiny_model))
+    segmenter = Segmenter(load_model(tiny_model, device="cpu"))
     for volume, node in zip(good, nodes, strict=True):
         expected = sitk.GetArrayFromImage(segmenter.segment(volumes.volume_to_image(volume), TASK))
         segmentation = node.GetSegmentation()

@@ -47,8 +47,12 @@ def test_every_bound_widget_matches_a_parameter_of_the_right_type(ui_widgets):
         node_types = widget.property("nodeTypes")
         if node_types:  # a node selector: its node class is the parameter's type
             assert list(node_types) == [fields[name]], name
+        elif widget.metaObject().className() == "QComboBox":  # filled by connectGui from the Choice annotation
+            assert fields[name] == "Annotated[str, Choice(list(LARGEST_COMPONENT))]", name
         else:
             assert widget.metaObject().className() == "QCheckBox" and fields[name] == "bool", name
+    from labelshare.config import LARGEST_COMPONENT
+    assert list(LARGEST_COMPONENT) == ["model", "all", "none"]
 
 
 def test_device_choices_are_the_engine_devices(ui_widgets):

@@ -11,6 +11,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from labelshare.cli import build_parser
+from labelshare.config import SegmentConfig
 from labelshare.segment_run import segment_file
 from labelshare.worker import cmd_worker, serve
 
@@ -32,7 +33,7 @@ def test_segment_requests_are_answered_with_tagged_events_and_the_model_stays_lo
     case = sorted((synthetic_tasks["phantom3d"] / "imagesTr").iterdir())[0]
     request = {"model": str(tiny_model), "task": "phantom3d", "input": str(case), "device": "cpu"}
     events = run({**request, "id": "a", "output": str(tmp_path / "a.nii.gz")},
-                 {**request, "id": "b", "output": str(tmp_path / "b.nii.gz"), "largest_component": True})
+                 {**request, "id": "b", "output": str(tmp_path / "b.nii.gz"), "largest_component": "all"})
     assert events[0]["event"] == "log" and events[0]["worker"] == "ready" and events[0]["import_s"] >= 0
     first, second = answers(events, "a"), answers(events, "b")
     assert first[-1]["event"] == "done" and first[-1]["output"] == str(tmp_path / "a.nii.gz")
@@ -41,7 +42,8 @@ def test_segment_requests_are_answered_with_tagged_events_and_the_model_stays_lo
     assert first[-1]["load_s"] > 0 and second[-1]["load_s"] == 0.0  # loaded once, then kept
     assert not any(e.get("stage") == "preparing" for e in second)
 
-    reference = segment_file(tiny_model, "phantom3d", case, tmp_path / "reference.nii.gz", device="cpu")
+    reference = segment_file(tiny_model, SegmentConfig.from_options(task="phantom3d", device="cpu"), case,
+                             tmp_path / "reference.nii.gz")
     np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "a.nii.gz"))),
                                   sitk.GetArrayFromImage(sitk.ReadImage(str(reference))))
 
@@ -52,8 +54,8 @@ def test_segment_requests_mirror_like_the_command_line_when_asked(tiny_model, sy
     run({**request, "id": "default", "output": str(tmp_path / "default.png")},
         {**request, "id": "mirrored", "output": str(tmp_path / "mirrored.png"), "mirror": True})
     for name, mirror in (("default", False), ("mirrored", True)):
-        reference = segment_file(tiny_model, "xray2d", case, tmp_path / f"reference-{name}.png", device="cpu",
-                                 mirror=mirror)
+        reference = segment_file(tiny_model, SegmentConfig.from_options(task="xray2d", device="cpu", mirror=mirror),
+                                 case, tmp_path / f"reference-{name}.png")
         np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / f"{name}.png"))),
                                       sitk.GetArrayFromImage(sitk.ReadImage(str(reference))))
     assert run({**request, "id": 1, "output": str(tmp_path / "x.png"), "mirror": "yes"})[-1]["message"] == \

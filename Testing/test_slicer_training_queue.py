@@ -161,4 +161,4 @@ def test_cancel_stops_the_ranking_and_leaves_the_queue_as_it_was(slicer_env, seg
     assert [e.case for e in AnnotationQueue.in_workspace(tmp_path / "workspace").entries] == ["case_00000",
                                                                                               "case_00001"]
     assert segmentation_logic.start_ranking([synthetic_tasks[TASK] / "imagesTr"], TASK, tmp_path / "r.csv",
-                                            tiny_model, "cpu").result_or_raise(300)[0].name  # a new worker ranks
+                                            tiny_model, device="cpu").result_or_raise(300)[0].name  # a new worker

@@ -217,10 +217,11 @@ def test_the_cost_shown_before_train_is_the_engines_budget_timed_at_the_parent_m
     """LabelShareTraining shows the run's budget before Train is pressed: the engine's add-task budget for the task
     (labelshare.budget) and a time from the speed the parent model trained at, which its lineage records."""
     from labelshare.budget import add_task_epochs
+    from labelshare.config import TrainConfig
     logic = TrainingLogic(workspace=workspace, models_dir=tmp_path / "models")
     request = logic.plan("blobs", tiny_model, budget="standard")
     assert request.kind == "add-task" and request.epochs is None
-    steps = add_task_epochs(2, round(6 * 0.8)) * 100
+    steps = add_task_epochs(2, round(6 * 0.8), TrainConfig.steps_per_epoch) * TrainConfig.steps_per_epoch
     cost = request.cost()
     assert cost.startswith(f"{steps} steps, about ") and "at the speed the parent model trained" in cost
     quick = logic.plan("blobs", tiny_model, budget="quick")

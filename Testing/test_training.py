@@ -171,4 +171,4 @@ def test_resume_after_stop(tmp_path, synthetic_tasks, synthetic_space, stop_sign
     assert resumed_events[-1]["event"] == "done" and resumed_events[-1]["output"] == str(out)
     assert [r["epoch"] for r in _history(out)] == [1, 2, 3]
     assert not (tmp_path / ".model.partial").exists()
-    load_model(out)
+    load_model(out, device="cpu")

@@ -202,8 +202,9 @@ class Campaign:
             folder = link_folder(Path(self.args.data), self.out / f"seed{seed}" / f"data-{strategy}",
                                  self.cases_of(labelled + self.validation))
             out = self.out / f"seed{seed}" / f"{strategy}-round{round_index}"
-            config = AddTaskConfig(epochs=1, steps_per_epoch=self.args.update_steps, batch_size=self.args.batch_size,
-                                   seed=seed, device="cpu", accept_regression=True)
+            config = AddTaskConfig.from_options(epochs=1, steps_per_epoch=self.args.update_steps,
+                                                batch_size=self.args.batch_size, seed=seed, device="cpu",
+                                                accept_regression=True)
             trained = time.perf_counter()
             result = add_task(model_path, (TASK, folder), out, config, progress=Progress("quiet"),
                               command=["annotation-campaign", strategy, str(round_index)])

@@ -97,19 +97,21 @@ METHODS = {m.name: m for m in (
 
 @dataclass
 class BenchmarkSettings:
-    """Everything that decides the numbers (``device`` only decides how fast they come)."""
+    """Everything that decides the numbers (``device`` only decides how fast they come); the engine's defaults
+    (:class:`~labelshare.config.TrainConfig`, :class:`~labelshare.plans.PlanSettings`) where the engine has the
+    option."""
 
     steps_per_task: int = 500
-    steps_per_epoch: int = 100
-    batch_size: int = 16
+    steps_per_epoch: int = TrainConfig.steps_per_epoch
+    batch_size: int = TrainConfig.batch_size
     image_pixels: int = PlanSettings.image_pixels
     patch_pixels: int = PlanSettings.patch_pixels
-    fixed_size: int | None = None
-    learning_rate: float = 2e-3
-    seed: int = 0
-    validation_fraction: float = 0.2
+    fixed_size: int | None = PlanSettings.fixed_size
+    learning_rate: float = TrainConfig.learning_rate
+    seed: int = TrainConfig.seed
+    validation_fraction: float = TrainConfig.validation_fraction
     groups: list[str] = field(default_factory=list)
-    device: str = "auto"
+    device: str = TrainConfig.device
 
     def identity(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k != "device"}
@@ -568,12 +570,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, type=Path, help="benchmark folder (models, table, chart)")
     parser.add_argument("--group", action="append", default=[], metavar="TASK:LABEL=TASK:LABEL",
                         help="label pairs of the grouped methods")
-    parser.add_argument("--steps-per-task", type=int, default=500,
+    defaults = BenchmarkSettings()
+    parser.add_argument("--steps-per-task", type=int, default=defaults.steps_per_task,
                         help="budget: a per-task model trains this many steps, a joint model of T tasks T times")
     parser.add_argument("--resume", action="store_true", help="continue a half-finished benchmark in --out")
-    parser.add_argument("--fixed-size", type=int, default=None, metavar="SIZE",
+    parser.add_argument("--fixed-size", type=int, default=defaults.fixed_size, metavar="SIZE",
                         help="resize every slice to SIZE x SIZE instead of per-task plans (the first release)")
-    defaults = BenchmarkSettings()
     for flag in ("steps_per_epoch", "batch_size", "image_pixels", "patch_pixels", "learning_rate",
                  "validation_fraction", "seed", "device"):
         value = getattr(defaults, flag)

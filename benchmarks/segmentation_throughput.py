@@ -20,6 +20,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from labelshare.config import InferenceConfig
 from labelshare.inference import Segmenter
 from labelshare.plans import TaskPlan
 from labelshare.slices import WINDOW_OVERLAP
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--large", action="store_true", help="also a 512x512x600 volume (memory bound)")
     args = parser.parse_args(argv)
     plan = TaskPlan(patch_size=tuple(args.patch), spacing=(args.plan_spacing, args.plan_spacing))
-    segmenter = Segmenter(default_model(plan, args.device), batch_size=args.batch_size)
+    segmenter = Segmenter(default_model(plan, args.device), InferenceConfig(batch_size=args.batch_size))
     measure(segmenter, volume(tuple(args.size)), plan, args.repeats)
     if args.large:
         measure(segmenter, volume((512, 512, 600)), plan, 1)

@@ -14,7 +14,7 @@ offer are the engine's (:data:`DEVICES`, read with :func:`parse_device`, which a
 :func:`device_choice` turns any saved setting into one of them).
 """
 
-from labelshare.config import DEVICES, parse_device
+from labelshare.config import DEFAULT_DEVICE, DEVICES, parse_device
 
 from .application import python_executable, temporary_root
 from .dependencies import DependencyError, DependencyInstaller, skip_message
@@ -27,8 +27,8 @@ from .store import (ModelStore, available_models, default_store, model_title, mo
 from .volumes import check_scalar_volume, image_to_volume, set_volume_from_image, volume_to_image
 
 __all__ = [
-    "DEVICES", "DependencyError", "DependencyInstaller", "EXTENSION_RESOURCES", "Job", "JobCancelled", "JobFailed",
-    "JobState", "ModelStore", "ProcessJob", "Signal", "WorkerJob", "WorkerProcess", "available_models",
+    "DEFAULT_DEVICE", "DEVICES", "DependencyError", "DependencyInstaller", "EXTENSION_RESOURCES", "Job", "JobCancelled",
+    "JobFailed", "JobState", "ModelStore", "ProcessJob", "Signal", "WorkerJob", "WorkerProcess", "available_models",
     "check_scalar_volume", "child_environment", "default_store", "device_choice", "engine_command", "image_to_volume",
     "import_task_segments", "model_title", "models_in", "output_segmentation", "parse_device", "place_beside",
     "python_executable", "set_volume_from_image", "skip_message", "task_labels",

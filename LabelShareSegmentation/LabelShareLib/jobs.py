@@ -39,7 +39,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from labelshare.config import DEVICES, parse_device
+from labelshare.config import DEFAULT_DEVICE, DEVICES, parse_device
 from labelshare.errors import LabelShareError
 from labelshare.progress import parse_event
 
@@ -76,7 +76,7 @@ def engine_command(*arguments: str) -> list[str]:
     return [python_executable(), "-m", "labelshare", *arguments]
 
 
-def child_environment(device: str = "auto", base: dict[str, str] | None = None) -> dict[str, str]:
+def child_environment(device: str = DEFAULT_DEVICE, base: dict[str, str] | None = None) -> dict[str, str]:
     """Environment of an engine child: ``labelshare`` importable from wherever this module runs (source checkout
     or installed extension), and no GPU visible when ``device`` is ``cpu`` (``CUDA_VISIBLE_DEVICES=-1``), so that
     even library code that would pick the GPU by itself stays on the CPU."""
@@ -398,7 +398,8 @@ class WorkerProcess:
     is forced through the environment (``CUDA_VISIBLE_DEVICES=-1``).
     """
 
-    def __init__(self, device: str = "auto", argv: list[str] | None = None, env: dict[str, str] | None = None):
+    def __init__(self, device: str = DEFAULT_DEVICE, argv: list[str] | None = None,
+                 env: dict[str, str] | None = None):
         self.device = device
         self.argv = argv or engine_command("worker")
         self.env = env or child_environment(device)

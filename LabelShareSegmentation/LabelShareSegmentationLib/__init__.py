@@ -6,6 +6,9 @@ What both modules use (geometry adapters, segments, background jobs, the model s
 shared package ``LabelShareLib``, which ships with this module.
 """
 
+from labelshare.config import LARGEST_COMPONENT, InferenceConfig
+
 from .logic import SegmentationLogic, why_not_ready
 
-__all__ = ["SegmentationLogic", "why_not_ready"]
+# the segmentation options the module's widgets offer: their choices and defaults are the engine's
+__all__ = ["LARGEST_COMPONENT", "InferenceConfig", "SegmentationLogic", "why_not_ready"]

@@ -6,7 +6,7 @@ slicer-core. The module's ``LabelShareSegmentationLogic`` delegates to one :clas
 Usage::
 
     logic = SegmentationLogic()
-    node = logic.segment(volumeNode, "acdc", model="/models/acdc-v2", device="auto")    # blocks, returns the node
+    node = logic.segment(volumeNode, "acdc", model="/models/acdc-v2", device="cuda")    # blocks, returns the node
     nodes = logic.segment_many([volume1, volume2, volume3], "acdc")    # one after another in the same worker
     job = logic.start(volumeNode, "acdc")      # GUI: poll job.poll() from a timer; job.result is the node
     job = logic.start_ranking(["unlabelled/"], "acdc", output="ranking.csv")   # job.result: the ranked cases
@@ -26,10 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import SimpleITK as sitk
-from labelshare.config import DEFAULT_RANK_SCORE, RankConfig, parse_device
+from labelshare.config import RankConfig, SegmentConfig
 from labelshare.errors import LabelShareError
 from labelshare.paths import model_dir_or_default
 from labelshare.ranking import read_ranking
+from labelshare.worker import config_request
 from LabelShareLib.application import temporary_root
 from LabelShareLib.jobs import JobCancelled, JobFailed, WorkerJob, WorkerProcess
 from LabelShareLib.segments import import_task_segments, output_segmentation
@@ -84,25 +85,26 @@ class SegmentationLogic:
         self._worker_model = model_path.resolve()
         return self.worker
 
-    def start(self, volume_node, task: str, model: str | Path | None = None, device: str = "auto",
-              output_node=None, largest_component: bool = False,
-              on_event: Callable[[dict], None] | None = None, mirror: bool = False) -> WorkerJob:
+    def start(self, volume_node, task: str, model: str | Path | None = None, output_node=None,
+              on_event: Callable[[dict], None] | None = None, **options) -> WorkerJob:
         """Start segmenting; returns the job at once. Nothing in the scene changes until the job imports.
 
-        :param device: ``auto``, ``cuda`` (or ``cuda:N``; ``gpu`` means ``cuda``) or ``cpu``.
-        :param mirror: average with the left-right mirrored prediction for tasks that are not lateralised
-            (test-time augmentation, ``labelshare segment --tta``; about twice the time for those tasks).
         :param output_node: segmentation node to write into (the task's segments in it are replaced); default:
             the node of the previous run for this volume and task, else a new ``<volume> <task>`` node.
-        :raises LabelShareError: (before anything runs) for an unusable volume, model, task or device.
+        :param options: options of :class:`labelshare.config.SegmentConfig` by name, the others at their defaults:
+            ``device`` (``auto``, ``cuda`` or ``cuda:N``, ``cpu``), ``mirror`` (average with the left-right mirrored
+            prediction for tasks that are not lateralised, ``labelshare segment --tta``), ``largest_component``
+            (``model``, ``all`` or ``none``), ``batch_size``, ``slicing_axis``.
+        :raises LabelShareError: (before anything runs) for an unusable volume, model, task or option.
         """
         if self.job is not None and not self.job.state.finished:
             raise LabelShareError("a segmentation is already running; cancel it first")
         check_scalar_volume(volume_node)
-        device = parse_device(device)
+        config = SegmentConfig.from_options(task=task, **options)
+        config.check()
         model_path = model_dir_or_default(model)
         labels = self.store.task_labels(model_path, task)  # checks the folder (once per session: cached)
-        worker = self._worker_for(device, model_path)
+        worker = self._worker_for(config.device, model_path)
         self._remove_transfer_files()
         self._transfer_dir = tempfile.mkdtemp(prefix="LabelShare-", dir=temporary_root())
         input_path = Path(self._transfer_dir) / f"input{TRANSFER_SUFFIX}"
@@ -121,49 +123,48 @@ class SegmentationLogic:
             self._remove_transfer_files()
             return node
 
-        self.job = worker.submit({"command": "segment", "model": str(model_path), "task": task,
-                                  "input": str(input_path), "output": str(output_path), "device": device,
-                                  "largest_component": largest_component, "mirror": mirror},
+        self.job = worker.submit({**config_request("segment", config), "model": str(model_path),
+                                  "input": str(input_path), "output": str(output_path)},
                                  import_result=import_result, on_event=on_event)
         return self.job
 
     def start_ranking(self, inputs: list[str | Path], task: str, output: str | Path, model: str | Path | None = None,
-                      device: str = "auto", score: str = DEFAULT_RANK_SCORE,
                       on_event: Callable[[dict], None] | None = None,
-                      import_ranking: Callable[[list], Any] | None = None, overwrite: bool = False) -> WorkerJob:
+                      import_ranking: Callable[[list], Any] | None = None, overwrite: bool = False,
+                      **options) -> WorkerJob:
         """Rank images (files, folders, globs: the inputs of ``labelshare segment``) by the model's uncertainty in
         the same warm worker (``labelshare rank``'s work, one event per image); the table is written to ``output``
         and ``job.result`` is its cases, most uncertain first (:class:`labelshare.ranking.RankedCase`), or what
         ``import_ranking`` makes of them (called on the polling thread). An existing ``output`` is replaced only with
         ``overwrite`` (the command line's ``--overwrite`` rule; the annotation queue re-ranks into its own table).
-        Cancel stops the worker, as for a segmentation.
+        Cancel stops the worker, as for a segmentation. ``options``: options of :class:`labelshare.config.RankConfig`
+        by name (``device``, ``score``, ...), the others at their defaults.
 
         :raises LabelShareError: (before anything runs) for an unusable model, task, score or device.
         """
         if self.job is not None and not self.job.state.finished:
             raise LabelShareError("a segmentation or ranking is already running; cancel it first")
-        RankConfig(task=task, score=score, device=device).check()
-        device = parse_device(device)
+        config = RankConfig.from_options(task=task, **options)
+        config.check()
         model_path = model_dir_or_default(model)
         self.store.task_labels(model_path, task)  # checks the folder and the task (cached)
-        worker = self._worker_for(device, model_path)
-        self.job = worker.submit({"command": "rank", "model": str(model_path), "task": task,
-                                  "inputs": [str(path) for path in inputs], "output": str(output), "device": device,
-                                  "score": score, "overwrite": overwrite},
+        worker = self._worker_for(config.device, model_path)
+        self.job = worker.submit({**config_request("rank", config), "model": str(model_path),
+                                  "inputs": [str(path) for path in inputs], "output": str(output),
+                                  "overwrite": overwrite},
                                  import_result=lambda done_event: (import_ranking or list)(
                                      read_ranking(done_event.get("output") or output)),
                                  on_event=on_event)
         return self.job
 
-    def segment(self, volume_node, task: str, model: str | Path | None = None, device: str = "auto",
-                output_node=None, largest_component: bool = False, timeout: float | None = None,
-                mirror: bool = False):
-        """Segment and wait; returns the segmentation node. Raises ``JobFailed`` with the reason on failure."""
-        return self.start(volume_node, task, model, device, output_node, largest_component,
-                          mirror=mirror).result_or_raise(timeout)
+    def segment(self, volume_node, task: str, model: str | Path | None = None, output_node=None,
+                timeout: float | None = None, **options):
+        """Segment and wait (``options`` as for :meth:`start`); returns the segmentation node. Raises ``JobFailed``
+        with the reason on failure."""
+        return self.start(volume_node, task, model, output_node, **options).result_or_raise(timeout)
 
-    def segment_many(self, volume_nodes, task: str, model: str | Path | None = None, device: str = "auto",
-                     largest_component: bool = False, timeout: float | None = None, mirror: bool = False) -> list:
+    def segment_many(self, volume_nodes, task: str, model: str | Path | None = None, timeout: float | None = None,
+                     **options) -> list:
         """Segment several volumes one after another in the same worker (one start-up, one model load); returns
         their segmentation nodes in order.
 
@@ -173,8 +174,7 @@ class SegmentationLogic:
         nodes, failures = [], []
         for volume_node in volume_nodes:
             try:
-                nodes.append(self.segment(volume_node, task, model, device, None, largest_component, timeout,
-                                          mirror))
+                nodes.append(self.segment(volume_node, task, model, None, timeout, **options))
             except JobCancelled:
                 raise
             except LabelShareError as error:  # JobFailed, or a volume refused before its job started

@@ -22,11 +22,10 @@ BASE_STEPS = 300
 STEPS_PER_LABEL = 150
 STEPS_PER_CASE = 2
 MAX_STEPS = 4000
-STEPS_PER_EPOCH = 100
 DISTILLATION_COST = 1.3  # a step with distillation costs about 1.3 plain steps (labelshare-bench incremental-step-cost)
 
 
-def add_task_epochs(labels: int, training_cases: int, steps_per_epoch: int = STEPS_PER_EPOCH) -> int:
+def add_task_epochs(labels: int, training_cases: int, steps_per_epoch: int) -> int:
     """Epochs of ``steps_per_epoch`` for a task with ``labels`` labels and ``training_cases`` training cases."""
     steps = min(MAX_STEPS, BASE_STEPS + STEPS_PER_LABEL * labels + STEPS_PER_CASE * training_cases)
     return max(1, math.ceil(steps / steps_per_epoch))

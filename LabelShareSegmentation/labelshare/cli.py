@@ -23,9 +23,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from . import __version__
-from .config import (DEFAULT_RANK_SCORE, DEVICES, METHODS, NEW_LABEL_INITS, OUTPUT_FORMATS, RANK_SCORES,
-                     STRATEGIES, AddTaskConfig, RankConfig, SegmentConfig, TrainConfig)
+from .config import (DEFAULT_METHOD, DEMO_BUDGET, METHODS, TRAIN_OPTIONS, AddTaskConfig, RankConfig, SegmentConfig,
+                     TrainConfig)
 from .errors import Interrupted, LabelShareError, TrainingInterrupted, os_error_message
+from .options import add_arguments, from_arguments
 from .plans import PlanSettings
 from .progress import Progress
 
@@ -33,9 +34,6 @@ EXIT_ERROR = 1
 EXIT_REGRESSION = 3
 EXIT_SOME_FAILED = 4
 EXIT_INTERRUPTED = 75
-DEVICE_HELP = f"{', '.join(DEVICES)} (auto: CUDA if available)"
-TTA_HELP = ("test-time augmentation: average with the left-right mirrored prediction (tasks that are not "
-            "lateralised only; about twice the time)")
 
 
 RESUMABLE_COMMANDS = ("train", "add-task")
@@ -68,51 +66,25 @@ def _add_task_arguments(parser: argparse.ArgumentParser, required: bool = True) 
 
 
 def _add_method_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--method", default="label-sharing", choices=list(METHODS),
+    parser.add_argument("--method", default=DEFAULT_METHOD, choices=list(METHODS),
                         help="; ".join(f"{m.name}: {m.description}" for m in METHODS.values()))
 
 
 def _add_plan_arguments(parser: argparse.ArgumentParser) -> None:
-    defaults = PlanSettings()
     group = parser.add_argument_group("plans: the resolution and patch size of every task (labelshare/plans.py)")
-    group.add_argument("--image-pixels", type=int, default=defaults.image_pixels,
-                       help="largest median slice (pixels) at a task's target spacing; larger ones are resampled "
-                            "coarser, aspect ratio kept (default: %(default)s)")
-    group.add_argument("--patch-pixels", type=int, default=defaults.patch_pixels,
-                       help="largest training patch / inference window (pixels) (default: %(default)s)")
-    group.add_argument("--fixed-size", type=int, default=None, metavar="SIZE",
-                       help="instead of plans, resize every slice to SIZE x SIZE (the first release's preprocessing)")
+    add_arguments(group, PlanSettings, ("image_pixels", "patch_pixels", "fixed_size"))
 
 
 def plan_settings_from(args: argparse.Namespace) -> PlanSettings:
-    settings = PlanSettings(image_pixels=args.image_pixels, patch_pixels=args.patch_pixels,
-                            fixed_size=args.fixed_size)
-    settings.check()
-    return settings
+    return from_arguments(PlanSettings, args)
 
 
-def _add_training_arguments(parser: argparse.ArgumentParser, epochs: int, steps: int) -> None:
-    defaults = TrainConfig()
-    group = parser.add_argument_group("training budget and device")
-    group.add_argument("--epochs", type=int, default=epochs, help="epochs (validation and checkpoint after each)")
-    group.add_argument("--steps-per-epoch", type=int, default=steps, help="training steps per epoch")
-    group.add_argument("--batch-size", type=int, default=defaults.batch_size, help="slices per training step")
-    group.add_argument("--learning-rate", type=float, default=defaults.learning_rate, help="peak learning rate")
-    group.add_argument("--validation-fraction", type=float, default=defaults.validation_fraction,
-                       help="fraction of each task's cases (whole patients) held out for validation")
-    group.add_argument("--seed", type=int, default=defaults.seed, help="seed of the split, sampling and weights")
-    group.add_argument("--device", default="auto", help=DEVICE_HELP)
-    group.add_argument("--weights-dtype", choices=("float32", "float16"), default=defaults.weights_dtype,
-                       help="precision of the stored weights (float16 halves the model folder)")
+def _add_training_arguments(parser: argparse.ArgumentParser, defaults: dict | None = None) -> None:
+    add_arguments(parser.add_argument_group("training budget and device"), TrainConfig, TRAIN_OPTIONS, defaults)
 
 
 def train_config_from(args: argparse.Namespace) -> TrainConfig:
-    config = TrainConfig(batch_size=args.batch_size, epochs=args.epochs,
-                         steps_per_epoch=args.steps_per_epoch, learning_rate=args.learning_rate, seed=args.seed,
-                         device=args.device, validation_fraction=args.validation_fraction,
-                         weights_dtype=args.weights_dtype)
-    config.check()
-    return config
+    return from_arguments(TrainConfig, args)
 
 
 def task_argument(text: str) -> tuple[str, Path]:
@@ -171,12 +143,11 @@ def cmd_train(args, progress: Progress) -> int:
 
 
 def segment_config_from(args: argparse.Namespace) -> SegmentConfig:
-    existing = "overwrite" if args.overwrite else "continue" if args.continue_run else "refuse"
-    config = SegmentConfig(task=args.task, largest_component=args.largest_component, slicing_axis=args.slicing_axis,
-                           batch_size=args.batch_size, existing=existing, output_format=args.format,
-                           series=args.series, device=args.device, mirror=args.tta)
-    config.check()
-    return config
+    """The configuration of ``segment``; ``--overwrite`` and ``--continue`` choose what happens to outputs that
+    exist."""
+    if args.overwrite or args.continue_run:
+        return from_arguments(SegmentConfig, args, existing="overwrite" if args.overwrite else "continue")
+    return from_arguments(SegmentConfig, args)
 
 
 def cmd_segment(args, progress: Progress) -> int:
@@ -222,9 +193,7 @@ def cmd_rank(args, progress: Progress) -> int:
     from .inputs import collect_inputs
     from .models import load_model
     from .ranking import rank_cases
-    config = RankConfig(task=args.task, score=args.score, slicing_axis=args.slicing_axis, batch_size=args.batch_size,
-                        series=args.series, device=args.device)
-    config.check()
+    config = from_arguments(RankConfig, args)
     if not args.output.name.lower().endswith(".csv"):
         raise DataError(f"{args.output}: the ranking table is CSV; name it <name>.csv")
     check_output_file(args.output, args.overwrite)  # the one overwrite rule, before the model loads
@@ -260,7 +229,8 @@ def cmd_evaluate(args, progress: Progress) -> int:
         raise LabelShareError(f"{args.output}: not a folder; -o names the folder the evaluation is written to")
     for name in EVALUATION_FILES:
         check_output_file(args.output / name, args.overwrite)
-    model = load_model(args.model, device=args.device)
+    config = from_arguments(SegmentConfig, args)
+    model = load_model(args.model, device=config.device)
     task = TaskDataset.open(args.data, args.task)
     cases = None
     if not args.all_cases:
@@ -271,7 +241,7 @@ def cmd_evaluate(args, progress: Progress) -> int:
             progress.log(f"evaluating the {len(cases)} validation cases of the model's split (--all-cases for all)")
     from .inference import Segmenter
     evaluation = evaluate_cases(model, task, cases, task_name=args.task, progress=progress,
-                                segmenter=Segmenter(model, mirror=args.tta))
+                                segmenter=Segmenter(model, config.inference))
     csv_path, markdown_path = evaluation.write(args.output, f"Evaluation of {Path(args.model).name} on {args.task}",
                                                overwrite=args.overwrite)
     if progress.mode != "json":
@@ -320,27 +290,8 @@ def cmd_demo(args, progress: Progress) -> int:
     return 0
 
 
-def parse_replay_cases(text: str) -> int | None:
-    """``--replay-cases``: a number of cases, or ``all`` (None)."""
-    if text == "all":
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        raise LabelShareError(f"--replay-cases {text}: give a number of cases or 'all'") from None
-
-
 def add_task_config_from(args: argparse.Namespace) -> AddTaskConfig:
-    config = AddTaskConfig(strategy=args.strategy, label_map=list(args.label_map),
-                           replay_cases=parse_replay_cases(args.replay_cases), distill_weight=args.distill_weight,
-                           max_regression=args.max_regression, min_new_dice=args.min_new_dice,
-                           accept_regression=args.accept_regression, new_task_share=args.new_task_share,
-                           new_label_init=args.new_label_init, new_label_lr_scale=args.new_label_lr_scale,
-                           epochs=args.epochs,
-                           steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
-                           learning_rate=args.learning_rate, seed=args.seed, device=args.device)
-    config.check()
-    return config
+    return from_arguments(AddTaskConfig, args)
 
 
 def cmd_add_task(args, progress: Progress) -> int:
@@ -396,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, type=Path, help="new model folder (never overwritten)")
     _add_method_argument(train)
     train.add_argument("--resume", action="store_true", help="continue an interrupted run of the same --out")
-    _add_training_arguments(train, epochs=50, steps=100)
+    _add_training_arguments(train)
     _add_common(train)
     train.set_defaults(func=cmd_train)
 
@@ -406,26 +357,15 @@ def build_parser() -> argparse.ArgumentParser:
                     "image in the folder -o. Exit status 4: some images failed (the others are written).",
         formatter_class=HelpFormatter)
     segment.add_argument("--model", type=Path, default=None, help="model folder (default: the bundled model)")
-    segment.add_argument("--task", required=True, help="the task of the model whose labels to segment")
+    add_arguments(segment, SegmentConfig, ("task",))
     segment.add_argument("inputs", nargs="+", metavar="INPUT",
                          help="image file (.nii.gz, .nii, .nrrd, .mha, .png, DICOM), folder of images, DICOM series "
                               "folder, or a quoted glob such as 'scans/*.nii.gz'")
     segment.add_argument("-o", "--output", required=True, type=Path,
                          help="output file for one image (.nii.gz, .nii, .nrrd, .mha, .png: label map with a .json "
                               "sidecar; .seg.nrrd: Slicer segmentation; .dcm: DICOM SEG); otherwise a folder")
-    segment.add_argument("--format", choices=list(OUTPUT_FORMATS), default=None,
-                         help="kind of the outputs written into an output folder (default: nifti)")
-    segment.add_argument("--series", metavar="UID", default=None,
-                         help="the DICOM series to read from a folder that holds several")
-    segment.add_argument("--device", default="auto", help=DEVICE_HELP)
-    segment.add_argument("--batch-size", type=int, default=None,
-                         help="slices per forward pass (default: 64 on CUDA, 16 on the CPU)")
-    segment.add_argument("--largest-component", action="store_true",
-                         help="keep only the largest connected component of every label (the model does it "
-                              "anyway for the labels where it raised Dice on its validation cases)")
-    segment.add_argument("--tta", action="store_true", help=TTA_HELP)
-    segment.add_argument("--slicing-axis", type=int, choices=(0, 1, 2), default=None,
-                         help="image axis to slice along (default: largest spacing)")
+    add_arguments(segment, SegmentConfig, ("output_format", "series", "device", "batch_size", "largest_component",
+                                           "mirror", "slicing_axis"))
     existing = segment.add_mutually_exclusive_group()
     existing.add_argument("--overwrite", action="store_true", help="replace outputs that exist")
     existing.add_argument("--continue", dest="continue_run", action="store_true",
@@ -439,19 +379,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "rank, case, score, predicted voxels per label, seconds, input. Exit status 4: some images "
                     "failed (the others are ranked). See labelshare/ranking.py.", formatter_class=HelpFormatter)
     rank.add_argument("--model", type=Path, default=None, help="model folder (default: the bundled model)")
-    rank.add_argument("--task", required=True, help="the task of the model whose labels to score")
+    add_arguments(rank, RankConfig, ("task",))
     rank.add_argument("inputs", nargs="+", metavar="INPUT",
                       help="image file, folder of images, DICOM series folder, or a quoted glob (as for segment)")
     rank.add_argument("-o", "--output", required=True, type=Path, help="the ranking table to write (.csv)")
-    rank.add_argument("--score", choices=list(RANK_SCORES), default=DEFAULT_RANK_SCORE,
-                      help="; ".join(f"{name}: {text}" for name, text in RANK_SCORES.items()))
-    rank.add_argument("--series", metavar="UID", default=None,
-                      help="the DICOM series to read from a folder that holds several")
-    rank.add_argument("--device", default="auto", help=DEVICE_HELP)
-    rank.add_argument("--batch-size", type=int, default=None,
-                      help="slices per forward pass (default: 64 on CUDA, 16 on the CPU)")
-    rank.add_argument("--slicing-axis", type=int, choices=(0, 1, 2), default=None,
-                      help="image axis to slice along (default: largest spacing)")
+    add_arguments(rank, RankConfig, ("score", "series", "device", "batch_size", "slicing_axis"))
     _add_overwrite(rank)
     _add_common(rank)
     rank.set_defaults(func=cmd_rank)
@@ -466,8 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("-o", "--output", type=Path, default=Path("evaluation"),
                           help="folder for evaluation.csv and evaluation.md")
     _add_overwrite(evaluate)
-    evaluate.add_argument("--device", default="auto", help=DEVICE_HELP)
-    evaluate.add_argument("--tta", action="store_true", help=TTA_HELP)
+    add_arguments(evaluate, SegmentConfig, ("device", "mirror"))
     _add_common(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
 
@@ -504,7 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--group", action="append", default=[], metavar="TASK:LABEL=TASK:LABEL",
                       help="put these labels of different tasks on one shared label (labelspace build --group)")
     _add_method_argument(demo)
-    _add_training_arguments(demo, epochs=8, steps=40)
+    _add_training_arguments(demo, DEMO_BUDGET)
     _add_plan_arguments(demo)
     _add_common(demo)
     demo.set_defaults(func=cmd_demo)
@@ -518,48 +449,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_task.add_argument("--task", required=True, metavar="NAME=DIR",
                           help="the task to add; a task the model already has is updated with the folder's cases")
     add_task.add_argument("--out", required=True, type=Path, help="new model folder (never overwritten)")
-    defaults = AddTaskConfig()
-    add_task.add_argument("--strategy", choices=STRATEGIES, default=defaults.strategy,
-                          help="label mapping of a new task")
-    add_task.add_argument("--map", dest="label_map", action="append", default=[], metavar="LABEL=SHARED",
-                          help="pin a label to a shared label: a number (above n* adds one) or TASK:LABEL")
+    add_arguments(add_task, AddTaskConfig, ("strategy", "label_map"))
     add_task.add_argument("--replay-task", action="append", default=[], metavar="NAME=DIR",
                           help="folder of an old task (default: the folder recorded in the model's lineage.json)")
-    add_task.add_argument("--replay-cases", default="all", metavar="N|all",
-                          help="training cases replayed per old task; 0: plain fine-tuning")
-    add_task.add_argument("--distill-weight", type=float, default=defaults.distill_weight,
-                          help="weight of distillation from the old model on replayed slices")
-    add_task.add_argument("--max-regression", type=float, default=defaults.max_regression, metavar="POINTS",
-                          help="largest allowed loss of an old task's mean Dice, in points")
-    add_task.add_argument("--min-new-dice", type=float, default=defaults.min_new_dice, metavar="DICE",
-                          help="refuse the version when a label of the task ends below this Dice (0-1) "
-                               "(default: no floor)")
-    add_task.add_argument("--accept-regression", action="store_true", help="publish even when the gate refuses")
-    add_task.add_argument("--new-task-share", type=float, default=defaults.new_task_share, metavar="FRACTION",
-                          help="the task's share of every batch; the old tasks share the rest (default: an equal "
-                               "share for every trained task, old or new: 1/(old tasks replayed + 1))")
-    add_task.add_argument("--new-label-init", choices=NEW_LABEL_INITS, default=defaults.new_label_init,
-                          help="how the output channel of a label beyond n* starts: a copy of the background "
-                               "channel at the label's prior odds, a copy of the channel the model predicts on most "
-                               "of the label's pixels at half its odds, or the background channel at e^-4 odds "
-                               "(default: %(default)s)")
-    add_task.add_argument("--new-label-lr-scale", type=float, default=defaults.new_label_lr_scale, metavar="FACTOR",
-                          help="learning-rate multiplier of the output channels of labels beyond n*, so that a "
-                               "channel starting at a small label's prior rises within a short budget (1: the base "
-                               "rate) (default: %(default)s)")
+    add_arguments(add_task, AddTaskConfig, ("replay_cases", "distill_weight", "max_regression", "min_new_dice",
+                                            "accept_regression", "new_task_share", "new_label_init",
+                                            "new_label_lr_scale"))
     add_task.add_argument("--resume", action="store_true", help="continue an interrupted run of the same --out")
-    budget = add_task.add_argument_group("training budget and device")
-    budget.add_argument("--epochs", type=int, default=defaults.epochs,
-                        help="epochs (default: a budget that grows with the task's labels and cases; printed before "
-                             "training, see labelshare/budget.py)")
-    budget.add_argument("--steps-per-epoch", type=int, default=defaults.steps_per_epoch,
-                        help="steps per epoch")
-    budget.add_argument("--batch-size", type=int, default=defaults.batch_size,
-                        help="slices per step")
-    budget.add_argument("--learning-rate", type=float, default=defaults.learning_rate,
-                        help="peak learning rate")
-    budget.add_argument("--seed", type=int, default=defaults.seed, help="seed")
-    budget.add_argument("--device", default=defaults.device, help=DEVICE_HELP)
+    add_arguments(add_task.add_argument_group("training budget and device"), AddTaskConfig,
+                  ("epochs", "steps_per_epoch", "batch_size", "learning_rate", "seed", "device"))
     _add_common(add_task)
     add_task.set_defaults(func=cmd_add_task)
     return parser

@@ -1,18 +1,24 @@
-"""Typed configurations and the vocabularies they use: methods, devices, training and add-task settings, networks.
+"""Typed configurations and the vocabularies they use: methods, devices, training, segmentation, ranking and
+add-task settings, networks.
 
-Light (no torch): the Slicer modules read the defaults and the device and method names from here in Slicer's own
-process, and the command line builds these objects from its arguments. Library functions take them and
+Every option a user can set has one owner: a field here holds its default next to its help text
+(:func:`labelshare.options.option`). The edges a user touches build these objects once: the command line from its
+arguments (:func:`labelshare.options.add_arguments`), the worker from a request's fields, the Slicer modules from
+their widgets; everything below takes the object and holds no default of its own. Library functions
 :meth:`check` them; a value a user can get wrong raises :class:`~labelshare.errors.LabelShareError` naming the
-option.
+option. Light (no torch): the Slicer modules read the defaults and the device and method names from here in
+Slicer's own process.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import MISSING, asdict, dataclass, field
 
 from .errors import LabelShareError
+from .options import from_values, nested, option, values_of
 
 
 @dataclass(frozen=True)
@@ -34,10 +40,13 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("multi-channel", "concatenated", "none", "one output channel per label of every task"),
     Method("dodnet", "task_slots", "dodnet", "DoD-Net: task-conditioned dynamic head"),
 )}
+DEFAULT_METHOD = "label-sharing"
 ADDABLE_METHODS = ("label-sharing", "label-sharing-task-channels", "per-task")  # methods add-task can extend
 CONDITIONINGS = ("none", "task_channels", "dodnet")
 
 DEVICES = ("auto", "cuda", "cpu")  # what the command line and both Slicer modules offer
+DEFAULT_DEVICE = "auto"  # every configuration's device unless told otherwise (device_option)
+WEIGHTS_DTYPES = ("float32", "float16")
 _DEVICE_ALIASES = {"gpu": "cuda"}
 
 
@@ -73,22 +82,49 @@ def _check_finite(value, option: str, low: float, high: float, low_open: bool = 
         raise LabelShareError(f"{option} must be a number in {bound}{low:g}, {high:g}], not {value!r}")
 
 
+class Configuration:
+    """Shared by the typed configurations: built from options by their plain names (a nested configuration's
+    options included), and their options read back the same way (:mod:`labelshare.options`)."""
+
+    @classmethod
+    def from_options(cls, **values):
+        """The configuration with these options set (plain names, e.g. ``batch_size`` of a nested ``train``) and
+        the others at their defaults; not checked."""
+        return from_values(cls, values)
+
+    def options(self, names: Sequence[str] | None = None) -> dict:
+        """The options by plain name (``names``: only these)."""
+        return values_of(self, names)
+
+
+def device_option() -> str:
+    """The ``device`` field of every configuration that runs a network (one default, one help)."""
+    return option(DEFAULT_DEVICE, "auto, cuda (or cuda:N; gpu means cuda) or cpu (auto: CUDA if available)")
+
+
+def _check_flag(config, name: str) -> None:
+    if not isinstance(getattr(config, name), bool):
+        raise LabelShareError(f"{name} must be true or false, not {getattr(config, name)!r}")
+
+
 @dataclass
-class TrainConfig:
+class TrainConfig(Configuration):
     """Budget and settings of one training run (the resolution is each task's plan in the label space)."""
 
-    batch_size: int = 16
-    epochs: int = 10
-    steps_per_epoch: int = 100
-    learning_rate: float = 2e-3
-    weight_decay: float = 1e-4
-    seed: int = 0
-    device: str = "auto"
-    validation_fraction: float = 0.2
-    foreground_oversampling: float = 0.33
-    augment: bool = True
-    amp: bool = True
-    weights_dtype: str = "float32"
+    batch_size: int = option(16, "slices per training step")
+    epochs: int = option(50, "epochs (validation and checkpoint after each)")
+    steps_per_epoch: int = option(100, "training steps per epoch")
+    learning_rate: float = option(2e-3, "peak learning rate (AdamW; warm-up, then polynomial decay)")
+    weight_decay: float = option(1e-4, "AdamW weight decay")
+    seed: int = option(0, "seed of the split, sampling and weights")
+    device: str = device_option()
+    validation_fraction: float = option(0.2, "fraction of each task's cases (whole patients) held out for "
+                                             "validation")
+    foreground_oversampling: float = option(0.33, "share of patches centred on a labelled pixel")
+    augment: bool = option(True, "spatial and intensity augmentation of the training patches")
+    amp: bool = option(True, "mixed precision on CUDA")
+    weights_dtype: str = option("float32", "precision of the stored weights (float16 halves the model folder)",
+                                choices=WEIGHTS_DTYPES)
 
     @property
     def total_steps(self) -> int:
@@ -104,15 +140,20 @@ class TrainConfig:
         _check_finite(self.weight_decay, "weight_decay", 0.0, 10.0)
         _check_finite(self.foreground_oversampling, "foreground_oversampling", 0.0, 1.0)
         for name in ("augment", "amp"):
-            if not isinstance(getattr(self, name), bool):
-                raise LabelShareError(f"{name} must be true or false, not {getattr(self, name)!r}")
+            _check_flag(self, name)
         self.device = parse_device(self.device)
-        if self.weights_dtype not in ("float32", "float16"):
-            raise LabelShareError(f"--weights-dtype {self.weights_dtype}: use float32 or float16")
+        if self.weights_dtype not in WEIGHTS_DTYPES:
+            raise LabelShareError(f"--weights-dtype {self.weights_dtype}: use {' or '.join(WEIGHTS_DTYPES)}")
 
     def to_json(self) -> dict:
         return asdict(self)
 
+
+# The options of TrainConfig that ``labelshare train`` offers, and the budget of ``labelshare demo`` (its own preset:
+# a short run on small generated tasks)
+TRAIN_OPTIONS = ("epochs", "steps_per_epoch", "batch_size", "learning_rate", "validation_fraction", "seed", "device",
+                 "weights_dtype")
+DEMO_BUDGET = {"epochs": 8, "steps_per_epoch": 40}
 
 # --format of ``labelshare segment``: name → ending of the outputs written into an output folder
 OUTPUT_FORMATS = {"nifti": ".nii.gz", "nrrd": ".nrrd", "mha": ".mha", "png": ".png", "seg-nrrd": ".seg.nrrd",
@@ -120,32 +161,72 @@ OUTPUT_FORMATS = {"nifti": ".nii.gz", "nrrd": ".nrrd", "mha": ".mha", "png": ".p
 # What ``labelshare segment`` does with an output that exists: refuse (the default), overwrite it, or continue an
 # interrupted run (skip complete outputs, write the others)
 EXISTING_OUTPUTS = ("refuse", "overwrite", "continue")
+# --largest-component: of which labels only the largest connected component is kept
+LARGEST_COMPONENT = {
+    "model": "the labels the model chose on its validation cases (where that raised their Dice)",
+    "all": "every label",
+    "none": "no label (the network's output as it is)",
+}
+# slices per forward pass at inference when --batch-size is not given, by device type
+INFERENCE_BATCH = {"cuda": 64, "cpu": 16}
 
 
 @dataclass
-class SegmentConfig:
-    """Settings of ``labelshare segment`` (:func:`labelshare.segment_run.segment_cases`).
+class InferenceConfig(Configuration):
+    """How a loaded model segments an image (:class:`labelshare.inference.Segmenter`)."""
 
-    ``batch_size`` None takes the segmenter's default for the device; ``output_format`` None writes ``nifti`` into
-    an output folder (a single output file's ending names its format); ``series`` picks the DICOM series of a folder
-    that holds several; ``mirror`` averages with the left-right mirrored prediction (test-time augmentation, for
-    tasks that are not lateralised); ``largest_component`` keeps only the largest connected component of every label,
-    not only of the labels the model chose on its validation cases (which it always does).
-    """
-
-    task: str
-    largest_component: bool = False
-    mirror: bool = False
-    slicing_axis: int | None = None
-    batch_size: int | None = None
-    existing: str = "refuse"
-    output_format: str | None = None
-    series: str | None = None
-    device: str = "auto"
+    batch_size: int | None = option(None, "slices per forward pass (default: " + ", ".join(
+        f"{size} on {'CUDA' if kind == 'cuda' else 'the CPU'}" for kind, size in INFERENCE_BATCH.items()) + ")")
+    mirror: bool = option(False, "test-time augmentation: average with the left-right mirrored prediction (tasks that "
+                                 "are not lateralised only; about twice the time)", flag="--tta")
+    largest_component: str = option(
+        "model", "keep only the largest connected component of the labels chosen by: "
+        + "; ".join(f"{name}: {text}" for name, text in LARGEST_COMPONENT.items())
+        + " (--largest-component alone: all)", choices=LARGEST_COMPONENT, const="all")
+    slicing_axis: int | None = option(None, "image axis to slice along (default: largest spacing)", choices=(0, 1, 2))
 
     def check(self) -> None:
         if self.batch_size is not None:
             check_at_least(self.batch_size, 1, "--batch-size")
+        _check_flag(self, "mirror")
+        if self.largest_component not in LARGEST_COMPONENT:
+            raise LabelShareError(f"--largest-component {self.largest_component}: use one of "
+                                  f"{', '.join(LARGEST_COMPONENT)}")
+        if self.slicing_axis is not None and self.slicing_axis not in (0, 1, 2):
+            raise LabelShareError(f"--slicing-axis {self.slicing_axis}: use 0, 1 or 2 (x, y, z)")
+
+    def batch_size_on(self, device_type: str) -> int:
+        """Slices per forward pass on a device of this type (``cuda``, ``cpu``)."""
+        return self.batch_size or INFERENCE_BATCH.get(device_type, INFERENCE_BATCH["cpu"])
+
+
+def task_option(what: str) -> str:
+    """The ``task`` field (required): ``what`` the command does with the task's labels."""
+    return option(MISSING, f"the task of the model whose labels to {what}")
+
+
+def series_option() -> str | None:
+    return option(None, "the DICOM series to read from a folder that holds several", metavar="UID")
+
+
+@dataclass
+class SegmentConfig(Configuration):
+    """Settings of ``labelshare segment`` (:func:`labelshare.segment_run.segment_cases`): the task, how it is
+    segmented (``inference``), what happens to outputs that exist, the kind of the outputs written into an output
+    folder (None: ``nifti``; a single output file's ending names its format), the DICOM series of a folder that holds
+    several, and the device."""
+
+    task: str = task_option("segment")
+    inference: InferenceConfig = nested(InferenceConfig)
+    existing: str = option("refuse", "what to do with outputs that exist: " + ", ".join(EXISTING_OUTPUTS),
+                           choices=EXISTING_OUTPUTS)
+    output_format: str | None = option(None, "kind of the outputs written into an output folder (default: nifti)",
+                                       flag="--format", choices=OUTPUT_FORMATS)
+    series: str | None = series_option()
+    device: str = device_option()
+
+    def check(self) -> None:
+        self.inference.check()
         if self.existing not in EXISTING_OUTPUTS:
             raise LabelShareError(f"existing outputs: use one of {', '.join(EXISTING_OUTPUTS)}, not {self.existing!r}")
         if self.output_format is not None and self.output_format not in OUTPUT_FORMATS:
@@ -161,26 +242,24 @@ RANK_SCORES = {
     "tta": "1 - mean Dice between the plain and the left-right mirrored prediction (tasks that are not "
            "lateralised only; about twice the time)",
 }
-DEFAULT_RANK_SCORE = "auto"
 
 
 @dataclass
-class RankConfig:
+class RankConfig(Configuration):
     """Settings of ``labelshare rank`` (:func:`labelshare.ranking.rank_cases`): the task, the score
     (:data:`RANK_SCORES`) and, as for ``segment``, the slicing axis, batch size, DICOM series and device."""
 
-    task: str
-    score: str = DEFAULT_RANK_SCORE
-    slicing_axis: int | None = None
-    batch_size: int | None = None
-    series: str | None = None
-    device: str = "auto"
+    task: str = task_option("score")
+    score: str = option("auto", "; ".join(f"{name}: {text}" for name, text in RANK_SCORES.items()),
+                        choices=RANK_SCORES)
+    inference: InferenceConfig = nested(InferenceConfig, ("batch_size", "slicing_axis"))
+    series: str | None = series_option()
+    device: str = device_option()
 
     def check(self) -> None:
         if self.score not in RANK_SCORES:
             raise LabelShareError(f"--score {self.score}: use one of {', '.join(RANK_SCORES)}")
-        if self.batch_size is not None:
-            check_at_least(self.batch_size, 1, "--batch-size")
+        self.inference.check()
         self.device = parse_device(self.device)
 
     def score_for(self, lateralised: bool) -> str:
@@ -191,40 +270,52 @@ class RankConfig:
         return self.score
 
 
+# The options of TrainConfig that ``labelshare add-task`` offers (the others come from the model's training.json)
+ADD_TASK_TRAIN_OPTIONS = ("steps_per_epoch", "batch_size", "learning_rate", "seed", "device")
 STRATEGIES = ("overlap", "size")  # label mapping of a task added to a model
 NEW_LABEL_INITS = ("prior", "predicted", "background")  # how an output channel added for a new label starts
 
 
+def parse_replay_cases(text: str) -> int | None:
+    """``--replay-cases``: a number of cases, or ``all`` (None)."""
+    if text == "all":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise LabelShareError(f"--replay-cases {text}: give a number of cases or 'all'") from None
+
+
 @dataclass
-class AddTaskConfig:
+class AddTaskConfig(Configuration):
     """Settings of ``labelshare add-task`` (:func:`labelshare.incremental.add_task`); the defaults were chosen by
-    measurement (docs/incremental/README.md).
+    measurement (docs/incremental/README.md). ``train`` holds the budget and device (its other settings come from
+    the model's own ``training.json``); its epochs are ``epochs``, or a budget that grows with the new task."""
 
-    ``replay_cases`` None replays every training case of every old task; ``max_regression`` is in Dice points;
-    ``epochs`` None: a budget that grows with the new task (:func:`labelshare.budget.add_task_epochs`);
-    ``new_task_share``: the task's share of every batch (the old tasks share the rest equally; None: every trained
-    task, old or new, an equal share, as in joint training);
-    ``new_label_init``: how the output channel of a label beyond n* starts; ``new_label_lr_scale``: the learning-rate
-    multiplier of those channels (:class:`~labelshare.incremental.trainer.IncrementalTrainer`); ``min_new_dice``:
-    refuse the version when a label of the task ends below this Dice (0-1; None: no floor).
-    """
-
-    strategy: str = "overlap"
-    label_map: list[str] = field(default_factory=list)
-    replay_cases: int | None = None
-    distill_weight: float = 1.0
-    max_regression: float = 1.0
-    min_new_dice: float | None = None
-    accept_regression: bool = False
-    new_task_share: float | None = None
-    new_label_init: str = "prior"
-    new_label_lr_scale: float = 10.0
-    epochs: int | None = None
-    steps_per_epoch: int = 100
-    batch_size: int = 16
-    learning_rate: float = 2e-3
-    seed: int = 0
-    device: str = "auto"
+    strategy: str = option("overlap", "label mapping of a new task", choices=STRATEGIES)
+    label_map: list[str] = option([], "pin a label to a shared label: a number (above n* adds one) or TASK:LABEL",
+                                  flag="--map", metavar="LABEL=SHARED")
+    replay_cases: int | None = option(None, "training cases replayed per old task; 0: plain fine-tuning (default: "
+                                            "all)", metavar="N|all", parse=parse_replay_cases)
+    distill_weight: float = option(1.0, "weight of distillation from the old model on replayed slices")
+    max_regression: float = option(1.0, "largest allowed loss of an old task's mean Dice, in points",
+                                   metavar="POINTS")
+    min_new_dice: float | None = option(None, "refuse the version when a label of the task ends below this Dice "
+                                              "(0-1) (default: no floor)", metavar="DICE")
+    accept_regression: bool = option(False, "publish even when the gate refuses")
+    new_task_share: float | None = option(None, "the task's share of every batch; the old tasks share the rest "
+                                                "(default: an equal share for every trained task, old or new: "
+                                                "1/(old tasks replayed + 1))", metavar="FRACTION")
+    new_label_init: str = option("prior", "how the output channel of a label beyond n* starts: a copy of the "
+                                          "background channel at the label's prior odds, a copy of the channel the "
+                                          "model predicts on most of the label's pixels at half its odds, or the "
+                                          "background channel at e^-4 odds", choices=NEW_LABEL_INITS)
+    new_label_lr_scale: float = option(10.0, "learning-rate multiplier of the output channels of labels beyond n*, "
+                                             "so that a channel starting at a small label's prior rises within a "
+                                             "short budget (1: the base rate)", metavar="FACTOR")
+    epochs: int | None = option(None, "epochs (default: a budget that grows with the task's labels and cases; "
+                                      "printed before training, see labelshare/budget.py)")
+    train: TrainConfig = nested(TrainConfig, ADD_TASK_TRAIN_OPTIONS)
 
     def check(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -240,10 +331,9 @@ class AddTaskConfig:
         if self.new_task_share is not None:
             _check_finite(self.new_task_share, "--new-task-share", 0.0, 1.0, low_open=True)
         _check_finite(self.new_label_lr_scale, "--new-label-lr-scale", 1.0, 1e3)
-        for name in ("batch_size", "steps_per_epoch") + (("epochs",) if self.epochs is not None else ()):
-            check_at_least(getattr(self, name), 1, f"--{name.replace('_', '-')}")
-        _check_finite(self.learning_rate, "--learning-rate", 0.0, 10.0, low_open=True)
-        self.device = parse_device(self.device)
+        if self.epochs is not None:
+            check_at_least(self.epochs, 1, "--epochs")
+        self.train.check()
 
 
 @dataclass

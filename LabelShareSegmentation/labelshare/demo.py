@@ -16,7 +16,7 @@ from skimage.color import label2rgb
 from skimage.transform import resize
 
 from . import synthetic
-from .config import TrainConfig
+from .config import DEFAULT_METHOD, DEMO_BUDGET, TrainConfig
 from .errors import LabelShareError
 from .fileio import atomic_write_text, make_folders, read_json, write_image_atomic
 from .inference import Segmenter
@@ -42,8 +42,10 @@ class DemoResult:
 
 def run_demo(out: str | Path, task_arguments: Sequence[tuple[str, Path]] = (), groups: Sequence[str] = (),
              config: TrainConfig | None = None, progress: Progress | None = None,
-             command: Sequence[str] | None = None, method: str = "label-sharing",
+             command: Sequence[str] | None = None, method: str = DEFAULT_METHOD,
              plan_settings: PlanSettings | None = None) -> DemoResult:
+    """The whole pipeline into ``out``; ``config`` None: the demo's short budget (:data:`DEMO_BUDGET`)."""
+    config = config or TrainConfig.from_options(**DEMO_BUDGET)
     progress = progress or Progress("human")
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -60,7 +62,7 @@ def run_demo(out: str | Path, task_arguments: Sequence[tuple[str, Path]] = (), g
     progress.log("label space:\n" + space.table())
     model_dir = train(list(task_arguments), space, out / "model", config, method=method, progress=progress,
                       command=command).path
-    model = load_model(model_dir, device=(config.device if config else "auto"))
+    model = load_model(model_dir, device=config.device)
     split = read_json(model_dir / "split.json")["tasks"]
     segmenter = Segmenter(model)
     overlays = {}

@@ -56,12 +56,14 @@ def _scored_cases(model: Model, task: TaskDataset, case_names: Iterable[str] | N
         raise DataError(f"{task.root}: labels {task.labels} differ from the labels of task '{task_name}' in the "
                         f"model {dict((n, i) for i, n in labels)}")
     segmenter = segmenter or Segmenter(model)
+    if also_cleaned:  # the network's output as it is, then cleaned here label by label
+        segmenter = segmenter.configured(largest_component="none")
     names = list(case_names) if case_names is not None else [c.name for c in task.cases]
     plain, cleaned = Evaluation(), Evaluation()
     ids = [label_id for label_id, _ in labels]
     for i, name in enumerate(names):
         image, _, reference = task.read_case(task.case(name))
-        predicted = segmenter.segment(image, task_name, largest_component=False if also_cleaned else None)
+        predicted = segmenter.segment(image, task_name)
         spacing = tuple(reversed(image.GetSpacing()))
         variants = [(plain, predicted)] + ([(cleaned, keep_largest_components(predicted, ids))] if also_cleaned else [])
         for evaluation, prediction in variants:

@@ -39,12 +39,12 @@ class ForgettingReport:
     tasks: dict[str, dict[str, dict[str, float]]]
     new_task: dict[str, float]
     new_task_name: str
+    min_new_dice: float | None  # floor for every label of the new task (0-1), or none
     accepted: bool = False
-    min_new_dice: float | None = None  # floor for every label of the new task (0-1), or none
 
     @classmethod
     def compare(cls, before: Summary, after: Summary, old_tasks: Sequence[str], new_task: str, threshold: float,
-                accepted: bool, min_new_dice: float | None = None) -> ForgettingReport:
+                accepted: bool, min_new_dice: float | None) -> ForgettingReport:
         """The report from the old model's and the new model's validation summaries (as in ``metrics.json``)."""
         tasks = {}
         for task in old_tasks:

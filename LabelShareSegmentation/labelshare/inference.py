@@ -11,13 +11,13 @@ array.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .config import check_at_least
+from .config import InferenceConfig
 from .errors import DataError
 from .models import Model
 from .progress import Progress
@@ -28,19 +28,20 @@ from .tasks import Normalisation, choose_slicing_axis, slice_spacing, to_slices
 class Segmenter:
     """A model loaded on a device, ready to segment many images (the Slicer worker keeps one alive).
 
-    >>> segmenter = Segmenter(load_model("models/my-model"), device="auto")   # doctest: +SKIP
+    >>> segmenter = Segmenter(load_model("models/my-model", device="auto"))   # doctest: +SKIP
     >>> label_image = segmenter.segment(sitk.ReadImage("ct.nii.gz"), task="acdc")   # doctest: +SKIP
     """
 
-    def __init__(self, model: Model, batch_size: int | None = None, precision: str = "auto", mirror: bool = False):
-        """:param batch_size: slices (and windows) per forward pass. :param mirror: test-time augmentation by
-        left-right mirroring, applied to tasks that are not lateralised (training flipped only those)."""
-        if batch_size is not None:  # below 1, no batch would run and the output would be all background
-            check_at_least(batch_size, 1, "--batch-size")
+    def __init__(self, model: Model, config: InferenceConfig | None = None, precision: str = "auto"):
+        """:param config: batch size (slices and windows per forward pass), test-time mirroring (applied to tasks
+        that are not lateralised: training flipped only those), post-processing and slicing axis; None: the
+        defaults of :class:`~labelshare.config.InferenceConfig`."""
+        self.config = config or InferenceConfig()
+        self.config.check()  # a batch size below 1 would run no batch and leave the output all background
         self.model = model
-        self.mirror = mirror
         self.device = model.device
-        self.batch_size = batch_size or (64 if self.device.type == "cuda" else 16)
+        self.batch_size = self.config.batch_size_on(self.device.type)
+        self.precision = precision
         if precision not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError(f"precision must be auto, float32, bfloat16 or float16, not {precision!r}")
         if self.device.type != "cuda" or precision == "float32":
@@ -64,10 +65,14 @@ class Segmenter:
                                        autocast_dtype=self.autocast_dtype)
         return [resample_images(view, slices.shape[1:]) for view in views]
 
+    def configured(self, **changes) -> Segmenter:
+        """A segmenter of the same loaded model with some options of its configuration changed."""
+        return Segmenter(self.model, replace(self.config, **changes), self.precision)
+
     def predict_slices(self, slices: np.ndarray, task: str, normalisation: Normalisation,
                        spacing: tuple[float, float]) -> np.ndarray:
         """Task label ids for a (n, h, w) batch of raw slices of in-plane ``spacing`` (rows, columns)."""
-        views = self.probability_views(slices, task, normalisation, spacing, self.mirror)
+        views = self.probability_views(slices, task, normalisation, spacing, self.config.mirror)
         return self.labels_of(sum(views) / len(views), task)
 
     def labels_of(self, probabilities: torch.Tensor, task: str) -> np.ndarray:
@@ -77,7 +82,7 @@ class Segmenter:
         positions = probabilities.max(dim=1).indices.cpu().numpy()
         return self.model.heads[task].output_lut[positions]
 
-    def slice_batches(self, image: sitk.Image, task: str, slicing_axis: int | None = None) -> SliceBatches:
+    def slice_batches(self, image: sitk.Image, task: str) -> SliceBatches:
         """``image`` checked (scalar, 2D/3D, finite) and cut into the slices the network sees, in batches."""
         self.model.labelspace.task(task)
         if image.GetNumberOfComponentsPerPixel() != 1:
@@ -90,18 +95,14 @@ class Segmenter:
         if not np.isfinite(normalisation.low) or not np.isfinite(normalisation.high) or \
                 (array.dtype.kind == "f" and not np.isfinite(array).all()):
             raise DataError("image contains NaN or infinite values")
-        axis = choose_slicing_axis(image, slicing_axis)
+        axis = choose_slicing_axis(image, self.config.slicing_axis)
         return SliceBatches(array.shape, axis, to_slices(array, axis), normalisation,
                             slice_spacing(image.GetSpacing(), axis), self.batch_size)
 
-    def segment(self, image: sitk.Image, task: str, largest_component: bool | None = None,
-                progress: Progress | None = None, slicing_axis: int | None = None) -> sitk.Image:
-        """Label image of ``task`` on the grid of ``image`` (2D, 3D, or a single-slice 3D projection).
-
-        ``largest_component``: None keeps only the largest connected component of the labels the model chose on its
-        validation cases (``config.json``), True of every label, False of none.
-        """
-        batches = self.slice_batches(image, task, slicing_axis)
+    def segment(self, image: sitk.Image, task: str, progress: Progress | None = None) -> sitk.Image:
+        """Label image of ``task`` on the grid of ``image`` (2D, 3D, or a single-slice 3D projection), post-processed
+        as the configuration's ``largest_component`` says (:meth:`cleaned_labels`)."""
+        batches = self.slice_batches(image, task)
         max_id = max(i for i, _ in self.model.task_labels(task))
         output = np.zeros(batches.shape, dtype=np.uint8 if max_id < 256 else np.uint16)
         output_slices = to_slices(output, batches.axis)
@@ -114,14 +115,17 @@ class Segmenter:
                                   total_slices=total)
         result = sitk.GetImageFromArray(output)
         result.CopyInformation(image)
+        cleaned = self.cleaned_labels(task)
+        return keep_largest_components(result, cleaned) if cleaned else result
+
+    def cleaned_labels(self, task: str) -> list[int]:
+        """The ids of the task's labels of which only the largest connected component is kept: those the model chose
+        on its validation cases (``config.json``; ``model``), every label (``all``) or none (``none``)."""
         labels = self.model.task_labels(task)
-        if largest_component is None:
-            cleaned = set(self.model.config.largest_component.get(task, []))
-        else:
-            cleaned = {name for _, name in labels} if largest_component else set()
-        if cleaned:
-            result = keep_largest_components(result, [label_id for label_id, name in labels if name in cleaned])
-        return result
+        choice = self.config.largest_component
+        chosen = {"model": set(self.model.config.largest_component.get(task, [])),
+                  "all": {name for _, name in labels}, "none": set()}[choice]
+        return [label_id for label_id, name in labels if name in chosen]
 
 
 @dataclass(frozen=True)

@@ -97,7 +97,7 @@ class TaskStatistics:
 
 
 def compute_statistics(task: TaskDataset, case_names: Iterable[str] | None = None,
-                       slicing_axis: int | None = None, plan_settings: PlanSettings | None = None) -> TaskStatistics:
+                       plan_settings: PlanSettings | None = None) -> TaskStatistics:
     """Average relative size, frequency and slice count of every label over the given (default: all) cases, and the
     task's plan from the geometry of the same cases (``plan_settings``: the planning rule, default
     :class:`~labelshare.plans.PlanSettings`)."""
@@ -105,7 +105,7 @@ def compute_statistics(task: TaskDataset, case_names: Iterable[str] | None = Non
     counts = {name: 0 for name in task.labels}
     geometries = []
     n_slices = n_cases = 0
-    for case in task.iter_cases(case_names, slicing_axis):
+    for case in task.iter_cases(case_names):
         n_cases += 1
         geometries.append(SliceGeometry(shape=tuple(case.label.shape[1:]),
                                         spacing=slice_spacing(case.spacing, case.slicing_axis)))

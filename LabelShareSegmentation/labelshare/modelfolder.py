@@ -87,7 +87,7 @@ class ModelConfig:
                 raise ValueError(str(error)) from None
 
     @classmethod
-    def for_method(cls, method: str, space: LabelSpace, weights_dtype: str = "float32") -> ModelConfig:
+    def for_method(cls, method: str, space: LabelSpace, weights_dtype: str) -> ModelConfig:
         """The configuration of a new model of ``method`` for the tasks of ``space``."""
         if method not in METHODS:
             raise ModelError(f"unknown method '{method}'; known: {', '.join(METHODS)}")

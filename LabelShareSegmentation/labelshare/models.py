@@ -118,7 +118,7 @@ def load_weights(network: torch.nn.Module, path: Path) -> None:
                          " this model would segment nothing")
 
 
-def resolve_device(device: str = "auto") -> torch.device:
+def resolve_device(device: str) -> torch.device:
     """The torch device for a device word (:func:`labelshare.config.parse_device`); an error when CUDA is asked
     for and there is none."""
     device = parse_device(device)
@@ -129,8 +129,9 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def load_model(path: str | Path | None = None, device: str = "cpu") -> Model:
-    """Load and verify a model folder (default: the bundled default model)."""
+def load_model(path: str | Path | None, device: str) -> Model:
+    """Load and verify a model folder (None: the bundled default model) onto ``device`` (``auto``, ``cpu``, ``cuda``,
+    ``cuda:N``)."""
     path = model_dir_or_default(path)
     config, space = verify_folder(path)
     network = build_network(copy.deepcopy(config.network))

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import LabelSpaceError
+from .options import option
 
 PATCH_MULTIPLE = 16  # four down-samplings of the U-Net
 MIN_PATCH_SIDE = 32
@@ -47,9 +48,11 @@ class PlanSettings:
     """The rule plans are made with: the compute budget (chosen by measurement: docs/resolution), or a fixed size
     (the first release's square resize; kept to load its models and to compare against)."""
 
-    image_pixels: int = 256 * 256
-    patch_pixels: int = 192 * 192
-    fixed_size: int | None = None
+    image_pixels: int = option(256 * 256, "largest median slice (pixels) at a task's target spacing; larger ones "
+                                          "are resampled coarser, aspect ratio kept")
+    patch_pixels: int = option(192 * 192, "largest training patch / inference window (pixels)")
+    fixed_size: int | None = option(None, "instead of plans, resize every slice to SIZE x SIZE (the first release's "
+                                          "preprocessing)", metavar="SIZE")
 
     def check(self, as_options: bool = True) -> None:
         """One error naming the value as its command-line option (``--fixed-size``), or as its field in a file

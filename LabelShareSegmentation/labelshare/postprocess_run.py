@@ -38,7 +38,7 @@ def postprocess(model_path: str | Path, task_arguments: Sequence[tuple[str, Path
     out = Path(out)
     if out.exists():
         raise LabelShareError(f"{out}: already exists; model versions are never overwritten, choose a new --out")
-    model = load_model(model_path)
+    model = load_model(model_path, device="cpu")  # the command offers no --device: the CPU, as always
     given = dict(task_arguments)
     missing = [name for name in model.tasks if name not in given]
     unknown = [name for name in given if name not in model.tasks]

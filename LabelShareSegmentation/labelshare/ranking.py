@@ -25,7 +25,7 @@ unlabelled patients was 0.66 for ``tta`` and 0.17 for ``entropy`` (seed 0), henc
 Usage::
 
     config = RankConfig(task="hippocampus")
-    ranking = rank_cases(load_model("models/v3"), collect_inputs(["unlabelled/"]), config, Progress("human"))
+    ranking = rank_cases(load_model("models/v3", "auto"), collect_inputs(["unlabelled/"]), config, Progress("human"))
     ranking.write("ranking.csv")            # rank, case, score, voxels per label, seconds, input
     ranking.cases[0].name                   # the image to annotate first
 
@@ -131,7 +131,7 @@ def rank_cases(model, inputs: Inputs, config: RankConfig, progress: Progress | N
     if score == "tta" and entry.lateralised:
         raise DataError(f"task '{config.task}' is lateralised, so mirroring is not a valid augmentation for it and "
                         "--score tta cannot be used; use --score entropy")
-    segmenter = Segmenter(model, batch_size=config.batch_size)
+    segmenter = Segmenter(model, config.inference)
     labels = model.task_labels(config.task)
     ranking = Ranking(task=config.task, score=score, labels=[name for _, name in labels])
     images = inputs.images
@@ -141,7 +141,7 @@ def rank_cases(model, inputs: Inputs, config: RankConfig, progress: Progress | N
         try:
             volume = reading.result()
             try:
-                value, voxels = _score_image(segmenter, volume, config.task, score, config.slicing_axis, labels)
+                value, voxels = _score_image(segmenter, volume, config.task, score, labels)
             except DataError as error:
                 raise DataError(f"{image.source}: {error}") from None
         except Exception as error:  # the image fails, the others go on
@@ -162,11 +162,11 @@ def rank_cases(model, inputs: Inputs, config: RankConfig, progress: Progress | N
     return ranking
 
 
-def _score_image(segmenter, image, task: str, score: str, slicing_axis: int | None,
-                 labels: list[tuple[int, str]]) -> tuple[float, dict[str, int]]:
+def _score_image(segmenter, image, task: str, score: str, labels: list[tuple[int, str]]
+                 ) -> tuple[float, dict[str, int]]:
     """The image's ``score`` (entropy or tta) and its predicted voxels per label name."""
     from skimage.segmentation import find_boundaries
-    batches = segmenter.slice_batches(image, task, slicing_axis)
+    batches = segmenter.slice_batches(image, task)
     label_ids = [label_id for label_id, _ in labels]
     counts = np.zeros(max(label_ids) + 1, dtype=np.int64)
     band_entropy = band_voxels = all_entropy = all_voxels = 0.0

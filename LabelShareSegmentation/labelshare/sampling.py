@@ -66,7 +66,7 @@ def load_task_slices(task: TaskDataset, case_names: Sequence[str], head: TaskHea
     lut = torch.from_numpy(head.target_lut)
     for i, case in enumerate(task.iter_cases(case_names)):
         spacing = slice_spacing(case.spacing, case.slicing_axis)
-        image = to_plan(case.image, spacing, plan)[:, 0]
+        image = to_plan(case.image, spacing, plan, "cpu")[:, 0]  # training data stays in memory
         target = resample_labels(lut[torch.from_numpy(case.label.astype(np.int64))], image.shape[-2:],
                                  len(head.channels))
         images.append(image.to(torch.float16).numpy())

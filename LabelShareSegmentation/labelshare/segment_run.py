@@ -4,7 +4,7 @@ Usage::
 
     config = SegmentConfig(task="hippocampus", existing="continue")
     cases = plan_cases(collect_inputs(["scans/"]), Path("labels/"), config)   # before loading anything heavy
-    summary = segment_cases(load_model(None), cases, config, Progress("human"))
+    summary = segment_cases(load_model(None, config.device), cases, config, Progress("human"))
     summary.failed                                                            # the cases that failed, with reasons
 
 Many images share one process and one model load (the start-up of torch and MONAI and loading the model cost
@@ -138,7 +138,7 @@ def segment_cases(model: Model, cases: list[PlannedCase], config: SegmentConfig,
     config.check()
     progress = progress or Progress("quiet")
     description = OutputDescription.of(model.labelspace, config.task, model.path)  # UnknownTaskError up front
-    segmenter = Segmenter(model, batch_size=config.batch_size, mirror=config.mirror)
+    segmenter = Segmenter(model, config.inference)
     skipped = [case for case in cases if case.complete]
     to_segment = [case for case in cases if not case.complete]
     outcomes: list[CaseOutcome] = []
@@ -186,8 +186,7 @@ def _segment_case(segmenter: Segmenter, case: PlannedCase, reading: Future, conf
         image = reading.result()
         check_output(case.output, image, case.image, description)
         try:
-            result = segmenter.segment(image, config.task, largest_component=config.largest_component or None,
-                                       progress=slice_progress, slicing_axis=config.slicing_axis)
+            result = segmenter.segment(image, config.task, progress=slice_progress)
         except DataError as error:
             raise DataError(f"{case.image.source}: {error}") from None
         write_segmentation(result, case.output, description, case.image, overwrite=config.existing != "refuse")
@@ -204,18 +203,15 @@ def failure_reason(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"  # a bug: the command line shows the traceback with --debug
 
 
-def segment_file(model: Model | str | Path | None, task: str, input_path: str | Path, output_path: str | Path,
-                 device: str = "auto", largest_component: bool = False, batch_size: int | None = None,
-                 progress: Progress | None = None, overwrite: bool = False, slicing_axis: int | None = None,
-                 mirror: bool = False) -> Path:
+def segment_file(model: Model | str | Path | None, config: SegmentConfig, input_path: str | Path,
+                 output_path: str | Path, progress: Progress | None = None) -> Path:
     """Segment one image (a file or a DICOM folder) into one output (its ending names the kind); returns the path.
 
-    The Slicer worker's request and the simplest use from Python; raises the case's error when it fails.
+    The Slicer worker's request and the simplest use from Python; raises the case's error when it fails::
+
+        segment_file("models/v3", SegmentConfig.from_options(task="acdc", mirror=True), "ct.nii.gz", "ct-seg.nii.gz")
     """
-    config = SegmentConfig(task=task, largest_component=largest_component, slicing_axis=slicing_axis,
-                           batch_size=batch_size, existing="overwrite" if overwrite else "refuse", device=device,
-                           mirror=mirror)
-    inputs = collect_inputs([input_path])
+    inputs = collect_inputs([input_path], config.series)
     if not inputs.single:
         raise DataError(f"{input_path}: holds several images; segment_file takes one (use segment_cases)")
     cases = plan_cases(inputs, output_path, config)

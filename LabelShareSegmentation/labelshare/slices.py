@@ -41,7 +41,7 @@ def resample_labels(labels: torch.Tensor, shape: Sequence[int], classes: int) ->
 
 
 def to_plan(images: np.ndarray, spacing: Sequence[float], plan: TaskPlan,
-            device: torch.device | str = "cpu") -> torch.Tensor:
+            device: torch.device | str) -> torch.Tensor:
     """(n, h, w) normalised slices as network input (n, 1, H, W) at the plan's resolution."""
     tensor = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))[:, None].to(device)
     return resample_images(tensor, plan.target_shape(images.shape[-2:], spacing))
@@ -62,7 +62,7 @@ def pad_to_patch(images: torch.Tensor, patch: Sequence[int]) -> tuple[torch.Tens
 
 
 def window_logits(network: torch.nn.Module, images: torch.Tensor, task_index: int, patch: Sequence[int],
-                  windows_per_batch: int = 16, autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+                  windows_per_batch: int, autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Logits (n, C, H, W) of the network over (n, 1, H, W) images with Gaussian-weighted windows of ``patch``
     (half-patch steps); an image smaller than the patch is padded first, so it is one window."""
     padded, region = pad_to_patch(images, patch)
@@ -81,8 +81,8 @@ def window_logits(network: torch.nn.Module, images: torch.Tensor, task_index: in
 
 
 def head_probabilities(network: torch.nn.Module, images: torch.Tensor, head: TaskHead, plan: TaskPlan,
-                       mirror: bool = False, windows_per_batch: int = 16,
-                       autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+                       mirror: bool, windows_per_batch: int, autocast_dtype: torch.dtype | None = None
+                       ) -> torch.Tensor:
     """Softmax over the task's channels (n, K+1, H, W) at the plan's resolution; ``mirror`` averages with the
     prediction of the left-right mirrored images (test-time augmentation; only for tasks that are not
     lateralised, the flip training used)."""
@@ -91,8 +91,8 @@ def head_probabilities(network: torch.nn.Module, images: torch.Tensor, head: Tas
 
 
 def head_probability_views(network: torch.nn.Module, images: torch.Tensor, head: TaskHead, plan: TaskPlan,
-                           mirror: bool = False, windows_per_batch: int = 16,
-                           autocast_dtype: torch.dtype | None = None) -> list[torch.Tensor]:
+                           mirror: bool, windows_per_batch: int, autocast_dtype: torch.dtype | None = None
+                           ) -> list[torch.Tensor]:
     """The softmax of :func:`head_probabilities` per view, not averaged: the plain prediction and, with ``mirror``,
     the mirrored images' prediction flipped back (ranking measures how much the two disagree)."""
     def once(batch: torch.Tensor) -> torch.Tensor:

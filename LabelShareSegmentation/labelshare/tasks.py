@@ -164,19 +164,19 @@ class TaskDataset:
         label_array = label_to_array(label, case.label_path, set(self.labels.values()), what)
         return image, image_array, label_array
 
-    def load_case(self, case: Case, slicing_axis: int | None = None) -> CaseData:
+    def load_case(self, case: Case) -> CaseData:
         """One validated case as normalised 2D slices."""
         image, image_array, label_array = self.read_case(case)
-        axis = choose_slicing_axis(image, slicing_axis)
+        axis = choose_slicing_axis(image)
         return CaseData(name=case.name, patient=case.patient,
                         image=to_slices(Normalisation.of(image_array).apply(image_array), axis),
                         label=to_slices(label_array, axis), slicing_axis=axis, spacing=tuple(image.GetSpacing()))
 
-    def iter_cases(self, names: Iterable[str] | None = None, slicing_axis: int | None = None) -> Iterable[CaseData]:
+    def iter_cases(self, names: Iterable[str] | None = None) -> Iterable[CaseData]:
         wanted = None if names is None else set(names)
         for case in self.cases:
             if wanted is None or case.name in wanted:
-                yield self.load_case(case, slicing_axis)
+                yield self.load_case(case)
 
 
 def parse_options(metadata: dict, where: Path) -> dict:

@@ -32,7 +32,7 @@ from safetensors.torch import load_file, save_file
 
 from .errors import LabelShareError, TrainingInterrupted
 from .fileio import atomic_path, atomic_write_json, not_written, read_json
-from .config import TrainConfig
+from .config import InferenceConfig, TrainConfig
 from .layouts import TaskHead
 from .metrics import dice_per_label
 from .models import tensors_problem
@@ -189,6 +189,7 @@ class Trainer:
         if self.device.type == "cuda" and config.amp:
             self.autocast_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast_dtype == torch.float16)
+        self.windows_per_batch = InferenceConfig().batch_size_on(self.device.type)  # validation: as inference does
         self.model = self.network
         if self.context.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -253,7 +254,8 @@ class Trainer:
             chosen = np.unique(np.linspace(0, len(bank.cases) - 1, min(MONITOR_CASES, len(bank.cases))).astype(int))
             for images, target in ((bank.images[i], bank.targets[i]) for i in chosen):
                 probabilities = head_probabilities(self.network, torch.from_numpy(images).float()[:, None].to(
-                    self.device), head, bank.plan, autocast_dtype=self.autocast_dtype)
+                    self.device), head, bank.plan, mirror=False, windows_per_batch=self.windows_per_batch,
+                    autocast_dtype=self.autocast_dtype)
                 prediction = probabilities.max(dim=1).indices.cpu().numpy()
                 for position, value in dice_per_label(prediction, target, head.label_positions).items():
                     per_label[position].append(value)

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .config import TrainConfig
+from .config import DEFAULT_METHOD, TrainConfig
 from .errors import LabelShareError, LabelSpaceError, ModelError
 from .evaluation import choose_postprocessing
 from .fileio import (atomic_write_json, empty_folder, hold_folder, make_folders, now_iso, publish_dir, read_json,
@@ -127,7 +127,7 @@ class TrainingResult:
 
 
 def train(task_arguments: Sequence[tuple[str, Path]], space: LabelSpace, out: str | Path,
-          config: TrainConfig | None = None, method: str = "label-sharing", resume: bool = False,
+          config: TrainConfig | None = None, method: str = DEFAULT_METHOD, resume: bool = False,
           progress: Progress | None = None, command: Sequence[str] | None = None,
           split: dict[str, dict[str, list[str]]] | None = None) -> TrainingResult:
     """Train a model on the tasks and publish it as ``out``.

@@ -8,7 +8,7 @@ Protocol: one JSON object per line on stdin, answered on stdout with the events 
 each carrying the ``request`` id it belongs to::
 
     {"id": "r1", "command": "segment", "model": "/models/v3", "task": "acdc", "input": "in.nrrd",
-     "output": "out.nrrd", "device": "auto", "largest_component": false, "mirror": false, "overwrite": false}
+     "output": "out.nrrd", "device": "auto", "largest_component": "model", "mirror": false, "overwrite": false}
     {"id": "r2", "command": "rank", "model": "/models/v3", "task": "acdc", "inputs": ["unlabelled/"],
      "output": "ranking.csv", "device": "auto", "score": "entropy", "overwrite": false}
     {"id": "r3", "command": "exit"}
@@ -16,11 +16,12 @@ each carrying the ``request`` id it belongs to::
 ``command`` defaults to ``segment``; ``rank`` scores the images of ``inputs`` (files, folders, globs: the readers of
 ``labelshare segment``) with :func:`labelshare.ranking.rank_cases` (one ``progress`` event per image) and writes the
 ranking table to ``output``, its ``done`` event carrying ``ranked`` and ``failures``. ``model`` null means the
-bundled default model; ``device`` is auto, cpu or cuda; ``largest_component`` and ``overwrite`` are true or false
-(default false: an existing segmentation or ranking table is never replaced, the command line's ``--overwrite``
-rule); ``mirror`` true (default false, as ``labelshare segment --tta``) averages with the left-right mirrored
-prediction for tasks that are not lateralised. Every field
-has its type checked and unknown fields are refused (:data:`COMMAND_FIELDS`). Every request ends with exactly one
+bundled default model; ``overwrite`` true replaces an existing segmentation or ranking table (default false: never,
+the command line's ``--overwrite`` rule). The other fields are the options of the command's configuration
+(:class:`~labelshare.config.SegmentConfig`, :class:`~labelshare.config.RankConfig`) under their names, with their
+defaults: ``device``, ``mirror`` (``labelshare segment --tta``), ``largest_component``, ``batch_size``,
+``slicing_axis``, ``series``; ``score`` for ``rank``. Every field has its type (and choices) checked and unknown
+fields are refused (:data:`COMMAND_FIELDS`). Every request ends with exactly one
 ``done`` (with ``output`` and timings) or ``error`` event; an error does not end the worker. A request line longer
 than :data:`MAX_REQUEST_CHARS` or nested too deeply is answered with an error and skipped. Once torch and the engine
 are imported the worker emits one ``log`` event with ``"worker": "ready"`` and ``import_s``. It ends on an ``exit``
@@ -44,25 +45,49 @@ import time
 import traceback
 from collections import OrderedDict
 from collections.abc import Iterator
+from dataclasses import MISSING, dataclass
 from typing import IO, Any
 
-from .config import parse_device
+from .config import RankConfig, SegmentConfig
 from .errors import Interrupted, LabelShareError, os_error_message
+from .options import check_value, from_values, json_types, option_fields, values_of
 from .progress import Progress
 
 COMMANDS = ("segment", "rank", "exit")
 DEFAULT_MAX_MODELS = 2  # models kept in memory (least recently used dropped first)
 MAX_REQUEST_CHARS = 1 << 20  # a request names a few paths; a longer line is not one
-_COMMON_FIELDS = {"id": ((str, int, type(None)), False), "command": ((str,), False),
-                  "model": ((str, type(None)), False), "task": ((str,), True)}
-# the fields of a request of each command: name -> (allowed types, required)
-COMMAND_FIELDS = {
-    "segment": {**_COMMON_FIELDS, "input": ((str,), True), "output": ((str,), True), "device": ((str,), False),
-                "largest_component": ((bool,), False), "mirror": ((bool,), False), "overwrite": ((bool,), False)},
-    "rank": {**_COMMON_FIELDS, "inputs": ((list, str), True), "output": ((str,), True), "device": ((str,), False),
-             "score": ((str,), False), "series": ((str, type(None)), False), "overwrite": ((bool,), False)},
+
+
+@dataclass(frozen=True)
+class RequestField:
+    types: tuple[type, ...]
+    required: bool = False
+    choices: tuple | None = None
+
+
+# The fields of a request besides its configuration's options: the protocol's and each command's files
+_PROTOCOL_FIELDS = {"id": RequestField((str, int, type(None))), "command": RequestField((str,)),
+                    "model": RequestField((str, type(None)))}
+_FILE_FIELDS = {
+    "segment": {"input": RequestField((str,), True), "output": RequestField((str,), True),
+                "overwrite": RequestField((bool,))},
+    "rank": {"inputs": RequestField((list, str), True), "output": RequestField((str,), True),
+             "overwrite": RequestField((bool,))},
 }
-_TYPE_NAMES = {str: "a string", int: "a number", bool: "true or false", type(None): "null", list: "a list of strings"}
+# The configuration each command builds from its request; the options a request expresses otherwise are left out
+# (segment's ``existing`` is ``overwrite``; its output's ending names its format)
+COMMAND_CONFIGS = {"segment": (SegmentConfig, ("existing", "output_format")), "rank": (RankConfig, ())}
+
+
+def _option_request_fields(command: str) -> dict[str, RequestField]:
+    config_class, expressed_otherwise = COMMAND_CONFIGS[command]
+    return {name: RequestField(json_types(entry.hint), entry.default is MISSING, entry.option.choices)
+            for name, entry in option_fields(config_class).items() if name not in expressed_otherwise}
+
+
+# the fields of a request of each command: name -> types, whether required, choices
+COMMAND_FIELDS = {command: {**_PROTOCOL_FIELDS, **_FILE_FIELDS[command], **_option_request_fields(command)}
+                  for command in COMMAND_CONFIGS}
 
 
 class RequestProgress(Progress):
@@ -113,18 +138,15 @@ class WorkerServer:
             progress.done(None, message="worker stopped")
             return False
         try:
-            check_request(request, command)
+            config = request_config(request, command)
             start = time.perf_counter()
-            model, load_seconds = self.model(request.get("model"), request.get("device", "auto"), progress)
+            model, load_seconds = self.model(request.get("model"), config.device, progress)
             timings = {"load_s": round(load_seconds, 3)}
             if command == "rank":
-                self.rank(model, request, progress, start, timings)
+                self.rank(model, request, config, progress, start, timings)
                 return True
             from .segment_run import segment_file
-            output = segment_file(model, request["task"], request["input"], request["output"],
-                                  largest_component=request.get("largest_component", False),
-                                  mirror=request.get("mirror", False), progress=progress,
-                                  overwrite=request.get("overwrite", False))
+            output = segment_file(model, config, request["input"], request["output"], progress=progress)
             progress.done(str(output), message=f"segmentation written to {output}", **timings,
                           total_s=round(time.perf_counter() - start, 3))
         except Interrupted:
@@ -139,16 +161,12 @@ class WorkerServer:
 
 
     @staticmethod
-    def rank(model: Any, request: dict, progress: Progress, start: float, timings: dict) -> None:
+    def rank(model: Any, request: dict, config: RankConfig, progress: Progress, start: float, timings: dict) -> None:
         """A ``rank`` request: the ranking table written to ``output``; images that failed are listed in the done
         event (the others are ranked), and an error only when none could be ranked."""
-        from .config import DEFAULT_RANK_SCORE, RankConfig
         from .fileio import check_output_file
         from .inputs import collect_inputs
         from .ranking import rank_cases
-        config = RankConfig(task=request["task"], score=request.get("score", DEFAULT_RANK_SCORE),
-                            series=request.get("series"), device=request.get("device", "auto"))
-        config.check()
         check_output_file(request["output"], request.get("overwrite", False))
         inputs = request["inputs"]
         ranking = rank_cases(model, collect_inputs(inputs if isinstance(inputs, list) else [inputs], config.series),
@@ -163,28 +181,37 @@ class WorkerServer:
 
 
 def check_request(request: dict, command: str) -> None:
-    """LabelShareError unless every field of a ``command`` request is known and of its type, and the required ones
-    are there."""
-    request_id = request.get("id")
+    """LabelShareError unless every field of a ``command`` request is known and of its type (one of its choices),
+    and the required ones are there."""
+    where = f"worker request {request.get('id')!r}: "
     fields = COMMAND_FIELDS[command]
     unknown = sorted(set(request) - set(fields))
     if unknown:
-        raise LabelShareError(f"worker request {request_id!r}: unknown field(s) {', '.join(map(repr, unknown))} "
-                              f"(known: {', '.join(fields)})")
-    for name, (types, _) in fields.items():
-        if name not in request:
-            continue
-        value = request[name]
-        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-            raise LabelShareError(f"worker request {request_id!r}: '{name}' must be "
-                                  f"{' or '.join(_TYPE_NAMES[t] for t in types)}, not {json.dumps(value)[:60]}")
-        if isinstance(value, list) and not all(isinstance(item, str) for item in value):
-            raise LabelShareError(f"worker request {request_id!r}: '{name}' must hold strings only, not "
-                                  f"{json.dumps(value)[:60]}")
-    missing = [name for name, (_, required) in fields.items() if required and not request.get(name)]
+        raise LabelShareError(f"{where}unknown field(s) {', '.join(map(repr, unknown))} (known: {', '.join(fields)})")
+    for name, value in request.items():
+        check_value(name, value, fields[name].types, fields[name].choices, where)
+    missing = [name for name, spec in fields.items() if spec.required and not request.get(name)]
     if missing:
-        raise LabelShareError(f"worker request {request_id!r} lacks {', '.join(missing)}")
-    parse_device(request.get("device", "auto"))
+        raise LabelShareError(f"worker request {request.get('id')!r} lacks {', '.join(missing)}")
+
+
+def config_request(command: str, config: SegmentConfig | RankConfig) -> dict:
+    """The fields of a ``command`` request that carry ``config`` (what the Slicer modules send)."""
+    _, expressed_otherwise = COMMAND_CONFIGS[command]
+    return {"command": command, **{name: value for name, value in values_of(config).items()
+                                   if name not in expressed_otherwise}}
+
+
+def request_config(request: dict, command: str) -> SegmentConfig | RankConfig:
+    """The configuration of a checked request: its options as given, the others at their defaults."""
+    check_request(request, command)
+    config_class, _ = COMMAND_CONFIGS[command]
+    values = {name: value for name, value in request.items() if name in option_fields(config_class)}
+    if command == "segment":
+        values["existing"] = "overwrite" if request.get("overwrite") else "refuse"
+    config = from_values(config_class, values)
+    config.check()
+    return config
 
 
 def _failure_message(error: Exception) -> str:

@@ -21,10 +21,11 @@ from .cases import CaseExport, UnmatchedSegmentsError
 from .lock import JobLockedError, TrainingLock
 from .logic import (TaskRow, TrainingLogic, TrainingOutcome, default_workspace, parse_label_text,
                     why_cannot_add_case, why_cannot_train)
-from .runs import BUDGETS, TrainingRequest
+from .runs import BUDGETS, DEFAULT_BUDGET, TrainingRequest
 
 __all__ = [
-    "AnnotationQueue", "AnnotationQueueLogic", "BUDGETS", "CaseExport", "DuplicateCaseError", "JobLockedError",
+    "AnnotationQueue", "AnnotationQueueLogic", "BUDGETS", "CaseExport", "DEFAULT_BUDGET", "DuplicateCaseError",
+    "JobLockedError",
     "TaskRow", "TrainingLock", "TrainingLogic", "TrainingOutcome", "TrainingRequest", "UnmatchedSegmentsError",
     "default_workspace", "parse_label_text", "why_cannot_add_case", "why_cannot_rank", "why_cannot_train",
     "why_no_next_case",

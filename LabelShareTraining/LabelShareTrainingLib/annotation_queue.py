@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from labelshare.config import DEFAULT_RANK_SCORE
+from labelshare.config import RankConfig
 from labelshare.errors import DataError
 from labelshare.fileio import atomic_write_json, now_iso, read_json
 from labelshare.paths import model_dir_or_default
@@ -57,7 +57,7 @@ class QueueState:
     task: str = ""
     model: str = ""
     folder: str = ""
-    score: str = DEFAULT_RANK_SCORE
+    score: str = RankConfig.score
     ranked: str = ""  # when
     current: str = ""  # the case "Next case" loaded last
     entries: list[QueueEntry] = field(default_factory=list)
@@ -96,7 +96,7 @@ class AnnotationQueue:
         return self.state.entries
 
     def set_ranking(self, cases: list[RankedCase], task: str, model: str | Path, folder: str | Path,
-                    score: str = DEFAULT_RANK_SCORE) -> None:
+                    score: str = RankConfig.score) -> None:
         """Replace the ranking (``cases`` most uncertain first); cases done before (same task, same file) stay
         done."""
         done = {entry.source for entry in self.entries if entry.done} if task == self.state.task else set()
@@ -167,10 +167,12 @@ class AnnotationQueueLogic:
         self.queue = queue
         self.segmentation = segmentation_logic
 
-    def start_rank(self, folder: str | Path, task: str, model: str | Path | None = None, device: str = "auto",
-                   score: str = DEFAULT_RANK_SCORE, on_event: Callable[[dict], None] | None = None) -> WorkerJob:
+    def start_rank(self, folder: str | Path, task: str, model: str | Path | None = None,
+                   on_event: Callable[[dict], None] | None = None, **options) -> WorkerJob:
         """Rank the images of ``folder`` in the background; when the job ends the queue holds the ranking
-        (``job.result``: its entries). The table itself is written beside the queue file."""
+        (``job.result``: its entries). The table itself is written beside the queue file. ``options``: options of
+        :class:`labelshare.config.RankConfig` by name (``device``, ``score``, ...)."""
+        score = RankConfig.from_options(task=task, **options).score
         folder = Path(folder).expanduser()
         if not folder.is_dir():
             raise DataError(f"{folder}: folder of unlabelled images not found")
@@ -182,13 +184,14 @@ class AnnotationQueueLogic:
             return self.queue.entries
 
         return self.segmentation.start_ranking([folder], task, self.queue.path.with_suffix(".csv"), model_path,
-                                               device, score, on_event, import_ranking,
-                                               overwrite=True)  # its own table, re-ranked each time
+                                               on_event, import_ranking, overwrite=True,  # its own table, re-ranked
+                                               **options)
 
-    def rank(self, folder: str | Path, task: str, model: str | Path | None = None, device: str = "auto",
-             score: str = DEFAULT_RANK_SCORE, timeout: float | None = None) -> list[QueueEntry]:
-        """Rank and wait; returns the queue's entries, most uncertain first."""
-        return self.start_rank(folder, task, model, device, score).result_or_raise(timeout)
+    def rank(self, folder: str | Path, task: str, model: str | Path | None = None, timeout: float | None = None,
+             **options) -> list[QueueEntry]:
+        """Rank and wait (``options`` as for :meth:`start_rank`); returns the queue's entries, most uncertain
+        first."""
+        return self.start_rank(folder, task, model, **options).result_or_raise(timeout)
 
     def load_next(self, scene=None) -> tuple[QueueEntry, object]:
         """Load the next case's image as a volume node (named after the case) and make it the current case;
@@ -202,18 +205,19 @@ class AnnotationQueueLogic:
         self.queue.set_current(entry.case)
         return entry, volume
 
-    def start_next(self, device: str = "auto", on_event: Callable[[dict], None] | None = None
+    def start_next(self, on_event: Callable[[dict], None] | None = None, **options
                    ) -> tuple[QueueEntry, object, WorkerJob]:
         """Load the next case and start segmenting it with the queue's task and model (``job.result``: the
-        segmentation node the annotator corrects)."""
+        segmentation node the annotator corrects); ``options``: options of :class:`labelshare.config.SegmentConfig`
+        by name (``device``, ``mirror``, ...)."""
         entry, volume = self.load_next()
-        job = self.segmentation.start(volume, self.queue.state.task, self.queue.state.model or None, device,
-                                      on_event=on_event)
+        job = self.segmentation.start(volume, self.queue.state.task, self.queue.state.model or None,
+                                      on_event=on_event, **options)
         return entry, volume, job
 
-    def open_next(self, device: str = "auto", timeout: float | None = None) -> tuple[QueueEntry, object, object]:
+    def open_next(self, timeout: float | None = None, **options) -> tuple[QueueEntry, object, object]:
         """Load and segment the next case, and wait; returns (entry, volume node, segmentation node)."""
-        entry, volume, job = self.start_next(device)
+        entry, volume, job = self.start_next(**options)
         return entry, volume, job.result_or_raise(timeout)
 
     def case_added(self, volume_node) -> QueueEntry | None:

@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from labelshare.config import DEFAULT_DEVICE
 from labelshare.errors import DataError, LabelShareError
 from labelshare.fileio import atomic_write_json, read_json
 from labelshare.forgetting import ForgettingReport
@@ -41,8 +42,8 @@ from LabelShareLib.store import ModelStore, default_store
 
 from .cases import CaseExport, add_case_from_nodes, open_case
 from .lock import HEARTBEAT_INTERVAL_S, TrainingLock
-from .runs import (TrainingProgress, TrainingRequest, discard_run, jobs_dir, next_version_path, unfinished_runs,
-                   version_of)
+from .runs import (DEFAULT_BUDGET, TrainingProgress, TrainingRequest, discard_run, jobs_dir, next_version_path,
+                   unfinished_runs, version_of)
 
 DEFAULT_STOP_GRACE_S = 30.0  # time the engine gets to write its checkpoint after Stop before the tree is killed
 TRAINED_MARKER = ".labelshare-trained.json"  # in a task folder: the cases its last published run was started with
@@ -267,8 +268,8 @@ class TrainingLogic:
     def running(self) -> bool:
         return self.job is not None and not self.job.state.finished
 
-    def plan(self, task: str, model: str | Path | None, budget: str = "quick", device: str = "auto"
-             ) -> TrainingRequest:
+    def plan(self, task: str, model: str | Path | None, budget: str = DEFAULT_BUDGET,
+             device: str = DEFAULT_DEVICE) -> TrainingRequest:
         """The run "Train"/"Update" would start: add-task or update of ``model``, or a first model without one."""
         collection = self.collection(task)
         if not collection.case_names():
@@ -287,7 +288,7 @@ class TrainingLogic:
                                base_model=str(model), budget=budget, device=device,
                                replay_tasks=self._replay_folders(model, model_tasks, task))
 
-    def cost(self, task: str, model: str | Path | None, budget: str = "quick") -> str:
+    def cost(self, task: str, model: str | Path | None, budget: str = DEFAULT_BUDGET) -> str:
         """The budget and time estimate of the run Train would start (:meth:`TrainingRequest.cost`), or why there is
         no such run yet."""
         try:
@@ -364,8 +365,8 @@ class TrainingLogic:
         self.poll()
         return self.outcome
 
-    def train(self, task: str, model: str | Path | None = None, budget: str = "quick", device: str = "auto",
-              timeout: float | None = None) -> TrainingOutcome:
+    def train(self, task: str, model: str | Path | None = None, budget: str = DEFAULT_BUDGET,
+              device: str = DEFAULT_DEVICE, timeout: float | None = None) -> TrainingOutcome:
         """Plan, start and wait for a run (the console API)."""
         self.start(self.plan(task, model, budget, device))
         return self.wait(timeout)

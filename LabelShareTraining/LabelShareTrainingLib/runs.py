@@ -24,8 +24,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from labelshare.budget import STEPS_PER_EPOCH, add_task_epochs, estimate
-from labelshare.config import TrainConfig, parse_device
+from labelshare.budget import add_task_epochs, estimate
+from labelshare.config import DEFAULT_DEVICE, AddTaskConfig, TrainConfig, parse_device
 from labelshare.errors import LabelShareError
 from labelshare.fileio import atomic_write_json, read_json, remove_tree
 from labelshare.modelfolder import run_state, run_work_folders
@@ -36,11 +36,12 @@ from labelshare.taskfolders import TaskCollection
 JOB_KINDS = ("add-task", "update", "train")
 # Budgets: epochs x steps per epoch, batch size. "quick" takes minutes on a laptop CPU for a small task;
 # "standard" adds or updates a task with the engine's budget (epochs None: it grows with the task's labels and cases,
-# labelshare.budget) and trains a first model for FIRST_MODEL_EPOCHS.
+# labelshare.budget; the engine's steps per epoch and batch size) and trains a first model for FIRST_MODEL_EPOCHS.
 BUDGETS = {
     "quick": {"epochs": 3, "steps_per_epoch": 40, "batch_size": 8},
-    "standard": {"epochs": None, "steps_per_epoch": STEPS_PER_EPOCH, "batch_size": 16},
+    "standard": {"epochs": None, "steps_per_epoch": TrainConfig.steps_per_epoch, "batch_size": TrainConfig.batch_size},
 }
+DEFAULT_BUDGET = "quick"
 FIRST_MODEL_EPOCHS = {"quick": 10, "standard": 30}  # a model trained from scratch needs more epochs
 _VERSION = re.compile(r"^(?P<stem>.+?)-v(?P<number>\d+)$")
 
@@ -81,10 +82,10 @@ class TrainingRequest:
     task_dir: str
     out: str
     base_model: str | None = None
-    budget: str = "quick"
-    device: str = "auto"
+    budget: str = DEFAULT_BUDGET
+    device: str = DEFAULT_DEVICE
     labelspace: str | None = None
-    accept_regression: bool = False
+    accept_regression: bool = AddTaskConfig.accept_regression
     replay_tasks: dict[str, str] = field(default_factory=dict)
     epochs: int | None = None
     steps_per_epoch: int | None = None

@@ -52,8 +52,9 @@ def main(argv: list[str] | None = None) -> None:
         for seed in args.seeds:
             started = time.monotonic()
             result = add_task(base, ("chest", chest), root / f"scale{scale:g}-seed{seed}",
-                              AddTaskConfig(max_regression=100, epochs=3, steps_per_epoch=20, batch_size=8,
-                                            device="cpu", seed=seed, new_label_lr_scale=scale),
+                              AddTaskConfig.from_options(max_regression=100, epochs=3, steps_per_epoch=20,
+                                                         batch_size=8, device="cpu", seed=seed,
+                                                         new_label_lr_scale=scale),
                               replay_tasks=old, progress=Progress("quiet"))
             seconds = time.monotonic() - started
             dice = result.report.new_task

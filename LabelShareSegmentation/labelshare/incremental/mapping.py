@@ -161,7 +161,7 @@ class Overlap:
 
 @torch.no_grad()
 def measure_overlap(network: torch.nn.Module, device: torch.device, task: TaskDataset, case_names: Sequence[str],
-                    plan: TaskPlan, task_index: int, batch_size: int = 32) -> Overlap:
+                    plan: TaskPlan, task_index: int, batch_size: int) -> Overlap:
     """How the current prediction (argmax over all output channels) covers each label of ``task``, over the given
     cases at the task's plan resolution."""
     network.eval()
@@ -171,7 +171,7 @@ def measure_overlap(network: torch.nn.Module, device: torch.device, task: TaskDa
         lut[label_id] = position
     counts = None
     for case in task.iter_cases(case_names):
-        images = to_plan(case.image, slice_spacing(case.spacing, case.slicing_axis), plan)
+        images = to_plan(case.image, slice_spacing(case.spacing, case.slicing_axis), plan, "cpu")  # moved per batch
         labels = resample_labels(lut[torch.from_numpy(case.label.astype(np.int64))], images.shape[-2:],
                                  len(label_ids) + 1)
         for start in range(0, images.shape[0], batch_size):

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from ..budget import add_task_epochs, estimate
-from ..config import ADDABLE_METHODS, AddTaskConfig, TrainConfig
+from ..config import ADD_TASK_TRAIN_OPTIONS, ADDABLE_METHODS, AddTaskConfig, InferenceConfig, TrainConfig
 from ..errors import LabelShareError, LabelSpaceError, ModelError, UnknownTaskError
 from ..fileio import hold_folder, read_json, sha256_file
 from ..forgetting import ForgettingReport
@@ -82,7 +82,7 @@ def add_task(model: str | Path, task: tuple[str, str | Path], out: str | Path, c
         raise LabelShareError(f"{out}: already exists; model versions are never overwritten, choose a new --out")
     candidate = candidate_dir_for(out)
     progress.progress("mapping", 0.0, f"reading {old_path.name}")
-    old = load_model(old_path, device=config.device)
+    old = load_model(old_path, device=config.train.device)
     if old.config.method not in ADDABLE_METHODS:
         raise ModelError(f"{old_path}: add-task extends label-sharing models; this is a {old.config.method} "
                          "model")
@@ -97,7 +97,7 @@ def add_task(model: str | Path, task: tuple[str, str | Path], out: str | Path, c
     _check_old_labels(old, tasks, name)
     split = _split(old, tasks, name, config)
     train_config = _train_config(recorded, config, len(new_task.labels), len(split[name]["train"]))
-    replay = {t: spread_cases(tasks[t], split[t]["train"], config.replay_cases, config.seed)
+    replay = {t: spread_cases(tasks[t], split[t]["train"], config.replay_cases, config.train.seed)
               for t in old.labelspace.tasks if t != name}
     distill_weight = config.distill_weight
     if distill_weight > 0 and not any(replay.values()):
@@ -161,19 +161,17 @@ def add_task(model: str | Path, task: tuple[str, str | Path], out: str | Path, c
 
 def _recorded_train_config(old: Model, config: AddTaskConfig) -> TrainConfig:
     """The old model's training settings (augmentation, precision) from its ``training.json`` with this run's
-    budget and device, checked: a tampered file is one :class:`ModelError` naming it. The epochs are set by
-    :func:`_train_config` once the task's size is known."""
+    budget and device (the options add-task offers), checked: a tampered file is one :class:`ModelError` naming it.
+    The epochs are set by :func:`_train_config` once the task's size is known."""
     recorded = old.read_json("training.json", {}) or {}
     if not isinstance(recorded, dict):
         raise ModelError(f"{old.path / 'training.json'}: not a JSON object")
     known = set(TrainConfig.__dataclass_fields__)
     try:
-        train_config = TrainConfig(**{k: v for k, v in recorded.items() if k in known})
+        train_config = TrainConfig.from_options(**{**{k: v for k, v in recorded.items() if k in known},
+                                                   **config.train.options(ADD_TASK_TRAIN_OPTIONS)})
         train_config.weights_dtype = old.config.weights_dtype
         train_config.epochs = config.epochs or 1
-        train_config.steps_per_epoch = config.steps_per_epoch
-        train_config.batch_size, train_config.learning_rate = config.batch_size, config.learning_rate
-        train_config.seed, train_config.device = config.seed, config.device
         train_config.check()
     except (LabelShareError, TypeError, ValueError) as error:  # the budget was checked with AddTaskConfig
         raise ModelError(f"{old.path / 'training.json'}: {error}") from None
@@ -184,7 +182,7 @@ def _train_config(recorded: TrainConfig, config: AddTaskConfig, labels: int, tra
     """The recorded settings (:func:`_recorded_train_config`) with the new budget: the one given, else one that
     grows with the task (:func:`labelshare.budget.add_task_epochs`)."""
     train_config = copy.deepcopy(recorded)
-    train_config.epochs = config.epochs or add_task_epochs(labels, training_cases, config.steps_per_epoch)
+    train_config.epochs = config.epochs or add_task_epochs(labels, training_cases, train_config.steps_per_epoch)
     return train_config
 
 
@@ -249,7 +247,7 @@ def _split(old: Model, tasks: Mapping[str, TaskDataset], task: str, config: AddT
             fresh = [case for case in unseen if case.patient not in side]
             fraction = (old.read_json("split.json", {}) or {}).get("validation_fraction",
                                                                    TrainConfig().validation_fraction)
-            fresh_train, fresh_validation = (split_by_patient(fresh, fraction, config.seed) if fresh else ([], []))
+            fresh_train, fresh_validation = split_by_patient(fresh, fraction, config.train.seed) if fresh else ([], [])
             train += [c.name for c in unseen if side.get(c.patient) == "train"] + fresh_train
             validation += [c.name for c in unseen if side.get(c.patient) == "validation"] + fresh_validation
         split[name] = {"train": train, "validation": validation}
@@ -273,10 +271,11 @@ def _prepare(old: Model, new_task: TaskDataset, split: Mapping[str, Mapping[str,
     pins = parse_pins(config.label_map, stats, old.labelspace)
     overlap = None
     if (config.strategy == "overlap" and len(pins) < len(stats.labels)) or config.new_label_init == "predicted":
-        cases = spread_cases(new_task, split[name]["train"], OVERLAP_CASES, config.seed)
+        cases = spread_cases(new_task, split[name]["train"], OVERLAP_CASES, config.train.seed)
         progress.progress("mapping", 0.5, f"{name}: segmenting {len(cases)} training cases with {old.path.name}")
-        overlap = measure_overlap(network, resolve_device(train_config.device), new_task, cases, stats.plan,
-                                  task_index=len(old.labelspace.tasks))
+        device = resolve_device(train_config.device)
+        overlap = measure_overlap(network, device, new_task, cases, stats.plan, task_index=len(old.labelspace.tasks),
+                                  batch_size=InferenceConfig().batch_size_on(device.type))
     strategy = "overlap" if config.strategy == "overlap" and overlap is not None else "size"
     mapping = map_labels(old.labelspace, stats, strategy, pins, overlap.dice if strategy == "overlap" else None)
     space = old.labelspace.with_task(stats, mapping.shared, mapping.strategy)

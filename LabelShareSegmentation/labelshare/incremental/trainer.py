@@ -61,9 +61,8 @@ class IncrementalTrainer(Trainer):
 
     def __init__(self, network, heads, train_banks, validation_banks, config, workdir, progress, context=None,
                  run_identity=None, fraction_range=(0.0, 1.0), *, replay: Mapping[str, Sequence[str]],
-                 teacher: torch.nn.Module | None = None, distill_weight: float = 0.0, new_task: str | None = None,
-                 new_task_share: float | None = None, first_new_channel: int | None = None,
-                 new_channel_lr_scale: float = 1.0):
+                 teacher: torch.nn.Module | None, distill_weight: float, new_task: str,
+                 new_task_share: float | None, first_new_channel: int | None, new_channel_lr_scale: float):
         banks = [bank.select(replay[bank.task]) if bank.task in replay else bank for bank in train_banks]
         self.new_task, self.new_task_share = new_task, new_task_share
         identity = {**(run_identity or {}), "replay": {t: list(c) for t, c in replay.items()},
