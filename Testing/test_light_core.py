@@ -12,9 +12,9 @@ import textwrap
 import pytest
 
 HEAVY = ("torch", "monai", "safetensors", "scipy", "matplotlib", "highdicom")
-LIGHT_MODULES = ("errors", "progress", "imagedata", "fileio", "naming", "paths", "options", "config", "plans", "budget",
-                 "layouts", "tasks", "taskfolders", "labelspace", "modelfolder", "scores", "forgetting", "synthetic",
-                 "worker", "cli", "terminology", "inputs", "outputs")
+LIGHT_MODULES = ("errors", "progress", "imagedata", "fileio", "naming", "paths", "options", "config",
+                 "preprocessing", "plans", "budget", "layouts", "tasks", "taskfolders", "labelspace", "modelfolder",
+                 "scores", "forgetting", "synthetic", "worker", "cli", "terminology", "inputs", "outputs")
 
 
 def run_without_heavy_packages(code: str) -> subprocess.CompletedProcess:

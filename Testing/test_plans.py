@@ -20,7 +20,9 @@ from labelshare.modelfolder import MODEL_FORMAT_VERSION, ModelConfig, verify_fol
 from labelshare.models import Model, load_model
 from labelshare.networks import build_network
 from labelshare.paths import BUNDLED_MODELS_DIR, bundled_model_dirs, default_model_dir, version_order
-from labelshare.plans import PATCH_MULTIPLE, PlanSettings, SliceGeometry, TaskPlan, fixed_size_plan, plan_task
+from labelshare.plans import (DEFAULT_PATCH_MULTIPLE, PlanSettings, SliceGeometry, TaskPlan, fixed_size_plan,
+                              plan_task)
+from labelshare.preprocessing import DEFAULT_PREPROCESSING, FIRST_PREPROCESSING
 from labelshare.slices import pad_to_patch, resample_labels, window_logits
 from labelshare.tasks import TaskDataset
 from taskfactory import blobs, write_task_folder
@@ -54,7 +56,7 @@ def test_images_without_spacing_keep_their_aspect_ratio_under_the_resolution_cap
     assert height / width == pytest.approx(2.0, rel=0.02)
     assert plan.spacing[0] == plan.spacing[1] == pytest.approx(math.sqrt(960 * 480 / BUDGET.image_pixels), rel=1e-6)
     assert plan.patch_size[0] * plan.patch_size[1] <= BUDGET.patch_pixels
-    assert all(p % PATCH_MULTIPLE == 0 for p in plan.patch_size)
+    assert all(p % DEFAULT_PATCH_MULTIPLE == 0 for p in plan.patch_size)
     assert plan.patch_size[0] > plan.patch_size[1], "the patch follows the image's proportions"
 
 
@@ -73,7 +75,8 @@ def test_one_slice_volumes_are_planned_in_their_own_plane(tmp_path):
 
 def test_fixed_size_plans_and_json_round_trip():
     fixed = PlanSettings(fixed_size=128).plan([])
-    assert fixed == fixed_size_plan(128) and fixed.target_shape((960, 480), (1.0, 1.0)) == (128, 128)
+    assert fixed == fixed_size_plan(128, DEFAULT_PREPROCESSING)
+    assert fixed.target_shape((960, 480), (1.0, 1.0)) == (128, 128)
     planned = plan_task([geometry((100, 200), (2.0, 1.0))], BUDGET)
     for plan in (fixed, planned):
         assert TaskPlan.from_json(json.loads(json.dumps(plan.to_json()))) == plan
@@ -115,7 +118,7 @@ def test_label_space_files_carry_plans_and_first_release_files_still_read(tmp_pa
 def test_a_first_release_model_loads_with_its_fixed_size_and_a_new_one_with_its_plans(tiny_model):
     config, space = verify_folder(FIRST_RELEASE_MODEL)
     assert config.preprocessing.image_size == 128
-    assert {name: task.plan for name, task in space.tasks.items()} == {name: fixed_size_plan(128)
+    assert {name: task.plan for name, task in space.tasks.items()} == {name: fixed_size_plan(128, FIRST_PREPROCESSING)
                                                                        for name in space.task_names}
     assert json.loads((tiny_model / "config.json").read_text())["format_version"] == MODEL_FORMAT_VERSION
     new = load_model(tiny_model, device="cpu")

@@ -93,7 +93,7 @@ def assert_stopped_with_one_line(status: int, stderr: str) -> str:
 def test_sigterm_while_loading_the_data_stops_with_75_and_one_line(two_tasks, tmp_path):
     out = tmp_path / "model"
     status, stderr = signal_when_paused(start_paused(train_argv(two_tasks, out),
-                                                     "labelshare.tasks:TaskDataset.load_case"))
+                                                     "labelshare.preprocessing:case_slices"))
     assert "--resume" in assert_stopped_with_one_line(status, stderr)
     assert not out.exists()
     assert main(train_argv(two_tasks, out) + ["--progress", "quiet"]) == 0, "the next run is not blocked"
@@ -196,7 +196,7 @@ def test_a_run_with_other_settings_does_not_publish_a_complete_staging_folder(tw
 
 def test_two_runs_never_work_in_one_staging_folder(two_tasks, tmp_path, capsys):
     out = tmp_path / "model"
-    first = start_paused(train_argv(two_tasks, out), "labelshare.tasks:TaskDataset.load_case")
+    first = start_paused(train_argv(two_tasks, out), "labelshare.preprocessing:case_slices")
     try:
         assert first.stdout.readline().strip() == "PAUSED"
         line = cli_error(train_argv(two_tasks, out) + ["--resume"], capsys)

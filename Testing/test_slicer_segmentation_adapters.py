@@ -15,7 +15,7 @@ import vtk
 import vtk.util.numpy_support
 
 from labelshare.errors import DataError
-from labelshare.tasks import choose_slicing_axis
+from labelshare.preprocessing import choose_slicing_axis
 from labelshare.terminology import MIN_COLOUR_DISTANCE, load_label_table
 
 pytest_plugins = ["slicer_support"]  # fixtures: mrml_scene, slicer_env

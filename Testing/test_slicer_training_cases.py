@@ -22,6 +22,7 @@ from slicer_support import slicer_scene  # noqa: E402
 
 from labelshare.taskfolders import TRASH_DIR, DuplicateCaseError, create_task  # noqa: E402
 from labelshare.errors import DataError  # noqa: E402
+from labelshare.preprocessing import DEFAULT_PREPROCESSING, case_slices  # noqa: E402
 from labelshare.tasks import TaskDataset  # noqa: E402
 
 SHAPE = (5, 18, 22)  # K, J, I
@@ -173,7 +174,7 @@ def test_single_slice_projection_round_trip(scene, tmp_path):
     dataset = TaskDataset.open(xray.root)
     _, _, label = dataset.read_case(dataset.case(name))
     np.testing.assert_array_equal(label, lung.astype(np.uint8))
-    assert dataset.load_case(dataset.case(name)).image.shape == (1, 30, 40), "one projection"
+    assert case_slices(dataset, dataset.case(name), DEFAULT_PREPROCESSING).image.shape == (1, 30, 40), "one projection"
 
 
 def test_opened_case_comes_back_as_named_segments_and_maps_by_name(scene, liver):

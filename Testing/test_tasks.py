@@ -1,4 +1,5 @@
-"""Task folders: every reader, case discovery, validation, slicing, normalisation and the patient split."""
+"""Task folders: every reader, case discovery, validation, the patient split, and the first slicing and
+normalisation schemes (labelshare.preprocessing)."""
 
 import numpy as np
 import pytest
@@ -6,8 +7,9 @@ import SimpleITK as sitk
 from taskfactory import blobs, write_task_folder
 
 from labelshare.errors import DataError
-from labelshare.tasks import (Normalisation, TaskDataset, choose_slicing_axis, parse_task_argument,
-                              patient_of, split_by_patient, to_slices)
+from labelshare.preprocessing import (DEFAULT_PREPROCESSING, PercentileZScore, case_slices, choose_slicing_axis,
+                                      to_slices)
+from labelshare.tasks import TaskDataset, parse_task_argument, patient_of, split_by_patient
 
 LABELS = {"a": 1, "b": 2}
 
@@ -20,7 +22,7 @@ def test_every_format_reads_with_or_without_channel_suffix(tmp_path, ending, cha
     task = TaskDataset.open(write_task_folder(tmp_path / "t", LABELS, [label, label], ending=ending,
                                               channel_suffix=channel_suffix), "t")
     assert [c.name for c in task.cases] == ["case_000", "case_001"]
-    case = task.load_case(task.cases[0])
+    case = case_slices(task, task.cases[0], DEFAULT_PREPROCESSING)
     expected_slices = 1 if ending == ".png" else 3
     assert case.image.shape == (expected_slices, 12, 10) and case.label.shape == (expected_slices, 12, 10)
     assert np.array_equal(case.label.reshape(label.shape), label)
@@ -62,8 +64,8 @@ def test_slicing_axis_largest_spacing_ties_last_and_projection():
 def test_normalisation_puts_different_intensity_scales_on_one_scale():
     rng = np.random.default_rng(0)
     base = rng.random((4, 32, 32)).astype(np.float32)
-    small = Normalisation.of(base * 255).apply(base * 255)
-    huge = Normalisation.of(base * 1.7e6).apply(base * 1.7e6)
+    small = PercentileZScore.of(base * 255).apply(base * 255)
+    huge = PercentileZScore.of(base * 1.7e6).apply(base * 1.7e6)
     assert np.allclose(small, huge, atol=1e-4)
     assert abs(float(small.mean())) < 0.05 and abs(float(small.std()) - 1) < 0.05
 

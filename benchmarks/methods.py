@@ -54,7 +54,8 @@ from labelshare.paths import staging_dir_for
 from labelshare.plans import PlanSettings
 from labelshare.progress import Progress
 from labelshare.scores import nanmean
-from labelshare.tasks import TaskDataset, choose_slicing_axis
+from labelshare.preprocessing import choose_slicing_axis
+from labelshare.tasks import TaskDataset
 from labelshare.training_run import make_split, open_tasks, train
 
 from .common import machine

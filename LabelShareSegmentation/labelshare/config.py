@@ -336,6 +336,14 @@ class AddTaskConfig(Configuration):
         self.train.check()
 
 
+DEFAULT_FILTERS = (16, 32, 64, 128, 256)  # U-Net filters per level of a new model
+
+
+def unet_strides(levels: int) -> list[int]:
+    """The strides of a U-Net of ``levels`` levels: full resolution first, then a halving per level."""
+    return [1] + [2] * (levels - 1)
+
+
 @dataclass
 class NetworkConfig:
     """The network of a model: output channels, task conditioning (:data:`CONDITIONINGS`) and U-Net filters."""
@@ -343,7 +351,7 @@ class NetworkConfig:
     out_channels: int
     n_tasks: int = 1
     conditioning: str = "none"
-    filters: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 256])
+    filters: list[int] = field(default_factory=lambda: list(DEFAULT_FILTERS))
     in_channels: int = 1
 
     def __post_init__(self):
@@ -362,6 +370,15 @@ class NetworkConfig:
             shown = repr(filters) if len(repr(filters)) < 80 else repr(filters)[:77] + "..."
             raise ValueError(f"filters must be a list of 2 to {MAX_LEVELS} whole numbers from 1 to {MAX_FILTERS} "
                              f"(one per U-Net level), not {shown}")
+
+    @property
+    def strides(self) -> list[int]:
+        return unet_strides(len(self.filters))
+
+    @property
+    def patch_multiple(self) -> int:
+        """What every side of a patch must be a multiple of: the network's total down-sampling."""
+        return math.prod(self.strides)
 
     def to_json(self) -> dict:
         return {"architecture": "dynunet2d", **asdict(self)}

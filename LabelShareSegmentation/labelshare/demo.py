@@ -24,7 +24,8 @@ from .labelspace import LabelSpace, compute_statistics, parse_group
 from .models import load_model
 from .plans import PlanSettings
 from .progress import Progress
-from .tasks import Normalisation, TaskDataset, choose_slicing_axis, to_slices
+from .preprocessing import Preprocessing
+from .tasks import TaskDataset
 from .training_run import open_tasks, train
 
 SYNTHETIC_CASES = 12
@@ -73,7 +74,7 @@ def run_demo(out: str | Path, task_arguments: Sequence[tuple[str, Path]] = (), g
         segmentation_path = out / "segmentations" / name / f"{case_name}{task.metadata.get('file_ending', '.nii.gz')}"
         write_image_atomic(prediction, segmentation_path)
         overlays[name] = write_overlay(out / "overlays" / f"{name}.png", image, reference,
-                                       sitk.GetArrayFromImage(prediction), task)
+                                       sitk.GetArrayFromImage(prediction), task, space.task(name).plan.preprocessing)
     metrics = read_json(model_dir / "metrics.json")
     report = out / "report.md"
     atomic_write_text(report, render_report(space, metrics, overlays, out, model_dir, tasks))
@@ -81,13 +82,14 @@ def run_demo(out: str | Path, task_arguments: Sequence[tuple[str, Path]] = (), g
 
 
 def write_overlay(path: Path, image: sitk.Image, reference: np.ndarray, prediction: np.ndarray,
-                  task: TaskDataset) -> Path:
-    """PNG of the slice with the most reference foreground: reference overlay on the left, prediction on the right
-    (label colours as listed in the report; scikit-image draws them)."""
-    axis = choose_slicing_axis(image)
+                  task: TaskDataset, preprocessing: Preprocessing) -> Path:
+    """PNG of the slice with the most reference foreground, cut and normalised as the task's plan says: reference
+    overlay on the left, prediction on the right (label colours as listed in the report; scikit-image draws them)."""
+    slicing = preprocessing.slicing_scheme
+    axis = slicing.axis(image, None)
     pixels = sitk.GetArrayFromImage(image).astype(np.float32)
-    image_slices = to_slices(Normalisation.of(pixels).apply(pixels), axis)
-    reference_slices, prediction_slices = to_slices(reference, axis), to_slices(prediction, axis)
+    image_slices = slicing.slices(preprocessing.normalisation_scheme.of(pixels).apply(pixels), axis)
+    reference_slices, prediction_slices = slicing.slices(reference, axis), slicing.slices(prediction, axis)
     index = int(np.argmax((reference_slices.reshape(reference_slices.shape[0], -1) > 0).sum(axis=1)))
     grey = image_slices[index]
     grey = (grey - grey.min()) / max(float(grey.max() - grey.min()), 1e-6)

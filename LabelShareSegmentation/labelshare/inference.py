@@ -1,7 +1,8 @@
 """Segmentation: image in, the chosen task's label image out, on exactly the input's grid.
 
-Slices are cut along the same axis as in training, normalised with the per-case statistics of the whole image,
-resampled to the task's plan (its spacing, aspect ratio kept), predicted with Gaussian-weighted sliding windows of
+Every step is the task's plan's scheme (:mod:`labelshare.preprocessing`), as in training: slices are cut along the
+same axis, normalised with the per-case statistics of the whole image, resampled to the task's plan (its spacing,
+aspect ratio kept), predicted with Gaussian-weighted sliding windows of
 the plan's patch size (optionally averaged with the left-right mirrored prediction for tasks that are not
 lateralised), and the softmax over the task's channels is resampled back to the slice's own grid before the argmax,
 so the output has the input's size, spacing, origin and direction. Memory stays bounded: the input is read once,
@@ -12,6 +13,7 @@ array.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -21,8 +23,7 @@ from .config import InferenceConfig
 from .errors import DataError
 from .models import Model
 from .progress import Progress
-from .slices import head_probability_views, resample_images, to_plan
-from .tasks import Normalisation, choose_slicing_axis, slice_spacing, to_slices
+from .slices import head_probability_views, to_plan
 
 
 class Segmenter:
@@ -52,7 +53,7 @@ class Segmenter:
             self.autocast_dtype = getattr(torch, precision)
 
     @torch.no_grad()
-    def probability_views(self, slices: np.ndarray, task: str, normalisation: Normalisation,
+    def probability_views(self, slices: np.ndarray, task: str, normalisation: Any,
                           spacing: tuple[float, float], mirror: bool) -> list[torch.Tensor]:
         """Softmax over the task's channels, (n, K+1, h, w) on the grid of a (n, h, w) batch of raw slices of
         in-plane ``spacing``: the plain prediction and, with ``mirror`` (ignored for lateralised tasks), the
@@ -63,13 +64,14 @@ class Segmenter:
         views = head_probability_views(self.model.network, images, head, entry.plan,
                                        mirror=mirror and not entry.lateralised, windows_per_batch=self.batch_size,
                                        autocast_dtype=self.autocast_dtype)
-        return [resample_images(view, slices.shape[1:]) for view in views]
+        resampling = entry.plan.preprocessing.resampling_scheme
+        return [resampling.images(view, slices.shape[1:]) for view in views]
 
     def configured(self, **changes) -> Segmenter:
         """A segmenter of the same loaded model with some options of its configuration changed."""
         return Segmenter(self.model, replace(self.config, **changes), self.precision)
 
-    def predict_slices(self, slices: np.ndarray, task: str, normalisation: Normalisation,
+    def predict_slices(self, slices: np.ndarray, task: str, normalisation: Any,
                        spacing: tuple[float, float]) -> np.ndarray:
         """Task label ids for a (n, h, w) batch of raw slices of in-plane ``spacing`` (rows, columns)."""
         views = self.probability_views(slices, task, normalisation, spacing, self.config.mirror)
@@ -84,20 +86,20 @@ class Segmenter:
 
     def slice_batches(self, image: sitk.Image, task: str) -> SliceBatches:
         """``image`` checked (scalar, 2D/3D, finite) and cut into the slices the network sees, in batches."""
-        self.model.labelspace.task(task)
+        steps = self.model.labelspace.task(task).plan.preprocessing
         if image.GetNumberOfComponentsPerPixel() != 1:
             raise DataError(f"input has {image.GetNumberOfComponentsPerPixel()} components per pixel; a scalar "
                             "(grey) image is needed")
         if image.GetDimension() not in (2, 3) or 0 in image.GetSize():
             raise DataError(f"input of size {image.GetSize()} is not a non-empty 2D or 3D image")
         array = sitk.GetArrayViewFromImage(image)
-        normalisation = Normalisation.of(array)
-        if not np.isfinite(normalisation.low) or not np.isfinite(normalisation.high) or \
-                (array.dtype.kind == "f" and not np.isfinite(array).all()):
+        normalisation = steps.normalisation_scheme.of(array)
+        if not normalisation.finite or (array.dtype.kind == "f" and not np.isfinite(array).all()):
             raise DataError("image contains NaN or infinite values")
-        axis = choose_slicing_axis(image, self.config.slicing_axis)
-        return SliceBatches(array.shape, axis, to_slices(array, axis), normalisation,
-                            slice_spacing(image.GetSpacing(), axis), self.batch_size)
+        slicing = steps.slicing_scheme
+        axis = slicing.axis(image, self.config.slicing_axis)
+        return SliceBatches(array.shape, slicing, axis, slicing.slices(array, axis), normalisation,
+                            slicing.spacing(image.GetSpacing(), axis), self.batch_size)
 
     def segment(self, image: sitk.Image, task: str, progress: Progress | None = None) -> sitk.Image:
         """Label image of ``task`` on the grid of ``image`` (2D, 3D, or a single-slice 3D projection), post-processed
@@ -105,7 +107,7 @@ class Segmenter:
         batches = self.slice_batches(image, task)
         max_id = max(i for i, _ in self.model.task_labels(task))
         output = np.zeros(batches.shape, dtype=np.uint8 if max_id < 256 else np.uint16)
-        output_slices = to_slices(output, batches.axis)
+        output_slices = batches.slicing.slices(output, batches.axis)
         total = batches.count
         for start, stop in batches.ranges():
             output_slices[start:stop] = self.predict_slices(batches.raw(start, stop), task, batches.normalisation,
@@ -130,13 +132,14 @@ class Segmenter:
 
 @dataclass(frozen=True)
 class SliceBatches:
-    """An image's slices along ``axis`` (a view of its array), its normalisation and in-plane spacing, in batches
-    of ``batch_size`` slices."""
+    """An image's slices along ``axis`` (a view of its array, cut by the plan's slicing scheme), its normalisation
+    and in-plane spacing, in batches of ``batch_size`` slices."""
 
     shape: tuple[int, ...]  # of the image's array
+    slicing: Any  # the plan's slicing scheme
     axis: int | None
     slices: np.ndarray
-    normalisation: Normalisation
+    normalisation: Any  # the measurement of the plan's normalisation scheme (its apply())
     spacing: tuple[float, float]
     batch_size: int
 

@@ -30,8 +30,9 @@ import numpy as np
 from .errors import DataError, LabelSpaceError, UnknownTaskError
 from .fileio import atomic_write_json, read_json
 from .naming import check_task_name
-from .plans import PlanSettings, SliceGeometry, TaskPlan
-from .tasks import TaskDataset, slice_spacing
+from .plans import FIRST_PATCH_MULTIPLE, PlanSettings, SliceGeometry, TaskPlan
+from .preprocessing import FIRST_PREPROCESSING, iter_case_slices
+from .tasks import TaskDataset
 
 FORMAT = "labelshare.labelspace"
 FORMAT_VERSION = 2
@@ -100,15 +101,15 @@ def compute_statistics(task: TaskDataset, case_names: Iterable[str] | None = Non
                        plan_settings: PlanSettings | None = None) -> TaskStatistics:
     """Average relative size, frequency and slice count of every label over the given (default: all) cases, and the
     task's plan from the geometry of the same cases (``plan_settings``: the planning rule, default
-    :class:`~labelshare.plans.PlanSettings`)."""
+    :class:`~labelshare.plans.PlanSettings`; its preprocessing cuts the slices)."""
+    plan_settings = plan_settings or PlanSettings()
     sums = {name: 0.0 for name in task.labels}
     counts = {name: 0 for name in task.labels}
     geometries = []
     n_slices = n_cases = 0
-    for case in task.iter_cases(case_names):
+    for case in iter_case_slices(task, case_names, plan_settings.preprocessing):
         n_cases += 1
-        geometries.append(SliceGeometry(shape=tuple(case.label.shape[1:]),
-                                        spacing=slice_spacing(case.spacing, case.slicing_axis)))
+        geometries.append(SliceGeometry(shape=tuple(case.label.shape[1:]), spacing=case.spacing))
         labels = case.label.reshape(case.label.shape[0], -1)
         n_slices += labels.shape[0]
         pixels = labels.shape[1]
@@ -124,7 +125,7 @@ def compute_statistics(task: TaskDataset, case_names: Iterable[str] | None = Non
              for name in task.labels}
     return TaskStatistics(name=task.name, labels=dict(task.labels), stats=stats, n_slices=n_slices, n_cases=n_cases,
                           lateralised=task.lateralised, license=task.license, citation=task.citation,
-                          label_info=task.label_info, plan=(plan_settings or PlanSettings()).plan(geometries),
+                          label_info=task.label_info, plan=plan_settings.plan(geometries),
                           intended_input=task.intended_input)
 
 
@@ -317,8 +318,10 @@ class LabelSpace:
         return space
 
     def with_fixed_size_plans(self, size: int) -> LabelSpace:
-        """A first-release label space (no plans) with the plans its models used: every slice resized to ``size``."""
-        settings = PlanSettings(fixed_size=size)
+        """A first-release label space (no plans) with the plans its models used: every slice resized to ``size``,
+        the first preprocessing schemes."""
+        settings = PlanSettings(fixed_size=size, patch_multiple=FIRST_PATCH_MULTIPLE,
+                                preprocessing=FIRST_PREPROCESSING)
         tasks = {name: dataclasses.replace(entry, plan=entry.plan or settings.plan([]))
                  for name, entry in self.tasks.items()}
         return LabelSpace(tasks, strategy=self.strategy, groups=self.groups, plan_settings=settings)

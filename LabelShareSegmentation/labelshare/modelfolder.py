@@ -32,7 +32,7 @@ from .fileio import atomic_write_json, read_json, sha256_file
 from .labelspace import LabelSpace
 from .layouts import LAYOUTS, out_channels
 from .naming import check_relative_file
-from .plans import check_fixed_size
+from .plans import check_fixed_size, check_patch_multiple
 from .paths import BUNDLED_MODELS_DIR, candidate_dir_for, refused_report_paths, staging_dir_for, user_models_dir
 
 MODEL_FORMAT = "labelshare.model"
@@ -45,15 +45,20 @@ REQUIRED_FILES = ("config.json", "labelspace.json", WEIGHTS_FILE, MANIFEST_FILE)
 
 @dataclass
 class PreprocessingConfig:
-    """How an image becomes network input; recorded so that inference repeats it exactly. The resolution is each
-    task's plan in ``labelspace.json``; ``image_size`` is only set by first-release models, which resized every
-    slice to one square size."""
+    """What ``config.json`` says about preprocessing. How an image becomes network input is each task's plan in
+    ``labelspace.json``: its resolution and its preprocessing schemes (:mod:`labelshare.preprocessing`), which the
+    code dispatches on. ``image_size`` is only set by first-release models, which resized every slice to one square
+    size (their plans are made from it: :meth:`labelshare.labelspace.LabelSpace.with_fixed_size_plans`)."""
 
-    normalisation: str = "per-case percentile clip 0.5/99.5, then z-score"
-    slicing: str = "through-plane axis = largest spacing (ties: last image axis); 2D or single-slice = projection"
-    resize: str = ("per task, the plan in labelspace.json: slices resampled to its spacing (image bilinear, labels "
-                   "one-hot linear), patches of its size, Gaussian-weighted sliding windows at inference")
     image_size: int | None = None
+
+    @classmethod
+    def from_json(cls, data: dict) -> PreprocessingConfig:
+        """Model folders before the schemes were recorded describe them here in prose (normalisation, slicing,
+        resize); the schemes those models were made with are the first ones, which their plans read as."""
+        if not isinstance(data, dict):
+            raise ValueError(f"preprocessing must be a JSON object, not {type(data).__name__}")
+        return cls(image_size=data.get("image_size"))
 
 
 @dataclass
@@ -82,7 +87,8 @@ class ModelConfig:
             raise ValueError("largest_component must map task names to lists of label names")
         if self.preprocessing.image_size is not None:  # a first-release model: its fixed-size plans
             try:
-                check_fixed_size(self.preprocessing.image_size, "preprocessing image_size")
+                check_fixed_size(self.preprocessing.image_size, "preprocessing image_size",
+                                 self.network.patch_multiple)
             except LabelShareError as error:
                 raise ValueError(str(error)) from None
 
@@ -114,7 +120,7 @@ class ModelConfig:
         try:
             return cls(method=data["method"], layout=data["layout"],
                        network=NetworkConfig.from_json(data["network"]),
-                       preprocessing=PreprocessingConfig(**data.get("preprocessing", {})),
+                       preprocessing=PreprocessingConfig.from_json(data.get("preprocessing", {})),
                        weights_dtype=data.get("weights_dtype", "float32"),
                        largest_component=data.get("largest_component", {}))
         except (KeyError, TypeError, ValueError) as error:
@@ -187,6 +193,11 @@ def verify_folder(path: str | Path) -> tuple[ModelConfig, LabelSpace]:
     missing_plans = [name for name, task in space.tasks.items() if task.plan is None]
     if missing_plans:
         raise ModelError(f"{path / 'labelspace.json'}: task(s) {', '.join(missing_plans)} have no plan")
+    try:
+        for name, task in space.tasks.items():
+            check_patch_multiple(task.plan, config.network.patch_multiple, f"task '{name}'")
+    except LabelSpaceError as error:
+        raise ModelError(f"{path / 'labelspace.json'}: {error}") from None
     expected = out_channels(config.layout, space)
     if config.network.out_channels != expected:
         raise ModelError(f"{path}: config.json has {config.network.out_channels} output channels but the label space "

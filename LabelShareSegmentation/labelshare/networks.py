@@ -21,15 +21,15 @@ import torch.nn.functional as F
 from monai.networks.nets import DynUNet
 from torch import nn
 
-from .config import NetworkConfig
+from .config import NetworkConfig, unet_strides
 
 DODNET_HEAD_CHANNELS = 8
 
 
 def _dynunet(in_channels: int, out_channels: int, filters: list[int]) -> DynUNet:
-    depth = len(filters)
-    return DynUNet(spatial_dims=2, in_channels=in_channels, out_channels=out_channels, kernel_size=[3] * depth,
-                   strides=[1] + [2] * (depth - 1), upsample_kernel_size=[2] * (depth - 1), filters=list(filters))
+    strides = unet_strides(len(filters))  # the strides planning derives its patch multiple from
+    return DynUNet(spatial_dims=2, in_channels=in_channels, out_channels=out_channels, kernel_size=[3] * len(filters),
+                   strides=strides, upsample_kernel_size=strides[1:], filters=list(filters))
 
 
 class SegmentationNet(nn.Module):

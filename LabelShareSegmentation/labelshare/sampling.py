@@ -22,9 +22,10 @@ import torch.nn.functional as F
 
 from .layouts import TaskHead
 from .plans import TaskPlan
+from .preprocessing import iter_case_slices
 from .progress import Progress
-from .slices import resample_labels, to_plan
-from .tasks import TaskDataset, slice_spacing
+from .slices import to_plan
+from .tasks import TaskDataset
 
 
 @dataclass
@@ -61,14 +62,14 @@ class TaskSlices:
 def load_task_slices(task: TaskDataset, case_names: Sequence[str], head: TaskHead, plan: TaskPlan,
                      progress: Progress | None = None, fraction_range: tuple[float, float] = (0.0, 0.0)
                      ) -> TaskSlices:
-    """Read, normalise and resample the given cases of a task to its plan."""
+    """Read, normalise and resample the given cases of a task to its plan (by the plan's schemes)."""
     images, targets, names = [], [], []
     lut = torch.from_numpy(head.target_lut)
-    for i, case in enumerate(task.iter_cases(case_names)):
-        spacing = slice_spacing(case.spacing, case.slicing_axis)
-        image = to_plan(case.image, spacing, plan, "cpu")[:, 0]  # training data stays in memory
-        target = resample_labels(lut[torch.from_numpy(case.label.astype(np.int64))], image.shape[-2:],
-                                 len(head.channels))
+    resampling = plan.preprocessing.resampling_scheme
+    for i, case in enumerate(iter_case_slices(task, case_names, plan.preprocessing)):
+        image = to_plan(case.image, case.spacing, plan, "cpu")[:, 0]  # training data stays in memory
+        target = resampling.labels(lut[torch.from_numpy(case.label.astype(np.int64))], image.shape[-2:],
+                                   len(head.channels))
         images.append(image.to(torch.float16).numpy())
         targets.append(target.to(torch.uint8).numpy())
         names.append(case.name)

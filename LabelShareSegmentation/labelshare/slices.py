@@ -2,9 +2,11 @@
 prediction over a slice with Gaussian-weighted sliding windows (MONAI). Training, validation, inference and the
 overlap measurement of add-task all go through here, so they see slices exactly alike.
 
-Resampling works on slice stacks in index space (the in-plane grid is only scaled, its field of view kept): images
-bilinearly (anti-aliased when shrinking), labels as one-hot maps resampled linearly then argmax'ed (thin structures
-survive shrinking better than with nearest-neighbour), probabilities bilinearly back to the slice's own grid.
+Resampling is the plan's resampling scheme (:mod:`labelshare.preprocessing`). ``index-linear`` v1
+(:class:`IndexLinearResampling`) works on slice stacks in index space (the in-plane grid is only scaled, its field of
+view kept): images bilinearly (anti-aliased when shrinking), labels as one-hot maps resampled linearly then
+argmax'ed (thin structures survive shrinking better than with nearest-neighbour), probabilities bilinearly back to
+the slice's own grid.
 """
 
 from __future__ import annotations
@@ -40,11 +42,18 @@ def resample_labels(labels: torch.Tensor, shape: Sequence[int], classes: int) ->
     return resample_images(one_hot, shape).max(dim=1).indices
 
 
+class IndexLinearResampling:
+    """Resampling scheme ``index-linear`` v1 (:data:`labelshare.preprocessing.RESAMPLINGS`)."""
+
+    images = staticmethod(resample_images)
+    labels = staticmethod(resample_labels)
+
+
 def to_plan(images: np.ndarray, spacing: Sequence[float], plan: TaskPlan,
             device: torch.device | str) -> torch.Tensor:
     """(n, h, w) normalised slices as network input (n, 1, H, W) at the plan's resolution."""
     tensor = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))[:, None].to(device)
-    return resample_images(tensor, plan.target_shape(images.shape[-2:], spacing))
+    return plan.preprocessing.resampling_scheme.images(tensor, plan.target_shape(images.shape[-2:], spacing))
 
 
 def pad_to_patch(images: torch.Tensor, patch: Sequence[int]) -> tuple[torch.Tensor, tuple[slice, slice]]:

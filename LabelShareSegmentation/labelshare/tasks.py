@@ -1,4 +1,5 @@
-"""Task datasets: nnU-Net v2 raw folders, case validation, 2D slicing and intensity normalisation.
+"""Task datasets: nnU-Net v2 raw folders, reading and validating their cases, and the patient-wise split. How a case
+becomes the network's slices (normalisation, slicing, resampling) is :mod:`labelshare.preprocessing`.
 
 A *task* is one labelled dataset with its own label set, stored the nnU-Net v2 way::
 
@@ -6,9 +7,8 @@ A *task* is one labelled dataset with its own label set, stored the nnU-Net v2 w
     <task>/imagesTr/<case>[_0000].<ending>
     <task>/labelsTr/<case>.<ending>
 
-Endings read: ``.nii.gz``, ``.nii``, ``.nrrd``, ``.mha``, ``.png``. The network is 2D: a 3D volume is cut into
-slices along its through-plane axis (the axis with the largest spacing; ties go to the last image axis, z), a 2D
-image or a single-slice volume is one projection. An optional ``"labelshare"`` block in ``dataset.json`` may set
+Endings read: ``.nii.gz``, ``.nii``, ``.nrrd``, ``.mha``, ``.png``. An optional ``"labelshare"`` block in
+``dataset.json`` may set
 ``patient_regex`` (a regular expression whose first group is the patient id of a case name), ``lateralised``
 (true/false: whether left-right flips would swap anatomy) and ``label_info`` (per label name: ``color`` as
 [r, g, b] in 0..1 and ``terminology``, a Slicer terminology string), which the Slicer module uses for segments.
@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -35,8 +35,6 @@ CHANNEL_SUFFIX = "_0000"
 DEFAULT_PATIENT_SUFFIX = re.compile(r"(_(frame|im|img|slice|phase|ph|t|time|ed|es)\d*)+$", re.IGNORECASE)
 LATERAL_NAME = re.compile(r"(^|[_\s-])(left|right|l|r|lv|rv|la|ra)($|[_\s-])", re.IGNORECASE)
 GEOMETRY_TOLERANCE = 1e-3
-NORMALISATION_PERCENTILES = (0.5, 99.5)
-_PERCENTILE_SAMPLE = 1_000_000
 
 
 def parse_task_argument(text: str) -> tuple[str, Path]:
@@ -67,19 +65,6 @@ class Case:
     image_path: Path
     label_path: Path
     patient: str
-
-
-@dataclass
-class CaseData:
-    """One validated case as numpy slices: ``image`` float32 (n, h, w) normalised per case, ``label`` (n, h, w) of
-    task label ids."""
-
-    name: str
-    patient: str
-    image: np.ndarray
-    label: np.ndarray
-    slicing_axis: int | None
-    spacing: tuple[float, ...]
 
 
 @dataclass
@@ -163,21 +148,6 @@ class TaskDataset:
         image_array = image_to_array(image, case.image_path)
         label_array = label_to_array(label, case.label_path, set(self.labels.values()), what)
         return image, image_array, label_array
-
-    def load_case(self, case: Case) -> CaseData:
-        """One validated case as normalised 2D slices."""
-        image, image_array, label_array = self.read_case(case)
-        axis = choose_slicing_axis(image)
-        return CaseData(name=case.name, patient=case.patient,
-                        image=to_slices(Normalisation.of(image_array).apply(image_array), axis),
-                        label=to_slices(label_array, axis), slicing_axis=axis, spacing=tuple(image.GetSpacing()))
-
-    def iter_cases(self, names: Iterable[str] | None = None) -> Iterable[CaseData]:
-        wanted = None if names is None else set(names)
-        for case in self.cases:
-            if wanted is None or case.name in wanted:
-                yield self.load_case(case)
-
 
 def parse_options(metadata: dict, where: Path) -> dict:
     """The ``"labelshare"`` block of a dataset.json (see the module docstring), its values checked."""
@@ -348,72 +318,6 @@ def label_to_array(label: sitk.Image, path: Path, allowed_ids: set[int], what: s
         raise DataError(f"{path}: {what}: label values {bad[:10]} are not labels of dataset.json "
                         f"(allowed: 0, {', '.join(map(str, sorted(allowed_ids)))})")
     return array.astype(np.uint16 if max(allowed_ids, default=0) > 255 else np.uint8, copy=False)
-
-
-def choose_slicing_axis(image: sitk.Image, override: int | None = None) -> int | None:
-    """Numpy axis (of the K,J,I array) along which 2D slices are cut, or None for a 2D image.
-
-    ``override`` is an image axis (0 = x/I, 1 = y/J, 2 = z/K). Otherwise: a size-1 axis makes the image a single
-    projection; else the axis of largest spacing; ties go to the last image axis.
-    """
-    if image.GetDimension() == 2:
-        return None
-    size, spacing = image.GetSize(), image.GetSpacing()
-    if override is not None:
-        if override not in (0, 1, 2):
-            raise DataError(f"slicing axis must be 0, 1 or 2 (x, y, z), not {override}")
-        image_axis = override
-    elif 1 in size:
-        image_axis = max(i for i in range(3) if size[i] == 1)
-    else:
-        largest = max(spacing)
-        image_axis = max(i for i in range(3) if np.isclose(spacing[i], largest, rtol=1e-3))
-    return 2 - image_axis
-
-
-def to_slices(array: np.ndarray, axis: int | None) -> np.ndarray:
-    """(n, h, w) view of a 2D (h, w) or 3D array, slices along ``axis``."""
-    if axis is None:
-        return array[np.newaxis]
-    return np.moveaxis(array, axis, 0)
-
-
-def slice_spacing(image_spacing: Sequence[float], axis: int | None) -> tuple[float, float]:
-    """In-plane (rows, columns) spacing of the slices cut along numpy ``axis`` (None: a 2D image) of an image with
-    SimpleITK ``spacing`` (x, y[, z])."""
-    numpy_order = list(reversed([float(s) for s in image_spacing]))
-    if axis is not None:
-        del numpy_order[axis]
-    return numpy_order[0], numpy_order[1]
-
-
-@dataclass(frozen=True)
-class Normalisation:
-    """Per-case intensity normalisation: clip to the 0.5/99.5 percentiles, then z-score with the clipped mean and
-    standard deviation. This puts uint8 volumes and float volumes whose maxima differ by 10^4 on one scale.
-
-    The statistics come from an evenly strided sample of at most a million voxels, and :meth:`apply` works on any
-    part of the image, so memory stays bounded on large volumes.
-    """
-
-    low: float
-    high: float
-    mean: float
-    std: float
-
-    @classmethod
-    def of(cls, array: np.ndarray) -> Normalisation:
-        flat = array.reshape(-1)
-        sample = flat[:: max(1, flat.size // _PERCENTILE_SAMPLE)].astype(np.float64)
-        low, high = np.percentile(sample, NORMALISATION_PERCENTILES)
-        clipped = np.clip(sample, low, high)
-        return cls(float(low), float(high), float(clipped.mean()), float(max(clipped.std(), 1e-6)))
-
-    def apply(self, array: np.ndarray) -> np.ndarray:
-        out = np.clip(array.astype(np.float32), self.low, self.high)
-        out -= np.float32(self.mean)
-        out /= np.float32(self.std)
-        return out
 
 
 def split_by_patient(cases: Sequence[Case], validation_fraction: float, seed: int) -> tuple[list[str], list[str]]:

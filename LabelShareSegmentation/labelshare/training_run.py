@@ -29,6 +29,7 @@ from .modelfolder import MANIFEST_FILE, ModelConfig, data_fingerprint, read_mode
 from .models import Model, environment_summary, resolve_device, save_model_folder
 from .networks import build_network, count_parameters
 from .paths import staging_dir_for
+from .plans import check_patch_multiple
 from .progress import Progress
 from .sampling import TaskSlices, load_task_slices
 from .scores import Evaluation
@@ -158,6 +159,8 @@ def train(task_arguments: Sequence[tuple[str, Path]], space: LabelSpace, out: st
     space = LabelSpace({name: space.tasks[name] for name in tasks}, space.strategy, space.groups,
                        space.plan_settings)
     model_config = ModelConfig.for_method(method, space, config.weights_dtype)
+    for name, entry in space.tasks.items():  # plans are made for a network: its down-sampling divides the patches
+        check_patch_multiple(entry.plan, model_config.network.patch_multiple, f"{name}'s plan")
     return run_training(tasks, space, model_config, out, config, progress, resume=resume, command=command,
                         lineage={"parent": None, "operation": "train", "tasks_added": list(tasks)}, split=split)
 
@@ -324,13 +327,14 @@ def model_card(name: str, config: ModelConfig, space: LabelSpace, tasks: dict[st
              f"Method: **{config.method}** (output layout `{config.layout}`, {config.network.out_channels} output "
              f"channels, conditioning `{config.network.conditioning}`), {parameters / 1e6:.2f} M parameters, "
              f"weights stored as {config.weights_dtype}. Input: one 2D slice or projection at its task's plan "
-             f"resolution, {config.preprocessing.normalisation}.",
+             "resolution, preprocessed by the plan's schemes (below).",
              "", "## Tasks and labels", "", space.table(), "## Intended input", "",
              "What each task was trained on; other images (another modality, view, field of view or anatomy) are "
              "outside what the model has seen.", ""]
     for task_name, entry in space.tasks.items():
         lines.append(f"- **{task_name}**: {entry.intended_input or 'not described by its dataset.json'}; "
-                     f"{entry.n_cases} training cases, {entry.n_slices} slices; plan: {entry.plan.describe()}")
+                     f"{entry.n_cases} training cases, {entry.n_slices} slices; plan: {entry.plan.describe()}; "
+                     f"preprocessing: {entry.plan.preprocessing.describe()}")
     lines += ["", "## Training data and licences", ""]
     non_commercial = [n for n, e in space.tasks.items() if "NC" in e.license.upper().replace("-", "").replace(" ", "")
                       or "non-commercial" in e.license.lower()]

@@ -26,6 +26,7 @@ from labelshare.networks import build_network
 from labelshare.progress import Progress
 from labelshare.config import TrainConfig
 from labelshare.plans import PlanSettings, fixed_size_plan
+from labelshare.preprocessing import DEFAULT_PREPROCESSING
 from labelshare.sampling import TaskSlices
 
 
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     names = ["old1", "old2", "old3", "new"]
     space = LabelSpace.build([TaskStatistics(name=n, labels={"a": 1, "b": 2, "c": 3}, n_slices=1, n_cases=1,
                                              stats={k: LabelStats(0.1 * i, 1.0, 1) for i, k in enumerate("abc", 1)},
-                                             plan=fixed_size_plan(size))
+                                             plan=fixed_size_plan(size, DEFAULT_PREPROCESSING))
                               for n in names], plan_settings=PlanSettings(fixed_size=size))
     heads = task_heads("shared", space)
     generator = torch.Generator().manual_seed(0)
@@ -55,7 +56,9 @@ def main(argv: list[str] | None = None) -> None:
     timings: dict[float, list[float]] = {0.0: [], 1.0: []}
     with tempfile.TemporaryDirectory() as workdir:
         trainers = {w: IncrementalTrainer(network, heads, banks, [], config, Path(workdir), Progress("quiet"),
-                                          replay=replay, teacher=teacher, distill_weight=w) for w in timings}
+                                          replay=replay, teacher=teacher, distill_weight=w, new_task="new",
+                                          new_task_share=None, first_new_channel=None, new_channel_lr_scale=1.0)
+                    for w in timings}
         for trainer in trainers.values():
             trainer.train_step(0)  # warm-up
         for _ in range(args.rounds):

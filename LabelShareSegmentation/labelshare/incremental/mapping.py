@@ -23,8 +23,8 @@ from ..errors import LabelSpaceError
 from ..labelspace import LabelSpace, TaskStatistics
 from ..tasks import TaskDataset
 from ..plans import TaskPlan
-from ..slices import resample_labels, to_plan, window_logits
-from ..tasks import slice_spacing
+from ..preprocessing import iter_case_slices
+from ..slices import to_plan, window_logits
 
 MIN_OVERLAP_DICE = 0.1  # below this a label's best overlap is noise, not a structure the model already finds
 OVERLAP_CASES = 50  # training cases of the new task segmented for the overlap strategy (spread over patients)
@@ -170,10 +170,11 @@ def measure_overlap(network: torch.nn.Module, device: torch.device, task: TaskDa
     for position, label_id in enumerate(label_ids, start=1):
         lut[label_id] = position
     counts = None
-    for case in task.iter_cases(case_names):
-        images = to_plan(case.image, slice_spacing(case.spacing, case.slicing_axis), plan, "cpu")  # moved per batch
-        labels = resample_labels(lut[torch.from_numpy(case.label.astype(np.int64))], images.shape[-2:],
-                                 len(label_ids) + 1)
+    resampling = plan.preprocessing.resampling_scheme
+    for case in iter_case_slices(task, case_names, plan.preprocessing):
+        images = to_plan(case.image, case.spacing, plan, "cpu")  # moved to the device per batch
+        labels = resampling.labels(lut[torch.from_numpy(case.label.astype(np.int64))], images.shape[-2:],
+                                   len(label_ids) + 1)
         for start in range(0, images.shape[0], batch_size):
             logits = window_logits(network, images[start: start + batch_size].to(device), task_index,
                                    plan.patch_size, batch_size)
