@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 import labelshare.inference as inference
-from labelshare.cli import main
+from labelshare.cli import build_parser, main, segment_config_from
 from labelshare.config import InferenceConfig
 from labelshare.errors import LabelShareError
 from labelshare.evaluation import choose_postprocessing, evaluate_cases
@@ -25,6 +25,7 @@ from labelshare.modelfolder import verify_folder
 from labelshare.models import load_model
 from labelshare.paths import BUNDLED_MODELS_DIR
 from labelshare.postprocess_run import postprocess
+from labelshare.worker import request_config
 from labelshare.tasks import TaskDataset
 
 
@@ -86,6 +87,28 @@ def test_segmentation_applies_the_models_choice_unless_told_all_or_none(tiny_mod
     cleaned.clear()
     Segmenter(model).segment(image, "xray2d")  # a task the model chose nothing for
     assert cleaned == []
+
+
+def test_largest_component_is_one_option_model_all_or_none_from_every_edge():
+    """``--largest-component {model,all,none}`` (alone: all), the worker's ``largest_component`` and the Slicer
+    logic's keyword all set InferenceConfig.largest_component, whose default is the model's choice."""
+    parser = build_parser()
+    segment = ["segment", "--task", "t", "in.nii.gz", "-o", "out.nii.gz"]
+
+    def chosen(*extra):
+        return segment_config_from(parser.parse_args([*segment, *extra])).inference.largest_component
+
+    assert chosen() == "model" == InferenceConfig().largest_component
+    assert chosen("--largest-component") == "all"  # the flag of the releases before the choice
+    assert [chosen("--largest-component", choice) for choice in ("model", "all", "none")] == ["model", "all", "none"]
+    with pytest.raises(SystemExit):
+        parser.parse_args([*segment, "--largest-component", "some"])
+    request = {"task": "t", "input": "in.nii.gz", "output": "out.nii.gz"}
+    assert request_config({**request, "largest_component": "none"}, "segment").inference.largest_component == "none"
+    with pytest.raises(LabelShareError, match="'largest_component' must be one of \"model\", \"all\", \"none\""):
+        request_config({**request, "largest_component": "never"}, "segment")
+    with pytest.raises(LabelShareError, match="'largest_component' must be a string, not true"):
+        request_config({**request, "largest_component": True}, "segment")
 
 
 def test_training_records_its_choice_and_its_metrics_are_what_segmentation_gives(tiny_model, synthetic_tasks):

@@ -142,6 +142,10 @@ def test_bad_inputs_are_refused_before_anything_runs(volume, tiny_model, mrml_sc
         logic.start(empty, TASK, model=tiny_model)
     with pytest.raises(LabelShareError, match="unknown device 'tpu'"):
         logic.start(volume, TASK, model=tiny_model, device="tpu")
+    with pytest.raises(LabelShareError, match="largest-component some: use one of model, all, none"):
+        logic.start(volume, TASK, model=tiny_model, largest_component="some")
+    with pytest.raises(LabelShareError, match="unknown option"):
+        logic.start(volume, TASK, model=tiny_model, largestComponent="all")
     assert logic.worker is None  # no process was started
     mrml_scene.RemoveNode(empty)
     assert scene_contents(mrml_scene) == before
