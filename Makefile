@@ -15,8 +15,9 @@ $(VENV)/.base-installed: pyproject.toml
 	$(VENV)/bin/python -m pip install -q -e .
 	touch $@
 
-$(VENV)/.test-installed: $(VENV)/.base-installed
-	$(VENV)/bin/python -m pip install -q -e ".[test]"
+# the tests and the benchmarks (their own project, benchmarks/pyproject.toml, with labelshare-bench)
+$(VENV)/.test-installed: $(VENV)/.base-installed benchmarks/pyproject.toml
+	$(VENV)/bin/python -m pip install -q -e ".[test]" -e ./benchmarks
 	touch $@
 
 demo: $(VENV)/.base-installed

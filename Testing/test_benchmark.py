@@ -70,6 +70,34 @@ def test_dodnet_head_gives_different_outputs_for_different_task_codes():
         network(images)
 
 
+def test_the_baselines_are_the_benchmarks_registered_through_the_engines_public_registry(tiny_benchmark):
+    """The product offers its own methods; DoD-Net and multi-channel come from labelshare_benchmarks, which registers
+    them (and their layouts) in the engine's registries, also in a process that never imported it (the package's
+    entry point), so their model folders load wherever the benchmarks are installed."""
+    import subprocess
+    import sys
+
+    from labelshare.cli import build_parser
+    from labelshare.methods import METHODS as ENGINE_METHODS
+    from labelshare.methods import PRODUCT_METHODS
+    from labelshare_benchmarks import baselines
+
+    product = {m.name for m in PRODUCT_METHODS}
+    assert product == {"label-sharing", "label-sharing-task-channels", "per-task"}
+    train = build_parser().parse_args(["train", "--labelspace", "l", "--task", "t=d", "--out", "o"])
+    assert train.method == "label-sharing"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--labelspace", "l", "--task", "t=d", "--out", "o", "--method", "dodnet"])
+    assert all(ENGINE_METHODS[m.name] is m for m in baselines.METHODS)
+    dodnet = tiny_benchmark.method("dodnet").models["phantom3d"]
+    loaded = subprocess.run([sys.executable, "-c", "import sys; from labelshare.models import load_model; "
+                             "network = load_model(sys.argv[1], 'cpu').network; "
+                             "print(type(network).__module__, 'labelshare_benchmarks.methods' in sys.modules)",
+                             str(dodnet)], capture_output=True, text=True, timeout=300)
+    assert loaded.returncode == 0, loaded.stderr
+    assert loaded.stdout.split() == ["labelshare_benchmarks.dodnet", "False"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("method", list(METHODS))
 def test_every_method_trains_with_its_budget_and_output_channels(tiny_benchmark, synthetic_tasks, method):
@@ -337,29 +365,32 @@ def test_default_model_segments_a_validation_case_of_every_real_task():
         assert np.mean(dice) > 0.5, f"{name}: mean Dice {np.mean(dice):.3f} on a validation case"
 
 
-def test_window_size_benchmark_scores_every_overlap_and_restores_the_engine(tiny_model, synthetic_tasks, capsys,
-                                                                            monkeypatch):
+def test_window_size_benchmark_scores_every_overlap_through_the_segmenters_public_option(tiny_model, synthetic_tasks,
+                                                                                         capsys, monkeypatch):
     import labelshare.slices as slices
     from labelshare_benchmarks import window_size
 
-    overlaps_used = []
+    windows_used = []
 
-    def recording(*args, overlap, **kwargs):
-        overlaps_used.append(overlap)
-        return sliding_window(*args, overlap=overlap, **kwargs)
+    def recording(*args, roi_size, overlap, **kwargs):
+        windows_used.append((tuple(roi_size), overlap))
+        return sliding_window(*args, roi_size=roi_size, overlap=overlap, **kwargs)
 
     sliding_window = slices.sliding_window_inference
     monkeypatch.setattr(slices, "sliding_window_inference", recording)
-    engine_overlap = slices.WINDOW_OVERLAP
+    engine = (slices.WINDOW_OVERLAP, slices.window_logits)
     window_size.main(["--model", str(tiny_model), "--task", f"xray2d={synthetic_tasks['xray2d']}",
                       "--overlaps", "0.25", "0"])
     lines = capsys.readouterr().out.splitlines()
     titles = [line.split(":")[0] for line in lines[1:]]
     assert titles == ["patch windows, overlap 0.25", "patch windows, overlap 0", "whole-slice window"]
-    labels = [name for _, name in load_model(tiny_model, device="cpu").task_labels("xray2d")]
+    model = load_model(tiny_model, device="cpu")
+    labels = [name for _, name in model.task_labels("xray2d")]
     assert all(f"{label} " in line for line in lines[1:] for label in labels)
-    assert set(overlaps_used) == {0.25, 0.0, engine_overlap}
-    assert slices.WINDOW_OVERLAP == engine_overlap and slices.window_logits is window_size.patch_windows
+    assert {overlap for _, overlap in windows_used} == {0.25, 0.0, slices.WINDOW_OVERLAP}
+    assert all(side % model.config.network.patch_multiple == 0 for size, _ in windows_used for side in size)
+    assert slices.Windows(whole_slice=True).whole_slice_size((64, 48), (100, 70), 16) == (112, 80)
+    assert (slices.WINDOW_OVERLAP, slices.window_logits) == engine  # nothing of the engine was changed
     with pytest.raises(SystemExit):
         window_size.main(["--model", str(tiny_model), "--task", f"xray2d={synthetic_tasks['xray2d']}",
                           "--overlaps", "1"])

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 import urllib.request
@@ -29,6 +28,7 @@ from packaging.requirements import Requirement
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "LabelShareSegmentation"))
 from LabelShareLib import dependencies  # noqa: E402
+from project_metadata import engine_dependencies  # noqa: E402
 
 PYPI = "https://pypi.org/simple"
 # What Slicer bundles (its SuperBuild: External_python-numpy.cmake, External_SimpleITK.cmake or
@@ -37,13 +37,6 @@ SLICER_PYTHONS = {
     "5.10": {"python": "3.12", "numpy": "2.0.2", "SimpleITK": "2.5.2"},
     "5.12": {"python": "3.12", "numpy": "2.4.6", "SimpleITK": "2.5.5"},
 }
-
-
-def engine_dependencies() -> dict[str, Requirement]:
-    """The engine's dependencies in pyproject.toml, by lower-case name."""
-    pyproject = (REPO / "pyproject.toml").read_text(encoding="utf-8")  # (tomllib needs Python 3.11)
-    listed = re.findall(r'"([^"]+)"', re.search(r"^dependencies = \[(.*?)\]", pyproject, re.S | re.M).group(1))
-    return {Requirement(text).name.lower(): Requirement(text) for text in listed}
 
 
 def lowest_version(requirement: Requirement) -> str:

@@ -1,6 +1,6 @@
-"""The engine's light layer runs without torch, MONAI, SciPy, safetensors, matplotlib and highdicom: Slicer's own
-process imports it (model lists, task folders, run states, progress events), and a command that only reads model
-folders must not pay for torch."""
+"""The engine's light layer runs without torch, MONAI, SciPy, safetensors, matplotlib, highdicom and slicerio:
+Slicer's own process imports it (model lists, task folders, run states, progress events), and a command that only
+reads model folders must not pay for torch."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import textwrap
 
 import pytest
 
-HEAVY = ("torch", "monai", "safetensors", "scipy", "matplotlib", "highdicom")
+HEAVY = ("torch", "monai", "safetensors", "scipy", "matplotlib", "highdicom", "slicerio")
 LIGHT_MODULES = ("errors", "progress", "imagedata", "fileio", "naming", "paths", "options", "config",
                  "preprocessing", "plans", "budget", "layouts", "tasks", "taskfolders", "labelspace", "modelfolder",
                  "scores", "forgetting", "synthetic", "worker", "cli", "terminology", "inputs", "outputs")

@@ -29,6 +29,11 @@ def test_model_folder_contents_and_card(tiny_model):
     assert lineage["parent"] is None and len(lineage["data"]["xray2d"]["fingerprint"]) == 64
 
 
+def test_a_loaded_models_task_heads_are_computed_once(tiny_model):
+    model = load_model(tiny_model, device="cpu")
+    assert model.heads is model.heads and set(model.heads) == set(model.tasks)
+
+
 def test_float16_weights_halve_the_file_and_keep_predictions(tiny_model, tmp_path):
     model = load_model(tiny_model, device="cpu")
     model.config.weights_dtype = "float16"

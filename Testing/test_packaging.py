@@ -24,10 +24,15 @@ def wheel(tmp_path_factory) -> Path:
     return next(out.glob("labelshare-*.whl"))
 
 
-def test_wheel_holds_engine_benchmarks_and_bundled_model_but_no_slicer_code(wheel):
+def test_wheel_holds_engine_and_bundled_model_but_no_benchmarks_or_slicer_code(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     assert "labelshare/cli.py" in names and "labelshare/incremental/run.py" in names
-    assert "labelshare_benchmarks/methods.py" in names
+    assert not any(n.startswith("labelshare_benchmarks/") or "dodnet" in n for n in names)
+    metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    requires = [line for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
+    assert requires and not any("matplotlib" in line or "scikit-image" in line for line in requires)
+    entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-info/entry_points.txt")))
+    assert b"labelshare-bench" not in entry_points
     for version in ("labelshare-4tasks-v1", "labelshare-4tasks-v2", "labelshare-4tasks-v3"):  # older ones stay loadable
         bundled = [n for n in names if n.startswith(f"labelshare/bundled_models/{version}/")]
         assert {Path(n).name for n in bundled} >= {"model.safetensors", "manifest.json", "config.json",

@@ -337,7 +337,7 @@ def test_the_gate_names_every_task_over_the_limit_in_good_grammar():
     scores = {"a": 0.9, "b": 0.8, "c": 0.7, "d": 0.6}
     before = {t: {"x": {"dice_mean": v}} for t, v in scores.items()}
     after = {t: {"x": {"dice_mean": v - (0.005 if t == "d" else 0.1)}} for t, v in scores.items()}
-    verdict = ForgettingReport.compare(before, after, list(scores), "new", 1.0, False).verdict()
+    verdict = ForgettingReport.compare(before, after, list(scores), "new", 1.0, False, None).verdict()
     assert verdict.startswith("3 old tasks lost more than the 1 Dice point allowed")
     assert all(f"'{t}'" in verdict for t in "abc") and "'d'" not in verdict
 

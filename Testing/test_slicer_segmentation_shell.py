@@ -20,6 +20,7 @@ sys.path.insert(0, str(MODULE_DIR))
 import LabelShareLib  # noqa: E402
 from LabelShareLib import dependencies  # noqa: E402
 from LabelShareLib.dependencies import DependencyError, DependencyInstaller  # noqa: E402
+from project_metadata import engine_dependencies  # noqa: E402
 from qt_shell import load_ui_widgets, parameter_fields, source_tree, ui_names_used  # noqa: E402
 
 
@@ -149,13 +150,12 @@ def test_extension_cmake_has_the_metadata_and_both_modules():
 
 
 def test_requirements_cover_the_engine_dependencies_except_what_slicer_or_pytorch_provide():
-    pyproject = (REPO / "pyproject.toml").read_text(encoding="utf-8")  # (tomllib needs Python 3.11)
-    engine = re.findall(r'"([^"]+)"', re.search(r"^dependencies = \[(.*?)\]", pyproject, re.S | re.M).group(1))
-    engine_names = {re.split(r"[<>=!~ \[]", requirement)[0].lower() for requirement in engine}
+    engine_names = set(engine_dependencies())
     assert {"torch", "monai", "safetensors"} <= engine_names
     required = {requirement.name.lower() for requirement in dependencies.read_requirements()}
     protected = {name.lower() for name in dependencies.PROTECTED_PACKAGES}
-    command_line_only = {"highdicom"}  # DICOM SEG of `labelshare segment`; the module leaves DICOM SEG to Slicer
+    # DICOM SEG and .seg.nrrd files of `labelshare segment`; the module makes segments in the scene (Slicer saves them)
+    command_line_only = {"highdicom", "slicerio"}
     assert engine_names - protected - command_line_only <= required
     assert not required & protected  # pip is never asked for numpy, SimpleITK, requests or torch
 

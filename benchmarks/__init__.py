@@ -1,7 +1,9 @@
 """LabelShare's experiments and benchmarks: everything that measures the product, apart from the product.
 
-Installed with the ``[experiments]`` extra (which adds matplotlib for the charts) and never part of the Slicer
-extension. Run one with ``labelshare-bench NAME [ARGUMENTS]`` (or ``python -m labelshare_benchmarks NAME``):
+A project of its own (``benchmarks/pyproject.toml``: ``pip install -e benchmarks/``, which ``make test`` does; it
+adds matplotlib for the charts), never part of the engine's wheel or the Slicer extension. Its baselines (DoD-Net,
+multi-channel) register into the engine's method registry (:mod:`.baselines`). Run one with
+``labelshare-bench NAME [ARGUMENTS]`` (or ``python -m labelshare_benchmarks NAME``):
 
 =========================== ==================================================================================
 ``methods``                 per-task vs multi-channel vs DoD-Net vs label-sharing variants on one split and

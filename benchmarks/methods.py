@@ -58,6 +58,7 @@ from labelshare.preprocessing import choose_slicing_axis
 from labelshare.tasks import TaskDataset
 from labelshare.training_run import make_split, open_tasks, train
 
+from . import baselines  # noqa: F401  (registers multi-channel and DoD-Net with the engine)
 from .common import machine
 from .paired import paired_standard_error
 
@@ -68,7 +69,7 @@ JOINT_FOLDER = "all"
 @dataclass(frozen=True)
 class BenchmarkMethod:
     name: str
-    engine_method: str   # the method of labelshare.pipeline.METHOD_LAYOUTS that trains it
+    engine_method: str   # the method of the engine's registry (labelshare.methods) that trains it
     grouped: bool        # label space with the --group pairs instead of pure size ranking
     description: str
 

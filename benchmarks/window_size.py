@@ -5,33 +5,24 @@
 Scores the model's validation cases of the task (its ``split.json``) with the full inference pipeline: with the
 plan's patch-sized windows at each overlap of ``--overlaps`` (the engine uses
 :data:`labelshare.slices.WINDOW_OVERLAP`, nnU-Net's half-patch steps; less overlap means fewer windows) and with one
-window per slice, padded to a multiple of 16 (fewer, larger windows: faster on a CPU, but the network sees inputs
-unlike its training patches). Prints the mean Dice per label and the process CPU seconds of each.
+window per slice, padded to the network's patch multiple (fewer, larger windows: faster on a CPU, but the network
+sees inputs unlike its training patches). The choices are the segmenter's public ``windows`` option
+(:class:`labelshare.slices.Windows`). Prints the mean Dice per label and the process CPU seconds of each.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Sequence
 
 import numpy as np
 
-import labelshare.slices as slices
 from labelshare.evaluation import evaluate_cases
 from labelshare.fileio import read_json
+from labelshare.inference import Segmenter
 from labelshare.models import load_model
+from labelshare.slices import WINDOW_OVERLAP, Windows
 from labelshare.tasks import TaskDataset
-
-patch_windows = slices.window_logits
-
-
-def whole_slice_windows(network, images, task_index: int, patch: Sequence[int], windows_per_batch: int = 16,
-                        autocast_dtype=None):
-    """:func:`labelshare.slices.window_logits` with a window that covers the whole slice."""
-    rows, columns = images.shape[-2:]
-    window = (max(patch[0], -(-rows // 16) * 16), max(patch[1], -(-columns // 16) * 16))
-    return patch_windows(network, images, task_index, window, windows_per_batch, autocast_dtype)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -39,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", required=True, help="a model folder with a split.json")
     parser.add_argument("--task", required=True, metavar="NAME=DIR", help="the task and its nnU-Net folder")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--overlaps", type=float, nargs="+", default=[slices.WINDOW_OVERLAP],
+    parser.add_argument("--overlaps", type=float, nargs="+", default=[WINDOW_OVERLAP],
                         help="overlaps of neighbouring patch windows to score, each in [0, 1)")
     args = parser.parse_args(argv)
     if not all(0 <= overlap < 1 for overlap in args.overlaps):
@@ -50,18 +41,14 @@ def main(argv: list[str] | None = None) -> None:
     dataset = TaskDataset.open(folder, name)
     print(f"{model.path.name}, task {name}: {len(validation)} validation cases, plan "
           f"{model.labelspace.task(name).plan.describe()}")
-    engine_overlap = slices.WINDOW_OVERLAP
-    runs = [(f"patch windows, overlap {overlap:g}", patch_windows, overlap) for overlap in args.overlaps]
-    try:
-        for title, windows, overlap in [*runs, ("whole-slice window", whole_slice_windows, engine_overlap)]:
-            slices.window_logits, slices.WINDOW_OVERLAP = windows, overlap
-            started = time.process_time()
-            evaluation = evaluate_cases(model, dataset, validation, task_name=name)
-            seconds = time.process_time() - started
-            per_label: dict[str, list[float]] = {}
-            for score in evaluation.scores:
-                per_label.setdefault(score.label, []).append(score.dice)
-            print(f"{title}: " + ", ".join(f"{label} {np.nanmean(values):.3f}" for label, values in per_label.items())
-                  + f"; {seconds:.0f} CPU s", flush=True)
-    finally:
-        slices.window_logits, slices.WINDOW_OVERLAP = patch_windows, engine_overlap
+    runs = [(f"patch windows, overlap {overlap:g}", Windows(overlap=overlap)) for overlap in args.overlaps]
+    for title, windows in [*runs, ("whole-slice window", Windows(whole_slice=True))]:
+        started = time.process_time()
+        evaluation = evaluate_cases(model, dataset, validation, task_name=name,
+                                    segmenter=Segmenter(model, windows=windows))
+        seconds = time.process_time() - started
+        per_label: dict[str, list[float]] = {}
+        for score in evaluation.scores:
+            per_label.setdefault(score.label, []).append(score.dice)
+        print(f"{title}: " + ", ".join(f"{label} {np.nanmean(values):.3f}" for label, values in per_label.items())
+              + f"; {seconds:.0f} CPU s", flush=True)

@@ -23,9 +23,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from . import __version__
-from .config import (DEFAULT_METHOD, DEMO_BUDGET, METHODS, TRAIN_OPTIONS, AddTaskConfig, RankConfig, SegmentConfig,
-                     TrainConfig)
+from .config import DEMO_BUDGET, TRAIN_OPTIONS, AddTaskConfig, RankConfig, SegmentConfig, TrainConfig
 from .errors import Interrupted, LabelShareError, TrainingInterrupted, os_error_message
+from .methods import DEFAULT_METHOD, PRODUCT_METHODS
 from .options import add_arguments, from_arguments
 from .plans import PlanSettings
 from .progress import Progress
@@ -66,8 +66,8 @@ def _add_task_arguments(parser: argparse.ArgumentParser, required: bool = True) 
 
 
 def _add_method_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--method", default=DEFAULT_METHOD, choices=list(METHODS),
-                        help="; ".join(f"{m.name}: {m.description}" for m in METHODS.values()))
+    parser.add_argument("--method", default=DEFAULT_METHOD, choices=[m.name for m in PRODUCT_METHODS],
+                        help="; ".join(f"{m.name}: {m.description}" for m in PRODUCT_METHODS))
 
 
 def _add_plan_arguments(parser: argparse.ArgumentParser) -> None:

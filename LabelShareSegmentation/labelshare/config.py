@@ -1,5 +1,5 @@
-"""Typed configurations and the vocabularies they use: methods, devices, training, segmentation, ranking and
-add-task settings, networks.
+"""Typed configurations and the vocabularies they use: devices, training, segmentation, ranking and add-task
+settings, networks (the methods are :mod:`labelshare.methods`).
 
 Every option a user can set has one owner: a field here holds its default next to its help text
 (:func:`labelshare.options.option`). The edges a user touches build these objects once: the command line from its
@@ -18,31 +18,9 @@ from collections.abc import Sequence
 from dataclasses import MISSING, asdict, dataclass, field
 
 from .errors import LabelShareError
+from .methods import conditionings, known_conditioning
 from .options import from_values, nested, option, values_of
 
-
-@dataclass(frozen=True)
-class Method:
-    """How a method trains: the output layout (:mod:`labelshare.layouts`) and the task conditioning."""
-
-    name: str
-    layout: str
-    conditioning: str
-    description: str
-
-
-METHODS: dict[str, Method] = {m.name: m for m in (
-    Method("label-sharing", "shared", "none", "the paper: labels ranked by size, k-th label of every task on shared "
-           "label k; the task is not an input"),
-    Method("label-sharing-task-channels", "shared", "task_channels", "label sharing with the task as one-hot input "
-           "planes (robust when tasks look alike; docs/benchmark)"),
-    Method("per-task", "shared", "none", "one network for one task"),
-    Method("multi-channel", "concatenated", "none", "one output channel per label of every task"),
-    Method("dodnet", "task_slots", "dodnet", "DoD-Net: task-conditioned dynamic head"),
-)}
-DEFAULT_METHOD = "label-sharing"
-ADDABLE_METHODS = ("label-sharing", "label-sharing-task-channels", "per-task")  # methods add-task can extend
-CONDITIONINGS = ("none", "task_channels", "dodnet")
 
 DEVICES = ("auto", "cuda", "cpu")  # what the command line and both Slicer modules offer
 DEFAULT_DEVICE = "auto"  # every configuration's device unless told otherwise (device_option)
@@ -346,7 +324,8 @@ def unet_strides(levels: int) -> list[int]:
 
 @dataclass
 class NetworkConfig:
-    """The network of a model: output channels, task conditioning (:data:`CONDITIONINGS`) and U-Net filters."""
+    """The network of a model: output channels, task conditioning (:func:`labelshare.methods.conditionings`) and
+    U-Net filters."""
 
     out_channels: int
     n_tasks: int = 1
@@ -357,8 +336,8 @@ class NetworkConfig:
     def __post_init__(self):
         """ValueError for a shape no LabelShare network has, before anything is built (config.json is read from
         model folders)."""
-        if self.conditioning not in CONDITIONINGS:
-            raise ValueError(f"conditioning must be one of {CONDITIONINGS}, not {self.conditioning!r}")
+        if not known_conditioning(self.conditioning):
+            raise ValueError(f"conditioning must be one of {sorted(conditionings())}, not {self.conditioning!r}")
         for name, low, high in (("out_channels", 2, MAX_CHANNELS), ("n_tasks", 1, MAX_CHANNELS),
                                 ("in_channels", 1, MAX_INPUT_CHANNELS)):
             value = getattr(self, name)

@@ -12,15 +12,15 @@ from collections.abc import Sequence
 
 import numpy as np
 import SimpleITK as sitk
-from skimage.color import label2rgb
-from skimage.transform import resize
+from scipy import ndimage
 
 from . import synthetic
-from .config import DEFAULT_METHOD, DEMO_BUDGET, TrainConfig
+from .config import DEMO_BUDGET, TrainConfig
 from .errors import LabelShareError
 from .fileio import atomic_write_text, make_folders, read_json, write_image_atomic
 from .inference import Segmenter
 from .labelspace import LabelSpace, compute_statistics, parse_group
+from .methods import DEFAULT_METHOD
 from .models import load_model
 from .plans import PlanSettings
 from .progress import Progress
@@ -84,7 +84,7 @@ def run_demo(out: str | Path, task_arguments: Sequence[tuple[str, Path]] = (), g
 def write_overlay(path: Path, image: sitk.Image, reference: np.ndarray, prediction: np.ndarray,
                   task: TaskDataset, preprocessing: Preprocessing) -> Path:
     """PNG of the slice with the most reference foreground, cut and normalised as the task's plan says: reference
-    overlay on the left, prediction on the right (label colours as listed in the report; scikit-image draws them)."""
+    overlay on the left, prediction on the right (label colours as listed in the report)."""
     slicing = preprocessing.slicing_scheme
     axis = slicing.axis(image, None)
     pixels = sitk.GetArrayFromImage(image).astype(np.float32)
@@ -93,18 +93,20 @@ def write_overlay(path: Path, image: sitk.Image, reference: np.ndarray, predicti
     index = int(np.argmax((reference_slices.reshape(reference_slices.shape[0], -1) > 0).sum(axis=1)))
     grey = image_slices[index]
     grey = (grey - grey.min()) / max(float(grey.max() - grey.min()), 1e-6)
-    scale = max(1.0, OVERLAY_MIN_SIDE / min(grey.shape))
-    shape = tuple(int(round(side * scale)) for side in grey.shape)
-    grey = resize(grey, shape, order=1)
-    colours = [OVERLAY_COLOURS[k % len(OVERLAY_COLOURS)] for k in range(len(task.labels))]
+    scale = max(1.0, OVERLAY_MIN_SIDE / min(grey.shape))  # enlarged (SciPy's zoom), never shrunk
+    grey = ndimage.zoom(grey, scale, order=1)
+    palette = np.array([(0.0, 0.0, 0.0)] + [OVERLAY_COLOURS[k % len(OVERLAY_COLOURS)] for k in range(len(task.labels))])
     panels = []
     for labels in (reference_slices[index], prediction_slices[index]):
         positions = np.zeros(labels.shape, dtype=np.int64)  # label ids -> 1..K in the task's label order
         for k, label_id in enumerate(task.labels.values(), start=1):
             positions[labels == label_id] = k
-        positions = resize(positions, shape, order=0, preserve_range=True, anti_aliasing=False).astype(np.int64)
-        panels.append(label2rgb(positions, image=grey, colors=colours, alpha=0.45, bg_label=0, image_alpha=1.0))
-    gap = np.ones((shape[0], 4, 3))
+        positions = ndimage.zoom(positions, scale, order=0)
+        panel = np.repeat(grey[..., np.newaxis], 3, axis=-1)
+        labelled = positions > 0  # each label's colour over the image at 45 % opacity
+        panel[labelled] = 0.55 * panel[labelled] + 0.45 * palette[positions[labelled]]
+        panels.append(panel)
+    gap = np.ones((grey.shape[0], 4, 3))
     rgb = (np.clip(np.concatenate([panels[0], gap, panels[1]], axis=1), 0, 1) * 255).astype(np.uint8)
     write_image_atomic(sitk.GetImageFromArray(rgb, isVector=True), path, compress=False)
     return path

@@ -27,7 +27,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import DataError, LabelShareError
-from .imagedata import format_bytes, image_data_problem
+from .imagedata import ImageDataProblem, format_bytes, read_checked_image
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".png")
 MAX_JSON_BYTES = 256 * 1024 * 1024  # far above any dataset.json, label space or record LabelShare writes
@@ -231,31 +231,33 @@ def _as_png_slice(image: sitk.Image) -> sitk.Image:
 def write_image_atomic(image: sitk.Image, target: str | os.PathLike, overwrite: bool = True,
                        compress: bool = True) -> None:
     """Write an image atomically; before it replaces anything the file must hold all its pixel data
-    (:func:`labelshare.imagedata.image_data_problem`) and read back as the same pixels (SimpleITK's NIfTI writer
+    (:func:`labelshare.imagedata.read_checked_image`) and read back as the same pixels (SimpleITK's NIfTI writer
     reports a full disk only on stderr and leaves a short file)."""
-    def reads_back(path: Path) -> str | None:
-        problem = image_data_problem(path)
-        if problem:
-            return f"the written file {problem}"
-        try:
-            written = sitk.ReadImage(str(path))
-        except RuntimeError as error:
-            return f"the written file cannot be read back ({itk_error_reason(error)})"
-        if written.GetSize() != image.GetSize():
-            return f"the written file reads back with size {written.GetSize()}, not {image.GetSize()}"
-        expected = sitk.GetArrayViewFromImage(image)
-        if not np.array_equal(sitk.GetArrayViewFromImage(written), expected, equal_nan=expected.dtype.kind in "fc"):
-            return "the written file reads back with other pixel values (an incomplete write)"
-        return None
-
     check_image_fits_format(image, target)
     if image_suffix(target) == ".png":
         image = _as_png_slice(image)
-    with atomic_path(target, overwrite, reads_back) as tmp:
+    with atomic_path(target, overwrite, lambda path: read_back_problem(path, image)) as tmp:
         try:
             sitk.WriteImage(image, str(tmp), useCompression=compress)
         except RuntimeError as error:
             raise not_written(target, itk_error_reason(error)) from None
+
+
+def read_back_problem(path: Path, image: sitk.Image) -> str | None:
+    """What is wrong with an image file just written from ``image`` (None: it holds all its pixel data and reads back
+    with the same size and pixels)."""
+    try:
+        written = read_checked_image(path)
+    except ImageDataProblem as problem:
+        return f"the written file {problem}"
+    except RuntimeError as error:
+        return f"the written file cannot be read back ({itk_error_reason(error)})"
+    if written.GetSize() != image.GetSize():
+        return f"the written file reads back with size {written.GetSize()}, not {image.GetSize()}"
+    expected = sitk.GetArrayViewFromImage(image)
+    if not np.array_equal(sitk.GetArrayViewFromImage(written), expected, equal_nan=expected.dtype.kind in "fc"):
+        return "the written file reads back with other pixel values (an incomplete write)"
+    return None
 
 
 def read_json(path: str | os.PathLike, what: str = "JSON file", error: type[LabelShareError] = LabelShareError) -> Any:

@@ -1,10 +1,12 @@
-"""Whether an image file holds all the pixel data its header describes. Light (no torch).
+"""Whether an image file holds all the pixel data its header describes, and reading it so. Light (no torch).
 
 SimpleITK reads a NIfTI file (``.nii``, ``.nii.gz``) whose data stops early without complaint: the missing voxels
 become 0 (and so do NaN and infinite values: niftilib replaces them silently). It also allocates the size a header
 claims before finding out that the data is not there, so a damaged header claiming 30000 x 30000 voxels costs
-gigabytes before it fails. :func:`image_data_problem` checks a file before it is read (and every image LabelShare
-writes, before it is renamed into place):
+gigabytes before it fails. :func:`read_checked_image` reads an image with these checks, and a NIfTI file's pixel data
+only once: SimpleITK reads its header (geometry, pixel type), the check reads (and decompresses) the data, and the
+image is made from those bytes (files the check does not cover, such as scaled or multi-component NIfTI, are
+checked and then read by SimpleITK). :func:`image_data_problem` checks a file without reading it into an image:
 
 - NIfTI: the header's data offset plus voxel count times voxel size against the file's length, for ``.nii.gz`` its
   decompressed length (the whole gzip stream is read, so a damaged stream or checksum is found too), and
@@ -38,6 +40,25 @@ _NIFTI_VOXEL_BYTES = {2: 1, 4: 2, 8: 4, 16: 4, 32: 8, 64: 8, 128: 3, 256: 1, 512
 _NIFTI_FLOATS = {16: "f4", 64: "f8", 32: "f4", 1792: "f8"}
 
 
+class ImageDataProblem(Exception):
+    """An image file does not hold the pixel data its header describes; the message is a phrase to follow its name."""
+
+
+def read_checked_image(path: str | os.PathLike) -> sitk.Image:
+    """The image of a file that holds all the pixel data its header describes, read once where the check covers its
+    format. :raises ImageDataProblem: naming what is wrong; SimpleITK's RuntimeError and OSError pass through."""
+    path = Path(path)
+    name = path.name.lower()
+    if name.endswith((".nii.gz", ".nii")):
+        image = _read_nifti(path, compressed=name.endswith(".gz"))
+        if image is not None:
+            return image
+    problem = image_data_problem(path)
+    if problem:
+        raise ImageDataProblem(problem)
+    return sitk.ReadImage(str(path))
+
+
 def image_data_problem(path: str | os.PathLike) -> str | None:
     """What is wrong with the pixel data of an image file (a phrase to follow its name), or None when it holds
     the data its header describes (or when its format is not one checked here; its reader then decides)."""
@@ -68,12 +89,18 @@ def _impossible(claimed: int, voxels: int, limit: int) -> str:
             f"of this length can hold ({format_bytes(limit)})")
 
 
+# numpy types of the scalar NIfTI datatypes an image can be made of directly (the others are read by SimpleITK)
+_NIFTI_SCALARS = {2: "u1", 4: "i2", 8: "i4", 16: "f4", 64: "f8", 256: "i1", 512: "u2", 768: "u4", 1024: "i8",
+                  1280: "u8"}
+
+
 @dataclass(frozen=True)
 class _NiftiLayout:
     offset: int          # where the pixel data starts
     data_bytes: int
     voxels: int
     floats: str | None   # numpy dtype of the floating-point values in the data (None: integer data)
+    scalar: str | None   # numpy dtype (with byte order) of scalar data an image is made of directly, else None
 
 
 def _nifti_layout(header: bytes) -> _NiftiLayout | str | None:
@@ -91,18 +118,22 @@ def _nifti_layout(header: bytes) -> _NiftiLayout | str | None:
             dims = struct.unpack(order + "8h", header[40:56])
             datatype = struct.unpack(order + "h", header[70:72])[0]
             offset = struct.unpack(order + "f", header[108:112])[0]
+            slope, intercept = struct.unpack(order + "2f", header[112:120])
         else:
             datatype = struct.unpack(order + "h", header[12:14])[0]
             dims = struct.unpack(order + "8q", header[16:80])
             offset = struct.unpack(order + "q", header[168:176])[0]
+            slope, intercept = struct.unpack(order + "2d", header[176:192])
         voxel_bytes = _NIFTI_VOXEL_BYTES.get(datatype)
         if voxel_bytes is None or not 1 <= dims[0] <= 7 or not math.isfinite(offset) \
                 or any(d <= 0 for d in dims[1: dims[0] + 1]):
             return None
         voxels = math.prod(dims[1: dims[0] + 1])
         floats = _NIFTI_FLOATS.get(datatype)
+        unscaled = slope == 0 or (slope == 1 and intercept == 0)  # else SimpleITK rescales the values
+        scalar = order + _NIFTI_SCALARS[datatype] if datatype in _NIFTI_SCALARS and unscaled else None
         return _NiftiLayout(max(int(offset), header_size), voxels * voxel_bytes, voxels,
-                            order + floats if floats else None)
+                            order + floats if floats else None, scalar)
     return None
 
 
@@ -138,6 +169,59 @@ def _nifti_problem(path: Path, compressed: bool) -> str | None:
     if held < needed:
         return _incomplete(needed, held)
     return f"contains NaN or infinite values ({non_finite} voxels)" if non_finite else None
+
+
+def _read_nifti(path: Path, compressed: bool) -> sitk.Image | None:
+    """A scalar, unscaled NIfTI image read once: its geometry and pixel type from SimpleITK's header reader, its
+    pixel data decompressed and checked here (missing data, a damaged stream, NaN or infinite floats raise
+    :class:`ImageDataProblem`); None for a file this does not cover (the caller checks it and SimpleITK reads it)."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()  # the header only
+    except RuntimeError:
+        return None
+    file_bytes = path.stat().st_size
+    size = reader.GetSize()
+    try:
+        with (gzip.open if compressed else open)(path, "rb") as stream:
+            layout = _nifti_layout(stream.read(540))
+            if not isinstance(layout, _NiftiLayout) or layout.scalar is None or reader.GetDimension() not in (2, 3) \
+                    or reader.GetNumberOfComponents() != 1 or math.prod(size) != layout.voxels:
+                return None
+            needed = layout.offset + layout.data_bytes
+            if compressed and needed > MAX_DEFLATE_RATIO * file_bytes:
+                raise ImageDataProblem(_impossible(layout.data_bytes, layout.voxels, MAX_DEFLATE_RATIO * file_bytes))
+            if not compressed and file_bytes < needed:
+                raise ImageDataProblem(_incomplete(needed, file_bytes))
+            stream.seek(layout.offset)
+            data = np.empty(layout.data_bytes, dtype=np.uint8)
+            held = stream.readinto(memoryview(data))
+            while held < layout.data_bytes:
+                count = stream.readinto(memoryview(data)[held:])
+                if not count:
+                    raise ImageDataProblem(_incomplete(needed, layout.offset + held))
+                held += count
+            while compressed and stream.read(_CHUNK):  # to the end: the stream's length and checksum are checked
+                pass
+    except EOFError:
+        raise ImageDataProblem("is truncated: its compressed data ends early") from None
+    except (gzip.BadGzipFile, zlib.error) as error:
+        raise ImageDataProblem(f"is damaged: its compressed data cannot be decompressed ({error})") from None
+    values = data.view(layout.scalar).reshape(tuple(reversed(size)))
+    if layout.floats is not None:
+        non_finite = int(values.size - np.count_nonzero(np.isfinite(values)))
+        if non_finite:
+            raise ImageDataProblem(f"contains NaN or infinite values ({non_finite} voxels)")
+    image = sitk.GetImageFromArray(values.astype(values.dtype.newbyteorder("="), copy=False))
+    if image.GetPixelID() != reader.GetPixelID():
+        return None
+    image.SetSpacing(reader.GetSpacing())
+    image.SetOrigin(reader.GetOrigin())
+    image.SetDirection(reader.GetDirection())
+    for key in reader.GetMetaDataKeys():
+        image.SetMetaData(key, reader.GetMetaData(key))
+    return image
 
 
 def _component_bytes(pixel_id: int) -> int:

@@ -12,6 +12,7 @@ array.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -23,7 +24,7 @@ from .config import InferenceConfig
 from .errors import DataError
 from .models import Model
 from .progress import Progress
-from .slices import head_probability_views, to_plan
+from .slices import ENGINE_WINDOWS, Windows, head_probability_views, to_plan
 
 
 class Segmenter:
@@ -33,10 +34,13 @@ class Segmenter:
     >>> label_image = segmenter.segment(sitk.ReadImage("ct.nii.gz"), task="acdc")   # doctest: +SKIP
     """
 
-    def __init__(self, model: Model, config: InferenceConfig | None = None, precision: str = "auto"):
+    def __init__(self, model: Model, config: InferenceConfig | None = None, precision: str = "auto",
+                 windows: Windows = ENGINE_WINDOWS):
         """:param config: batch size (slices and windows per forward pass), test-time mirroring (applied to tasks
         that are not lateralised: training flipped only those), post-processing and slicing axis; None: the
-        defaults of :class:`~labelshare.config.InferenceConfig`."""
+        defaults of :class:`~labelshare.config.InferenceConfig`. :param windows: how the network's windows cover a
+        slice (the engine's unless an experiment compares others)."""
+        self.windows = windows
         self.config = config or InferenceConfig()
         self.config.check()  # a batch size below 1 would run no batch and leave the output all background
         self.model = model
@@ -63,19 +67,21 @@ class Segmenter:
         images = to_plan(normalisation.apply(slices), spacing, entry.plan, self.device)
         views = head_probability_views(self.model.network, images, head, entry.plan,
                                        mirror=mirror and not entry.lateralised, windows_per_batch=self.batch_size,
-                                       autocast_dtype=self.autocast_dtype)
+                                       autocast_dtype=self.autocast_dtype, windows=self.windows)
         resampling = entry.plan.preprocessing.resampling_scheme
         return [resampling.images(view, slices.shape[1:]) for view in views]
 
     def configured(self, **changes) -> Segmenter:
         """A segmenter of the same loaded model with some options of its configuration changed."""
-        return Segmenter(self.model, replace(self.config, **changes), self.precision)
+        return Segmenter(self.model, replace(self.config, **changes), self.precision, self.windows)
 
-    def predict_slices(self, slices: np.ndarray, task: str, normalisation: Any,
-                       spacing: tuple[float, float]) -> np.ndarray:
-        """Task label ids for a (n, h, w) batch of raw slices of in-plane ``spacing`` (rows, columns)."""
-        views = self.probability_views(slices, task, normalisation, spacing, self.config.mirror)
-        return self.labels_of(sum(views) / len(views), task)
+    def predictions(self, batches: SliceBatches, task: str, mirror: bool) -> Iterator[BatchPrediction]:
+        """The network's prediction of every batch of an image's slices, in order: the one loop over an image
+        (:meth:`segment` writes the labels; ranking scores the probabilities)."""
+        for start, stop in batches.ranges():
+            views = self.probability_views(batches.raw(start, stop), task, batches.normalisation, batches.spacing,
+                                           mirror)
+            yield BatchPrediction(start, stop, views)
 
     def labels_of(self, probabilities: torch.Tensor, task: str) -> np.ndarray:
         """Task label ids of (n, K+1, h, w) probabilities."""
@@ -109,9 +115,9 @@ class Segmenter:
         output = np.zeros(batches.shape, dtype=np.uint8 if max_id < 256 else np.uint16)
         output_slices = batches.slicing.slices(output, batches.axis)
         total = batches.count
-        for start, stop in batches.ranges():
-            output_slices[start:stop] = self.predict_slices(batches.raw(start, stop), task, batches.normalisation,
-                                                            batches.spacing)
+        for prediction in self.predictions(batches, task, self.config.mirror):
+            stop = prediction.stop
+            output_slices[prediction.start:stop] = self.labels_of(prediction.probabilities, task)
             if progress is not None:
                 progress.progress("segmenting", stop / total, f"{stop}/{total} slices", slices=stop,
                                   total_slices=total)
@@ -152,6 +158,21 @@ class SliceBatches:
 
     def raw(self, start: int, stop: int) -> np.ndarray:
         return np.asarray(self.slices[start:stop])
+
+
+@dataclass(frozen=True)
+class BatchPrediction:
+    """The prediction of slices ``start:stop`` of an image: per view (plain; mirrored and flipped back), the softmax
+    over the task's channels, (n, K+1, h, w) on the slices' own grid."""
+
+    start: int
+    stop: int
+    views: list[torch.Tensor]
+
+    @property
+    def probabilities(self) -> torch.Tensor:
+        """The views averaged (test-time augmentation)."""
+        return self.views[0] if len(self.views) == 1 else sum(self.views) / len(self.views)
 
 
 def keep_largest_components(label_image: sitk.Image, label_ids: list[int]) -> sitk.Image:

@@ -26,11 +26,12 @@ from pathlib import Path
 from typing import Any
 from collections.abc import Iterable
 
-from .config import METHODS, NetworkConfig
+from .config import NetworkConfig
 from .errors import DataError, LabelShareError, LabelSpaceError, ModelError
 from .fileio import atomic_write_json, read_json, sha256_file
 from .labelspace import LabelSpace
-from .layouts import LAYOUTS, out_channels
+from .layouts import layout_named, out_channels
+from .methods import method_named
 from .naming import check_relative_file
 from .plans import check_fixed_size, check_patch_multiple
 from .paths import BUNDLED_MODELS_DIR, candidate_dir_for, refused_report_paths, staging_dir_for, user_models_dir
@@ -75,10 +76,8 @@ class ModelConfig:
     largest_component: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self):
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; known: {', '.join(METHODS)}")
-        if self.layout not in LAYOUTS:
-            raise ValueError(f"unknown output layout {self.layout!r}")
+        method_named(self.method)  # ValueError naming the known methods
+        layout_named(self.layout)
         if self.weights_dtype not in ("float32", "float16"):
             raise ValueError(f"weights_dtype must be float32 or float16, not {self.weights_dtype!r}")
         if not isinstance(self.largest_component, dict) or not all(
@@ -95,11 +94,12 @@ class ModelConfig:
     @classmethod
     def for_method(cls, method: str, space: LabelSpace, weights_dtype: str) -> ModelConfig:
         """The configuration of a new model of ``method`` for the tasks of ``space``."""
-        if method not in METHODS:
-            raise ModelError(f"unknown method '{method}'; known: {', '.join(METHODS)}")
+        try:
+            chosen = method_named(method)
+        except ValueError as error:
+            raise ModelError(str(error)) from None
         if method == "per-task" and len(space.tasks) != 1:
             raise ModelError("a per-task model is trained on exactly one task")
-        chosen = METHODS[method]
         network = NetworkConfig(out_channels=out_channels(chosen.layout, space), n_tasks=len(space.tasks),
                                 conditioning=chosen.conditioning)
         return cls(method=method, layout=chosen.layout, network=network, weights_dtype=weights_dtype)

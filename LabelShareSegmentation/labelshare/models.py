@@ -10,6 +10,7 @@ import copy
 import os
 import platform
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +41,9 @@ class Model:
     network: torch.nn.Module
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
-    @property
+    @cached_property
     def heads(self) -> dict[str, TaskHead]:
+        """Every task's head, computed once (a loaded model's layout and label space do not change)."""
         return task_heads(self.config.layout, self.labelspace)
 
     @property

@@ -1,15 +1,14 @@
-"""Networks: an nnU-Net-like 2D U-Net (MONAI DynUNet) with optional task conditioning, and DoD-Net.
+"""Networks: an nnU-Net-like 2D U-Net (MONAI DynUNet) with optional task conditioning.
 
 Every network takes ``(images, task_index)`` and returns logits ``(B, out_channels, H, W)``; ``task_index`` is a
 LongTensor of the task of each sample and is ignored by unconditioned networks. Which output channels belong to
 which task is decided by :mod:`labelshare.layouts`, not here.
 
-Conditioning choices (``labelshare.config.NetworkConfig.conditioning``):
+Conditioning choices of the engine's U-Net (``labelshare.config.NetworkConfig.conditioning``):
 ``none``            the paper's label-sharing network: the task is not an input.
 ``task_channels``   the task as one-hot constant input planes (beyond the paper; the user picks the task anyway).
-``dodnet``          DoD-Net (Zhang et al., CVPR 2021) adapted to 2D multi-label tasks: a controller maps the pooled
-                    bottleneck features and the one-hot task code to the weights of three 1x1 convolutions that are
-                    applied per sample to the decoder features.
+Other conditionings are built by the network class their method names (:func:`labelshare.methods.network_class`;
+the benchmarks' DoD-Net is one).
 """
 
 from __future__ import annotations
@@ -22,11 +21,10 @@ from monai.networks.nets import DynUNet
 from torch import nn
 
 from .config import NetworkConfig, unet_strides
+from .methods import network_class
 
-DODNET_HEAD_CHANNELS = 8
-
-
-def _dynunet(in_channels: int, out_channels: int, filters: list[int]) -> DynUNet:
+def dynunet(in_channels: int, out_channels: int, filters: list[int]) -> DynUNet:
+    """The U-Net of every LabelShare network (MONAI DynUNet, 3x3 kernels, one level per filter count)."""
     strides = unet_strides(len(filters))  # the strides planning derives its patch multiple from
     return DynUNet(spatial_dims=2, in_channels=in_channels, out_channels=out_channels, kernel_size=[3] * len(filters),
                    strides=strides, upsample_kernel_size=strides[1:], filters=list(filters))
@@ -39,7 +37,7 @@ class SegmentationNet(nn.Module):
         super().__init__()
         self.config = config
         extra = config.n_tasks if config.conditioning == "task_channels" else 0
-        self.unet = _dynunet(config.in_channels + extra, config.out_channels, config.filters)
+        self.unet = dynunet(config.in_channels + extra, config.out_channels, config.filters)
 
     def forward(self, images: torch.Tensor, task_index: torch.Tensor | None = None) -> torch.Tensor:
         if self.config.conditioning == "task_channels":
@@ -50,50 +48,9 @@ class SegmentationNet(nn.Module):
         return self.unet(images)
 
 
-class DoDNet(nn.Module):
-    """Shared encoder-decoder + task-conditioned dynamic 1x1 convolution head."""
-
-    def __init__(self, config: NetworkConfig):
-        super().__init__()
-        self.config = config
-        self.unet = _dynunet(config.in_channels, config.filters[0], config.filters)
-        self.unet.output_block = nn.Identity()
-        self.feature_reduction = nn.Sequential(
-            nn.GroupNorm(4 if config.filters[0] % 4 == 0 else 1, config.filters[0]), nn.ReLU(inplace=True),
-            nn.Conv2d(config.filters[0], DODNET_HEAD_CHANNELS, kernel_size=1))
-        c, o = DODNET_HEAD_CHANNELS, config.out_channels
-        self.layer_shapes = [(c, c), (c, c), (o, c)]
-        n_params = sum(out * inp + out for out, inp in self.layer_shapes)
-        self.controller = nn.Linear(config.filters[-1] + config.n_tasks, n_params)
-        self._bottleneck_features: torch.Tensor | None = None
-        self.unet.bottleneck.register_forward_hook(self._keep_bottleneck)
-
-    def _keep_bottleneck(self, module, inputs, output):
-        self._bottleneck_features = output
-
-    def forward(self, images: torch.Tensor, task_index: torch.Tensor | None = None) -> torch.Tensor:
-        if task_index is None:
-            raise ValueError("DoD-Net needs the task of every sample: pass task_index")
-        features = self.feature_reduction(self.unet(images))
-        pooled = self._bottleneck_features.mean(dim=(2, 3))
-        self._bottleneck_features = None
-        code = F.one_hot(task_index, self.config.n_tasks).to(pooled.dtype)
-        params = self.controller(torch.cat([pooled, code], dim=1))
-        x = features
-        offset = 0
-        for layer, (out, inp) in enumerate(self.layer_shapes):
-            weight = params[:, offset: offset + out * inp].view(-1, out, inp)
-            offset += out * inp
-            bias = params[:, offset: offset + out]
-            offset += out
-            x = torch.einsum("boc,bchw->bohw", weight, x) + bias[:, :, None, None]
-            if layer < len(self.layer_shapes) - 1:
-                x = F.relu(x)
-        return x
-
-
 def build_network(config: NetworkConfig) -> nn.Module:
-    return DoDNet(config) if config.conditioning == "dodnet" else SegmentationNet(config)
+    """The network of ``config``: the engine's U-Net, or the class a registered method names for its conditioning."""
+    return (network_class(config.conditioning) or SegmentationNet)(config)
 
 
 def count_parameters(network: nn.Module) -> int:
@@ -151,13 +108,7 @@ def expand_task_inputs(network: nn.Module, n_tasks: int) -> None:
             if old.bias is not None:
                 new.bias.copy_(old.bias)
         network.unet.input_block.conv1.conv = new
-    elif config.conditioning == "dodnet":
-        old = network.controller
-        new = nn.Linear(old.in_features + added, old.out_features).to(old.weight.device, old.weight.dtype)
-        with torch.no_grad():
-            new.weight.zero_()
-            new.weight[:, : old.in_features] = old.weight
-            new.bias.copy_(old.bias)
-        network.controller = new
+    elif config.conditioning != "none":  # an unconditioned network only counts its tasks
+        raise ValueError(f"the task code of a {config.conditioning!r} network does not grow here")
     config.n_tasks = n_tasks
 

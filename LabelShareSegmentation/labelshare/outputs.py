@@ -4,17 +4,18 @@
   a JSON sidecar beside it (``case.nii.gz`` → ``case.json``) naming every label id (name, colour, terminology), the
   task, the model version and the engine version. The sidecar is written after the image and records the image's
   sha256, so a label map counts as complete only with a sidecar that names exactly it.
-- **Slicer segmentation** (``.seg.nrrd``): the same voxels with one segment per task label (its label value is the
-  label id) with name, colour and terminology, which Slicer shows as named segments. Tagged like the segments the
-  Slicer module makes (task, label id, model), so the module replaces them when it segments that task again.
+- **Slicer segmentation** (``.seg.nrrd``, written by slicerio, imported only then): the same voxels with one
+  segment per task label (its label value is the label id) with name, colour and terminology, which Slicer shows as
+  named segments. Tagged like the segments the Slicer module makes (task, label id, model), so the module replaces
+  them when it segments that task again.
 - **DICOM SEG** (``.dcm``, only for a DICOM input): a binary segmentation (highdicom) that references the source
   series, one segment per task label with its label, recommended display colour and codes (labels without a
   known entry: Slicer's generic *Tissue*); empty frames are left out.
 
 Names, colours and terminology come from :func:`labelshare.terminology.label_styles`, the same as the segments of
 the Slicer module. Every file is written under a temporary name and renamed into place
-(:mod:`labelshare.fileio`), so an output at its final name is whole. Light: highdicom is imported only to write
-DICOM SEG.
+(:mod:`labelshare.fileio`), so an output at its final name is whole. Light: highdicom and slicerio are imported only
+to write DICOM SEG and .seg.nrrd. Each kind has its writer in :data:`WRITERS`.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ import SimpleITK as sitk
 
 from . import __version__
 from .errors import DataError
-from .fileio import (atomic_path, atomic_write_json, check_image_fits_format, image_suffix, read_json, sha256_file,
-                     write_image_atomic)
+from .fileio import (atomic_path, atomic_write_json, check_image_fits_format, image_suffix, read_back_problem,
+                     read_json, sha256_file, write_image_atomic)
 from .inputs import InputImage
 from .labelspace import LabelSpace
 from .modelfolder import MANIFEST_FILE, WEIGHTS_FILE, read_model_json
@@ -136,13 +137,7 @@ def check_output(path: Path, image: sitk.Image, source: InputImage, description:
 def write_segmentation(label_image: sitk.Image, path: Path, description: OutputDescription, source: InputImage,
                        overwrite: bool) -> None:
     """Write the label image as the kind ``path`` names (module docstring); call :func:`check_output` first."""
-    kind = output_kind(path)
-    if kind == DICOM_SEG:
-        write_dicom_seg(label_image, path, description, source, overwrite)
-    elif kind == SEG_NRRD:
-        write_seg_nrrd(label_image, path, description, overwrite)
-    else:
-        write_label_map(label_image, path, description, source, overwrite)
+    WRITERS[output_kind(path)](label_image, path, description, source, overwrite)
 
 
 def write_label_map(label_image: sitk.Image, path: Path, description: OutputDescription, source: InputImage,
@@ -157,27 +152,30 @@ def write_label_map(label_image: sitk.Image, path: Path, description: OutputDesc
                    for style in description.styles}})
 
 
-def write_seg_nrrd(label_image: sitk.Image, path: Path, description: OutputDescription, overwrite: bool) -> None:
-    """A Slicer ``.seg.nrrd``: the label ids as one labelmap layer, one segment per task label (Slicer's header
-    fields ``Segment<N>_...`` and ``Segmentation_...``)."""
-    image = sitk.JoinSeries(label_image) if label_image.GetDimension() == 2 else sitk.Image(label_image)
-    extent = " ".join(f"0 {size - 1}" for size in image.GetSize())
+def write_seg_nrrd(label_image: sitk.Image, path: Path, description: OutputDescription, source: InputImage,
+                   overwrite: bool) -> None:
+    """A Slicer ``.seg.nrrd`` (slicerio): the label ids as one labelmap layer on the image's grid (LPS), one segment
+    per task label; written atomically and read back before it counts."""
+    import slicerio
+    image = sitk.JoinSeries(label_image) if label_image.GetDimension() == 2 else label_image
+    ijk_to_lps = np.eye(4)
+    ijk_to_lps[:3, :3] = np.reshape(image.GetDirection(), (3, 3)) * np.asarray(image.GetSpacing())
+    ijk_to_lps[:3, 3] = image.GetOrigin()
     model_name = description.model.name.replace("|", "_")  # '|' separates tags
-    for index, style in enumerate(description.styles):
+    segments = []
+    for style in description.styles:
         tags = {LABEL_ID_TAG: str(style.label_id), MODEL_TAG: model_name, TASK_TAG: description.task}
         if style.terminology is not None:
             tags[TERMINOLOGY_TAG] = style.terminology.slicer_text()
-        fields = {"ID": f"Segment_{style.label_id}", "Name": style.name,
-                  "Color": " ".join(f"{c:.6g}" for c in style.color), "ColorAutoGenerated": "0",
-                  "NameAutoGenerated": "0",  # else Slicer may rename the segment after its terminology
-                  "Layer": "0", "LabelValue": str(style.label_id), "Extent": extent,
-                  "Tags": "".join(f"{key}:{value}|" for key, value in sorted(tags.items()))}
-        for field, value in fields.items():
-            image.SetMetaData(f"Segment{index}_{field}", value)
-    image.SetMetaData("Segmentation_MasterRepresentation", "Binary labelmap")
-    image.SetMetaData("Segmentation_ContainedRepresentationNames", "Binary labelmap|")
-    image.SetMetaData("Segmentation_ReferenceImageExtentOffset", "0 0 0")
-    write_image_atomic(image, path, overwrite=overwrite)
+        segments.append({"id": f"Segment_{style.label_id}", "name": style.name, "color": list(style.color),
+                         "colorAutoGenerated": False,
+                         "nameAutoGenerated": False,  # else Slicer may rename the segment after its terminology
+                         "labelValue": style.label_id, "layer": 0, "tags": dict(sorted(tags.items()))})
+    segmentation = {"voxels": sitk.GetArrayFromImage(image).transpose(2, 1, 0),  # (i, j, k): slicerio's order
+                    "ijkToLPS": ijk_to_lps, "containedRepresentationNames": ["Binary labelmap"],
+                    "segments": segments}
+    with atomic_path(path, overwrite, lambda written: read_back_problem(written, image)) as tmp:
+        slicerio.write_segmentation(str(tmp), segmentation, compression_level=6)  # zlib's default, as SimpleITK
 
 
 def write_dicom_seg(label_image: sitk.Image, path: Path, description: OutputDescription, source: InputImage,
@@ -213,6 +211,10 @@ def write_dicom_seg(label_image: sitk.Image, path: Path, description: OutputDesc
         omit_empty_frames=bool(pixel_array.any()))  # an empty result still needs frames to be a valid SEG
     with atomic_path(path, overwrite) as tmp:
         segmentation.save_as(tmp)
+
+
+# the writer of each kind of output (output_kind)
+WRITERS = {LABEL_MAP: write_label_map, SEG_NRRD: write_seg_nrrd, DICOM_SEG: write_dicom_seg}
 
 
 def _coded(hd, code) -> object:

@@ -6,7 +6,8 @@ model is about it:
 
 ``entropy``
     the mean softmax entropy (divided by its maximum, log of the task's channels, so 0-1) over a band around the
-    predicted label boundaries (scikit-image's thick boundaries of every slice's prediction). Where the model is
+    predicted label boundaries (the thick boundaries of every slice's prediction: SciPy's grey dilation differs from
+    its grey erosion over the 4-neighbourhood). Where the model is
     sure, the probability drops from 1 to 0 within a pixel and the band's entropy is low; where the image is
     ambiguous the transition is wide and the band's entropy high. An image with no predicted label has no band: its
     score is the mean entropy over the whole image. Costs nothing beyond the segmentation.
@@ -162,38 +163,69 @@ def rank_cases(model, inputs: Inputs, config: RankConfig, progress: Progress | N
     return ranking
 
 
+class BoundaryEntropy:
+    """``entropy``: the mean softmax entropy (divided by its maximum) in a band around the predicted label boundaries
+    of every slice, or over the whole image when nothing is predicted."""
+
+    mirror = False
+
+    def __init__(self, label_ids: list[int]):
+        self.band_entropy = self.band_voxels = self.all_entropy = self.all_voxels = 0.0
+
+    def add(self, prediction, predicted: np.ndarray, labels_of) -> None:
+        from scipy import ndimage
+        probabilities = prediction.probabilities
+        entropy = -(probabilities * probabilities.clamp_min(1e-12).log()).sum(dim=1)
+        entropy = (entropy / math.log(probabilities.shape[1])).cpu().numpy()
+        # thick boundaries in every slice's plane: where a pixel's 4-neighbourhood holds another label
+        plane = ndimage.generate_binary_structure(2, 1)[np.newaxis]
+        band = ndimage.grey_dilation(predicted, footprint=plane) != ndimage.grey_erosion(predicted, footprint=plane)
+        self.band_entropy += float(entropy[band].sum())
+        self.band_voxels += float(band.sum())
+        self.all_entropy += float(entropy.sum())
+        self.all_voxels += entropy.size
+
+    def value(self) -> float:
+        if self.band_voxels:
+            return self.band_entropy / self.band_voxels
+        return self.all_entropy / max(self.all_voxels, 1.0)
+
+
+class MirrorDisagreement:
+    """``tta``: 1 - the mean Dice, over the labels either view predicts, between the plain and the mirrored view."""
+
+    mirror = True
+
+    def __init__(self, label_ids: list[int]):
+        self.label_ids = label_ids
+        self.overlap = np.zeros((len(label_ids), 2))  # per label: voxels in both views, in either view (summed)
+
+    def add(self, prediction, predicted: np.ndarray, labels_of) -> None:
+        plain, mirrored = (labels_of(view) for view in prediction.views)
+        for row, label_id in enumerate(self.label_ids):
+            in_plain, in_mirrored = plain == label_id, mirrored == label_id
+            self.overlap[row] += (np.count_nonzero(in_plain & in_mirrored),
+                                  np.count_nonzero(in_plain) + np.count_nonzero(in_mirrored))
+
+    def value(self) -> float:
+        present = self.overlap[:, 1] > 0
+        if not present.any():
+            return 0.0
+        return 1.0 - float(np.mean(2 * self.overlap[present, 0] / self.overlap[present, 1]))
+
+
+# the scores of RankConfig's --score (``auto`` picks one of them per task: RankConfig.score_for), by name
+SCORES = {"entropy": BoundaryEntropy, "tta": MirrorDisagreement}
+
+
 def _score_image(segmenter, image, task: str, score: str, labels: list[tuple[int, str]]
                  ) -> tuple[float, dict[str, int]]:
-    """The image's ``score`` (entropy or tta) and its predicted voxels per label name."""
-    from skimage.segmentation import find_boundaries
-    batches = segmenter.slice_batches(image, task)
-    label_ids = [label_id for label_id, _ in labels]
-    counts = np.zeros(max(label_ids) + 1, dtype=np.int64)
-    band_entropy = band_voxels = all_entropy = all_voxels = 0.0
-    overlap = np.zeros((len(label_ids), 2))  # per label: voxels in both views, voxels in either view (summed)
-    for start, stop in batches.ranges():
-        views = segmenter.probability_views(batches.raw(start, stop), task, batches.normalisation,
-                                            batches.spacing, mirror=score == "tta")
-        probabilities = sum(views) / len(views)
-        predicted = segmenter.labels_of(probabilities, task)
+    """The image's ``score`` and its predicted voxels per label name, over the segmenter's predictions of its
+    slices (:meth:`labelshare.inference.Segmenter.predictions`)."""
+    scorer = SCORES[score]([label_id for label_id, _ in labels])
+    counts = np.zeros(max(label_id for label_id, _ in labels) + 1, dtype=np.int64)
+    for prediction in segmenter.predictions(segmenter.slice_batches(image, task), task, scorer.mirror):
+        predicted = segmenter.labels_of(prediction.probabilities, task)
         counts += np.bincount(predicted.ravel(), minlength=counts.size)
-        if score == "entropy":
-            entropy = -(probabilities * probabilities.clamp_min(1e-12).log()).sum(dim=1)
-            entropy = (entropy / math.log(probabilities.shape[1])).cpu().numpy()
-            band = np.stack([find_boundaries(labels_of_slice, mode="thick") for labels_of_slice in predicted])
-            band_entropy += float(entropy[band].sum())
-            band_voxels += float(band.sum())
-            all_entropy += float(entropy.sum())
-            all_voxels += entropy.size
-        else:
-            plain, mirrored = (segmenter.labels_of(view, task) for view in views)
-            for row, label_id in enumerate(label_ids):
-                in_plain, in_mirrored = plain == label_id, mirrored == label_id
-                overlap[row] += (np.count_nonzero(in_plain & in_mirrored),
-                                 np.count_nonzero(in_plain) + np.count_nonzero(in_mirrored))
-    if score == "entropy":
-        value = band_entropy / band_voxels if band_voxels else all_entropy / max(all_voxels, 1.0)
-    else:
-        present = overlap[:, 1] > 0
-        value = 1.0 - float(np.mean(2 * overlap[present, 0] / overlap[present, 1])) if present.any() else 0.0
-    return float(value), {name: int(counts[label_id]) for label_id, name in labels}
+        scorer.add(prediction, predicted, lambda view: segmenter.labels_of(view, task))
+    return float(scorer.value()), {name: int(counts[label_id]) for label_id, name in labels}

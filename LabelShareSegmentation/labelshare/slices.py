@@ -12,6 +12,7 @@ the slice's own grid.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -22,6 +23,23 @@ from .layouts import TaskHead
 from .plans import TaskPlan
 
 WINDOW_OVERLAP = 0.5  # nnU-Net's step of half a patch
+
+
+@dataclass(frozen=True)
+class Windows:
+    """How the network's windows cover a slice: patch-sized windows (the plan's patch) overlapping by ``overlap``
+    (the engine's: :data:`WINDOW_OVERLAP`), or with ``whole_slice`` one window over the whole slice, padded to the
+    network's patch multiple (``labelshare-bench window-size`` compares them)."""
+
+    overlap: float = WINDOW_OVERLAP
+    whole_slice: bool = False
+
+    def whole_slice_size(self, patch: Sequence[int], shape: Sequence[int], multiple: int) -> tuple[int, int]:
+        """The one window over slices of ``shape``: at least the plan's ``patch``, sides multiples of ``multiple``."""
+        return tuple(max(int(p), -(-int(s) // multiple) * multiple) for p, s in zip(patch, shape, strict=True))
+
+
+ENGINE_WINDOWS = Windows()
 
 
 def resample_images(images: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
@@ -71,9 +89,13 @@ def pad_to_patch(images: torch.Tensor, patch: Sequence[int]) -> tuple[torch.Tens
 
 
 def window_logits(network: torch.nn.Module, images: torch.Tensor, task_index: int, patch: Sequence[int],
-                  windows_per_batch: int, autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+                  windows_per_batch: int, autocast_dtype: torch.dtype | None = None,
+                  windows: Windows = ENGINE_WINDOWS) -> torch.Tensor:
     """Logits (n, C, H, W) of the network over (n, 1, H, W) images with Gaussian-weighted windows of ``patch``
-    (half-patch steps); an image smaller than the patch is padded first, so it is one window."""
+    (half-patch steps; ``windows``: other choices); an image smaller than the window is padded first, so it is one
+    window."""
+    if windows.whole_slice:
+        patch = windows.whole_slice_size(patch, images.shape[-2:], network.config.patch_multiple)
     padded, region = pad_to_patch(images, patch)
 
     def predict(windows: torch.Tensor) -> torch.Tensor:
@@ -84,7 +106,7 @@ def window_logits(network: torch.nn.Module, images: torch.Tensor, task_index: in
             return network(windows, index).float()
 
     logits = sliding_window_inference(padded, roi_size=tuple(int(p) for p in patch),
-                                      sw_batch_size=windows_per_batch, predictor=predict, overlap=WINDOW_OVERLAP,
+                                      sw_batch_size=windows_per_batch, predictor=predict, overlap=windows.overlap,
                                       mode="gaussian")
     return logits[:, :, region[0], region[1]]
 
@@ -100,12 +122,13 @@ def head_probabilities(network: torch.nn.Module, images: torch.Tensor, head: Tas
 
 
 def head_probability_views(network: torch.nn.Module, images: torch.Tensor, head: TaskHead, plan: TaskPlan,
-                           mirror: bool, windows_per_batch: int, autocast_dtype: torch.dtype | None = None
-                           ) -> list[torch.Tensor]:
+                           mirror: bool, windows_per_batch: int, autocast_dtype: torch.dtype | None = None,
+                           windows: Windows = ENGINE_WINDOWS) -> list[torch.Tensor]:
     """The softmax of :func:`head_probabilities` per view, not averaged: the plain prediction and, with ``mirror``,
     the mirrored images' prediction flipped back (ranking measures how much the two disagree)."""
     def once(batch: torch.Tensor) -> torch.Tensor:
-        logits = window_logits(network, batch, head.index, plan.patch_size, windows_per_batch, autocast_dtype)
+        logits = window_logits(network, batch, head.index, plan.patch_size, windows_per_batch, autocast_dtype,
+                               windows)
         return logits[:, head.channels].softmax(dim=1)
 
     views = [once(images)]

@@ -26,7 +26,7 @@ import SimpleITK as sitk
 
 from .errors import DataError
 from .fileio import image_suffix, itk_error_reason, read_json
-from .imagedata import image_data_problem
+from .imagedata import ImageDataProblem, read_checked_image
 from .naming import check_task_name
 
 CHANNEL_SUFFIX = "_0000"
@@ -241,7 +241,8 @@ def read_image(path: str | Path, what: str, is_label: bool = False) -> sitk.Imag
     """Read an image with SimpleITK; RGB(A) PNG images become grey (luminance), RGB labels must be grey.
 
     The file must be readable and hold all the pixel data its header describes
-    (:func:`labelshare.imagedata.image_data_problem`): SimpleITK would fill a truncated NIfTI file with zeros."""
+    (:func:`labelshare.imagedata.read_checked_image`, which reads a NIfTI file's data once): SimpleITK would fill a
+    truncated NIfTI file with zeros."""
     path = Path(path)
     if path.is_dir():
         raise DataError(f"{path}: {what} is a folder, not an image file")
@@ -250,13 +251,11 @@ def read_image(path: str | Path, what: str, is_label: bool = False) -> sitk.Imag
     try:
         with open(path, "rb"):
             pass
-        problem = image_data_problem(path)
+        image = read_checked_image(path)
     except OSError as error:
         raise DataError(f"{path}: {what} cannot be read ({error.strerror or error})") from None
-    if problem:
-        raise DataError(f"{path}: {what} {problem}")
-    try:
-        image = sitk.ReadImage(str(path))
+    except ImageDataProblem as problem:
+        raise DataError(f"{path}: {what} {problem}") from None
     except RuntimeError as error:
         raise DataError(f"{path}: {what} cannot be read ({itk_error_reason(error)[:200]})") from None
     if image.GetNumberOfComponentsPerPixel() > 1:

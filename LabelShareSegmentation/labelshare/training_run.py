@@ -18,12 +18,13 @@ from collections.abc import Sequence
 
 import torch
 
-from .config import DEFAULT_METHOD, TrainConfig
+from .config import TrainConfig
 from .errors import LabelShareError, LabelSpaceError, ModelError
 from .evaluation import choose_postprocessing
 from .fileio import (atomic_write_json, empty_folder, hold_folder, make_folders, now_iso, publish_dir, read_json,
                      remove_tree)
 from .labelspace import LabelSpace
+from .methods import DEFAULT_METHOD
 from .layouts import task_heads
 from .modelfolder import MANIFEST_FILE, ModelConfig, data_fingerprint, read_model_json, verify_folder
 from .models import Model, environment_summary, resolve_device, save_model_folder

@@ -14,10 +14,11 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from ..budget import add_task_epochs, estimate
-from ..config import ADD_TASK_TRAIN_OPTIONS, ADDABLE_METHODS, AddTaskConfig, InferenceConfig, TrainConfig
+from ..config import ADD_TASK_TRAIN_OPTIONS, AddTaskConfig, InferenceConfig, TrainConfig
 from ..errors import LabelShareError, LabelSpaceError, ModelError, UnknownTaskError
 from ..fileio import hold_folder, read_json, sha256_file
 from ..forgetting import ForgettingReport
+from ..methods import method_named
 from ..labelspace import LabelSpace, compute_statistics
 from ..modelfolder import ModelConfig, verify_folder
 from ..models import Model, load_model, resolve_device
@@ -83,7 +84,7 @@ def add_task(model: str | Path, task: tuple[str, str | Path], out: str | Path, c
     candidate = candidate_dir_for(out)
     progress.progress("mapping", 0.0, f"reading {old_path.name}")
     old = load_model(old_path, device=config.train.device)
-    if old.config.method not in ADDABLE_METHODS:
+    if not method_named(old.config.method).addable:
         raise ModelError(f"{old_path}: add-task extends label-sharing models; this is a {old.config.method} "
                          "model")
     recorded = _recorded_train_config(old, config)  # a tampered training.json is refused before any task is read
