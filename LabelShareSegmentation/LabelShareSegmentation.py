@@ -93,8 +93,9 @@ class LabelShareSegmentationParameterNode:
     outputSegmentation - where the segments go (none: the previous result for this volume and task, or new).
     model - the model folder; empty: the bundled model.
     task - the task of the model whose labels are segmented.
-    largestComponent - of which labels only the largest connected part is kept: model (the labels the model chose on
-        its validation cases), all or none (``labelshare segment --largest-component``).
+    largestComponentLabels - of which labels only the largest connected part is kept: model (the labels the model
+        chose on its validation cases), all or none (``labelshare segment --largest-component``; a new name, so that
+        the true/false of scenes saved before is not read as a choice).
     mirror - average with the left-right mirrored prediction for tasks that are not lateralised (test-time
         augmentation, ``labelshare segment --tta``; about twice the time for those tasks).
     The defaults are those of the engine's configuration (labelshare.config.InferenceConfig).
@@ -104,7 +105,7 @@ class LabelShareSegmentationParameterNode:
     outputSegmentation: vtkMRMLSegmentationNode
     model: str = ""
     task: str = ""
-    largestComponent: Annotated[str, Choice(list(LARGEST_COMPONENT))] = InferenceConfig.largest_component
+    largestComponentLabels: Annotated[str, Choice(list(LARGEST_COMPONENT))] = InferenceConfig.largest_component
     mirror: bool = InferenceConfig.mirror
 
 
@@ -338,7 +339,8 @@ class LabelShareSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
             self._job = self.logic.start(parameters.inputVolume, parameters.task, model=parameters.model or None,
                                          outputSegmentation=parameters.outputSegmentation,
                                          device=self.ui.deviceComboBox.currentText,
-                                         largest_component=parameters.largestComponent, mirror=parameters.mirror)
+                                         largest_component=parameters.largestComponentLabels,
+                                         mirror=parameters.mirror)
             self.ui.progressBar.visible = True
             self.timer.start()
         self.onPoll()

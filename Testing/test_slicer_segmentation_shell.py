@@ -42,7 +42,7 @@ def test_every_ui_widget_the_shell_uses_exists_in_the_ui_file(ui_widgets):
 def test_every_bound_widget_matches_a_parameter_of_the_right_type(ui_widgets):
     fields = parameter_fields(MODULE_FILE)
     bound = {w.property("SlicerParameterName"): w for w in ui_widgets.values() if w.property("SlicerParameterName")}
-    assert set(bound) == {"inputVolume", "outputSegmentation", "largestComponent", "mirror"}
+    assert set(bound) == {"inputVolume", "outputSegmentation", "largestComponentLabels", "mirror"}
     assert set(bound) <= set(fields)
     for name, widget in bound.items():
         node_types = widget.property("nodeTypes")
