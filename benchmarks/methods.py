@@ -99,9 +99,7 @@ METHODS = {m.name: m for m in (
 
 @dataclass
 class BenchmarkSettings:
-    """Everything that decides the numbers (``device`` only decides how fast they come); the engine's defaults
-    (:class:`~labelshare.config.TrainConfig`, :class:`~labelshare.plans.PlanSettings`) where the engine has the
-    option."""
+    """Everything that decides the numbers (``device`` only how fast they come); defaults are the engine's."""
 
     steps_per_task: int = 500
     steps_per_epoch: int = TrainConfig.steps_per_epoch
