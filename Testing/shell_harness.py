@@ -35,7 +35,7 @@ from qt_shell import load_ui_widgets
 
 REPO = Path(__file__).resolve().parents[1]
 SHELL_FOLDERS = (REPO / "LabelShareSegmentation", REPO / "LabelShareTraining")
-SHELL_MODULES = ("LabelShareSegmentation", "LabelShareTraining")
+SHELL_MODULES = ("LabelShareSegmentation", "LabelShareTraining", "LabelShareTrainingWidgets")  # Qt: imported fresh
 
 
 class PythonQtWidget:
@@ -59,7 +59,11 @@ class PythonQtWidget:
             object.__setattr__(self, name, value)
 
     def connect(self, signature: str, slot) -> None:
-        getattr(self.widget, signature.split("(")[0]).connect(slot)
+        signal = getattr(self.widget, signature.split("(")[0], None)
+        if signal is None:  # a CTK/qMRML widget, loaded as a plain QWidget: a test calls the slot itself
+            object.__setattr__(self, "slots", {**self.__dict__.get("slots", {}), signature: slot})
+            return
+        signal.connect(slot)
 
 
 def pythonqt_ui(ui_file: Path) -> SimpleNamespace:
@@ -84,6 +88,14 @@ def _stand_ins() -> dict[str, types.ModuleType]:
     qt = types.ModuleType("qt")  # PythonQt's one flat namespace
     for source in (QtCore, QtGui, QtWidgets):  # (dir, not vars: PySide6 creates its classes on first access)
         qt.__dict__.update({name: getattr(source, name) for name in dir(source) if name.startswith("Q")})
+
+    class QTimer(QtCore.QTimer):
+        """Qt's timer, connected the PythonQt way (``timer.connect("timeout()", slot)``)."""
+
+        def connect(self, signature, slot):
+            getattr(self, signature.split("(")[0]).connect(slot)
+
+    qt.QTimer = QTimer
 
     i18n = types.ModuleType("slicer.i18n")
     i18n.tr = lambda text: text
@@ -141,17 +153,21 @@ class SlicerApp:
 def shell_module(module_file: Path, app: SlicerApp | None = None) -> Iterator[types.ModuleType]:
     """The shell module imported with the stand-ins; everything is removed again afterwards."""
     stand_ins = _stand_ins()
-    saved = {name: sys.modules.get(name) for name in (*stand_ins, *SHELL_MODULES)}
+    shell_names = [name for name in sys.modules if name.split(".")[0] in SHELL_MODULES]
+    saved = {name: sys.modules.get(name) for name in (*stand_ins, *SHELL_MODULES, *shell_names)}
     added_paths = [str(folder) for folder in SHELL_FOLDERS if str(folder) not in sys.path]
     sys.path[:0] = added_paths
     sys.modules.update(stand_ins)
-    for name in SHELL_MODULES:
-        sys.modules.pop(name, None)
+    for name in saved:
+        if name.split(".")[0] in SHELL_MODULES:
+            sys.modules.pop(name, None)
     slicer.app = app or SlicerApp()
     try:
         yield importlib.import_module(module_file.stem)
     finally:
         del slicer.app
+        for name in [name for name in sys.modules if name.split(".")[0] in SHELL_MODULES]:
+            sys.modules.pop(name)  # imported with this call's stand-ins
         for name, module in saved.items():
             if module is None:
                 sys.modules.pop(name, None)

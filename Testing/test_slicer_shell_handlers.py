@@ -22,8 +22,13 @@ SEGMENTATION_UI = REPO / "LabelShareSegmentation" / "Resources" / "UI" / "LabelS
 @pytest.fixture
 def segmentation_shell(monkeypatch, tmp_path):
     with shell_module(SEGMENTATION) as shell:
-        monkeypatch.setattr(shell, "addedFolders", lambda: [])
         yield shell
+
+
+def settings_in(tmp_path, **values):
+    """LabelShareLib's settings in a dictionary (not the user's): a models folder under ``tmp_path``."""
+    from LabelShareLib.settings import MODELS_FOLDER, DictSettings, Settings
+    return Settings(DictSettings({MODELS_FOLDER: str(tmp_path / "models"), **values}))
 
 
 def segmentation_widget(shell, tmp_path, task: str):
@@ -32,7 +37,7 @@ def segmentation_widget(shell, tmp_path, task: str):
     from labelshare.paths import default_model_dir
     widget = shell.LabelShareSegmentationWidget()
     widget.ui = pythonqt_ui(SEGMENTATION_UI)
-    widget.ui.modelsFolderPathLineEdit.currentPath = str(tmp_path / "models")  # a ctkPathLineEdit in Slicer
+    widget.settings = settings_in(tmp_path)
     widget.logic = SimpleNamespace(stop=lambda: None)
     widget._parameterNode = SimpleNamespace(model=str(default_model_dir()), task=task, inputVolume=None)
     widget.ui.modelComboBox.connect("currentIndexChanged(int)", widget.onModelSelected)
@@ -61,6 +66,21 @@ TRAINING = REPO / "LabelShareTraining" / "LabelShareTraining.py"
 TRAINING_UI = REPO / "LabelShareTraining" / "Resources" / "UI" / "LabelShareTraining.ui"
 
 
+def training_widget(shell, training, settings, model: str | None = None, task: str = ""):
+    """LabelShare Training's widget wired as its ``setup`` wires it (sections, model and task lists) on its real
+    .ui, with ``training`` as its Lib logic and a parameter node remembering ``model`` (None: nothing chosen)."""
+    widget = shell.LabelShareTrainingWidget()
+    widget.ui = pythonqt_ui(TRAINING_UI)
+    widget.settings = settings
+    widget.logic = SimpleNamespace(training=training, running=False)
+    widget._parameterNode = SimpleNamespace(model=model or "", task=task, inputVolume=None, inputSegmentation=None,
+                                            budget="quick", device="auto")
+    widget.createSections()
+    widget.ui.modelComboBox.connect("currentIndexChanged(int)", widget.onModelSelected)
+    widget.ui.taskComboBox.connect("currentIndexChanged(int)", widget.onTaskSelected)
+    return widget
+
+
 @pytest.fixture
 def shown_errors(monkeypatch) -> list[str]:
     """What ``slicer.util.errorDisplay`` would have shown (Slicer's own ``tryWithErrorDisplay`` calls it)."""
@@ -83,13 +103,7 @@ def test_training_shows_an_unreadable_task_folder_and_stays_usable(monkeypatch, 
         for folder, name in (("imagesTr", "case1_0000.nii.gz"), ("labelsTr", "case1.nii.gz")):
             (broken / folder).mkdir(exist_ok=True)
             (broken / folder / name).write_bytes(b"not an image")
-        monkeypatch.setattr(shell, "modelsFolder", lambda: str(tmp_path / "models"))
-        widget = shell.LabelShareTrainingWidget()
-        widget.ui = pythonqt_ui(TRAINING_UI)
-        widget.logic = SimpleNamespace(training=training)
-        widget._parameterNode = SimpleNamespace(model="", task="broken", inputVolume=None, inputSegmentation=None,
-                                                budget="quick", device="auto")
-        widget.ui.taskComboBox.connect("currentIndexChanged(int)", widget.onTaskSelected)
+        widget = training_widget(shell, training, settings_in(tmp_path), model="", task="broken")
 
         widget.refreshAll()  # what setup() and enter() do
 
@@ -137,7 +151,7 @@ def test_first_run_install_asks_one_question_in_slicer(installers):
     """Slicer 5.10 (no slicer.packaging): one dialog, then PyTorchUtils without its own dialog, then pip_install
     with a list of arguments."""
     with shell_module(SEGMENTATION) as shell:
-        shell.moduleLogic().ensureDependencies()
+        shell.LabelShareSegmentationLogic().ensureDependencies()
     kinds = [call[0] for call in installers.calls]
     assert kinds == ["confirm", "PyTorchUtils.installTorch", "pip_install"], installers.calls
     assert installers.calls[1][1:] == (False, ">=2.4.1")
@@ -148,8 +162,9 @@ def test_first_run_install_asks_one_question_in_slicer(installers):
 def test_nothing_is_installed_in_testing_mode(installers):
     """Slicer's test machines: confirmations would accept by themselves and download gigabytes."""
     with shell_module(SEGMENTATION, SlicerApp(testing=True)) as shell:
-        with pytest.raises(shell.DependencyError, match="testing mode"):
-            shell.moduleLogic().ensureDependencies()
+        from LabelShareLib import DependencyError
+        with pytest.raises(DependencyError, match="testing mode"):
+            shell.LabelShareSegmentationLogic().ensureDependencies()
     assert installers.calls == []
 
 
@@ -231,11 +246,13 @@ def test_closing_slicer_during_training_shows_the_wait_and_bounds_it(monkeypatch
             onWait(secondsLeft)
 
     with shell_module(TRAINING) as shell:
+        from LabelShareLib.settings import DictSettings, Settings
+        from LabelShareTrainingWidgets import training_run
         widget = shell.LabelShareTrainingWidget()
-        widget.timer = SimpleNamespace(stop=lambda: None)
-        widget.logic = SimpleNamespace(running=True, stop=stop)
+        widget.runs = training_run.TrainingRunWidget(pythonqt_ui(TRAINING_UI), SimpleNamespace(running=True, stop=stop),
+                                                     Settings(DictSettings()), None, None, None, None)
         widget.cleanup()
-    assert stops == [shell.STOP_ON_EXIT_S] and shell.STOP_ON_EXIT_S <= 15
+    assert stops == [training_run.STOP_ON_EXIT_S] and training_run.STOP_ON_EXIT_S <= 15
     (options, dialog), = dialogs
-    assert "checkpoint" in options["labelText"] and options["maximum"] == shell.STOP_ON_EXIT_S
+    assert "checkpoint" in options["labelText"] and options["maximum"] == training_run.STOP_ON_EXIT_S
     assert dialog.value == 2 and not dialog.visible

@@ -10,7 +10,9 @@ always with a constraints file that pins the protected packages to their install
 message instead of replacing them. Nothing is installed while Slicer runs in testing mode (its test machines):
 there confirmations accept by themselves, and a self-test must not download gigabytes.
 
-The Slicer calls are passed in (:class:`DependencyInstaller`), so the decisions here are tested without Slicer.
+The Slicer calls are passed in (:class:`DependencyInstaller`), so the decisions here are tested without Slicer;
+:func:`ensure_dependencies` gives it the running Slicer's (both modules call it: Apply, Rank, Train, the console
+API and the Install buttons).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 
 from labelshare.errors import LabelShareError
 
-from .application import temporary_root
+from .application import slicer_application, temporary_root
 from .segments import EXTENSION_RESOURCES
 
 REQUIREMENTS_FILE = EXTENSION_RESOURCES / "requirements.txt"
@@ -131,3 +133,40 @@ class DependencyInstaller:
             raise DependencyError(f"still missing after installation: {', '.join(map(str, still_missing))}; see the "
                                   "Troubleshooting section of the LabelShare README")
         return [str(requirement) for requirement in missing]
+
+
+def confirm_in_slicer(message: str, details: str) -> bool:
+    """The one question before anything is installed (the installers are then called without asking)."""
+    import slicer.util
+    return slicer.util.confirmOkCancelDisplay(message, detailedText=details)
+
+
+def install_torch_in_slicer(requirement: str) -> None:
+    """torch through the PyTorch extension, which picks the build that matches the GPU driver (and replaces a torch
+    older than ``requirement``); the user has already confirmed."""
+    try:
+        import PyTorchUtils
+    except ModuleNotFoundError:
+        raise DependencyError("LabelShare needs PyTorch: install the 'PyTorch' extension with the Extensions "
+                              "Manager, restart Slicer and try again.") from None
+    PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False,
+                                                  torchVersionRequirement=requirement[len("torch"):])
+
+
+def slicer_pip_tools() -> dict:
+    """``slicer.packaging.pip_ensure`` on Slicer ≥ 5.12, else ``slicer.util.pip_install``."""
+    try:
+        from slicer.packaging import pip_ensure
+    except ImportError:
+        import slicer.util
+        return {"pip_install": slicer.util.pip_install}
+    return {"pip_ensure": pip_ensure}
+
+
+def ensure_dependencies() -> list[str]:
+    """Install whatever LabelShare still needs with the running Slicer's tools, after one question; in Slicer's
+    testing mode nothing is installed (raises, naming what is missing). Returns what was installed."""
+    application = slicer_application()
+    testing = bool(application is not None and application.testingEnabled())
+    return DependencyInstaller(confirm_in_slicer, install_torch_in_slicer, **slicer_pip_tools(),
+                               testing=testing).ensure()
