@@ -37,9 +37,10 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
 from slicer.util import VTKObservationMixin
 
 import LabelShareLib
-from LabelShareLib import (DependencyInstaller, JobState, ProcessJob, Settings, default_store, device_choice,
-                           engine_command, ensure_dependencies, model_title, models_in, skip_message, task_labels)
-from LabelShareSegmentationLib import SegmentationLogic, why_not_ready
+from LabelShareLib import (SEGMENTATION, DependencyInstaller, JobState, ProcessJob, Settings, default_store,
+                           device_choice, engine_command, ensure_dependencies, model_info, model_title, models_in,
+                           shared_worker, skip_message, task_labels)
+from LabelShareSegmentationLib import EditsKept, SegmentationLogic, input_notes, why_not_ready
 
 POLL_INTERVAL_MS = 100
 
@@ -91,12 +92,14 @@ class LabelShareSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._models = []  # engine ModelSummary of every model in the model list
+        self._modelInfo = None  # LabelShareLib.ModelInfo of the selected model (its card)
         self._job = None
         self._logLinesShown = 0
         self._updating = False  # refilling a combo box: its index changes are not the user's choice
         self._dependenciesMissing = []
         self._modelStore = None
         self.settings = Settings()
+        self.shared = shared_worker()
 
     # -- lifecycle --------------------------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -118,6 +121,8 @@ class LabelShareSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
         self.ui.installDependenciesButton.connect("clicked(bool)", self.onInstallDependencies)
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelSelected)
         self.ui.taskComboBox.connect("currentIndexChanged(int)", self.onTaskSelected)
+        self.ui.showAllVersionsCheckBox.checked = self.settings.show_all_versions
+        self.ui.showAllVersionsCheckBox.connect("toggled(bool)", self.onShowAllVersions)
 
         self.ui.deviceComboBox.currentText = device_choice(self.settings.device)  # older settings: GPU, CPU
         self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceSelected)
@@ -127,6 +132,8 @@ class LabelShareSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
         # new model versions (LabelShare Training publishes them) appear without reopening the module
         self._modelStore = default_store()
         self._modelStore.changed.subscribe(self.onModelStoreChanged)
+        # LabelShare Training's jobs in the background worker both modules share are shown here
+        self.shared.changed.subscribe(self.onWorkerChanged)
 
         self.initializeParameterNode()
         self.refreshModels()
@@ -140,6 +147,7 @@ class LabelShareSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
         (LabelShare Training's job in it goes on), stop listening to the store."""
         self.timer.stop()
         self.logic.stop()
+        self.shared.changed.unsubscribe(self.onWorkerChanged)
         if self._modelStore is not None:
             self._modelStore.changed.unsubscribe(self.onModelStoreChanged)
             self._modelStore = None
@@ -185,13 +193,18 @@ class LabelShareSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
     # -- models and tasks -------------------------------------------------------------------------------------------
     def refreshModels(self) -> None:
         """Fill the model list (the model store is light: it works before the engine's packages are installed)
-        and say which of those packages are missing."""
+        and say which of those packages are missing. Of each model only its newest version is listed, unless "All
+        versions" is checked (or the scene chose an older one); a model chosen in LabelShare Training ("Use this
+        model") becomes the scene's choice."""
         missing = self._dependenciesMissing = DependencyInstaller.missing()
         self.ui.dependenciesStatusLabel.text = (_("missing: {packages}").format(
             packages=", ".join(r.name for r in missing)) if missing else _("installed"))
+        chosen = self._modelStore.take_chosen() if self._modelStore is not None else None
+        if chosen is not None and self._parameterNode:
+            self._parameterNode.model = str(chosen)
         self._updating = True
         self.ui.modelComboBox.clear()
-        self._models = self.settings.models()
+        self._models = self.settings.models(keep=[self._parameterNode.model if self._parameterNode else ""])
         for summary in self._models:
             self.ui.modelComboBox.addItem(model_title(summary), str(summary.path))
         if not self._models:
@@ -214,6 +227,8 @@ class LabelShareSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
             if self._job is None or self._job.state.finished:
                 self.logic.stop()  # another model: free the worker's memory, unless LabelShare Training uses it
             self._parameterNode.model = str(summary.path)
+        self._modelInfo = model_info(summary.path) if summary is not None and summary.valid else None
+        self.ui.modelInfoLabel.text = self._modelInfo.describe() if self._modelInfo is not None else ""
         if summary is not None and not summary.valid:
             self.ui.modelStatusLabel.text = summary.reason
         elif summary is not None and self._dependenciesMissing:
@@ -244,7 +259,17 @@ class LabelShareSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
                 labels=", ".join(f"{label.id} {label.name}" for label in labels))
         else:
             self.ui.taskLabelsLabel.text = ""
+        info = self.selectedTaskInfo()
+        self.ui.taskInfoLabel.text = info.describe() if info is not None else ""
         self._checkCanApply()
+
+    def selectedTaskInfo(self):
+        """What the selected task is for (LabelShareLib.TaskInfo, from the model's card), or None."""
+        return self._modelInfo.tasks.get(self.ui.taskComboBox.currentText) if self._modelInfo is not None else None
+
+    def onShowAllVersions(self, show: bool) -> None:
+        self.settings.show_all_versions = show
+        self.refreshModels()
 
     def onAddModelFolder(self) -> None:
         folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), _("Add a LabelShare model folder"))
@@ -257,8 +282,16 @@ class LabelShareSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
             self.refreshModels()
 
     def onModelStoreChanged(self, model=None) -> None:
-        """The model store announced a change (e.g. LabelShare Training published ``model``): list it."""
+        """The model store announced a change (LabelShare Training published ``model``, or chose it with "Use this
+        model"): list it (and take the choice)."""
         self.refreshModels()
+
+    def onWorkerChanged(self, use=None) -> None:
+        """A job of either module started or ended in the shared worker: show LabelShare Training's (the timer
+        keeps its progress current) and say why Apply waits."""
+        if self.shared.busy:
+            self.timer.start()
+        self._checkCanApply()
 
     def onModelsFolderChanged(self, path: str) -> None:
         self.settings.models_folder = path
@@ -280,6 +313,11 @@ class LabelShareSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
         return self._job is not None and not self._job.state.finished
 
     def _checkCanApply(self, caller=None, event=None) -> None:
+        blocked = self.shared.blocked_reason(SEGMENTATION)  # LabelShare Training's job: what, and where
+        self.ui.workerStatusLabel.text = blocked
+        self.ui.workerStatusLabel.visible = bool(blocked)
+        volume = self._parameterNode.inputVolume if self._parameterNode else None
+        self.ui.inputNoteLabel.text = "\n".join(input_notes(volume, self.selectedTaskInfo()))
         if self._running():
             self.ui.applyButton.text = _("Cancel")
             self.ui.applyButton.toolTip = _("Stop the segmentation (the scene is left as it was).")
@@ -291,7 +329,7 @@ class LabelShareSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
         elif self._parameterNode is None:
             reason = _("No parameter node.")
         else:
-            reason = why_not_ready(self._parameterNode.inputVolume, self.selectedModel(), self._parameterNode.task)
+            reason = why_not_ready(volume, self.selectedModel(), self._parameterNode.task, blocked)
         self.ui.applyButton.enabled = not reason
         self.ui.applyButton.toolTip = reason or _("Segment the volume with the selected task.")
 
@@ -305,15 +343,22 @@ class LabelShareSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
                 self.logic.ensureDependencies()
                 self.refreshModels()  # the model list stays empty until the engine's packages are there
             parameters = self._parameterNode
-            reason = why_not_ready(parameters.inputVolume, self.selectedModel(), parameters.task)
+            reason = why_not_ready(parameters.inputVolume, self.selectedModel(), parameters.task,
+                                   self.shared.blocked_reason(SEGMENTATION))
             if reason:
                 raise ValueError(reason)
+            try:
+                job = self.logic.start(parameters.inputVolume, parameters.task, model=parameters.model or None,
+                                       device=self.ui.deviceComboBox.currentText,
+                                       outputSegmentation=parameters.outputSegmentation,
+                                       largestComponent=parameters.largestComponent, mirror=parameters.mirror,
+                                       confirmReplace=askReplaceEditedSegments)
+            except EditsKept as kept:
+                slicer.util.showStatusMessage(str(kept)[0].upper() + str(kept)[1:] + ".", 5000)
+                return
             self.ui.logTextEdit.clear()
             self._logLinesShown = 0
-            self._job = self.logic.start(parameters.inputVolume, parameters.task, model=parameters.model or None,
-                                         device=self.ui.deviceComboBox.currentText,
-                                         outputSegmentation=parameters.outputSegmentation,
-                                         largestComponent=parameters.largestComponent, mirror=parameters.mirror)
+            self._job = job
             self.ui.progressBar.visible = True
             self.timer.start()
         self.onPoll()
@@ -321,7 +366,10 @@ class LabelShareSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
     def onPoll(self) -> None:
         """Timer tick: take in the job's progress (never blocks), show it, import on the main thread when done."""
         job = self._job
-        if job is None:
+        if job is None or job.state.finished:  # LabelShare Training's job: only its line is shown
+            self._checkCanApply()
+            if not self.shared.busy:
+                self.timer.stop()
             return
         state = job.poll()
         self.ui.progressBar.value = int(100 * job.fraction)
@@ -331,12 +379,31 @@ class LabelShareSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
         self._logLinesShown = job.lines_added
         if state.finished:
             self.timer.stop()
-            if state == JobState.DONE:  # the output choice stays as it was: "new" finds this node again next time
+            if state == JobState.DONE:  # the output choice stays as it was: "Create new" makes a new node next time
                 logging.info(f"LabelShare: {job.result.GetName()} segmented in {job.elapsed_s:.1f} s")
+                if job.notes:
+                    slicer.util.showStatusMessage(" ".join(job.notes), 10000)
             elif state == JobState.FAILED:
                 slicer.util.errorDisplay(_("Segmentation failed: {reason}").format(reason=job.error),
                                          detailedText="\n".join(job.log))
         self._checkCanApply()
+
+
+def askReplaceEditedSegments(node, task: str, editedNames: list[str]) -> bool:
+    """Apply into a segmentation whose task segments were edited since they were made: replace them (they are kept
+    in a hidden copy beside it) or keep the edits (nothing runs)."""
+    box = qt.QMessageBox(slicer.util.mainWindow())
+    box.setWindowTitle(_("Edited segments"))
+    box.setText(_("You edited {segments} in '{node}' since LabelShare made them. Apply replaces the segments of task "
+                  "{task}.").format(segments=", ".join(f"'{name}'" for name in editedNames), node=node.GetName(),
+                                    task=task))
+    box.setInformativeText(_("Replaced segments are kept in a hidden segmentation '{node} (replaced …)' beside it "
+                             "(Data module). To keep your work where it is, choose \"Create new segmentation\" as "
+                             "the output.").format(node=node.GetName()))
+    replace = box.addButton(_("Replace (keep a copy)"), qt.QMessageBox.AcceptRole)
+    box.addButton(_("Keep my edits"), qt.QMessageBox.RejectRole)
+    box.exec_()
+    return box.clickedButton() == replace
 
 
 class LabelShareSegmentationLogic(ScriptedLoadableModuleLogic):
@@ -464,8 +531,8 @@ class LabelShareSegmentationTest(ScriptedLoadableModuleTest):
 
 # The Lib packages this module ships, each module after the ones it imports; the package itself last.
 LIB_MODULES = {
-    "LabelShareLib": ("signals", "application", "volumes", "segments", "jobs", "store", "shared_worker", "settings",
-                      "dependencies"),
+    "LabelShareLib": ("signals", "application", "volumes", "segments", "jobs", "store", "model_info", "shared_worker",
+                      "settings", "dependencies"),
     "LabelShareSegmentationLib": ("logic",),
 }
 

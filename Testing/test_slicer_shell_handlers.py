@@ -11,38 +11,17 @@ from types import SimpleNamespace
 
 import pytest
 
-from shell_harness import SHELL_FOLDERS, SlicerApp, pythonqt_ui, shell_module
+from shell_harness import (SEGMENTATION, SHELL_FOLDERS, TRAINING, TRAINING_UI, SlicerApp, pythonqt_ui,
+                           segmentation_widget, settings_in, shell_module, training_widget)
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(folder) for folder in SHELL_FOLDERS]  # the Lib packages, which fixtures import directly
-SEGMENTATION = REPO / "LabelShareSegmentation" / "LabelShareSegmentation.py"
-SEGMENTATION_UI = REPO / "LabelShareSegmentation" / "Resources" / "UI" / "LabelShareSegmentation.ui"
 
 
 @pytest.fixture
 def segmentation_shell(monkeypatch, tmp_path):
     with shell_module(SEGMENTATION) as shell:
         yield shell
-
-
-def settings_in(tmp_path, **values):
-    """LabelShareLib's settings in a dictionary (not the user's): a models folder under ``tmp_path``."""
-    from LabelShareLib.settings import MODELS_FOLDER, DictSettings, Settings
-    return Settings(DictSettings({MODELS_FOLDER: str(tmp_path / "models"), **values}))
-
-
-def segmentation_widget(shell, tmp_path, task: str):
-    """The module's widget wired as its ``setup`` wires the model and task lists, with a parameter node that
-    remembers the bundled model and ``task``."""
-    from labelshare.paths import default_model_dir
-    widget = shell.LabelShareSegmentationWidget()
-    widget.ui = pythonqt_ui(SEGMENTATION_UI)
-    widget.settings = settings_in(tmp_path)
-    widget.logic = SimpleNamespace(stop=lambda: None)
-    widget._parameterNode = SimpleNamespace(model=str(default_model_dir()), task=task, inputVolume=None)
-    widget.ui.modelComboBox.connect("currentIndexChanged(int)", widget.onModelSelected)
-    widget.ui.taskComboBox.connect("currentIndexChanged(int)", widget.onTaskSelected)
-    return widget
 
 
 def test_segmentation_keeps_the_chosen_task_when_the_model_list_is_refreshed(segmentation_shell, tmp_path):
@@ -62,23 +41,6 @@ def test_segmentation_keeps_the_chosen_task_when_the_model_list_is_refreshed(seg
     assert widget._parameterNode.task == tasks[0]
 
 
-TRAINING = REPO / "LabelShareTraining" / "LabelShareTraining.py"
-TRAINING_UI = REPO / "LabelShareTraining" / "Resources" / "UI" / "LabelShareTraining.ui"
-
-
-def training_widget(shell, training, settings, model: str | None = None, task: str = ""):
-    """LabelShare Training's widget wired as its ``setup`` wires it (sections, model and task lists) on its real
-    .ui, with ``training`` as its Lib logic and a parameter node remembering ``model`` (None: nothing chosen)."""
-    widget = shell.LabelShareTrainingWidget()
-    widget.ui = pythonqt_ui(TRAINING_UI)
-    widget.settings = settings
-    widget.logic = SimpleNamespace(training=training, running=False)
-    widget._parameterNode = SimpleNamespace(model=model or "", task=task, inputVolume=None, inputSegmentation=None,
-                                            budget="quick", device="auto")
-    widget.createSections()
-    widget.ui.modelComboBox.connect("currentIndexChanged(int)", widget.onModelSelected)
-    widget.ui.taskComboBox.connect("currentIndexChanged(int)", widget.onTaskSelected)
-    return widget
 
 
 @pytest.fixture
@@ -116,10 +78,26 @@ def test_training_shows_an_unreadable_task_folder_and_stays_usable(monkeypatch, 
 
 
 class SlicerInstallers:
-    """Records what the module asks of Slicer's installers and 'installs' into a fake package table."""
+    """Records what the module asks of Slicer's installers and 'installs' into a fake package table, and what its
+    progress dialog shows."""
 
     def __init__(self, installed: dict[str, str]):
         self.installed, self.calls = installed, []
+
+    def createProgressDialog(self, **options):
+        recorder = self
+
+        class Dialog(SimpleNamespace):
+            def __setattr__(self, name, value):
+                super().__setattr__(name, value)
+                if name == "labelText":
+                    recorder.calls.append(("shows", value))
+
+            def close(self):
+                recorder.calls.append(("dialog closed",))
+
+        self.calls.append(("dialog", options["windowTitle"]))
+        return Dialog()
 
     def confirmOkCancelDisplay(self, text, windowTitle=None, **kwargs):
         self.calls.append(("confirm", text))
@@ -142,18 +120,26 @@ def installers(monkeypatch) -> SlicerInstallers:
     monkeypatch.setattr(dependencies, "installed_version", recorder.installed.get)
     monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", recorder.confirmOkCancelDisplay)
     monkeypatch.setattr(slicer.util, "pip_install", recorder.pip_install)
+    monkeypatch.setattr(slicer.util, "createProgressDialog", recorder.createProgressDialog)
     monkeypatch.setitem(sys.modules, "PyTorchUtils", SimpleNamespace(
         PyTorchUtilsLogic=lambda: SimpleNamespace(installTorch=recorder.installTorch)))
     return recorder
 
 
-def test_first_run_install_asks_one_question_in_slicer(installers):
+def test_first_run_install_asks_one_question_in_slicer_and_shows_each_step(installers):
     """Slicer 5.10 (no slicer.packaging): one dialog, then PyTorchUtils without its own dialog, then pip_install
-    with a list of arguments."""
+    with a list of arguments; a progress dialog says what is installed and which step it is on (issue 27: minutes
+    behind a wait cursor)."""
     with shell_module(SEGMENTATION) as shell:
         shell.LabelShareSegmentationLogic().ensureDependencies()
+    shown = [call[1] for call in installers.calls if call[0] == "shows"]
+    assert [text.split(":")[0] for text in shown] == ["Step 1 of 3", "Step 2 of 3", "Step 3 of 3"]
+    assert "PyTorch (torch>=2.4.1)" in shown[0] and "monai>=1.5" in shown[1] and "with pip" in shown[1]
     kinds = [call[0] for call in installers.calls]
-    assert kinds == ["confirm", "PyTorchUtils.installTorch", "pip_install"], installers.calls
+    assert kinds == ["confirm", "dialog", "shows", "PyTorchUtils.installTorch", "shows", "pip_install", "shows",
+                     "dialog closed"], installers.calls
+    installers.calls = [call for call in installers.calls if call[0] in ("confirm", "PyTorchUtils.installTorch",
+                                                                         "pip_install")]
     assert installers.calls[1][1:] == (False, ">=2.4.1")
     arguments = installers.calls[2][1]
     assert isinstance(arguments, list) and arguments[-2] == "-c" and "monai>=1.5" in arguments

@@ -29,11 +29,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from labelshare.errors import LabelShareError
+from labelshare.errors import LabelShareError, ModelError, UnknownTaskError
+from labelshare.paths import model_dir_or_default
 from LabelShareLib.jobs import JobCancelled, JobFailed, WorkerJob
+from LabelShareLib.model_info import TaskInfo, modality_warning, model_info
 from LabelShareLib.segments import edited_task_segments, keep_copy_of_task_segments
 from LabelShareLib.shared_worker import SEGMENTATION, SharedWorker, shared_worker
-from LabelShareLib.volumes import check_input_volume
+from LabelShareLib.volumes import check_input_volume, colour_note
 
 ConfirmReplace = Callable[[object, str, list[str]], bool]  # (segmentation node, task, edited segment names) -> go on
 
@@ -60,6 +62,25 @@ def why_not_ready(volume_node, model_summary, task: str, busy_reason: str = "") 
     if task not in model_summary.tasks:
         return f"Model {Path(model_summary.path).name} has no task '{task}'."
     return busy_reason
+
+
+def input_notes(volume_node, task: TaskInfo | None) -> list[str]:
+    """What the user should know about segmenting this volume with this task (shown beside the input, never a
+    refusal): a colour volume is segmented as its luminance; a DICOM volume of another modality than the task's
+    intended input may give a meaningless result."""
+    if volume_node is None:
+        return []
+    notes = [colour_note(volume_node)] + ([modality_warning(volume_node, task)] if task is not None else [])
+    return [note for note in notes if note]
+
+
+def task_info(model: str | Path | None, task: str) -> TaskInfo | None:
+    """The card's facts of a task of a model (None when the model or the task cannot be read: the Apply check
+    says why)."""
+    try:
+        return model_info(model_dir_or_default(model)).tasks.get(task)
+    except (ModelError, UnknownTaskError):
+        return None
 
 
 class SegmentationLogic:
@@ -93,9 +114,14 @@ class SegmentationLogic:
             edited = edited_task_segments(output_node, task)
             if edited and not confirm_replace(output_node, task, edited):
                 raise EditsKept(f"the edited segments of '{output_node.GetName()}' were kept; nothing was changed")
+        info = task_info(model, task)
+        warning = modality_warning(volume_node, info) if info is not None else ""
         self.job = self.shared.start_segmentation(
             SEGMENTATION, volume_node, task, model, device, output_node, largest_component, mirror, on_event,
             before_import=self._keep_edited_segments(task))
+        if warning:  # a warning, not a refusal: the user may know better
+            self.job.notes.append(warning)
+            self.job.add_log(warning)
         return self.job
 
     @staticmethod
