@@ -38,8 +38,8 @@ from slicer.util import VTKObservationMixin
 
 import LabelShareLib
 from LabelShareLib import (SEGMENTATION, DependencyInstaller, JobState, ProcessJob, Settings, default_store,
-                           device_choice, engine_command, ensure_dependencies, model_info, model_title, models_in,
-                           shared_worker, skip_message, task_labels)
+                           default_worker, device_choice, engine_command, ensure_dependencies, model_info, model_title,
+                           models_in, skip_message, task_labels)
 from LabelShareSegmentationLib import EditsKept, SegmentationLogic, input_notes, why_not_ready
 
 POLL_INTERVAL_MS = 100
@@ -99,7 +99,7 @@ class LabelShareSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
         self._dependenciesMissing = []
         self._modelStore = None
         self.settings = Settings()
-        self.shared = shared_worker()
+        self.shared = default_worker()
 
     # -- lifecycle --------------------------------------------------------------------------------------------------
     def setup(self) -> None:

@@ -140,7 +140,7 @@ class LabelShareTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
 
     def cleanup(self) -> None:
         """Module closed or Slicer exits: a running training run saves a resumable checkpoint and stops; the queue's
-        section stops listening."""
+        job is cancelled and the shared worker let go (LabelShare Segmentation's job in it goes on)."""
         for section in (self.runs, self.queue):
             if section is not None:
                 section.cleanup()

@@ -258,3 +258,29 @@ def test_the_training_widget_needs_no_segmentation_module(training_home):
         widget = training_widget(shell, training_logic(training_home), settings_in(training_home))
         widget.refreshAll()
         assert widget.ui.modelComboBox.count >= 1 + len(bundled_model_dirs())
+
+
+def test_trainings_queue_shows_segmentations_job_and_its_cleanup_leaves_it_running(training_home, monkeypatch):
+    import LabelShareLib.shared_worker as shared_worker_module
+    from LabelShareLib.shared_worker import SEGMENTATION as SEGMENTATION_MODULE
+    shared = SharedWorker(worker_factory=IdleWorker)
+    monkeypatch.setattr(shared_worker_module, "_SHARED_WORKER", shared)  # the session's worker, for both widgets
+    apply = shared.submit(SEGMENTATION_MODULE, "segmenting 'CT 1' with task acdc", "cpu", default_model_dir(),
+                          {"command": "segment"})
+    queue_folder = training_home / "unlabelled"
+    queue_folder.mkdir()
+    from LabelShareLib.settings import ANNOTATION_QUEUE_FOLDER
+    with shell_module(TRAINING) as shell:
+        widget = training_widget(shell, training_logic(training_home),
+                                 settings_in(training_home, **{ANNOTATION_QUEUE_FOLDER: str(queue_folder)}),
+                                 task="acdc")
+        widget.refreshAll()
+        assert widget.selectedEntry().name == "acdc" and widget.selectedEntry().in_model
+        reason = ("The background worker is busy: LabelShare Segmentation is segmenting 'CT 1' with task acdc "
+                  "(preparing). Wait for it, or cancel it in LabelShare Segmentation.")
+        assert widget.ui.workerStatusLabel.text == reason and not widget.ui.workerStatusLabel.isHidden()
+        assert not widget.ui.rankButton.enabled and widget.ui.rankButton.toolTip == reason
+        widget.cleanup()  # LabelShare Training's cleanup lets the worker go: Segmentation's Apply goes on
+        assert not apply.state.finished and shared.worker.stopped == 0
+        shared.cancel(SEGMENTATION_MODULE)
+        assert apply.state.value == "cancelled"

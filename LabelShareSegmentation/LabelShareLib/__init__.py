@@ -29,7 +29,7 @@ from .model_info import ModelInfo, TaskInfo, model_info, modality_warning
 from .segments import (EXTENSION_RESOURCES, edited_task_segments, import_task_segments, keep_copy_of_task_segments,
                        new_output_segmentation, place_beside, task_segment_ids)
 from .settings import Settings
-from .shared_worker import SEGMENTATION, TRAINING, SharedWorker, WorkerBusyError, shared_worker
+from .shared_worker import SEGMENTATION, TRAINING, SharedWorker, WorkerBusyError, default_worker
 from .signals import Signal
 from .store import (ModelStore, available_models, default_store, model_title, models_in, task_labels,
                     user_models_dir, version_of)
@@ -41,9 +41,9 @@ __all__ = [
     "JobCancelled", "JobFailed", "JobState", "ModelInfo", "ModelStore", "ProcessJob", "SEGMENTATION", "Settings",
     "SharedWorker", "Signal", "TRAINING", "TaskInfo", "WorkerBusyError", "WorkerJob", "WorkerProcess",
     "available_models", "check_input_volume", "check_scalar_volume", "child_environment", "default_store",
-    "device_choice", "edited_task_segments", "engine_command", "ensure_dependencies", "image_to_volume",
-    "import_task_segments", "keep_copy_of_task_segments", "modality_warning", "model_info", "model_title",
-    "models_in", "new_output_segmentation", "parse_device", "place_beside", "python_executable",
-    "segmentation_input", "set_volume_from_image", "shared_worker", "skip_message", "task_labels",
-    "task_segment_ids", "temporary_root", "user_models_dir", "version_of", "volume_to_image",
+    "default_worker", "device_choice", "edited_task_segments", "engine_command", "ensure_dependencies",
+    "image_to_volume", "import_task_segments", "keep_copy_of_task_segments", "modality_warning", "model_info",
+    "model_title", "models_in", "new_output_segmentation", "parse_device", "place_beside", "python_executable",
+    "segmentation_input", "set_volume_from_image", "skip_message", "task_labels", "task_segment_ids",
+    "temporary_root", "user_models_dir", "version_of", "volume_to_image",
 ]

@@ -17,7 +17,7 @@ segments on Slicer's main thread) and a folder into a rank request, for both mod
 
 Usage::
 
-    shared = shared_worker()                                       # the one of this Slicer session
+    shared = default_worker()                                       # the one of this Slicer session
     job = shared.start_segmentation(SEGMENTATION, volumeNode, "acdc", model=None, device="auto")
     shared.changed.subscribe(widget.onWorkerChanged)               # a job started or ended (either module's)
     shared.describe()                    # "LabelShare Training is ranking the images of 'scans' for task acdc …"
@@ -252,6 +252,6 @@ class SharedWorker:
 _SHARED_WORKER = SharedWorker()
 
 
-def shared_worker() -> SharedWorker:
+def default_worker() -> SharedWorker:
     """The worker both modules share in one Slicer session."""
     return _SHARED_WORKER

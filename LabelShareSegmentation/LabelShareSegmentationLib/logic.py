@@ -34,7 +34,7 @@ from labelshare.paths import model_dir_or_default
 from LabelShareLib.jobs import JobCancelled, JobFailed, WorkerJob
 from LabelShareLib.model_info import TaskInfo, modality_warning, model_info
 from LabelShareLib.segments import edited_task_segments, keep_copy_of_task_segments
-from LabelShareLib.shared_worker import SEGMENTATION, SharedWorker, shared_worker
+from LabelShareLib.shared_worker import SEGMENTATION, SharedWorker, default_worker
 from LabelShareLib.volumes import check_input_volume, colour_note
 
 ConfirmReplace = Callable[[object, str, list[str]], bool]  # (segmentation node, task, edited segment names) -> go on
@@ -90,7 +90,7 @@ class SegmentationLogic:
     """
 
     def __init__(self, shared: SharedWorker | None = None):
-        self.shared = shared or shared_worker()
+        self.shared = shared or default_worker()
         self.job: WorkerJob | None = None
 
     def start(self, volume_node, task: str, model: str | Path | None = None, device: str = "auto",

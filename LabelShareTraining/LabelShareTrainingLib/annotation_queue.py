@@ -34,7 +34,7 @@ from labelshare.paths import model_dir_or_default
 from labelshare.ranking import RankedCase
 from labelshare.tasks import read_image
 from LabelShareLib.jobs import WorkerJob
-from LabelShareLib.shared_worker import TRAINING, SharedWorker, shared_worker
+from LabelShareLib.shared_worker import TRAINING, SharedWorker, default_worker
 from LabelShareLib.volumes import image_to_volume
 
 QUEUE_FILE = "annotation-queue.json"
@@ -170,7 +170,7 @@ class AnnotationQueueLogic:
 
     def __init__(self, queue: AnnotationQueue, shared: SharedWorker | None = None):
         self.queue = queue
-        self.shared = shared or shared_worker()
+        self.shared = shared or default_worker()
 
     def start_rank(self, folder: str | Path, task: str, model: str | Path | None = None, device: str = "auto",
                    score: str = DEFAULT_RANK_SCORE, on_event: Callable[[dict], None] | None = None) -> WorkerJob:

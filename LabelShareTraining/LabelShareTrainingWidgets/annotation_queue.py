@@ -16,7 +16,7 @@ import qt
 import slicer
 from slicer.i18n import tr as _
 
-from LabelShareLib import TRAINING, JobState, ensure_dependencies, shared_worker
+from LabelShareLib import TRAINING, JobState, default_worker, ensure_dependencies
 from LabelShareTrainingLib import AnnotationQueue, AnnotationQueueLogic, why_cannot_rank, why_no_next_case
 
 from .dialogs import showErrorAndContinue
@@ -43,7 +43,7 @@ class AnnotationQueueWidget:
         self.workspace = workspace
         self.selection = selection
         self.parameterNode = parameterNode
-        self.shared = shared_worker()
+        self.shared = default_worker()
         self._logic: AnnotationQueueLogic | None = None
         self._job = None  # this module's running ranking or "Next case" segmentation
         self._jobKind = ""  # "rank" or "next"
@@ -57,10 +57,11 @@ class AnnotationQueueWidget:
         self.shared.changed.subscribe(self.onWorkerChanged)
 
     def cleanup(self) -> None:
-        """Stop polling and listening (the module is cleaned up). A running ranking goes on in the shared worker
-        until LabelShare's last module lets the worker go."""
+        """The module is cleaned up (Slicer exits): stop polling and listening, cancel this module's job and let the
+        shared worker go (it stops unless LabelShare Segmentation's job runs in it)."""
         self.timer.stop()
         self.shared.changed.unsubscribe(self.onWorkerChanged)
+        self.shared.release(TRAINING)
 
     @property
     def logic(self) -> AnnotationQueueLogic:
