@@ -2,18 +2,24 @@
 
 The thin Qt shell: module description, widget wiring, the parameter node, and the self-test. Everything with logic
 in it is in ``LabelShareSegmentationLib`` (the segmentation logic), in ``LabelShareLib`` (what both LabelShare
-modules use: geometry, segments, background jobs, the model store, dependencies; both without Qt, tested on
-slicer-core) and in the engine ``labelshare``.
+modules use: geometry, segments, background jobs and the worker they share, the model store, settings,
+dependencies; both without Qt, tested on slicer-core) and in the engine ``labelshare``.
 
-Console API (blocking; returns the segmentation node)::
+Scripting (Slicer's Python console; blocking, returns a new segmentation node)::
 
-    node = slicer.modules.labelsharesegmentation.logic().segment(volumeNode, "acdc", model=None, device="auto")
+    logic = slicer.util.getModuleLogic("LabelShareSegmentation")   # the module's logic (opens its widget)
+    # or, without the widget, as Slicer's scripted-module template intends:
+    # import LabelShareSegmentation; logic = LabelShareSegmentation.LabelShareSegmentationLogic()
+    node = logic.segment(volumeNode, "acdc", model=None, device="auto")
+    logic.segment(volumeNode, "acdc", outputSegmentation=node)   # updates node; edited segments kept in a copy
+    logic.stop()
+
+Every logic instance uses the background worker both modules share (``LabelShareLib.shared_worker``).
 """
 
 from __future__ import annotations
 
 import importlib
-import json
 import logging
 import sys
 from pathlib import Path
@@ -32,13 +38,12 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
 from slicer.util import VTKObservationMixin
 
 import LabelShareLib
-from LabelShareLib import (DEFAULT_DEVICE, DependencyError, DependencyInstaller, JobState, available_models,
-                           default_store, device_choice, model_title, models_in, skip_message, task_labels)
-from LabelShareSegmentationLib import LARGEST_COMPONENT, InferenceConfig, SegmentationLogic, why_not_ready
+from LabelShareLib import (SEGMENTATION, DependencyInstaller, JobState, ProcessJob, Settings, default_store,
+                           default_worker, device_choice, engine_command, ensure_dependencies, model_info, model_title,
+                           models_in, skip_message, task_labels)
+from LabelShareSegmentationLib import (LARGEST_COMPONENT, EditsKept, InferenceConfig, SegmentationLogic, input_notes,
+                                       why_not_ready)
 
-SETTINGS_MODELS_FOLDER = "LabelShare/ModelsFolder"
-SETTINGS_ADDED_FOLDERS = "LabelShare/AddedModelFolders"
-SETTINGS_DEVICE = "LabelShare/Device"
 POLL_INTERVAL_MS = 100
 
 
@@ -57,40 +62,14 @@ class LabelShareSegmentation(ScriptedLoadableModule):
         self.parent.acknowledgementText = _(
             "Label sharing: Anand et al., Label Sharing Incremental Learning Framework for Independent Multi-Label "
             "Segmentation Tasks, MICCAI 2024 ADSMI workshop (arXiv:2411.11105).")
-        slicer.app.connect("startupCompleted()", registerConsoleApi)
-
-
-_logic = None
-
-
-def moduleLogic() -> LabelShareSegmentationLogic:
-    """The one logic of the module, shared by the widget and the console API (one background worker)."""
-    global _logic
-    if _logic is None:
-        _logic = LabelShareSegmentationLogic()
-    return _logic
-
-
-def registerConsoleApi() -> None:
-    """Make ``slicer.modules.labelsharesegmentation.logic().segment(...)`` work.
-
-    A scripted module's ``logic()`` is a generic C++ logic object; VTK objects keep Python attributes, so the
-    console methods of the module's Python logic are attached to it.
-    """
-    cppLogic = slicer.modules.labelsharesegmentation.logic()
-    if cppLogic is None:  # keep Slicer starting; slicer.util.getModuleLogic("LabelShareSegmentation") still works
-        logging.warning("LabelShare: the module has no logic object; the console API is not attached")
-        return
-    cppLogic.segment = moduleLogic().segment
-    cppLogic.stop = moduleLogic().stop
 
 
 @parameterNodeWrapper
 class LabelShareSegmentationParameterNode:
     """What the scene remembers; preferences that hold across scenes (models folder, device) are in QSettings.
 
-    inputVolume - the volume to segment.
-    outputSegmentation - where the segments go (none: the previous result for this volume and task, or new).
+    inputVolume - the volume to segment (a colour volume is segmented as its luminance).
+    outputSegmentation - the node whose task segments are replaced (an explicit choice); none: a new node.
     model - the model folder; empty: the bundled model.
     task - the task of the model whose labels are segmented.
     largestComponentLabels - of which labels only the largest connected part is kept: model (the labels the model
@@ -117,11 +96,14 @@ class LabelShareSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._models = []  # engine ModelSummary of every model in the model list
+        self._modelInfo = None  # LabelShareLib.ModelInfo of the selected model (its card)
         self._job = None
         self._logLinesShown = 0
         self._updating = False  # refilling a combo box: its index changes are not the user's choice
         self._dependenciesMissing = []
         self._modelStore = None
+        self.settings = Settings()
+        self.shared = default_worker()
 
     # -- lifecycle --------------------------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -130,7 +112,7 @@ class LabelShareSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
-        self.logic = moduleLogic()
+        self.logic = LabelShareSegmentationLogic()
 
         self.timer = qt.QTimer()
         self.timer.setInterval(POLL_INTERVAL_MS)
@@ -143,18 +125,20 @@ class LabelShareSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
         self.ui.installDependenciesButton.connect("clicked(bool)", self.onInstallDependencies)
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelSelected)
         self.ui.taskComboBox.connect("currentIndexChanged(int)", self.onTaskSelected)
+        self.ui.showAllVersionsCheckBox.checked = self.settings.show_all_versions
+        self.ui.showAllVersionsCheckBox.connect("toggled(bool)", self.onShowAllVersions)
 
-        settings = qt.QSettings()
-        self.ui.deviceComboBox.currentText = device_choice(settings.value(SETTINGS_DEVICE, DEFAULT_DEVICE))  # or GPU
+        self.ui.deviceComboBox.currentText = device_choice(self.settings.device)  # older settings: GPU, CPU
         self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceSelected)
-        self.ui.modelsFolderPathLineEdit.currentPath = settings.value(SETTINGS_MODELS_FOLDER, "")
+        self.ui.modelsFolderPathLineEdit.currentPath = self.settings.models_folder
         self.ui.modelsFolderPathLineEdit.connect("currentPathChanged(QString)", self.onModelsFolderChanged)
 
         # new model versions (LabelShare Training publishes them) appear without reopening the module
         self._modelStore = default_store()
         self._modelStore.changed.subscribe(self.onModelStoreChanged)
+        # LabelShare Training's jobs in the background worker both modules share are shown here
+        self.shared.changed.subscribe(self.onWorkerChanged)
 
-        registerConsoleApi()  # also when the module was loaded after start-up
         self.initializeParameterNode()
         self.refreshModels()
 
@@ -163,9 +147,11 @@ class LabelShareSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
         ScriptedLoadableModuleWidget.onReload(self)
 
     def cleanup(self) -> None:
-        """Module closed or Slicer exits: stop the timer and the background worker, stop listening to the store."""
+        """Module closed or Slicer exits: stop the timer, cancel this module's job and free the shared worker
+        (LabelShare Training's job in it goes on), stop listening to the store."""
         self.timer.stop()
         self.logic.stop()
+        self.shared.changed.unsubscribe(self.onWorkerChanged)
         if self._modelStore is not None:
             self._modelStore.changed.unsubscribe(self.onModelStoreChanged)
             self._modelStore = None
@@ -181,7 +167,8 @@ class LabelShareSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
 
     def onSceneStartClose(self, caller, event) -> None:
-        """The scene is closing: a running job would import into a scene that is going away, so stop it."""
+        """The scene is closing: this module's running job would import into a scene that is going away, so it is
+        cancelled (LabelShare Training's job in the shared worker is not touched)."""
         self.logic.stop()
         self.setParameterNode(None)
 
@@ -210,13 +197,18 @@ class LabelShareSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
     # -- models and tasks -------------------------------------------------------------------------------------------
     def refreshModels(self) -> None:
         """Fill the model list (the model store is light: it works before the engine's packages are installed)
-        and say which of those packages are missing."""
+        and say which of those packages are missing. Of each model only its newest version is listed, unless "All
+        versions" is checked (or the scene chose an older one); a model chosen in LabelShare Training ("Use this
+        model") becomes the scene's choice."""
         missing = self._dependenciesMissing = DependencyInstaller.missing()
         self.ui.dependenciesStatusLabel.text = (_("missing: {packages}").format(
             packages=", ".join(r.name for r in missing)) if missing else _("installed"))
+        chosen = self._modelStore.take_chosen() if self._modelStore is not None else None
+        if chosen is not None and self._parameterNode:
+            self._parameterNode.model = str(chosen)
         self._updating = True
         self.ui.modelComboBox.clear()
-        self._models = available_models(self.ui.modelsFolderPathLineEdit.currentPath or None, addedFolders())
+        self._models = self.settings.models(keep=[self._parameterNode.model if self._parameterNode else ""])
         for summary in self._models:
             self.ui.modelComboBox.addItem(model_title(summary), str(summary.path))
         if not self._models:
@@ -237,8 +229,10 @@ class LabelShareSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
         summary = self.selectedModel()
         if self._parameterNode and summary is not None and self._parameterNode.model != str(summary.path):
             if self._job is None or self._job.state.finished:
-                self.logic.stop()  # another model: free the memory the worker holds for the previous one
+                self.logic.stop()  # another model: free the worker's memory, unless LabelShare Training uses it
             self._parameterNode.model = str(summary.path)
+        self._modelInfo = model_info(summary.path) if summary is not None and summary.valid else None
+        self.ui.modelInfoLabel.text = self._modelInfo.describe() if self._modelInfo is not None else ""
         if summary is not None and not summary.valid:
             self.ui.modelStatusLabel.text = summary.reason
         elif summary is not None and self._dependenciesMissing:
@@ -269,29 +263,46 @@ class LabelShareSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
                 labels=", ".join(f"{label.id} {label.name}" for label in labels))
         else:
             self.ui.taskLabelsLabel.text = ""
+        info = self.selectedTaskInfo()
+        self.ui.taskInfoLabel.text = info.describe() if info is not None else ""
         self._checkCanApply()
+
+    def selectedTaskInfo(self):
+        """What the selected task is for (LabelShareLib.TaskInfo, from the model's card), or None."""
+        return self._modelInfo.tasks.get(self.ui.taskComboBox.currentText) if self._modelInfo is not None else None
+
+    def onShowAllVersions(self, show: bool) -> None:
+        self.settings.show_all_versions = show
+        self.refreshModels()
 
     def onAddModelFolder(self) -> None:
         folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), _("Add a LabelShare model folder"))
         if not folder:
             return
         with slicer.util.tryWithErrorDisplay(_("This folder cannot be used as a model:"), waitCursor=True):
-            models_in(folder)  # raises with the reason: missing files, checksum mismatch, no model inside
-            if folder not in addedFolders():
-                qt.QSettings().setValue(SETTINGS_ADDED_FOLDERS, json.dumps(addedFolders() + [folder]))
-            self._parameterNode.model = str(models_in(folder)[0].path)
+            models = models_in(folder)  # raises with the reason: missing files, checksum mismatch, no model inside
+            self.settings.add_model_folder(folder)  # LabelShare Training lists it too
+            self._parameterNode.model = str(models[-1].path)  # the newest (models_in: oldest first)
             self.refreshModels()
 
     def onModelStoreChanged(self, model=None) -> None:
-        """The model store announced a change (e.g. LabelShare Training published ``model``): list it."""
+        """The model store announced a change (LabelShare Training published ``model``, or chose it with "Use this
+        model"): list it (and take the choice)."""
         self.refreshModels()
 
+    def onWorkerChanged(self, use=None) -> None:
+        """A job of either module started or ended in the shared worker: show LabelShare Training's (the timer
+        keeps its progress current) and say why Apply waits."""
+        if self.shared.busy:
+            self.timer.start()
+        self._checkCanApply()
+
     def onModelsFolderChanged(self, path: str) -> None:
-        qt.QSettings().setValue(SETTINGS_MODELS_FOLDER, path)
+        self.settings.models_folder = path
         self.refreshModels()
 
     def onDeviceSelected(self, index: int) -> None:
-        qt.QSettings().setValue(SETTINGS_DEVICE, self.ui.deviceComboBox.currentText)
+        self.settings.device = self.ui.deviceComboBox.currentText
 
     def onInstallDependencies(self) -> None:
         try:
@@ -306,6 +317,11 @@ class LabelShareSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
         return self._job is not None and not self._job.state.finished
 
     def _checkCanApply(self, caller=None, event=None) -> None:
+        blocked = self.shared.blocked_reason(SEGMENTATION)  # LabelShare Training's job: what, and where
+        self.ui.workerStatusLabel.text = blocked
+        self.ui.workerStatusLabel.visible = bool(blocked)
+        volume = self._parameterNode.inputVolume if self._parameterNode else None
+        self.ui.inputNoteLabel.text = "\n".join(input_notes(volume, self.selectedTaskInfo()))
         if self._running():
             self.ui.applyButton.text = _("Cancel")
             self.ui.applyButton.toolTip = _("Stop the segmentation (the scene is left as it was).")
@@ -317,7 +333,7 @@ class LabelShareSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
         elif self._parameterNode is None:
             reason = _("No parameter node.")
         else:
-            reason = why_not_ready(self._parameterNode.inputVolume, self.selectedModel(), self._parameterNode.task)
+            reason = why_not_ready(volume, self.selectedModel(), self._parameterNode.task, blocked)
         self.ui.applyButton.enabled = not reason
         self.ui.applyButton.toolTip = reason or _("Segment the volume with the selected task.")
 
@@ -331,16 +347,22 @@ class LabelShareSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
                 self.logic.ensureDependencies()
                 self.refreshModels()  # the model list stays empty until the engine's packages are there
             parameters = self._parameterNode
-            reason = why_not_ready(parameters.inputVolume, self.selectedModel(), parameters.task)
+            reason = why_not_ready(parameters.inputVolume, self.selectedModel(), parameters.task,
+                                   self.shared.blocked_reason(SEGMENTATION))
             if reason:
                 raise ValueError(reason)
+            try:
+                job = self.logic.start(parameters.inputVolume, parameters.task, model=parameters.model or None,
+                                       outputSegmentation=parameters.outputSegmentation,
+                                       confirmReplace=askReplaceEditedSegments,
+                                       device=self.ui.deviceComboBox.currentText,
+                                       largest_component=parameters.largestComponentLabels, mirror=parameters.mirror)
+            except EditsKept as kept:
+                slicer.util.showStatusMessage(str(kept)[0].upper() + str(kept)[1:] + ".", 5000)
+                return
             self.ui.logTextEdit.clear()
             self._logLinesShown = 0
-            self._job = self.logic.start(parameters.inputVolume, parameters.task, model=parameters.model or None,
-                                         outputSegmentation=parameters.outputSegmentation,
-                                         device=self.ui.deviceComboBox.currentText,
-                                         largest_component=parameters.largestComponentLabels,
-                                         mirror=parameters.mirror)
+            self._job = job
             self.ui.progressBar.visible = True
             self.timer.start()
         self.onPoll()
@@ -348,7 +370,10 @@ class LabelShareSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
     def onPoll(self) -> None:
         """Timer tick: take in the job's progress (never blocks), show it, import on the main thread when done."""
         job = self._job
-        if job is None:
+        if job is None or job.state.finished:  # LabelShare Training's job: only its line is shown
+            self._checkCanApply()
+            if not self.shared.busy:
+                self.timer.stop()
             return
         state = job.poll()
         self.ui.progressBar.value = int(100 * job.fraction)
@@ -358,17 +383,37 @@ class LabelShareSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
         self._logLinesShown = job.lines_added
         if state.finished:
             self.timer.stop()
-            if state == JobState.DONE:  # the output choice stays as it was: "new" finds this node again next time
+            if state == JobState.DONE:  # the output choice stays as it was: "Create new" makes a new node next time
                 logging.info(f"LabelShare: {job.result.GetName()} segmented in {job.elapsed_s:.1f} s")
+                if job.notes:
+                    slicer.util.showStatusMessage(" ".join(job.notes), 10000)
             elif state == JobState.FAILED:
                 slicer.util.errorDisplay(_("Segmentation failed: {reason}").format(reason=job.error),
                                          detailedText="\n".join(job.log))
         self._checkCanApply()
 
 
+def askReplaceEditedSegments(node, task: str, editedNames: list[str]) -> bool:
+    """Apply into a segmentation whose task segments were edited since they were made: replace them (they are kept
+    in a hidden copy beside it) or keep the edits (nothing runs)."""
+    box = qt.QMessageBox(slicer.util.mainWindow())
+    box.setWindowTitle(_("Edited segments"))
+    box.setText(_("You edited {segments} in '{node}' since LabelShare made them. Apply replaces the segments of task "
+                  "{task}.").format(segments=", ".join(f"'{name}'" for name in editedNames), node=node.GetName(),
+                                    task=task))
+    box.setInformativeText(_("Replaced segments are kept in a hidden segmentation '{node} (replaced …)' beside it "
+                             "(Data module). To keep your work where it is, choose \"Create new segmentation\" as "
+                             "the output.").format(node=node.GetName()))
+    replace = box.addButton(_("Replace (keep a copy)"), qt.QMessageBox.AcceptRole)
+    box.addButton(_("Keep my edits"), qt.QMessageBox.RejectRole)
+    box.exec_()
+    return box.clickedButton() == replace
+
+
 class LabelShareSegmentationLogic(ScriptedLoadableModuleLogic):
-    """Delegates to :class:`LabelShareSegmentationLib.SegmentationLogic`; adds the parameter node and the
-    first-run dependency install, which need Slicer's GUI."""
+    """The module's logic, for the widget and for scripts (see the module docstring): the parameter node and the
+    first-run dependency install around :class:`LabelShareSegmentationLib.SegmentationLogic`. Any number of
+    instances may exist; they share the one background worker."""
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
@@ -380,20 +425,24 @@ class LabelShareSegmentationLogic(ScriptedLoadableModuleLogic):
     def ensureDependencies(self) -> None:
         """Install torch (PyTorch extension) and the engine's packages if missing; asks the user once first.
         Raises in testing mode instead (Slicer's test machines install nothing)."""
-        installer = DependencyInstaller(confirmInstall, installTorch, **pipTools(),
-                                        testing=slicer.app.testingEnabled())
-        installer.ensure()
+        ensure_dependencies()
 
-    def start(self, volumeNode, task: str, model: str | None = None, outputSegmentation=None, **options):
-        """Start segmenting in the background; returns the job (poll it, or ``wait()``)."""
-        return self.segmentation.start(volumeNode, task, model, outputSegmentation, **options)
+    def start(self, volumeNode, task: str, model: str | None = None, outputSegmentation=None, confirmReplace=None,
+              **options):
+        """Start segmenting in the background; returns the job (poll it, or ``wait()``). ``confirmReplace(node,
+        task, editedNames)`` is asked before segments edited since their import are replaced."""
+        return self.segmentation.start(volumeNode, task, model, outputSegmentation, confirm_replace=confirmReplace,
+                                       **options)
 
     def segment(self, volumeNode, task: str, model: str | None = None, outputSegmentation=None, **options):
         """Segment and wait (console and scripts); returns the segmentation node, raises with the reason.
 
-        :param volumeNode: scalar volume (3D, or 2D as a single slice).
+        :param volumeNode: scalar volume (3D, or 2D as a single slice); a colour volume is segmented as its
+            luminance.
         :param task: a task of the model, e.g. ``"acdc"``.
         :param model: model folder; None: the bundled model.
+        :param outputSegmentation: a segmentation node whose task segments are replaced (segments edited since
+            they were imported are kept in a hidden copy beside it); None: a new node.
         :param options: the engine's segmentation options by name, the others at their defaults
             (labelshare.config.SegmentConfig): ``device`` (``"auto"``, ``"cuda"``, also ``"gpu"`` or ``"cuda:N"``,
             or ``"cpu"``), ``mirror`` (test-time mirroring for tasks that are not lateralised, about twice the time
@@ -403,46 +452,15 @@ class LabelShareSegmentationLogic(ScriptedLoadableModuleLogic):
         return self.segmentation.segment(volumeNode, task, model, outputSegmentation, **options)
 
     def segmentMany(self, volumeNodes, task: str, model: str | None = None, **options):
-        """Segment several volumes in one warm background worker (one model load); returns their segmentation
+        """Segment several volumes in one warm background worker (one model load); returns their new segmentation
         nodes in order. A volume that fails does not stop the others; the error at the end names each one."""
         self.ensureDependencies()
         return self.segmentation.segment_many(volumeNodes, task, model, **options)
 
     def stop(self) -> None:
-        """Cancel a running segmentation and stop the background worker (frees its memory)."""
+        """Cancel this module's segmentation and free the background worker's memory (unless LabelShare Training
+        is using it)."""
         self.segmentation.stop()
-
-
-def addedFolders() -> list[str]:
-    """Folders added with "Add model folder…" (kept as JSON: QSettings turns a one-item list into a string)."""
-    return json.loads(qt.QSettings().value(SETTINGS_ADDED_FOLDERS, "[]") or "[]")
-
-
-def confirmInstall(message: str, details: str) -> bool:
-    """The one question before anything is installed (the installers are then called without asking)."""
-    return slicer.util.confirmOkCancelDisplay(message, detailedText=details)
-
-
-def installTorch(requirement: str) -> None:
-    """torch through the PyTorch extension, which picks the build that matches the GPU driver (and replaces a torch
-    older than ``requirement``); the user has already confirmed."""
-    try:
-        import PyTorchUtils
-    except ModuleNotFoundError:
-        raise DependencyError(_("LabelShare needs PyTorch: install the 'PyTorch' extension with the Extensions "
-                                "Manager, restart Slicer and try again.")) from None
-    PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False,
-                                                  torchVersionRequirement=requirement[len("torch"):])
-
-
-def pipTools() -> dict:
-    """``slicer.packaging.pip_ensure`` on Slicer ≥ 5.12, else ``slicer.util.pip_install``. (``from`` import: an
-    ``import slicer.packaging`` here would make ``slicer`` a local name, unbound where the import fails.)"""
-    try:
-        from slicer.packaging import pip_ensure
-    except ImportError:
-        return {"pip_install": slicer.util.pip_install}
-    return {"pip_ensure": pip_ensure}
 
 
 class LabelShareSegmentationTest(ScriptedLoadableModuleTest):
@@ -464,17 +482,17 @@ class LabelShareSegmentationTest(ScriptedLoadableModuleTest):
         self.test_console_api_segments_a_synthetic_volume()
 
     def _tinyModel(self) -> Path:
-        from labelshare import synthetic
-        from labelshare.config import TrainConfig
-        from labelshare.labelspace import LabelSpace, compute_statistics
-        from labelshare.progress import Progress
-        from labelshare.tasks import TaskDataset
-        from labelshare.training_run import train
+        """A model trained for a few steps on synthetic tasks, by the engine in child processes (as LabelShare
+        Training trains): Slicer's own process never imports torch or trains."""
+        from labelshare import synthetic  # light: writes the tasks' files
         root = Path(slicer.util.tempDirectory("LabelShareSelfTest"))
-        tasks = synthetic.write_tasks(root / "tasks", cases=6)
-        space = LabelSpace.build([compute_statistics(TaskDataset.open(path, name)) for name, path in tasks.items()])
-        return train(list(tasks.items()), space, root / "model", TrainConfig(batch_size=6, epochs=1,
-                     steps_per_epoch=4, device="cpu"), progress=Progress("quiet")).path
+        tasks = [argument for name, path in synthetic.write_tasks(root / "tasks", cases=6).items()
+                 for argument in ("--task", f"{name}={path}")]
+        for arguments in (["labelspace", "build", *tasks, "--output", str(root / "labelspace.json")],
+                          ["train", "--labelspace", str(root / "labelspace.json"), *tasks, "--out", str(root / "model"),
+                           "--batch-size", "6", "--epochs", "1", "--steps-per-epoch", "4", "--device", "cpu"]):
+            ProcessJob(engine_command(*arguments, "--progress", "json")).result_or_raise(timeout=900)
+        return root / "model"
 
     def test_console_api_segments_a_synthetic_volume(self):
         self.delayDisplay("Training a tiny model on synthetic tasks")
@@ -482,20 +500,22 @@ class LabelShareSegmentationTest(ScriptedLoadableModuleTest):
         import SimpleITK as sitk
         case = sorted((model.parent / "tasks" / "phantom3d" / "imagesTr").iterdir())[0]
         volume = LabelShareLib.image_to_volume(sitk.ReadImage(str(case)), slicer.mrmlScene, "phantom")
-        self.delayDisplay("Segmenting through slicer.modules.labelsharesegmentation.logic()")
-        node = slicer.modules.labelsharesegmentation.logic().segment(volume, "phantom3d", model=str(model),
-                                                                     device="cpu")
+        self.delayDisplay('Segmenting through slicer.util.getModuleLogic("LabelShareSegmentation")')
+        logic = slicer.util.getModuleLogic("LabelShareSegmentation")
+        node = logic.segment(volume, "phantom3d", model=str(model), device="cpu")
         segmentation = node.GetSegmentation()
         self.assertEqual(node.GetName(), "phantom phantom3d")
         self.assertEqual([segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())],
                          ["body", "organ", "lesion"])
-        again = moduleLogic().segment(volume, "phantom3d", model=str(model), device="cpu")
+        self.assertFalse(segmentation.GetNthSegment(0).GetNameAutoGenerated())
+        again = LabelShareSegmentationLogic().segment(volume, "phantom3d", model=str(model), device="cpu",
+                                                      outputSegmentation=node)  # a script's own logic instance
         self.assertIs(again, node)
         self.assertEqual(segmentation.GetNumberOfSegments(), 3)
         hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
         self.assertEqual(hierarchy.GetItemParent(hierarchy.GetItemByDataNode(node)),
                          hierarchy.GetItemParent(hierarchy.GetItemByDataNode(volume)))
-        moduleLogic().stop()
+        logic.stop()
         self.delayDisplay("Console API test passed")
 
     def test_widget_explains_why_apply_is_disabled(self):
@@ -514,7 +534,8 @@ class LabelShareSegmentationTest(ScriptedLoadableModuleTest):
 
 # The Lib packages this module ships, each module after the ones it imports; the package itself last.
 LIB_MODULES = {
-    "LabelShareLib": ("signals", "application", "volumes", "segments", "jobs", "store", "dependencies"),
+    "LabelShareLib": ("signals", "application", "volumes", "segments", "jobs", "store", "model_info", "shared_worker",
+                      "settings", "dependencies"),
     "LabelShareSegmentationLib": ("logic",),
 }
 

@@ -1,14 +1,16 @@
 """LabelShare Training: collect corrected cases into task folders, add tasks to a model, train it in the background.
 
-The thin Qt shell: module description, widget wiring, dialogs, the parameter node and the self-test. Everything
-with logic in it is in ``LabelShareTrainingLib`` (no Qt, tested on slicer-core), in the shared ``LabelShareLib``
-(volumes, segments, background jobs, the model store, dependencies; it ships with LabelShareSegmentation) and in
-the engine ``labelshare``. A published version reaches LabelShareSegmentation's model list through the model
-store's change notification, not through that module's widget.
+The thin Qt shell: module description, widget wiring, the parameter node and the self-test; the annotation queue's
+section and the dialogs are in ``LabelShareTrainingWidgets``. Everything with logic in it is in
+``LabelShareTrainingLib`` (no Qt, tested on slicer-core), in the shared ``LabelShareLib`` (volumes, segments,
+background jobs and the worker both modules share, the model store, settings, dependencies; it ships with
+LabelShareSegmentation) and in the engine ``labelshare``. This module never imports LabelShareSegmentation's
+module: a published version reaches its model list through the model store's change notification.
 
-Console API (blocking)::
+Scripting (Slicer's Python console; blocking)::
 
-    logic = slicer.modules.labelsharetraining.logic()
+    logic = slicer.util.getModuleLogic("LabelShareTraining")   # the module's logic (opens its widget)
+    # or, without the widget: import LabelShareTraining; logic = LabelShareTraining.LabelShareTrainingLogic()
     logic.addCase(volumeNode, segmentationNode, "liver")                  # case name; raises with the reason
     outcome = logic.train("liver", model="/path/abdomen-v2", budget="quick", device="auto")
     outcome.state, outcome.model, outcome.report                          # "published", new version, forgetting
@@ -17,9 +19,7 @@ Console API (blocking)::
 from __future__ import annotations
 
 import importlib
-import logging
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -35,19 +35,13 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
-import LabelShareSegmentation
-from LabelShareLib import (DEFAULT_DEVICE, DEVICES, DependencyInstaller, available_models, model_title, skip_message,
-                           user_models_dir)
-from LabelShareLib.jobs import JobState
-from LabelShareTrainingLib import (BUDGETS, DEFAULT_BUDGET, AnnotationQueue, AnnotationQueueLogic, DuplicateCaseError,
-                                   TrainingLogic, UnmatchedSegmentsError, default_workspace, parse_label_text,
-                                   why_cannot_add_case, why_cannot_rank, why_cannot_train, why_no_next_case)
+from LabelShareLib import (DEFAULT_DEVICE, DEVICES, DependencyInstaller, Settings, default_store, ensure_dependencies,
+                           model_title, skip_message)
+from LabelShareTrainingLib import (BUDGETS, DEFAULT_BUDGET, DuplicateCaseError, TrainingLogic, UnmatchedSegmentsError,
+                                   default_workspace, parse_label_text, why_cannot_add_case)
+from LabelShareTrainingWidgets import (AnnotationQueueWidget, TrainingRunWidget, askDuplicate, askSegmentChoices,
+                                       showErrorAndContinue)
 
-SETTINGS_WORKSPACE = "LabelShare/TrainingWorkspace"
-SETTINGS_AUTO_TRAIN = "LabelShare/TrainAutomaticallyAfterCases"  # 0: off (the default)
-SETTINGS_QUEUE_FOLDER = "LabelShare/AnnotationQueueFolder"
-POLL_INTERVAL_MS = 200
-STOP_ON_EXIT_S = 15  # closing Slicer: time the engine gets to save a resumable checkpoint (it needs a few seconds)
 NO_MODEL = ""  # model combo data of "no model: train a first model"
 
 
@@ -66,39 +60,14 @@ class LabelShareTraining(ScriptedLoadableModule):
         self.parent.acknowledgementText = _(
             "Label sharing: Anand et al., Label Sharing Incremental Learning Framework for Independent Multi-Label "
             "Segmentation Tasks, MICCAI 2024 ADSMI workshop (arXiv:2411.11105).")
-        slicer.app.connect("startupCompleted()", registerConsoleApi)
-
-
-_logic = None
-
-
-def moduleLogic() -> LabelShareTrainingLogic:
-    """The one logic of the module, shared by the widget and the console API (one training run at a time)."""
-    global _logic
-    if _logic is None:
-        _logic = LabelShareTrainingLogic()
-    return _logic
-
-
-def registerConsoleApi() -> None:
-    """Make ``slicer.modules.labelsharetraining.logic().train(...)`` work (see LabelShareSegmentation)."""
-    cppLogic = slicer.modules.labelsharetraining.logic()
-    cppLogic.addCase = moduleLogic().addCase
-    cppLogic.train = moduleLogic().train
-    cppLogic.stop = moduleLogic().stop
-
-
-def modelsFolder() -> str:
-    """The models folder of LabelShareSegmentation's settings: new versions go where its model list looks."""
-    return qt.QSettings().value(LabelShareSegmentation.SETTINGS_MODELS_FOLDER, "") or str(user_models_dir())
 
 
 @parameterNodeWrapper
 class LabelShareTrainingParameterNode:
-    """What the scene remembers; the workspace folder and automatic training are preferences in QSettings.
+    """What the scene remembers; the workspace folder and automatic training are preferences (LabelShareLib.Settings).
 
     inputVolume, inputSegmentation - the case to add.
-    model - the model to extend (a folder); empty: train a first model.
+    model - the model to extend (a folder); empty: train a first model (the newest version is preselected).
     task - the task the cases belong to.
     budget - training budget preset; device - auto, cuda or cpu.
     """
@@ -121,15 +90,11 @@ class LabelShareTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self._models = []
         self._entries = []
         self._cases = []
-        self._unfinished = []
-        self._logLinesShown = 0
-        self._costKey, self._costText = None, ""
         self._updating = False
         self._dependenciesMissing = True  # until refreshAll has looked
-        self._queueLogic = None
-        self._queueJob = None  # the running ranking or "Next case" segmentation
-        self._queueJobKind = ""  # "rank" or "next"
-        self._queueFolder = ""  # the folder of unlabelled images (a preference in QSettings)
+        self.settings = Settings()
+        self.queue = None  # the annotation queue's section (AnnotationQueueWidget), made in setup
+        self.runs = None  # the Train section (TrainingRunWidget), made in setup
 
     # -- lifecycle --------------------------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -138,11 +103,7 @@ class LabelShareTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
-        self.logic = moduleLogic()
-
-        self.timer = qt.QTimer()
-        self.timer.setInterval(POLL_INTERVAL_MS)
-        self.timer.connect("timeout()", self.onPoll)
+        self.logic = LabelShareTrainingLogic()
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -153,68 +114,43 @@ class LabelShareTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.ui.openCaseButton.connect("clicked(bool)", self.onOpenCase)
         self.ui.removeCaseButton.connect("clicked(bool)", self.onRemoveCase)
         self.ui.casesTableWidget.connect("itemSelectionChanged()", self.updateButtons)
-        self.ui.trainButton.connect("clicked(bool)", self.onTrainButton)
-        self.ui.resumeButton.connect("clicked(bool)", self.onResume)
-        self.ui.discardRunButton.connect("clicked(bool)", self.onDiscardRun)
-        self.ui.unfinishedRunComboBox.connect("currentIndexChanged(int)", self.updateButtons)
         self.ui.useModelButton.connect("clicked(bool)", self.onUseModel)
         self.ui.installDependenciesButton.connect("clicked(bool)", self.onInstallDependencies)
-        self.ui.rankButton.connect("clicked(bool)", self.onRank)
-        self.ui.nextCaseButton.connect("clicked(bool)", self.onNextCase)
-        self.queueTimer = qt.QTimer()
-        self.queueTimer.setInterval(POLL_INTERVAL_MS)
-        self.queueTimer.connect("timeout()", self.onQueuePoll)
-
-        settings = qt.QSettings()
         self.ui.workspacePathLineEdit.connect("currentPathChanged(QString)", self.onWorkspaceChanged)
-        autoTrainAfter = int(settings.value(SETTINGS_AUTO_TRAIN, 0) or 0)
-        self.ui.autoTrainCheckBox.checked = autoTrainAfter > 0
-        self.ui.autoTrainCasesSpinBox.value = autoTrainAfter or 5
-        self.ui.autoTrainCheckBox.connect("toggled(bool)", self.onAutoTrainChanged)
-        self.ui.autoTrainCasesSpinBox.connect("valueChanged(int)", self.onAutoTrainChanged)
-        self._queueFolder = settings.value(SETTINGS_QUEUE_FOLDER, "") or ""
-        self.ui.queueFolderPathLineEdit.currentPath = self._queueFolder
-        self.ui.queueFolderPathLineEdit.connect("currentPathChanged(QString)", self.onQueueFolderChanged)
+        self.createSections()
 
-        registerConsoleApi()
         self.initializeParameterNode()
         self.refreshAll()
+
+    def createSections(self) -> None:
+        """The annotation queue's and the Train section's widget classes, on this module's widgets."""
+        self.queue = AnnotationQueueWidget(self.ui, self.settings, lambda: self.logic.training.workspace,
+                                           self.selection, lambda: self._parameterNode)
+        self.runs = TrainingRunWidget(self.ui, self.logic, self.settings, self.selection, lambda: self._parameterNode,
+                                      onPublished=lambda model: self.refreshModels(select=str(model)),
+                                      onEnded=self.refreshCases)
+
+    def selection(self) -> tuple:
+        """(the selected task row or None, the selected model folder or '': a first model)."""
+        return self.selectedEntry(), self.selectedModel()
 
     def onReload(self) -> None:
         reloadLib()
         ScriptedLoadableModuleWidget.onReload(self)
 
     def cleanup(self) -> None:
-        """Module closed or Slicer exits: a running job saves a resumable checkpoint and stops (nothing is published
-        half-written; the run can be resumed next time)."""
-        self.timer.stop()
-        if self._queueJob is not None:  # its worker belongs to LabelShare Segmentation, which stops it on exit
-            self.queueTimer.stop()
-        if self.logic.running:
-            self.stopTrainingOnExit()
+        """Module closed or Slicer exits: a running training run saves a resumable checkpoint and stops; the queue's
+        job is cancelled and the shared worker let go (LabelShare Segmentation's job in it goes on)."""
+        for section in (self.runs, self.queue):
+            if section is not None:
+                section.cleanup()
         self.removeObservers()
-
-    def stopTrainingOnExit(self) -> None:
-        """Give the engine up to STOP_ON_EXIT_S to save its checkpoint, with a progress dialog: Slicer is closing,
-        and a silent wait would look like a hang."""
-        dialog = slicer.util.createProgressDialog(
-            windowTitle=_("LabelShare Training"), maximum=STOP_ON_EXIT_S,
-            labelText=_("Stopping training: saving a checkpoint to resume it later…"))
-
-        def showWait(secondsLeft: float) -> None:
-            dialog.value = int(STOP_ON_EXIT_S - secondsLeft)  # whole seconds waited
-            slicer.app.processEvents()
-
-        try:
-            self.logic.stop(waitS=STOP_ON_EXIT_S, onWait=showWait)
-        finally:
-            dialog.close()
 
     def enter(self) -> None:
         self.initializeParameterNode()
         self.refreshAll()
-        if not self._dependenciesMissing and self.logic.training.running:
-            self.timer.start()  # a run started from the console or before the module was left
+        if not self._dependenciesMissing:
+            self.runs.resumePolling()
 
     def exit(self) -> None:
         if self._parameterNode:
@@ -223,7 +159,9 @@ class LabelShareTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
 
     def onSceneStartClose(self, caller, event) -> None:
-        """Training reads only files, so a run goes on when the scene closes; the GUI lets go of the scene."""
+        """Training reads only files, so a run goes on when the scene closes (so does a ranking); the GUI lets go
+        of the scene."""
+        self.queue.onSceneStartClose()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -265,25 +203,28 @@ class LabelShareTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             self.updateButtons()
             return
         training = self.logic.training
-        training.models_dir = Path(modelsFolder())  # LabelShareSegmentation's setting may have changed
-        self.ui.modelsFolderLabel.text = modelsFolder()
+        training.models_dir = Path(self.settings.models_folder)  # LabelShare Segmentation may have changed it
+        self.ui.modelsFolderLabel.text = self.settings.models_folder
         wasBlocked = self.ui.workspacePathLineEdit.blockSignals(True)
         self.ui.workspacePathLineEdit.currentPath = str(training.workspace)
         self.ui.workspacePathLineEdit.blockSignals(wasBlocked)
         self.refreshModels()
-        self.refreshUnfinishedRuns()
-        self.refreshQueue()
+        self.runs.refreshUnfinishedRuns()
+        self.queue.refresh()
 
     def refreshModels(self, select: str | None = None) -> None:
+        """Every usable version (older ones too: to roll back), from the model list both modules share (bundled
+        models, the models folder, folders added in LabelShare Segmentation); preselected: ``select``, else the
+        scene's choice, else the newest version (the list's first)."""
         self._updating = True
         self.ui.modelComboBox.clear()
         self.ui.modelComboBox.addItem(_("(none: train a first model)"), NO_MODEL)
-        self._models = [summary for summary in available_models(modelsFolder()) if summary.valid]
+        self._models = [summary for summary in self.settings.models(all_versions=True) if summary.valid]
         for summary in self._models:
             self.ui.modelComboBox.addItem(model_title(summary), str(summary.path))
         wanted = select if select is not None else (self._parameterNode.model if self._parameterNode else "")
         if not wanted and self._models:
-            wanted = str(self._models[-1].path)  # the newest version
+            wanted = str(self._models[0].path)  # the newest version of the first lineage (the bundled model)
         self.ui.modelComboBox.setCurrentIndex(max(self.ui.modelComboBox.findData(wanted), 0))
         self._updating = False  # the handler runs once, for the restored choice
         self.onModelSelected(self.ui.modelComboBox.currentIndex)
@@ -383,11 +324,11 @@ class LabelShareTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
                                                           choices, duplicate)
                     break
                 except UnmatchedSegmentsError as error:
-                    choices = self.askSegmentChoices(error.mapping, list(entry.labels), choices)
+                    choices = askSegmentChoices(error.mapping, list(entry.labels), choices)
                     if choices is None:
                         return
                 except DuplicateCaseError as error:
-                    duplicate = self.askDuplicate(error)
+                    duplicate = askDuplicate(error)
                     if duplicate is None:
                         return
             message = _("Added case '{case}' to task '{task}'.").format(case=export.case_name, task=entry.name)
@@ -397,51 +338,12 @@ class LabelShareTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             for (winner, loser), count in export.overlaps.items():
                 message += " " + _("{count} voxels of '{loser}' overlapped '{winner}' and were given to '{winner}' "
                                    "(the smaller structure).").format(count=count, loser=loser, winner=winner)
-            if self._queueLogic is not None and self._queueLogic.case_added(parameters.inputVolume) is not None:
+            if self.queue.caseAdded(parameters.inputVolume):
                 message += " " + _("Marked done in the annotation queue.")
-                self.refreshQueue()
             self.ui.casesSummaryLabel.toolTip = message
             slicer.util.showStatusMessage(message, 5000)
             self.refreshTasks(select=entry.name)
-            self.maybeTrainAutomatically()
-
-    def askSegmentChoices(self, mapping, labels: list[str], previous: dict | None) -> dict | None:
-        """For every segment that matches no label: which label it is, or skip it; None when cancelled."""
-        dialog = qt.QDialog(slicer.util.mainWindow())
-        dialog.setWindowTitle(_("Segments without a matching label"))
-        form = qt.QFormLayout(dialog)
-        form.addRow(qt.QLabel(_("These segments match no label of the task. Map each to a label or skip it.")))
-        combos = {}
-        for segment in mapping.unmatched:
-            combo = qt.QComboBox()
-            combo.addItems([_("(skip this segment)")] + labels)
-            form.addRow(segment, combo)
-            combos[segment] = combo
-        buttons = qt.QDialogButtonBox(qt.QDialogButtonBox.Ok | qt.QDialogButtonBox.Cancel)
-        buttons.connect("accepted()", dialog.accept)
-        buttons.connect("rejected()", dialog.reject)
-        form.addRow(buttons)
-        if not dialog.exec_():
-            return None
-        chosen = dict(previous or {})
-        for segment, combo in combos.items():
-            chosen[segment] = labels[combo.currentIndex - 1] if combo.currentIndex > 0 else None
-        return chosen
-
-    def askDuplicate(self, error) -> str | None:
-        """The same image is already collected: "replace", "keep" (both), or None (cancel)."""
-        box = qt.QMessageBox(slicer.util.mainWindow())
-        box.setWindowTitle(_("Case already collected"))
-        box.setText(str(error))
-        box.setInformativeText(_("Replace moves the old case to the task's trash folder; nothing is deleted."))
-        replace = box.addButton(_("Replace the old case"), qt.QMessageBox.AcceptRole)
-        keep = box.addButton(_("Keep both"), qt.QMessageBox.AcceptRole)
-        box.addButton(qt.QMessageBox.Cancel)
-        box.exec_()
-        clicked = box.clickedButton()
-        if clicked == replace:
-            return "replace"
-        return "keep" if clicked == keep else None
+            self.runs.maybeTrainAutomatically()
 
     def selectedCase(self):
         row = self.ui.casesTableWidget.currentRow()
@@ -466,288 +368,28 @@ class LabelShareTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             self.refreshTasks(select=entry.name)
 
     def onWorkspaceChanged(self, path: str) -> None:
-        qt.QSettings().setValue(SETTINGS_WORKSPACE, path)
+        self.settings.training_workspace = path
         self.logic.training.workspace = Path(path).expanduser()
-        self._queueLogic = None  # the queue file is in the workspace
         self.refreshTasks()
-        self.refreshQueue()
+        self.queue.workspaceChanged()
 
-    def onAutoTrainChanged(self, *args) -> None:
-        after = self.ui.autoTrainCasesSpinBox.value if self.ui.autoTrainCheckBox.checked else 0
-        qt.QSettings().setValue(SETTINGS_AUTO_TRAIN, after)
-
-    def maybeTrainAutomatically(self) -> None:
-        after = int(qt.QSettings().value(SETTINGS_AUTO_TRAIN, 0) or 0)
-        entry = self.selectedEntry()
-        if entry is not None and self.logic.training.should_train_automatically(entry.name, after) \
-                and not why_cannot_train(entry, False, self.logic.training.lock.holder()):
-            slicer.util.showStatusMessage(_("{count} new cases: training starts automatically.").format(count=after))
-            self.startRun(self.logic.training.plan(entry.name, self.selectedModel() or None,
-                                                   self._parameterNode.budget, self._parameterNode.device))
-
-    # -- annotation queue -------------------------------------------------------------------------------------------
-    @staticmethod
-    def segmentationLogic():
-        """LabelShare Segmentation's logic: its warm worker ranks and segments for the queue."""
-        return LabelShareSegmentation.moduleLogic().segmentation
-
-    @property
-    def queueLogic(self) -> AnnotationQueueLogic:
-        if self._queueLogic is None:
-            self._queueLogic = AnnotationQueueLogic(AnnotationQueue.in_workspace(self.logic.training.workspace),
-                                                    self.segmentationLogic())
-        return self._queueLogic
-
-    def refreshQueue(self) -> None:
-        entries = []
-        with showErrorAndContinue(_("The annotation queue could not be read.")):
-            entries = self.queueLogic.queue.entries  # a damaged queue file: the error, then an empty queue
-        table = self.ui.queueTableWidget
-        table.setRowCount(len(entries))
-        for row, entry in enumerate(entries):
-            voxels = ", ".join(f"{name} {count}" for name, count in entry.voxels.items())
-            for column, text in enumerate((entry.case, f"{entry.score:.4f}", voxels, _("done") if entry.done else "")):
-                item = qt.QTableWidgetItem(text)
-                item.setToolTip(entry.source)
-                table.setItem(row, column, item)
-        table.resizeColumnsToContents()
-        state = self._queueLogic.queue.state if entries else None
-        done, total = self._queueLogic.queue.counts() if entries else (0, 0)
-        self.ui.queueSummaryLabel.text = _("{done} of {total} done; task {task}, ranked {when} by {score} with "
-                                           "{model}.").format(done=done, total=total, task=state.task,
-                                                              when=state.ranked, score=state.score,
-                                                              model=Path(state.model).name) if state else ""
-        self.updateButtons()
-
-    def onQueueFolderChanged(self, path: str) -> None:
-        qt.QSettings().setValue(SETTINGS_QUEUE_FOLDER, path)
-        self._queueFolder = path
-        self.updateButtons()
-
-    def onRank(self) -> None:
-        if self._queueJob is not None:
-            self._queueJob.cancel()
-            self.onQueuePoll()
-            return
-        with slicer.util.tryWithErrorDisplay(_("Ranking could not start."), waitCursor=True):
-            LabelShareSegmentation.moduleLogic().ensureDependencies()
-            self.startQueueJob("rank", self.queueLogic.start_rank(
-                self._queueFolder, self.selectedEntry().name, self.selectedModel(),
-                device=self._parameterNode.device))
-
-    def onNextCase(self) -> None:
-        with slicer.util.tryWithErrorDisplay(_("The next case could not be loaded."), waitCursor=True):
-            LabelShareSegmentation.moduleLogic().ensureDependencies()
-            entry, volume, job = self.queueLogic.start_next(device=self._parameterNode.device)
-            self._parameterNode.inputVolume = volume
-            slicer.util.setSliceViewerLayers(background=volume, fit=True)
-            self.startQueueJob("next", job)
-
-    def startQueueJob(self, kind: str, job) -> None:
-        self._queueJob, self._queueJobKind = job, kind
-        self.queueTimer.start()
-        self.onQueuePoll()
-
-    def onQueuePoll(self) -> None:
-        """Timer tick of the ranking or "Next case" job (never blocks)."""
-        job = self._queueJob
-        if job is None:
-            return
-        state = job.poll()
-        self.ui.queueProgressBar.value = int(100 * job.fraction)
-        self.ui.queueProgressBar.setFormat(job.status_text)
-        if state.finished:
-            self.queueTimer.stop()
-            self._queueJob = None
-            if state == JobState.FAILED:
-                slicer.util.errorDisplay(_("The annotation queue's job failed: {reason}").format(reason=job.error))
-            elif state == JobState.DONE and self._queueJobKind == "next":  # the model's masks, to correct
-                self._parameterNode.inputSegmentation = job.result
-            self.refreshQueue()
-        self.updateButtons()
-
-    # -- training ---------------------------------------------------------------------------------------------------
+    # -- buttons ----------------------------------------------------------------------------------------------------
     def updateButtons(self, caller=None, event=None) -> None:
         if self._parameterNode is None or self._dependenciesMissing:
             return
-        entry, training = self.selectedEntry(), self.logic.training
-        running = training.running
+        entry = self.selectedEntry()
         addReason = why_cannot_add_case(self._parameterNode.inputVolume, self._parameterNode.inputSegmentation, entry)
         self.ui.addCaseButton.enabled = not addReason
         self.ui.addCaseButton.toolTip = addReason or _("Add the volume and its segmentation as a case of the task.")
         self.ui.openCaseButton.enabled = self.ui.removeCaseButton.enabled = self.selectedCase() is not None
-        trainReason = why_cannot_train(entry, running, None if running else training.lock.holder())
-        self.ui.trainButton.enabled = not trainReason
-        if running:
-            self.ui.trainButton.text = _("Stop")
-            self.ui.trainButton.toolTip = _("Stop training: the previous model stays as it is; the run can be resumed.")
-        else:
-            if not self.selectedModel():
-                self.ui.trainButton.text = _("Train a first model")
-            else:
-                self.ui.trainButton.text = _("Update") if entry is not None and entry.in_model else _("Train")
-            self.ui.trainButton.toolTip = trainReason or _(
-                "Train in the background; a new model version is written.\nBudget: {cost}").format(
-                cost=self.trainingCost(entry))
-        run = self.selectedUnfinishedRun()
-        self.ui.resumeButton.enabled = run is not None and not running
-        self.ui.resumeButton.text = _("Publish anyway") if run is not None and run.state() == "refused" \
-            else _("Resume")
-        self.ui.discardRunButton.enabled = run is not None and not running
+        self.runs.updateButtons()
         self.ui.useModelButton.enabled = bool(self.selectedModel())
-        queueBusy = self._queueJob is not None
-        workerBusy = self.segmentationLogic().job is not None and not self.segmentationLogic().job.state.finished
-        rankReason = why_cannot_rank(entry, self.selectedModel(), self._queueFolder, workerBusy and not queueBusy)
-        self.ui.rankButton.enabled = queueBusy or not rankReason
-        self.ui.rankButton.text = _("Cancel") if queueBusy else _("Rank")
-        self.ui.rankButton.toolTip = _("Stop the ranking or segmentation (the background worker is stopped).") \
-            if queueBusy else rankReason or _("Score every image by the model's uncertainty, most uncertain first.")
-        queue = self._queueLogic.queue if self._queueLogic is not None else None  # refreshQueue reads it
-        nextReason = why_no_next_case(queue, workerBusy)
-        self.ui.nextCaseButton.enabled = not nextReason
-        self.ui.nextCaseButton.toolTip = nextReason or _("Load and segment: {case}").format(
-            case=queue.next_case().case)
-
-    def trainingCost(self, entry) -> str:
-        """The budget of the run Train would start and its time estimate, read again only when the task, its case
-        count, the model or the budget changed."""
-        key = (entry.name, entry.cases, self.selectedModel(), self._parameterNode.budget)
-        if self._costKey != key:
-            self._costText = self.logic.training.cost(entry.name, self.selectedModel() or None, key[3])
-            self._costKey = key
-        return self._costText
-
-    def onTrainButton(self) -> None:
-        training = self.logic.training
-        if training.running:
-            if slicer.util.confirmYesNoDisplay(_("Stop training? The previous model stays as it is, and the run can "
-                                                 "be resumed later.")):
-                training.stop()
-                self.onPoll()
-            return
-        entry, parameters = self.selectedEntry(), self._parameterNode
-        with slicer.util.tryWithErrorDisplay(_("Training could not start."), waitCursor=True):
-            self.startRun(training.plan(entry.name, self.selectedModel() or None, parameters.budget,
-                                        parameters.device))
-
-    def startRun(self, request, how: str = "start") -> None:
-        """Start a run in the background: ``start`` it, ``resume`` a stopped one, or ``publish`` a refused one."""
-        training = self.logic.training
-        self.ui.logTextEdit.clear()
-        self.ui.forgettingTableWidget.setRowCount(0)
-        self.ui.resultLabel.text = request.description
-        self._logLinesShown = 0
-        {"start": training.start, "resume": training.resume, "publish": training.publish_anyway}[how](request)
-        self.timer.start()
-        self.onPoll()
-
-    def onPoll(self) -> None:
-        """Timer tick: take in the run's progress (never blocks) and show it; act on the outcome when it ends."""
-        training = self.logic.training
-        job = training.job
-        if job is None:
-            return
-        state = training.poll()
-        self.ui.progressBar.value = int(100 * job.fraction)
-        self.ui.progressBar.setFormat(job.status_text)
-        self.ui.trainingStatusLabel.text = training.progress.summary()
-        for line in job.log_lines_after(self._logLinesShown):
-            self.ui.logTextEdit.appendPlainText(line)
-        self._logLinesShown = job.lines_added
-        if state.finished:
-            self.timer.stop()
-            self.showOutcome(training.outcome)
-        self.updateButtons()
-
-    def showOutcome(self, outcome) -> None:
-        self.showForgettingReport(outcome.report)
-        if outcome.state == "published":
-            self.ui.resultLabel.text = _("New model version {name} is ready; LabelShare Segmentation lists it.").format(
-                name=outcome.model.name)
-            self.refreshModels(select=str(outcome.model))  # the training logic has told the model store
-        elif outcome.state == "refused":
-            self.ui.resultLabel.text = _("Not published: the new version forgets too much (see the table). "
-                                         "The previous model stays in use.")
-            self.refreshUnfinishedRuns()
-            decision = self.askRefusedDecision(outcome)
-            if decision == "keep":
-                self.logic.training.discard(outcome.request)
-                self.refreshUnfinishedRuns()
-            elif decision == "publish":
-                with showErrorAndContinue(_("The version could not be published.")):
-                    self.startRun(outcome.request, "publish")
-                return
-        elif outcome.state == "stopped":
-            self.ui.resultLabel.text = _("Stopped. The previous model is unchanged; the run can be resumed.") \
-                if outcome.resumable else _("Stopped before anything was trained.")
-            self.refreshUnfinishedRuns()
-        else:
-            self.ui.resultLabel.text = _("Training failed: {reason}").format(reason=outcome.message)
-            slicer.util.errorDisplay(_("Training failed: {reason}").format(reason=outcome.message),
-                                     detailedText="\n".join(self.logic.training.job.log))
-            self.refreshUnfinishedRuns()
-        self.refreshCases()
-
-    def askRefusedDecision(self, outcome) -> str | None:
-        """The regression gate refused the new version: "keep" the old model, "publish" anyway, or None (later)."""
-        box = qt.QMessageBox(slicer.util.mainWindow())
-        box.setWindowTitle(_("New version not published"))
-        box.setText(_("The new version loses too much on tasks the model already knew (see the forgetting report). "
-                      "The old model stays in use."))
-        box.setDetailedText(outcome.message)
-        keep = box.addButton(_("Keep the old model"), qt.QMessageBox.AcceptRole)
-        publish = box.addButton(_("Publish anyway"), qt.QMessageBox.DestructiveRole)
-        box.addButton(_("Decide later"), qt.QMessageBox.RejectRole)
-        box.exec_()
-        clicked = box.clickedButton()
-        if clicked == keep:
-            return "keep"
-        return "publish" if clicked == publish else None
-
-    def showForgettingReport(self, report) -> None:
-        table = self.ui.forgettingTableWidget
-        rows = report.table() if report is not None else []
-        table.setRowCount(len(rows))
-        for row, cells in enumerate(rows):
-            for column, text in enumerate(cells):
-                table.setItem(row, column, qt.QTableWidgetItem(text))
-        table.resizeColumnsToContents()
-        self.ui.forgettingCollapsibleButton.collapsed = not rows
-
-    def refreshUnfinishedRuns(self) -> None:
-        self._unfinished = self.logic.training.unfinished_runs()
-        combo = self.ui.unfinishedRunComboBox
-        combo.clear()
-        for run in self._unfinished:
-            state = _("refused by the regression gate") if run.state() == "refused" else _("stopped")
-            combo.addItem(f"{run.description} ({state})")
-        self.ui.unfinishedRunsCollapsibleButton.collapsed = not self._unfinished
-        self.updateButtons()
-
-    def selectedUnfinishedRun(self):
-        index = self.ui.unfinishedRunComboBox.currentIndex
-        return self._unfinished[index] if 0 <= index < len(self._unfinished) else None
-
-    def onResume(self) -> None:
-        run = self.selectedUnfinishedRun()
-        with slicer.util.tryWithErrorDisplay(_("The run could not be continued."), waitCursor=True):
-            self.startRun(run, "publish" if run.state() == "refused" else "resume")
-
-    def onDiscardRun(self) -> None:
-        run = self.selectedUnfinishedRun()
-        if not slicer.util.confirmOkCancelDisplay(_("Discard the unfinished run '{run}'? Its partial training is "
-                                                    "deleted; published model versions are not touched.")
-                                                  .format(run=run.description)):
-            return
-        with slicer.util.tryWithErrorDisplay(_("The run could not be discarded."), waitCursor=True):
-            self.logic.training.discard(run)
-            self.refreshUnfinishedRuns()
+        self.queue.updateButtons()
 
     def onUseModel(self) -> None:
-        """Make the selected version LabelShareSegmentation's model (also to roll back to an older version): its
-        parameter node says which model it uses, and the model store's notification makes its list show it."""
-        LabelShareSegmentation.moduleLogic().getParameterNode().model = self.selectedModel()
-        self.logic.training.store.changed.notify(Path(self.selectedModel()))
+        """Make the selected version LabelShare Segmentation's model (also to roll back to an older version), through
+        the model store both modules share."""
+        default_store().choose(self.selectedModel())
         slicer.util.showStatusMessage(_("LabelShare Segmentation now uses {model}.").format(
             model=Path(self.selectedModel()).name), 5000)
 
@@ -755,26 +397,15 @@ class LabelShareTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         try:
             with slicer.util.tryWithErrorDisplay(_("Installing LabelShare's Python packages failed."),
                                                  waitCursor=True):
-                LabelShareSegmentation.moduleLogic().ensureDependencies()
+                ensure_dependencies()
         finally:
             self.refreshAll()  # what is installed now, also after a partial install
 
 
-@contextmanager
-def showErrorAndContinue(message: str):
-    """``slicer.util.tryWithErrorDisplay`` (wait cursor, the error shown with its details) for steps after which
-    the module must go on: that function re-raises, and a task folder that cannot be read would abort the
-    module's setup. The error ends here; the step's result stays empty."""
-    try:
-        with slicer.util.tryWithErrorDisplay(message, waitCursor=True):
-            yield
-    except Exception as error:  # already shown to the user; also in the log, which testing mode keeps
-        logging.warning(f"LabelShare: {message} {error}")
-
-
 class LabelShareTrainingLogic(ScriptedLoadableModuleLogic):
-    """Delegates to :class:`LabelShareTrainingLib.TrainingLogic` (made on first use, from the user's settings); adds
-    the parameter node and the console API."""
+    """The module's logic, for the widget and for scripts (see the module docstring): the parameter node and the
+    first-run dependency install around :class:`LabelShareTrainingLib.TrainingLogic` (made on first use, from the
+    user's settings). Instances may coexist: one training run at a time is kept by the training lock."""
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
@@ -784,8 +415,9 @@ class LabelShareTrainingLogic(ScriptedLoadableModuleLogic):
     def training(self) -> TrainingLogic:
         """The Lib logic; its workspace is the user's setting (default: ``tasks`` in the LabelShare home)."""
         if self._training is None:
-            workspace = qt.QSettings().value(SETTINGS_WORKSPACE, "") or str(default_workspace())
-            self._training = TrainingLogic(workspace=workspace, models_dir=modelsFolder())
+            settings = Settings()
+            self._training = TrainingLogic(workspace=settings.training_workspace or str(default_workspace()),
+                                           models_dir=settings.models_folder)
         return self._training
 
     def getParameterNode(self):
@@ -799,13 +431,13 @@ class LabelShareTrainingLogic(ScriptedLoadableModuleLogic):
         :param choices: segment name -> label name, or None to skip, for segments whose names match no label.
         :param duplicate: "refuse", "keep" or "replace" when the image is already collected.
         """
-        LabelShareSegmentation.moduleLogic().ensureDependencies()
+        ensure_dependencies()
         return self.training.add_case(task, volumeNode, segmentationNode, model, choices, duplicate).case_name
 
     def train(self, task: str, model: str | None = None, budget: str = DEFAULT_BUDGET,
               device: str = DEFAULT_DEVICE):
         """Train and wait (console and scripts); returns the outcome (``state``, ``model``, ``report``)."""
-        LabelShareSegmentation.moduleLogic().ensureDependencies()
+        ensure_dependencies()
         return self.training.train(task, model, budget, device)
 
     @property
@@ -848,10 +480,10 @@ class LabelShareTrainingTest(ScriptedLoadableModuleTest):
         from LabelShareTrainingLib.cases import CollectionLabel
 
         source = synthetic.write_task(root / "source", "phantom3d", 4)
-        # tiny budget: the engine takes the last value of a repeated option
+        # tiny budget for the training commands: the engine takes the last value of a repeated option
         training = TrainingLogic(workspace=root / "workspace", models_dir=root / "models",
-                                 engine=lambda *arguments: engine_command(*arguments, "--epochs", "1",
-                                                                          "--steps-per-epoch", "3"))
+                                 engine=lambda *arguments: engine_command(*arguments, *(
+                                     ("--epochs", "1", "--steps-per-epoch", "3") if arguments[0] == "train" else ())))
         training.create_task("phantom", ["body", "organ", "lesion"])
         labels = [CollectionLabel(1, "body", {}), CollectionLabel(2, "organ", {}), CollectionLabel(3, "lesion", {})]
         for image_file in sorted((source / "imagesTr").iterdir()):
@@ -893,12 +525,17 @@ class LabelShareTrainingTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Widget test passed")
 
 
-LIB_MODULES = ("annotation_queue", "matching", "lock", "runs", "cases", "logic")  # dependencies first
+# The packages this module ships, each module after the ones it imports; the package itself last.
+LIB_MODULES = {
+    "LabelShareTrainingLib": ("annotation_queue", "matching", "lock", "runs", "cases", "logic"),
+    "LabelShareTrainingWidgets": ("dialogs", "annotation_queue", "training_run"),
+}
 
 
 def reloadLib() -> None:
-    """Developer reload of the Lib package (``importlib``: ``imp`` is gone in Python 3.12), leaves first. The shared
-    LabelShareLib belongs to LabelShareSegmentation and is reloaded with it."""
-    for name in [f"LabelShareTrainingLib.{module}" for module in LIB_MODULES] + ["LabelShareTrainingLib"]:
-        if name in sys.modules:
-            importlib.reload(sys.modules[name])
+    """Developer reload of the module's packages (``importlib``: ``imp`` is gone in Python 3.12), leaves first. The
+    shared LabelShareLib belongs to LabelShareSegmentation and is reloaded with it."""
+    for package, modules in LIB_MODULES.items():
+        for name in [f"{package}.{module}" for module in modules] + [package]:
+            if name in sys.modules:
+                importlib.reload(sys.modules[name])

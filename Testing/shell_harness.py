@@ -35,7 +35,11 @@ from qt_shell import load_ui_widgets
 
 REPO = Path(__file__).resolve().parents[1]
 SHELL_FOLDERS = (REPO / "LabelShareSegmentation", REPO / "LabelShareTraining")
-SHELL_MODULES = ("LabelShareSegmentation", "LabelShareTraining")
+SEGMENTATION = REPO / "LabelShareSegmentation" / "LabelShareSegmentation.py"
+SEGMENTATION_UI = REPO / "LabelShareSegmentation" / "Resources" / "UI" / "LabelShareSegmentation.ui"
+TRAINING = REPO / "LabelShareTraining" / "LabelShareTraining.py"
+TRAINING_UI = REPO / "LabelShareTraining" / "Resources" / "UI" / "LabelShareTraining.ui"
+SHELL_MODULES = ("LabelShareSegmentation", "LabelShareTraining", "LabelShareTrainingWidgets")  # Qt: imported fresh
 
 
 class PythonQtWidget:
@@ -59,7 +63,11 @@ class PythonQtWidget:
             object.__setattr__(self, name, value)
 
     def connect(self, signature: str, slot) -> None:
-        getattr(self.widget, signature.split("(")[0]).connect(slot)
+        signal = getattr(self.widget, signature.split("(")[0], None)
+        if signal is None:  # a CTK/qMRML widget, loaded as a plain QWidget: a test calls the slot itself
+            object.__setattr__(self, "slots", {**self.__dict__.get("slots", {}), signature: slot})
+            return
+        signal.connect(slot)
 
 
 def pythonqt_ui(ui_file: Path) -> SimpleNamespace:
@@ -84,6 +92,14 @@ def _stand_ins() -> dict[str, types.ModuleType]:
     qt = types.ModuleType("qt")  # PythonQt's one flat namespace
     for source in (QtCore, QtGui, QtWidgets):  # (dir, not vars: PySide6 creates its classes on first access)
         qt.__dict__.update({name: getattr(source, name) for name in dir(source) if name.startswith("Q")})
+
+    class QTimer(QtCore.QTimer):
+        """Qt's timer, connected the PythonQt way (``timer.connect("timeout()", slot)``)."""
+
+        def connect(self, signature, slot):
+            getattr(self, signature.split("(")[0]).connect(slot)
+
+    qt.QTimer = QTimer
 
     i18n = types.ModuleType("slicer.i18n")
     i18n.tr = lambda text: text
@@ -141,17 +157,21 @@ class SlicerApp:
 def shell_module(module_file: Path, app: SlicerApp | None = None) -> Iterator[types.ModuleType]:
     """The shell module imported with the stand-ins; everything is removed again afterwards."""
     stand_ins = _stand_ins()
-    saved = {name: sys.modules.get(name) for name in (*stand_ins, *SHELL_MODULES)}
+    shell_names = [name for name in sys.modules if name.split(".")[0] in SHELL_MODULES]
+    saved = {name: sys.modules.get(name) for name in (*stand_ins, *SHELL_MODULES, *shell_names)}
     added_paths = [str(folder) for folder in SHELL_FOLDERS if str(folder) not in sys.path]
     sys.path[:0] = added_paths
     sys.modules.update(stand_ins)
-    for name in SHELL_MODULES:
-        sys.modules.pop(name, None)
+    for name in saved:
+        if name.split(".")[0] in SHELL_MODULES:
+            sys.modules.pop(name, None)
     slicer.app = app or SlicerApp()
     try:
         yield importlib.import_module(module_file.stem)
     finally:
         del slicer.app
+        for name in [name for name in sys.modules if name.split(".")[0] in SHELL_MODULES]:
+            sys.modules.pop(name)  # imported with this call's stand-ins
         for name, module in saved.items():
             if module is None:
                 sys.modules.pop(name, None)
@@ -159,3 +179,58 @@ def shell_module(module_file: Path, app: SlicerApp | None = None) -> Iterator[ty
                 sys.modules[name] = module
         for path in added_paths:
             sys.path.remove(path)
+
+
+# -- the modules' widgets, wired as their setup() wires them ---------------------------------------------------------
+def settings_in(tmp_path: Path, **values):
+    """LabelShareLib's settings in a dictionary (not the user's): a models folder under ``tmp_path``."""
+    from LabelShareLib.settings import MODELS_FOLDER, DictSettings, Settings
+    return Settings(DictSettings({MODELS_FOLDER: str(tmp_path / "models"), **values}))
+
+
+class ParameterNode(SimpleNamespace):
+    """A parameter node stand-in: the fields a widget reads and writes, and the GUI calls it makes; hashable, as
+    the node a widget observes."""
+
+    __hash__ = object.__hash__
+
+    def disconnectGui(self, tag) -> None:  # noqa: N802 (parameterNodeWrapper's name)
+        pass
+
+
+def parameter_node(**values) -> ParameterNode:
+    return ParameterNode(**values)
+
+
+def segmentation_widget(shell, tmp_path: Path, task: str, model: str | None = None, settings=None, logic=None):
+    """LabelShare Segmentation's widget with its model and task lists wired as ``setup`` wires them, on its real
+    .ui, and a parameter node remembering ``model`` (default: the bundled model) and ``task``."""
+    from labelshare.paths import default_model_dir
+    widget = shell.LabelShareSegmentationWidget()
+    widget.ui = pythonqt_ui(SEGMENTATION_UI)
+    widget.settings = settings or settings_in(tmp_path)
+    widget.logic = logic or SimpleNamespace(stop=lambda: None)
+    widget.timer = shell.qt.QTimer()
+    widget.timer.connect("timeout()", widget.onPoll)
+    widget._modelStore = shell.default_store()
+    widget._parameterNode = parameter_node(model=str(model or default_model_dir()), task=task, inputVolume=None,
+                                           outputSegmentation=None, largestComponentLabels="model", mirror=False)
+    widget.ui.modelComboBox.connect("currentIndexChanged(int)", widget.onModelSelected)
+    widget.ui.taskComboBox.connect("currentIndexChanged(int)", widget.onTaskSelected)
+    widget.ui.showAllVersionsCheckBox.connect("toggled(bool)", widget.onShowAllVersions)
+    return widget
+
+
+def training_widget(shell, training, settings, model: str | None = None, task: str = ""):
+    """LabelShare Training's widget wired as its ``setup`` wires it (sections, model and task lists) on its real
+    .ui, with ``training`` as its Lib logic and a parameter node remembering ``model`` (None: nothing chosen)."""
+    widget = shell.LabelShareTrainingWidget()
+    widget.ui = pythonqt_ui(TRAINING_UI)
+    widget.settings = settings
+    widget.logic = SimpleNamespace(training=training, running=False)
+    widget._parameterNode = parameter_node(model=model or "", task=task, inputVolume=None, inputSegmentation=None,
+                                           budget="quick", device="auto")
+    widget.createSections()
+    widget.ui.modelComboBox.connect("currentIndexChanged(int)", widget.onModelSelected)
+    widget.ui.taskComboBox.connect("currentIndexChanged(int)", widget.onTaskSelected)
+    return widget

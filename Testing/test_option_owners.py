@@ -45,6 +45,7 @@ SOURCES = sorted(
     + list((REPO / "LabelShareSegmentation" / "LabelShareLib").glob("*.py"))
     + list((REPO / "LabelShareSegmentation" / "LabelShareSegmentationLib").glob("*.py"))
     + list((REPO / "LabelShareTraining" / "LabelShareTrainingLib").glob("*.py"))
+    + list((REPO / "LabelShareTraining" / "LabelShareTrainingWidgets").glob("*.py"))
     + [REPO / "LabelShareSegmentation" / "LabelShareSegmentation.py",
        REPO / "LabelShareTraining" / "LabelShareTraining.py", REPO / "benchmarks" / "methods.py"])
 # Names that are options of a configuration but mean something else where they appear here (file, name: why)

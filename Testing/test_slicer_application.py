@@ -48,6 +48,8 @@ def test_inside_slicer_a_missing_pythonslicer_is_an_error_not_a_second_slicer(mo
 def test_segmentation_transfer_files_are_in_slicers_temporary_folder(mrml_scene, inside_slicer):
     import numpy as np
     from labelshare.paths import default_model_dir
+    from LabelShareLib.jobs import WorkerJob
+    from LabelShareLib.shared_worker import SharedWorker
     from LabelShareSegmentationLib import SegmentationLogic
 
     class RecordingWorker:
@@ -56,15 +58,16 @@ def test_segmentation_transfer_files_are_in_slicers_temporary_folder(mrml_scene,
 
         def submit(self, request, **job_options):
             self.requests.append(request)
+            return WorkerJob(self, "r1", **job_options)
 
         def stop(self):
             pass
 
     volume = mrml_scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "volume")
     slicer.util.updateVolumeFromArray(volume, np.zeros((2, 8, 8), dtype=np.int16))
-    logic = SegmentationLogic(worker_factory=RecordingWorker)
+    logic = SegmentationLogic(SharedWorker(worker_factory=RecordingWorker))
     logic.start(volume, "acdc", default_model_dir(), device="cpu")
-    request = logic.worker.requests[0]
+    request = logic.shared.worker.requests[0]
     assert Path(request["input"]).is_file() and Path(request["input"]).is_relative_to(inside_slicer)
     assert Path(request["output"]).parent == Path(request["input"]).parent
     logic.stop()

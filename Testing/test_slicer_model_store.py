@@ -120,3 +120,46 @@ def test_subscribers_hear_every_notification_until_they_unsubscribe(caplog):
     signal.unsubscribe(broken)  # not subscribed any more: nothing happens
     signal.notify("liver-v3")
     assert heard[2:] == [("after", "liver-v3")]
+
+
+def test_only_the_newest_version_of_each_lineage_is_listed_unless_all_are_asked_for(tmp_path):
+    """Issue 27: the model list showed three versions of the same model with no description. A version that
+    LabelShare Training publishes (``<lineage>-v<N>`` in the models folder) supersedes the bundled one."""
+    store = ModelStore()
+    bundled = [folder.name for folder in bundled_model_dirs()]
+    lineage = store_module.version_of(bundled[0])[0]
+    models = tmp_path / "models"
+    shutil.copytree(default_model_dir(), models / f"{lineage}-v9")  # the user's update of the bundled model
+    shutil.copytree(default_model_dir(), models / "liver-v1")
+    names = [Path(s.path).name for s in store.available(models, all_versions=False)]
+    assert names == [f"{lineage}-v9", "liver-v1"]
+    assert [Path(s.path).name for s in store.available(models)] == [f"{lineage}-v9", *bundled, "liver-v1"]
+    kept = store.available(models, all_versions=False, keep=[bundled_model_dirs()[-1]])  # a scene's older choice
+    assert [Path(s.path).name for s in kept] == [f"{lineage}-v9", bundled[-1], "liver-v1"]
+    assert store_module.version_of("liver-v12") == ("liver", 12) and store_module.version_of("x") == ("x", 1)
+
+
+def test_use_this_model_is_taken_once_by_the_segmentation_module():
+    store, heard = ModelStore(), []
+    store.changed.subscribe(heard.append)
+    assert store.take_chosen() is None
+    store.choose("/models/liver-v2")
+    assert heard == [Path("/models/liver-v2")]
+    assert store.take_chosen() == Path("/models/liver-v2") and store.take_chosen() is None
+
+
+def test_settings_both_modules_share(tmp_path, monkeypatch):
+    from LabelShareLib import settings as settings_module
+    from LabelShareLib.settings import DictSettings, Settings
+    monkeypatch.setenv("LABELSHARE_HOME", str(tmp_path / "home"))
+    store = DictSettings()
+    settings = Settings(store)
+    assert settings.models_folder == str(tmp_path / "home" / "models") and settings.added_model_folders == []
+    settings.add_model_folder(tmp_path / "a")
+    settings.add_model_folder(tmp_path / "a")
+    assert Settings(store).added_model_folders == [str(tmp_path / "a")]  # one list, kept once
+    store.setValue(settings_module.ADDED_MODEL_FOLDERS, "not json")  # edited by hand
+    assert settings.added_model_folders == []
+    assert settings.train_automatically_after == 0 and not settings.show_all_versions
+    settings.show_all_versions, settings.train_automatically_after = True, 5
+    assert Settings(store).show_all_versions and Settings(store).train_automatically_after == 5

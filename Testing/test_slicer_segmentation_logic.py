@@ -23,7 +23,8 @@ pytest_plugins = ["slicer_support"]  # fixtures: mrml_scene, slicer_env
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "LabelShareSegmentation"))
 from LabelShareLib import segments, store, volumes  # noqa: E402
 from LabelShareLib.jobs import JobFailed, JobState  # noqa: E402
-from LabelShareSegmentationLib.logic import SegmentationLogic, why_not_ready  # noqa: E402
+from LabelShareLib.shared_worker import SharedWorker  # noqa: E402
+from LabelShareSegmentationLib.logic import EditsKept, SegmentationLogic, why_not_ready  # noqa: E402
 
 TASK = "phantom3d"
 
@@ -72,11 +73,12 @@ def test_segments_come_from_the_worker_and_equal_the_engine_output(logic, volume
         np.testing.assert_array_equal(voxels, (expected == label_id).astype(np.uint8))
     assert not list(Path(job.done_event["output"]).parent.glob("*")), "transfer files must be removed"
 
-    # again: the same worker answers (no new process, model kept), the task's segments are replaced in place
-    worker_pid = logic.worker.process.pid
+    # again into that node: the same worker answers (no new process, model kept), the task's segments are
+    # replaced in place (nothing was edited: no copy is kept)
+    worker_pid = logic.shared.worker.process.pid
     nodes_before = scene_contents(mrml_scene)
-    assert logic.segment(volume, TASK, model=tiny_model, device="cpu", timeout=120) is node
-    assert logic.job.done_event["load_s"] == 0.0 and logic.worker.process.pid == worker_pid
+    assert logic.segment(volume, TASK, model=tiny_model, device="cpu", output_node=node, timeout=120) is node
+    assert logic.job.done_event["load_s"] == 0.0 and logic.shared.worker.process.pid == worker_pid
     assert scene_contents(mrml_scene) == nodes_before and segmentation.GetNumberOfSegments() == 3
 
     # with test-time mirroring (the Advanced checkbox) the segments are the engine's mirrored output
@@ -84,7 +86,8 @@ def test_segments_come_from_the_worker_and_equal_the_engine_output(logic, volume
         volumes.volume_to_image(volume), TASK)
     mirrored = sitk.GetArrayFromImage(mirrored)
     assert not np.array_equal(mirrored, expected)
-    assert logic.segment(volume, TASK, model=tiny_model, device="cpu", timeout=120, mirror=True) is node
+    assert logic.segment(volume, TASK, model=tiny_model, device="cpu", output_node=node, timeout=120,
+                         mirror=True) is node
     for index, (label_id, _) in enumerate(labels):
         voxels = slicer.util.arrayFromSegmentBinaryLabelmap(node, segmentation.GetNthSegmentID(index), volume)
         np.testing.assert_array_equal(voxels, (mirrored == label_id).astype(np.uint8))
@@ -99,21 +102,21 @@ def test_cancel_stops_the_worker_and_leaves_the_scene_unchanged(logic, volume, t
             job.cancel()
 
     job = logic.start(volume, TASK, model=tiny_model, device="cpu", on_event=cancel_on_first_event)
-    worker_process = logic.worker.process
+    worker_process = logic.shared.worker.process
     assert job.wait(120) == JobState.CANCELLED
     assert not worker_process.alive and not psutil.pid_exists(worker_process.pid)
     assert scene_contents(mrml_scene) == before
-    assert job.result is None and logic.worker.process is None  # the next run starts a new worker
+    assert job.result is None and logic.shared.worker.process is None  # the next run starts a new worker
 
 
 def test_engine_crash_fails_the_job_with_a_clear_reason(logic, volume, tiny_model, mrml_scene):
     before = scene_contents(mrml_scene)
     job = logic.start(volume, TASK, model=tiny_model, device="cpu")
-    psutil.Process(logic.worker.process.pid).kill()  # what the out-of-memory killer or a segfault does
+    psutil.Process(logic.shared.worker.process.pid).kill()  # what the out-of-memory killer or a segfault does
     with pytest.raises(JobFailed, match=r"worker stopped unexpectedly \(exit code -9\)"):
         job.result_or_raise(120)
     assert scene_contents(mrml_scene) == before
-    assert logic.worker.process is None  # the next run starts a new worker
+    assert logic.shared.worker.process is None  # the next run starts a new worker
 
 
 def test_engine_error_reaches_the_user_and_the_worker_keeps_serving(logic, volume, tiny_model, mrml_scene):
@@ -122,13 +125,13 @@ def test_engine_error_reaches_the_user_and_the_worker_keeps_serving(logic, volum
                                      mrml_scene, "broken scan")
     with pytest.raises(JobFailed, match="NaN or infinite"):
         logic.segment(broken, TASK, model=tiny_model, device="cpu", timeout=120)
-    worker_pid = logic.worker.process.pid
+    worker_pid = logic.shared.worker.process.pid
     assert logic.segment(volume, TASK, model=tiny_model, device="cpu", timeout=120) is not None
-    assert logic.worker.process.pid == worker_pid
+    assert logic.shared.worker.process.pid == worker_pid
 
 
 def test_bad_inputs_are_refused_before_anything_runs(volume, tiny_model, mrml_scene, tmp_path):
-    logic = SegmentationLogic()
+    logic = SegmentationLogic(SharedWorker())
     before = scene_contents(mrml_scene)
     with pytest.raises(UnknownTaskError, match="unknown task 'liver'; known tasks: phantom3d, sides3d, xray2d"):
         logic.start(volume, "liver", model=tiny_model)
@@ -146,7 +149,7 @@ def test_bad_inputs_are_refused_before_anything_runs(volume, tiny_model, mrml_sc
         logic.start(volume, TASK, model=tiny_model, largest_component="some")
     with pytest.raises(LabelShareError, match="unknown option"):
         logic.start(volume, TASK, model=tiny_model, largestComponent="all")
-    assert logic.worker is None  # no process was started
+    assert logic.shared.worker is None  # no process was started
     mrml_scene.RemoveNode(empty)
     assert scene_contents(mrml_scene) == before
 
@@ -224,11 +227,11 @@ def test_segment_many_uses_one_warm_worker_and_goes_on_after_a_bad_volume(logic,
                                      mrml_scene, "broken scan")
     with pytest.raises(JobFailed, match=r"1 of 3 volumes failed: 'broken scan': .*NaN or infinite"):
         logic.segment_many([good[0], broken, good[1]], TASK, model=tiny_model, device="cpu", timeout=120)
-    worker_pid = logic.worker.process.pid  # the same worker served all three
+    worker_pid = logic.shared.worker.process.pid  # the same worker served all three
 
     nodes = logic.segment_many(good, TASK, model=tiny_model, device="cpu", timeout=120)
-    assert logic.worker.process.pid == worker_pid and logic.job.done_event["load_s"] == 0.0
-    assert [node.GetName() for node in nodes] == ["scan 0 phantom3d", "scan 1 phantom3d"]
+    assert logic.shared.worker.process.pid == worker_pid and logic.job.done_event["load_s"] == 0.0
+    assert [node.GetName() for node in nodes] == ["scan 0 phantom3d_1", "scan 1 phantom3d_1"]  # new nodes
     segmenter = Segmenter(load_model(tiny_model, device="cpu"))
     for volume, node in zip(good, nodes, strict=True):
         expected = sitk.GetArrayFromImage(segmenter.segment(volumes.volume_to_image(volume), TASK))
@@ -236,3 +239,57 @@ def test_segment_many_uses_one_warm_worker_and_goes_on_after_a_bad_volume(logic,
         for index, label_id in enumerate((1, 2, 3)):
             voxels = slicer.util.arrayFromSegmentBinaryLabelmap(node, segmentation.GetNthSegmentID(index), volume)
             np.testing.assert_array_equal(voxels > 0, expected == label_id)
+
+
+def test_apply_never_loses_an_edit(logic, volume, tiny_model, mrml_scene):
+    """Issue 27: "Create new segmentation" makes a new node every time; into the node of the previous Apply, an
+    edited segment is replaced only after the user said so, and stays recoverable in a hidden copy."""
+    first = logic.segment(volume, TASK, model=tiny_model, device="cpu", timeout=120)
+    assert logic.segment(volume, TASK, model=tiny_model, device="cpu", timeout=120) is not first  # new node
+    body = segments.task_segment_ids(first, TASK)[0]
+    edited = slicer.util.arrayFromSegmentBinaryLabelmap(first, body, volume)
+    edited[:] = 0  # the user erased the body in the Segment Editor
+    slicer.util.updateSegmentBinaryLabelmapFromArray(edited, first, body, volume)
+
+    asked = []
+
+    def keep_my_edits(node, task, names):
+        asked.append((node.GetName(), task, names))
+        return False
+
+    before = scene_contents(mrml_scene)
+    with pytest.raises(EditsKept, match="edited segments of 'case 0 phantom3d' were kept"):
+        logic.start(volume, TASK, model=tiny_model, device="cpu", output_node=first, confirm_replace=keep_my_edits)
+    assert asked == [("case 0 phantom3d", TASK, ["body"])] and scene_contents(mrml_scene) == before
+    assert not slicer.util.arrayFromSegmentBinaryLabelmap(first, body, volume).any(), "the edit is still there"
+
+    job = logic.start(volume, TASK, model=tiny_model, device="cpu", output_node=first,
+                      confirm_replace=lambda node, task, names: True)
+    assert job.result_or_raise(120) is first
+    replaced_body = segments.task_segment_ids(first, TASK)[0]
+    assert slicer.util.arrayFromSegmentBinaryLabelmap(first, replaced_body, volume).any()
+    [copy] = [node for node in slicer.util.getNodesByClass("vtkMRMLSegmentationNode", mrml_scene)
+              if node.GetAttribute(segments.REPLACED_FROM_ATTRIBUTE) == first.GetID()]
+    kept = copy.GetSegmentation()
+    assert kept.GetNthSegment(0).GetName() == "body" and not copy.GetDisplayNode().GetVisibility()
+    np.testing.assert_array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(copy, kept.GetNthSegmentID(0), volume),
+                                  edited)  # the erased body, recoverable
+    assert segments.edited_task_segments(first, TASK) == []
+
+
+def test_a_colour_volume_is_segmented_as_its_luminance(logic, tiny_model, mrml_scene, synthetic_tasks):
+    """Issue 27: RGB radiographs (PNG, JPEG) are vector volumes; they reach the network as their luminance."""
+    source = sitk.ReadImage(str(sorted((synthetic_tasks["xray2d"] / "imagesTr").iterdir())[0]))
+    values = sitk.GetArrayFromImage(source).astype(float)
+    grey = (255 * (values - values.min()) / max(np.ptp(values), 1e-6)).astype(np.uint8)  # an 8-bit picture
+    rgb = mrml_scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "radiograph")
+    slicer.util.updateVolumeFromArray(rgb, np.stack([grey, grey, grey], axis=-1).reshape(1, *grey.shape[-2:], 3))
+    assert why_not_ready(rgb, store.default_store().summary(tiny_model), "xray2d") == ""
+    job = logic.start(rgb, "xray2d", model=tiny_model, device="cpu")
+    assert job.notes == [volumes.colour_note(rgb)] and "luminance" in job.notes[0] and job.notes[0] in job.log
+    node = job.result_or_raise(120)
+    expected = Segmenter(load_model(tiny_model, device="cpu")).segment(volumes.segmentation_input(rgb)[0], "xray2d")
+    segmentation = node.GetSegmentation()
+    for index in range(segmentation.GetNumberOfSegments()):
+        voxels = slicer.util.arrayFromSegmentBinaryLabelmap(node, segmentation.GetNthSegmentID(index), rgb)
+        np.testing.assert_array_equal(voxels > 0, sitk.GetArrayFromImage(expected) == index + 1)

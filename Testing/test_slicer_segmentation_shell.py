@@ -35,8 +35,25 @@ def shell_tree() -> ast.Module:
 
 def test_every_ui_widget_the_shell_uses_exists_in_the_ui_file(ui_widgets):
     used = ui_names_used(MODULE_FILE)
-    assert {"applyButton", "modelComboBox", "taskComboBox", "progressBar", "logTextEdit"} <= used
+    assert {"applyButton", "modelComboBox", "taskComboBox", "progressBar", "logTextEdit", "modelInfoLabel",
+            "taskInfoLabel", "inputNoteLabel", "showAllVersionsCheckBox", "workerStatusLabel"} <= used
     assert sorted(used - set(ui_widgets)) == []
+
+
+def test_no_python_file_of_the_module_is_longer_than_600_lines():
+    """Issue 30: the shells stay thin; no module of the Lib packages or the engine-free layers grows past 600."""
+    files = [MODULE_FILE, *sorted((MODULE_DIR / "LabelShareLib").glob("*.py")),
+             *sorted((MODULE_DIR / "LabelShareSegmentationLib").glob("*.py"))]
+    for path in files:
+        assert len(path.read_text(encoding="utf-8").splitlines()) <= 600, path.name
+
+
+def test_colour_volumes_are_offered_in_the_input_selector(ui_widgets):
+    """Issue 27: RGB radiographs (vector volumes) are listed and segmented as their luminance; label maps, tensor
+    and other child classes of scalar volumes stay out (showChildNodeTypes off: exactly these two classes)."""
+    selector = ui_widgets["inputVolumeSelector"]
+    assert list(selector.property("nodeTypes")) == ["vtkMRMLScalarVolumeNode", "vtkMRMLVectorVolumeNode"]
+    assert selector.property("showChildNodeTypes") is False
 
 
 def test_every_bound_widget_matches_a_parameter_of_the_right_type(ui_widgets):
@@ -46,8 +63,8 @@ def test_every_bound_widget_matches_a_parameter_of_the_right_type(ui_widgets):
     assert set(bound) <= set(fields)
     for name, widget in bound.items():
         node_types = widget.property("nodeTypes")
-        if node_types:  # a node selector: its node class is the parameter's type
-            assert list(node_types) == [fields[name]], name
+        if node_types:  # a node selector: its first node class is the parameter's type (a vector volume is a
+            assert list(node_types)[0] == fields[name], name  # scalar volume node, so it passes the type too)
         elif widget.metaObject().className() == "QComboBox":  # filled by connectGui from the Choice annotation
             assert fields[name] == "Annotated[str, Choice(list(LARGEST_COMPONENT))]", name
         else:
@@ -77,8 +94,9 @@ def test_widget_listens_to_the_model_store_from_setup_to_cleanup():
     def calls(method: str, name: str) -> list[str]:
         return [ast.unparse(node.args[0]) for node in ast.walk(methods[method]) if isinstance(node, ast.Call)
                 and isinstance(node.func, ast.Attribute) and node.func.attr == name]
-    assert calls("setup", "subscribe") == ["self.onModelStoreChanged"] == calls("cleanup", "unsubscribe")
-    assert "onModelStoreChanged" in methods
+    assert calls("setup", "subscribe") == ["self.onModelStoreChanged", "self.onWorkerChanged"]
+    assert sorted(calls("cleanup", "unsubscribe")) == sorted(calls("setup", "subscribe"))
+    assert {"onModelStoreChanged", "onWorkerChanged"} <= set(methods)
 
 
 def test_shell_does_no_array_or_network_work():
@@ -194,11 +212,20 @@ def packages(monkeypatch, tmp_path) -> tuple[dict[str, str], Path]:
 
 
 def test_first_run_asks_once_then_installs_torch_and_the_rest_with_protected_versions_pinned(packages):
-    """One question for everything (torch included); neither PyTorchUtils nor pip_ensure asks again."""
+    """One question for everything (torch included); neither PyTorchUtils nor pip_ensure asks again. Each step is
+    announced before it runs (issue 27: minutes behind a wait cursor alone)."""
     installed, requirements = packages
     recorder = Recorder(installed)
     installer = DependencyInstaller(recorder.confirm, recorder.install_torch, pip_ensure=recorder.pip_ensure)
-    assert installer.ensure(requirements) == [dependencies.TORCH_REQUIREMENT, "monai>=1.4", "safetensors>=0.4"]
+    steps = []
+    assert installer.ensure(requirements, on_step=lambda step: (steps.append(str(step)), recorder.calls.append(
+        ("step", step.number)))) == [dependencies.TORCH_REQUIREMENT, "monai>=1.4", "safetensors>=0.4"]
+    assert steps == [f"Step 1 of 3: installing PyTorch ({dependencies.TORCH_REQUIREMENT}) through the PyTorch "
+                     "extension: it downloads about 2-3 GB, which takes minutes",
+                     "Step 2 of 3: installing monai>=1.4, safetensors>=0.4 with pip",
+                     "Step 3 of 3: checking the installed packages"]
+    assert [call[0] for call in recorder.calls] == ["confirm", "step", "torch", "step", "pip_ensure", "step"]
+    recorder.calls = [call for call in recorder.calls if call[0] != "step"]
     confirm, torch_call, pip_call = recorder.calls
     assert confirm[2] == f"{dependencies.TORCH_REQUIREMENT}\nmonai>=1.4\nsafetensors>=0.4"
     assert "PyTorch" in confirm[1] and "GB" in confirm[1]
@@ -212,8 +239,11 @@ def test_a_torch_older_than_required_is_replaced_through_pytorch(packages):
     installed, requirements = packages
     installed.update(torch="2.3.0", monai="1.5.0", safetensors="0.4.5")
     recorder = Recorder(installed)
-    DependencyInstaller(recorder.confirm, recorder.install_torch, pip_ensure=recorder.pip_ensure).ensure(requirements)
+    steps = []
+    DependencyInstaller(recorder.confirm, recorder.install_torch, pip_ensure=recorder.pip_ensure).ensure(
+        requirements, on_step=lambda step: steps.append((step.number, step.total, step.action.split()[1])))
     assert [call[0] for call in recorder.calls] == ["confirm", "torch"]
+    assert steps == [(1, 2, "PyTorch"), (2, 2, "the")]  # torch, then the check
 
 
 def test_older_slicer_gets_pip_arguments_as_a_list(packages):
@@ -254,7 +284,7 @@ def test_reload_covers_every_module_of_the_lib_packages_the_module_ships():
     assignment = next(node for node in shell_tree().body if isinstance(node, ast.Assign)
                       and ast.unparse(node.targets[0]) == "LIB_MODULES")
     reloaded = ast.literal_eval(assignment.value)
-    assert list(reloaded) == ["LabelShareLib", "LabelShareSegmentationLib"]
+    assert list(reloaded) == ["LabelShareLib", "LabelShareSegmentationLib"]  # (Training's widgets: its own list)
     for package, modules in reloaded.items():
         assert sorted(modules) == sorted(path.stem for path in (MODULE_DIR / package).glob("*.py")
                                          if path.stem != "__init__"), package

@@ -11,33 +11,17 @@ from types import SimpleNamespace
 
 import pytest
 
-from shell_harness import SHELL_FOLDERS, SlicerApp, pythonqt_ui, shell_module
+from shell_harness import (SEGMENTATION, SHELL_FOLDERS, TRAINING, TRAINING_UI, SlicerApp, pythonqt_ui,
+                           segmentation_widget, settings_in, shell_module, training_widget)
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(folder) for folder in SHELL_FOLDERS]  # the Lib packages, which fixtures import directly
-SEGMENTATION = REPO / "LabelShareSegmentation" / "LabelShareSegmentation.py"
-SEGMENTATION_UI = REPO / "LabelShareSegmentation" / "Resources" / "UI" / "LabelShareSegmentation.ui"
 
 
 @pytest.fixture
 def segmentation_shell(monkeypatch, tmp_path):
     with shell_module(SEGMENTATION) as shell:
-        monkeypatch.setattr(shell, "addedFolders", lambda: [])
         yield shell
-
-
-def segmentation_widget(shell, tmp_path, task: str):
-    """The module's widget wired as its ``setup`` wires the model and task lists, with a parameter node that
-    remembers the bundled model and ``task``."""
-    from labelshare.paths import default_model_dir
-    widget = shell.LabelShareSegmentationWidget()
-    widget.ui = pythonqt_ui(SEGMENTATION_UI)
-    widget.ui.modelsFolderPathLineEdit.currentPath = str(tmp_path / "models")  # a ctkPathLineEdit in Slicer
-    widget.logic = SimpleNamespace(stop=lambda: None)
-    widget._parameterNode = SimpleNamespace(model=str(default_model_dir()), task=task, inputVolume=None)
-    widget.ui.modelComboBox.connect("currentIndexChanged(int)", widget.onModelSelected)
-    widget.ui.taskComboBox.connect("currentIndexChanged(int)", widget.onTaskSelected)
-    return widget
 
 
 def test_segmentation_keeps_the_chosen_task_when_the_model_list_is_refreshed(segmentation_shell, tmp_path):
@@ -57,8 +41,6 @@ def test_segmentation_keeps_the_chosen_task_when_the_model_list_is_refreshed(seg
     assert widget._parameterNode.task == tasks[0]
 
 
-TRAINING = REPO / "LabelShareTraining" / "LabelShareTraining.py"
-TRAINING_UI = REPO / "LabelShareTraining" / "Resources" / "UI" / "LabelShareTraining.ui"
 
 
 @pytest.fixture
@@ -83,13 +65,7 @@ def test_training_shows_an_unreadable_task_folder_and_stays_usable(monkeypatch, 
         for folder, name in (("imagesTr", "case1_0000.nii.gz"), ("labelsTr", "case1.nii.gz")):
             (broken / folder).mkdir(exist_ok=True)
             (broken / folder / name).write_bytes(b"not an image")
-        monkeypatch.setattr(shell, "modelsFolder", lambda: str(tmp_path / "models"))
-        widget = shell.LabelShareTrainingWidget()
-        widget.ui = pythonqt_ui(TRAINING_UI)
-        widget.logic = SimpleNamespace(training=training)
-        widget._parameterNode = SimpleNamespace(model="", task="broken", inputVolume=None, inputSegmentation=None,
-                                                budget="quick", device="auto")
-        widget.ui.taskComboBox.connect("currentIndexChanged(int)", widget.onTaskSelected)
+        widget = training_widget(shell, training, settings_in(tmp_path), model="", task="broken")
 
         widget.refreshAll()  # what setup() and enter() do
 
@@ -102,10 +78,26 @@ def test_training_shows_an_unreadable_task_folder_and_stays_usable(monkeypatch, 
 
 
 class SlicerInstallers:
-    """Records what the module asks of Slicer's installers and 'installs' into a fake package table."""
+    """Records what the module asks of Slicer's installers and 'installs' into a fake package table, and what its
+    progress dialog shows."""
 
     def __init__(self, installed: dict[str, str]):
         self.installed, self.calls = installed, []
+
+    def createProgressDialog(self, **options):
+        recorder = self
+
+        class Dialog(SimpleNamespace):
+            def __setattr__(self, name, value):
+                super().__setattr__(name, value)
+                if name == "labelText":
+                    recorder.calls.append(("shows", value))
+
+            def close(self):
+                recorder.calls.append(("dialog closed",))
+
+        self.calls.append(("dialog", options["windowTitle"]))
+        return Dialog()
 
     def confirmOkCancelDisplay(self, text, windowTitle=None, **kwargs):
         self.calls.append(("confirm", text))
@@ -128,18 +120,26 @@ def installers(monkeypatch) -> SlicerInstallers:
     monkeypatch.setattr(dependencies, "installed_version", recorder.installed.get)
     monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", recorder.confirmOkCancelDisplay)
     monkeypatch.setattr(slicer.util, "pip_install", recorder.pip_install)
+    monkeypatch.setattr(slicer.util, "createProgressDialog", recorder.createProgressDialog)
     monkeypatch.setitem(sys.modules, "PyTorchUtils", SimpleNamespace(
         PyTorchUtilsLogic=lambda: SimpleNamespace(installTorch=recorder.installTorch)))
     return recorder
 
 
-def test_first_run_install_asks_one_question_in_slicer(installers):
+def test_first_run_install_asks_one_question_in_slicer_and_shows_each_step(installers):
     """Slicer 5.10 (no slicer.packaging): one dialog, then PyTorchUtils without its own dialog, then pip_install
-    with a list of arguments."""
+    with a list of arguments; a progress dialog says what is installed and which step it is on (issue 27: minutes
+    behind a wait cursor)."""
     with shell_module(SEGMENTATION) as shell:
-        shell.moduleLogic().ensureDependencies()
+        shell.LabelShareSegmentationLogic().ensureDependencies()
+    shown = [call[1] for call in installers.calls if call[0] == "shows"]
+    assert [text.split(":")[0] for text in shown] == ["Step 1 of 3", "Step 2 of 3", "Step 3 of 3"]
+    assert "PyTorch (torch>=2.4.1)" in shown[0] and "monai>=1.5" in shown[1] and "with pip" in shown[1]
     kinds = [call[0] for call in installers.calls]
-    assert kinds == ["confirm", "PyTorchUtils.installTorch", "pip_install"], installers.calls
+    assert kinds == ["confirm", "dialog", "shows", "PyTorchUtils.installTorch", "shows", "pip_install", "shows",
+                     "dialog closed"], installers.calls
+    installers.calls = [call for call in installers.calls if call[0] in ("confirm", "PyTorchUtils.installTorch",
+                                                                         "pip_install")]
     assert installers.calls[1][1:] == (False, ">=2.4.1")
     arguments = installers.calls[2][1]
     assert isinstance(arguments, list) and arguments[-2] == "-c" and "monai>=1.5" in arguments
@@ -148,8 +148,9 @@ def test_first_run_install_asks_one_question_in_slicer(installers):
 def test_nothing_is_installed_in_testing_mode(installers):
     """Slicer's test machines: confirmations would accept by themselves and download gigabytes."""
     with shell_module(SEGMENTATION, SlicerApp(testing=True)) as shell:
-        with pytest.raises(shell.DependencyError, match="testing mode"):
-            shell.moduleLogic().ensureDependencies()
+        from LabelShareLib import DependencyError
+        with pytest.raises(DependencyError, match="testing mode"):
+            shell.LabelShareSegmentationLogic().ensureDependencies()
     assert installers.calls == []
 
 
@@ -231,11 +232,13 @@ def test_closing_slicer_during_training_shows_the_wait_and_bounds_it(monkeypatch
             onWait(secondsLeft)
 
     with shell_module(TRAINING) as shell:
+        from LabelShareLib.settings import DictSettings, Settings
+        from LabelShareTrainingWidgets import training_run
         widget = shell.LabelShareTrainingWidget()
-        widget.timer = SimpleNamespace(stop=lambda: None)
-        widget.logic = SimpleNamespace(running=True, stop=stop)
+        widget.runs = training_run.TrainingRunWidget(pythonqt_ui(TRAINING_UI), SimpleNamespace(running=True, stop=stop),
+                                                     Settings(DictSettings()), None, None, None, None)
         widget.cleanup()
-    assert stops == [shell.STOP_ON_EXIT_S] and shell.STOP_ON_EXIT_S <= 15
+    assert stops == [training_run.STOP_ON_EXIT_S] and training_run.STOP_ON_EXIT_S <= 15
     (options, dialog), = dialogs
-    assert "checkpoint" in options["labelText"] and options["maximum"] == shell.STOP_ON_EXIT_S
+    assert "checkpoint" in options["labelText"] and options["maximum"] == training_run.STOP_ON_EXIT_S
     assert dialog.value == 2 and not dialog.visible

@@ -17,9 +17,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 for module_folder in ("LabelShareSegmentation", "LabelShareTraining"):  # the package imports LabelShareLib
     sys.path.insert(0, str(REPO_ROOT / module_folder))
 
+from LabelShareLib.store import version_of  # noqa: E402
 from LabelShareTrainingLib.lock import JobLockedError, LockInfo, TrainingLock  # noqa: E402
 from LabelShareTrainingLib.runs import (BUDGETS, FIRST_MODEL_EPOCHS, TrainingProgress, TrainingRequest,  # noqa: E402
-                                        discard_run, jobs_dir, next_version_path, unfinished_runs, version_of)
+                                        discard_run, jobs_dir, next_version_path, unfinished_runs)
 
 from labelshare.errors import LabelShareError  # noqa: E402
 from labelshare.forgetting import ForgettingReport  # noqa: E402

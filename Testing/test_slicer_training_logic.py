@@ -167,9 +167,14 @@ def test_plans_follow_the_task_and_the_model(logic, model, synthetic_tasks, tmp_
 
     first = logic.plan("blobs", None)
     assert first.kind == "train" and Path(first.out) == logic.models_dir / "blobs-v1"
-    space = LabelSpace.load(first.labelspace)
-    assert space.task_names == ["blobs"] and {e.name for e in space.task("blobs").labels} == {"left_blob",
-                                                                                               "right_blob"}
+    assert not Path(first.labelspace).exists(), "a first model's label space is built in the job, not here"
+    build, train = first.commands()
+    assert build[:2] == ["labelspace", "build"] and build[build.index("--output") + 1] == first.labelspace
+    assert build[build.index("--task") + 1] == f"blobs={logic.workspace / 'blobs'}"
+    assert train[:3] == ["train", "--labelspace", first.labelspace]
+    Path(first.labelspace).parent.mkdir(parents=True)
+    Path(first.labelspace).write_text("{}")  # an earlier attempt of the run built it: not again
+    assert [command[0] for command in first.commands(resume=True)] == ["train"]
 
 
 def test_automatic_training_counts_cases_since_the_last_published_run(logic, synthetic_tasks):

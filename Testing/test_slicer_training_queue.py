@@ -18,11 +18,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 MODULE_FOLDERS = [str(REPO_ROOT / folder) for folder in ("LabelShareSegmentation", "LabelShareTraining")]
 sys.path[:0] = MODULE_FOLDERS
 
-from LabelShareSegmentationLib.logic import SegmentationLogic  # noqa: E402
+from LabelShareLib.shared_worker import SharedWorker  # noqa: E402
 from LabelShareTrainingLib.annotation_queue import (QUEUE_FILE, AnnotationQueue,  # noqa: E402
                                                     AnnotationQueueLogic)
 from LabelShareTrainingLib.logic import TrainingLogic  # noqa: E402
 
+from labelshare.config import RankConfig  # noqa: E402
 from labelshare.errors import DataError  # noqa: E402
 from labelshare.ranking import RankedCase  # noqa: E402
 
@@ -101,20 +102,21 @@ def test_the_queue_survives_a_kill_in_the_middle_of_writing(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def segmentation_logic():
-    logic = SegmentationLogic()
-    yield logic
-    logic.stop()
+def shared():
+    """A worker owner of the module's own (the queue's jobs are LabelShare Training's in it)."""
+    shared = SharedWorker()
+    yield shared
+    shared.release("LabelShare Training")
 
 
-def test_rank_next_case_add_case_and_restart_on_slicer_core(slicer_env, segmentation_logic, tiny_model,
+def test_rank_next_case_add_case_and_restart_on_slicer_core(slicer_env, shared, tiny_model,
                                                             synthetic_tasks, tmp_path):
     unlabelled = tmp_path / "unlabelled"
     unlabelled.mkdir()
     for image in sorted((synthetic_tasks[TASK] / "imagesTr").iterdir())[:3]:
         shutil.copy(image, unlabelled / image.name)
     workspace = tmp_path / "workspace"
-    queue_logic = AnnotationQueueLogic(AnnotationQueue.in_workspace(workspace), segmentation_logic)
+    queue_logic = AnnotationQueueLogic(AnnotationQueue.in_workspace(workspace), shared)
     events = []
     job = queue_logic.start_rank(unlabelled, TASK, tiny_model, device="cpu", on_event=events.append)
     entries = job.result_or_raise(300)
@@ -135,30 +137,31 @@ def test_rank_next_case_add_case_and_restart_on_slicer_core(slicer_env, segmenta
     assert queue_logic.case_added(volume).case == first.case
     assert queue_logic.case_added(volume) is None  # only once
 
-    restarted = AnnotationQueueLogic(AnnotationQueue.in_workspace(workspace), segmentation_logic)
+    restarted = AnnotationQueueLogic(AnnotationQueue.in_workspace(workspace), shared)
     assert restarted.queue.entry(first.case).done and restarted.queue.next_case().case == entries[1].case
     second, volume2 = restarted.load_next()
     assert second.case == entries[1].case and restarted.queue.state.current == second.case
     assert AnnotationQueue.in_workspace(workspace).state.current == second.case  # remembered across a restart
 
 
-def test_next_case_when_all_are_done_and_a_missing_folder(slicer_env, segmentation_logic, tmp_path):
-    queue_logic = AnnotationQueueLogic(AnnotationQueue.in_workspace(tmp_path), segmentation_logic)
+def test_next_case_when_all_are_done_and_a_missing_folder(slicer_env, shared, tmp_path):
+    queue_logic = AnnotationQueueLogic(AnnotationQueue.in_workspace(tmp_path), shared)
     with pytest.raises(DataError, match="every case of the annotation queue is done; rank another folder"):
         queue_logic.load_next()
     with pytest.raises(DataError, match="absent: folder of unlabelled images not found"):
         queue_logic.start_rank(tmp_path / "absent", TASK)
 
 
-def test_cancel_stops_the_ranking_and_leaves_the_queue_as_it_was(slicer_env, segmentation_logic, tiny_model,
+def test_cancel_stops_the_ranking_and_leaves_the_queue_as_it_was(slicer_env, shared, tiny_model,
                                                                  synthetic_tasks, tmp_path):
     queue = AnnotationQueue.in_workspace(tmp_path / "workspace")
     queue.set_ranking(ranked(2), TASK, tiny_model, "/data")
-    queue_logic = AnnotationQueueLogic(queue, segmentation_logic)
+    queue_logic = AnnotationQueueLogic(queue, shared)
     job = queue_logic.start_rank(synthetic_tasks[TASK] / "imagesTr", TASK, tiny_model, device="cpu")
     job.cancel()
     assert job.wait(60).value == "cancelled"
     assert [e.case for e in AnnotationQueue.in_workspace(tmp_path / "workspace").entries] == ["case_00000",
                                                                                               "case_00001"]
-    assert segmentation_logic.start_ranking([synthetic_tasks[TASK] / "imagesTr"], TASK, tmp_path / "r.csv",
-                                            tiny_model, device="cpu").result_or_raise(300)[0].name  # a new worker
+    assert shared.start_ranking("LabelShare Training", [synthetic_tasks[TASK] / "imagesTr"], tmp_path / "r.csv",
+                                RankConfig.from_options(task=TASK, device="cpu"),
+                                tiny_model).result_or_raise(300)[0].name  # a new worker

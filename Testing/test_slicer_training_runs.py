@@ -225,6 +225,8 @@ def test_the_cost_shown_before_train_is_the_engines_budget_timed_at_the_parent_m
     cost = request.cost()
     assert cost.startswith(f"{steps} steps, about ") and "at the speed the parent model trained" in cost
     quick = logic.plan("blobs", tiny_model, budget="quick")
-    assert logic.cost("blobs", tiny_model, "quick").startswith(f"{quick.epochs * quick.steps_per_epoch} steps")
+    reason, quick_cost = logic.readiness("blobs", tiny_model, "quick")
+    assert reason == "" and quick_cost.startswith(f"{quick.epochs * quick.steps_per_epoch} steps")
     logic.create_task("empty", ["organ"])
-    assert logic.cost("empty", tiny_model) == "task 'empty' has no cases yet; add at least one case before training"
+    assert logic.readiness("empty", tiny_model) == (
+        "Task 'empty' has no cases yet; add at least one case before training.", "")

@@ -1,7 +1,8 @@
-"""Static checks of LabelShareTraining's Qt shell (it needs PythonQt/CTK, which only a real Slicer has): the widgets
-and signals it uses exist in its .ui, bound widgets match parameters, it calls only what its Lib, the shared
-LabelShareLib and LabelShareSegmentation's module provide (never that module's widget or its Lib), and its CMake
-list ships every file."""
+"""Static checks of LabelShareTraining's Qt shell (it needs PythonQt/CTK, which only a real Slicer has): the module
+file and its Widgets package (the annotation queue's and the Train section's classes, the dialogs). The widgets and
+signals they use exist in the .ui, bound widgets match parameters, they call only what their Lib and the shared
+LabelShareLib provide (never LabelShareSegmentation's module, widget or Lib: settings, the dependency install, the
+model store and the background worker are LabelShareLib's), and the CMake list ships every file."""
 
 from __future__ import annotations
 
@@ -9,13 +10,16 @@ import ast
 import re
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 MODULE_DIR = REPO / "LabelShareTraining"
 LIB_DIR = MODULE_DIR / "LabelShareTrainingLib"
+WIDGETS_DIR = MODULE_DIR / "LabelShareTrainingWidgets"
 MODULE_FILE = MODULE_DIR / "LabelShareTraining.py"
+SHELL_FILES = [MODULE_FILE, *sorted(WIDGETS_DIR.glob("*.py"))]  # the Qt side of the module
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "LabelShareTraining.ui"
 SEGMENTATION_FILE = REPO / "LabelShareSegmentation" / "LabelShareSegmentation.py"
 for module_folder in ("LabelShareSegmentation", "LabelShareTraining"):
@@ -23,6 +27,7 @@ for module_folder in ("LabelShareSegmentation", "LabelShareTraining"):
 
 import LabelShareLib  # noqa: E402
 import LabelShareTrainingLib  # noqa: E402
+from LabelShareTrainingLib.annotation_queue import AnnotationQueueLogic  # noqa: E402
 from LabelShareTrainingLib.logic import TrainingLogic  # noqa: E402
 from qt_shell import load_ui_widgets, parameter_fields, source_tree, ui_attribute, ui_names_used  # noqa: E402
 
@@ -45,21 +50,28 @@ def methods(cls: ast.ClassDef) -> set[str]:
 
 
 def test_every_ui_widget_the_shell_uses_exists_in_the_ui_file(ui_widgets):
-    used = ui_names_used(MODULE_FILE)
-    assert {"addCaseButton", "trainButton", "casesTableWidget", "forgettingTableWidget", "progressBar",
-            "logTextEdit", "unfinishedRunComboBox"} <= used
+    used = set().union(*(ui_names_used(path) for path in SHELL_FILES))
+    assert {"addCaseButton", "trainButton", "trainReasonLabel", "casesTableWidget", "forgettingTableWidget",
+            "progressBar", "logTextEdit", "unfinishedRunComboBox", "rankButton", "workerStatusLabel"} <= used
     assert sorted(used - set(ui_widgets)) == []
+
+
+def test_no_python_file_of_the_module_is_longer_than_600_lines():
+    for path in [*SHELL_FILES, *sorted(LIB_DIR.glob("*.py"))]:
+        assert len(path.read_text(encoding="utf-8").splitlines()) <= 600, path.name
 
 
 def test_every_signal_the_shell_connects_exists_and_its_handler_too(ui_widgets):
     from PySide6.QtCore import QMetaObject
-    widget_class = classes(tree())["LabelShareTrainingWidget"]
-    handlers = methods(widget_class)
-    connections = [node for node in ast.walk(widget_class) if isinstance(node, ast.Call)
-                   and isinstance(node.func, ast.Attribute) and node.func.attr == "connect"
-                   and ui_attribute(node.func.value)]
+    connections = []
+    for path in SHELL_FILES:
+        for widget_class in classes(tree(path)).values():
+            handlers = methods(widget_class)
+            connections += [(node, handlers) for node in ast.walk(widget_class) if isinstance(node, ast.Call)
+                            and isinstance(node.func, ast.Attribute) and node.func.attr == "connect"
+                            and ui_attribute(node.func.value)]
     assert len(connections) >= 15
-    for call in connections:
+    for call, handlers in connections:
         name, signal = ui_attribute(call.func.value), call.args[0].value
         widget = ui_widgets[name]
         class_name = widget.metaObject().className()
@@ -89,61 +101,76 @@ def test_every_bound_widget_matches_a_parameter_of_the_right_type(ui_widgets):
 
 
 def test_shell_imports_only_what_the_libs_provide_and_does_no_engine_work():
-    imported, shell = set(), [node for node in tree().body
-                              if not (isinstance(node, ast.ClassDef) and node.name.endswith("Test"))]
-    for node in (inner for top in shell for inner in ast.walk(top)):
-        if isinstance(node, ast.Import):
-            imported |= {alias.name.split(".")[0] for alias in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            imported.add((node.module or "").split(".")[0])
-            package = {"LabelShareTrainingLib": LabelShareTrainingLib, "LabelShareLib": LabelShareLib}.get(node.module)
-            for alias in node.names if package else []:
-                assert hasattr(package, alias.name), f"{node.module} has no {alias.name}"
-    assert not imported & {"numpy", "torch", "monai", "labelshare", "SimpleITK", "LabelShareSegmentationLib"}
-    compile(MODULE_FILE.read_text(encoding="utf-8"), str(MODULE_FILE), "exec")
+    exported = next(node for node in tree(WIDGETS_DIR / "__init__.py").body if isinstance(node, ast.Assign)
+                    and ast.unparse(node.targets[0]) == "__all__")  # (importing it needs PythonQt)
+    widgets_package = SimpleNamespace(**dict.fromkeys(ast.literal_eval(exported.value)))
+    imported = set()
+    for path in SHELL_FILES:
+        shell = [node for node in tree(path).body
+                 if not (isinstance(node, ast.ClassDef) and node.name.endswith("Test"))]
+        for node in (inner for top in shell for inner in ast.walk(top)):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                imported.add((node.module or "").split(".")[0])
+                package = {"LabelShareTrainingLib": LabelShareTrainingLib, "LabelShareLib": LabelShareLib,
+                           "LabelShareTrainingWidgets": widgets_package}.get(node.module)
+                for alias in node.names if package else []:
+                    assert hasattr(package, alias.name), f"{node.module} has no {alias.name}"
+        compile(path.read_text(encoding="utf-8"), str(path), "exec")
+    assert not imported & {"numpy", "torch", "monai", "labelshare", "SimpleITK", "LabelShareSegmentationLib",
+                           "LabelShareSegmentation"}
 
 
-def test_training_never_uses_the_segmentation_lib_or_widget():
-    """What both modules use is in LabelShareLib; new versions reach the segmentation model list through the model
-    store's notification, not by calling the other module's widget."""
-    for path in [MODULE_FILE, *sorted(LIB_DIR.glob("*.py"))]:
+def test_training_never_uses_the_segmentation_module_its_lib_or_widget():
+    """Issue 30: what both modules use is in LabelShareLib (settings, the dependency install, the model store, the
+    background worker); new versions reach the segmentation model list through the model store's notification and
+    "Use this model" through the store's choice, not through the other module."""
+    for path in [*SHELL_FILES, *sorted(LIB_DIR.glob("*.py"))]:
         text = path.read_text(encoding="utf-8")
         assert "LabelShareSegmentationLib" not in text and "LabelShareSegmentationWidget" not in text, path.name
         for node in ast.walk(tree(path)):
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
-                assert not any(name.split(".")[0] == "LabelShareSegmentationLib" for name in names), path.name
+                assert not any(name.split(".")[0] in ("LabelShareSegmentationLib", "LabelShareSegmentation")
+                               for name in names), path.name
     published = [node for node in ast.walk(tree(LIB_DIR / "logic.py")) if isinstance(node, ast.Call)
                  and ast.unparse(node.func) == "self.store.changed.notify"]
     assert len(published) == 1, "the training logic announces a published version on the model store"
 
 
-def test_shell_calls_only_what_the_training_logic_has():
+def test_shell_calls_only_what_the_training_and_queue_logics_have():
     logic_methods = {name for name in dir(TrainingLogic) if not name.startswith("__")}
     logic_attributes = {"workspace", "models_dir", "lock", "job", "request", "progress", "outcome", "engine", "store"}
-    used = set()
-    for node in ast.walk(tree()):
-        if isinstance(node, ast.Attribute) and (
-                (isinstance(node.value, ast.Name) and node.value.id == "training")
-                or (isinstance(node.value, ast.Attribute) and node.value.attr == "training")):
-            used.add(node.attr)
-    assert {"plan", "start", "poll", "stop", "add_case", "task_entries", "unfinished_runs"} <= used
+    used, queue_used = set(), set()
+    for path in SHELL_FILES:
+        for node in ast.walk(tree(path)):
+            if isinstance(node, ast.Attribute) and (
+                    (isinstance(node.value, ast.Name) and node.value.id == "training")
+                    or (isinstance(node.value, ast.Attribute) and node.value.attr == "training")):
+                used.add(node.attr)
+            if isinstance(node, ast.Attribute) and ast.unparse(node.value) in ("self.logic", "self._logic") \
+                    and path.name == "annotation_queue.py":
+                queue_used.add(node.attr)
+    assert {"plan", "start", "poll", "stop", "add_case", "task_entries", "unfinished_runs", "readiness"} <= used
     assert sorted(used - logic_methods - logic_attributes) == []
+    assert {"start_rank", "start_next", "case_added", "queue"} <= queue_used
+    assert sorted(queue_used - set(dir(AnnotationQueueLogic)) - {"queue", "shared"}) == []
 
 
-def test_shell_uses_what_labelshare_segmentation_provides():
-    """The two modules share the models folder, the first-run install and the model list."""
-    segmentation = tree(SEGMENTATION_FILE)
-    names = {node.targets[0].id for node in segmentation.body if isinstance(node, ast.Assign)} | \
-        {node.name for node in segmentation.body if isinstance(node, ast.FunctionDef)}
-    used = {node.attr for node in ast.walk(tree()) if isinstance(node, ast.Attribute)
-            and isinstance(node.value, ast.Name) and node.value.id == "LabelShareSegmentation"}
-    assert used == {"SETTINGS_MODELS_FOLDER", "moduleLogic"} and used <= names
-    segmentation_classes = classes(segmentation)
-    assert {"refreshModels"} <= methods(segmentation_classes["LabelShareSegmentationWidget"])
-    assert {"ensureDependencies", "getParameterNode"} <= methods(segmentation_classes["LabelShareSegmentationLogic"])
-    assert "model" in {item.target.id for item in segmentation_classes["LabelShareSegmentationParameterNode"].body
-                       if isinstance(item, ast.AnnAssign)}
+def test_the_console_api_is_the_modules_logic_class_not_attributes_on_the_cpp_logic():
+    """Issue 30: scripts use the module's logic (``slicer.util.getModuleLogic`` or the class itself, as Slicer's
+    template intends), documented in the module docstring; nothing is attached to the generic C++ logic."""
+    for path in (MODULE_FILE, SEGMENTATION_FILE):
+        module = tree(path)
+        text = path.read_text(encoding="utf-8")
+        assert "registerConsoleApi" not in text and ".logic()." not in text and "cppLogic" not in text, path.name
+        docstring = ast.get_docstring(module)
+        assert f'slicer.util.getModuleLogic("{path.stem}")' in docstring, path.name
+        assert f"{path.stem}.{path.stem}Logic()" in docstring, path.name
+        widget = classes(module)[f"{path.stem}Widget"]
+        setup = next(item for item in widget.body if isinstance(item, ast.FunctionDef) and item.name == "setup")
+        assert f"self.logic = {path.stem}Logic()" in ast.unparse(setup), path.name
 
 
 def test_self_test_runs_its_tests_in_a_real_slicer():
@@ -171,12 +198,15 @@ def test_module_cmake_lists_every_script_and_resource():
     assert "add_subdirectory(LabelShareTraining)" in (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
 
 
-def test_reload_covers_every_module_of_the_lib_in_import_order():
+def test_reload_covers_every_module_of_the_packages_in_import_order():
     assignment = next(node for node in tree().body if isinstance(node, ast.Assign)
                       and ast.unparse(node.targets[0]) == "LIB_MODULES")
-    modules = list(ast.literal_eval(assignment.value))
-    assert sorted(modules) == sorted(path.stem for path in LIB_DIR.glob("*.py") if path.stem != "__init__")
-    for position, module in enumerate(modules):
-        for node in ast.walk(tree(LIB_DIR / f"{module}.py")):
-            if isinstance(node, ast.ImportFrom) and node.level == 1:
-                assert modules.index(node.module) < position, f"{module} imports .{node.module}"
+    reloaded = ast.literal_eval(assignment.value)
+    assert list(reloaded) == ["LabelShareTrainingLib", "LabelShareTrainingWidgets"]  # the widgets import the Lib
+    for package, folder in (("LabelShareTrainingLib", LIB_DIR), ("LabelShareTrainingWidgets", WIDGETS_DIR)):
+        modules = list(reloaded[package])
+        assert sorted(modules) == sorted(path.stem for path in folder.glob("*.py") if path.stem != "__init__")
+        for position, module in enumerate(modules):
+            for node in ast.walk(tree(folder / f"{module}.py")):
+                if isinstance(node, ast.ImportFrom) and node.level == 1:
+                    assert modules.index(node.module) < position, f"{package}.{module} imports .{node.module}"

@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
                 input_written = time.perf_counter()
                 job.result_or_raise(600)
                 finished = time.perf_counter()
-                worker = logic.worker
+                worker = logic.shared.worker
                 cold = run == 1
                 print(f"{run:3d} | {finished - started:16.2f} | {input_written - started:19.2f} | "
                       f"{worker.ready_after_s if cold else 0.0:22.2f} | {job.done_event['load_s']:12.2f} | "

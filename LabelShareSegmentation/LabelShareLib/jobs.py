@@ -44,6 +44,7 @@ from labelshare.errors import LabelShareError
 from labelshare.progress import parse_event
 
 from .application import python_executable
+from .signals import Signal
 
 LOG_LINES = 500  # lines kept in a job's log (older lines are dropped)
 LOG_LINE_CHARACTERS = 2000
@@ -199,6 +200,9 @@ class Job(abc.ABC):
     :param import_result: called with the final ``done`` event on the polling thread while the job is in the
         ``importing`` state; its return value becomes :attr:`result`, an exception fails the job.
     :param on_event: called with every protocol event of the job (to record timings or metrics).
+
+    :attr:`ended` is notified once, with the job, when it reaches ``done``, ``failed`` or ``cancelled``;
+    :attr:`notes` are what the user should read besides the progress (e.g. "segmented as its luminance").
     """
 
     def __init__(self, import_result: Callable[[dict], Any] | None = None,
@@ -215,6 +219,8 @@ class Job(abc.ABC):
         self.started_s = time.monotonic()
         self.finished_s: float | None = None
         self.error_event: dict | None = None
+        self.notes: list[str] = []
+        self.ended = Signal("a job's end")
         self._import_result = import_result
         self._on_event = on_event
 
@@ -296,13 +302,16 @@ class Job(abc.ABC):
     def fail(self, reason: str) -> None:
         """End the job as failed with the reason shown to the user (e.g. the child died)."""
         self.error = reason
-        self.state = JobState.FAILED
-        self.finished_s = time.monotonic()
+        self._end(JobState.FAILED)
 
     def mark_cancelled(self) -> None:
         """End the job as cancelled (its process was stopped)."""
-        self.state = JobState.CANCELLED
+        self._end(JobState.CANCELLED)
+
+    def _end(self, state: JobState) -> None:
+        self.state = state
         self.finished_s = time.monotonic()
+        self.ended.notify(self)
 
     def last_lines(self, count: int = 3) -> str:
         """The last lines of the log on one line, for a failure message."""
@@ -324,23 +333,26 @@ class Job(abc.ABC):
                 self.add_log(traceback.format_exc())
                 self.fail(str(error) or type(error).__name__)
                 return
-            self.state = JobState.DONE
-            self.finished_s = time.monotonic()
+            self._end(JobState.DONE)
         else:
             self.fail(str(self.error_event.get("message") or "failed without a message"))
 
 
 class ProcessJob(Job):
-    """One child process, one job: e.g. ``ProcessJob(engine_command("train", ..., "--progress", "json"))``.
+    """A child process per job: e.g. ``ProcessJob(engine_command("train", ..., "--progress", "json"))``.
 
     :param stop_grace_s: on :meth:`cancel`, seconds the child gets to stop by itself (SIGTERM: the engine's
         training saves a resumable checkpoint) before the whole tree is killed; 0 kills at once.
+    :param then_run: further command lines, each started when the one before ended with its ``done`` event (e.g.
+        the label space of a first model, then its training): one job, one log; it is done when the last is.
     """
 
     def __init__(self, argv: list[str], env: dict[str, str] | None = None, stop_grace_s: float = 0.0,
-                 **job_options):
+                 then_run: list[list[str]] | tuple = (), **job_options):
         super().__init__(**job_options)
-        self.process = ChildProcess(argv, env=env or child_environment())
+        self.env = env or child_environment()
+        self.process = ChildProcess(argv, env=self.env)
+        self.remaining = [list(command) for command in then_run]
         self.stop_grace_s = stop_grace_s
         self._cancel_requested = False
         self._kill_deadline: float | None = None
@@ -363,6 +375,9 @@ class ProcessJob(Job):
             return self.state
         if self._cancel_requested:
             self.mark_cancelled()
+        elif exit_code == 0 and self.done_event is not None and self.remaining:
+            self.done_event = None  # the next command's done event ends the job
+            self.process = ChildProcess(self.remaining.pop(0), env=self.env)
         elif (exit_code == 0 and self.done_event is not None) or self.error_event is not None:
             self._finish_reported()
         else:
@@ -492,3 +507,5 @@ class WorkerJob(Job):
         if not self.state.finished:
             self.add_log("cancel requested")
             self.worker.stop()
+            if not self.state.finished:  # a worker that was not serving this job any more
+                self.mark_cancelled()

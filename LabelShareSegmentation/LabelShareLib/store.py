@@ -14,6 +14,8 @@ a new size or time are still caught when the background worker loads the model, 
 
 :attr:`ModelStore.changed` (a :class:`~.signals.Signal`) announces new model versions: LabelShareTraining's logic
 notifies it when a run publishes one, and LabelShareSegmentation's widget refreshes its model list on it.
+:meth:`ModelStore.choose` is LabelShare Training's "Use this model" (also to roll back to an older version):
+LabelShare Segmentation takes that model (:meth:`ModelStore.take_chosen`) on the notification or when it opens.
 
 Usage::
 
@@ -26,8 +28,9 @@ Usage::
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 import dataclasses
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +42,16 @@ from labelshare.paths import BUNDLED_MODELS_DIR, bundled_model_dirs, user_models
 from .signals import Signal
 
 __all__ = ["ModelStore", "available_models", "default_store", "is_bundled", "model_title", "models_in",
-           "task_labels", "user_models_dir"]
+           "task_labels", "user_models_dir", "version_of"]
+
+_VERSION = re.compile(r"^(?P<stem>.+?)-v(?P<number>\d+)$")
+
+
+def version_of(model_name: str) -> tuple[str, int]:
+    """(lineage, version) of a model folder name: ``liver-v3`` -> (``liver``, 3); a name without ``-vN`` is version
+    1 of its own lineage. LabelShare Training names every version it publishes so (``<lineage>-v<N>``)."""
+    match = _VERSION.match(model_name)
+    return (match["stem"], int(match["number"])) if match else (model_name, 1)
 
 
 @dataclass(frozen=True)
@@ -73,7 +85,18 @@ class ModelStore:
 
     def __init__(self) -> None:
         self.changed = Signal("the model store")
+        self.chosen: Path | None = None
         self._checks: dict[Path, _Check] = {}
+
+    def choose(self, path: str | Path) -> None:
+        """Make ``path`` the model LabelShare Segmentation uses (it takes it with :meth:`take_chosen`)."""
+        self.chosen = Path(path)
+        self.changed.notify(self.chosen)
+
+    def take_chosen(self) -> Path | None:
+        """The model chosen with :meth:`choose` and not taken yet (None), once."""
+        chosen, self.chosen = self.chosen, None
+        return chosen
 
     # -- one folder -------------------------------------------------------------------------------------------------
     def _check(self, path: Path) -> _Check:
@@ -135,12 +158,15 @@ class ModelStore:
             raise ModelError(f"{folder}: no LabelShare model here (a model folder holds {', '.join(REQUIRED_FILES)})")
         return sorted(found, key=lambda s: (not s.valid, s.created, str(s.path)))
 
-    def available(self, models_folder: str | Path | None = None,
-                  added_folders: Iterable[str | Path] = ()) -> list[ModelSummary]:
-        """Bundled models first (the newest, the default, at the top), then the models of ``models_folder``
-        (default: the engine's user models folder, ``$LABELSHARE_HOME/models`` or ``~/.labelshare/models``) and of
-        every added folder (each once).
+    def available(self, models_folder: str | Path | None = None, added_folders: Iterable[str | Path] = (),
+                  all_versions: bool = True, keep: Iterable[str | Path] = ()) -> list[ModelSummary]:
+        """The models a user can pick: the bundled models, the models of ``models_folder`` (default: the engine's
+        user models folder, ``$LABELSHARE_HOME/models`` or ``~/.labelshare/models``) and of every added folder
+        (each folder once), grouped by lineage (:func:`version_of`) in the order the lineages first appear (the
+        bundled one at the top), newest version first within a lineage.
 
+        Without ``all_versions`` only the newest usable version of each lineage is listed, plus the folders in
+        ``keep`` (e.g. the older version a scene remembers) and every folder that cannot be used (with its reason).
         A models folder that is missing or empty is skipped (the first training run creates it); an added folder
         that has gone or holds no model is listed as invalid with the reason.
         """
@@ -159,7 +185,17 @@ class ModelStore:
         add(models_folder or user_models_dir(), keep_error=False)
         for folder in added_folders:
             add(folder, keep_error=True)
-        return list(found.values())
+        lineages: dict[str, list[ModelSummary]] = {}
+        for summary in found.values():
+            lineages.setdefault(version_of(Path(summary.path).name)[0], []).append(summary)
+        kept = {Path(path).resolve() for path in keep}
+        listed = []
+        for versions in lineages.values():
+            versions.sort(key=lambda s: (version_of(Path(s.path).name)[1], s.created), reverse=True)
+            newest = next((s for s in versions if s.valid), None)
+            listed += [s for s in versions if all_versions or s is newest or not s.valid
+                       or Path(s.path).resolve() in kept]
+        return listed
 
 
 _DEFAULT_STORE = ModelStore()
@@ -175,10 +211,10 @@ def models_in(folder: str | Path) -> list[ModelSummary]:
     return default_store().models_in(folder)
 
 
-def available_models(models_folder: str | Path | None = None,
-                     added_folders: Iterable[str | Path] = ()) -> list[ModelSummary]:
+def available_models(models_folder: str | Path | None = None, added_folders: Iterable[str | Path] = (),
+                     all_versions: bool = True, keep: Iterable[str | Path] = ()) -> list[ModelSummary]:
     """:meth:`ModelStore.available` of the shared store."""
-    return default_store().available(models_folder, added_folders)
+    return default_store().available(models_folder, added_folders, all_versions, keep)
 
 
 def task_labels(model_path: str | Path, task: str) -> list:

@@ -6,10 +6,14 @@ columns flip there; spacing and voxel order do not change. ``slicer.util.arrayFr
 are both indexed (K, J, I). A 2D image (a projection such as an X-ray or a PNG) is a single-slice volume in
 Slicer and a single-slice 3D image here, which the engine segments as one projection.
 
+A colour (RGB or RGBA) volume, e.g. a radiograph read from a PNG or JPEG, is segmented as its luminance, the grey
+image Slicer's "Vector to Scalar Volume" module makes of it (:func:`segmentation_input`).
+
 Usage::
 
     image = volume_to_image(volumeNode)                # SimpleITK image in LPS, same voxels
     node = image_to_volume(image, scene, "copy")      # a new vtkMRMLScalarVolumeNode in RAS
+    image, notes = segmentation_input(volumeNode)      # scalar as is, colour as its luminance (notes say so)
 """
 
 from __future__ import annotations
@@ -39,6 +43,49 @@ def check_scalar_volume(volume_node) -> None:
     if components != 1:
         raise DataError(f"volume '{name}' has {components} values per voxel (a colour, vector or 4D multi-volume "
                         "image); choose a scalar volume, e.g. one frame or one channel")
+
+
+def is_colour_volume(volume_node) -> bool:
+    """A vector volume with 3 (RGB) or 4 (RGBA) values per voxel: a colour image."""
+    image_data = volume_node.GetImageData() if volume_node is not None else None
+    return bool(volume_node is not None and volume_node.IsA("vtkMRMLVectorVolumeNode") and image_data is not None
+                and image_data.GetNumberOfScalarComponents() in (3, 4))
+
+
+def colour_note(volume_node) -> str:
+    """What the user reads when a colour volume is segmented ('' for any other volume)."""
+    if not is_colour_volume(volume_node):
+        return ""
+    return (f"'{volume_node.GetName()}' is a colour (RGB) volume: it is segmented as its luminance "
+            "(0.30 R + 0.59 G + 0.11 B, the grey image of Slicer's Vector to Scalar Volume module)")
+
+
+def check_input_volume(volume_node) -> None:
+    """Raise :class:`DataError` unless the node can be segmented: a scalar volume (:func:`check_scalar_volume`) or
+    a colour volume (segmented as its luminance, :func:`segmentation_input`)."""
+    if not is_colour_volume(volume_node):
+        check_scalar_volume(volume_node)
+    elif 0 in volume_node.GetImageData().GetDimensions():
+        raise DataError(f"volume '{volume_node.GetName()}' is empty (it has no voxels)")
+
+
+def segmentation_input(volume_node) -> tuple[sitk.Image, list[str]]:
+    """The image the network segments (SimpleITK, LPS) and the notes the user should read: a scalar volume as it
+    is; a colour volume as its luminance (VTK's ``vtkImageLuminance`` on the red, green and blue components, as
+    Slicer's Vector to Scalar Volume module does), on the volume's grid. Raises :class:`DataError` for other
+    volumes (:func:`check_input_volume`)."""
+    check_input_volume(volume_node)
+    if not is_colour_volume(volume_node):
+        return volume_to_image(volume_node), []
+    rgb = vtk.vtkImageExtractComponents()
+    rgb.SetInputData(volume_node.GetImageData())
+    rgb.SetComponents(0, 1, 2)  # RGBA: the alpha channel is not part of the picture
+    luminance = vtk.vtkImageLuminance()
+    luminance.SetInputConnection(rgb.GetOutputPort())
+    luminance.Update()
+    grey = luminance.GetOutput()
+    voxels = numpy_support.vtk_to_numpy(grey.GetPointData().GetScalars()).reshape(grey.GetDimensions()[::-1])
+    return _image_with_geometry(voxels.copy(), volume_node), [colour_note(volume_node)]
 
 
 def ras_matrix_to_lps(ijk_to_ras: np.ndarray) -> tuple[tuple, tuple, tuple]:
@@ -73,7 +120,12 @@ def volume_to_image(volume_node) -> sitk.Image:
     multi-component (4D), label-map or empty volumes.
     """
     check_scalar_volume(volume_node)
-    image = sitk.GetImageFromArray(slicer.util.arrayFromVolume(volume_node))  # copies the voxels
+    return _image_with_geometry(slicer.util.arrayFromVolume(volume_node), volume_node)
+
+
+def _image_with_geometry(voxels: np.ndarray, volume_node) -> sitk.Image:
+    """A SimpleITK image of (K, J, I) voxels (copied) with the volume node's geometry in LPS."""
+    image = sitk.GetImageFromArray(voxels)
     spacing, origin, direction = ras_matrix_to_lps(ijk_to_ras(volume_node))
     image.SetSpacing(spacing)
     image.SetOrigin(origin)

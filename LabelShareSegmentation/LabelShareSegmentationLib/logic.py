@@ -1,51 +1,57 @@
 """Segment a volume node with a task of a model: volume → background worker → segments beside the volume.
 
-This is the whole of the module's logic, without Qt, so that it runs in Slicer, in scripts and in tests on
-slicer-core. The module's ``LabelShareSegmentationLogic`` delegates to one :class:`SegmentationLogic`.
+This is the module's logic, without Qt, so that it runs in Slicer, in scripts and in tests on slicer-core. The
+module's ``LabelShareSegmentationLogic`` delegates to one :class:`SegmentationLogic`. The background worker is the
+one both LabelShare modules share (:mod:`LabelShareLib.shared_worker`): while LabelShare Training ranks or segments
+for its annotation queue, Apply says so instead of starting, and nothing here stops that job.
 
 Usage::
 
     logic = SegmentationLogic()
-    node = logic.segment(volumeNode, "acdc", model="/models/acdc-v2", device="cuda")    # blocks, returns the node
+    node = logic.segment(volumeNode, "acdc", model="/models/acdc-v2", device="cuda")    # blocks, returns a new node
+    logic.segment(volumeNode, "acdc", output_node=node)     # updates node: edited segments are kept in a copy
     nodes = logic.segment_many([volume1, volume2, volume3], "acdc")    # one after another in the same worker
     job = logic.start(volumeNode, "acdc")      # GUI: poll job.poll() from a timer; job.result is the node
-    job = logic.start_ranking(["unlabelled/"], "acdc", output="ranking.csv")   # job.result: the ranked cases
-    logic.stop()                               # cancel a running job and stop the worker
+    logic.stop()                               # cancel this module's job, free the worker unless Training uses it
 
-The worker (``labelshare worker``) stays alive between runs with the model loaded, so only the first run pays
-for starting Python, importing torch and loading the model. It is stopped by :meth:`SegmentationLogic.stop`
-(Cancel, scene close, module cleanup) and restarted when the model or device changes.
+Apply never destroys a correction. Without ``output_node`` every run makes a new segmentation node. Into an
+existing node, the task's segments are replaced; when the user edited them since they were imported
+(:func:`LabelShareLib.segments.edited_task_segments`), ``confirm_replace`` is asked first (the widget shows a
+dialog; declining raises :class:`EditsKept` and nothing runs) and the edited segments are kept in a hidden copy
+beside the node (:func:`LabelShareLib.segments.keep_copy_of_task_segments`).
+
+The worker stays alive between runs with the model loaded, so only the first run pays for starting Python,
+importing torch and loading the model.
 """
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import SimpleITK as sitk
-from labelshare.config import RankConfig, SegmentConfig
-from labelshare.errors import LabelShareError
+from labelshare.config import SegmentConfig
+from labelshare.errors import LabelShareError, ModelError, UnknownTaskError
 from labelshare.paths import model_dir_or_default
-from labelshare.ranking import read_ranking
-from labelshare.worker import config_request
-from LabelShareLib.application import temporary_root
-from LabelShareLib.jobs import JobCancelled, JobFailed, WorkerJob, WorkerProcess
-from LabelShareLib.segments import import_task_segments, output_segmentation
-from LabelShareLib.store import ModelStore, default_store
-from LabelShareLib.volumes import check_scalar_volume, volume_to_image
+from LabelShareLib.jobs import JobCancelled, JobFailed, WorkerJob
+from LabelShareLib.model_info import TaskInfo, modality_warning, model_info
+from LabelShareLib.segments import edited_task_segments, keep_copy_of_task_segments
+from LabelShareLib.shared_worker import SEGMENTATION, SharedWorker, default_worker
+from LabelShareLib.volumes import check_input_volume, colour_note
 
-TRANSFER_SUFFIX = ".mha"  # uncompressed single file: the fastest format SimpleITK writes and reads here
+ConfirmReplace = Callable[[object, str, list[str]], bool]  # (segmentation node, task, edited segment names) -> go on
 
 
-def why_not_ready(volume_node, model_summary, task: str) -> str:
-    """Why Apply cannot run yet ('' when it can): the reason is shown as the Apply button's tooltip."""
+class EditsKept(LabelShareError):
+    """The user chose to keep the edited segments: nothing was started and nothing changed."""
+
+
+def why_not_ready(volume_node, model_summary, task: str, busy_reason: str = "") -> str:
+    """Why Apply cannot run yet ('' when it can): shown as the Apply button's tooltip. ``busy_reason`` is the shared
+    worker's :meth:`~LabelShareLib.shared_worker.SharedWorker.blocked_reason` (LabelShare Training's job)."""
     if volume_node is None:
         return "Select an input volume."
     try:
-        check_scalar_volume(volume_node)
+        check_input_volume(volume_node)
     except LabelShareError as error:
         return f"{str(error)[0].upper()}{str(error)[1:]}."
     if model_summary is None:
@@ -56,106 +62,78 @@ def why_not_ready(volume_node, model_summary, task: str) -> str:
         return "Select a task."
     if task not in model_summary.tasks:
         return f"Model {Path(model_summary.path).name} has no task '{task}'."
-    return ""
+    return busy_reason
+
+
+def input_notes(volume_node, task: TaskInfo | None) -> list[str]:
+    """What the user should know about segmenting this volume with this task (shown beside the input, never a
+    refusal): a colour volume is segmented as its luminance; a DICOM volume of another modality than the task's
+    intended input may give a meaningless result."""
+    if volume_node is None:
+        return []
+    notes = [colour_note(volume_node)] + ([modality_warning(volume_node, task)] if task is not None else [])
+    return [note for note in notes if note]
+
+
+def task_info(model: str | Path | None, task: str) -> TaskInfo | None:
+    """The card's facts of a task of a model (None when the model or the task cannot be read: the Apply check
+    says why)."""
+    try:
+        return model_info(model_dir_or_default(model)).tasks.get(task)
+    except (ModelError, UnknownTaskError):
+        return None
 
 
 class SegmentationLogic:
-    """Runs segmentations in a persistent background worker and imports the results as segments.
+    """Runs segmentations in the shared background worker and imports the results as segments.
 
-    :param worker_factory: makes the :class:`LabelShareLib.jobs.WorkerProcess` for a device (e.g. one running
-        another Python).
-    :param store: the model store that checks model folders (default: the one both modules share), so a folder
-        the model list has checked is not hashed again here.
+    :param shared: the worker owner (default: the one both modules share in this session).
     """
 
-    def __init__(self, worker_factory: Callable[[str], WorkerProcess] = WorkerProcess,
-                 store: ModelStore | None = None):
-        self.worker_factory = worker_factory
-        self.store = store or default_store()
-        self.worker: WorkerProcess | None = None
+    def __init__(self, shared: SharedWorker | None = None):
+        self.shared = shared or default_worker()
         self.job: WorkerJob | None = None
-        self._worker_model: Path | None = None
-        self._transfer_dir: str | None = None
-
-    def _worker_for(self, device: str, model_path: Path) -> WorkerProcess:
-        if self.worker is not None and (self.worker.device != device or self._worker_model != model_path.resolve()):
-            self.stop()  # frees the old model's (GPU) memory
-        if self.worker is None:
-            self.worker = self.worker_factory(device)
-        self._worker_model = model_path.resolve()
-        return self.worker
 
     def start(self, volume_node, task: str, model: str | Path | None = None, output_node=None,
-              on_event: Callable[[dict], None] | None = None, **options) -> WorkerJob:
+              on_event: Callable[[dict], None] | None = None, confirm_replace: ConfirmReplace | None = None,
+              **options) -> WorkerJob:
         """Start segmenting; returns the job at once. Nothing in the scene changes until the job imports.
 
-        :param output_node: segmentation node to write into (the task's segments in it are replaced); default:
-            the node of the previous run for this volume and task, else a new ``<volume> <task>`` node.
+        :param output_node: segmentation node whose task segments are replaced; None: a new node.
+        :param confirm_replace: asked when ``output_node``'s task segments were edited since they were imported;
+            False: raise :class:`EditsKept`. Without it they are replaced (and kept in a hidden copy).
         :param options: options of :class:`labelshare.config.SegmentConfig` by name, the others at their defaults:
             ``device`` (``auto``, ``cuda`` or ``cuda:N``, ``cpu``), ``mirror`` (average with the left-right mirrored
             prediction for tasks that are not lateralised, ``labelshare segment --tta``), ``largest_component``
             (``model``, ``all`` or ``none``), ``batch_size``, ``slicing_axis``.
-        :raises LabelShareError: (before anything runs) for an unusable volume, model, task or option.
+        :raises LabelShareError: (before anything runs) for an unusable volume, model, task or option, or while a
+            job runs in the worker (``WorkerBusyError`` names it).
         """
-        if self.job is not None and not self.job.state.finished:
-            raise LabelShareError("a segmentation is already running; cancel it first")
-        check_scalar_volume(volume_node)
+        self.shared.check_free(SEGMENTATION)
+        check_input_volume(volume_node)
         config = SegmentConfig.from_options(task=task, **options)
         config.check()
-        model_path = model_dir_or_default(model)
-        labels = self.store.task_labels(model_path, task)  # checks the folder (once per session: cached)
-        worker = self._worker_for(config.device, model_path)
-        self._remove_transfer_files()
-        self._transfer_dir = tempfile.mkdtemp(prefix="LabelShare-", dir=temporary_root())
-        input_path = Path(self._transfer_dir) / f"input{TRANSFER_SUFFIX}"
-        output_path = Path(self._transfer_dir) / f"result{TRANSFER_SUFFIX}"
-        sitk.WriteImage(volume_to_image(volume_node), str(input_path), useCompression=False)
-
-        def import_result(done_event: dict):
-            from labelshare.tasks import read_image
-            for node in (volume_node, output_node):
-                if node is not None and node.GetScene() is None:
-                    raise LabelShareError(f"'{node.GetName()}' was removed from the scene during the run")
-            label_image = read_image(done_event.get("output") or output_path, "segmentation result", is_label=True)
-            node = output_node or output_segmentation(volume_node, task)
-            import_task_segments(node, label_image, task, labels, reference_volume=volume_node,
-                                 model_name=model_path.name)
-            self._remove_transfer_files()
-            return node
-
-        self.job = worker.submit({**config_request("segment", config), "model": str(model_path),
-                                  "input": str(input_path), "output": str(output_path)},
-                                 import_result=import_result, on_event=on_event)
+        if output_node is not None and confirm_replace is not None:
+            edited = edited_task_segments(output_node, task)
+            if edited and not confirm_replace(output_node, task, edited):
+                raise EditsKept(f"the edited segments of '{output_node.GetName()}' were kept; nothing was changed")
+        info = task_info(model, task)
+        warning = modality_warning(volume_node, info) if info is not None else ""
+        self.job = self.shared.start_segmentation(SEGMENTATION, volume_node, config, model, output_node, on_event,
+                                                  before_import=self._keep_edited_segments(task))
+        if warning:  # a warning, not a refusal: the user may know better
+            self.job.notes.append(warning)
+            self.job.add_log(warning)
         return self.job
 
-    def start_ranking(self, inputs: list[str | Path], task: str, output: str | Path, model: str | Path | None = None,
-                      on_event: Callable[[dict], None] | None = None,
-                      import_ranking: Callable[[list], Any] | None = None, overwrite: bool = False,
-                      **options) -> WorkerJob:
-        """Rank images (files, folders, globs: the inputs of ``labelshare segment``) by the model's uncertainty in
-        the same warm worker (``labelshare rank``'s work, one event per image); the table is written to ``output``
-        and ``job.result`` is its cases, most uncertain first (:class:`labelshare.ranking.RankedCase`), or what
-        ``import_ranking`` makes of them (called on the polling thread). An existing ``output`` is replaced only with
-        ``overwrite`` (the command line's ``--overwrite`` rule; the annotation queue re-ranks into its own table).
-        Cancel stops the worker, as for a segmentation. ``options``: options of :class:`labelshare.config.RankConfig`
-        by name (``device``, ``score``, ...), the others at their defaults.
-
-        :raises LabelShareError: (before anything runs) for an unusable model, task, score or device.
-        """
-        if self.job is not None and not self.job.state.finished:
-            raise LabelShareError("a segmentation or ranking is already running; cancel it first")
-        config = RankConfig.from_options(task=task, **options)
-        config.check()
-        model_path = model_dir_or_default(model)
-        self.store.task_labels(model_path, task)  # checks the folder and the task (cached)
-        worker = self._worker_for(config.device, model_path)
-        self.job = worker.submit({**config_request("rank", config), "model": str(model_path),
-                                  "inputs": [str(path) for path in inputs], "output": str(output),
-                                  "overwrite": overwrite},
-                                 import_result=lambda done_event: (import_ranking or list)(
-                                     read_ranking(done_event.get("output") or output)),
-                                 on_event=on_event)
-        return self.job
+    @staticmethod
+    def _keep_edited_segments(task: str) -> Callable[[object], None]:
+        """Just before the import replaces the task's segments: keep a copy of those edited since their import
+        (also edits made while the job ran)."""
+        def keep(output_node) -> None:
+            if edited_task_segments(output_node, task):
+                keep_copy_of_task_segments(output_node, task)
+        return keep
 
     def segment(self, volume_node, task: str, model: str | Path | None = None, output_node=None,
                 timeout: float | None = None, **options):
@@ -166,7 +144,7 @@ class SegmentationLogic:
     def segment_many(self, volume_nodes, task: str, model: str | Path | None = None, timeout: float | None = None,
                      **options) -> list:
         """Segment several volumes one after another in the same worker (one start-up, one model load); returns
-        their segmentation nodes in order.
+        their new segmentation nodes in order.
 
         A volume that fails does not stop the others: once all were tried, :class:`JobFailed` names every volume
         that failed and why (the segmentations of the others are in the scene). Cancelling stops the whole run.
@@ -185,14 +163,6 @@ class SegmentationLogic:
         return nodes
 
     def stop(self) -> None:
-        """Cancel the running job (if any) and stop the worker; the scene is left as it was."""
-        if self.worker is not None:
-            self.worker.stop()
-        self.worker = None
-        self._worker_model = None
-        self._remove_transfer_files()
-
-    def _remove_transfer_files(self) -> None:
-        if self._transfer_dir is not None:
-            shutil.rmtree(self._transfer_dir, ignore_errors=True)
-            self._transfer_dir = None
+        """Cancel this module's running job (the scene is left as it was) and stop the worker to free its memory,
+        unless LabelShare Training's job is running in it."""
+        self.shared.release(SEGMENTATION)

@@ -21,6 +21,7 @@ written under a staging name and renamed into place when complete (:mod:`labelsh
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -218,6 +219,12 @@ def read_model_json(folder: Path | None, name: str, default: Any = None) -> Any:
     if folder is None or not (folder / name).is_file():
         return default
     return read_json(folder_file(folder, name), name, ModelError)
+
+
+def is_non_commercial(licence: str) -> bool:
+    """Whether a task's data licence forbids commercial use (CC BY-NC…, "non-commercial", "for research use"): the
+    model card and the Slicer module flag a model trained on such data, whose weights inherit the restriction."""
+    return bool(re.search(r"\bNC\b", licence) or re.search(r"non-?commercial|research use", licence, re.IGNORECASE))
 
 
 def data_fingerprint(paths: Iterable[Path]) -> str:

@@ -26,7 +26,7 @@ from .fileio import (atomic_write_json, empty_folder, hold_folder, make_folders,
 from .labelspace import LabelSpace
 from .methods import DEFAULT_METHOD
 from .layouts import task_heads
-from .modelfolder import MANIFEST_FILE, ModelConfig, data_fingerprint, read_model_json, verify_folder
+from .modelfolder import MANIFEST_FILE, ModelConfig, data_fingerprint, is_non_commercial, read_model_json, verify_folder
 from .models import Model, environment_summary, resolve_device, save_model_folder
 from .networks import build_network, count_parameters
 from .paths import staging_dir_for
@@ -337,8 +337,7 @@ def model_card(name: str, config: ModelConfig, space: LabelSpace, tasks: dict[st
                      f"{entry.n_cases} training cases, {entry.n_slices} slices; plan: {entry.plan.describe()}; "
                      f"preprocessing: {entry.plan.preprocessing.describe()}")
     lines += ["", "## Training data and licences", ""]
-    non_commercial = [n for n, e in space.tasks.items() if "NC" in e.license.upper().replace("-", "").replace(" ", "")
-                      or "non-commercial" in e.license.lower()]
+    non_commercial = [n for n, e in space.tasks.items() if is_non_commercial(e.license)]
     if non_commercial:
         lines += [f"**Non-commercial use only:** trained on {', '.join(non_commercial)}, whose licence forbids "
                   "commercial use. The model weights inherit that restriction.", ""]

@@ -1,9 +1,11 @@
 """The annotation queue: unlabelled images ranked by the model's uncertainty, worked through one case at a time.
 
-"Rank" scores a folder of unlabelled images in LabelShare Segmentation's warm background worker (``labelshare
-rank``: :mod:`labelshare.ranking`); "Next case" loads the most uncertain image that is not done yet and segments it
-with the same worker, so the annotator starts from the model's masks in the Segment Editor; once the corrected case
-is added to its task ("Add current case"), it is marked done and the next one is the top of the rest.
+"Rank" scores a folder of unlabelled images in the background worker both modules share (``labelshare rank``:
+:mod:`labelshare.ranking`; :mod:`LabelShareLib.shared_worker`, which LabelShare Segmentation's Apply uses too, so
+each module sees the other's job and never cancels it); "Next case" loads the most uncertain image that is not done
+yet and segments it with the same worker, so the annotator starts from the model's masks in the Segment Editor;
+once the corrected case is added to its task ("Add current case"), it is marked done and the next one is the top of
+the rest.
 
 The queue lives in a small JSON file in the workspace (:data:`QUEUE_FILE`), written atomically
 (:mod:`labelshare.fileio`) after every change, so it survives a restart of Slicer and a crash mid-write: the file is
@@ -12,7 +14,7 @@ are still in it.
 
 Usage::
 
-    queue = AnnotationQueueLogic(AnnotationQueue.in_workspace(workspace), segmentation_logic)
+    queue = AnnotationQueueLogic(AnnotationQueue.in_workspace(workspace))    # the shared worker by default
     queue.rank("~/unlabelled", "hippocampus", model="~/.labelshare/models/hippo-v3")     # blocks; start_rank: GUI
     entry, volume, segmentation = queue.open_next()        # blocks; load_next + the job: GUI
     ...                                                    # the annotator corrects, then "Add current case"
@@ -25,13 +27,14 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from labelshare.config import RankConfig
+from labelshare.config import RankConfig, SegmentConfig
 from labelshare.errors import DataError
 from labelshare.fileio import atomic_write_json, now_iso, read_json
 from labelshare.paths import model_dir_or_default
 from labelshare.ranking import RankedCase
 from labelshare.tasks import read_image
 from LabelShareLib.jobs import WorkerJob
+from LabelShareLib.shared_worker import TRAINING, SharedWorker, default_worker
 from LabelShareLib.volumes import image_to_volume
 
 QUEUE_FILE = "annotation-queue.json"
@@ -134,11 +137,12 @@ class AnnotationQueue:
         return sum(entry.done for entry in self.entries), len(self.entries)
 
 
-def why_cannot_rank(entry, model: str, folder: str, busy: bool) -> str:
+def why_cannot_rank(entry, model: str, folder: str, busy_reason: str = "") -> str:
     """Why "Rank" is disabled ('' when it can run): shown as the button's tooltip. ``entry`` is the selected task
-    (:class:`.logic.TaskRow`), ``busy`` whether the worker is running a segmentation or ranking."""
-    if busy:
-        return "A segmentation or ranking is running; wait for it or cancel it."
+    (:class:`.logic.TaskRow`), ``busy_reason`` the shared worker's
+    :meth:`~LabelShareLib.shared_worker.SharedWorker.blocked_reason` (LabelShare Segmentation's job)."""
+    if busy_reason:
+        return busy_reason
     if not model:
         return "Choose a model: ranking needs the model whose uncertainty it measures."
     if entry is None or not entry.in_model:
@@ -148,10 +152,11 @@ def why_cannot_rank(entry, model: str, folder: str, busy: bool) -> str:
     return ""
 
 
-def why_no_next_case(queue: AnnotationQueue | None, busy: bool) -> str:
-    """Why "Next case" is disabled ('' when it can run); ``queue`` None: not read (yet)."""
-    if busy:
-        return "A segmentation or ranking is running; wait for it or cancel it."
+def why_no_next_case(queue: AnnotationQueue | None, busy_reason: str = "") -> str:
+    """Why "Next case" is disabled ('' when it can run); ``queue`` None: not read (yet); ``busy_reason`` as for
+    :func:`why_cannot_rank`."""
+    if busy_reason:
+        return busy_reason
     if queue is None or not queue.entries:
         return "Rank a folder of unlabelled images first."
     if queue.next_case() is None:
@@ -160,19 +165,19 @@ def why_no_next_case(queue: AnnotationQueue | None, busy: bool) -> str:
 
 
 class AnnotationQueueLogic:
-    """Ranking and case loading for the queue, through the logic of LabelShare Segmentation (its
-    ``SegmentationLogic``, whose warm worker does the network's work)."""
+    """Ranking and case loading for the queue, in the background worker both modules share (its jobs are
+    LabelShare Training's: LabelShare Segmentation shows them and does not cancel them)."""
 
-    def __init__(self, queue: AnnotationQueue, segmentation_logic):
+    def __init__(self, queue: AnnotationQueue, shared: SharedWorker | None = None):
         self.queue = queue
-        self.segmentation = segmentation_logic
+        self.shared = shared or default_worker()
 
     def start_rank(self, folder: str | Path, task: str, model: str | Path | None = None,
                    on_event: Callable[[dict], None] | None = None, **options) -> WorkerJob:
         """Rank the images of ``folder`` in the background; when the job ends the queue holds the ranking
         (``job.result``: its entries). The table itself is written beside the queue file. ``options``: options of
         :class:`labelshare.config.RankConfig` by name (``device``, ``score``, ...)."""
-        score = RankConfig.from_options(task=task, **options).score
+        config = RankConfig.from_options(task=task, **options)
         folder = Path(folder).expanduser()
         if not folder.is_dir():
             raise DataError(f"{folder}: folder of unlabelled images not found")
@@ -180,12 +185,11 @@ class AnnotationQueueLogic:
         self.queue.path.parent.mkdir(parents=True, exist_ok=True)
 
         def import_ranking(cases: list[RankedCase]) -> list[QueueEntry]:
-            self.queue.set_ranking(cases, task, model_path, folder, score)
+            self.queue.set_ranking(cases, task, model_path, folder, config.score)
             return self.queue.entries
 
-        return self.segmentation.start_ranking([folder], task, self.queue.path.with_suffix(".csv"), model_path,
-                                               on_event, import_ranking, overwrite=True,  # its own table, re-ranked
-                                               **options)
+        return self.shared.start_ranking(TRAINING, [folder], self.queue.path.with_suffix(".csv"), config, model_path,
+                                         on_event, import_ranking, overwrite=True)  # its own table, re-ranked
 
     def rank(self, folder: str | Path, task: str, model: str | Path | None = None, timeout: float | None = None,
              **options) -> list[QueueEntry]:
@@ -210,9 +214,11 @@ class AnnotationQueueLogic:
         """Load the next case and start segmenting it with the queue's task and model (``job.result``: the
         segmentation node the annotator corrects); ``options``: options of :class:`labelshare.config.SegmentConfig`
         by name (``device``, ``mirror``, ...)."""
+        config = SegmentConfig.from_options(task=self.queue.state.task, **options)
+        self.shared.check_free(TRAINING)  # before a volume is added to the scene
         entry, volume = self.load_next()
-        job = self.segmentation.start(volume, self.queue.state.task, self.queue.state.model or None,
-                                      on_event=on_event, **options)
+        job = self.shared.start_segmentation(TRAINING, volume, config, self.queue.state.model or None,
+                                             on_event=on_event)
         return entry, volume, job
 
     def open_next(self, timeout: float | None = None, **options) -> tuple[QueueEntry, object, object]:

@@ -13,9 +13,11 @@ Usage::
 Tasks are the tasks of the selected model plus the task folders (nnU-Net raw layout) in the workspace folder.
 A task that only the model has gets a workspace folder with the model's labels (names and ids) when its first
 case is added. A run extends the selected model (``add-task``, or an update for a task the model has) or, with no
-model, trains a first one; it runs as a child process (:class:`LabelShareLib.jobs.ProcessJob`) under the one-job
-lock (:mod:`.lock`), and Stop asks it to save a resumable checkpoint (SIGTERM) before the process tree is killed
-after a grace period. A published version is announced on the model store's ``changed`` notification
+model, trains a first one (whose label space the job builds first); it runs as a child process
+(:class:`LabelShareLib.jobs.ProcessJob`) under the one-job lock (:mod:`.lock`), and Stop asks it to save a
+resumable checkpoint (SIGTERM) before the process tree is killed after a grace period. Planning a run
+(:meth:`TrainingLogic.plan`, :meth:`TrainingLogic.readiness`) reads no case and writes no file: the module's
+buttons ask it on every refresh. A published version is announced on the model store's ``changed`` notification
 (:mod:`LabelShareLib.store`), so that LabelShareSegmentation lists it at once.
 """
 
@@ -32,18 +34,17 @@ from labelshare.config import DEFAULT_DEVICE
 from labelshare.errors import DataError, LabelShareError
 from labelshare.fileio import atomic_write_json, read_json
 from labelshare.forgetting import ForgettingReport
-from labelshare.labelspace import LabelSpace, compute_statistics
+from labelshare.labelspace import LabelSpace
 from labelshare.naming import check_task_name
 from labelshare.paths import labelshare_home, recorded_task_folders, user_models_dir
 from labelshare.taskfolders import CaseSummary, TaskCollection, copy_task, create_task, list_task_folders
-from labelshare.tasks import TaskDataset
 from LabelShareLib.jobs import JobState, ProcessJob, child_environment, engine_command
-from LabelShareLib.store import ModelStore, default_store
+from LabelShareLib.store import ModelStore, default_store, version_of
 
 from .cases import CaseExport, add_case_from_nodes, open_case
 from .lock import HEARTBEAT_INTERVAL_S, TrainingLock
 from .runs import (DEFAULT_BUDGET, TrainingProgress, TrainingRequest, discard_run, jobs_dir, next_version_path,
-                   unfinished_runs, version_of)
+                   unfinished_runs)
 
 DEFAULT_STOP_GRACE_S = 30.0  # time the engine gets to write its checkpoint after Stop before the tree is killed
 TRAINED_MARKER = ".labelshare-trained.json"  # in a task folder: the cases its last published run was started with
@@ -166,6 +167,7 @@ class TrainingLogic:
         self.outcome: TrainingOutcome | None = None
         self._cases_at_start: list[str] = []
         self._last_heartbeat = 0.0
+        self._lock_child: int | None = None  # the process the lock names (the job's current command)
 
     @property
     def store(self) -> ModelStore:
@@ -270,12 +272,16 @@ class TrainingLogic:
 
     def plan(self, task: str, model: str | Path | None, budget: str = DEFAULT_BUDGET,
              device: str = DEFAULT_DEVICE) -> TrainingRequest:
-        """The run "Train"/"Update" would start: add-task or update of ``model``, or a first model without one."""
+        """The run "Train"/"Update" would start: add-task or update of ``model``, or a first model without one.
+        Reads no case and writes nothing (the buttons ask on every refresh); raises with why no run can start."""
         collection = self.collection(task)
         if not collection.case_names():
             raise DataError(f"task '{task}' has no cases yet; add at least one case before training")
         if not model:
-            return self._plan_first_model(collection, budget, device)
+            out = next_version_path(self.models_dir, collection.name)
+            return TrainingRequest(kind="train", task_name=collection.name, task_dir=str(collection.root),
+                                   out=str(out), budget=budget, device=device,
+                                   labelspace=str(jobs_dir() / f"{out.name}.labelspace.json"))
         model = Path(model)
         model_tasks = self.model_tasks(model)
         if task in model_tasks and collection.labels != model_tasks[task]:
@@ -286,15 +292,15 @@ class TrainingLogic:
                                task_dir=str(collection.root), out=str(next_version_path(self.models_dir, stem,
                                                                                          version + 1)),
                                base_model=str(model), budget=budget, device=device,
-                               replay_tasks=self._replay_folders(model, model_tasks, task))
+                               replay_tasks=self.replay_sources(model, model_tasks, task))
 
-    def cost(self, task: str, model: str | Path | None, budget: str = DEFAULT_BUDGET) -> str:
-        """The budget and time estimate of the run Train would start (:meth:`TrainingRequest.cost`), or why there is
-        no such run yet."""
+    def readiness(self, task: str, model: str | Path | None, budget: str = DEFAULT_BUDGET) -> tuple[str, str]:
+        """(why Train cannot start, '' when it can; the budget and time estimate of the run it would start,
+        :meth:`TrainingRequest.cost`). Reads no case and writes nothing."""
         try:
-            return self.plan(task, model, budget).cost()
+            return "", self.plan(task, model, budget).cost()
         except LabelShareError as error:
-            return str(error)
+            return f"{str(error)[0].upper()}{str(error)[1:]}.", ""
 
     def start(self, request: TrainingRequest, resume: bool = False) -> ProcessJob:
         """Start a run in the background (one at a time: raises :class:`.lock.JobLockedError` otherwise)."""
@@ -307,10 +313,11 @@ class TrainingLogic:
             self.progress = TrainingProgress()
             folder = Path(request.task_dir)
             self._cases_at_start = TaskCollection.open(folder, request.task_name).case_names()
-            self.job = ProcessJob(self.engine(*request.arguments(resume)), env=child_environment(request.device),
-                                  stop_grace_s=self.stop_grace_s, on_event=self.progress.update,
-                                  import_result=self._published)
-            self.lock.set_child(self.job.process.pid)
+            first, *then = [self.engine(*command) for command in request.commands(resume)]
+            self.job = ProcessJob(first, env=child_environment(request.device), stop_grace_s=self.stop_grace_s,
+                                  then_run=then, on_event=self.progress.update, import_result=self._published)
+            self._lock_child = self.job.process.pid
+            self.lock.set_child(self._lock_child)
             self._last_heartbeat = time.monotonic()
         except BaseException:
             if self.job is not None and not self.job.state.finished:
@@ -324,6 +331,9 @@ class TrainingLogic:
         if self.job is None:
             return None
         state = self.job.poll(timeout)
+        if not state.finished and self._lock_child != self.job.process.pid:
+            self._lock_child = self.job.process.pid  # the job's next command (a first model: its training)
+            self.lock.set_child(self._lock_child)
         if not state.finished:
             if time.monotonic() - self._last_heartbeat >= HEARTBEAT_INTERVAL_S:
                 self._last_heartbeat = time.monotonic()
@@ -390,17 +400,11 @@ class TrainingLogic:
         discard_run(request)
 
     # -- internals --------------------------------------------------------------------------------------------------
-    def _plan_first_model(self, collection: TaskCollection, budget: str, device: str) -> TrainingRequest:
-        out = next_version_path(self.models_dir, collection.name)
-        space = LabelSpace.build([compute_statistics(TaskDataset.open(collection.root, collection.name))])
-        labelspace = jobs_dir() / f"{out.name}.labelspace.json"
-        labelspace.parent.mkdir(parents=True, exist_ok=True)
-        space.save(labelspace)
-        return TrainingRequest(kind="train", task_name=collection.name, task_dir=str(collection.root), out=str(out),
-                               budget=budget, device=device, labelspace=str(labelspace))
-
-    def _replay_folders(self, model: Path, model_tasks: Mapping[str, dict], task: str) -> dict[str, str]:
-        """Folders of the model's other tasks that its lineage does not record: taken from the workspace."""
+    def replay_sources(self, model: Path, model_tasks: Mapping[str, dict], task: str) -> dict[str, str]:
+        """Where the run finds the cases of the model's other tasks (to rehearse them, so that they are not
+        forgotten): the folders the model's lineage records are found by the engine; the others are taken from the
+        workspace. The one place that decides this, so that a model's own rehearsal memory can be added here as a
+        further source. Raises naming the task whose cases are nowhere."""
         recorded = recorded_task_folders(model)
         folders = {}
         for name in model_tasks:

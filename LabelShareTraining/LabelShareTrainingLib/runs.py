@@ -4,7 +4,9 @@ A run is one ``labelshare`` command in a child process (the module never trains 
 
 - ``add-task`` adds a new task to the selected model ("Train");
 - ``update`` is ``add-task`` for a task the model already has: the engine retrains it with the folder's cases;
-- ``train`` makes a first model from one task when no model is selected (its label space is built beforehand).
+- ``train`` makes a first model from one task when no model is selected; its label space (which reads every case)
+  is built in the same job, by ``labelshare labelspace build`` before ``labelshare train`` (:meth:`TrainingRequest.
+  commands`), never in Slicer's process.
 
 New versions are named ``<stem>-v<N>`` in the models folder that LabelShareSegmentation lists; old versions are
 only read, so rolling back is choosing an older version. Every run leaves a record in the ``jobs`` folder of the
@@ -43,22 +45,16 @@ BUDGETS = {
 }
 DEFAULT_BUDGET = "quick"
 FIRST_MODEL_EPOCHS = {"quick": 10, "standard": 30}  # a model trained from scratch needs more epochs
-_VERSION = re.compile(r"^(?P<stem>.+?)-v(?P<number>\d+)$")
 
 
 def jobs_dir() -> Path:
     return labelshare_home() / "jobs"
 
 
-def version_of(model_name: str) -> tuple[str, int]:
-    """(stem, version) of a model folder name: ``liver-v3`` -> (``liver``, 3); a name without ``-vN`` is version 1."""
-    match = _VERSION.match(model_name)
-    return (match["stem"], int(match["number"])) if match else (model_name, 1)
-
-
 def next_version_path(models_dir: Path, stem: str, at_least: int = 1) -> Path:
-    """``<models_dir>/<stem>-v<N>``: N at least ``at_least`` and above every version of ``stem`` there, finished or
-    not (hidden run folders and refused reports count, so a name is never reused)."""
+    """``<models_dir>/<stem>-v<N>`` (the lineage naming of :func:`LabelShareLib.store.version_of`): N at least
+    ``at_least`` and above every version of ``stem`` there, finished or not (hidden run folders and refused reports
+    count, so a name is never reused)."""
     numbers = [at_least - 1]
     if models_dir.is_dir():
         for path in models_dir.iterdir():
@@ -114,6 +110,15 @@ class TrainingRequest:
         verb = "add task" if self.kind == "add-task" else "update task"
         return f"{verb} '{self.task_name}' in {Path(self.base_model).name} -> {Path(self.out).name}"
 
+    def commands(self, resume: bool = False) -> list[list[str]]:
+        """The engine command lines of the run, in order: for a first model, its label space is built first unless
+        an earlier attempt of the run built it (it stays beside the run's record until the run is published)."""
+        if self.kind == "train" and not Path(self.labelspace).is_file():
+            build = ["labelspace", "build", "--task", f"{self.task_name}={self.task_dir}", "--output", self.labelspace,
+                     "--progress", "json"]
+            return [build, self.arguments(resume)]
+        return [self.arguments(resume)]
+
     def arguments(self, resume: bool = False) -> list[str]:
         task = f"{self.task_name}={self.task_dir}"
         if self.kind == "train":
@@ -132,7 +137,8 @@ class TrainingRequest:
 
     def cost(self) -> str:
         """The run's budget in steps and, for a run on a model, about how long it takes at the speed that model
-        trained (:mod:`labelshare.budget`): what the user reads before pressing Train."""
+        trained (:mod:`labelshare.budget`): what the user reads before pressing Train. Reads no case (the task
+        folder's listing and the model's training log only) and writes nothing."""
         epochs = self.epochs
         if epochs is None:  # the engine's budget, from the task's labels and training cases
             collection = TaskCollection.open(self.task_dir, self.task_name)

@@ -35,7 +35,7 @@ import vtk  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO / "Testing"), str(REPO / "LabelShareSegmentation")]
-from LabelShareLib.segments import import_task_segments, output_segmentation  # noqa: E402
+from LabelShareLib.segments import import_task_segments, new_output_segmentation  # noqa: E402
 from LabelShareLib.store import ModelStore  # noqa: E402
 from LabelShareLib.volumes import image_to_volume  # noqa: E402
 from slicer_support import slicer_scene  # noqa: E402
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
             label_image = sitk.ReadImage(str(segmented[image]))
             with slicer_scene() as env:
                 volume = image_to_volume(sitk.ReadImage(str(image)), env.scene, picture.case)
-                node = output_segmentation(volume, picture.task)
+                node = new_output_segmentation(volume, picture.task)
                 import_task_segments(node, label_image, picture.task,
                                      labels.task_labels(default_model_dir(), picture.task), reference_volume=volume,
                                      model_name=default_model_dir().name)
