@@ -114,6 +114,20 @@ class TrainConfig:
         return asdict(self)
 
 
+# The one rule of test-time mirroring, for ``segment --tta``, the worker's ``"mirror": true``, ``evaluate --tta`` and
+# ``rank --score tta`` (:func:`check_mirroring`); the command line's help states it.
+MIRROR_RULE = ("a lateralised task (its labels tell left from right) is never mirrored, and asking to mirror it is "
+               "refused")
+
+
+def check_mirroring(task: str, lateralised: bool, requested_by: str) -> None:
+    """Refuse test-time mirroring of a lateralised task: training never flipped it, so its mirrored prediction
+    swaps left and right. ``requested_by`` names what asked for mirroring (``--tta``, ``--score tta``, ...)."""
+    if lateralised:
+        raise LabelShareError(f"task '{task}' is lateralised (its labels tell left from right), so mirroring is not "
+                              f"a valid augmentation for it: {requested_by} cannot be used for it")
+
+
 # --format of ``labelshare segment``: name → ending of the outputs written into an output folder
 OUTPUT_FORMATS = {"nifti": ".nii.gz", "nrrd": ".nrrd", "mha": ".mha", "png": ".png", "seg-nrrd": ".seg.nrrd",
                   "dicom-seg": ".dcm"}
@@ -158,8 +172,8 @@ RANK_SCORES = {
     "auto": "tta where the task allows mirroring (it ordered cases by the model's real error best, "
             "docs/annotation-queue), else entropy",
     "entropy": "mean softmax entropy in a band around the predicted label boundaries",
-    "tta": "1 - mean Dice between the plain and the left-right mirrored prediction (tasks that are not "
-           "lateralised only; about twice the time)",
+    "tta": "1 - mean Dice between the plain and the left-right mirrored prediction (about twice the time; "
+           f"{MIRROR_RULE})",
 }
 DEFAULT_RANK_SCORE = "auto"
 
@@ -184,10 +198,12 @@ class RankConfig:
         self.device = parse_device(self.device)
 
     def score_for(self, lateralised: bool) -> str:
-        """The score that is computed for a task: ``auto`` resolved (mirroring is allowed for tasks that are not
-        lateralised only)."""
+        """The score that is computed for a task: ``auto`` resolved (``tta`` where the task may be mirrored, else
+        ``entropy``); an explicit ``tta`` for a lateralised task is refused (:func:`check_mirroring`)."""
         if self.score == "auto":
             return "entropy" if lateralised else "tta"
+        if self.score == "tta":
+            check_mirroring(self.task, lateralised, "--score tta (use --score entropy or auto)")
         return self.score
 
 

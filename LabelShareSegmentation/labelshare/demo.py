@@ -1,7 +1,10 @@
 """The main job: label space -> training -> segmentation -> evaluation -> report, on synthetic or real tasks.
 
 ``labelshare demo --out DIR`` generates three small synthetic tasks and finishes in a few minutes on two CPU
-cores; ``--task NAME=DIR`` (repeatable) runs the same pipeline on nnU-Net raw folders instead.
+cores; ``--task NAME=DIR`` (repeatable) runs the same pipeline on nnU-Net raw folders instead. A demo stopped by a
+signal continues with ``--resume`` (the same command): the synthetic tasks are written again (the same seed gives
+the same files) and the label space computed again, the training continues from its last checkpoint (or its
+finished model is kept), and the segmentations, overlays and report are made again.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from .errors import LabelShareError
 from .fileio import atomic_write_text, make_folders, read_json, write_image_atomic
 from .inference import Segmenter
 from .labelspace import LabelSpace, compute_statistics, parse_group
+from .modelfolder import verify_folder
 from .models import load_model
 from .plans import PlanSettings
 from .progress import Progress
@@ -43,11 +47,17 @@ class DemoResult:
 def run_demo(out: str | Path, task_arguments: Sequence[tuple[str, Path]] = (), groups: Sequence[str] = (),
              config: TrainConfig | None = None, progress: Progress | None = None,
              command: Sequence[str] | None = None, method: str = "label-sharing",
-             plan_settings: PlanSettings | None = None) -> DemoResult:
+             plan_settings: PlanSettings | None = None, resume: bool = False) -> DemoResult:
     progress = progress or Progress("human")
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise LabelShareError(f"{out}: already exists and is not an empty folder; choose a new --out")
+    if out.exists() and not out.is_dir():
+        raise LabelShareError(f"{out}: a file, not a folder; choose a new --out")
+    if out.exists() and any(out.iterdir()) and not resume:
+        raise LabelShareError(f"{out}: already exists and is not an empty folder; choose a new --out, or add --resume "
+                              "to continue a stopped demo there")
+    if resume and out.is_dir() and any(out.iterdir()) and not (out / "labelspace.json").is_file() \
+            and not (out / "data").is_dir():
+        raise LabelShareError(f"{out}: holds no demo to continue (no labelspace.json, no data); choose a new --out")
     make_folders(out)
     if not task_arguments:
         progress.progress("preparing", 0.0, "writing synthetic tasks")
@@ -58,8 +68,13 @@ def run_demo(out: str | Path, task_arguments: Sequence[tuple[str, Path]] = (), g
                              [parse_group(g) for g in groups], plan_settings)
     space.save(out / "labelspace.json")
     progress.log("label space:\n" + space.table())
-    model_dir = train(list(task_arguments), space, out / "model", config, method=method, progress=progress,
-                      command=command).path
+    model_dir = out / "model"
+    if resume and model_dir.is_dir():
+        verify_folder(model_dir)  # trained before the stop: kept
+        progress.log(f"{model_dir}: trained before the stop; kept")
+    else:
+        model_dir = train(list(task_arguments), space, model_dir, config, method=method, progress=progress,
+                          command=command, resume=resume).path
     model = load_model(model_dir, device=(config.device if config else "auto"))
     split = read_json(model_dir / "split.json")["tasks"]
     segmenter = Segmenter(model)

@@ -2,11 +2,11 @@
 
 Slices are cut along the same axis as in training, normalised with the per-case statistics of the whole image,
 resampled to the task's plan (its spacing, aspect ratio kept), predicted with Gaussian-weighted sliding windows of
-the plan's patch size (optionally averaged with the left-right mirrored prediction for tasks that are not
-lateralised), and the softmax over the task's channels is resampled back to the slice's own grid before the argmax,
-so the output has the input's size, spacing, origin and direction. Memory stays bounded: the input is read once,
-one batch of slices is converted to float at a time, and the output is written slice by slice into a uint8/uint16
-array.
+the plan's patch size (optionally averaged with the left-right mirrored prediction, which a lateralised task
+refuses: :func:`labelshare.config.check_mirroring`), and the softmax over the task's channels is resampled back
+to the slice's own grid before the argmax, so the output has the input's size, spacing, origin and direction.
+Memory stays bounded: the input is read once, one batch of slices is converted to float at a time, and the output
+is written slice by slice into a uint8/uint16 array.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .config import check_at_least
+from .config import check_at_least, check_mirroring
 from .errors import DataError
 from .models import Model
 from .progress import Progress
@@ -34,7 +34,7 @@ class Segmenter:
 
     def __init__(self, model: Model, batch_size: int | None = None, precision: str = "auto", mirror: bool = False):
         """:param batch_size: slices (and windows) per forward pass. :param mirror: test-time augmentation by
-        left-right mirroring, applied to tasks that are not lateralised (training flipped only those)."""
+        left-right mirroring; segmenting a lateralised task with it is refused (training never flipped those)."""
         if batch_size is not None:  # below 1, no batch would run and the output would be all background
             check_at_least(batch_size, 1, "--batch-size")
         self.model = model
@@ -54,13 +54,15 @@ class Segmenter:
     def probability_views(self, slices: np.ndarray, task: str, normalisation: Normalisation,
                           spacing: tuple[float, float], mirror: bool) -> list[torch.Tensor]:
         """Softmax over the task's channels, (n, K+1, h, w) on the grid of a (n, h, w) batch of raw slices of
-        in-plane ``spacing``: the plain prediction and, with ``mirror`` (ignored for lateralised tasks), the
+        in-plane ``spacing``: the plain prediction and, with ``mirror`` (refused for a lateralised task), the
         mirrored one flipped back."""
         head = self.model.heads[task]
         entry = self.model.labelspace.task(task)
+        if mirror:
+            check_mirroring(task, entry.lateralised, "test-time mirroring")
         images = to_plan(normalisation.apply(slices), spacing, entry.plan, self.device)
         views = head_probability_views(self.model.network, images, head, entry.plan,
-                                       mirror=mirror and not entry.lateralised, windows_per_batch=self.batch_size,
+                                       mirror=mirror, windows_per_batch=self.batch_size,
                                        autocast_dtype=self.autocast_dtype)
         return [resample_images(view, slices.shape[1:]) for view in views]
 

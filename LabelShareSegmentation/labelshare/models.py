@@ -24,10 +24,9 @@ from .errors import LabelShareError, ModelError
 from .fileio import atomic_path, atomic_write_json, atomic_write_text, not_written
 from .labelspace import LabelSpace
 from .layouts import TaskHead, task_heads
-from .modelfolder import (MODEL_FORMAT, WEIGHTS_FILE, ModelConfig, folder_file, read_model_json, verify_folder,
-                          write_manifest)
+from .modelfolder import (MODEL_FORMAT, WEIGHTS_FILE, ModelConfig, folder_file, read_model_json, resolve_model,
+                          verify_folder, write_manifest)
 from .networks import build_network
-from .paths import model_dir_or_default
 
 
 @dataclass
@@ -130,8 +129,9 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def load_model(path: str | Path | None = None, device: str = "cpu") -> Model:
-    """Load and verify a model folder (default: the bundled default model)."""
-    path = model_dir_or_default(path)
+    """Load and verify a model: a folder or a model's name (default: the bundled default model;
+    :func:`labelshare.modelfolder.resolve_model`)."""
+    path = resolve_model(path)
     config, space = verify_folder(path)
     network = build_network(copy.deepcopy(config.network))
     load_weights(network, folder_file(path, WEIGHTS_FILE))

@@ -16,10 +16,11 @@ each carrying the ``request`` id it belongs to::
 ``command`` defaults to ``segment``; ``rank`` scores the images of ``inputs`` (files, folders, globs: the readers of
 ``labelshare segment``) with :func:`labelshare.ranking.rank_cases` (one ``progress`` event per image) and writes the
 ranking table to ``output``, its ``done`` event carrying ``ranked`` and ``failures``. ``model`` null means the
-bundled default model; ``device`` is auto, cpu or cuda; ``largest_component`` and ``overwrite`` are true or false
-(default false: an existing segmentation or ranking table is never replaced, the command line's ``--overwrite``
-rule); ``mirror`` true (default false, as ``labelshare segment --tta``) averages with the left-right mirrored
-prediction for tasks that are not lateralised. Every field
+bundled default model (a model's name as ``labelshare models`` prints it works too); ``device`` is auto, cpu or
+cuda; ``largest_component`` and ``overwrite`` are true or false (default false: an existing segmentation or ranking
+table is never replaced, the command line's ``--overwrite`` rule); ``mirror`` true (default false, as ``labelshare
+segment --tta``) averages with the left-right mirrored prediction, and is refused for a lateralised task (the rule of
+``--tta``: :func:`labelshare.config.check_mirroring`). Every field
 has its type checked and unknown fields are refused (:data:`COMMAND_FIELDS`). Every request ends with exactly one
 ``done`` (with ``output`` and timings) or ``error`` event; an error does not end the worker. A request line longer
 than :data:`MAX_REQUEST_CHARS` or nested too deeply is answered with an error and skipped. Once torch and the engine
@@ -47,7 +48,7 @@ from collections.abc import Iterator
 from typing import IO, Any
 
 from .config import parse_device
-from .errors import Interrupted, LabelShareError, os_error_message
+from .errors import LabelShareError, os_error_message
 from .progress import Progress
 
 COMMANDS = ("segment", "rank", "exit")
@@ -86,9 +87,9 @@ class WorkerServer:
 
     def model(self, folder: str | None, device: str, progress: Progress) -> tuple[Any, float]:
         """The loaded model and the seconds spent loading it now (0 when it was already loaded)."""
+        from .modelfolder import resolve_model
         from .models import load_model, resolve_device
-        from .paths import model_dir_or_default
-        path = model_dir_or_default(folder)
+        path = resolve_model(folder)
         key = (str(path.resolve()), str(resolve_device(device)))
         if key in self.models:
             self.models.move_to_end(key)
@@ -127,8 +128,6 @@ class WorkerServer:
                                   overwrite=request.get("overwrite", False))
             progress.done(str(output), message=f"segmentation written to {output}", **timings,
                           total_s=round(time.perf_counter() - start, 3))
-        except Interrupted:
-            raise  # SIGINT/SIGTERM end the worker (the command line reports it), not just this request
         except LabelShareError as error:
             progress.error(str(error))
         except OSError as error:
