@@ -1343,7 +1343,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is not None and args.out.exists() and any(args.out.iterdir()):
         print(f"labelshare-bench robustness: error: {args.out}: not empty; choose a new --out", file=sys.stderr)
         return 1
-    root = args.out or Path(tempfile.mkdtemp(prefix="labelshare-robustness-"))
+    root = (args.out or Path(tempfile.mkdtemp(prefix="labelshare-robustness-"))).resolve()  # probes run elsewhere
     root.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     print(f"fixtures in {root} ...", flush=True)

@@ -132,7 +132,7 @@ def bad_input_probes() -> list[campaign.Probe]:
             f, d, image=written(d / "series" / "a.dcm", b"not DICOM").parent),
               says="holds DICOM files but no readable image series", alone=True),
         probe("31.5 segment --tta: a lateralised task", lambda f, d: segment(
-            f, d, "--tta", model=changed_model(f, d, lateralised("phantom3d"))), says="is lateralised"),
+            f, d, model=changed_model(f, d, lateralised("phantom3d"))) + ["--tta"], says="is lateralised"),
         probe("31.5 rank --score tta: a lateralised task", lambda f, d: rank_argv(
             f, d, "--score", "tta", model=changed_model(f, d, lateralised("phantom3d"))), says="is lateralised"),
         probe("31.5 evaluate --tta: a lateralised task", lambda f, d: campaign.evaluate_argv(

@@ -632,8 +632,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import SimpleITK as sitk
     args = build_parser().parse_args(argv)
+    import SimpleITK as sitk  # after the arguments: --version and --help need none of it
     # under torchrun only rank 0 reports (the other ranks train silently beside it)
     mode = args.progress if int(os.environ.get("RANK", "0")) == 0 else "quiet"
     progress = Progress(mode, min_interval_s=0.5 if mode == "human" else 0.0)
