@@ -14,7 +14,7 @@ import pytest
 HEAVY = ("torch", "monai", "safetensors", "scipy", "matplotlib", "highdicom")
 LIGHT_MODULES = ("errors", "progress", "imagedata", "fileio", "naming", "paths", "config", "plans", "budget", "layouts",
                  "tasks", "taskfolders", "labelspace", "modelfolder", "scores", "forgetting", "synthetic", "worker",
-                 "cli", "terminology", "inputs", "outputs")
+                 "cli", "terminology", "inputs", "outputs", "segment_run", "ranking")
 
 
 def run_without_heavy_packages(code: str) -> subprocess.CompletedProcess:
