@@ -666,10 +666,16 @@ def main(argv: list[str] | None = None) -> int:
 def run() -> None:
     """The program (``labelshare``, ``python -m labelshare``): :func:`main`, then exit with its status. Signals that
     arrive while the interpreter shuts down (which takes a moment once torch is loaded) are ignored: the command has
-    finished, there is nothing left to stop, and its status must stay the one it reported."""
+    finished, there is nothing left to stop, and its status must stay the one it reported. A command that a signal
+    stopped ends at once (its files are written or discarded, its one line said): it does not wait for an image a
+    reader thread is still reading, nor for torch's teardown."""
     status = main()
     for number in (signal.SIGINT, signal.SIGTERM):
         signal.signal(number, signal.SIG_IGN)
+    if status == EXIT_INTERRUPTED:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
     sys.exit(status)
 
 

@@ -24,9 +24,8 @@ command line plans the cases, and so refuses a mistake, before anything heavy is
 
 from __future__ import annotations
 
-import threading
 import time
-from concurrent.futures import Future, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -189,34 +188,24 @@ def segment_cases(model: Model, cases: list[PlannedCase], config: SegmentConfig,
         raise Interrupted(f"{stop} after {len(outcomes)} of {len(cases)} images ({counts[DONE]} done, "
                           f"{counts[SKIPPED]} skipped, {counts[FAILED]} failed); the image in progress was "
                           "discarded") from None
+    finally:
+        readings.close()
     return SegmentSummary(outcomes)
 
 
 def read_ahead(images: Sequence[InputImage]) -> Iterator[Future]:
     """The reading (a future of the image) of every image in order; while the caller works on one image, a reader
-    thread reads the next, so the network rarely waits for the disk or the decompression. The reader is a daemon
-    thread: a run stopped by a signal ends without waiting for the image it is reading."""
-    upcoming = _read_in_background(images[0]) if images else None
-    for index in range(len(images)):
-        reading = upcoming
-        upcoming = _read_in_background(images[index + 1], after=reading) if index + 1 < len(images) else None
-        yield reading
-
-
-def _read_in_background(image: InputImage, after: Future | None = None) -> Future:
-    """A daemon thread that reads ``image`` once the reading ``after`` has ended (one read at a time)."""
-    reading: Future = Future()
-
-    def read() -> None:
-        if after is not None:
-            wait([after])
-        try:
-            reading.set_result(read_input_image(image))
-        except BaseException as error:  # noqa: BLE001 (handed to the caller, who re-raises it)
-            reading.set_exception(error)
-
-    threading.Thread(target=read, name="labelshare-reader", daemon=True).start()
-    return reading
+    thread reads the next, so the network rarely waits for the disk or the decompression. Closing the generator
+    (the caller stopped) cancels what is not being read yet."""
+    reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="labelshare-reader")
+    try:
+        upcoming = reader.submit(read_input_image, images[0]) if images else None
+        for index in range(len(images)):
+            reading = upcoming
+            upcoming = reader.submit(read_input_image, images[index + 1]) if index + 1 < len(images) else None
+            yield reading
+    finally:
+        reader.shutdown(wait=False, cancel_futures=True)
 
 
 def eta_seconds(started: float, finished: int, total: int) -> float:
