@@ -364,7 +364,7 @@ def cmd_postprocess(args, progress: Progress) -> int:
 
 def cmd_demo(args, progress: Progress) -> int:
     config, settings, tasks = train_config_from(args), plan_settings_from(args), task_arguments(args)
-    from .demo import run_demo  # torch: only once the arguments are known to be right
+    from .demo import run_demo  # light at import: it checks --out before torch loads
     result = run_demo(args.out, tasks, args.group, config, progress, command=sys.argv[1:], method=args.method,
                       plan_settings=settings, resume=args.resume)
     progress.done(str(result.report), message=f"report written to {result.report}")

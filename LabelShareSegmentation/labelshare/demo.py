@@ -22,14 +22,11 @@ from . import synthetic
 from .config import TrainConfig
 from .errors import LabelShareError
 from .fileio import atomic_write_text, make_folders, read_json, write_image_atomic
-from .inference import Segmenter
 from .labelspace import LabelSpace, compute_statistics, parse_group
 from .modelfolder import verify_folder
-from .models import load_model
 from .plans import PlanSettings
 from .progress import Progress
 from .tasks import Normalisation, TaskDataset, choose_slicing_axis, to_slices
-from .training_run import open_tasks, train
 
 SYNTHETIC_CASES = 12
 OVERLAY_COLOURS = ((0.89, 0.29, 0.20), (0.20, 0.56, 0.86), (0.30, 0.74, 0.36), (0.98, 0.80, 0.18),
@@ -50,14 +47,10 @@ def run_demo(out: str | Path, task_arguments: Sequence[tuple[str, Path]] = (), g
              plan_settings: PlanSettings | None = None, resume: bool = False) -> DemoResult:
     progress = progress or Progress("human")
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise LabelShareError(f"{out}: a file, not a folder; choose a new --out")
-    if out.exists() and any(out.iterdir()) and not resume:
-        raise LabelShareError(f"{out}: already exists and is not an empty folder; choose a new --out, or add --resume "
-                              "to continue a stopped demo there")
-    if resume and out.is_dir() and any(out.iterdir()) and not (out / "labelspace.json").is_file() \
-            and not (out / "data").is_dir():
-        raise LabelShareError(f"{out}: holds no demo to continue (no labelspace.json, no data); choose a new --out")
+    check_demo_folder(out, resume)
+    from .inference import Segmenter  # torch: only once the folder is known to be right
+    from .models import load_model
+    from .training_run import open_tasks, train
     make_folders(out)
     if not task_arguments:
         progress.progress("preparing", 0.0, "writing synthetic tasks")
@@ -91,6 +84,18 @@ def run_demo(out: str | Path, task_arguments: Sequence[tuple[str, Path]] = (), g
     report = out / "report.md"
     atomic_write_text(report, render_report(space, metrics, overlays, out, model_dir, tasks))
     return DemoResult(report=report, model=model_dir, labelspace=space)
+
+
+def check_demo_folder(out: Path, resume: bool) -> None:
+    """A new or empty folder; with ``resume``, also one that holds a stopped demo (its label space or data)."""
+    if out.exists() and not out.is_dir():
+        raise LabelShareError(f"{out}: a file, not a folder; choose a new --out")
+    if out.exists() and any(out.iterdir()) and not resume:
+        raise LabelShareError(f"{out}: already exists and is not an empty folder; choose a new --out, or add --resume "
+                              "to continue a stopped demo there")
+    if resume and out.is_dir() and any(out.iterdir()) and not (out / "labelspace.json").is_file() \
+            and not (out / "data").is_dir():
+        raise LabelShareError(f"{out}: holds no demo to continue (no labelspace.json, no data); choose a new --out")
 
 
 def write_overlay(path: Path, image: sitk.Image, reference: np.ndarray, prediction: np.ndarray,
