@@ -200,6 +200,8 @@ def run_probes(fixtures: campaign.Fixtures, folder: Path, timeout: float,
             outcome, detail = run(d)
         except subprocess.TimeoutExpired:
             outcome, detail = "hang", f"no end within {timeout:.0f} s"
+        except Exception as error:  # noqa: BLE001 (the probe itself failed: report it, run the others)
+            outcome, detail = "control failed", f"the probe failed: {type(error).__name__}: {error}"[:200]
         kind = "bad input" if name.startswith(("31.15", "31.11")) else "kill"
         results.append(campaign.Result(name, kind, outcome, detail, time.monotonic() - start))
     return results
@@ -250,7 +252,7 @@ def stop_batch(f: campaign.Fixtures, d: Path, timeout: float, number: int, twice
         if left:
             return "damaged", f"left behind after {signal.Signals(number).name}: {left}"
     else:  # what a SIGKILL during a write leaves, planted so that --continue always meets one
-        (d / "labels" / f".{outputs[-1].name}.k1l2l3e4.tmp.nii.gz").write_bytes(b"half written")
+        written(d / "labels" / f".{outputs[-1].name}.k1l2l3e4.tmp.nii.gz", b"half written")
     continued = subprocess.run([sys.executable, "-m", "labelshare", *argv, "--continue"], cwd=d, capture_output=True,
                                text=True, timeout=timeout, env=campaign.ENV)
     if continued.returncode != 0 or not all(map(output_complete, outputs)):
