@@ -73,6 +73,15 @@ def write_series(volume: sitk.Image, folder: Path, description: str = "T1", seri
     return series_uid, files
 
 
+def remove_attribute(files: list[Path], keyword: str) -> list[Path]:
+    """Delete an attribute from every file (pydicom), as exports that drop it do; returns the files."""
+    for path in files:
+        dataset = pydicom.dcmread(path)
+        delattr(dataset, keyword)
+        dataset.save_as(path)
+    return files
+
+
 def write_single_image(image: sitk.Image, path: Path) -> Path:
     """A 2D image as one DICOM file (a radiograph, say): a whole series by itself."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from dicomfactory import mr_volume, write_series
+from dicomfactory import mr_volume, remove_attribute, write_series
 from taskfactory import blobs, write_task_folder
 
 from labelshare.cli import main
@@ -73,6 +73,11 @@ CASE_NAMES = [
     "rank: output not CSV", "rank: output exists", "task folder missing", "bad group", "labelspace file invalid",
     "train: task not in label space", "train: existing output", "labelspace: bad fixed size",
     "labelspace: bad patch budget", "evaluate: labels differ",
+    # issue 31
+    "segment: --tta on a lateralised task", "evaluate: --tta on a lateralised task", "segment: --series, not DICOM",
+    "rank: --series, not DICOM", "train: --out inside a model", "postprocess: --out inside the model",
+    "add-task: --out inside a model", "segment: DICOM SEG of a series without a frame of reference",
+    "segment: a damaged file in a DICOM series", "segment: unknown model name",
 ]
 
 
@@ -161,8 +166,28 @@ def case_table(tmp_path, model, image):
     add("rank: unreadable file", _rank(model, broken, ranking), "broken.nii.gz: input image is damaged")
     add("rank: unknown task", _rank(model, image, ranking, "liver"), "unknown task 'liver'; known tasks: phantom3d")
     add("rank: empty folder", _rank(model, tmp_path / "empty", ranking), "empty: no images in it")
+    lateralised = "task 'sides3d' is lateralised (its labels tell left from right), so mirroring is not a valid " \
+                  "augmentation for it: "
     add("rank: mirroring a lateralised task", _rank(model, image, ranking, "sides3d", "--score", "tta"),
-        "task 'sides3d' is lateralised, so mirroring is not a valid augmentation for it")
+        lateralised + "--score tta (use --score entropy or auto) cannot be used for it")
+    add("segment: --tta on a lateralised task", _segment(model, image, out, "sides3d", "--tta"),
+        lateralised + "--tta cannot be used for it")
+    add("segment: --series, not DICOM", _segment(model, image, out, "phantom3d", "--series", "1.2.3"),
+        "input.nii.gz: is not DICOM, and --series 1.2.3 picks a series of a DICOM folder")
+    add("rank: --series, not DICOM", _rank(model, image, ranking, "phantom3d", "--series", "1.2.3"),
+        "input.nii.gz: is not DICOM, and --series 1.2.3 picks a series of a DICOM folder")
+    add("segment: unknown model name", _segment("no-such-model-v9", image, out),
+        "no-such-model-v9: model folder does not exist, and no model has this name (labelshare models lists them)")
+    remove_attribute(write_series(volume, tmp_path / "no_frame")[1], "FrameOfReferenceUID")
+    add("segment: DICOM SEG of a series without a frame of reference",
+        _segment(model, tmp_path / "no_frame", tmp_path / "seg.dcm"),
+        "lacks FrameOfReferenceUID (0020,0052), which a DICOM SEG of no_frame must reference; write .nii.gz or "
+        ".seg.nrrd instead")
+    damaged = write_series(volume, tmp_path / "damaged")[1][2]
+    damaged.write_bytes(damaged.read_bytes()[:400])
+    add("segment: a damaged file in a DICOM series", _segment(model, tmp_path / "damaged", out),
+        f"{damaged}: DICOM file is damaged (GDCM cannot read it), so the series in {tmp_path / 'damaged'} would lack "
+        "its slice")
     add("rank: output not CSV", _rank(model, image, tmp_path / "ranking.txt"), "ranking.txt: the ranking table is CSV")
     add("rank: output exists", _rank(model, image, tmp_path / "old.csv"), "old.csv: already exists (pass --overwrite",
         lambda: (tmp_path / "old.csv").write_text("earlier"))
@@ -197,6 +222,16 @@ def case_table(tmp_path, model, image):
                                          "-o", str(tmp_path / "ls3.json")], "--patch-pixels 0")
     add("evaluate: labels differ", ["evaluate", "--model", str(model), "--task", "phantom3d", "--data", str(good),
                                     "-o", str(tmp_path / "ev")], "differ from the labels of task 'phantom3d'")
+    add("evaluate: --tta on a lateralised task", ["evaluate", "--model", str(model), "--task", "sides3d", "--data",
+                                                  str(good), "--tta", "-o", str(tmp_path / "ev")],
+        lateralised + "--tta cannot be used for it")
+    inside = f"is inside the model folder {model}; a new version goes beside the others, not inside one"
+    add("train: --out inside a model", ["train", "--labelspace", str(model / "labelspace.json"), "--task",
+                                        f"good={good}", "--out", str(model / "v2")], inside)
+    add("postprocess: --out inside the model", ["postprocess", "--model", str(model), "--task", f"good={good}",
+                                                "--out", str(model / "sub" / "v2")], inside)
+    add("add-task: --out inside a model", ["add-task", "--model", str(model), "--task", f"good={good}", "--out",
+                                           str(model / "v2")], inside)
     return cases
 
 

@@ -8,9 +8,9 @@ import pytest
 import SimpleITK as sitk
 
 from labelshare.cli import build_parser, segment_config_from
-from labelshare.errors import UnknownTaskError
+from labelshare.errors import LabelShareError, UnknownTaskError
 from labelshare.inference import Segmenter, keep_largest_components
-from labelshare.config import SegmentConfig
+from labelshare.config import InferenceConfig, SegmentConfig
 from labelshare.segment_run import segment_file
 from labelshare.models import load_model
 from labelshare.progress import Progress, parse_event
@@ -79,9 +79,9 @@ def test_segment_file_emits_progress_and_writes_atomically(tiny_model, tmp_path,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json", "out.nii.gz"]  # no temporary files left
 
 
-def test_segment_mirrors_when_asked_and_only_tasks_that_allow_it(tiny_model, tmp_path, synthetic_tasks):
+def test_segment_mirrors_when_asked_and_refuses_to_mirror_a_lateralised_task(tiny_model, tmp_path, synthetic_tasks):
     """``segment_file`` (the command line's and the Slicer worker's way in) averages with the left-right mirrored
-    prediction with ``mirror`` (``--tta``), and only for tasks that are not lateralised."""
+    prediction with ``mirror`` (``--tta``); a lateralised task refuses it (issue 31: one rule, never ignored)."""
     model = load_model(tiny_model, device="cpu")
 
     def labels(task, **options):
@@ -93,7 +93,11 @@ def test_segment_mirrors_when_asked_and_only_tasks_that_allow_it(tiny_model, tmp
     plain, mirrored = labels("xray2d"), labels("xray2d", mirror=True)
     assert np.array_equal(plain, labels("xray2d", mirror=False))  # the network alone unless asked
     assert not np.array_equal(mirrored, plain)  # xray2d is not lateralised: mirrored when asked
-    assert np.array_equal(labels("sides3d", mirror=True), labels("sides3d"))  # lateralised: never mirrored
+    with pytest.raises(LabelShareError, match="task 'sides3d' is lateralised .* cannot be used for it"):
+        labels("sides3d", mirror=True)
+    with pytest.raises(LabelShareError, match="sides3d' is lateralised"):  # the segmenter itself keeps the rule
+        Segmenter(model, InferenceConfig(mirror=True)).segment(
+            sitk.ReadImage(str(next((synthetic_tasks["sides3d"] / "imagesTr").iterdir()))), "sides3d")
     parser = build_parser()
     for command in (["segment", "--task", "t", "in.nii.gz", "-o", "out.nii.gz"],
                     ["evaluate", "--model", "m", "--task", "t", "--data", "d"]):

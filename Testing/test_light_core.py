@@ -14,7 +14,8 @@ import pytest
 HEAVY = ("torch", "monai", "safetensors", "scipy", "matplotlib", "highdicom", "slicerio")
 LIGHT_MODULES = ("errors", "progress", "imagedata", "fileio", "naming", "paths", "options", "config",
                  "preprocessing", "plans", "budget", "layouts", "tasks", "taskfolders", "labelspace", "modelfolder",
-                 "scores", "forgetting", "synthetic", "worker", "cli", "terminology", "inputs", "outputs")
+                 "scores", "forgetting", "synthetic", "worker", "cli", "terminology", "inputs", "outputs",
+                 "segment_run", "ranking")
 
 
 def run_without_heavy_packages(code: str) -> subprocess.CompletedProcess:

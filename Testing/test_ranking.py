@@ -11,11 +11,12 @@ import SimpleITK as sitk
 from labelshare import synthetic
 from labelshare.cli import main
 from labelshare.config import RankConfig, TrainConfig
-from labelshare.errors import DataError
+from labelshare import ranking as ranking_module
+from labelshare.errors import DataError, Interrupted
 from labelshare.inputs import collect_inputs
 from labelshare.labelspace import LabelSpace, compute_statistics
 from labelshare.models import load_model
-from labelshare.progress import Progress
+from labelshare.progress import Progress, parse_event
 from labelshare.ranking import rank_cases, read_ranking
 from labelshare.tasks import TaskDataset
 from labelshare.training_run import train
@@ -86,6 +87,40 @@ def test_a_failing_image_does_not_stop_the_others(xray_model, unlabelled, tmp_pa
     assert status == 4
     assert "1 of 6 images failed; the others are ranked" in capsys.readouterr().err
     assert len(read_ranking(output)) == 5
+
+
+def test_no_table_when_every_image_failed(xray_model, tmp_path, capsys):
+    """A table without a row would read as "nothing to annotate": rank writes none and says why (status 4)."""
+    for name in ("a.png", "b.png"):
+        (tmp_path / name).write_bytes(b"not a png")
+    status = main(["rank", "--model", str(xray_model), "--task", "xray2d", str(tmp_path / "a.png"),
+                   str(tmp_path / "b.png"), "-o", str(tmp_path / "ranking.csv"), "--device", "cpu", "--progress",
+                   "json"])
+    captured = capsys.readouterr()
+    assert status == 4 and not (tmp_path / "ranking.csv").exists()
+    assert captured.err.strip().splitlines()[-1] == ("labelshare: error: all 2 images failed; no ranking table "
+                                                     "written")
+    last = parse_event(captured.out.strip().splitlines()[-1])
+    assert (last["event"], last["ranked"], last["failed"]) == ("error", 0, 2)
+
+
+def test_a_signal_stops_the_whole_ranking(xray_model, unlabelled, tmp_path, capsys, monkeypatch):
+    """SIGINT/SIGTERM (Interrupted, raised where the command is) is not one image's failure: the ranking stops,
+    writes no table and says how to continue (status 75)."""
+    scored = []
+
+    def interrupted_at_the_second_image(segmenter, image, *args):
+        scored.append(image)
+        if len(scored) == 2:
+            raise Interrupted("interrupted by SIGTERM")
+        return score_image(segmenter, image, *args)
+    score_image = ranking_module._score_image
+    monkeypatch.setattr(ranking_module, "_score_image", interrupted_at_the_second_image)
+    status = main(["rank", "--model", str(xray_model), "--task", "xray2d", str(unlabelled), "-o",
+                   str(tmp_path / "ranking.csv"), "--device", "cpu", "--progress", "quiet"])
+    assert status == 75 and len(scored) == 2 and not (tmp_path / "ranking.csv").exists()
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "labelshare: stopped: interrupted by SIGTERM; nothing was written; repeat the command")
 
 
 def test_a_bad_ranking_table_is_one_line_error(tmp_path):

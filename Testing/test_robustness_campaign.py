@@ -47,3 +47,21 @@ def test_leftovers_name_temporary_files_and_staging_folders_with_nothing_to_resu
     (tmp_path / ".n.partial" / ".checkpoint").mkdir(parents=True)
     (tmp_path / ".n.partial" / ".checkpoint" / "checkpoint.json").write_text("{}")
     assert campaign.leftovers(tmp_path) == [".m.partial (a staging folder with nothing to resume)"]
+
+
+def test_issue_31_probes_are_part_of_the_campaign_and_named_by_their_item():
+    from labelshare_benchmarks import robustness_stops_and_checks as issue_31
+    names = [p.name for p in campaign.bad_input_probes()] + [p.name for p in campaign.worker_probes()]
+    added = [p.name for p in issue_31.bad_input_probes()] + [p.name for p in issue_31.worker_probes()]
+    assert set(added) <= set(names) and all(name.startswith("31.") for name in added)
+    assert all(p.says for p in issue_31.bad_input_probes() if p.expect == "error")  # each checks what it is told
+
+
+def test_a_one_line_error_that_does_not_say_what_the_probe_asks_is_unclear(tmp_path):
+    one_line = "labelshare: error: 2 of 3 images failed (1 done, 0 skipped, 2 failed)"
+    assert campaign.exit_outcome("error", 4, one_line)[0] == "clear error"  # a batch with failures
+    said = campaign.Probe("root missing", lambda f, d: ["models", "--root", str(d / "absent")],
+                          says="no such folder")
+    other = campaign.Probe("root missing, another message", said.build, says="model folder does not exist")
+    assert campaign.run_probe(said, None, tmp_path / "said", 120).outcome == "clear error"
+    assert campaign.run_probe(other, None, tmp_path / "other", 120).outcome == "unclear error"

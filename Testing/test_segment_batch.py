@@ -1,6 +1,8 @@
 """`labelshare segment` with many images in one call: files, folders and globs alike, one event per image with an
-ETA and a summary, a bad case in the middle, the overwrite rule, --continue after a kill mid-batch, PNG refused for
-volumes, and DICOM in → DICOM SEG out."""
+ETA and a summary, a bad case in the middle, the overwrite rule, --continue after a kill mid-batch, a signal that
+stops the whole batch (status 75) and a second one that ends it at once, temporary files that --continue and
+--overwrite remove, the final error event of a single failed image, PNG refused for volumes, and DICOM in → DICOM
+SEG out."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import highdicom as hd
@@ -20,7 +23,8 @@ import SimpleITK as sitk
 from conftest import real_task_dir
 from dicomfactory import ROTATION, mr_volume, write_series
 
-from labelshare.cli import EXIT_SOME_FAILED, main
+from labelshare.cli import EXIT_INTERRUPTED, EXIT_SOME_FAILED, main
+from labelshare.fileio import TEMPORARY_NAME
 from labelshare.inference import Segmenter
 from labelshare.models import load_model
 from labelshare.outputs import output_complete, sidecar_path
@@ -121,14 +125,22 @@ def test_a_batch_refuses_an_output_named_like_an_image_file(tiny_model, scans, t
     assert not (tmp_path / "labels.nii.gz").exists()
 
 
+def larger_scans(folder: Path, synthetic_tasks, count: int) -> Path:
+    """``count`` phantom volumes of 192x192x40: long enough per image that a kill or a signal lands mid-batch."""
+    folder.mkdir()
+    larger = sitk.Expand(sitk.ReadImage(str(sorted((synthetic_tasks[TASK] / "imagesTr").iterdir())[0])), (4, 4, 4))
+    for index in range(count):
+        sitk.WriteImage(larger, str(folder / f"case_{index:02d}.nii.gz"))
+    return folder
+
+
+def temporary_files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if TEMPORARY_NAME.match(p.name))
+
+
 def test_continue_after_a_kill_mid_batch_keeps_complete_outputs_and_redoes_the_rest(tiny_model, tmp_path,
                                                                                     synthetic_tasks):
-    scans = tmp_path / "scans"
-    scans.mkdir()
-    source = sitk.ReadImage(str(sorted((synthetic_tasks[TASK] / "imagesTr").iterdir())[0]))
-    larger = sitk.Expand(source, (4, 4, 4))  # 192x192x40: long enough per image that the kill lands mid-batch
-    for index in range(12):
-        sitk.WriteImage(larger, str(scans / f"case_{index:02d}.nii.gz"))
+    scans = larger_scans(tmp_path / "scans", synthetic_tasks, 12)
     labels = tmp_path / "labels"
     command = [sys.executable, "-m", "labelshare", *segment(tiny_model, scans, "-o", labels, "--progress", "json")]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
@@ -143,7 +155,9 @@ def test_continue_after_a_kill_mid_batch_keeps_complete_outputs_and_redoes_the_r
     complete = [path for path in outputs if output_complete(path)]
     assert 1 <= len(complete) < 12, "the kill must land mid-batch"
     sidecar_path(complete[0]).unlink()  # as if killed between the image and its sidecar
-    (labels / f".{outputs[-1].name}.x1y2.tmp.nii.gz").write_bytes(b"half written")  # a temporary file left behind
+    (labels / f".{outputs[-1].name}.x1y2z3w4.tmp.nii.gz").write_bytes(b"half written")  # what a kill leaves
+    (labels / ".case_03.json.abcd_123.tmp.json").write_text("{")
+    (labels / ".notes").write_text("the user's own hidden file")
 
     result = subprocess.run([*command, "--continue"], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
@@ -154,6 +168,93 @@ def test_continue_after_a_kill_mid_batch_keeps_complete_outputs_and_redoes_the_r
     assert statuses[complete[0].name.removesuffix(".nii.gz")] == "done"
     assert len(statuses) == 12 and (events[-1]["event"], events[-1]["skipped"]) == ("done", len(kept))
     assert all(output_complete(path) for path in outputs)
+    assert temporary_files(labels) == [] and (labels / ".notes").is_file()  # --continue removed what the kill left
+
+
+def test_overwrite_removes_the_temporary_files_a_kill_left(tiny_model, scans, tmp_path):
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    (labels / ".case_0.nii.gz.k2j4h6g8.tmp.nii.gz").write_bytes(b"half written")
+    (labels / ".case_0.json.k2j4h6g8.tmp.json").write_text("{")
+    (labels / ".other.nii.gz.k2j4h6g8.tmp.nii.gz").write_bytes(b"not one of this run's outputs")
+    assert main(segment(tiny_model, scans, "-o", labels, "--overwrite", "--progress", "quiet")) == 0
+    assert temporary_files(labels) == [".other.nii.gz.k2j4h6g8.tmp.nii.gz"]
+
+
+@pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_the_whole_batch_with_status_75_and_continue_finishes_it(tiny_model, tmp_path,
+                                                                                synthetic_tasks, number):
+    """The batch stops once the image in progress is discarded (not only that image fails): status 75, one line
+    with what was done and how to continue, the final error event; --continue writes the rest."""
+    scans = larger_scans(tmp_path / "scans", synthetic_tasks, 6)
+    labels = tmp_path / "labels"
+    command = [sys.executable, "-m", "labelshare", *segment(tiny_model, scans, "-o", labels, "--progress", "json")]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in process.stdout:
+        event = parse_event(line)
+        if event and event.get("status") == "done":
+            process.send_signal(number)
+            break
+    rest, stderr = process.communicate(timeout=120)
+    assert process.returncode == EXIT_INTERRUPTED == 75, stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith(f"labelshare: stopped: interrupted by {signal.Signals(number).name} after ")
+    assert "the image in progress was discarded; repeat the command with --continue" in last
+    assert events_of(rest)[-1]["event"] == "error" and events_of(rest)[-1]["interrupted"]
+    outputs = [labels / f"case_{index:02d}.nii.gz" for index in range(6)]
+    assert 1 <= sum(map(output_complete, outputs)) < 6 and temporary_files(labels) == []
+    result = subprocess.run([*command, "--continue"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert all(output_complete(path) for path in outputs)
+
+
+STOPPING_SLOWLY = {
+    "command": """
+        from labelshare.cli import stop_on_signals
+        with stop_on_signals():
+            try:
+                print("working", flush=True)
+                time.sleep(60)
+            finally:
+                print("stopping", flush=True)
+                time.sleep(60)  # a clean-up that takes its time
+    """,
+    "training": """
+        from labelshare.training import StopRequest
+        with StopRequest():
+            print("working", flush=True)
+            print("stopping", flush=True)  # the first signal only sets the flag the loop checks after its step
+            time.sleep(60)
+    """}
+
+
+@pytest.mark.parametrize("where", STOPPING_SLOWLY)
+def test_a_second_signal_ends_a_stopping_command_at_once(where):
+    process = subprocess.Popen([sys.executable, "-c", "import time\n" + textwrap.dedent(STOPPING_SLOWLY[where])],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stdout.readline() == "working\n"
+    process.send_signal(signal.SIGINT)
+    assert process.stdout.readline() == "stopping\n"
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=10)  # not the 60 s of the clean-up
+    assert process.returncode == 75 and stderr.strip() == "labelshare: stopped: SIGINT again; ending at once"
+
+
+def test_a_single_failed_image_ends_the_json_stream_with_the_error_event(tiny_model, scans, tmp_path, capsys,
+                                                                         monkeypatch):
+    nan = tmp_path / "nan.mha"
+    sitk.WriteImage(sitk.GetImageFromArray(np.full((4, 16, 16), np.nan, np.float32)), str(nan))
+    assert main(segment(tiny_model, nan, "-o", tmp_path / "a.nii.gz", "--progress", "json")) == 1
+    last = events_of(capsys.readouterr().out)[-1]
+    assert last["event"] == "error" and "nan.mha: image contains NaN" in last["message"]
+
+    def bug(*args, **kwargs):
+        raise ValueError("a bug in a writer")
+    monkeypatch.setattr("labelshare.segment_run.write_segmentation", bug)
+    with pytest.raises(ValueError, match="a bug in a writer"):  # a bug keeps its traceback ...
+        main(segment(tiny_model, scans / "case_0_0000.nii.gz", "-o", tmp_path / "b.nii.gz", "--progress", "json"))
+    last = events_of(capsys.readouterr().out)[-1]  # ... and the stream still ends with the error event
+    assert last["event"] == "error" and last["message"].startswith("internal error (ValueError: a bug in a writer)")
 
 
 def test_volumes_into_png_fail_and_a_2d_image_in_the_same_batch_is_written(tiny_model, synthetic_tasks, tmp_path,

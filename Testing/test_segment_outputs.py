@@ -212,6 +212,6 @@ def test_an_empty_result_is_still_a_valid_dicom_seg(dicom_series, tmp_path):
 
 
 def test_dicom_seg_needs_a_dicom_input(tmp_path):
-    with pytest.raises(DataError, match="scan.nii.gz is not DICOM"):
+    with pytest.raises(DataError, match="scan.nii.gz: is not DICOM, and DICOM SEG references the DICOM images"):
         check_output(tmp_path / "seg.dcm", phantom_labels(), InputImage("scan", tmp_path / "scan.nii.gz"),
                      DESCRIPTION)

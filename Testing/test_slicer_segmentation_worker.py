@@ -74,7 +74,8 @@ def test_bad_requests_get_an_error_and_the_worker_goes_on_until_exit(tiny_model,
     assert errors[1] == "unknown worker command 'train' (known: segment, rank, exit)"
     assert errors[2] == "worker request 2 lacks input, output"
     assert errors[3] == "unknown task 'liver'; known tasks: phantom3d, sides3d, xray2d"
-    assert errors[4] == f"{tmp_path / 'absent'}: model folder does not exist"
+    assert errors[4] == f"{tmp_path / 'absent'}: model folder does not exist, and no model has this name (labelshare " \
+                        "models lists them)"
     assert answers(events, 5)[-1]["event"] == "done" and (tmp_path / "out.png").is_file()
     assert answers(events, 6)[-1]["message"] == "worker stopped"
     assert answers(events, 7) == []  # nothing is read after exit

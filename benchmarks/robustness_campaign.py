@@ -14,8 +14,11 @@ On small synthetic tasks (:mod:`labelshare.synthetic`) it runs
 
 Every probe ends in one outcome:
 
-``clear error``       status 1 (2 for a usage error, 75 when stopped by a signal) and one last line
-                      ``labelshare: error|stopped: ...`` (the worker: an ``error`` event), no traceback
+``clear error``       status 1 (2 for a usage error, 4 when some images of a batch failed, 75 when stopped by a
+                      signal) and one last line ``labelshare: error|stopped: ...`` (the worker: an ``error``
+                      event), no traceback
+``unclear error``     such a line that does not say what the probe's finding asks it to say, or that comes after
+                      other lines (ITK's warnings)
 ``done``              a control, or a killed run whose folder was intact and whose work was continued
 ``traceback``         a Python traceback, or a failure without the one-line message (a crash)
 ``wrongly accepted``  success for an input that must be refused
@@ -23,8 +26,11 @@ Every probe ends in one outcome:
 ``damaged``           a pre-existing output or model changed, a half-written file under a final name, a temporary
                       file left behind, or a staging folder that blocks the next run
 
+Issue 31's probes (stops that stop, outputs only when something was done, a first contact without waiting) are in
+:mod:`.robustness_stops_and_checks` (``--only 31.``).
+
 It prints one line per probe and the totals, writes ``robustness.json`` to ``--out``, and exits with status 0
-when tracebacks, wrongly accepted, hangs and damaged are all 0.
+when tracebacks, unclear errors, wrongly accepted, hangs and damaged are all 0.
 """
 
 from __future__ import annotations
@@ -66,8 +72,8 @@ from labelshare.progress import Progress, parse_event
 from labelshare.tasks import TaskDataset, read_image
 from labelshare.training_run import train
 
-OUTCOMES = ("clear error", "done", "traceback", "wrongly accepted", "hang", "damaged")
-BAD_OUTCOMES = ("traceback", "wrongly accepted", "hang", "damaged")
+OUTCOMES = ("clear error", "done", "traceback", "unclear error", "wrongly accepted", "hang", "damaged")
+BAD_OUTCOMES = ("traceback", "unclear error", "wrongly accepted", "hang", "damaged")
 ONE_LINE = re.compile(r"^labelshare[\w -]*: (error|stopped|refused): \S")
 FIXED_SIZE = 32  # the fixtures' label spaces have fixed-size plans (labelspace build --fixed-size 32): quick runs
 TINY = ["--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "4", "--device", "cpu"]
@@ -219,6 +225,8 @@ class Probe:
     absent: tuple[str, ...] = ()             # outputs that must not appear when the command fails
     needs: str = ""                          # "tmpfs" (a small file system at <folder>/disk) or "no-cuda"
     verify: Callable[[Fixtures, Path], str] | None = None  # a control's output: '' when right, else the problem
+    says: str = ""                           # what the one-line error must say
+    alone: bool = False                      # the one line is all of stderr (no warnings before it)
 
 
 def with_options(argv: list[str], options: tuple[str, ...]) -> list[str]:
@@ -728,7 +736,8 @@ def bad_input_probes() -> list[Probe]:
               verify=folder_segmentations_problem),
         Probe("control: evaluate", lambda f, d: evaluate_argv(f, d), expect="done", verify=evaluation_problem),
     ]
-    return probes
+    from .robustness_stops_and_checks import bad_input_probes as issue_31_probes
+    return probes + issue_31_probes()
 
 
 def earlier_evaluation(folder: Path) -> Path:
@@ -794,7 +803,7 @@ def exit_outcome(expect: str, status: int, stderr: str) -> tuple[str, str]:
         return ("done", "") if status == 0 else ("control failed", f"status {status}: {last[:200]}")
     if status == 0:
         return "wrongly accepted", "exit status 0"
-    if status in (1, 2, 3, 75) and ONE_LINE.match(last):
+    if status in (1, 2, 3, 4, 75) and ONE_LINE.match(last):
         return "clear error", last[:240]
     return "traceback", f"status {status} without a one-line message: {last[:160]}"
 
@@ -861,6 +870,10 @@ def run_probe(probe: Probe, fixtures: Fixtures, folder: Path, timeout: float) ->
         if outcome == "done" and probe.verify is not None:
             wrong = probe.verify(fixtures, folder)
             outcome, detail = ("wrongly accepted", wrong) if wrong else (outcome, detail)
+        lines = result.stderr.strip().splitlines()
+        if outcome == "clear error" and (probe.says not in lines[-1] or probe.alone and len(lines) > 1):
+            outcome = "unclear error"
+            detail = detail if probe.says not in lines[-1] else f"{len(lines)} lines on stderr: {lines[0][:120]}"
         harm = damage(folder, protected, probe.absent, result.returncode != 0)
         if harm and outcome not in ("traceback", "hang"):
             outcome, detail = "damaged", harm
@@ -952,7 +965,12 @@ def worker_probes() -> list[WorkerProbe]:
         WorkerProbe("worker control: output is a folder", request(output=lambda f, d: str(d)), expect="done",
                     absent=(), verify=lambda f, d: segmentation_problem(d / output_name(f.image), f.image,
                                                                         {0, 1, 2, 3})),
-    ]
+    ] + issue_31_worker_probes()
+
+
+def issue_31_worker_probes() -> list[WorkerProbe]:
+    from .robustness_stops_and_checks import worker_probes as probes
+    return probes()
 
 
 def earlier_result(f: Fixtures, d: Path) -> Path:
@@ -1301,6 +1319,7 @@ def print_report(results: list[Result], seconds: float) -> dict:
                          ("  to commands", kinds["bad input"]), ("  to the worker", kinds["worker"]),
                          ("kills", kinds["kill"]), ("controls", kinds["control"]),
                          ("clear errors", totals["clear error"]), ("tracebacks", totals["traceback"]),
+                         ("unclear errors", totals["unclear error"]),
                          ("wrongly accepted", totals["wrongly accepted"]), ("hangs", totals["hang"]),
                          ("files damaged", totals["damaged"]), ("controls failed", totals["control failed"])):
         print(f"  {label:<17} {value}")
@@ -1324,7 +1343,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is not None and args.out.exists() and any(args.out.iterdir()):
         print(f"labelshare-bench robustness: error: {args.out}: not empty; choose a new --out", file=sys.stderr)
         return 1
-    root = args.out or Path(tempfile.mkdtemp(prefix="labelshare-robustness-"))
+    root = (args.out or Path(tempfile.mkdtemp(prefix="labelshare-robustness-"))).resolve()  # probes run elsewhere
     root.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     print(f"fixtures in {root} ...", flush=True)
@@ -1368,6 +1387,10 @@ def main(argv: list[str] | None = None) -> int:
         results += answers
         for result in answers:
             print(result_line(result), flush=True)
+    from .robustness_stops_and_checks import run_probes as issue_31_runs
+    for result in issue_31_runs(fixtures, root / "stops", args.timeout, chosen):
+        results.append(result)
+        print(result_line(result), flush=True)
     problem = fixture_problem(fixtures, before)
     if problem:
         results.append(Result("shared fixtures unchanged", "control", "damaged", problem))

@@ -133,6 +133,21 @@ TRAIN_OPTIONS = ("epochs", "steps_per_epoch", "batch_size", "learning_rate", "va
                  "weights_dtype")
 DEMO_BUDGET = {"epochs": 8, "steps_per_epoch": 40}
 
+
+# The one rule of test-time mirroring, for ``segment --tta``, the worker's ``"mirror": true``, ``evaluate --tta`` and
+# ``rank --score tta`` (:func:`check_mirroring`); the command line's help states it.
+MIRROR_RULE = ("a lateralised task (its labels tell left from right) is never mirrored, and asking to mirror it is "
+               "refused")
+
+
+def check_mirroring(task: str, lateralised: bool, requested_by: str) -> None:
+    """Refuse test-time mirroring of a lateralised task: training never flipped it, so its mirrored prediction
+    swaps left and right. ``requested_by`` names what asked for mirroring (``--tta``, ``--score tta``, ...)."""
+    if lateralised:
+        raise LabelShareError(f"task '{task}' is lateralised (its labels tell left from right), so mirroring is not "
+                              f"a valid augmentation for it: {requested_by} cannot be used for it")
+
+
 # --format of ``labelshare segment``: name → ending of the outputs written into an output folder
 OUTPUT_FORMATS = {"nifti": ".nii.gz", "nrrd": ".nrrd", "mha": ".mha", "png": ".png", "seg-nrrd": ".seg.nrrd",
                   "dicom-seg": ".dcm"}
@@ -155,8 +170,8 @@ class InferenceConfig(Configuration):
 
     batch_size: int | None = option(None, "slices per forward pass (default: " + ", ".join(
         f"{size} on {'CUDA' if kind == 'cuda' else 'the CPU'}" for kind, size in INFERENCE_BATCH.items()) + ")")
-    mirror: bool = option(False, "test-time augmentation: average with the left-right mirrored prediction (tasks that "
-                                 "are not lateralised only; about twice the time)", flag="--tta")
+    mirror: bool = option(False, "test-time augmentation: average with the left-right mirrored prediction (about "
+                                 f"twice the time; {MIRROR_RULE})", flag="--tta")
     largest_component: str = option(
         "model", "keep only the largest connected component of the labels chosen by: "
         + "; ".join(f"{name}: {text}" for name, text in LARGEST_COMPONENT.items())
@@ -184,7 +199,7 @@ def task_option(what: str) -> str:
 
 
 def series_option() -> str | None:
-    return option(None, "the DICOM series to read from a folder that holds several", metavar="UID")
+    return option(None, "the DICOM series to read from a folder that holds several (DICOM inputs only)", metavar="UID")
 
 
 @dataclass
@@ -217,8 +232,8 @@ RANK_SCORES = {
     "auto": "tta where the task allows mirroring (it ordered cases by the model's real error best, "
             "docs/annotation-queue), else entropy",
     "entropy": "mean softmax entropy in a band around the predicted label boundaries",
-    "tta": "1 - mean Dice between the plain and the left-right mirrored prediction (tasks that are not "
-           "lateralised only; about twice the time)",
+    "tta": "1 - mean Dice between the plain and the left-right mirrored prediction (about twice the time; "
+           f"{MIRROR_RULE})",
 }
 
 
@@ -241,10 +256,12 @@ class RankConfig(Configuration):
         self.device = parse_device(self.device)
 
     def score_for(self, lateralised: bool) -> str:
-        """The score that is computed for a task: ``auto`` resolved (mirroring is allowed for tasks that are not
-        lateralised only)."""
+        """The score that is computed for a task: ``auto`` resolved (``tta`` where the task may be mirrored, else
+        ``entropy``); an explicit ``tta`` for a lateralised task is refused (:func:`check_mirroring`)."""
         if self.score == "auto":
             return "entropy" if lateralised else "tta"
+        if self.score == "tta":
+            check_mirroring(self.task, lateralised, "--score tta (use --score entropy or auto)")
         return self.score
 
 

@@ -1,7 +1,10 @@
 """The main job: label space -> training -> segmentation -> evaluation -> report, on synthetic or real tasks.
 
 ``labelshare demo --out DIR`` generates three small synthetic tasks and finishes in a few minutes on two CPU
-cores; ``--task NAME=DIR`` (repeatable) runs the same pipeline on nnU-Net raw folders instead.
+cores; ``--task NAME=DIR`` (repeatable) runs the same pipeline on nnU-Net raw folders instead. A demo stopped by a
+signal continues with ``--resume`` (the same command): the synthetic tasks are written again (the same seed gives
+the same files) and the label space computed again, the training continues from its last checkpoint (or its
+finished model is kept), and the segmentations, overlays and report are made again.
 """
 
 from __future__ import annotations
@@ -18,15 +21,13 @@ from . import synthetic
 from .config import DEMO_BUDGET, TrainConfig
 from .errors import LabelShareError
 from .fileio import atomic_write_text, make_folders, read_json, write_image_atomic
-from .inference import Segmenter
 from .labelspace import LabelSpace, compute_statistics, parse_group
 from .methods import DEFAULT_METHOD
-from .models import load_model
+from .modelfolder import verify_folder
 from .plans import PlanSettings
 from .progress import Progress
 from .preprocessing import Preprocessing
 from .tasks import TaskDataset
-from .training_run import open_tasks, train
 
 SYNTHETIC_CASES = 12
 OVERLAY_COLOURS = ((0.89, 0.29, 0.20), (0.20, 0.56, 0.86), (0.30, 0.74, 0.36), (0.98, 0.80, 0.18),
@@ -44,13 +45,15 @@ class DemoResult:
 def run_demo(out: str | Path, task_arguments: Sequence[tuple[str, Path]] = (), groups: Sequence[str] = (),
              config: TrainConfig | None = None, progress: Progress | None = None,
              command: Sequence[str] | None = None, method: str = DEFAULT_METHOD,
-             plan_settings: PlanSettings | None = None) -> DemoResult:
+             plan_settings: PlanSettings | None = None, resume: bool = False) -> DemoResult:
     """The whole pipeline into ``out``; ``config`` None: the demo's short budget (:data:`DEMO_BUDGET`)."""
     config = config or TrainConfig.from_options(**DEMO_BUDGET)
     progress = progress or Progress("human")
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise LabelShareError(f"{out}: already exists and is not an empty folder; choose a new --out")
+    check_demo_folder(out, resume)
+    from .inference import Segmenter  # torch: only once the folder is known to be right
+    from .models import load_model
+    from .training_run import open_tasks, train
     make_folders(out)
     if not task_arguments:
         progress.progress("preparing", 0.0, "writing synthetic tasks")
@@ -61,8 +64,13 @@ def run_demo(out: str | Path, task_arguments: Sequence[tuple[str, Path]] = (), g
                              [parse_group(g) for g in groups], plan_settings)
     space.save(out / "labelspace.json")
     progress.log("label space:\n" + space.table())
-    model_dir = train(list(task_arguments), space, out / "model", config, method=method, progress=progress,
-                      command=command).path
+    model_dir = out / "model"
+    if resume and model_dir.is_dir():
+        verify_folder(model_dir)  # trained before the stop: kept
+        progress.log(f"{model_dir}: trained before the stop; kept")
+    else:
+        model_dir = train(list(task_arguments), space, model_dir, config, method=method, progress=progress,
+                          command=command, resume=resume).path
     model = load_model(model_dir, device=config.device)
     split = read_json(model_dir / "split.json")["tasks"]
     segmenter = Segmenter(model)
@@ -79,6 +87,18 @@ def run_demo(out: str | Path, task_arguments: Sequence[tuple[str, Path]] = (), g
     report = out / "report.md"
     atomic_write_text(report, render_report(space, metrics, overlays, out, model_dir, tasks))
     return DemoResult(report=report, model=model_dir, labelspace=space)
+
+
+def check_demo_folder(out: Path, resume: bool) -> None:
+    """A new or empty folder; with ``resume``, also one that holds a stopped demo (its label space or data)."""
+    if out.exists() and not out.is_dir():
+        raise LabelShareError(f"{out}: a file, not a folder; choose a new --out")
+    if out.exists() and any(out.iterdir()) and not resume:
+        raise LabelShareError(f"{out}: already exists and is not an empty folder; choose a new --out, or add --resume "
+                              "to continue a stopped demo there")
+    if resume and out.is_dir() and any(out.iterdir()) and not (out / "labelspace.json").is_file() \
+            and not (out / "data").is_dir():
+        raise LabelShareError(f"{out}: holds no demo to continue (no labelspace.json, no data); choose a new --out")
 
 
 def write_overlay(path: Path, image: sitk.Image, reference: np.ndarray, prediction: np.ndarray,

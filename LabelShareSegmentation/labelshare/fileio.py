@@ -11,13 +11,14 @@ name and renamed into place once complete, and an existing model version or coll
 from __future__ import annotations
 
 import datetime
+import glob
 import hashlib
 import json
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from functools import partial
 from pathlib import Path
@@ -292,6 +293,16 @@ def remove_temporary_files(folder: str | os.PathLike) -> None:
     for path in Path(folder).rglob(".*"):
         if TEMPORARY_NAME.match(path.name) and path.is_file() and not path.is_symlink():
             path.unlink()
+
+
+def remove_temporary_files_of(targets: Iterable[str | os.PathLike]) -> None:
+    """Remove the temporary files that interrupted atomic writes of these targets left beside them (a kill leaves
+    ``.<name>.<8 characters>.tmp<ending>``), and nothing else of their folders."""
+    for target in map(Path, targets):
+        own = re.compile(re.escape(f".{target.name}.") + r"[a-z0-9_]{8}\.tmp[^/]*")
+        for path in target.parent.glob(f".{glob.escape(target.name)}.*.tmp*"):
+            if own.fullmatch(path.name) and path.is_file() and not path.is_symlink():
+                path.unlink()
 
 
 def publish_dir(staging: str | os.PathLike, target: str | os.PathLike) -> Path:

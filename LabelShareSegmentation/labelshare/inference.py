@@ -2,12 +2,11 @@
 
 Every step is the task's plan's scheme (:mod:`labelshare.preprocessing`), as in training: slices are cut along the
 same axis, normalised with the per-case statistics of the whole image, resampled to the task's plan (its spacing,
-aspect ratio kept), predicted with Gaussian-weighted sliding windows of
-the plan's patch size (optionally averaged with the left-right mirrored prediction for tasks that are not
-lateralised), and the softmax over the task's channels is resampled back to the slice's own grid before the argmax,
-so the output has the input's size, spacing, origin and direction. Memory stays bounded: the input is read once,
-one batch of slices is converted to float at a time, and the output is written slice by slice into a uint8/uint16
-array.
+aspect ratio kept), predicted with Gaussian-weighted sliding windows of the plan's patch size (optionally averaged
+with the left-right mirrored prediction, which a lateralised task refuses: :func:`labelshare.config.check_mirroring`),
+and the softmax over the task's channels is resampled back to the slice's own grid before the argmax, so the output
+has the input's size, spacing, origin and direction. Memory stays bounded: the input is read once, one batch of
+slices is converted to float at a time, and the output is written slice by slice into a uint8/uint16 array.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .config import InferenceConfig
+from .config import InferenceConfig, check_mirroring
 from .errors import DataError
 from .models import Model
 from .progress import Progress
@@ -36,10 +35,10 @@ class Segmenter:
 
     def __init__(self, model: Model, config: InferenceConfig | None = None, precision: str = "auto",
                  windows: Windows = ENGINE_WINDOWS):
-        """:param config: batch size (slices and windows per forward pass), test-time mirroring (applied to tasks
-        that are not lateralised: training flipped only those), post-processing and slicing axis; None: the
-        defaults of :class:`~labelshare.config.InferenceConfig`. :param windows: how the network's windows cover a
-        slice (the engine's unless an experiment compares others)."""
+        """:param config: batch size (slices and windows per forward pass), test-time mirroring (refused for a
+        lateralised task: training never flipped those), post-processing and slicing axis; None: the defaults of
+        :class:`~labelshare.config.InferenceConfig`. :param windows: how the network's windows cover a slice (the
+        engine's unless an experiment compares others)."""
         self.windows = windows
         self.config = config or InferenceConfig()
         self.config.check()  # a batch size below 1 would run no batch and leave the output all background
@@ -60,13 +59,15 @@ class Segmenter:
     def probability_views(self, slices: np.ndarray, task: str, normalisation: Any,
                           spacing: tuple[float, float], mirror: bool) -> list[torch.Tensor]:
         """Softmax over the task's channels, (n, K+1, h, w) on the grid of a (n, h, w) batch of raw slices of
-        in-plane ``spacing``: the plain prediction and, with ``mirror`` (ignored for lateralised tasks), the
+        in-plane ``spacing``: the plain prediction and, with ``mirror`` (refused for a lateralised task), the
         mirrored one flipped back."""
         head = self.model.heads[task]
         entry = self.model.labelspace.task(task)
+        if mirror:
+            check_mirroring(task, entry.lateralised, "test-time mirroring")
         images = to_plan(normalisation.apply(slices), spacing, entry.plan, self.device)
         views = head_probability_views(self.model.network, images, head, entry.plan,
-                                       mirror=mirror and not entry.lateralised, windows_per_batch=self.batch_size,
+                                       mirror=mirror, windows_per_batch=self.batch_size,
                                        autocast_dtype=self.autocast_dtype, windows=self.windows)
         resampling = entry.plan.preprocessing.resampling_scheme
         return [resampling.images(view, slices.shape[1:]) for view in views]

@@ -107,17 +107,38 @@ def _series_files(folder: Path, series_uid: str) -> tuple[Path, ...]:
 
 
 def dicom_folder_image(folder: Path, series: str | None = None) -> InputImage:
-    """The DICOM series of a folder (the one ``series`` names when it holds several)."""
+    """The DICOM series of a folder (the one ``series`` names when it holds several). A DICOM file of the folder
+    that GDCM cannot read is refused by name: GDCM leaves it out of every series, and the series would then lack a
+    slice."""
     uids = sorted(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))  # listed in a stable order
     if not uids:
         raise DataError(f"{folder}: holds DICOM files but no readable image series")
     if series is None and len(uids) == 1:
-        return InputImage(folder.name, folder, _series_files(folder, uids[0]))
-    if series in uids:
-        return InputImage(folder.name, folder, _series_files(folder, series))
-    listing = "; ".join(_describe_series(folder, uid) for uid in uids)
-    what = f"has no series {series}" if series else f"holds {len(uids)} DICOM series"
-    raise DataError(f"{folder}: {what}; choose one with --series UID: {listing}")
+        series = uids[0]
+    elif series not in uids:
+        listing = "; ".join(_describe_series(folder, uid) for uid in uids)
+        what = f"has no series {series}" if series else f"holds {len(uids)} DICOM series"
+        raise DataError(f"{folder}: {what}; choose one with --series UID: {listing}")
+    files = _series_files(folder, series)
+    listed = {f.name for f in files} if len(uids) == 1 else \
+        {f.name for uid in uids for f in _series_files(folder, uid)}
+    damaged = [f for f in _visible_files(folder) if f.name not in listed and _unreadable_dicom(f)]
+    if damaged:
+        more = f" (and {len(damaged) - 1} more files)" if len(damaged) > 1 else ""
+        raise DataError(f"{damaged[0]}: DICOM file is damaged (GDCM cannot read it){more}, so the series in {folder} "
+                        "would lack its slice; replace the file, or remove it to segment the others")
+    return InputImage(folder.name, folder, files)
+
+
+def _unreadable_dicom(path: Path) -> bool:
+    """A file that looks like DICOM (its ending or preamble) but whose header GDCM cannot read."""
+    if image_suffix(path) or not is_dicom_file(path):
+        return False
+    try:
+        _dicom_header(path)
+    except DataError:
+        return True
+    return False
 
 
 def _describe_series(folder: Path, uid: str) -> str:
@@ -126,9 +147,12 @@ def _describe_series(folder: Path, uid: str) -> str:
     return f"{uid} ({description + ', ' if description else ''}{len(files)} files)"
 
 
-def dicom_file_image(path: Path) -> InputImage:
-    """A single DICOM file as an image, unless it is one file of a series with several (then its folder is)."""
+def dicom_file_image(path: Path, series: str | None = None) -> InputImage:
+    """A single DICOM file as an image, unless it is one file of a series with several (then its folder is); with
+    ``series``, it must be of that series."""
     uid = _header_value(_dicom_header(path), SERIES_UID_TAG)
+    if series is not None and uid != series:
+        raise DataError(f"{path}: is of DICOM series {uid or '(none)'}, not of --series {series}")
     siblings = _series_files(path.parent, uid) if uid else ()
     if len(siblings) > 1:
         raise DataError(f"{path}: is one of {len(siblings)} files of DICOM series {uid}; pass the folder "
@@ -172,7 +196,7 @@ def _path_images(path: Path, series: str | None) -> tuple[list[InputImage], bool
     if image_suffix(path):
         return [InputImage(image_file_name(path), path)], True
     if is_dicom_file(path):
-        return [dicom_file_image(path)], True
+        return [dicom_file_image(path, series)], True
     raise DataError(f"{path}: not an image LabelShare reads ({', '.join(IMAGE_SUFFIXES)} or DICOM)")
 
 
@@ -193,6 +217,11 @@ def collect_inputs(arguments: Sequence[str | os.PathLike], series: str | None = 
         else:
             raise DataError(f"{path}: input not found (no such file or folder)")
         images.extend(found)
+    if series is not None:
+        other = next((image for image in images if not image.is_dicom), None)
+        if other is not None:
+            raise DataError(f"{other.source}: is not DICOM, and --series {series} picks a series of a DICOM folder; "
+                            "leave --series out for other images")
     return Inputs(images, single and len(arguments) == 1)
 
 

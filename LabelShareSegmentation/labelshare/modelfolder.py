@@ -21,8 +21,9 @@ written under a staging name and renamed into place when complete (:mod:`labelsh
 from __future__ import annotations
 
 import hashlib
+import os
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from collections.abc import Iterable
@@ -35,7 +36,8 @@ from .layouts import layout_named, out_channels
 from .methods import method_named
 from .naming import check_relative_file
 from .plans import check_fixed_size, check_patch_multiple
-from .paths import BUNDLED_MODELS_DIR, candidate_dir_for, refused_report_paths, staging_dir_for, user_models_dir
+from .paths import (BUNDLED_MODELS_DIR, candidate_dir_for, model_dir_or_default, refused_report_paths,
+                    staging_dir_for, user_models_dir)
 
 MODEL_FORMAT = "labelshare.model"
 MODEL_FORMAT_VERSION = 2  # 2: per-task plans in labelspace.json; 1 (first release): one fixed image size
@@ -238,7 +240,8 @@ def data_fingerprint(paths: Iterable[Path]) -> str:
 
 @dataclass
 class ModelSummary:
-    """A model folder as a model list shows it; ``reason`` says why it cannot be used when ``valid`` is False."""
+    """A model folder as a model list shows it; ``reason`` says why it cannot be used when ``valid`` is False;
+    ``name`` is what ``--model`` takes (:func:`model_name`)."""
 
     path: Path
     valid: bool
@@ -248,6 +251,7 @@ class ModelSummary:
     parent: str | None = None
     created: str = ""
     metrics: dict = field(default_factory=dict)
+    name: str = ""
 
 
 def summarize_model(path: Path, verified: tuple[ModelConfig, LabelSpace] | None = None) -> ModelSummary:
@@ -283,15 +287,61 @@ def model_folders(root: str | Path) -> list[Path]:
     return found
 
 
+def model_name(folder: Path, root: Path) -> str:
+    """A model's name, as ``labelshare models`` prints it and ``--model`` takes it: its folder's path below the
+    root that holds it (``labelshare-4tasks-v3``, ``demo-run/model``)."""
+    return folder.name if folder == root else folder.relative_to(root).as_posix()
+
+
+def _model_roots(roots: Iterable[str | Path] | None) -> list[Path]:
+    return [Path(r) for r in roots] if roots else [user_models_dir(), BUNDLED_MODELS_DIR]
+
+
 def list_models(roots: Iterable[str | Path] | None = None) -> list[ModelSummary]:
     """Every model folder under the given roots (default: user store and bundled models, see
     :func:`model_folders`): valid ones oldest first, then the invalid ones with their reason."""
-    roots = [Path(r) for r in roots] if roots else [user_models_dir(), BUNDLED_MODELS_DIR]
     found: dict[Path, ModelSummary] = {}
-    for root in roots:
+    for root in _model_roots(roots):
         for folder in model_folders(root):
-            found.setdefault(folder.resolve(), summarize_model(folder))
+            if folder.resolve() not in found:
+                found[folder.resolve()] = replace(summarize_model(folder), name=model_name(folder, root))
     return sorted(found.values(), key=lambda s: (not s.valid, s.created, str(s.path)))
+
+
+def resolve_model(model: str | Path | None, roots: Iterable[str | Path] | None = None) -> Path:
+    """The model folder that ``--model`` (or a worker request's ``model``) names, for every command that takes a
+    model: an existing folder; else a name as ``labelshare models`` prints it, looked up in the user store and the
+    bundled models (or ``roots``); and without a model (None or ''), the default model, the newest bundled one.
+    Whether the folder is a valid model is :func:`verify_folder`'s question."""
+    if not model:
+        return model_dir_or_default(None)
+    path = Path(model)
+    if path.exists():
+        return path
+    named = {folder.resolve(): folder for root in _model_roots(roots) for folder in model_folders(root)
+             if model_name(folder, root) == str(model)}
+    if len(named) == 1:
+        return next(iter(named.values()))
+    if named:
+        raise ModelError(f"{model}: {len(named)} models have this name ({', '.join(map(str, named.values()))}); "
+                         "give the folder")
+    raise ModelError(f"{model}: model folder does not exist, and no model has this name (labelshare models lists "
+                     "them)")
+
+
+def check_new_version(out: str | Path) -> Path:
+    """The one rule for where ``train``, ``add-task`` and ``postprocess`` may write a new model version (``--out``):
+    a folder that does not exist yet, and not inside a model folder, where it would be hidden (a model folder's
+    manifest lists its own files only, so the old version still verifies) and could never be published beside its
+    parent."""
+    out = Path(out)
+    if out.exists():
+        raise LabelShareError(f"{out}: already exists; model versions are never overwritten, choose a new --out")
+    inside = next((folder for folder in Path(os.path.abspath(out)).parents if is_model_folder(folder)), None)
+    if inside is not None:
+        raise LabelShareError(f"{out}: is inside the model folder {inside}; a new version goes beside the others, "
+                              f"not inside one (e.g. --out {inside.parent / out.name})")
+    return out
 
 
 RUN_STATES = ("published", "refused", "interrupted", "gone")

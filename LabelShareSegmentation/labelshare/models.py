@@ -25,10 +25,9 @@ from .errors import LabelShareError, ModelError
 from .fileio import atomic_path, atomic_write_json, atomic_write_text, not_written
 from .labelspace import LabelSpace
 from .layouts import TaskHead, task_heads
-from .modelfolder import (MODEL_FORMAT, WEIGHTS_FILE, ModelConfig, folder_file, read_model_json, verify_folder,
-                          write_manifest)
+from .modelfolder import (MODEL_FORMAT, WEIGHTS_FILE, ModelConfig, folder_file, read_model_json, resolve_model,
+                          verify_folder, write_manifest)
 from .networks import build_network
-from .paths import model_dir_or_default
 
 
 @dataclass
@@ -132,9 +131,9 @@ def resolve_device(device: str) -> torch.device:
 
 
 def load_model(path: str | Path | None, device: str) -> Model:
-    """Load and verify a model folder (None: the bundled default model) onto ``device`` (``auto``, ``cpu``, ``cuda``,
-    ``cuda:N``)."""
-    path = model_dir_or_default(path)
+    """Load and verify a model: a folder or a model's name (None: the bundled default model;
+    :func:`labelshare.modelfolder.resolve_model`) onto ``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``)."""
+    path = resolve_model(path)
     config, space = verify_folder(path)
     network = build_network(copy.deepcopy(config.network))
     load_weights(network, folder_file(path, WEIGHTS_FILE))

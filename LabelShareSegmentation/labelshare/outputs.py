@@ -10,7 +10,10 @@
   them when it segments that task again.
 - **DICOM SEG** (``.dcm``, only for a DICOM input): a binary segmentation (highdicom) that references the source
   series, one segment per task label with its label, recommended display colour and codes (labels without a
-  known entry: Slicer's generic *Tissue*); empty frames are left out.
+  known entry: Slicer's generic *Tissue*); empty frames are left out. Its slice spacing is measured from the slice
+  positions (a source's SpacingBetweenSlices is not trusted: GDCM writes 1 on a stack of any spacing), and a series
+  whose headers lack what a SEG must reference (:data:`SEG_SOURCE_ATTRIBUTES`) is refused before anything is
+  segmented (:func:`check_dicom_seg_source`).
 
 Names, colours and terminology come from :func:`labelshare.terminology.label_styles`, the same as the segments of
 the Slicer module. Every file is written under a temporary name and renamed into place
@@ -48,6 +51,19 @@ LABEL_ID_TAG = "LabelShare.LabelId"
 MODEL_TAG = "LabelShare.Model"
 TERMINOLOGY_TAG = "TerminologyEntry"
 DICOM_SERIES_NUMBER_OFFSET = 1000  # the SEG series is numbered after its source series (source + 1000)
+# ContentCreatorName (0070,0084), Type 2 in the SEG's Content Identification Macro: a person name (PN) whose one
+# component is the family name (the caret says so)
+CONTENT_CREATOR = "LabelShare^"
+# What a DICOM SEG needs of every file of the series it references (it copies or references them): the identity of
+# the study, series and instance and the image size; a series of several slices also needs its place in the patient
+# (a frame of reference, and every slice's position, orientation and pixel spacing), as does a single image that
+# states its position.
+SEG_SOURCE_ATTRIBUTES = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "Rows", "Columns")
+SEG_VOLUME_ATTRIBUTES = ("FrameOfReferenceUID", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing")
+# Type 2 attributes of the patient and study that the SEG copies from its source (present, empty when unknown); a
+# source without one gets it empty, as the standard asks of an unknown value
+SEG_COPIED_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
+                    "StudyDate", "StudyTime")
 
 
 @dataclass(frozen=True)
@@ -120,14 +136,37 @@ def output_complete(path: str | Path) -> bool:
     return isinstance(record, dict) and record.get("image") == path.name and record.get("sha256") == sha256_file(path)
 
 
+def check_dicom_seg_source(source: InputImage) -> None:
+    """Refuse, before anything is segmented, an input that a DICOM SEG cannot reference: one that is not DICOM, or a
+    series a file of which lacks an attribute the SEG needs (:data:`SEG_SOURCE_ATTRIBUTES`); the one line names the
+    file and the attribute and suggests the outputs that need none."""
+    if not source.is_dicom:
+        raise DataError(f"{source.source}: is not DICOM, and DICOM SEG references the DICOM images it segments; "
+                        "write .seg.nrrd or .nii.gz")
+    import pydicom
+    from pydicom.datadict import tag_for_keyword
+    from pydicom.tag import Tag
+    volume = len(source.dicom_files) > 1
+    for path in source.dicom_files:
+        try:
+            header = pydicom.dcmread(path, stop_before_pixels=True)
+        except (OSError, ValueError, pydicom.errors.InvalidDicomError) as error:
+            raise DataError(f"{path}: DICOM file cannot be read ({error})") from None
+        needed = SEG_SOURCE_ATTRIBUTES + (SEG_VOLUME_ATTRIBUTES if volume or "ImagePositionPatient" in header else ())
+        missing = [keyword for keyword in needed if not header.get(keyword)]
+        if missing:
+            named = ", ".join(f"{keyword} {Tag(tag_for_keyword(keyword))}" for keyword in missing)
+            raise DataError(f"{path}: lacks {named}, which a DICOM SEG of {source.source.name} must reference; "
+                            "write .nii.gz or .seg.nrrd instead")
+
+
 def check_output(path: Path, image: sitk.Image, source: InputImage, description: OutputDescription) -> None:
     """Refuse, before anything is segmented, an output that cannot hold this image's labels."""
     kind = output_kind(path)
     if not kind:
         raise DataError(f"{path}: output must end in {ENDINGS_TEXT}")
-    if kind == DICOM_SEG and not source.is_dicom:
-        raise DataError(f"{path}: DICOM SEG references the DICOM images it segments, and {source.source} is not "
-                        "DICOM; write .seg.nrrd or .nii.gz")
+    if kind == DICOM_SEG:
+        check_dicom_seg_source(source)
     check_image_fits_format(image, path)
     if image_suffix(path) == ".png":
         if description.max_label_id > 255:
@@ -186,6 +225,11 @@ def write_dicom_seg(label_image: sitk.Image, path: Path, description: OutputDesc
     from pydicom.sr.codedict import codes
 
     sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in source.dicom_files]
+    for header in sources:
+        for keyword in SEG_COPIED_TYPE2:
+            if keyword not in header:
+                setattr(header, keyword, "")
+    _set_measured_spacing(hd, sources, source)
     labels = sitk.GetArrayFromImage(label_image)
     if labels.ndim == 2:
         labels = labels[np.newaxis]
@@ -200,17 +244,43 @@ def write_dicom_seg(label_image: sitk.Image, path: Path, description: OutputDesc
     first = sources[0]
     series_number = int(getattr(first, "SeriesNumber", 0) or 0) + DICOM_SERIES_NUMBER_OFFSET
     pixel_array = segment_of_label[labels]
-    segmentation = hd.seg.Segmentation(
-        source_images=sources, pixel_array=pixel_array, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=segments, series_instance_uid=hd.UID(), series_number=series_number,
-        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="LabelShare",
-        manufacturer_model_name=description.model.name[:64], software_versions=__version__,
-        device_serial_number=description.model.weights_sha256[:16] or "unknown",
-        content_label="LABELSHARE", content_description=f"LabelShare {description.task}"[:64],
-        series_description=f"LabelShare {description.task} ({description.model.name})"[:64],
-        omit_empty_frames=bool(pixel_array.any()))  # an empty result still needs frames to be a valid SEG
+    try:
+        segmentation = hd.seg.Segmentation(
+            source_images=sources, pixel_array=pixel_array, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=segments, series_instance_uid=hd.UID(), series_number=series_number,
+            sop_instance_uid=hd.UID(), instance_number=1, manufacturer="LabelShare",
+            manufacturer_model_name=description.model.name[:64], software_versions=__version__,
+            device_serial_number=description.model.weights_sha256[:16] or "unknown",
+            content_label="LABELSHARE", content_description=f"LabelShare {description.task}"[:64],
+            content_creator_name=CONTENT_CREATOR,
+            series_description=f"LabelShare {description.task} ({description.model.name})"[:64],
+            omit_empty_frames=bool(pixel_array.any()))  # an empty result still needs frames to be a valid SEG
+    except (AttributeError, KeyError, TypeError, ValueError) as error:  # what highdicom raises for a source it
+        # cannot reference (check_dicom_seg_source refuses the known cases before anything is segmented)
+        raise DataError(f"{path}: DICOM SEG of {source.source} cannot be written ({type(error).__name__}: "
+                        f"{str(error)[:200]}); write .nii.gz or .seg.nrrd instead") from None
     with atomic_path(path, overwrite) as tmp:
         segmentation.save_as(tmp)
+
+
+def _set_measured_spacing(hd, sources: Sequence, source: InputImage) -> None:
+    """Give the (in-memory) source headers of a series of several slices the slice spacing measured from their
+    positions (highdicom's check of a regular volume), which the SEG copies: a source's own SpacingBetweenSlices is
+    not trusted, and highdicom prefers it to what it is given. A slice thickness the source leaves empty becomes the
+    spacing (the segmentation's voxels are the source grid's)."""
+    if len(sources) < 2:
+        return
+    import pydicom
+    spacing, _ = hd.spatial.get_volume_positions([header.ImagePositionPatient for header in sources],
+                                                 sources[0].ImageOrientationPatient)
+    if spacing is None:
+        raise DataError(f"{source.source}: the slice positions of the DICOM series do not form a regular volume, so "
+                        "a DICOM SEG cannot place its frames; write .nii.gz or .seg.nrrd instead")
+    measured = pydicom.valuerep.DSfloat(spacing, auto_format=True)
+    for header in sources:
+        header.SpacingBetweenSlices = measured
+        if not header.get("SliceThickness"):
+            header.SliceThickness = measured
 
 
 # the writer of each kind of output (output_kind)

@@ -19,6 +19,7 @@ from .config import TrainConfig
 from .errors import LabelShareError
 from .evaluation import choose_postprocessing
 from .fileio import empty_folder, hold_folder, make_folders, now_iso, publish_dir
+from .modelfolder import check_new_version
 from .models import environment_summary, load_model, save_model_folder
 from .networks import count_parameters
 from .paths import staging_dir_for
@@ -35,9 +36,7 @@ def postprocess(model_path: str | Path, task_arguments: Sequence[tuple[str, Path
                 progress: Progress | None = None, command: Sequence[str] = ()) -> Path:
     """Write ``out``: ``model_path`` with the post-processing chosen on the validation cases of every task."""
     progress = progress or Progress("quiet")
-    out = Path(out)
-    if out.exists():
-        raise LabelShareError(f"{out}: already exists; model versions are never overwritten, choose a new --out")
+    out = check_new_version(out)
     model = load_model(model_path, device="cpu")  # the command offers no --device: the CPU, as always
     given = dict(task_arguments)
     missing = [name for name in model.tasks if name not in given]

@@ -13,8 +13,8 @@ model is about it:
     score is the mean entropy over the whole image. Costs nothing beyond the segmentation.
 ``tta``
     1 - the mean Dice, over the labels either prediction has, between the prediction of the image and that of its
-    left-right mirror image flipped back (test-time augmentation: only the flip training used, so only for tasks
-    that are not lateralised). Twice the network time.
+    left-right mirror image flipped back (test-time augmentation: only the flip training used, so a lateralised task
+    refuses it, the rule of ``segment --tta``: :func:`labelshare.config.check_mirroring`). Twice the network time.
 ``auto`` (the default)
     ``tta`` where the task allows mirroring, else ``entropy``.
 
@@ -127,11 +127,8 @@ def rank_cases(model, inputs: Inputs, config: RankConfig, progress: Progress | N
     from .segment_run import eta_seconds, failure_reason, read_ahead
     config.check()
     progress = progress or Progress("quiet")
-    entry = model.labelspace.task(config.task)  # UnknownTaskError
-    score = config.score_for(entry.lateralised)
-    if score == "tta" and entry.lateralised:
-        raise DataError(f"task '{config.task}' is lateralised, so mirroring is not a valid augmentation for it and "
-                        "--score tta cannot be used; use --score entropy")
+    score = config.score_for(model.labelspace.task(config.task).lateralised)  # UnknownTaskError; tta refused for a
+    # lateralised task
     segmenter = Segmenter(model, config.inference)
     labels = model.task_labels(config.task)
     ranking = Ranking(task=config.task, score=score, labels=[name for _, name in labels])

@@ -13,7 +13,13 @@ the next, so the network rarely waits for the disk or the decompression. A case 
 voxels, an output that cannot hold it) is recorded with its reason and the others go on.
 
 Outputs that exist are refused before anything runs, unless the configuration says ``overwrite`` or ``continue``
-(skip the complete ones: :func:`labelshare.outputs.output_complete`; write the rest).
+(skip the complete ones: :func:`labelshare.outputs.output_complete`; write the rest); both also remove the hidden
+temporary files that a killed run left beside the outputs. SIGINT/SIGTERM (:class:`~labelshare.errors.Interrupted`)
+stops the whole run: the image being segmented is discarded (nothing of it is under its final name) and the images
+done stay done, so that ``continue`` goes on from there.
+
+Light at import (torch, MONAI and the model are loaded by :func:`segment_cases` and :func:`segment_file`): the
+command line plans the cases, and so refuses a mistake, before anything heavy is imported.
 """
 
 from __future__ import annotations
@@ -23,20 +29,22 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from .config import OUTPUT_FORMATS, SegmentConfig
-from .errors import DataError, LabelShareError
-from .inference import Segmenter
-from .fileio import check_image_fits_format, image_suffix
+from .config import OUTPUT_FORMATS, SegmentConfig, check_mirroring
+from .errors import DataError, Interrupted, LabelShareError, is_out_of_memory
+from .fileio import check_image_fits_format, image_suffix, remove_temporary_files_of
 from .inputs import InputImage, Inputs, collect_inputs, input_size, read_input_image
-from .models import Model, load_model
-from .outputs import (DEFAULT_FORMAT, DICOM_SEG, ENDINGS_TEXT, OutputDescription, check_output, output_complete,
-                      output_kind, write_segmentation)
+from .outputs import (DEFAULT_FORMAT, DICOM_SEG, ENDINGS_TEXT, LABEL_MAP, OutputDescription, check_dicom_seg_source,
+                      check_output, output_complete, output_kind, sidecar_path, write_segmentation)
 from .progress import Progress
 
+if TYPE_CHECKING:
+    from .inference import Segmenter
+    from .models import Model
+
 DONE, SKIPPED, FAILED = "done", "skipped", "failed"
+MIRROR_REQUEST = "test-time mirroring (--tta, the worker's \"mirror\")"
 
 
 @dataclass(frozen=True)
@@ -114,9 +122,8 @@ def plan_cases(inputs: Inputs, output: str | Path, config: SegmentConfig) -> lis
         by_path[path] = image
         if path.resolve() == image.source.resolve():
             raise DataError(f"{path}: is the input image; choose another output")
-        if output_kind(path) == DICOM_SEG and not image.is_dicom:
-            raise DataError(f"{image.source}: is not DICOM, and DICOM SEG references the DICOM images it segments; "
-                            "write .seg.nrrd or .nii.gz")
+        if output_kind(path) == DICOM_SEG:
+            check_dicom_seg_source(image)  # a series a SEG cannot reference is refused before anything runs
         if inputs.single and image_suffix(path) == ".png" and (size := input_size(image)):
             check_image_fits_format(size, path)  # the label image has its input's size (in a batch: that case fails)
     if config.existing == "refuse":
@@ -129,16 +136,28 @@ def plan_cases(inputs: Inputs, output: str | Path, config: SegmentConfig) -> lis
             for image, path in zip(inputs.images, paths, strict=True)]
 
 
+def remove_leftovers(cases: Sequence[PlannedCase]) -> None:
+    """Remove the hidden temporary files that a killed run left beside the outputs (and their sidecars): what
+    ``continue`` and ``overwrite`` do before writing."""
+    remove_temporary_files_of([case.output for case in cases] +
+                              [sidecar_path(case.output) for case in cases if output_kind(case.output) == LABEL_MAP])
+
+
 def segment_cases(model: Model, cases: list[PlannedCase], config: SegmentConfig,
                   progress: Progress | None = None) -> SegmentSummary:
     """Segment the planned cases with one model; one ``progress`` event per case (status, reason, ETA).
 
     A single case to segment also reports its slices (``segmenting`` events with the fraction of the image).
     """
+    from .inference import Segmenter
     config.check()
     progress = progress or Progress("quiet")
     description = OutputDescription.of(model.labelspace, config.task, model.path)  # UnknownTaskError up front
+    if config.inference.mirror:
+        check_mirroring(config.task, model.labelspace.task(config.task).lateralised, MIRROR_REQUEST)
     segmenter = Segmenter(model, config.inference)
+    if config.existing != "refuse":
+        remove_leftovers(cases)
     skipped = [case for case in cases if case.complete]
     to_segment = [case for case in cases if not case.complete]
     outcomes: list[CaseOutcome] = []
@@ -156,23 +175,37 @@ def segment_cases(model: Model, cases: list[PlannedCase], config: SegmentConfig,
     started = time.perf_counter()
     slice_progress = progress if len(to_segment) == 1 else None
     readings = read_ahead([case.image for case in to_segment])
-    for index, (case, reading) in enumerate(zip(to_segment, readings, strict=True)):
-        case_started = time.perf_counter()
-        outcome = _segment_case(segmenter, case, reading, config, description, slice_progress)
-        outcome.seconds = time.perf_counter() - case_started
-        report(outcome, eta_seconds(started, index + 1, len(to_segment)))
+    try:
+        for index, (case, reading) in enumerate(zip(to_segment, readings, strict=True)):
+            case_started = time.perf_counter()
+            outcome = _segment_case(segmenter, case, reading, config, description, slice_progress)
+            outcome.seconds = time.perf_counter() - case_started
+            report(outcome, eta_seconds(started, index + 1, len(to_segment)))
+    except Interrupted as stop:
+        if len(cases) == 1:
+            raise
+        counts = SegmentSummary(outcomes).counts()
+        raise Interrupted(f"{stop} after {len(outcomes)} of {len(cases)} images ({counts[DONE]} done, "
+                          f"{counts[SKIPPED]} skipped, {counts[FAILED]} failed); the image in progress was "
+                          "discarded") from None
+    finally:
+        readings.close()
     return SegmentSummary(outcomes)
 
 
 def read_ahead(images: Sequence[InputImage]) -> Iterator[Future]:
     """The reading (a future of the image) of every image in order; while the caller works on one image, a reader
-    thread reads the next, so the network rarely waits for the disk or the decompression."""
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="labelshare-reader") as reader:
+    thread reads the next, so the network rarely waits for the disk or the decompression. Closing the generator
+    (the caller stopped) cancels what is not being read yet."""
+    reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="labelshare-reader")
+    try:
         upcoming = reader.submit(read_input_image, images[0]) if images else None
         for index in range(len(images)):
             reading = upcoming
             upcoming = reader.submit(read_input_image, images[index + 1]) if index + 1 < len(images) else None
             yield reading
+    finally:
+        reader.shutdown(wait=False, cancel_futures=True)
 
 
 def eta_seconds(started: float, finished: int, total: int) -> float:
@@ -198,7 +231,7 @@ def _segment_case(segmenter: Segmenter, case: PlannedCase, reading: Future, conf
 def failure_reason(error: BaseException) -> str:
     if isinstance(error, LabelShareError):
         return str(error)
-    if isinstance(error, (MemoryError, torch.cuda.OutOfMemoryError)):
+    if is_out_of_memory(error):
         return f"out of memory ({type(error).__name__}); use a smaller --batch-size, or --device cpu"
     return f"{type(error).__name__}: {error}"  # a bug: the command line shows the traceback with --debug
 
@@ -215,6 +248,7 @@ def segment_file(model: Model | str | Path | None, config: SegmentConfig, input_
     if not inputs.single:
         raise DataError(f"{input_path}: holds several images; segment_file takes one (use segment_cases)")
     cases = plan_cases(inputs, output_path, config)
+    from .models import Model, load_model
     if not isinstance(model, Model):
         if progress is not None:
             progress.progress("preparing", 0.0, "loading model")

@@ -30,7 +30,7 @@ from monai.losses import DiceLoss
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .errors import LabelShareError, TrainingInterrupted
+from .errors import LabelShareError, TrainingInterrupted, stop_at_once
 from .fileio import atomic_path, atomic_write_json, not_written, read_json
 from .config import InferenceConfig, TrainConfig
 from .layouts import TaskHead
@@ -132,7 +132,8 @@ class TrainingState:
 
 
 class StopRequest:
-    """Turns SIGINT/SIGTERM into a flag checked after every step, so that the run can save before exiting."""
+    """Turns SIGINT/SIGTERM into a flag checked after every step, so that the run can save before exiting; a second
+    signal ends the process at once (:func:`~labelshare.errors.stop_at_once`: the last checkpoint stays)."""
 
     def __init__(self):
         self.signal_number: int | None = None
@@ -151,6 +152,8 @@ class StopRequest:
         return self
 
     def _handle(self, number, frame) -> None:
+        if self.signal_number is not None:
+            stop_at_once(number)
         self.signal_number = number
 
     def __exit__(self, *exc) -> None:

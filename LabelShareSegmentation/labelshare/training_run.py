@@ -26,7 +26,8 @@ from .fileio import (atomic_write_json, empty_folder, hold_folder, make_folders,
 from .labelspace import LabelSpace
 from .methods import DEFAULT_METHOD
 from .layouts import task_heads
-from .modelfolder import MANIFEST_FILE, ModelConfig, data_fingerprint, is_non_commercial, read_model_json, verify_folder
+from .modelfolder import (MANIFEST_FILE, ModelConfig, check_new_version, data_fingerprint, is_non_commercial,
+                          read_model_json, verify_folder)
 from .models import Model, environment_summary, resolve_device, save_model_folder
 from .networks import build_network, count_parameters
 from .paths import staging_dir_for
@@ -143,9 +144,7 @@ def train(task_arguments: Sequence[tuple[str, Path]], space: LabelSpace, out: st
     config = config or TrainConfig()
     config.check()
     progress = progress or Progress("human")
-    out = Path(out)
-    if out.exists():
-        raise LabelShareError(f"{out}: already exists; model versions are never overwritten, choose a new --out")
+    out = check_new_version(out)
     tasks = open_tasks(task_arguments)
     for name in tasks:
         space.task(name)
@@ -178,8 +177,7 @@ def run_training(tasks: dict[str, TaskDataset], space: LabelSpace, model_config:
     something to continue: a checkpoint, or the complete model folder of a run killed before renaming it (which
     ``resume`` publishes without training again). A run that fails or stops before its first checkpoint removes
     it, and one that finds such a folder starts over in it."""
-    if out.exists():
-        raise LabelShareError(f"{out}: already exists; model versions are never overwritten, choose a new --out")
+    check_new_version(out)
     resolve_device(config.device)  # no CUDA for --device cuda: say so before anything is read or written
     staging = staging_dir_for(out)
     with distributed_context(config.device) as context, ExitStack() as holding:

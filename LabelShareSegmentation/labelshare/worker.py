@@ -16,12 +16,13 @@ each carrying the ``request`` id it belongs to::
 ``command`` defaults to ``segment``; ``rank`` scores the images of ``inputs`` (files, folders, globs: the readers of
 ``labelshare segment``) with :func:`labelshare.ranking.rank_cases` (one ``progress`` event per image) and writes the
 ranking table to ``output``, its ``done`` event carrying ``ranked`` and ``failures``. ``model`` null means the
-bundled default model; ``overwrite`` true replaces an existing segmentation or ranking table (default false: never,
-the command line's ``--overwrite`` rule). The other fields are the options of the command's configuration
-(:class:`~labelshare.config.SegmentConfig`, :class:`~labelshare.config.RankConfig`) under their names, with their
-defaults: ``device``, ``mirror`` (``labelshare segment --tta``), ``largest_component``, ``batch_size``,
-``slicing_axis``, ``series``; ``score`` for ``rank``. Every field has its type (and choices) checked and unknown
-fields are refused (:data:`COMMAND_FIELDS`). Every request ends with exactly one
+bundled default model (a model's name as ``labelshare models`` prints it works too); ``overwrite`` true replaces an
+existing segmentation or ranking table (default false: never, the command line's ``--overwrite`` rule). The other
+fields are the options of the command's configuration (:class:`~labelshare.config.SegmentConfig`,
+:class:`~labelshare.config.RankConfig`) under their names, with their defaults: ``device``, ``mirror`` (``labelshare
+segment --tta``: refused for a lateralised task, :func:`labelshare.config.check_mirroring`), ``largest_component``,
+``batch_size``, ``slicing_axis``, ``series``; ``score`` for ``rank``. Every field has its type (and choices) checked
+and unknown fields are refused (:data:`COMMAND_FIELDS`). Every request ends with exactly one
 ``done`` (with ``output`` and timings) or ``error`` event; an error does not end the worker. A request line longer
 than :data:`MAX_REQUEST_CHARS` or nested too deeply is answered with an error and skipped. Once torch and the engine
 are imported the worker emits one ``log`` event with ``"worker": "ready"`` and ``import_s``. It ends on an ``exit``
@@ -49,7 +50,7 @@ from dataclasses import MISSING, dataclass
 from typing import IO, Any
 
 from .config import RankConfig, SegmentConfig
-from .errors import Interrupted, LabelShareError, os_error_message
+from .errors import LabelShareError, os_error_message
 from .options import check_value, from_values, json_types, option_fields, values_of
 from .progress import Progress
 
@@ -111,9 +112,9 @@ class WorkerServer:
 
     def model(self, folder: str | None, device: str, progress: Progress) -> tuple[Any, float]:
         """The loaded model and the seconds spent loading it now (0 when it was already loaded)."""
+        from .modelfolder import resolve_model
         from .models import load_model, resolve_device
-        from .paths import model_dir_or_default
-        path = model_dir_or_default(folder)
+        path = resolve_model(folder)
         key = (str(path.resolve()), str(resolve_device(device)))
         if key in self.models:
             self.models.move_to_end(key)
@@ -149,8 +150,6 @@ class WorkerServer:
             output = segment_file(model, config, request["input"], request["output"], progress=progress)
             progress.done(str(output), message=f"segmentation written to {output}", **timings,
                           total_s=round(time.perf_counter() - start, 3))
-        except Interrupted:
-            raise  # SIGINT/SIGTERM end the worker (the command line reports it), not just this request
         except LabelShareError as error:
             progress.error(str(error))
         except OSError as error:
@@ -158,7 +157,6 @@ class WorkerServer:
         except Exception as error:  # out of memory, or a bug: report it and keep serving
             progress.error(_failure_message(error))
         return True
-
 
     @staticmethod
     def rank(model: Any, request: dict, config: RankConfig, progress: Progress, start: float, timings: dict) -> None:

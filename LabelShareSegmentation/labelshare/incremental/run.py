@@ -20,7 +20,7 @@ from ..fileio import hold_folder, read_json, sha256_file
 from ..forgetting import ForgettingReport
 from ..methods import method_named
 from ..labelspace import LabelSpace, compute_statistics
-from ..modelfolder import ModelConfig, verify_folder
+from ..modelfolder import ModelConfig, check_new_version, resolve_model, verify_folder
 from ..models import Model, load_model, resolve_device
 from ..networks import expand_output_channels, expand_task_inputs
 from ..paths import candidate_dir_for, recorded_task_folders, refused_report_paths
@@ -77,10 +77,8 @@ def add_task(model: str | Path, task: tuple[str, str | Path], out: str | Path, c
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise LabelShareError("add-task runs in one process on one device; start it without torchrun")
     progress = progress or Progress("human")
-    old_path, out = Path(model), Path(out)
+    old_path, out = resolve_model(model), check_new_version(out)
     name, folder = task
-    if out.exists():
-        raise LabelShareError(f"{out}: already exists; model versions are never overwritten, choose a new --out")
     candidate = candidate_dir_for(out)
     progress.progress("mapping", 0.0, f"reading {old_path.name}")
     old = load_model(old_path, device=config.train.device)
