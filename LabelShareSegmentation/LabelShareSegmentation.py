@@ -77,7 +77,7 @@ class LabelShareSegmentationParameterNode:
         the true/false of scenes saved before is not read as a choice).
     mirror - average with the left-right mirrored prediction for tasks that are not lateralised (test-time
         augmentation, ``labelshare segment --tta``; about twice the time for those tasks).
-    The defaults are those of the engine's configuration (labelshare.config.InferenceConfig).
+    The defaults are those of the engine's configuration (labelshare.core.config.InferenceConfig).
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -444,7 +444,7 @@ class LabelShareSegmentationLogic(ScriptedLoadableModuleLogic):
         :param outputSegmentation: a segmentation node whose task segments are replaced (segments edited since
             they were imported are kept in a hidden copy beside it); None: a new node.
         :param options: the engine's segmentation options by name, the others at their defaults
-            (labelshare.config.SegmentConfig): ``device`` (``"auto"``, ``"cuda"``, also ``"gpu"`` or ``"cuda:N"``,
+            (labelshare.core.config.SegmentConfig): ``device`` (``"auto"``, ``"cuda"``, also ``"gpu"`` or ``"cuda:N"``,
             or ``"cpu"``), ``mirror`` (test-time mirroring for tasks that are not lateralised, about twice the time
             for them), ``largest_component`` (``"model"``, ``"all"`` or ``"none"``), ``batch_size``.
         """
@@ -484,7 +484,7 @@ class LabelShareSegmentationTest(ScriptedLoadableModuleTest):
     def _tinyModel(self) -> Path:
         """A model trained for a few steps on synthetic tasks, by the engine in child processes (as LabelShare
         Training trains): Slicer's own process never imports torch or trains."""
-        from labelshare import synthetic  # light: writes the tasks' files
+        from labelshare.core import synthetic  # light: writes the tasks' files
         root = Path(slicer.util.tempDirectory("LabelShareSelfTest"))
         tasks = [argument for name, path in synthetic.write_tasks(root / "tasks", cases=6).items()
                  for argument in ("--task", f"{name}={path}")]

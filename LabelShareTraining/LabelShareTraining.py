@@ -475,7 +475,7 @@ class LabelShareTrainingTest(ScriptedLoadableModuleTest):
     def _collectPhantomCases(self, root: Path) -> TrainingLogic:
         """A workspace with task "phantom" and 4 synthetic cases added from volume and segmentation nodes."""
         import SimpleITK as sitk
-        from labelshare import synthetic
+        from labelshare.core import synthetic
         from LabelShareLib import engine_command, image_to_volume, import_task_segments
         from LabelShareTrainingLib.cases import CollectionLabel
 

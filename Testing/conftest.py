@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from labelshare import synthetic
-from labelshare.labelspace import LabelSpace, compute_statistics
-from labelshare.training_run import train
-from labelshare.progress import Progress
-from labelshare.tasks import TaskDataset
-from labelshare.config import TrainConfig
+from labelshare.core import synthetic
+from labelshare.core.config import TrainConfig
+from labelshare.core.labelspace import LabelSpace
+from labelshare.core.progress import Progress
+from labelshare.core.tasks import TaskDataset
+from labelshare.engine.statistics import compute_statistics
+from labelshare.engine.training_run import train
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("LABELSHARE_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 
 from labelshare.cli import main
-from labelshare.labelspace import LabelSpace, compute_statistics
-from labelshare.plans import PlanSettings
-from labelshare.tasks import TaskDataset
+from labelshare.core.labelspace import LabelSpace
+from labelshare.core.plans import PlanSettings
+from labelshare.core.tasks import TaskDataset
+from labelshare.engine.statistics import compute_statistics
 
 FIXED_SIZE = 32  # the robustness runs resize every slice to 32 x 32 (--fixed-size): the quickest plans there are
 

@@ -205,7 +205,7 @@ def parameter_node(**values) -> ParameterNode:
 def segmentation_widget(shell, tmp_path: Path, task: str, model: str | None = None, settings=None, logic=None):
     """LabelShare Segmentation's widget with its model and task lists wired as ``setup`` wires them, on its real
     .ui, and a parameter node remembering ``model`` (default: the bundled model) and ``task``."""
-    from labelshare.paths import default_model_dir
+    from labelshare.core.paths import default_model_dir
     widget = shell.LabelShareSegmentationWidget()
     widget.ui = pythonqt_ui(SEGMENTATION_UI)
     widget.settings = settings or settings_in(tmp_path)

@@ -20,20 +20,20 @@ from labelshare_benchmarks.methods import METHODS, BenchmarkSettings, main, run_
 from labelshare_benchmarks.compare_models import comparison_table
 from labelshare_benchmarks.paired import paired_standard_error
 from labelshare_benchmarks import training_budget
-from labelshare.errors import LabelShareError, TrainingInterrupted
-from labelshare.fileio import read_json
-from labelshare.paths import staging_dir_for
-from labelshare.layouts import task_heads
-from labelshare.inference import Segmenter
-from labelshare.metrics import dice_per_label
-from labelshare.modelfolder import WEIGHTS_FILE
-from labelshare.models import load_model
-from labelshare.paths import default_model_dir
-from labelshare.config import NetworkConfig
-from labelshare.networks import build_network
-from labelshare.progress import Progress
-from labelshare.tasks import TaskDataset
-from labelshare.training import Trainer
+from labelshare.core.config import NetworkConfig
+from labelshare.core.errors import LabelShareError, TrainingInterrupted
+from labelshare.core.fileio import read_json
+from labelshare.core.layouts import task_heads
+from labelshare.core.modelfolder import WEIGHTS_FILE
+from labelshare.core.paths import staging_dir_for
+from labelshare.core.paths import default_model_dir
+from labelshare.core.progress import Progress
+from labelshare.core.tasks import TaskDataset
+from labelshare.engine.inference import Segmenter
+from labelshare.engine.metrics import dice_per_label
+from labelshare.engine.models import load_model
+from labelshare.engine.networks import build_network
+from labelshare.engine.training import Trainer
 
 from conftest import REAL_TASKS, real_task_dir
 
@@ -78,8 +78,8 @@ def test_the_baselines_are_the_benchmarks_registered_through_the_engines_public_
     import sys
 
     from labelshare.cli import build_parser
-    from labelshare.methods import METHODS as ENGINE_METHODS
-    from labelshare.methods import PRODUCT_METHODS
+    from labelshare.core.methods import METHODS as ENGINE_METHODS
+    from labelshare.core.methods import PRODUCT_METHODS
     from labelshare_benchmarks import baselines
 
     product = {m.name for m in PRODUCT_METHODS}
@@ -90,7 +90,7 @@ def test_the_baselines_are_the_benchmarks_registered_through_the_engines_public_
         build_parser().parse_args(["train", "--labelspace", "l", "--task", "t=d", "--out", "o", "--method", "dodnet"])
     assert all(ENGINE_METHODS[m.name] is m for m in baselines.METHODS)
     dodnet = tiny_benchmark.method("dodnet").models["phantom3d"]
-    loaded = subprocess.run([sys.executable, "-c", "import sys; from labelshare.models import load_model; "
+    loaded = subprocess.run([sys.executable, "-c", "import sys; from labelshare.engine.models import load_model; "
                              "network = load_model(sys.argv[1], 'cpu').network; "
                              "print(type(network).__module__, 'labelshare_benchmarks.methods' in sys.modules)",
                              str(dodnet)], capture_output=True, text=True, timeout=300)
@@ -367,7 +367,7 @@ def test_default_model_segments_a_validation_case_of_every_real_task():
 
 def test_window_size_benchmark_scores_every_overlap_through_the_segmenters_public_option(tiny_model, synthetic_tasks,
                                                                                          capsys, monkeypatch):
-    import labelshare.slices as slices
+    import labelshare.engine.slices as slices
     from labelshare_benchmarks import window_size
 
     windows_used = []

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from labelshare.config import InferenceConfig
-from labelshare.errors import LabelShareError
-from labelshare.inference import Segmenter
-from labelshare.models import load_model
-from labelshare.paths import BUNDLED_MODELS_DIR
+from labelshare.core.config import InferenceConfig
+from labelshare.core.errors import LabelShareError
+from labelshare.core.paths import BUNDLED_MODELS_DIR
+from labelshare.engine.inference import Segmenter
+from labelshare.engine.models import load_model
 
 REFERENCE = Path(__file__).parent / "data" / "bundled-model-outputs.npz"
 # the options of the v3 variants: the model's post-processing, test-time mirroring, every label cleaned, none

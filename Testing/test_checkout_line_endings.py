@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from labelshare.modelfolder import MANIFEST_FILE, verify_folder
+from labelshare.core.modelfolder import MANIFEST_FILE, verify_folder
 
 REPO = Path(__file__).resolve().parents[1]
 

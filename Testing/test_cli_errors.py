@@ -12,7 +12,7 @@ from dicomfactory import mr_volume, remove_attribute, write_series
 from taskfactory import blobs, write_task_folder
 
 from labelshare.cli import main
-from labelshare.modelfolder import write_manifest
+from labelshare.core.modelfolder import write_manifest
 
 
 @pytest.fixture

@@ -13,15 +13,15 @@ import sys
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from test_light_core import HEAVY, run_without_heavy_packages
+from test_layers import HEAVY, run_without_heavy_packages
 
 from labelshare.cli import CONTINUE_HINTS, build_parser, main
-from labelshare.config import MIRROR_RULE
-from labelshare.errors import ModelError
-from labelshare.modelfolder import resolve_model
-from labelshare.paths import default_model_dir
-from labelshare.progress import parse_event
-from labelshare.worker import WorkerServer
+from labelshare.core.config import MIRROR_RULE
+from labelshare.core.errors import ModelError
+from labelshare.core.modelfolder import resolve_model
+from labelshare.core.paths import default_model_dir
+from labelshare.core.progress import parse_event
+from labelshare.engine.worker import WorkerServer
 
 
 @pytest.fixture

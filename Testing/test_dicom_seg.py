@@ -14,12 +14,13 @@ import pytest
 import SimpleITK as sitk
 from dicomfactory import ROTATION, mr_volume, remove_attribute, write_series
 from highdicom._standard_utils import construct_module_tree, get_iod_module_map, get_sop_class_iod_map
-from test_light_core import run_without_heavy_packages
+from test_layers import run_without_heavy_packages
 
-from labelshare.errors import DataError
-from labelshare.inputs import collect_inputs, read_input_image
-from labelshare.outputs import CONTENT_CREATOR, ModelIdentity, OutputDescription, write_segmentation
-from labelshare.terminology import label_styles
+from labelshare.core.errors import DataError
+from labelshare.core.inputs import collect_inputs, read_input_image
+from labelshare.core.outputs import ModelIdentity, OutputDescription
+from labelshare.core.terminology import label_styles
+from labelshare.engine.writers import CONTENT_CREATOR, write_segmentation
 
 DESCRIPTION = OutputDescription("phantom", label_styles([type("Label", (), {"id": i, "name": n, "info": {}})()
                                                          for i, n in ((1, "body"), (2, "organ"), (5, "lesion"))]),

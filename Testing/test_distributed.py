@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from labelshare.models import load_model
-from labelshare.progress import parse_event
+from labelshare.core.progress import parse_event
+from labelshare.engine.models import load_model
 
 
 @pytest.mark.slow

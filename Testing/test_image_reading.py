@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from labelshare.imagedata import ImageDataProblem, read_checked_image
+from labelshare.core.imagedata import ImageDataProblem, read_checked_image
 
 OBLIQUE = (0.96, -0.28, 0.0, 0.28, 0.96, 0.0, 0.0, 0.0, 1.0)
 

@@ -18,24 +18,26 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from labelshare import cli, synthetic
-from labelshare.errors import LabelShareError, LabelSpaceError
-from labelshare.fileio import atomic_write_json, write_image_atomic
-from labelshare import budget
-from labelshare.budget import add_task_epochs
-from labelshare.cli import EXIT_REGRESSION, add_task_config_from
-from labelshare.config import AddTaskConfig, TrainConfig, parse_replay_cases
-from labelshare.incremental import add_task
-from labelshare.incremental.mapping import map_labels, parse_pins
-from labelshare.incremental.trainer import IncrementalTrainer
-from labelshare.labelspace import LabelSpace, LabelStats, TaskStatistics, compute_statistics
-from labelshare.modelfolder import list_models, verify_folder
-from labelshare.models import load_model
-from labelshare.paths import candidate_dir_for
-from labelshare.paths import refused_report_paths as report_paths_for
-from labelshare.progress import Progress, parse_event
-from labelshare.tasks import TaskDataset
-from labelshare.training_run import train
+from labelshare import cli
+from labelshare.core import synthetic
+from labelshare.core import budget
+from labelshare.commands import EXIT_REGRESSION, add_task_config_from
+from labelshare.core.budget import add_task_epochs
+from labelshare.core.config import AddTaskConfig, TrainConfig, parse_replay_cases
+from labelshare.core.errors import LabelShareError, LabelSpaceError
+from labelshare.core.fileio import atomic_write_json, write_image_atomic
+from labelshare.core.labelspace import LabelSpace, LabelStats, TaskStatistics
+from labelshare.core.modelfolder import list_models, verify_folder
+from labelshare.core.paths import candidate_dir_for
+from labelshare.core.paths import refused_report_paths as report_paths_for
+from labelshare.core.progress import Progress, parse_event
+from labelshare.core.tasks import TaskDataset
+from labelshare.engine.incremental import add_task
+from labelshare.engine.incremental.mapping import map_labels, parse_pins
+from labelshare.engine.incremental.trainer import IncrementalTrainer
+from labelshare.engine.models import load_model
+from labelshare.engine.statistics import compute_statistics
+from labelshare.engine.training_run import train
 
 BUDGET = dict(epochs=1, steps_per_epoch=6, batch_size=6, device="cpu")
 BUDGET_ARGS = ["--epochs", "1", "--steps-per-epoch", "6", "--batch-size", "6", "--device", "cpu"]
@@ -146,11 +148,11 @@ def test_explicit_pins_are_kept_and_checked(space):
 # -- replay and distillation -----------------------------------------------------------------------------------------
 def tiny_trainer_inputs(space, slices_per_case: tuple[int, ...], classes: int):
     """A 4-channel label-sharing network, its shared heads and random slice banks of tasks 'a' and 'b' (32x32)."""
-    from labelshare.config import NetworkConfig
-    from labelshare.layouts import task_heads
-    from labelshare.networks import build_network
-    from labelshare.plans import TaskPlan
-    from labelshare.sampling import TaskSlices
+    from labelshare.core.config import NetworkConfig
+    from labelshare.core.layouts import task_heads
+    from labelshare.engine.networks import build_network
+    from labelshare.core.plans import TaskPlan
+    from labelshare.engine.sampling import TaskSlices
 
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
@@ -164,7 +166,7 @@ def tiny_trainer_inputs(space, slices_per_case: tuple[int, ...], classes: int):
 
 
 def test_replay_keeps_exemplar_cases_and_distillation_adds_the_old_model_divergence(tmp_path, space):
-    from labelshare.sampling import TaskBatch
+    from labelshare.engine.sampling import TaskBatch
 
     network, heads, banks = tiny_trainer_inputs(space, (2, 1, 1), classes=3)
     config = TrainConfig(batch_size=4, epochs=1, steps_per_epoch=1, device="cpu")
@@ -196,7 +198,7 @@ def test_replay_keeps_exemplar_cases_and_distillation_adds_the_old_model_diverge
 
 
 def test_output_channels_of_new_labels_take_a_scaled_step_and_the_rest_the_base_step(tmp_path, space):
-    from labelshare.networks import output_layer
+    from labelshare.engine.networks import output_layer
 
     start, heads, banks = tiny_trainer_inputs(space, (2, 2), classes=4)
     config = TrainConfig(batch_size=4, epochs=1, steps_per_epoch=10, device="cpu")

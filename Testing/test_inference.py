@@ -7,13 +7,14 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from labelshare.cli import build_parser, segment_config_from
-from labelshare.errors import LabelShareError, UnknownTaskError
-from labelshare.inference import Segmenter, keep_largest_components
-from labelshare.config import InferenceConfig, SegmentConfig
-from labelshare.segment_run import segment_file
-from labelshare.models import load_model
-from labelshare.progress import Progress, parse_event
+from labelshare.cli import build_parser
+from labelshare.commands import segment_config_from
+from labelshare.core.config import InferenceConfig, SegmentConfig
+from labelshare.core.errors import LabelShareError, UnknownTaskError
+from labelshare.core.progress import Progress, parse_event
+from labelshare.engine.inference import Segmenter, keep_largest_components
+from labelshare.engine.models import load_model
+from labelshare.engine.segment_run import segment_file
 
 
 def _image(size, spacing, origin, direction, dtype=np.float32):

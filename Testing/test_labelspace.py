@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from taskfactory import blobs, write_task_folder
 
-from labelshare.errors import LabelSpaceError, UnknownTaskError
-from labelshare.labelspace import LabelSpace, compute_statistics, parse_group
-from labelshare.tasks import TaskDataset
+from labelshare.core.errors import LabelSpaceError, UnknownTaskError
+from labelshare.core.labelspace import LabelSpace, parse_group
+from labelshare.core.tasks import TaskDataset
+from labelshare.engine.statistics import compute_statistics
 
 
 def _stats(tmp_path, name, labels, arrays, **kwargs):

@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from labelshare.scores import CaseScore, Evaluation
-from labelshare.metrics import dice_per_label, hd95_per_label
+from labelshare.core.scores import CaseScore, Evaluation
+from labelshare.engine.metrics import dice_per_label, hd95_per_label
 
 
 def test_dice_matches_hand_computation():

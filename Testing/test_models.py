@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from labelshare.cli import main
-from labelshare.errors import ModelError
-from labelshare.modelfolder import list_models, verify_folder
-from labelshare.models import environment_summary, load_model, save_model_folder
-from labelshare.paths import user_models_dir
+from labelshare.core.errors import ModelError
+from labelshare.core.modelfolder import list_models, verify_folder
+from labelshare.core.paths import user_models_dir
+from labelshare.engine.models import environment_summary, load_model, save_model_folder
 
 
 def test_model_folder_contents_and_card(tiny_model):

@@ -1,5 +1,5 @@
-"""Every option has one owner: its default is defined once, in a field of a typed configuration (labelshare.config,
-labelshare.plans), and the edges that build the configuration (the command line, the worker, the Slicer modules)
+"""Every option has one owner: its default is defined once, in a field of a typed configuration (labelshare.core.config,
+labelshare.core.plans), and the edges that build the configuration (the command line, the worker, the Slicer modules)
 and the layers below them hold no default of their own."""
 
 from __future__ import annotations
@@ -12,12 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from labelshare import options as option_tools
+from labelshare.core import options as option_tools
 from labelshare.cli import build_parser
-from labelshare.config import (DEMO_BUDGET, AddTaskConfig, InferenceConfig, RankConfig, SegmentConfig,
-                               TrainConfig)
-from labelshare.plans import PlanSettings
-from labelshare.worker import COMMAND_CONFIGS, COMMAND_FIELDS, request_config
+from labelshare.core.config import (DEMO_BUDGET, AddTaskConfig, InferenceConfig, RankConfig, SegmentConfig, TrainConfig)
+from labelshare.core.plans import PlanSettings
+from labelshare.core.worker_protocol import COMMAND_CONFIGS, COMMAND_FIELDS, request_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = (TrainConfig, InferenceConfig, SegmentConfig, RankConfig, AddTaskConfig, PlanSettings)

@@ -26,7 +26,7 @@ def wheel(tmp_path_factory) -> Path:
 
 def test_wheel_holds_engine_and_bundled_model_but_no_benchmarks_or_slicer_code(wheel):
     names = zipfile.ZipFile(wheel).namelist()
-    assert "labelshare/cli.py" in names and "labelshare/incremental/run.py" in names
+    assert "labelshare/cli.py" in names and "labelshare/engine/incremental/run.py" in names
     assert not any(n.startswith("labelshare_benchmarks/") or "dodnet" in n for n in names)
     metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
     requires = [line for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
@@ -52,9 +52,9 @@ def test_wheel_in_a_clean_environment_lists_and_verifies_its_bundled_model(wheel
     own = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                               capture_output=True, text=True, check=True).stdout.strip())
     (own / "dependencies.pth").write_text("\n".join(site.getsitepackages()) + "\n")
-    found = subprocess.run([str(python), "-c", "import json, labelshare, labelshare.paths as p; print(json.dumps("
+    found = subprocess.run([str(python), "-c", "import json, labelshare, labelshare.core.paths as p; print(json.dumps("
                             "[labelshare.__file__, str(p.default_model_dir()), "
-                            "len(__import__('labelshare.terminology').terminology.load_label_table())]))"],
+                            "len(__import__('labelshare.core.terminology').core.terminology.load_label_table())]))"],
                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert found.returncode == 0, found.stderr
     module_file, model_dir, known_labels = json.loads(found.stdout)

@@ -1,5 +1,5 @@
-"""Per-task plans (labelshare.plans) and slices at plan resolution (labelshare.slices): spacing and patch rules,
-sliding windows, geometry round trips, and first-release models (no plans) still load."""
+"""Per-task plans (labelshare.core.plans) and slices at plan resolution (labelshare.engine.slices): spacing and patch
+rules, sliding windows, geometry round trips, and first-release models (no plans) still load."""
 
 from __future__ import annotations
 
@@ -11,20 +11,21 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from labelshare.config import InferenceConfig, NetworkConfig
-from labelshare.errors import LabelSpaceError
-from labelshare.inference import Segmenter
-from labelshare.labelspace import LabelEntry, LabelSpace, LabelStats, TaskEntry, compute_statistics
-from labelshare.metrics import dice_per_label
-from labelshare.modelfolder import MODEL_FORMAT_VERSION, ModelConfig, verify_folder
-from labelshare.models import Model, load_model
-from labelshare.networks import build_network
-from labelshare.paths import BUNDLED_MODELS_DIR, bundled_model_dirs, default_model_dir, version_order
-from labelshare.plans import (DEFAULT_PATCH_MULTIPLE, PlanSettings, SliceGeometry, TaskPlan, fixed_size_plan,
-                              plan_task)
-from labelshare.preprocessing import DEFAULT_PREPROCESSING, FIRST_PREPROCESSING
-from labelshare.slices import pad_to_patch, resample_labels, window_logits
-from labelshare.tasks import TaskDataset
+from labelshare.core.config import InferenceConfig, NetworkConfig
+from labelshare.core.errors import LabelSpaceError
+from labelshare.core.labelspace import LabelEntry, LabelSpace, LabelStats, TaskEntry
+from labelshare.core.modelfolder import MODEL_FORMAT_VERSION, ModelConfig, verify_folder
+from labelshare.core.paths import BUNDLED_MODELS_DIR, bundled_model_dirs, default_model_dir, version_order
+from labelshare.core.plans import (DEFAULT_PATCH_MULTIPLE, PlanSettings, SliceGeometry, TaskPlan, fixed_size_plan,
+                                   plan_task)
+from labelshare.core.preprocessing import DEFAULT_PREPROCESSING, FIRST_PREPROCESSING
+from labelshare.core.tasks import TaskDataset
+from labelshare.engine.inference import Segmenter
+from labelshare.engine.metrics import dice_per_label
+from labelshare.engine.models import Model, load_model
+from labelshare.engine.networks import build_network
+from labelshare.engine.slices import pad_to_patch, resample_labels, window_logits
+from labelshare.engine.statistics import compute_statistics
 from taskfactory import blobs, write_task_folder
 
 BUDGET = PlanSettings(image_pixels=256 * 256, patch_pixels=192 * 192)

@@ -14,19 +14,20 @@ import SimpleITK as sitk
 import torch
 from safetensors.torch import load_file
 
-import labelshare.inference as inference
-from labelshare.cli import build_parser, main, segment_config_from
-from labelshare.config import InferenceConfig
-from labelshare.errors import LabelShareError
-from labelshare.evaluation import choose_postprocessing, evaluate_cases
-from labelshare.fileio import sha256_file
-from labelshare.inference import Segmenter
-from labelshare.modelfolder import verify_folder
-from labelshare.models import load_model
-from labelshare.paths import BUNDLED_MODELS_DIR
-from labelshare.postprocess_run import postprocess
-from labelshare.worker import request_config
-from labelshare.tasks import TaskDataset
+import labelshare.engine.inference as inference
+from labelshare.cli import build_parser, main
+from labelshare.commands import segment_config_from
+from labelshare.core.config import InferenceConfig
+from labelshare.core.errors import LabelShareError
+from labelshare.core.fileio import sha256_file
+from labelshare.core.modelfolder import verify_folder
+from labelshare.core.paths import BUNDLED_MODELS_DIR
+from labelshare.core.tasks import TaskDataset
+from labelshare.core.worker_protocol import request_config
+from labelshare.engine.evaluation import choose_postprocessing, evaluate_cases
+from labelshare.engine.inference import Segmenter
+from labelshare.engine.models import load_model
+from labelshare.engine.postprocess_run import postprocess
 
 
 class ReferencePlusIsland:

@@ -12,18 +12,18 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from labelshare.config import NetworkConfig
-from labelshare.errors import LabelSpaceError, ModelError
-from labelshare.fileio import atomic_write_json
-from labelshare.labelspace import LabelSpace
-from labelshare.modelfolder import verify_folder, write_manifest
-from labelshare.paths import BUNDLED_MODELS_DIR
-from labelshare.plans import (DEFAULT_PATCH_MULTIPLE, FIRST_PATCH_MULTIPLE, PlanSettings, SliceGeometry, TaskPlan,
-                              plan_task)
-from labelshare.preprocessing import (DEFAULT_PREPROCESSING, FIRST_PREPROCESSING, NORMALISATIONS, RESAMPLINGS,
-                                      SLICINGS, Preprocessing, Scheme, case_slices)
-from labelshare.slices import IndexLinearResampling, to_plan
-from labelshare.tasks import TaskDataset
+from labelshare.core.config import NetworkConfig
+from labelshare.core.errors import LabelSpaceError, ModelError
+from labelshare.core.fileio import atomic_write_json
+from labelshare.core.labelspace import LabelSpace
+from labelshare.core.modelfolder import verify_folder, write_manifest
+from labelshare.core.paths import BUNDLED_MODELS_DIR
+from labelshare.core.plans import (DEFAULT_PATCH_MULTIPLE, FIRST_PATCH_MULTIPLE, PlanSettings, SliceGeometry, TaskPlan,
+                                   plan_task)
+from labelshare.core.preprocessing import (DEFAULT_PREPROCESSING, FIRST_PREPROCESSING, NORMALISATIONS, RESAMPLINGS,
+                                           SLICINGS, Preprocessing, Scheme, case_slices)
+from labelshare.core.tasks import TaskDataset
+from labelshare.engine.slices import IndexLinearResampling, to_plan
 from taskfactory import blobs, write_task_folder
 
 

@@ -1,4 +1,4 @@
-"""``labelshare rank`` (labelshare/ranking.py): the most uncertain image first, stable output, one model load."""
+"""``labelshare rank`` (labelshare/engine/ranking.py): the most uncertain image first, stable output, one model load."""
 
 from __future__ import annotations
 
@@ -8,18 +8,20 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from labelshare import synthetic
+from labelshare.core import synthetic
+from labelshare.engine import ranking as ranking_module
 from labelshare.cli import main
-from labelshare.config import RankConfig, TrainConfig
-from labelshare import ranking as ranking_module
-from labelshare.errors import DataError, Interrupted
-from labelshare.inputs import collect_inputs
-from labelshare.labelspace import LabelSpace, compute_statistics
-from labelshare.models import load_model
-from labelshare.progress import Progress, parse_event
-from labelshare.ranking import rank_cases, read_ranking
-from labelshare.tasks import TaskDataset
-from labelshare.training_run import train
+from labelshare.core.config import RankConfig, TrainConfig
+from labelshare.core.errors import DataError, Interrupted
+from labelshare.core.inputs import collect_inputs
+from labelshare.core.labelspace import LabelSpace
+from labelshare.core.progress import Progress, parse_event
+from labelshare.core.ranking_table import read_ranking
+from labelshare.core.tasks import TaskDataset
+from labelshare.engine.models import load_model
+from labelshare.engine.ranking import rank_cases
+from labelshare.engine.statistics import compute_statistics
+from labelshare.engine.training_run import train
 
 
 @pytest.fixture(scope="module")

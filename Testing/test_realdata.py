@@ -6,12 +6,13 @@ import json
 import pytest
 from conftest import REAL_TASKS, real_task_dir
 
-from labelshare.labelspace import LabelSpace, compute_statistics, parse_group
-from labelshare.training_run import train
-from labelshare.progress import Progress
-from labelshare.tasks import TaskDataset
-from labelshare.config import TrainConfig
-from labelshare.plans import PlanSettings
+from labelshare.core.config import TrainConfig
+from labelshare.core.labelspace import LabelSpace, parse_group
+from labelshare.core.plans import PlanSettings
+from labelshare.core.progress import Progress
+from labelshare.core.tasks import TaskDataset
+from labelshare.engine.statistics import compute_statistics
+from labelshare.engine.training_run import train
 
 pytestmark = pytest.mark.realdata
 SMALL = PlanSettings(image_pixels=64 * 64, patch_pixels=64 * 64)

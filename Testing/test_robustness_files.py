@@ -21,14 +21,14 @@ import SimpleITK as sitk
 from robustness_support import (cli_error, cut, fill, fixed_size_space, hidden_entries, remount_read_only,
                                 small_file_system)
 
-from labelshare import fileio, modelfolder
-from labelshare.errors import DataError, LabelShareError, LabelSpaceError, ModelError
-from labelshare.fileio import atomic_write_json, atomic_write_text, write_image_atomic
-from labelshare.labelspace import LabelSpace
-from labelshare.modelfolder import verify_folder
-from labelshare.models import load_model, save_model_folder
-from labelshare.taskfolders import PENDING_FILE, TaskCollection, copy_task, create_task
-from labelshare.tasks import read_image
+from labelshare.core import fileio, modelfolder
+from labelshare.core.errors import DataError, LabelShareError, LabelSpaceError, ModelError
+from labelshare.core.fileio import atomic_write_json, atomic_write_text, write_image_atomic
+from labelshare.core.labelspace import LabelSpace
+from labelshare.core.modelfolder import verify_folder
+from labelshare.core.taskfolders import PENDING_FILE, TaskCollection, copy_task, create_task
+from labelshare.core.tasks import read_image
+from labelshare.engine.models import load_model, save_model_folder
 
 
 @pytest.fixture
@@ -104,7 +104,7 @@ def test_json_and_text_writes_detect_errors_and_short_writes(tmp_path, monkeypat
 
 
 def test_model_weights_are_read_back_before_they_count_as_written(tiny_model, tmp_path, monkeypatch):
-    from labelshare import models
+    from labelshare.engine import models
     model = load_model(tiny_model, device="cpu")
     real_save = models.save_safetensors_model
 
@@ -142,7 +142,7 @@ def test_worker_reports_an_error_not_done_when_the_output_is_not_written(tiny_mo
                                                                           monkeypatch):
     import io
 
-    from labelshare.worker import serve
+    from labelshare.engine.worker import serve
 
     def empty_file(image, path, useCompression=False, **options):
         open(path, "wb").close()
@@ -243,8 +243,8 @@ def test_a_header_claiming_more_than_the_file_holds_is_refused_before_allocating
     paths = _huge_claims(tmp_path)
     code = textwrap.dedent(f"""
         import json, re, sys
-        from labelshare.errors import DataError
-        from labelshare.tasks import read_image
+        from labelshare.core.errors import DataError
+        from labelshare.core.tasks import read_image
         messages = []
         for path in {[str(p) for p in paths]!r}:
             try:
@@ -373,7 +373,7 @@ def test_weights_linked_from_outside_the_folder_do_not_load(model_copy, tmp_path
 
 
 def test_a_lineage_naming_task_folders_as_a_list_is_a_model_error(model_copy):
-    from labelshare.paths import recorded_task_folders
+    from labelshare.core.paths import recorded_task_folders
     (model_copy / "lineage.json").write_text(json.dumps({"task_folders": ["/data/a", "/data/b"]}))
     with pytest.raises(ModelError, match="lineage.json: .*task_folders"):
         recorded_task_folders(model_copy)

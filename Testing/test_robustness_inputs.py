@@ -15,14 +15,14 @@ from taskfactory import blobs, write_task_folder
 
 from labelshare import __version__
 from labelshare.cli import build_parser, main
-from labelshare.config import NetworkConfig
-from labelshare.errors import LabelShareError, ModelError
-from labelshare.forgetting import ForgettingReport
-from labelshare.modelfolder import verify_folder, write_manifest
-from labelshare.models import load_model
-from labelshare.progress import parse_event
-from labelshare.tasks import TaskDataset
-from labelshare.worker import serve
+from labelshare.core.config import NetworkConfig
+from labelshare.core.errors import LabelShareError, ModelError
+from labelshare.core.forgetting import ForgettingReport
+from labelshare.core.modelfolder import verify_folder, write_manifest
+from labelshare.core.progress import parse_event
+from labelshare.core.tasks import TaskDataset
+from labelshare.engine.models import load_model
+from labelshare.engine.worker import serve
 
 
 @pytest.fixture
@@ -65,7 +65,7 @@ def test_an_oversized_request_line_is_an_error_and_the_worker_goes_on():
 
 @pytest.mark.parametrize("size", [65536, 4096, 0, -16])
 def test_fixed_size_is_bounded(size):
-    from labelshare.plans import PlanSettings
+    from labelshare.core.plans import PlanSettings
     with pytest.raises(LabelShareError, match="--fixed-size"):
         PlanSettings(fixed_size=size).check()
 
@@ -165,7 +165,7 @@ def test_segment_refuses_a_batch_size_below_one(tiny_model, tmp_path, capsys, ba
 
 
 def test_segment_refuses_to_write_a_volume_as_one_png(tiny_model, tmp_path, capsys, monkeypatch):
-    from labelshare import models
+    from labelshare.engine import models
     monkeypatch.setattr(models, "load_model",
                         lambda *args, **kwargs: pytest.fail("refused only after the model loaded"))
     image = tmp_path / "in.nii.gz"
@@ -186,7 +186,7 @@ def test_models_refuses_a_root_that_is_not_a_folder(tmp_path, capsys, root):
 def test_a_network_that_diverged_is_never_saved(tiny_model, tmp_path):
     import torch
 
-    from labelshare.models import save_model_folder
+    from labelshare.engine.models import save_model_folder
     model = load_model(tiny_model, device="cpu")
     with torch.no_grad():
         next(model.network.parameters()).fill_(float("inf"))
@@ -265,7 +265,7 @@ def test_a_lineage_with_task_folders_as_a_list_is_one_line_for_add_task(model_co
 
 def test_unexpected_failures_in_the_worker_are_reported_without_raw_exception_text(tiny_model, synthetic_tasks,
                                                                                    tmp_path, monkeypatch):
-    from labelshare import inference
+    from labelshare.engine import inference
 
     def broken(*args, **kwargs):
         raise ValueError("internal detail: tensor of shape (3, 4) at 0x7f00")
@@ -298,7 +298,7 @@ def test_a_bare_task_argument_that_is_no_folder_mentions_name_equals_dir(tmp_pat
 
 
 def test_an_image_that_is_a_folder_is_not_called_missing(tmp_path):
-    from labelshare.tasks import read_image
+    from labelshare.core.tasks import read_image
     (tmp_path / "scan.nii.gz").mkdir()
     with pytest.raises(LabelShareError, match="scan.nii.gz: image is a folder"):
         read_image(tmp_path / "scan.nii.gz", "image")
@@ -307,7 +307,7 @@ def test_an_image_that_is_a_folder_is_not_called_missing(tmp_path):
 def test_an_unreadable_image_is_not_called_missing(tmp_path, monkeypatch):
     import builtins
 
-    from labelshare.tasks import read_image
+    from labelshare.core.tasks import read_image
     path = tmp_path / "scan.nii.gz"
     sitk.WriteImage(sitk.GetImageFromArray(np.zeros((2, 4, 4), np.float32)), str(path))
     real_open = builtins.open

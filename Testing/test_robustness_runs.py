@@ -18,14 +18,14 @@ import pytest
 import SimpleITK as sitk
 from robustness_support import cli_error, fixed_size_space, hidden_entries, snapshot
 
-from labelshare import training_run
+from labelshare.engine import training_run
 from labelshare.cli import main
-from labelshare.config import TrainConfig
-from labelshare.modelfolder import verify_folder
-from labelshare.paths import candidate_dir_for, staging_dir_for
-from labelshare.progress import Progress
-from labelshare.training import CHECKPOINT_DIR, Trainer
-from labelshare.training_run import train
+from labelshare.core.config import TrainConfig
+from labelshare.core.modelfolder import verify_folder
+from labelshare.core.paths import candidate_dir_for, staging_dir_for
+from labelshare.core.progress import Progress
+from labelshare.engine.training import CHECKPOINT_DIR, Trainer
+from labelshare.engine.training_run import train
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 TINY = ["--batch-size", "6", "--device", "cpu"]  # with a label space of fixed_size_space (--fixed-size 32)
@@ -93,7 +93,7 @@ def assert_stopped_with_one_line(status: int, stderr: str) -> str:
 def test_sigterm_while_loading_the_data_stops_with_75_and_one_line(two_tasks, tmp_path):
     out = tmp_path / "model"
     status, stderr = signal_when_paused(start_paused(train_argv(two_tasks, out),
-                                                     "labelshare.preprocessing:case_slices"))
+                                                     "labelshare.core.preprocessing:case_slices"))
     assert "--resume" in assert_stopped_with_one_line(status, stderr)
     assert not out.exists()
     assert main(train_argv(two_tasks, out) + ["--progress", "quiet"]) == 0, "the next run is not blocked"
@@ -102,7 +102,7 @@ def test_sigterm_while_loading_the_data_stops_with_75_and_one_line(two_tasks, tm
 def test_sigterm_while_evaluating_stops_with_75_and_resume_publishes(two_tasks, tmp_path):
     out = tmp_path / "model"
     status, stderr = signal_when_paused(start_paused(train_argv(two_tasks, out),
-                                                     "labelshare.training_run:evaluate_validation"))
+                                                     "labelshare.engine.training_run:evaluate_validation"))
     assert_stopped_with_one_line(status, stderr)
     assert not out.exists()
     assert main(train_argv(two_tasks, out) + ["--resume", "--progress", "quiet"]) == 0
@@ -112,9 +112,10 @@ def test_sigterm_while_evaluating_stops_with_75_and_resume_publishes(two_tasks, 
 def test_sigterm_to_evaluate_and_labelspace_is_one_line_and_writes_nothing(tiny_model, synthetic_tasks, tmp_path):
     evaluate = ["evaluate", "--model", str(tiny_model), "--task", "xray2d", "--data", str(synthetic_tasks["xray2d"]),
                 "-o", str(tmp_path / "evaluation"), "--device", "cpu"]
-    assert_stopped_with_one_line(*signal_when_paused(start_paused(evaluate, "labelshare.evaluation:dice_per_label")))
+    assert_stopped_with_one_line(*signal_when_paused(start_paused(evaluate,
+                                                                  "labelshare.engine.evaluation:dice_per_label")))
     build = ["labelspace", "build", "--task", f"xray2d={synthetic_tasks['xray2d']}", "-o", str(tmp_path / "ls.json")]
-    assert_stopped_with_one_line(*signal_when_paused(start_paused(build, "labelshare.labelspace:LabelSpace.save")))
+    assert_stopped_with_one_line(*signal_when_paused(start_paused(build, "labelshare.core.labelspace:LabelSpace.save")))
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
@@ -149,7 +150,8 @@ def add_task_argv(base_model, synthetic_tasks, out) -> list[str]:
 def test_sigterm_in_the_forgetting_stage_publishes_nothing(base_model, synthetic_tasks, tmp_path):
     out = tmp_path / "v2"
     argv = add_task_argv(base_model, synthetic_tasks, out)
-    status, stderr = signal_when_paused(start_paused(argv, "labelshare.incremental.gate:ForgettingReport.compare"))
+    status, stderr = signal_when_paused(start_paused(argv,
+                                                     "labelshare.engine.incremental.gate:ForgettingReport.compare"))
     assert_stopped_with_one_line(status, stderr)
     assert not out.exists() and candidate_dir_for(out).is_dir()
     assert main(argv + ["--resume", "--progress", "quiet"]) == 0
@@ -196,7 +198,7 @@ def test_a_run_with_other_settings_does_not_publish_a_complete_staging_folder(tw
 
 def test_two_runs_never_work_in_one_staging_folder(two_tasks, tmp_path, capsys):
     out = tmp_path / "model"
-    first = start_paused(train_argv(two_tasks, out), "labelshare.preprocessing:case_slices")
+    first = start_paused(train_argv(two_tasks, out), "labelshare.core.preprocessing:case_slices")
     try:
         assert first.stdout.readline().strip() == "PAUSED"
         line = cli_error(train_argv(two_tasks, out) + ["--resume"], capsys)
@@ -266,7 +268,7 @@ def interrupted(tmp_path_factory, synthetic_tasks):
     argv = ["train", "--labelspace", str(root / "ls.json"), "--task", f"phantom3d={synthetic_tasks['phantom3d']}",
             "--task", f"xray2d={synthetic_tasks['xray2d']}", "--out", str(root / "model"), "--epochs", "2",
             "--steps-per-epoch", "2", *TINY, "--progress", "quiet"]
-    status, _ = signal_when_paused(start_paused(argv, "labelshare.training:Trainer.validate"))
+    status, _ = signal_when_paused(start_paused(argv, "labelshare.engine.training:Trainer.validate"))
     assert status == 75
     assert (staging_dir_for(root / "model") / CHECKPOINT_DIR / "checkpoint.json").is_file()
     return root, argv

@@ -23,12 +23,14 @@ import SimpleITK as sitk
 from conftest import real_task_dir
 from dicomfactory import ROTATION, mr_volume, write_series
 
-from labelshare.cli import EXIT_INTERRUPTED, EXIT_SOME_FAILED, main
-from labelshare.fileio import TEMPORARY_NAME
-from labelshare.inference import Segmenter
-from labelshare.models import load_model
-from labelshare.outputs import output_complete, sidecar_path
-from labelshare.progress import parse_event
+from labelshare.cli import main
+from labelshare.commands import EXIT_SOME_FAILED
+from labelshare.core.errors import EXIT_INTERRUPTED
+from labelshare.core.fileio import TEMPORARY_NAME
+from labelshare.core.outputs import output_complete, sidecar_path
+from labelshare.core.progress import parse_event
+from labelshare.engine.inference import Segmenter
+from labelshare.engine.models import load_model
 
 TASK = "phantom3d"
 
@@ -220,10 +222,12 @@ STOPPING_SLOWLY = {
                 time.sleep(60)  # a clean-up that takes its time
     """,
     "training": """
-        from labelshare.training import StopRequest
-        with StopRequest():
+        from labelshare.engine.training import StopRequest
+        with StopRequest() as stop:
             print("working", flush=True)
-            print("stopping", flush=True)  # the first signal only sets the flag the loop checks after its step
+            while stop.signal_number is None:  # the first signal only sets the flag the loop checks after its step
+                time.sleep(0.01)
+            print("stopping", flush=True)  # (only now: two signals sent at once would arrive as one)
             time.sleep(60)
     """}
 
@@ -250,7 +254,7 @@ def test_a_single_failed_image_ends_the_json_stream_with_the_error_event(tiny_mo
 
     def bug(*args, **kwargs):
         raise ValueError("a bug in a writer")
-    monkeypatch.setattr("labelshare.segment_run.write_segmentation", bug)
+    monkeypatch.setattr("labelshare.engine.segment_run.write_segmentation", bug)
     with pytest.raises(ValueError, match="a bug in a writer"):  # a bug keeps its traceback ...
         main(segment(tiny_model, scans / "case_0_0000.nii.gz", "-o", tmp_path / "b.nii.gz", "--progress", "json"))
     last = events_of(capsys.readouterr().out)[-1]  # ... and the stream still ends with the error event

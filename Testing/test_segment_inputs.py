@@ -12,8 +12,8 @@ import SimpleITK as sitk
 from conftest import real_task_dir
 from dicomfactory import ROTATION, mr_volume, write_series, write_single_image
 
-from labelshare.errors import DataError
-from labelshare.inputs import collect_inputs, read_input_image
+from labelshare.core.errors import DataError
+from labelshare.core.inputs import collect_inputs, read_input_image
 
 
 @pytest.fixture(scope="module")

@@ -17,13 +17,13 @@ import SimpleITK as sitk
 import slicer
 from dicomfactory import ROTATION, write_series
 
-from labelshare.errors import DataError
-from labelshare.fileio import sha256_file
-from labelshare.inputs import InputImage, collect_inputs
-from labelshare.outputs import (ModelIdentity, OutputDescription, check_output, output_complete, sidecar_path,
-                                write_segmentation)
-from labelshare.terminology import (GENERIC_TISSUE, MIN_COLOUR_DISTANCE, Terminology, label_styles,
-                                    load_label_table)
+from labelshare.core.errors import DataError
+from labelshare.core.fileio import sha256_file
+from labelshare.core.inputs import InputImage, collect_inputs
+from labelshare.core.outputs import ModelIdentity, OutputDescription, check_output, output_complete, sidecar_path
+from labelshare.core.terminology import (GENERIC_TISSUE, MIN_COLOUR_DISTANCE, Terminology, label_styles,
+                                         load_label_table)
+from labelshare.engine.writers import write_segmentation
 
 pytest_plugins = ["slicer_support"]  # fixtures: mrml_scene, slicer_env
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "LabelShareSegmentation"))

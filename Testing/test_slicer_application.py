@@ -16,7 +16,7 @@ from shell_harness import SHELL_FOLDERS, SlicerApp
 sys.path[:0] = [str(folder) for folder in SHELL_FOLDERS]
 from LabelShareLib import application, jobs  # noqa: E402
 from LabelShareLib.dependencies import DependencyInstaller  # noqa: E402
-from labelshare.errors import LabelShareError  # noqa: E402
+from labelshare.core.errors import LabelShareError  # noqa: E402
 
 pytest_plugins = ["slicer_support"]  # fixtures: mrml_scene, slicer_env
 
@@ -47,7 +47,7 @@ def test_inside_slicer_a_missing_pythonslicer_is_an_error_not_a_second_slicer(mo
 
 def test_segmentation_transfer_files_are_in_slicers_temporary_folder(mrml_scene, inside_slicer):
     import numpy as np
-    from labelshare.paths import default_model_dir
+    from labelshare.core.paths import default_model_dir
     from LabelShareLib.jobs import WorkerJob
     from LabelShareLib.shared_worker import SharedWorker
     from LabelShareSegmentationLib import SegmentationLogic

@@ -42,7 +42,7 @@ PROBE = textwrap.dedent("""
     for module in modules:
         importlib.import_module(module)
 
-    from labelshare.paths import default_model_dir
+    from labelshare.core.paths import default_model_dir
     from LabelShareLib import DependencyInstaller, default_store, model_title
     from LabelShareSegmentationLib import SegmentationLogic, why_not_ready
     from LabelShareTrainingLib import TrainingLogic, TrainingLock

@@ -1,5 +1,5 @@
 """What a model is for, read from its folder (LabelShareLib/model_info.py, issue 27 item 2), and the licence rule
-the model card and the module share (labelshare.modelfolder.is_non_commercial)."""
+the model card and the module share (labelshare.core.modelfolder.is_non_commercial)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "LabelShareSegmentation"))
 from LabelShareLib.model_info import intended_modalities, modality_warning, model_info  # noqa: E402
 
-from labelshare.modelfolder import is_non_commercial  # noqa: E402
-from labelshare.paths import bundled_model_dirs  # noqa: E402
+from labelshare.core.modelfolder import is_non_commercial  # noqa: E402
+from labelshare.core.paths import bundled_model_dirs  # noqa: E402
 
 pytest_plugins = ["slicer_support"]
 

@@ -17,8 +17,8 @@ from LabelShareLib import store as store_module  # noqa: E402
 from LabelShareLib.signals import Signal  # noqa: E402
 from LabelShareLib.store import ModelStore, default_store  # noqa: E402
 
-from labelshare.errors import ModelError  # noqa: E402
-from labelshare.paths import bundled_model_dirs, default_model_dir  # noqa: E402
+from labelshare.core.errors import ModelError  # noqa: E402
+from labelshare.core.paths import bundled_model_dirs, default_model_dir  # noqa: E402
 
 
 @pytest.fixture

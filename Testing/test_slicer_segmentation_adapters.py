@@ -14,9 +14,9 @@ import slicer
 import vtk
 import vtk.util.numpy_support
 
-from labelshare.errors import DataError
-from labelshare.preprocessing import choose_slicing_axis
-from labelshare.terminology import MIN_COLOUR_DISTANCE, load_label_table
+from labelshare.core.errors import DataError
+from labelshare.core.preprocessing import choose_slicing_axis
+from labelshare.core.terminology import MIN_COLOUR_DISTANCE, load_label_table
 
 pytest_plugins = ["slicer_support"]  # fixtures: mrml_scene, slicer_env
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "LabelShareSegmentation"))

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "LabelShareSegmenta
 from LabelShareLib.jobs import (LOG_LINES, JobFailed, JobState, ProcessJob, WorkerProcess,  # noqa: E402
                                 child_environment)
 
-PRELUDE = "import os, subprocess, sys, time\nfrom labelshare.progress import Progress\np = Progress('json')\n"
+PRELUDE = "import os, subprocess, sys, time\nfrom labelshare.core.progress import Progress\np = Progress('json')\n"
 
 
 def child(code: str, **options) -> ProcessJob:
@@ -144,7 +144,7 @@ def test_cancel_with_grace_lets_the_child_stop_cleanly_then_kills_a_stubborn_one
 def test_child_environment_forces_cpu_and_finds_the_engine():
     env = child_environment("cpu", base={"PATH": "/bin"})
     assert env["CUDA_VISIBLE_DEVICES"] == "-1" and env["PYTHONUNBUFFERED"] == "1"
-    assert (Path(env["PYTHONPATH"].split(os.pathsep)[0]) / "labelshare" / "worker.py").is_file()
+    assert (Path(env["PYTHONPATH"].split(os.pathsep)[0]) / "labelshare" / "engine" / "worker.py").is_file()
     assert "CUDA_VISIBLE_DEVICES" not in child_environment("auto", base={})
 
 

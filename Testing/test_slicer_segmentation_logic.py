@@ -13,11 +13,11 @@ import pytest
 import SimpleITK as sitk
 import slicer
 
-from labelshare.config import InferenceConfig
-from labelshare.errors import DataError, LabelShareError, ModelError, UnknownTaskError
-from labelshare.inference import Segmenter
-from labelshare.models import load_model
-from labelshare.paths import bundled_model_dirs, default_model_dir
+from labelshare.core.config import InferenceConfig
+from labelshare.core.errors import DataError, LabelShareError, ModelError, UnknownTaskError
+from labelshare.core.paths import bundled_model_dirs, default_model_dir
+from labelshare.engine.inference import Segmenter
+from labelshare.engine.models import load_model
 
 pytest_plugins = ["slicer_support"]  # fixtures: mrml_scene, slicer_env
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "LabelShareSegmentation"))
@@ -155,7 +155,7 @@ def test_bad_inputs_are_refused_before_anything_runs(volume, tiny_model, mrml_sc
 
 
 def test_why_apply_is_disabled(volume, tiny_model, mrml_scene):
-    from labelshare.modelfolder import summarize_model
+    from labelshare.core.modelfolder import summarize_model
     summary = summarize_model(tiny_model)
     assert why_not_ready(None, summary, TASK) == "Select an input volume."
     empty = mrml_scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "nothing")

@@ -69,13 +69,13 @@ def test_every_bound_widget_matches_a_parameter_of_the_right_type(ui_widgets):
             assert fields[name] == "Annotated[str, Choice(list(LARGEST_COMPONENT))]", name
         else:
             assert widget.metaObject().className() == "QCheckBox" and fields[name] == "bool", name
-    from labelshare.config import LARGEST_COMPONENT
+    from labelshare.core.config import LARGEST_COMPONENT
     assert list(LARGEST_COMPONENT) == ["model", "all", "none"]
 
 
 def test_device_choices_are_the_engine_devices(ui_widgets):
-    """One device vocabulary for both modules and the command line (labelshare.config.DEVICES)."""
-    from labelshare.config import DEVICES
+    """One device vocabulary for both modules and the command line (labelshare.core.config.DEVICES)."""
+    from labelshare.core.config import DEVICES
     combo = ui_widgets["deviceComboBox"]
     assert [combo.itemText(i) for i in range(combo.count())] == list(DEVICES) == ["auto", "cuda", "cpu"]
     assert LabelShareLib.DEVICES is DEVICES

@@ -1,4 +1,4 @@
-"""The engine's persistent worker (``labelshare worker``, labelshare/worker.py), run in-process on the tiny
+"""The engine's persistent worker (``labelshare worker``, labelshare/engine/worker.py), run in-process on the tiny
 model: request/answer protocol, models kept loaded, errors that do not end the worker."""
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ import numpy as np
 import SimpleITK as sitk
 
 from labelshare.cli import build_parser
-from labelshare.config import SegmentConfig
-from labelshare.segment_run import segment_file
-from labelshare.worker import cmd_worker, serve
+from labelshare.commands import cmd_worker
+from labelshare.core.config import SegmentConfig
+from labelshare.engine.segment_run import segment_file
+from labelshare.engine.worker import serve
 
 
 def run(*requests, **options) -> list[dict]:

@@ -17,7 +17,7 @@ from shell_harness import (SEGMENTATION, SHELL_FOLDERS, TRAINING, segmentation_w
 
 sys.path[:0] = [str(folder) for folder in SHELL_FOLDERS]
 
-from labelshare.paths import bundled_model_dirs, default_model_dir  # noqa: E402
+from labelshare.core.paths import bundled_model_dirs, default_model_dir  # noqa: E402
 from LabelShareLib.jobs import WorkerJob  # noqa: E402
 from LabelShareLib.shared_worker import TRAINING as TRAINING_MODULE  # noqa: E402
 from LabelShareLib.shared_worker import SharedWorker  # noqa: E402
@@ -194,7 +194,8 @@ def test_refreshing_the_buttons_reads_no_case_and_writes_no_file(training_home, 
     """Issue 26: with "(none: train a first model)" every refresh planned a first model on the GUI thread: it read
     every case and wrote a label-space file (9 s for 160 ACDC cases, again after each added case)."""
     import SimpleITK as sitk
-    from labelshare import labelspace, tasks
+    from labelshare.core import tasks
+    from labelshare.engine import statistics
     training = training_logic(training_home)
     collection = training.create_task("blobs", ["left_blob", "right_blob"])
     source = tasks.TaskDataset.open(synthetic_tasks["sides3d"])
@@ -204,7 +205,7 @@ def test_refreshing_the_buttons_reads_no_case_and_writes_no_file(training_home, 
     reads = []
     monkeypatch.setattr(sitk, "ReadImage", lambda *args, **kwargs: reads.append(args))
     monkeypatch.setattr(tasks, "read_image", lambda *args, **kwargs: reads.append(args))
-    monkeypatch.setattr(labelspace, "compute_statistics", lambda *args, **kwargs: reads.append(args))
+    monkeypatch.setattr(statistics, "compute_statistics", lambda *args, **kwargs: reads.append(args))
     with shell_module(TRAINING) as shell:
         widget = training_widget(shell, training, settings_in(training_home), task="blobs")
         widget._parameterNode.model = ""
@@ -230,7 +231,7 @@ def test_why_train_cannot_start_is_a_label_not_a_tooltip(training_home, tiny_mod
     shutil.copytree(tiny_model, models / "tiny-v1")
     training = training_logic(training_home)
     collection = training.create_task("blobs", ["left_blob", "right_blob"])
-    from labelshare.tasks import TaskDataset
+    from labelshare.core.tasks import TaskDataset
     source = TaskDataset.open(synthetic_tasks["sides3d"])
     image, _, label = source.read_case(source.cases[0])
     collection.add_case(image, label, name=source.cases[0].name)

@@ -20,10 +20,10 @@ from LabelShareTrainingLib.cases import (UnmatchedSegmentsError, add_case_from_n
                                          plan_mapping)
 from slicer_support import slicer_scene  # noqa: E402
 
-from labelshare.taskfolders import TRASH_DIR, DuplicateCaseError, create_task  # noqa: E402
-from labelshare.errors import DataError  # noqa: E402
-from labelshare.preprocessing import DEFAULT_PREPROCESSING, case_slices  # noqa: E402
-from labelshare.tasks import TaskDataset  # noqa: E402
+from labelshare.core.errors import DataError  # noqa: E402
+from labelshare.core.preprocessing import DEFAULT_PREPROCESSING, case_slices  # noqa: E402
+from labelshare.core.taskfolders import TRASH_DIR, DuplicateCaseError, create_task  # noqa: E402
+from labelshare.core.tasks import TaskDataset  # noqa: E402
 
 SHAPE = (5, 18, 22)  # K, J, I
 ANGLE = 0.35

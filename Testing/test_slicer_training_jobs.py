@@ -22,8 +22,8 @@ from LabelShareTrainingLib.lock import JobLockedError, LockInfo, TrainingLock  #
 from LabelShareTrainingLib.runs import (BUDGETS, FIRST_MODEL_EPOCHS, TrainingProgress, TrainingRequest,  # noqa: E402
                                         discard_run, jobs_dir, next_version_path, unfinished_runs)
 
-from labelshare.errors import LabelShareError  # noqa: E402
-from labelshare.forgetting import ForgettingReport  # noqa: E402
+from labelshare.core.errors import LabelShareError  # noqa: E402
+from labelshare.core.forgetting import ForgettingReport  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -197,7 +197,7 @@ def run_request(models: Path, version: int, kind: str = "add-task") -> TrainingR
 
 
 def test_run_states_follow_the_engine_folders(labelshare_home):
-    from labelshare.paths import candidate_dir_for, refused_report_paths, staging_dir_for
+    from labelshare.core.paths import candidate_dir_for, refused_report_paths, staging_dir_for
     models = labelshare_home / "models"
     models.mkdir(parents=True)
     interrupted, refused, published, gone, first = (run_request(models, 2), run_request(models, 3),
@@ -251,7 +251,7 @@ def test_forgetting_report_becomes_table_rows(tmp_path):
                                   "tail": {"before": None, "after": 0.5, "change": None}}},
               "new_task": {"name": "liver", "dice": {"liver": 0.8}}}
     (tmp_path / "forgetting.json").write_text(json.dumps(report))
-    read = ForgettingReport.of_model(tmp_path)  # the engine's reader (labelshare.forgetting), used by the widget
+    read = ForgettingReport.of_model(tmp_path)  # the engine's reader (labelshare.core.forgetting), used by the widget
     assert read.threshold == 1.0 and not read.passed and read.new_task_name == "liver"
     assert read.new_task == {"liver": 0.8}
     assert read.table() == [("acdc", "lv", "0.900", "0.800", "-10.0"), ("hippo", "head", "0.700", "0.710", "+1.0"),

@@ -22,11 +22,12 @@ from LabelShareTrainingLib.logic import (TaskRow, TrainingLogic, parse_label_tex
                                          why_cannot_add_case, why_cannot_train)
 from slicer_support import slicer_scene  # noqa: E402
 
-from labelshare.errors import DataError, LabelShareError  # noqa: E402
-from labelshare.fileio import atomic_write_json  # noqa: E402
-from labelshare.labelspace import LabelSpace, compute_statistics  # noqa: E402
-from labelshare.paths import recorded_task_folders  # noqa: E402
-from labelshare.tasks import TaskDataset  # noqa: E402
+from labelshare.core.errors import DataError, LabelShareError  # noqa: E402
+from labelshare.core.fileio import atomic_write_json  # noqa: E402
+from labelshare.core.labelspace import LabelSpace  # noqa: E402
+from labelshare.core.paths import recorded_task_folders  # noqa: E402
+from labelshare.core.tasks import TaskDataset  # noqa: E402
+from labelshare.engine.statistics import compute_statistics  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

@@ -14,7 +14,7 @@ for module_folder in ("LabelShareSegmentation", "LabelShareTraining"):  # the pa
 
 from LabelShareTrainingLib.matching import map_segments, merge_label_masks  # noqa: E402
 
-from labelshare.errors import DataError  # noqa: E402
+from labelshare.core.errors import DataError  # noqa: E402
 
 
 def test_segments_map_to_labels_by_name_ignoring_case_and_separators():

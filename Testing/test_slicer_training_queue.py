@@ -23,9 +23,9 @@ from LabelShareTrainingLib.annotation_queue import (QUEUE_FILE, AnnotationQueue,
                                                     AnnotationQueueLogic)
 from LabelShareTrainingLib.logic import TrainingLogic  # noqa: E402
 
-from labelshare.config import RankConfig  # noqa: E402
-from labelshare.errors import DataError  # noqa: E402
-from labelshare.ranking import RankedCase  # noqa: E402
+from labelshare.core.config import RankConfig  # noqa: E402
+from labelshare.core.errors import DataError  # noqa: E402
+from labelshare.core.ranking_table import RankedCase  # noqa: E402
 
 pytest_plugins = ["slicer_support"]  # fixtures: mrml_scene, slicer_env
 TASK = "phantom3d"
@@ -70,7 +70,7 @@ WRITER = """
 import sys
 from pathlib import Path
 from LabelShareTrainingLib.annotation_queue import AnnotationQueue
-from labelshare.ranking import RankedCase
+from labelshare.core.ranking_table import RankedCase
 queue = AnnotationQueue(sys.argv[1])
 cases = [RankedCase(f"case_{i:05d}", Path(f"/data/case_{i:05d}.nii.gz"), 1.0 - i / 20000, {"body": i}, 0.1)
          for i in range(20000)]

@@ -27,10 +27,10 @@ from LabelShareTrainingLib import runs  # noqa: E402
 from LabelShareTrainingLib.lock import JobLockedError  # noqa: E402
 from LabelShareTrainingLib.logic import TrainingLogic  # noqa: E402
 
-from labelshare import synthetic  # noqa: E402
-from labelshare.modelfolder import verify_folder  # noqa: E402
-from labelshare.paths import staging_dir_for  # noqa: E402
-from labelshare.tasks import TaskDataset  # noqa: E402
+from labelshare.core import synthetic  # noqa: E402
+from labelshare.core.modelfolder import verify_folder  # noqa: E402
+from labelshare.core.paths import staging_dir_for  # noqa: E402
+from labelshare.core.tasks import TaskDataset  # noqa: E402
 
 RUN_TIMEOUT_S = 300
 
@@ -201,7 +201,7 @@ def test_stop_with_a_deadline_reports_the_wait_and_kills_a_process_that_does_not
 
 
 def test_standard_budget_leaves_add_task_epochs_to_the_engine_and_a_first_model_gets_its_own(tmp_path):
-    """'standard' add-task and update runs take the engine's budget, which grows with the task (labelshare.budget);
+    """'standard' add-task and update runs take the engine's budget, which grows with the task (labelshare.core.budget);
     a first model has no parent to size a budget from and gets FIRST_MODEL_EPOCHS."""
     common = dict(task_name="liver", task_dir=str(tmp_path / "liver"), out=str(tmp_path / "liver-v2"),
                   budget="standard", device="cpu")
@@ -215,9 +215,9 @@ def test_standard_budget_leaves_add_task_epochs_to_the_engine_and_a_first_model_
 def test_the_cost_shown_before_train_is_the_engines_budget_timed_at_the_parent_models_speed(workspace, tmp_path,
                                                                                              tiny_model):
     """LabelShareTraining shows the run's budget before Train is pressed: the engine's add-task budget for the task
-    (labelshare.budget) and a time from the speed the parent model trained at, which its lineage records."""
-    from labelshare.budget import add_task_epochs
-    from labelshare.config import TrainConfig
+    (labelshare.core.budget) and a time from the speed the parent model trained at, which its lineage records."""
+    from labelshare.core.budget import add_task_epochs
+    from labelshare.core.config import TrainConfig
     logic = TrainingLogic(workspace=workspace, models_dir=tmp_path / "models")
     request = logic.plan("blobs", tiny_model, budget="standard")
     assert request.kind == "add-task" and request.epochs is None

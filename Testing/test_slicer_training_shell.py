@@ -97,7 +97,7 @@ def test_every_bound_widget_matches_a_parameter_of_the_right_type(ui_widgets):
             match = re.fullmatch(r"Annotated\[str, Choice\(list\((\w+)\)\)\]", fields[name])
             assert match and list(choices[match[1]]), fields[name]
     assert list(LabelShareTrainingLib.BUDGETS) == ["quick", "standard"]
-    assert list(LabelShareLib.DEVICES) == ["auto", "cuda", "cpu"]  # the engine's labelshare.config.DEVICES
+    assert list(LabelShareLib.DEVICES) == ["auto", "cuda", "cpu"]  # the engine's labelshare.core.config.DEVICES
 
 
 def test_shell_imports_only_what_the_libs_provide_and_does_no_engine_work():

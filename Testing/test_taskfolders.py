@@ -1,4 +1,4 @@
-"""The task-folder writer (labelshare.taskfolders): everything it writes reads back through TaskDataset."""
+"""The task-folder writer (labelshare.core.taskfolders): everything it writes reads back through TaskDataset."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from labelshare import taskfolders
-from labelshare.taskfolders import (PENDING_FILE, TRASH_DIR, DuplicateCaseError, TaskCollection, copy_task,
-                                    create_task, image_fingerprint, list_task_folders)
-from labelshare.errors import DataError
-from labelshare.tasks import TaskDataset
+from labelshare.core import taskfolders
+from labelshare.core.errors import DataError
+from labelshare.core.taskfolders import (PENDING_FILE, TRASH_DIR, DuplicateCaseError, TaskCollection, copy_task,
+                                         create_task, image_fingerprint, list_task_folders)
+from labelshare.core.tasks import TaskDataset
 
 LABELS = ["Liver", "tumour"]
 
@@ -180,7 +180,7 @@ def test_crash_between_image_and_label_is_undone_on_next_open(liver):
     liver.add_case(image, label, name="good")
     script = textwrap.dedent(f"""
         import os, numpy as np, SimpleITK as sitk
-        from labelshare import taskfolders as c
+        from labelshare.core import taskfolders as c
         real = c.write_image_atomic
         def crash(image, target, **options):
             if "labelsTr" in str(target):

@@ -1,15 +1,15 @@
 """Task folders: every reader, case discovery, validation, the patient split, and the first slicing and
-normalisation schemes (labelshare.preprocessing)."""
+normalisation schemes (labelshare.core.preprocessing)."""
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 from taskfactory import blobs, write_task_folder
 
-from labelshare.errors import DataError
-from labelshare.preprocessing import (DEFAULT_PREPROCESSING, PercentileZScore, case_slices, choose_slicing_axis,
-                                      to_slices)
-from labelshare.tasks import TaskDataset, parse_task_argument, patient_of, split_by_patient
+from labelshare.core.errors import DataError
+from labelshare.core.preprocessing import (DEFAULT_PREPROCESSING, PercentileZScore, case_slices,
+                                           choose_slicing_axis, to_slices)
+from labelshare.core.tasks import TaskDataset, parse_task_argument, patient_of, split_by_patient
 
 LABELS = {"a": 1, "b": 2}
 

@@ -11,16 +11,16 @@ import numpy as np
 import pytest
 import torch
 
-from labelshare.layouts import task_heads
-from labelshare.labelspace import LabelSpace
-from labelshare.modelfolder import verify_folder
-from labelshare.models import load_model
-from labelshare.training_run import train
-from labelshare.progress import Progress, parse_event
-from labelshare.config import TrainConfig
-from labelshare.plans import TaskPlan
-from labelshare.sampling import Augmenter, PatchSampler, TaskBatch, TaskSlices, load_task_slices
-from labelshare.tasks import TaskDataset
+from labelshare.core.config import TrainConfig
+from labelshare.core.labelspace import LabelSpace
+from labelshare.core.layouts import task_heads
+from labelshare.core.modelfolder import verify_folder
+from labelshare.core.plans import TaskPlan
+from labelshare.core.progress import Progress, parse_event
+from labelshare.core.tasks import TaskDataset
+from labelshare.engine.models import load_model
+from labelshare.engine.sampling import Augmenter, PatchSampler, TaskBatch, TaskSlices, load_task_slices
+from labelshare.engine.training_run import train
 
 
 def _history(model_dir):

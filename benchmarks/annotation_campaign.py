@@ -7,8 +7,8 @@ than annotating cases picked at random? (issue #14; docs/annotation-queue)
 The task's patients are split once (seed 1000, independent of the campaign seeds) into a fixed validation set and
 an unlabelled pool. For every seed: a model is trained on ``--initial`` patients drawn from the pool; then, for
 each strategy, every round adds ``--per-round`` patients to the labelled set (``uncertainty``: the top of
-:func:`labelshare.ranking.rank_cases` over the rest of the pool; ``random``: drawn with the seed) and updates the
-previous round's model with add-task's update path (:func:`labelshare.incremental.add_task` on the task the model
+:func:`labelshare.engine.ranking.rank_cases` over the rest of the pool; ``random``: drawn with the seed) and updates the
+previous round's model with add-task's update path (:func:`labelshare.engine.incremental.add_task` on the task the model
 already has, with the folder of all labelled patients; the fixed validation patients are the model's validation
 split throughout, so every version's ``metrics.json`` is its Dice on them). Labelled folders hold symbolic links to
 the data, never copies.
@@ -33,11 +33,11 @@ from pathlib import Path
 
 import numpy as np
 
-from labelshare.config import AddTaskConfig, RankConfig, TrainConfig
-from labelshare.fileio import atomic_write_json, atomic_write_text, read_json
-from labelshare.inputs import InputImage, Inputs
-from labelshare.plans import PlanSettings
-from labelshare.progress import Progress
+from labelshare.core.config import AddTaskConfig, RankConfig, TrainConfig
+from labelshare.core.fileio import atomic_write_json, atomic_write_text, read_json
+from labelshare.core.inputs import InputImage, Inputs
+from labelshare.core.plans import PlanSettings
+from labelshare.core.progress import Progress
 
 from .common import machine
 
@@ -50,7 +50,7 @@ DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / 
 
 def patients(data: Path) -> dict[str, list[str]]:
     """{patient: its case names} of the task folder (whole patients go to one side; ACDC has two frames each)."""
-    from labelshare.tasks import TaskDataset
+    from labelshare.core.tasks import TaskDataset
     grouped: dict[str, list[str]] = {}
     for case in TaskDataset.open(data, TASK).cases:
         grouped.setdefault(case.patient, []).append(case.name)
@@ -59,7 +59,7 @@ def patients(data: Path) -> dict[str, list[str]]:
 
 def link_folder(data: Path, folder: Path, cases: list[str]) -> Path:
     """A task folder of symbolic links to ``cases`` of ``data`` (their images and labels) and its dataset.json."""
-    from labelshare.tasks import TaskDataset
+    from labelshare.core.tasks import TaskDataset
     source = TaskDataset.open(data, TASK)
     for sub in ("imagesTr", "labelsTr"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
@@ -110,9 +110,10 @@ class Campaign:
         print(json.dumps({k: v for k, v in entry.items() if k not in ("labelled", "ranking")}), flush=True)
 
     def initial_model(self, seed: int) -> Path:
-        from labelshare.labelspace import LabelSpace, compute_statistics
-        from labelshare.tasks import TaskDataset
-        from labelshare.training_run import train
+        from labelshare.core.labelspace import LabelSpace
+        from labelshare.engine.statistics import compute_statistics
+        from labelshare.core.tasks import TaskDataset
+        from labelshare.engine.training_run import train
         model = self.out / f"seed{seed}" / "round0"
         initial = [self.pool[i] for i in np.random.default_rng(seed).choice(len(self.pool), self.args.initial,
                                                                               replace=False)]
@@ -137,10 +138,10 @@ class Campaign:
         """Each score over the pool with the initial model vs the model's real error there (Spearman)."""
         from scipy.stats import spearmanr
 
-        from labelshare.evaluation import evaluate_cases
-        from labelshare.models import load_model
-        from labelshare.ranking import rank_cases
-        from labelshare.tasks import TaskDataset
+        from labelshare.engine.evaluation import evaluate_cases
+        from labelshare.engine.models import load_model
+        from labelshare.engine.ranking import rank_cases
+        from labelshare.core.tasks import TaskDataset
         if any(entry["seed"] == seed for entry in self.results["scores"]):
             return
         model = load_model(model_path, device="cpu")
@@ -165,14 +166,14 @@ class Campaign:
         print(json.dumps(entry), flush=True)
 
     def inputs(self, chosen: list[str]) -> Inputs:
-        from labelshare.tasks import TaskDataset
+        from labelshare.core.tasks import TaskDataset
         task = TaskDataset.open(self.args.data, TASK)
         return Inputs([InputImage(name, task.case(name).image_path) for name in self.cases_of(chosen)], single=False)
 
     def run_strategy(self, seed: int, strategy: str, initial_model: Path) -> None:
-        from labelshare.incremental import add_task
-        from labelshare.models import load_model
-        from labelshare.ranking import rank_cases
+        from labelshare.engine.incremental import add_task
+        from labelshare.engine.models import load_model
+        from labelshare.engine.ranking import rank_cases
         labelled = list(self.done(seed, "initial", 0)["labelled"])
         model_path = initial_model
         rng = np.random.default_rng([seed, 1])

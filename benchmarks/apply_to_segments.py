@@ -33,9 +33,9 @@ from .common import DEFAULT_PLAN, default_model  # noqa: E402
 from LabelShareSegmentationLib import SegmentationLogic  # noqa: E402
 from slicer_support import slicer_scene  # noqa: E402
 
-from labelshare.config import DEVICES  # noqa: E402
-from labelshare.models import save_model_folder  # noqa: E402
-from labelshare.plans import TaskPlan  # noqa: E402
+from labelshare.core.config import DEVICES  # noqa: E402
+from labelshare.core.plans import TaskPlan  # noqa: E402
+from labelshare.engine.models import save_model_folder  # noqa: E402
 
 
 def synthetic_volume(size: tuple[int, int, int]) -> np.ndarray:

@@ -15,9 +15,9 @@ when one is built.
 
 from __future__ import annotations
 
-from labelshare.labelspace import LabelSpace
-from labelshare.layouts import Layout, register_layout
-from labelshare.methods import Method, register_method
+from labelshare.core.labelspace import LabelSpace
+from labelshare.core.layouts import Layout, register_layout
+from labelshare.core.methods import Method, register_method
 
 
 def concatenated_channels(space: LabelSpace) -> dict[str, tuple[list[int], dict[int, int]]]:

@@ -10,12 +10,12 @@ import time
 import psutil
 import torch
 
-from labelshare.labelspace import LabelEntry, LabelSpace, LabelStats, TaskEntry
-from labelshare.config import NetworkConfig
-from labelshare.modelfolder import ModelConfig
-from labelshare.models import Model, cpu_description
-from labelshare.networks import build_network
-from labelshare.plans import PlanSettings, TaskPlan
+from labelshare.core.config import NetworkConfig
+from labelshare.core.labelspace import LabelEntry, LabelSpace, LabelStats, TaskEntry
+from labelshare.core.modelfolder import ModelConfig
+from labelshare.core.plans import PlanSettings, TaskPlan
+from labelshare.engine.models import Model, cpu_description
+from labelshare.engine.networks import build_network
 
 DEFAULT_PLAN = TaskPlan(patch_size=(192, 192), spacing=(1.0, 1.0))
 

@@ -13,8 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from labelshare.errors import LabelShareError
-from labelshare.fileio import read_json
+from labelshare.core.errors import LabelShareError
+from labelshare.core.fileio import read_json
 
 from .paired import case_means, mean_dice, paired_difference
 
@@ -37,7 +37,7 @@ def comparison_table(base: Path, model: Path) -> str:
 
 
 def lookalike_table(models: list[Path], tasks: dict, groups: list[str], device: str) -> str:
-    from labelshare.labelspace import parse_group
+    from labelshare.core.labelspace import parse_group
 
     from .methods import measure_lookalike
     parsed = [parse_group(group) for group in groups]
@@ -51,8 +51,8 @@ def lookalike_table(models: list[Path], tasks: dict, groups: list[str], device: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from labelshare.cli import task_arguments
-    from labelshare.tasks import TaskDataset
+    from labelshare.commands import task_arguments
+    from labelshare.core.tasks import TaskDataset
     parser = argparse.ArgumentParser(prog="labelshare-bench compare-models", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("base", type=Path, help="model folder compared against")

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from labelshare.config import NetworkConfig
-from labelshare.networks import build_network
+from labelshare.core.config import NetworkConfig
+from labelshare.engine.networks import build_network
 
 from .common import machine
 

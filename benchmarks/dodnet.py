@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from labelshare.config import NetworkConfig
-from labelshare.networks import dynunet
+from labelshare.core.config import NetworkConfig
+from labelshare.engine.networks import dynunet
 
 HEAD_CHANNELS = 8
 

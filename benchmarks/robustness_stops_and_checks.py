@@ -35,11 +35,15 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from labelshare.outputs import output_complete
-from labelshare.paths import default_model_dir
-from labelshare.progress import parse_event
+from labelshare.core.outputs import output_complete
+from labelshare.core.paths import default_model_dir
+from labelshare.core.progress import parse_event
 
-from . import robustness_campaign as campaign
+from . import robustness_fixtures as fixtures
+from . import robustness_probes as probes
+from . import robustness_runner as runner
+from . import robustness_worker as worker
+
 
 BATCH_IMAGES = 6
 HEAVY = ("torch", "monai", "safetensors", "scipy", "matplotlib", "highdicom")
@@ -56,7 +60,7 @@ def dicom_factory():
     return module
 
 
-def dicom_series(f: campaign.Fixtures, folder: Path, damage: Callable[[list[Path]], object] | None = None) -> Path:
+def dicom_series(f: fixtures.Fixtures, folder: Path, damage: Callable[[list[Path]], object] | None = None) -> Path:
     """The fixture image as a DICOM MR series of 10 mm slices (GDCM records SpacingBetweenSlices = 1 on it)."""
     factory = dicom_factory()
     image = sitk.ReadImage(str(f.image))
@@ -73,25 +77,25 @@ def written(path: Path, data: bytes) -> Path:
     return path
 
 
-def rank_argv(f: campaign.Fixtures, d: Path, *options: str, model: Path | None = None,
+def rank_argv(f: fixtures.Fixtures, d: Path, *options: str, model: Path | None = None,
               inputs: list[Path] | None = None) -> list[str]:
-    return campaign.with_options(["rank", "--model", str(model or f.model), "--task", "phantom3d",
+    return probes.with_options(["rank", "--model", str(model or f.model), "--task", "phantom3d",
                                   *map(str, inputs or [f.image]), "-o", str(d / "ranking.csv"), "--device", "cpu"],
                                  options)
 
 
-def changed_model(f: campaign.Fixtures, d: Path, change: Callable[[Path], object]) -> Path:
-    model = campaign.copy_model(f, d)
+def changed_model(f: fixtures.Fixtures, d: Path, change: Callable[[Path], object]) -> Path:
+    model = fixtures.copy_model(f, d)
     change(model)
     return model
 
 
 def lateralised(task: str) -> Callable[[Path], None]:
     """A model whose ``task`` is marked lateralised (the manifest rewritten to match)."""
-    return campaign.in_json("labelspace.json", lambda space: space["tasks"][task].update(lateralised=True))
+    return fixtures.in_json("labelspace.json", lambda space: space["tasks"][task].update(lateralised=True))
 
 
-def larger_volumes(f: campaign.Fixtures, folder: Path, count: int = BATCH_IMAGES) -> Path:
+def larger_volumes(f: fixtures.Fixtures, folder: Path, count: int = BATCH_IMAGES) -> Path:
     """``count`` copies of the fixture image, enlarged so that one image takes a moment and a signal lands mid-batch."""
     folder.mkdir(parents=True, exist_ok=True)
     larger = sitk.Expand(sitk.ReadImage(str(f.image)), (4, 4, 2))
@@ -115,19 +119,19 @@ def seg_problem(path: Path, slices: int) -> str:
     return "" if depth <= slices else f"highdicom rebuilds {depth} slices of a {slices}-slice series"
 
 
-def bad_input_probes() -> list[campaign.Probe]:
-    probe, segment = campaign.Probe, campaign.segment_argv
+def bad_input_probes() -> list[probes.Probe]:
+    probe, segment = probes.Probe, probes.segment_argv
     return [
         probe("31.2 rank: every image unreadable", lambda f, d: rank_argv(
             f, d, inputs=[written(d / "a.nii.gz", b"not an image"), written(d / "b.nii.gz", b"nor this")]),
               absent=("ranking.csv",), says="no ranking table written"),
-        probe("31.3 postprocess: --out inside the model", lambda f, d: campaign.postprocess_argv(
-            f, d, model=campaign.copy_model(f, d), out=d / "model" / "v2"),
+        probe("31.3 postprocess: --out inside the model", lambda f, d: probes.postprocess_argv(
+            f, d, model=fixtures.copy_model(f, d), out=d / "model" / "v2"),
               protect=("model",), says="is inside the model folder"),
-        probe("31.3 train: --out inside a model", lambda f, d: campaign.train_argv(
-            f, d, out=campaign.copy_model(f, d) / "sub" / "m"), protect=("model",), says="is inside the model folder"),
-        probe("31.3 add-task: --out inside a model", lambda f, d: campaign.add_task_argv(
-            f, d, out=campaign.copy_model(f, d) / "v2"), protect=("model",), says="is inside the model folder"),
+        probe("31.3 train: --out inside a model", lambda f, d: probes.train_argv(
+            f, d, out=fixtures.copy_model(f, d) / "sub" / "m"), protect=("model",), says="is inside the model folder"),
+        probe("31.3 add-task: --out inside a model", lambda f, d: probes.add_task_argv(
+            f, d, out=fixtures.copy_model(f, d) / "v2"), protect=("model",), says="is inside the model folder"),
         probe("31.4 segment: a folder holding a .dcm that is not DICOM", lambda f, d: segment(
             f, d, image=written(d / "series" / "a.dcm", b"not DICOM").parent),
               says="holds DICOM files but no readable image series", alone=True),
@@ -135,14 +139,14 @@ def bad_input_probes() -> list[campaign.Probe]:
             f, d, model=changed_model(f, d, lateralised("phantom3d"))) + ["--tta"], says="is lateralised"),
         probe("31.5 rank --score tta: a lateralised task", lambda f, d: rank_argv(
             f, d, "--score", "tta", model=changed_model(f, d, lateralised("phantom3d"))), says="is lateralised"),
-        probe("31.5 evaluate --tta: a lateralised task", lambda f, d: campaign.evaluate_argv(
+        probe("31.5 evaluate --tta: a lateralised task", lambda f, d: probes.evaluate_argv(
             f, d, model=changed_model(f, d, lateralised("xray2d"))) + ["--tta"], says="is lateralised"),
         probe("31.6 segment --series with a NIfTI input", lambda f, d: segment(f, d, "--series", "1.2.3"),
               says="is not DICOM, and --series 1.2.3 picks a series of a DICOM folder"),
         probe("31.6 rank --series with a NIfTI input", lambda f, d: rank_argv(f, d, "--series", "1.2.3"),
               says="is not DICOM, and --series 1.2.3 picks a series of a DICOM folder"),
         probe("31.8 segment: a damaged file in a DICOM series", lambda f, d: segment(f, d, image=dicom_series(
-            f, d / "series", lambda files: campaign.cut(files[2], 300))),
+            f, d / "series", lambda files: fixtures.cut(files[2], 300))),
               says="DICOM file is damaged (GDCM cannot read it)"),
         probe("31.10 segment: a series without FrameOfReferenceUID to DICOM SEG", lambda f, d: segment(
             f, d, image=dicom_series(f, d / "series", lambda files: dicom_factory().remove_attribute(
@@ -151,7 +155,7 @@ def bad_input_probes() -> list[campaign.Probe]:
         probe("31.12 segment --model: a name no model has", lambda f, d: segment(f, d, model=Path("no-model-v9")),
               says="no-model-v9: model folder does not exist, and no model has this name"),
         probe("31.13 demo --resume: a folder with no demo in it", lambda f, d: [
-            "demo", "--out", str(written(d / "out" / "notes.txt", b"mine").parent), "--resume", *campaign.TINY],
+            "demo", "--out", str(written(d / "out" / "notes.txt", b"mine").parent), "--resume", *fixtures.TINY],
               protect=("out",), says="holds no demo to continue"),
         # controls
         probe("31.9 control: DICOM series of 10 mm slices to DICOM SEG", lambda f, d: segment(
@@ -159,7 +163,7 @@ def bad_input_probes() -> list[campaign.Probe]:
               verify=lambda f, d: seg_problem(d / "seg.dcm", sitk.ReadImage(str(f.image)).GetDepth())),
         probe("31.12 control: segment --model by its name", lambda f, d: segment(
             f, d, "--task", "hippocampus", model=Path(default_model_dir().name)), expect="done",
-              verify=lambda f, d: campaign.segmentation_problem(d / "o.nii.gz", f.image, {0, 1, 2})),
+              verify=lambda f, d: fixtures.segmentation_problem(d / "o.nii.gz", f.image, {0, 1, 2})),
         probe("31.12 control: labelspace show by a model's name", lambda f, d: [
             "labelspace", "show", default_model_dir().name], expect="done"),
         probe("31.14 control: --progress json before the command", lambda f, d: [
@@ -167,28 +171,28 @@ def bad_input_probes() -> list[campaign.Probe]:
     ]
 
 
-def worker_probes() -> list[campaign.WorkerProbe]:
-    probe, request = campaign.WorkerProbe, campaign.request
+def worker_probes() -> list[worker.WorkerProbe]:
+    probe, request = worker.WorkerProbe, worker.request
     return [
         probe("31.5 worker: mirror true for a lateralised task", request(
-            model=campaign.model_copy_with(lateralised("phantom3d")), mirror=True)),
+            model=worker.model_copy_with(lateralised("phantom3d")), mirror=True)),
         probe("31.12 worker control: a model by its name", request(model=default_model_dir().name,
                                                                      task="hippocampus"),
               expect="done", absent=(),
-              verify=lambda f, d: campaign.segmentation_problem(d / "out.nii.gz", f.image, {0, 1, 2})),
+              verify=lambda f, d: fixtures.segmentation_problem(d / "out.nii.gz", f.image, {0, 1, 2})),
     ]
 
 
 # -- stops and other runs that the probe runner cannot judge -----------------------------------------------------------
-def run_probes(fixtures: campaign.Fixtures, folder: Path, timeout: float,
-               chosen: Callable[[str], bool]) -> list[campaign.Result]:
+def run_probes(f: fixtures.Fixtures, folder: Path, timeout: float,
+               chosen: Callable[[str], bool]) -> list[runner.Result]:
     runs = {f"31.1 kill: segment batch, {name} after the first image": (lambda d, n=number, t=twice: stop_batch(
-                fixtures, d, timeout, n, t))
+                f, d, timeout, n, t))
             for name, number, twice in (("SIGTERM", signal.SIGTERM, False), ("SIGINT", signal.SIGINT, False),
                                         ("SIGINT twice", signal.SIGINT, True), ("SIGKILL", signal.SIGKILL, False))}
-    runs["31.1 kill: rank batch, SIGTERM after the first image"] = lambda d: stop_rank(fixtures, d, timeout)
-    runs["31.15 segment: one failed image under --progress json"] = lambda d: last_event_error(fixtures, d, timeout)
-    runs["31.11 first contact: four mistakes before torch"] = lambda d: first_contact(fixtures, d, timeout)
+    runs["31.1 kill: rank batch, SIGTERM after the first image"] = lambda d: stop_rank(f, d, timeout)
+    runs["31.15 segment: one failed image under --progress json"] = lambda d: last_event_error(f, d, timeout)
+    runs["31.11 first contact: four mistakes before torch"] = lambda d: first_contact(f, d, timeout)
     results = []
     for index, (name, run) in enumerate(runs.items()):
         if not chosen(name):
@@ -203,13 +207,13 @@ def run_probes(fixtures: campaign.Fixtures, folder: Path, timeout: float,
         except Exception as error:  # noqa: BLE001 (the probe itself failed: report it, run the others)
             outcome, detail = "control failed", f"the probe failed: {type(error).__name__}: {error}"[:200]
         kind = "bad input" if name.startswith(("31.15", "31.11")) else "kill"
-        results.append(campaign.Result(name, kind, outcome, detail, time.monotonic() - start))
+        results.append(runner.Result(name, kind, outcome, detail, time.monotonic() - start))
     return results
 
 
 def _popen(argv: list[str], cwd: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "labelshare", *argv], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=campaign.ENV)
+                            stderr=subprocess.PIPE, text=True, env=fixtures.ENV)
 
 
 def _signal_after_first_image(process: subprocess.Popen, number: int, twice: bool) -> float:
@@ -228,12 +232,12 @@ def _signal_after_first_image(process: subprocess.Popen, number: int, twice: boo
     return sent
 
 
-def stop_batch(f: campaign.Fixtures, d: Path, timeout: float, number: int, twice: bool) -> tuple[str, str]:
+def stop_batch(f: fixtures.Fixtures, d: Path, timeout: float, number: int, twice: bool) -> tuple[str, str]:
     """A batch segmentation stopped after its first image: 75 and one line (SIGKILL: nothing to say), every output
     complete or (an image without its sidecar) to be redone, no temporary file after SIGTERM/SIGINT; then
     ``--continue`` finishes it and leaves no temporary file."""
     scans = larger_volumes(f, d / "scans")
-    argv = campaign.segment_argv(f, d, image=scans, output=d / "labels") + ["--progress", "json"]
+    argv = probes.segment_argv(f, d, image=scans, output=d / "labels") + ["--progress", "json"]
     process = _popen(argv, d)
     sent = _signal_after_first_image(process, number, twice)
     _, stderr = process.communicate(timeout=timeout)
@@ -248,23 +252,23 @@ def stop_batch(f: campaign.Fixtures, d: Path, timeout: float, number: int, twice
             return "traceback", f"status {process.returncode} after {signal.Signals(number).name}: {last[:160]}"
         if complete == BATCH_IMAGES:
             return "wrongly accepted", f"the batch went on after {signal.Signals(number).name}: all images written"
-        left = campaign.leftovers(d)
+        left = runner.leftovers(d)
         if left:
             return "damaged", f"left behind after {signal.Signals(number).name}: {left}"
     else:  # what a SIGKILL during a write leaves, planted so that --continue always meets one
         written(d / "labels" / f".{outputs[-1].name}.k1l2l3e4.tmp.nii.gz", b"half written")
     continued = subprocess.run([sys.executable, "-m", "labelshare", *argv, "--continue"], cwd=d, capture_output=True,
-                               text=True, timeout=timeout, env=campaign.ENV)
+                               text=True, timeout=timeout, env=fixtures.ENV)
     if continued.returncode != 0 or not all(map(output_complete, outputs)):
         return "damaged", f"--continue failed: {(continued.stderr.strip().splitlines() or [''])[-1][:200]}"
-    left = campaign.leftovers(d)
+    left = runner.leftovers(d)
     if left:
         return "damaged", f"--continue left: {left}"
     return "done", f"stopped {took:.1f} s after the signal with {complete} of {BATCH_IMAGES} images written; " \
                    f"{last[:90]}; continued"
 
 
-def stop_rank(f: campaign.Fixtures, d: Path, timeout: float) -> tuple[str, str]:
+def stop_rank(f: fixtures.Fixtures, d: Path, timeout: float) -> tuple[str, str]:
     scans = larger_volumes(f, d / "scans")
     process = _popen(rank_argv(f, d, inputs=[scans]) + ["--progress", "json"], d)
     _signal_after_first_image(process, signal.SIGTERM, False)
@@ -279,11 +283,11 @@ def stop_rank(f: campaign.Fixtures, d: Path, timeout: float) -> tuple[str, str]:
     return "done", last[:150]
 
 
-def last_event_error(f: campaign.Fixtures, d: Path, timeout: float) -> tuple[str, str]:
-    campaign.with_nan(d / "nan.nii.gz")
-    result = campaign.labelshare(campaign.segment_argv(f, d, image=d / "nan.nii.gz") + ["--progress", "json"], d,
+def last_event_error(f: fixtures.Fixtures, d: Path, timeout: float) -> tuple[str, str]:
+    fixtures.with_nan(d / "nan.nii.gz")
+    result = runner.labelshare(probes.segment_argv(f, d, image=d / "nan.nii.gz") + ["--progress", "json"], d,
                                  timeout)
-    outcome, detail = campaign.exit_outcome("error", result.returncode, result.stderr)
+    outcome, detail = runner.exit_outcome("error", result.returncode, result.stderr)
     events = [e for e in map(parse_event, result.stdout.splitlines()) if e]
     if outcome == "clear error" and (not events or events[-1]["event"] != "error"):
         return "unclear error", f"the JSON stream ends with {events[-1]['event'] if events else 'nothing'}"
@@ -305,7 +309,7 @@ print(json.dumps(answers))
 """
 
 
-def first_contact(f: campaign.Fixtures, d: Path, timeout: float) -> tuple[str, str]:
+def first_contact(f: fixtures.Fixtures, d: Path, timeout: float) -> tuple[str, str]:
     """The four trivial mistakes of a new user (wrong task, missing input, existing output, empty folder), with the
     bundled model, each answered in one line by a process in which torch cannot be imported; and the time one of
     them takes in a plain ``labelshare`` process (``--version`` for comparison)."""
@@ -317,7 +321,7 @@ def first_contact(f: campaign.Fixtures, d: Path, timeout: float) -> tuple[str, s
                 ["segment", "--task", "hippocampus", "x.nii.gz", "-o", "exists.nii.gz"],
                 ["segment", "--task", "hippocampus", "empty", "-o", "out"]]
     run = subprocess.run([sys.executable, "-c", textwrap.dedent(FIRST_CONTACT.format(heavy=HEAVY, argvs=mistakes))],
-                         cwd=d, capture_output=True, text=True, timeout=timeout, env=campaign.ENV)
+                         cwd=d, capture_output=True, text=True, timeout=timeout, env=fixtures.ENV)
     if run.returncode != 0:
         return "traceback", (run.stderr.strip().splitlines() or [""])[-1][:200]
     answers = json.loads(run.stdout.strip().splitlines()[-1])
@@ -329,7 +333,7 @@ def first_contact(f: campaign.Fixtures, d: Path, timeout: float) -> tuple[str, s
     for name, argv in (("wrong task", mistakes[0]), ("--version", ["--version"])):
         start = time.monotonic()
         subprocess.run([sys.executable, "-m", "labelshare", *argv], cwd=d, capture_output=True, timeout=timeout,
-                       env=campaign.ENV)
+                       env=fixtures.ENV)
         seconds[name] = time.monotonic() - start
     return "clear error", (f"one line each without torch; a wrong task takes {seconds['wrong task']:.2f} s in a "
                            f"process of its own (--version {seconds['--version']:.2f} s)")

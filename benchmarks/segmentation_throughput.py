@@ -20,10 +20,10 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from labelshare.config import InferenceConfig
-from labelshare.inference import Segmenter
-from labelshare.plans import TaskPlan
-from labelshare.slices import WINDOW_OVERLAP
+from labelshare.core.config import InferenceConfig
+from labelshare.core.plans import TaskPlan
+from labelshare.engine.inference import Segmenter
+from labelshare.engine.slices import WINDOW_OVERLAP
 
 from .common import PeakMemory, default_model, machine, synchronize
 

@@ -28,8 +28,8 @@ from pathlib import Path
 import matplotlib
 from matplotlib.figure import Figure
 
-from labelshare.errors import LabelShareError
-from labelshare.fileio import atomic_path, atomic_write_json, atomic_write_text, read_json
+from labelshare.core.errors import LabelShareError
+from labelshare.core.fileio import atomic_path, atomic_write_json, atomic_write_text, read_json
 
 from .paired import case_means, mean_dice, paired_difference
 

@@ -20,17 +20,18 @@ from pathlib import Path
 import torch
 from .common import PeakMemory, machine, synchronize
 
-from labelshare import synthetic
-from labelshare.layouts import task_heads
-from labelshare.labelspace import LabelSpace, compute_statistics
-from labelshare.config import NetworkConfig
-from labelshare.networks import build_network
-from labelshare.progress import Progress
-from labelshare.plans import PlanSettings
-from labelshare.sampling import TaskBatch, load_task_slices
-from labelshare.tasks import TaskDataset
-from labelshare.config import TrainConfig
-from labelshare.training import Trainer
+from labelshare.core import synthetic
+from labelshare.core.config import NetworkConfig
+from labelshare.core.config import TrainConfig
+from labelshare.core.labelspace import LabelSpace
+from labelshare.core.layouts import task_heads
+from labelshare.core.plans import PlanSettings
+from labelshare.core.progress import Progress
+from labelshare.core.tasks import TaskDataset
+from labelshare.engine.networks import build_network
+from labelshare.engine.sampling import TaskBatch, load_task_slices
+from labelshare.engine.statistics import compute_statistics
+from labelshare.engine.training import Trainer
 
 
 def main(argv: list[str] | None = None) -> None:

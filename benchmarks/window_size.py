@@ -4,10 +4,10 @@
 
 Scores the model's validation cases of the task (its ``split.json``) with the full inference pipeline: with the
 plan's patch-sized windows at each overlap of ``--overlaps`` (the engine uses
-:data:`labelshare.slices.WINDOW_OVERLAP`, nnU-Net's half-patch steps; less overlap means fewer windows) and with one
-window per slice, padded to the network's patch multiple (fewer, larger windows: faster on a CPU, but the network
+:data:`labelshare.engine.slices.WINDOW_OVERLAP`, nnU-Net's half-patch steps; less overlap means fewer windows) and with
+one window per slice, padded to the network's patch multiple (fewer, larger windows: faster on a CPU, but the network
 sees inputs unlike its training patches). The choices are the segmenter's public ``windows`` option
-(:class:`labelshare.slices.Windows`). Prints the mean Dice per label and the process CPU seconds of each.
+(:class:`labelshare.engine.slices.Windows`). Prints the mean Dice per label and the process CPU seconds of each.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ import time
 
 import numpy as np
 
-from labelshare.evaluation import evaluate_cases
-from labelshare.fileio import read_json
-from labelshare.inference import Segmenter
-from labelshare.models import load_model
-from labelshare.slices import WINDOW_OVERLAP, Windows
-from labelshare.tasks import TaskDataset
+from labelshare.core.fileio import read_json
+from labelshare.core.tasks import TaskDataset
+from labelshare.engine.evaluation import evaluate_cases
+from labelshare.engine.inference import Segmenter
+from labelshare.engine.models import load_model
+from labelshare.engine.slices import WINDOW_OVERLAP, Windows
 
 
 def main(argv: list[str] | None = None) -> None:

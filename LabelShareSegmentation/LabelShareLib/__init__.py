@@ -19,7 +19,7 @@ offer are the engine's (:data:`DEVICES`, read with :func:`parse_device`, which a
 :func:`device_choice` turns any saved setting into one of them).
 """
 
-from labelshare.config import DEFAULT_DEVICE, DEVICES, parse_device
+from labelshare.core.config import DEFAULT_DEVICE, DEVICES, parse_device
 
 from .application import python_executable, temporary_root
 from .dependencies import DependencyError, DependencyInstaller, InstallStep, ensure_dependencies, skip_message

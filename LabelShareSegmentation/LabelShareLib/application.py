@@ -13,7 +13,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from labelshare.errors import LabelShareError
+from labelshare.core.errors import LabelShareError
 
 
 def slicer_application():

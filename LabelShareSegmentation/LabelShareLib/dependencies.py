@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from labelshare.errors import LabelShareError
+from labelshare.core.errors import LabelShareError
 
 from .application import slicer_application, temporary_root
 from .segments import EXTENSION_RESOURCES

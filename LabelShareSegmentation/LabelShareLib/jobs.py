@@ -6,8 +6,8 @@ Two kinds of job share one state machine (:class:`Job`):
 - :class:`ProcessJob`: one child process per job, e.g. ``python -m labelshare train ... --progress json``; the job
   ends when the process exits.
 - :class:`WorkerJob`: one request to a persistent ``labelshare worker`` child (:class:`WorkerProcess`; the engine's
-  side of it is ``labelshare.worker.WorkerServer``), which answers with the same events tagged with the request id;
-  the process outlives the job.
+  side of it is ``labelshare.engine.worker.WorkerServer``), which answers with the same events tagged with the request
+  id; the process outlives the job.
 
 States: ``preparing`` → ``running`` (the engine's ``stage``, e.g. "segmenting" or "training", is in
 :attr:`Job.stage`) → ``importing`` (the caller's ``import_result`` runs on the polling thread, which is Slicer's
@@ -39,9 +39,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from labelshare.config import DEFAULT_DEVICE, DEVICES, parse_device
-from labelshare.errors import LabelShareError
-from labelshare.progress import parse_event
+from labelshare.core.config import DEFAULT_DEVICE, DEVICES, parse_device
+from labelshare.core.errors import LabelShareError
+from labelshare.core.progress import parse_event
 
 from .application import python_executable
 from .signals import Signal

@@ -4,7 +4,7 @@ validation Dice per label and when it was trained; and whether an input volume f
 The facts are the model card's (``README.md`` of a model folder, written by the engine from the same files): the
 label space (``labelspace.json``: per task its intended input, licence, citation, cases), ``metrics.json``
 (validation Dice per label) and ``lineage.json`` (when the version was made, from which data folders). A model
-trained on data whose licence forbids commercial use is flagged (:func:`labelshare.modelfolder.is_non_commercial`,
+trained on data whose licence forbids commercial use is flagged (:func:`labelshare.core.modelfolder.is_non_commercial`,
 the card's rule).
 
 A volume loaded from DICOM carries its Modality (0008,0060) as the ``DICOM.Modality`` attribute of its
@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from labelshare.modelfolder import is_non_commercial, read_model_json
+from labelshare.core.modelfolder import is_non_commercial, read_model_json
 
 from .store import ModelStore, default_store, version_of
 

@@ -3,7 +3,7 @@
 One segment per label of the task, in label-id order, named with the task's label names, each with a colour
 that differs from the task's other labels and, where known, a standard terminology entry (DICOM/SNOMED CT codes
 that Slicer shows in the segment list and writes into DICOM SEG and .seg.nrrd). Names, colours and terminology are
-the engine's (:func:`labelshare.terminology.label_styles`: the model's ``label_info``, then the extension's table
+the engine's (:func:`labelshare.core.terminology.label_styles`: the model's ``label_info``, then the extension's table
 ``Resources/LabelTerminology.csv``, then a palette), so a segmentation made here and a ``.seg.nrrd`` or DICOM SEG
 written by ``labelshare segment`` describe a label the same way.
 
@@ -39,9 +39,8 @@ import SimpleITK as sitk
 import slicer
 import vtk
 from vtk.util import numpy_support
-from labelshare.errors import DataError
-from labelshare.outputs import LABEL_ID_TAG, MODEL_TAG, TASK_TAG
-from labelshare.terminology import KnownLabel, TaskLabel, label_styles
+from labelshare.core.errors import DataError
+from labelshare.core.terminology import LABEL_ID_TAG, MODEL_TAG, TASK_TAG, KnownLabel, TaskLabel, label_styles
 
 from .volumes import as_3d, image_to_oriented_image
 

@@ -22,8 +22,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from labelshare.config import DEFAULT_DEVICE
-from labelshare.paths import user_models_dir
+from labelshare.core.config import DEFAULT_DEVICE
+from labelshare.core.paths import user_models_dir
 
 from .store import available_models
 

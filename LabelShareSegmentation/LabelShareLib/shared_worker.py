@@ -34,11 +34,11 @@ from pathlib import Path
 from typing import Any
 
 import SimpleITK as sitk
-from labelshare.config import RankConfig, SegmentConfig
-from labelshare.errors import LabelShareError
-from labelshare.paths import model_dir_or_default
-from labelshare.ranking import read_ranking
-from labelshare.worker import config_request
+from labelshare.core.config import RankConfig, SegmentConfig
+from labelshare.core.errors import LabelShareError
+from labelshare.core.paths import model_dir_or_default
+from labelshare.core.ranking_table import read_ranking
+from labelshare.core.worker_protocol import config_request
 
 from .application import temporary_root
 from .jobs import WorkerJob, WorkerProcess
@@ -197,7 +197,7 @@ class SharedWorker:
             raise
 
         def import_result(done_event: dict):
-            from labelshare.tasks import read_image
+            from labelshare.core.tasks import read_image
             for node in (volume_node, output_node):
                 if node is not None and node.GetScene() is None:
                     raise LabelShareError(f"'{node.GetName()}' was removed from the scene during the run")
@@ -227,8 +227,8 @@ class SharedWorker:
         """Rank images (files, folders, globs: the inputs of ``labelshare segment``) by the model's uncertainty
         for the configuration's task and score (``labelshare rank``'s work, one event per image); the table is
         written to ``output`` and ``job.result`` is its cases, most uncertain first
-        (:class:`labelshare.ranking.RankedCase`), or what ``import_ranking`` makes of them (called on the polling
-        thread). An existing ``output`` is replaced only with ``overwrite``.
+        (:class:`labelshare.core.ranking_table.RankedCase`), or what ``import_ranking`` makes of them (called on the
+        polling thread). An existing ``output`` is replaced only with ``overwrite``.
 
         :raises LabelShareError: (before anything runs) for an unusable model, task, score or device, or a busy
             worker (:class:`WorkerBusyError`).

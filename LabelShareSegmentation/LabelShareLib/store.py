@@ -2,7 +2,7 @@
 
 The models are the bundled default model, the models of the models folder (where LabelShareTraining publishes new
 versions) and folders added with "Add model folder…". Every folder is checked with the engine's light model-folder
-module (:mod:`labelshare.modelfolder`: files present, checksums match, configuration and label space agree; no
+module (:mod:`labelshare.core.modelfolder`: files present, checksums match, configuration and label space agree; no
 torch or MONAI, so this runs in Slicer's process before the first-run dependency install). An invalid folder stays
 in the list with the reason, so that the user sees why it cannot be used.
 
@@ -34,10 +34,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from labelshare.errors import ModelError
-from labelshare.modelfolder import (MANIFEST_FILE, REQUIRED_FILES, ModelConfig, ModelSummary, model_folders,
-                                    summarize_model, verify_folder)
-from labelshare.paths import BUNDLED_MODELS_DIR, bundled_model_dirs, user_models_dir
+from labelshare.core.errors import ModelError
+from labelshare.core.modelfolder import (MANIFEST_FILE, REQUIRED_FILES, ModelConfig, ModelSummary, model_folders,
+                                         summarize_model, verify_folder)
+from labelshare.core.paths import BUNDLED_MODELS_DIR, bundled_model_dirs, user_models_dir
 
 from .signals import Signal
 
@@ -60,7 +60,7 @@ class _Check:
 
     key: tuple  # what the folder's files looked like (sizes and times) when it was checked
     summary: ModelSummary
-    verified: tuple | None = None  # (ModelConfig, labelshare.labelspace.LabelSpace) of a usable folder
+    verified: tuple | None = None  # (ModelConfig, labelshare.core.labelspace.LabelSpace) of a usable folder
 
 
 def _stat_key(path: Path) -> tuple[int, int] | None:
@@ -130,7 +130,7 @@ class ModelStore:
         return dataclasses.replace(self._check(path).summary, path=path)
 
     def label_space(self, path: str | Path):
-        """The verified label space of a model folder (``labelshare.labelspace.LabelSpace``)."""
+        """The verified label space of a model folder (``labelshare.core.labelspace.LabelSpace``)."""
         return self.verify(path)[1]
 
     def task_labels(self, path: str | Path, task: str) -> list:

@@ -23,7 +23,7 @@ import SimpleITK as sitk
 import slicer
 import vtk
 from vtk.util import numpy_support
-from labelshare.errors import DataError
+from labelshare.core.errors import DataError
 
 RAS_FROM_LPS = np.diag([-1.0, -1.0, 1.0])  # its own inverse
 

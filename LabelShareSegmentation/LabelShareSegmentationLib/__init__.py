@@ -7,7 +7,7 @@ What both modules use (geometry adapters, segments, background jobs, the model s
 shared package ``LabelShareLib``, which ships with this module.
 """
 
-from labelshare.config import LARGEST_COMPONENT, InferenceConfig  # the choices and defaults the widgets offer
+from labelshare.core.config import LARGEST_COMPONENT, InferenceConfig  # the choices and defaults the widgets offer
 
 from .logic import EditsKept, SegmentationLogic, input_notes, task_info, why_not_ready
 

@@ -29,9 +29,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from labelshare.config import SegmentConfig
-from labelshare.errors import LabelShareError, ModelError, UnknownTaskError
-from labelshare.paths import model_dir_or_default
+from labelshare.core.config import SegmentConfig
+from labelshare.core.errors import LabelShareError, ModelError, UnknownTaskError
+from labelshare.core.paths import model_dir_or_default
 from LabelShareLib.jobs import JobCancelled, JobFailed, WorkerJob
 from LabelShareLib.model_info import TaskInfo, modality_warning, model_info
 from LabelShareLib.segments import edited_task_segments, keep_copy_of_task_segments
@@ -102,7 +102,7 @@ class SegmentationLogic:
         :param output_node: segmentation node whose task segments are replaced; None: a new node.
         :param confirm_replace: asked when ``output_node``'s task segments were edited since they were imported;
             False: raise :class:`EditsKept`. Without it they are replaced (and kept in a hidden copy).
-        :param options: options of :class:`labelshare.config.SegmentConfig` by name, the others at their defaults:
+        :param options: options of :class:`labelshare.core.config.SegmentConfig` by name, the others at their defaults:
             ``device`` (``auto``, ``cuda`` or ``cuda:N``, ``cpu``), ``mirror`` (average with the left-right mirrored
             prediction for tasks that are not lateralised, ``labelshare segment --tta``), ``largest_component``
             (``model``, ``all`` or ``none``), ``batch_size``, ``slicing_axis``.

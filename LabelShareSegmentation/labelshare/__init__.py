@@ -12,27 +12,25 @@ The public Python API; everything here also runs without 3D Slicer::
 
 import importlib
 
-# Public name -> submodule. Submodules are imported on first use (PEP 562). The engine has two weights:
-# light modules (no torch or MONAI: errors, progress, imagedata, fileio, naming, paths, config, layouts, tasks,
-# taskfolders, labelspace, modelfolder, scores, forgetting, synthetic, terminology, inputs, outputs, worker's protocol)
-# that Slicer's own process imports, and heavy ones (networks, models, training, training_run, inference, segment_run,
-# evaluation, metrics, incremental, demo) that run in the worker or a training child. Testing/test_light_core.py keeps
-# the light ones light.
+from .core import __version__ as __version__
+
+# Public name -> submodule. Submodules are imported on first use (PEP 562), so ``import labelshare`` stays light:
+# the names of labelshare.core (torch-free) cost no torch, those of labelshare.engine import it when first used.
 _EXPORTS = {
-    "DataError": "errors", "LabelShareError": "errors", "LabelSpaceError": "errors", "ModelError": "errors",
-    "TrainingInterrupted": "errors", "UnknownTaskError": "errors",
-    "AddTaskConfig": "config", "TrainConfig": "config",
-    "Evaluation": "scores", "evaluate_cases": "evaluation",
-    "Segmenter": "inference", "segment_file": "segment_run", "SegmentConfig": "config",
-    "LabelSpace": "labelspace", "TaskStatistics": "labelspace", "compute_statistics": "labelspace",
-    "parse_group": "labelspace",
-    "list_models": "modelfolder", "verify_folder": "modelfolder", "run_state": "modelfolder",
-    "Model": "models", "load_model": "models",
-    "add_task": "incremental",
-    "default_model_dir": "paths", "user_models_dir": "paths",
-    "train": "training_run",
-    "Progress": "progress", "parse_event": "progress",
-    "TaskDataset": "tasks",
+    "DataError": "core.errors", "LabelShareError": "core.errors", "LabelSpaceError": "core.errors",
+    "ModelError": "core.errors", "TrainingInterrupted": "core.errors", "UnknownTaskError": "core.errors",
+    "AddTaskConfig": "core.config", "TrainConfig": "core.config", "SegmentConfig": "core.config",
+    "Evaluation": "core.scores", "evaluate_cases": "engine.evaluation",
+    "Segmenter": "engine.inference", "segment_file": "engine.segment_run",
+    "LabelSpace": "core.labelspace", "TaskStatistics": "core.labelspace", "parse_group": "core.labelspace",
+    "compute_statistics": "engine.statistics",
+    "list_models": "core.modelfolder", "verify_folder": "core.modelfolder", "run_state": "core.modelfolder",
+    "Model": "engine.models", "load_model": "engine.models",
+    "add_task": "engine.incremental",
+    "default_model_dir": "core.paths", "user_models_dir": "core.paths",
+    "train": "engine.training_run",
+    "Progress": "core.progress", "parse_event": "core.progress",
+    "TaskDataset": "core.tasks",
 }
 
 
@@ -47,7 +45,5 @@ def __getattr__(name: str):
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_EXPORTS))
 
-
-__version__ = "0.1.0"
 
 __all__ = sorted(_EXPORTS)

@@ -10,11 +10,11 @@
   case loaded and segmented, marked done once added; the queue file survives restarts
 
 It uses the shared package ``LabelShareLib`` (geometry adapters, segments, the job runner, the model store; shipped
-with LabelShareSegmentation) and the engine's light modules: the task-folder writer ``labelshare.taskfolders``,
-the forgetting report ``labelshare.forgetting`` and the run states of ``labelshare.modelfolder``.
+with LabelShareSegmentation) and the engine's light modules: the task-folder writer ``labelshare.core.taskfolders``,
+the forgetting report ``labelshare.core.forgetting`` and the run states of ``labelshare.core.modelfolder``.
 """
 
-from labelshare.taskfolders import DuplicateCaseError
+from labelshare.core.taskfolders import DuplicateCaseError
 
 from .annotation_queue import AnnotationQueue, AnnotationQueueLogic, why_cannot_rank, why_no_next_case
 from .cases import CaseExport, UnmatchedSegmentsError

@@ -1,15 +1,15 @@
 """The annotation queue: unlabelled images ranked by the model's uncertainty, worked through one case at a time.
 
 "Rank" scores a folder of unlabelled images in the background worker both modules share (``labelshare rank``:
-:mod:`labelshare.ranking`; :mod:`LabelShareLib.shared_worker`, which LabelShare Segmentation's Apply uses too, so
+:mod:`labelshare.engine.ranking`; :mod:`LabelShareLib.shared_worker`, which LabelShare Segmentation's Apply uses too, so
 each module sees the other's job and never cancels it); "Next case" loads the most uncertain image that is not done
 yet and segments it with the same worker, so the annotator starts from the model's masks in the Segment Editor;
 once the corrected case is added to its task ("Add current case"), it is marked done and the next one is the top of
 the rest.
 
 The queue lives in a small JSON file in the workspace (:data:`QUEUE_FILE`), written atomically
-(:mod:`labelshare.fileio`) after every change, so it survives a restart of Slicer and a crash mid-write: the file is
-either the old or the new state, never half of one. Ranking a folder again keeps the done marks of the cases that
+(:mod:`labelshare.core.fileio`) after every change, so it survives a restart of Slicer and a crash mid-write: the file
+is either the old or the new state, never half of one. Ranking a folder again keeps the done marks of the cases that
 are still in it.
 
 Usage::
@@ -27,12 +27,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from labelshare.config import RankConfig, SegmentConfig
-from labelshare.errors import DataError
-from labelshare.fileio import atomic_write_json, now_iso, read_json
-from labelshare.paths import model_dir_or_default
-from labelshare.ranking import RankedCase
-from labelshare.tasks import read_image
+from labelshare.core.config import RankConfig, SegmentConfig
+from labelshare.core.errors import DataError
+from labelshare.core.fileio import atomic_write_json, now_iso, read_json
+from labelshare.core.paths import model_dir_or_default
+from labelshare.core.ranking_table import RankedCase
+from labelshare.core.tasks import read_image
 from LabelShareLib.jobs import WorkerJob
 from LabelShareLib.shared_worker import TRAINING, SharedWorker, default_worker
 from LabelShareLib.volumes import image_to_volume
@@ -176,7 +176,7 @@ class AnnotationQueueLogic:
                    on_event: Callable[[dict], None] | None = None, **options) -> WorkerJob:
         """Rank the images of ``folder`` in the background; when the job ends the queue holds the ranking
         (``job.result``: its entries). The table itself is written beside the queue file. ``options``: options of
-        :class:`labelshare.config.RankConfig` by name (``device``, ``score``, ...)."""
+        :class:`labelshare.core.config.RankConfig` by name (``device``, ``score``, ...)."""
         config = RankConfig.from_options(task=task, **options)
         folder = Path(folder).expanduser()
         if not folder.is_dir():
@@ -212,7 +212,7 @@ class AnnotationQueueLogic:
     def start_next(self, on_event: Callable[[dict], None] | None = None, **options
                    ) -> tuple[QueueEntry, object, WorkerJob]:
         """Load the next case and start segmenting it with the queue's task and model (``job.result``: the
-        segmentation node the annotator corrects); ``options``: options of :class:`labelshare.config.SegmentConfig`
+        segmentation node the annotator corrects); ``options``: options of :class:`labelshare.core.config.SegmentConfig`
         by name (``device``, ``mirror``, ...)."""
         config = SegmentConfig.from_options(task=self.queue.state.task, **options)
         self.shared.check_free(TRAINING)  # before a volume is added to the scene

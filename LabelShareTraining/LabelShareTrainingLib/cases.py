@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import slicer
-from labelshare.errors import DataError
-from labelshare.taskfolders import TaskCollection
+from labelshare.core.errors import DataError
+from labelshare.core.taskfolders import TaskCollection
 from LabelShareLib.segments import import_task_segments, place_beside
 from LabelShareLib.volumes import image_to_volume, volume_to_image
 
@@ -113,8 +113,8 @@ def add_case_from_nodes(collection: TaskCollection, volume_node, segmentation_no
     """Add the volume and its segmentation as a case of ``collection``.
 
     :param choices: segment name -> label name, or None to skip the segment (the answers of the mapping dialog).
-    :param duplicate: ``refuse`` (raise :class:`labelshare.taskfolders.DuplicateCaseError` when the image is already
-        collected), ``keep`` (add another case) or ``replace`` (move the old case to the trash first).
+    :param duplicate: ``refuse`` (raise :class:`labelshare.core.taskfolders.DuplicateCaseError` when the image is
+        already collected), ``keep`` (add another case) or ``replace`` (move the old case to the trash first).
     :param name: case name (default: the volume's name); made unique and file-name safe.
     :raises UnmatchedSegmentsError: segments match no label and ``choices`` does not say what to do with them.
     """

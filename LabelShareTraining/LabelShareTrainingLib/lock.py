@@ -29,11 +29,11 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from labelshare.errors import LabelShareError
-from labelshare.fileio import atomic_write_json
-from labelshare.paths import labelshare_home
+from labelshare.core.errors import LabelShareError
+from labelshare.core.fileio import atomic_write_json
+from labelshare.core.paths import labelshare_home
 
-LOCK_FORMAT = "labelshare.training-lock"
+LOCK_FORMAT = "labelshare.engine.training-lock"
 STALE_AFTER_S = 120.0
 HEARTBEAT_INTERVAL_S = 10.0
 _START_TIME_TOLERANCE_S = 1.0

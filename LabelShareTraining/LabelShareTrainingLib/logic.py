@@ -30,14 +30,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from labelshare.config import DEFAULT_DEVICE
-from labelshare.errors import DataError, LabelShareError
-from labelshare.fileio import atomic_write_json, read_json
-from labelshare.forgetting import ForgettingReport
-from labelshare.labelspace import LabelSpace
-from labelshare.naming import check_task_name
-from labelshare.paths import labelshare_home, recorded_task_folders, user_models_dir
-from labelshare.taskfolders import CaseSummary, TaskCollection, copy_task, create_task, list_task_folders
+from labelshare.core.config import DEFAULT_DEVICE
+from labelshare.core.errors import DataError, LabelShareError
+from labelshare.core.fileio import atomic_write_json, read_json
+from labelshare.core.forgetting import ForgettingReport
+from labelshare.core.labelspace import LabelSpace
+from labelshare.core.naming import check_task_name
+from labelshare.core.paths import labelshare_home, recorded_task_folders, user_models_dir
+from labelshare.core.taskfolders import CaseSummary, TaskCollection, copy_task, create_task, list_task_folders
 from LabelShareLib.jobs import JobState, ProcessJob, child_environment, engine_command
 from LabelShareLib.store import ModelStore, default_store, version_of
 
@@ -210,7 +210,7 @@ class TrainingLogic:
 
     def task_folder(self, task: str) -> Path:
         """The workspace folder of a task; the name (from the GUI, a model's label space, a lineage) must be a plain
-        folder name (labelshare.naming), so that no task leads outside the workspace."""
+        folder name (labelshare.core.naming), so that no task leads outside the workspace."""
         return self.workspace / check_task_name(task)
 
     def collection(self, task: str) -> TaskCollection:

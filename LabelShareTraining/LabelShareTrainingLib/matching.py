@@ -2,7 +2,7 @@
 segment masks (the smaller structure wins). Used when LabelShareTraining adds a case; no Slicer or Qt here.
 
 Names match when they are equal ignoring case and treating spaces, ``_`` and ``-`` alike
-(:func:`labelshare.naming.normalise_name`, the same rule the segment colours and terminology use).
+(:func:`labelshare.core.naming.normalise_name`, the same rule the segment colours and terminology use).
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from labelshare.errors import DataError
-from labelshare.naming import normalise_name
+from labelshare.core.errors import DataError
+from labelshare.core.naming import normalise_name
 
 
 @dataclass

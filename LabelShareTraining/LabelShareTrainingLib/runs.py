@@ -13,7 +13,7 @@ only read, so rolling back is choosing an older version. Every run leaves a reco
 LabelShare home with its request, so that a run that was stopped, whose Slicer closed or crashed, or that the
 regression gate refused can be resumed, published anyway, or discarded later. The engine keeps such a run in
 hidden folders beside the requested model folder; what they are and what state they mean is the engine's
-(``labelshare.modelfolder.run_work_folders``/``run_state``, ``labelshare.paths.refused_report_paths``).
+(``labelshare.core.modelfolder.run_work_folders``/``run_state``, ``labelshare.core.paths.refused_report_paths``).
 
 Only the engine's light modules are imported (no torch): Slicer loads the module before the first-run dependency
 install.
@@ -26,19 +26,19 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from labelshare.budget import add_task_epochs, estimate
-from labelshare.config import DEFAULT_DEVICE, AddTaskConfig, TrainConfig, parse_device
-from labelshare.errors import LabelShareError
-from labelshare.fileio import atomic_write_json, read_json, remove_tree
-from labelshare.modelfolder import run_state, run_work_folders
-from labelshare.paths import labelshare_home, refused_report_paths
-from labelshare.progress import format_duration
-from labelshare.taskfolders import TaskCollection
+from labelshare.core.budget import add_task_epochs, estimate
+from labelshare.core.config import DEFAULT_DEVICE, AddTaskConfig, TrainConfig, parse_device
+from labelshare.core.errors import LabelShareError
+from labelshare.core.fileio import atomic_write_json, read_json, remove_tree
+from labelshare.core.modelfolder import run_state, run_work_folders
+from labelshare.core.paths import labelshare_home, refused_report_paths
+from labelshare.core.progress import format_duration
+from labelshare.core.taskfolders import TaskCollection
 
 JOB_KINDS = ("add-task", "update", "train")
 # Budgets: epochs x steps per epoch, batch size. "quick" takes minutes on a laptop CPU for a small task;
 # "standard" adds or updates a task with the engine's budget (epochs None: it grows with the task's labels and cases,
-# labelshare.budget; the engine's steps per epoch and batch size) and trains a first model for FIRST_MODEL_EPOCHS.
+# labelshare.core.budget; the engine's steps per epoch and batch size) and trains a first model for FIRST_MODEL_EPOCHS.
 BUDGETS = {
     "quick": {"epochs": 3, "steps_per_epoch": 40, "batch_size": 8},
     "standard": {"epochs": None, "steps_per_epoch": TrainConfig.steps_per_epoch, "batch_size": TrainConfig.batch_size},
@@ -137,7 +137,7 @@ class TrainingRequest:
 
     def cost(self) -> str:
         """The run's budget in steps and, for a run on a model, about how long it takes at the speed that model
-        trained (:mod:`labelshare.budget`): what the user reads before pressing Train. Reads no case (the task
+        trained (:mod:`labelshare.core.budget`): what the user reads before pressing Train. Reads no case (the task
         folder's listing and the model's training log only) and writes nothing."""
         epochs = self.epochs
         if epochs is None:  # the engine's budget, from the task's labels and training cases
@@ -161,7 +161,7 @@ class TrainingRequest:
         return jobs_dir() / f"{Path(self.out).name}.json"
 
     def save_record(self) -> Path:
-        atomic_write_json(self.record_path, {"format": "labelshare.training-run", "request": asdict(self)})
+        atomic_write_json(self.record_path, {"format": "labelshare.engine.training-run", "request": asdict(self)})
         return self.record_path
 
     def remove_record(self) -> None:
@@ -172,7 +172,7 @@ class TrainingRequest:
     @classmethod
     def from_record(cls, path: Path) -> TrainingRequest:
         data = read_json(path, "training run record")
-        if not isinstance(data, dict) or data.get("format") != "labelshare.training-run":
+        if not isinstance(data, dict) or data.get("format") != "labelshare.engine.training-run":
             raise LabelShareError(f"{path}: not a LabelShare training run record")
         try:
             return cls(**data["request"])

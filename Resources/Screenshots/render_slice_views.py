@@ -40,7 +40,7 @@ from LabelShareLib.store import ModelStore  # noqa: E402
 from LabelShareLib.volumes import image_to_volume  # noqa: E402
 from slicer_support import slicer_scene  # noqa: E402
 
-from labelshare.paths import default_model_dir  # noqa: E402
+from labelshare.core.paths import default_model_dir  # noqa: E402
 
 
 @dataclass(frozen=True)

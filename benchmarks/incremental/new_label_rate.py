@@ -3,8 +3,8 @@
     OMP_NUM_THREADS=1 labelshare-bench new-label-rate [--scales 1 3 10 30] [--seeds 0 1 2] [--out DIR]
 
 Synthetic and small enough for a CPU: a base model of ``phantom3d`` + ``xray2d`` (n* = 3; 8 cases each, 40 steps of
-6), then ``add-task`` of ``chest`` (:func:`labelshare.synthetic.write_chest_task`: 4 labels, the 20-pixel nodule on a
-new shared label 4) with add-task's defaults and a test-sized budget (60 steps of 8), once per scale and seed.
+6), then ``add-task`` of ``chest`` (:func:`labelshare.core.synthetic.write_chest_task`: 4 labels, the 20-pixel nodule on
+a new shared label 4) with add-task's defaults and a test-sized budget (60 steps of 8), once per scale and seed.
 Prints the new task's validation Dice per label and the old tasks' worst change (the lowest), and writes
 ``results.json`` in ``--out`` (default: a temporary folder). The chest task is a look-alike of xray2d, whose single
 lung_field label covers both lungs, so the unconditioned network splits the chest's lungs between two shared labels
@@ -18,14 +18,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from labelshare import synthetic
-from labelshare.config import AddTaskConfig, TrainConfig
-from labelshare.fileio import atomic_write_json
-from labelshare.incremental import add_task
-from labelshare.labelspace import LabelSpace, compute_statistics
-from labelshare.progress import Progress
-from labelshare.tasks import TaskDataset
-from labelshare.training_run import train
+from labelshare.core import synthetic
+from labelshare.core.config import AddTaskConfig, TrainConfig
+from labelshare.core.fileio import atomic_write_json
+from labelshare.core.labelspace import LabelSpace
+from labelshare.core.progress import Progress
+from labelshare.core.tasks import TaskDataset
+from labelshare.engine.incremental import add_task
+from labelshare.engine.statistics import compute_statistics
+from labelshare.engine.training_run import train
 
 OLD_TASKS = ("phantom3d", "xray2d")
 

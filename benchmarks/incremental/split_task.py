@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from labelshare.fileio import atomic_write_json, read_json, write_image_atomic
-from labelshare.tasks import TaskDataset
+from labelshare.core.fileio import atomic_write_json, read_json, write_image_atomic
+from labelshare.core.tasks import TaskDataset
 
 
 def split_task(source: Path, target: Path) -> Path:

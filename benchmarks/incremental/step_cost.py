@@ -18,16 +18,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from labelshare.layouts import task_heads
-from labelshare.incremental.trainer import IncrementalTrainer
-from labelshare.labelspace import LabelSpace, LabelStats, TaskStatistics
-from labelshare.config import NetworkConfig
-from labelshare.networks import build_network
-from labelshare.progress import Progress
-from labelshare.config import TrainConfig
-from labelshare.plans import PlanSettings, fixed_size_plan
-from labelshare.preprocessing import DEFAULT_PREPROCESSING
-from labelshare.sampling import TaskSlices
+from labelshare.core.config import NetworkConfig
+from labelshare.core.config import TrainConfig
+from labelshare.core.labelspace import LabelSpace, LabelStats, TaskStatistics
+from labelshare.core.layouts import task_heads
+from labelshare.core.plans import PlanSettings, fixed_size_plan
+from labelshare.core.preprocessing import DEFAULT_PREPROCESSING
+from labelshare.core.progress import Progress
+from labelshare.engine.incremental.trainer import IncrementalTrainer
+from labelshare.engine.networks import build_network
+from labelshare.engine.sampling import TaskSlices
 
 
 def main(argv: list[str] | None = None) -> None:

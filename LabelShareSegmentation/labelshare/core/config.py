@@ -1,11 +1,11 @@
 """Typed configurations and the vocabularies they use: devices, training, segmentation, ranking and add-task
-settings, networks (the methods are :mod:`labelshare.methods`).
+settings, networks (the methods are :mod:`labelshare.core.methods`).
 
 Every option a user can set has one owner: a field here holds its default next to its help text
-(:func:`labelshare.options.option`). The edges a user touches build these objects once: the command line from its
-arguments (:func:`labelshare.options.add_arguments`), the worker from a request's fields, the Slicer modules from
+(:func:`labelshare.core.options.option`). The edges a user touches build these objects once: the command line from its
+arguments (:func:`labelshare.core.options.add_arguments`), the worker from a request's fields, the Slicer modules from
 their widgets; everything below takes the object and holds no default of its own. Library functions
-:meth:`check` them; a value a user can get wrong raises :class:`~labelshare.errors.LabelShareError` naming the
+:meth:`check` them; a value a user can get wrong raises :class:`~labelshare.core.errors.LabelShareError` naming the
 option. Light (no torch): the Slicer modules read the defaults and the device and method names from here in
 Slicer's own process.
 """
@@ -62,7 +62,7 @@ def _check_finite(value, option: str, low: float, high: float, low_open: bool = 
 
 class Configuration:
     """Shared by the typed configurations: built from options by their plain names (a nested configuration's
-    options included), and their options read back the same way (:mod:`labelshare.options`)."""
+    options included), and their options read back the same way (:mod:`labelshare.core.options`)."""
 
     @classmethod
     def from_options(cls, **values):
@@ -166,7 +166,7 @@ INFERENCE_BATCH = {"cuda": 64, "cpu": 16}
 
 @dataclass
 class InferenceConfig(Configuration):
-    """How a loaded model segments an image (:class:`labelshare.inference.Segmenter`)."""
+    """How a loaded model segments an image (:class:`labelshare.engine.inference.Segmenter`)."""
 
     batch_size: int | None = option(None, "slices per forward pass (default: " + ", ".join(
         f"{size} on {'CUDA' if kind == 'cuda' else 'the CPU'}" for kind, size in INFERENCE_BATCH.items()) + ")")
@@ -204,7 +204,7 @@ def series_option() -> str | None:
 
 @dataclass
 class SegmentConfig(Configuration):
-    """Settings of ``labelshare segment`` (:func:`labelshare.segment_run.segment_cases`): the task, how it is
+    """Settings of ``labelshare segment`` (:func:`labelshare.engine.segment_run.segment_cases`): the task, how it is
     segmented (``inference``), what happens to outputs that exist, the kind of the outputs written into an output
     folder (None: ``nifti``; a single output file's ending names its format), the DICOM series of a folder that holds
     several, and the device."""
@@ -227,7 +227,7 @@ class SegmentConfig(Configuration):
         self.device = parse_device(self.device)
 
 
-# --score of ``labelshare rank``: how uncertain the model is about an image (labelshare/ranking.py)
+# --score of ``labelshare rank``: how uncertain the model is about an image (labelshare/engine/ranking.py)
 RANK_SCORES = {
     "auto": "tta where the task allows mirroring (it ordered cases by the model's real error best, "
             "docs/annotation-queue), else entropy",
@@ -239,7 +239,7 @@ RANK_SCORES = {
 
 @dataclass
 class RankConfig(Configuration):
-    """Settings of ``labelshare rank`` (:func:`labelshare.ranking.rank_cases`): the task, the score
+    """Settings of ``labelshare rank`` (:func:`labelshare.engine.ranking.rank_cases`): the task, the score
     (:data:`RANK_SCORES`) and, as for ``segment``, the slicing axis, batch size, DICOM series and device."""
 
     task: str = task_option("score")
@@ -283,7 +283,7 @@ def parse_replay_cases(text: str) -> int | None:
 
 @dataclass
 class AddTaskConfig(Configuration):
-    """Settings of ``labelshare add-task`` (:func:`labelshare.incremental.add_task`); the defaults were chosen by
+    """Settings of ``labelshare add-task`` (:func:`labelshare.engine.incremental.add_task`); the defaults were chosen by
     measurement (docs/incremental/README.md). ``train`` holds the budget and device (its other settings come from
     the model's own ``training.json``); its epochs are ``epochs``, or a budget that grows with the new task."""
 
@@ -309,7 +309,7 @@ class AddTaskConfig(Configuration):
                                              "so that a channel starting at a small label's prior rises within a "
                                              "short budget (1: the base rate)", metavar="FACTOR")
     epochs: int | None = option(None, "epochs (default: a budget that grows with the task's labels and cases; "
-                                      "printed before training, see labelshare/budget.py)")
+                                      "printed before training, see labelshare/core/budget.py)")
     train: TrainConfig = nested(TrainConfig, ADD_TASK_TRAIN_OPTIONS)
 
     def check(self) -> None:
@@ -341,7 +341,7 @@ def unet_strides(levels: int) -> list[int]:
 
 @dataclass
 class NetworkConfig:
-    """The network of a model: output channels, task conditioning (:func:`labelshare.methods.conditionings`) and
+    """The network of a model: output channels, task conditioning (:func:`labelshare.core.methods.conditionings`) and
     U-Net filters."""
 
     out_channels: int

@@ -3,7 +3,7 @@
 Nothing LabelShare writes may be seen half-written, and nothing may claim to be written that is not: a file is
 written to a temporary name in the same folder, flushed to disk, checked (the bytes read back, an image's data
 length and pixels, a weights file loaded back) and only then renamed over the target (``os.replace`` is atomic on
-POSIX and Windows). A failed, short or unverified write raises :class:`~labelshare.errors.LabelShareError` naming
+POSIX and Windows). A failed, short or unverified write raises :class:`~labelshare.core.errors.LabelShareError` naming
 the target, removes the temporary file and leaves an existing target as it was. Folders are built under a staging
 name and renamed into place once complete, and an existing model version or collected case is never replaced.
 """
@@ -232,7 +232,7 @@ def _as_png_slice(image: sitk.Image) -> sitk.Image:
 def write_image_atomic(image: sitk.Image, target: str | os.PathLike, overwrite: bool = True,
                        compress: bool = True) -> None:
     """Write an image atomically; before it replaces anything the file must hold all its pixel data
-    (:func:`labelshare.imagedata.read_checked_image`) and read back as the same pixels (SimpleITK's NIfTI writer
+    (:func:`labelshare.core.imagedata.read_checked_image`) and read back as the same pixels (SimpleITK's NIfTI writer
     reports a full disk only on stderr and leaves a short file)."""
     check_image_fits_format(image, target)
     if image_suffix(target) == ".png":

@@ -1,4 +1,6 @@
-"""The shared label space: label statistics, grouping strategies, the mapping and its JSON file.
+"""The shared label space: the grouping strategies over label statistics, the mapping and its JSON file
+(``labelspace.json``). The statistics are measured on a task's cases by
+:func:`labelshare.engine.statistics.compute_statistics`.
 
 Method (Anand et al. 2024): every task's labels are ranked by their *average relative size* and the k-th label of
 every task is mapped to shared label k. Definition used here, on the 2D images the network sees (slices of 3D
@@ -13,7 +15,7 @@ their members' mean size rank, and every other label fills its task's free share
 n* (``n_shared``) is the number of shared labels used, which is the largest label count of any task unless
 groups force more.
 
-Each task also carries its plan (:mod:`labelshare.plans`: the resolution and patch size the network sees it at),
+Each task also carries its plan (:mod:`labelshare.core.plans`: the resolution and patch size the network sees it at),
 computed from the same training cases as its statistics; the rule the plans were made with is stored too, so a task
 added later is planned the same way. Format version 1 (the first release) had no plans.
 """
@@ -23,16 +25,15 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from .errors import DataError, LabelSpaceError, UnknownTaskError
 from .fileio import atomic_write_json, read_json
 from .naming import check_task_name
-from .plans import FIRST_PATCH_MULTIPLE, PlanSettings, SliceGeometry, TaskPlan
-from .preprocessing import FIRST_PREPROCESSING, iter_case_slices
-from .tasks import TaskDataset
+from .plans import FIRST_PATCH_MULTIPLE, PlanSettings, TaskPlan
+from .preprocessing import FIRST_PREPROCESSING
 
 FORMAT = "labelshare.labelspace"
 FORMAT_VERSION = 2
@@ -95,38 +96,6 @@ class TaskStatistics:
     def size_order(self) -> list[str]:
         """Label names, largest average relative size first; ties by label id."""
         return sorted(self.labels, key=lambda n: (-self.stats[n].relative_size, self.labels[n]))
-
-
-def compute_statistics(task: TaskDataset, case_names: Iterable[str] | None = None,
-                       plan_settings: PlanSettings | None = None) -> TaskStatistics:
-    """Average relative size, frequency and slice count of every label over the given (default: all) cases, and the
-    task's plan from the geometry of the same cases (``plan_settings``: the planning rule, default
-    :class:`~labelshare.plans.PlanSettings`; its preprocessing cuts the slices)."""
-    plan_settings = plan_settings or PlanSettings()
-    sums = {name: 0.0 for name in task.labels}
-    counts = {name: 0 for name in task.labels}
-    geometries = []
-    n_slices = n_cases = 0
-    for case in iter_case_slices(task, case_names, plan_settings.preprocessing):
-        n_cases += 1
-        geometries.append(SliceGeometry(shape=tuple(case.label.shape[1:]), spacing=case.spacing))
-        labels = case.label.reshape(case.label.shape[0], -1)
-        n_slices += labels.shape[0]
-        pixels = labels.shape[1]
-        for name, label_id in task.labels.items():
-            per_slice = np.count_nonzero(labels == label_id, axis=1)
-            present = per_slice > 0
-            counts[name] += int(present.sum())
-            sums[name] += float(per_slice[present].sum()) / pixels
-    if n_slices == 0 or not any(counts.values()):
-        raise LabelSpaceError(f"task '{task.name}' ({task.root}): no case contains any foreground label")
-    stats = {name: LabelStats(relative_size=sums[name] / counts[name] if counts[name] else 0.0,
-                              frequency=counts[name] / n_slices, slices_with_label=counts[name])
-             for name in task.labels}
-    return TaskStatistics(name=task.name, labels=dict(task.labels), stats=stats, n_slices=n_slices, n_cases=n_cases,
-                          lateralised=task.lateralised, license=task.license, citation=task.citation,
-                          label_info=task.label_info, plan=plan_settings.plan(geometries),
-                          intended_input=task.intended_input)
 
 
 def parse_group(text: str) -> list[tuple[str, str]]:

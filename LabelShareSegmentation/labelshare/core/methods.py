@@ -1,9 +1,9 @@
 """The methods a model can be trained with, as a registry (public API): the product's methods, and the ones others
 register (the benchmarks' baselines, DoD-Net and multi-channel, are not part of the product).
 
-A method is an output layout (:mod:`labelshare.layouts`), a task conditioning and the network that does that
+A method is an output layout (:mod:`labelshare.core.layouts`), a task conditioning and the network that does that
 conditioning. The engine registers its own methods here; another package registers more with :func:`register_method`
-(and their layouts with :func:`labelshare.layouts.register_layout`) from a function it names as an entry point of
+(and their layouts with :func:`labelshare.core.layouts.register_layout`) from a function it names as an entry point of
 the group :data:`PLUGIN_GROUP`, so that a model folder of its method loads wherever that package is installed::
 
     [project.entry-points."labelshare.methods"]
@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 PLUGIN_GROUP = "labelshare.methods"
-# conditionings the engine's U-Net (labelshare.networks.SegmentationNet) does: the task is not an input, or it is
+# conditionings the engine's U-Net (labelshare.engine.networks.SegmentationNet) does: the task is not an input, or it is
 # one-hot input planes
 ENGINE_CONDITIONINGS = ("none", "task_channels")
 
@@ -29,7 +29,7 @@ ENGINE_CONDITIONINGS = ("none", "task_channels")
 class Method:
     """How a method trains: the output layout, the task conditioning, whether add-task can extend its models, and the
     network class that does its conditioning when the engine's U-Net does not (``"module:Class"``, taking a
-    :class:`~labelshare.config.NetworkConfig`)."""
+    :class:`~labelshare.core.config.NetworkConfig`)."""
 
     name: str
     layout: str

@@ -1,6 +1,6 @@
 """The model folder format: what a model version holds, its configuration, its manifest, checks, listing and the
 state of a run that builds one. Light (no torch): the Slicer modules list and verify models with it in Slicer's own
-process; loading the network is :mod:`labelshare.models`.
+process; loading the network is :mod:`labelshare.engine.models`.
 
 A model folder (one immutable *version*)::
 
@@ -15,7 +15,7 @@ A model folder (one immutable *version*)::
     README.md             model card
 
 Every file a manifest names must be a plain file inside the folder (no symbolic links, no ``..``). Folders are
-written under a staging name and renamed into place when complete (:mod:`labelshare.paths`).
+written under a staging name and renamed into place when complete (:mod:`labelshare.core.paths`).
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ from .labelspace import LabelSpace
 from .layouts import layout_named, out_channels
 from .methods import method_named
 from .naming import check_relative_file
-from .plans import check_fixed_size, check_patch_multiple
 from .paths import (BUNDLED_MODELS_DIR, candidate_dir_for, model_dir_or_default, refused_report_paths,
                     staging_dir_for, user_models_dir)
+from .plans import check_fixed_size, check_patch_multiple
 
 MODEL_FORMAT = "labelshare.model"
 MODEL_FORMAT_VERSION = 2  # 2: per-task plans in labelspace.json; 1 (first release): one fixed image size
@@ -50,9 +50,9 @@ REQUIRED_FILES = ("config.json", "labelspace.json", WEIGHTS_FILE, MANIFEST_FILE)
 @dataclass
 class PreprocessingConfig:
     """What ``config.json`` says about preprocessing. How an image becomes network input is each task's plan in
-    ``labelspace.json``: its resolution and its preprocessing schemes (:mod:`labelshare.preprocessing`), which the
+    ``labelspace.json``: its resolution and its preprocessing schemes (:mod:`labelshare.core.preprocessing`), which the
     code dispatches on. ``image_size`` is only set by first-release models, which resized every slice to one square
-    size (their plans are made from it: :meth:`labelshare.labelspace.LabelSpace.with_fixed_size_plans`)."""
+    size (their plans are made from it: :meth:`labelshare.core.labelspace.LabelSpace.with_fixed_size_plans`)."""
 
     image_size: int | None = None
 
@@ -75,7 +75,7 @@ class ModelConfig:
     preprocessing: PreprocessingConfig = field(default_factory=PreprocessingConfig)
     weights_dtype: str = "float32"
     # post-processing chosen on the validation cases: task -> labels of which only the largest connected component
-    # is kept (nnU-Net's decision; labelshare.evaluation.choose_postprocessing)
+    # is kept (nnU-Net's decision; labelshare.engine.evaluation.choose_postprocessing)
     largest_component: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self):

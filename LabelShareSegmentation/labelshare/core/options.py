@@ -1,4 +1,4 @@
-"""Options with one owner: a field of a typed configuration (:mod:`labelshare.config`) carries its default and its
+"""Options with one owner: a field of a typed configuration (:mod:`labelshare.core.config`) carries its default and its
 help text, and every edge that a user touches builds the configuration from it.
 
 A field made with :func:`option` holds the default and an :class:`Option` (help, command-line flag, choices); a field

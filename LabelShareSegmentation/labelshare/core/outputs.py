@@ -1,24 +1,25 @@
-"""What ``labelshare segment`` writes: a label image that carries its meaning, in one of three kinds.
+"""What ``labelshare segment`` writes: a label image that carries its meaning, in one of three kinds; where each image's
+output goes, and when an output is complete.
 
 - **Label map** (``.nii.gz``, ``.nii``, ``.nrrd``, ``.mha``, ``.png``): the task's label ids on the input's grid, with
-  a JSON sidecar beside it (``case.nii.gz`` → ``case.json``) naming every label id (name, colour, terminology), the
-  task, the model version and the engine version. The sidecar is written after the image and records the image's
-  sha256, so a label map counts as complete only with a sidecar that names exactly it.
-- **Slicer segmentation** (``.seg.nrrd``, written by slicerio, imported only then): the same voxels with one
-  segment per task label (its label value is the label id) with name, colour and terminology, which Slicer shows as
-  named segments. Tagged like the segments the Slicer module makes (task, label id, model), so the module replaces
-  them when it segments that task again.
-- **DICOM SEG** (``.dcm``, only for a DICOM input): a binary segmentation (highdicom) that references the source
-  series, one segment per task label with its label, recommended display colour and codes (labels without a
-  known entry: Slicer's generic *Tissue*); empty frames are left out. Its slice spacing is measured from the slice
-  positions (a source's SpacingBetweenSlices is not trusted: GDCM writes 1 on a stack of any spacing), and a series
-  whose headers lack what a SEG must reference (:data:`SEG_SOURCE_ATTRIBUTES`) is refused before anything is
-  segmented (:func:`check_dicom_seg_source`).
+  a JSON sidecar beside it (``case.nii.gz`` → ``case.json``, format :data:`SIDECAR_FORMAT`) naming every label id
+  (name, colour, terminology), the task, the model version and the engine version. The sidecar is written after the
+  image and records the image's sha256, so a label map counts as complete only with a sidecar that names exactly it.
+- **Slicer segmentation** (``.seg.nrrd``): the same voxels with one segment per task label (its label value is the
+  label id) with name, colour and terminology, which Slicer shows as named segments. Tagged like the segments the
+  Slicer module makes (task, label id, model: :data:`labelshare.core.terminology.TASK_TAG` and the others), so the
+  module replaces them when it segments that task again.
+- **DICOM SEG** (``.dcm``, only for a DICOM input): a binary segmentation that references the source series, one
+  segment per task label with its label, recommended display colour and codes (labels without a known entry:
+  Slicer's generic *Tissue*); empty frames are left out. Its slice spacing is measured from the slice positions (a
+  source's SpacingBetweenSlices is not trusted: GDCM writes 1 on a stack of any spacing), and a series whose headers
+  lack what a SEG must reference (:data:`SEG_SOURCE_ATTRIBUTES`) is refused before anything is segmented
+  (:func:`check_dicom_seg_source`).
 
-Names, colours and terminology come from :func:`labelshare.terminology.label_styles`, the same as the segments of
-the Slicer module. Every file is written under a temporary name and renamed into place
-(:mod:`labelshare.fileio`), so an output at its final name is whole. Light: highdicom and slicerio are imported only
-to write DICOM SEG and .seg.nrrd. Each kind has its writer in :data:`WRITERS`.
+:func:`plan_cases` decides where every image's output goes and refuses what cannot work (an existing output, two
+images on one output, a SEG of a source it cannot reference) before anything heavy is imported. Names, colours and
+terminology come from :func:`labelshare.core.terminology.label_styles`, the same as the segments of the Slicer
+module. The writers, one per kind, are :mod:`labelshare.engine.writers`.
 """
 
 from __future__ import annotations
@@ -27,17 +28,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import SimpleITK as sitk
 
-from . import __version__
+from .config import OUTPUT_FORMATS, SegmentConfig
 from .errors import DataError
-from .fileio import (atomic_path, atomic_write_json, check_image_fits_format, image_suffix, read_back_problem,
-                     read_json, sha256_file, write_image_atomic)
-from .inputs import InputImage
+from .fileio import check_image_fits_format, image_suffix, read_json, remove_temporary_files_of, sha256_file
+from .inputs import InputImage, Inputs, input_size
 from .labelspace import LabelSpace
 from .modelfolder import MANIFEST_FILE, WEIGHTS_FILE, read_model_json
-from .terminology import GENERIC_TISSUE, KnownLabel, LabelStyle, Terminology, label_styles
+from .terminology import KnownLabel, LabelStyle, label_styles
 
 LABEL_MAP, SEG_NRRD, DICOM_SEG = "label map", "Slicer segmentation", "DICOM SEG"
 SEG_NRRD_SUFFIX = ".seg.nrrd"
@@ -45,25 +44,12 @@ DICOM_SEG_SUFFIX = ".dcm"
 DEFAULT_FORMAT = "nifti"  # of the outputs in an output folder (config.OUTPUT_FORMATS)
 ENDINGS_TEXT = ".nii.gz, .nii, .nrrd, .mha, .png (label map), .seg.nrrd (Slicer segmentation) or .dcm (DICOM SEG)"
 SIDECAR_FORMAT = "labelshare.labels"
-# Segment tags; LabelShareLib.segments tags the segments it makes in Slicer with the same ones.
-TASK_TAG = "LabelShare.Task"
-LABEL_ID_TAG = "LabelShare.LabelId"
-MODEL_TAG = "LabelShare.Model"
-TERMINOLOGY_TAG = "TerminologyEntry"
-DICOM_SERIES_NUMBER_OFFSET = 1000  # the SEG series is numbered after its source series (source + 1000)
-# ContentCreatorName (0070,0084), Type 2 in the SEG's Content Identification Macro: a person name (PN) whose one
-# component is the family name (the caret says so)
-CONTENT_CREATOR = "LabelShare^"
 # What a DICOM SEG needs of every file of the series it references (it copies or references them): the identity of
 # the study, series and instance and the image size; a series of several slices also needs its place in the patient
 # (a frame of reference, and every slice's position, orientation and pixel spacing), as does a single image that
 # states its position.
 SEG_SOURCE_ATTRIBUTES = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "Rows", "Columns")
 SEG_VOLUME_ATTRIBUTES = ("FrameOfReferenceUID", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing")
-# Type 2 attributes of the patient and study that the SEG copies from its source (present, empty when unknown); a
-# source without one gets it empty, as the standard asks of an unknown value
-SEG_COPIED_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
-                    "StudyDate", "StudyTime")
 
 
 @dataclass(frozen=True)
@@ -173,135 +159,63 @@ def check_output(path: Path, image: sitk.Image, source: InputImage, description:
             raise DataError(f"{path}: PNG holds 8-bit labels only; use .nii.gz")
 
 
-def write_segmentation(label_image: sitk.Image, path: Path, description: OutputDescription, source: InputImage,
-                       overwrite: bool) -> None:
-    """Write the label image as the kind ``path`` names (module docstring); call :func:`check_output` first."""
-    WRITERS[output_kind(path)](label_image, path, description, source, overwrite)
+@dataclass(frozen=True)
+class PlannedCase:
+    """One image, where its output goes, and whether a complete output is already there."""
+
+    image: InputImage
+    output: Path
+    complete: bool = False
 
 
-def write_label_map(label_image: sitk.Image, path: Path, description: OutputDescription, source: InputImage,
-                    overwrite: bool) -> None:
-    write_image_atomic(label_image, path, overwrite=overwrite)
-    atomic_write_json(sidecar_path(path), {
-        "format": SIDECAR_FORMAT, "format_version": 1, "image": path.name, "sha256": sha256_file(path),
-        "task": description.task, "model": description.model.to_json(), "engine_version": __version__,
-        "input": str(source.source.resolve()),
-        "labels": {str(style.label_id): {"name": style.name, "color": [round(c, 4) for c in style.color],
-                                         "terminology": style.terminology.slicer_text() if style.terminology else ""}
-                   for style in description.styles}})
+def plan_cases(inputs: Inputs, output: str | Path, config: SegmentConfig) -> list[PlannedCase]:
+    """Where every image's output goes; refuses (DataError) what cannot work before anything is read or loaded.
+
+    One image named by one argument is written to ``output`` as a file (its ending names the format), or into
+    ``output`` when that is an existing folder; anything else is written into the folder ``output``, one
+    ``<image name><ending of --format>`` per image.
+    """
+    config.check()
+    output = Path(output)
+    if inputs.single and not output.is_dir():
+        if not output_kind(output):
+            raise DataError(f"{output}: output must end in {ENDINGS_TEXT}")
+        if config.output_format and not output.name.lower().endswith(OUTPUT_FORMATS[config.output_format]):
+            raise DataError(f"{output}: --format {config.output_format} writes "
+                            f"{OUTPUT_FORMATS[config.output_format]} files; name the output so, or leave --format out")
+        paths = [output]
+    else:
+        if output.exists() and not output.is_dir():
+            raise DataError(f"{output}: is a file; with several images (or a folder of them) -o names a folder")
+        if not output.exists() and output_kind(output):  # a folder named like a file would surprise everyone
+            raise DataError(f"{output}: with several images (or a folder of them) -o names a folder, and this name "
+                            "ends like an image file; give a folder name")
+        ending = OUTPUT_FORMATS[config.output_format or DEFAULT_FORMAT]
+        paths = [output / f"{image.name}{ending}" for image in inputs.images]
+    by_path: dict[Path, InputImage] = {}
+    for image, path in zip(inputs.images, paths, strict=True):
+        if path in by_path:
+            raise DataError(f"{path}: would be written for two images, {by_path[path].source} and {image.source}; "
+                            "give them in separate runs or rename one")
+        by_path[path] = image
+        if path.resolve() == image.source.resolve():
+            raise DataError(f"{path}: is the input image; choose another output")
+        if output_kind(path) == DICOM_SEG:
+            check_dicom_seg_source(image)  # a series a SEG cannot reference is refused before anything runs
+        if inputs.single and image_suffix(path) == ".png" and (size := input_size(image)):
+            check_image_fits_format(size, path)  # the label image has its input's size (in a batch: that case fails)
+    if config.existing == "refuse":
+        existing = [path for path in paths if path.exists()]
+        if existing:
+            more = f" (and {len(existing) - 1} more outputs)" if len(existing) > 1 else ""
+            raise DataError(f"{existing[0]}: already exists{more} (pass --overwrite to replace, or --continue to keep "
+                            "complete outputs and write the others)")
+    return [PlannedCase(image, path, config.existing == "continue" and output_complete(path))
+            for image, path in zip(inputs.images, paths, strict=True)]
 
 
-def write_seg_nrrd(label_image: sitk.Image, path: Path, description: OutputDescription, source: InputImage,
-                   overwrite: bool) -> None:
-    """A Slicer ``.seg.nrrd`` (slicerio): the label ids as one labelmap layer on the image's grid (LPS), one segment
-    per task label; written atomically and read back before it counts."""
-    import slicerio
-    image = sitk.JoinSeries(label_image) if label_image.GetDimension() == 2 else label_image
-    ijk_to_lps = np.eye(4)
-    ijk_to_lps[:3, :3] = np.reshape(image.GetDirection(), (3, 3)) * np.asarray(image.GetSpacing())
-    ijk_to_lps[:3, 3] = image.GetOrigin()
-    model_name = description.model.name.replace("|", "_")  # '|' separates tags
-    segments = []
-    for style in description.styles:
-        tags = {LABEL_ID_TAG: str(style.label_id), MODEL_TAG: model_name, TASK_TAG: description.task}
-        if style.terminology is not None:
-            tags[TERMINOLOGY_TAG] = style.terminology.slicer_text()
-        segments.append({"id": f"Segment_{style.label_id}", "name": style.name, "color": list(style.color),
-                         "colorAutoGenerated": False,
-                         "nameAutoGenerated": False,  # else Slicer may rename the segment after its terminology
-                         "labelValue": style.label_id, "layer": 0, "tags": dict(sorted(tags.items()))})
-    segmentation = {"voxels": sitk.GetArrayFromImage(image).transpose(2, 1, 0),  # (i, j, k): slicerio's order
-                    "ijkToLPS": ijk_to_lps, "containedRepresentationNames": ["Binary labelmap"],
-                    "segments": segments}
-    with atomic_path(path, overwrite, lambda written: read_back_problem(written, image)) as tmp:
-        slicerio.write_segmentation(str(tmp), segmentation, compression_level=6)  # zlib's default, as SimpleITK
-
-
-def write_dicom_seg(label_image: sitk.Image, path: Path, description: OutputDescription, source: InputImage,
-                    overwrite: bool) -> None:
-    """A DICOM SEG (binary, highdicom) referencing the source series; frames in the order of its files."""
-    import highdicom as hd
-    import pydicom
-    from pydicom.sr.codedict import codes
-
-    sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in source.dicom_files]
-    for header in sources:
-        for keyword in SEG_COPIED_TYPE2:
-            if keyword not in header:
-                setattr(header, keyword, "")
-    _set_measured_spacing(hd, sources, source)
-    labels = sitk.GetArrayFromImage(label_image)
-    if labels.ndim == 2:
-        labels = labels[np.newaxis]
-    # segment numbers must run 1..n; task label ids need not (liver=1, tumour=5)
-    segment_of_label = np.zeros(description.max_label_id + 1, dtype=np.uint16)
-    for number, style in enumerate(description.styles, start=1):
-        segment_of_label[style.label_id] = number
-    algorithm = hd.AlgorithmIdentificationSequence(name="LabelShare", family=codes.cid7162.ArtificialIntelligence,
-                                                   version=f"{__version__} ({description.model.name})")
-    segments = [_segment_description(hd, number, style, algorithm)
-                for number, style in enumerate(description.styles, start=1)]
-    first = sources[0]
-    series_number = int(getattr(first, "SeriesNumber", 0) or 0) + DICOM_SERIES_NUMBER_OFFSET
-    pixel_array = segment_of_label[labels]
-    try:
-        segmentation = hd.seg.Segmentation(
-            source_images=sources, pixel_array=pixel_array, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-            segment_descriptions=segments, series_instance_uid=hd.UID(), series_number=series_number,
-            sop_instance_uid=hd.UID(), instance_number=1, manufacturer="LabelShare",
-            manufacturer_model_name=description.model.name[:64], software_versions=__version__,
-            device_serial_number=description.model.weights_sha256[:16] or "unknown",
-            content_label="LABELSHARE", content_description=f"LabelShare {description.task}"[:64],
-            content_creator_name=CONTENT_CREATOR,
-            series_description=f"LabelShare {description.task} ({description.model.name})"[:64],
-            omit_empty_frames=bool(pixel_array.any()))  # an empty result still needs frames to be a valid SEG
-    except (AttributeError, KeyError, TypeError, ValueError) as error:  # what highdicom raises for a source it
-        # cannot reference (check_dicom_seg_source refuses the known cases before anything is segmented)
-        raise DataError(f"{path}: DICOM SEG of {source.source} cannot be written ({type(error).__name__}: "
-                        f"{str(error)[:200]}); write .nii.gz or .seg.nrrd instead") from None
-    with atomic_path(path, overwrite) as tmp:
-        segmentation.save_as(tmp)
-
-
-def _set_measured_spacing(hd, sources: Sequence, source: InputImage) -> None:
-    """Give the (in-memory) source headers of a series of several slices the slice spacing measured from their
-    positions (highdicom's check of a regular volume), which the SEG copies: a source's own SpacingBetweenSlices is
-    not trusted, and highdicom prefers it to what it is given. A slice thickness the source leaves empty becomes the
-    spacing (the segmentation's voxels are the source grid's)."""
-    if len(sources) < 2:
-        return
-    import pydicom
-    spacing, _ = hd.spatial.get_volume_positions([header.ImagePositionPatient for header in sources],
-                                                 sources[0].ImageOrientationPatient)
-    if spacing is None:
-        raise DataError(f"{source.source}: the slice positions of the DICOM series do not form a regular volume, so "
-                        "a DICOM SEG cannot place its frames; write .nii.gz or .seg.nrrd instead")
-    measured = pydicom.valuerep.DSfloat(spacing, auto_format=True)
-    for header in sources:
-        header.SpacingBetweenSlices = measured
-        if not header.get("SliceThickness"):
-            header.SliceThickness = measured
-
-
-# the writer of each kind of output (output_kind)
-WRITERS = {LABEL_MAP: write_label_map, SEG_NRRD: write_seg_nrrd, DICOM_SEG: write_dicom_seg}
-
-
-def _coded(hd, code) -> object:
-    return hd.sr.CodedConcept(value=code.value, scheme_designator=code.scheme, meaning=code.meaning)
-
-
-def _segment_description(hd, number: int, style: LabelStyle, algorithm) -> object:
-    terminology: Terminology = style.terminology or GENERIC_TISSUE
-    regions: Sequence = [_coded(hd, terminology.anatomic_region)] if terminology.anatomic_region else []
-    segment = hd.seg.SegmentDescription(
-        segment_number=number, segment_label=style.name[:64],
-        segmented_property_category=_coded(hd, terminology.category),
-        segmented_property_type=_coded(hd, terminology.type),
-        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=algorithm,
-        anatomic_regions=regions or None,
-        display_color=hd.color.CIELabColor.from_rgb(*(255 * c for c in style.color)))
-    if terminology.type_modifier:  # left/right kidney: the modifier is what tells them apart
-        segment.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [
-            _coded(hd, terminology.type_modifier)]
-    return segment
+def remove_leftovers(cases: Sequence[PlannedCase]) -> None:
+    """Remove the hidden temporary files that a killed run left beside the outputs (and their sidecars): what
+    ``continue`` and ``overwrite`` do before writing."""
+    remove_temporary_files_of([case.output for case in cases] +
+                              [sidecar_path(case.output) for case in cases if output_kind(case.output) == LABEL_MAP])

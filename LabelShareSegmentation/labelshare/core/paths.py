@@ -20,8 +20,9 @@ from .errors import ModelError
 def _bundled_models_dir() -> Path:
     """A source checkout or the Slicer extension: the module's ``Resources/Models``; an installed wheel: the same
     folders as package data, ``labelshare/bundled_models``."""
-    module_resources = Path(__file__).resolve().parent.parent / "Resources" / "Models"
-    return module_resources if module_resources.is_dir() else Path(__file__).resolve().parent / "bundled_models"
+    package = Path(__file__).resolve().parents[1]  # labelshare/
+    module_resources = package.parent / "Resources" / "Models"
+    return module_resources if module_resources.is_dir() else package / "bundled_models"
 
 
 BUNDLED_MODELS_DIR = _bundled_models_dir()

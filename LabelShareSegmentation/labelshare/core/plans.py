@@ -10,10 +10,10 @@ A plan is computed from a task's training cases when the label space is built an
    coarsened by the same factor on both axes until it has ``image_pixels`` (the aspect ratio is kept).
 3. **Patch size**: the median slice shape at the target spacing, rounded up to a multiple of the network's
    down-sampling (``patch_multiple``: the product of the U-Net's strides,
-   :attr:`labelshare.config.NetworkConfig.patch_multiple`); while it has more than ``patch_pixels`` pixels, its axis
-   that is largest relative to the median shape shrinks by that multiple (nnU-Net's rule). A patch smaller than the
+   :attr:`labelshare.core.config.NetworkConfig.patch_multiple`); while it has more than ``patch_pixels`` pixels, its
+   axis that is largest relative to the median shape shrinks by that multiple (nnU-Net's rule). A patch smaller than the
    slice is slid over it at inference (Gaussian-weighted windows).
-4. **Preprocessing**: the schemes of normalisation, slicing and resampling (:mod:`labelshare.preprocessing`) the
+4. **Preprocessing**: the schemes of normalisation, slicing and resampling (:mod:`labelshare.core.preprocessing`) the
    task is preprocessed with, recorded so that the code dispatches on them.
 
 Models of the first release resized every slice to one square size whatever its spacing; such a model (or a run

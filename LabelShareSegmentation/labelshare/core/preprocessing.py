@@ -10,9 +10,9 @@ Three steps, each a registry of schemes that the code dispatches on:
                    projection.
 ``resampling``     ``index-linear`` v1: in-plane, in index space (the field of view kept): images bilinearly
                    (anti-aliased when shrinking), labels as one-hot maps resampled linearly then argmax'ed,
-                   probabilities bilinearly back to the slice's grid (:mod:`labelshare.slices`, torch).
+                   probabilities bilinearly back to the slice's grid (:mod:`labelshare.engine.slices`, torch).
 
-A task's plan (:class:`labelshare.plans.TaskPlan`) names one scheme of each step (:class:`Preprocessing`) and is
+A task's plan (:class:`labelshare.core.plans.TaskPlan`) names one scheme of each step (:class:`Preprocessing`) and is
 stored in ``labelspace.json``, so a model keeps the schemes it was trained with when the code's default
 (:data:`DEFAULT_PREPROCESSING`) moves on. Plans written before the schemes were recorded (the bundled models v1-v3)
 read as :data:`FIRST_PREPROCESSING`, the v1 schemes, which is what they were made with.
@@ -258,7 +258,7 @@ class LargestSpacingSlicing:
 # -- resampling (torch: imported when used) ---------------------------------------------------------------------------
 # A resampling scheme: ``images(images, shape)`` brings (n, c, h, w) float images (or probabilities) to ``shape``,
 # ``labels(labels, shape, classes)`` (n, h, w) integer labels.
-RESAMPLINGS.register("index-linear", 1, "labelshare.slices:IndexLinearResampling")
+RESAMPLINGS.register("index-linear", 1, "labelshare.engine.slices:IndexLinearResampling")
 
 FIRST_PREPROCESSING = Preprocessing(normalisation=Scheme("percentile-zscore", 1),
                                     slicing=Scheme("largest-spacing", 1), resampling=Scheme("index-linear", 1))

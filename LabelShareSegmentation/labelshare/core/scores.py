@@ -1,5 +1,5 @@
 """Per-case, per-label scores and their summaries, CSV and markdown (light: no torch). The heavy part that
-segments cases to score them is :mod:`labelshare.evaluation`."""
+segments cases to score them is :mod:`labelshare.engine.evaluation`."""
 
 from __future__ import annotations
 

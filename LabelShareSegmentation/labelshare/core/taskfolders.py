@@ -1,8 +1,8 @@
 """Writing task folders: collecting corrected cases into nnU-Net raw folders (the writer behind LabelShareTraining;
-the reader is :mod:`labelshare.tasks`). Light (no torch).
+the reader is :mod:`labelshare.core.tasks`). Light (no torch).
 
-A *collection* is an ordinary nnU-Net v2 raw task folder (see :mod:`labelshare.tasks`) that this module creates
-and appends to. Everything it writes reads back through :class:`labelshare.tasks.TaskDataset` unchanged, so a
+A *collection* is an ordinary nnU-Net v2 raw task folder (see :mod:`labelshare.core.tasks`) that this module creates
+and appends to. Everything it writes reads back through :class:`labelshare.core.tasks.TaskDataset` unchanged, so a
 collected task trains like any other task. Its promises:
 
 - **Atomic cases.** A case is written as image, then label (each under a hidden temporary name, then renamed), and

@@ -1,5 +1,5 @@
 """Task datasets: nnU-Net v2 raw folders, reading and validating their cases, and the patient-wise split. How a case
-becomes the network's slices (normalisation, slicing, resampling) is :mod:`labelshare.preprocessing`.
+becomes the network's slices (normalisation, slicing, resampling) is :mod:`labelshare.core.preprocessing`.
 
 A *task* is one labelled dataset with its own label set, stored the nnU-Net v2 way::
 
@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import DataError
+from .errors import DataError, LabelShareError
 from .fileio import image_suffix, itk_error_reason, read_json
 from .imagedata import ImageDataProblem, read_checked_image
 from .naming import check_task_name
@@ -241,7 +241,7 @@ def read_image(path: str | Path, what: str, is_label: bool = False) -> sitk.Imag
     """Read an image with SimpleITK; RGB(A) PNG images become grey (luminance), RGB labels must be grey.
 
     The file must be readable and hold all the pixel data its header describes
-    (:func:`labelshare.imagedata.read_checked_image`, which reads a NIfTI file's data once): SimpleITK would fill a
+    (:func:`labelshare.core.imagedata.read_checked_image`, which reads a NIfTI file's data once): SimpleITK would fill a
     truncated NIfTI file with zeros."""
     path = Path(path)
     if path.is_dir():
@@ -341,3 +341,13 @@ def split_by_patient(cases: Sequence[Case], validation_fraction: float, seed: in
     train = [case.name for case in cases if case.patient not in validation_patients]
     validation = [case.name for case in cases if case.patient in validation_patients]
     return train, validation
+
+
+def open_tasks(task_arguments: Sequence[tuple[str, Path]]) -> dict[str, TaskDataset]:
+    """The tasks of ``--task NAME=DIR`` arguments, opened and checked (a name given twice is refused)."""
+    tasks = {}
+    for name, folder in task_arguments:
+        if name in tasks:
+            raise LabelShareError(f"task '{name}' is given twice")
+        tasks[name] = TaskDataset.open(folder, name)
+    return tasks

@@ -1,7 +1,7 @@
 """What a label means beyond its id: its name, a display colour and a standard terminology entry (SNOMED CT codes).
 
 One source for all outputs that carry meaning: segments in Slicer (``LabelShareLib.segments``), ``.seg.nrrd`` files
-and DICOM SEG (:mod:`labelshare.outputs`). Light (no torch, no Slicer): the style of a label comes from, in this
+and DICOM SEG (:mod:`labelshare.core.outputs`). Light (no torch, no Slicer): the style of a label comes from, in this
 order, the label's ``info`` in the model's label space (``dataset.json`` → ``"labelshare": {"label_info":
 {"lv_cavity": {"color": [r, g, b], "terminology": "<Slicer terminology string>"}}}``, colours in 0..1), the
 extension's table of known label names (``Resources/LabelTerminology.csv``, read by :func:`load_label_table`), and a
@@ -35,12 +35,18 @@ from .naming import normalise_name
 def _label_table_path() -> Path:
     """A source checkout or the Slicer extension: ``<module folder>/../Resources/LabelTerminology.csv`` (the
     repository's ``Resources/``); an installed wheel: the same file as package data, ``labelshare/resources``."""
-    extension_resources = Path(__file__).resolve().parents[2] / "Resources" / "LabelTerminology.csv"
-    return extension_resources if extension_resources.is_file() else \
-        Path(__file__).resolve().parent / "resources" / "LabelTerminology.csv"
+    package = Path(__file__).resolve().parents[1]  # labelshare/
+    extension_resources = package.parents[1] / "Resources" / "LabelTerminology.csv"
+    return extension_resources if extension_resources.is_file() else package / "resources" / "LabelTerminology.csv"
 
 
 LABEL_TABLE = _label_table_path()
+# The tags of a segment LabelShare made (LabelShareLib.segments in Slicer, the .seg.nrrd writer) and Slicer's tag of
+# its terminology entry
+TASK_TAG = "LabelShare.Task"
+LABEL_ID_TAG = "LabelShare.LabelId"
+MODEL_TAG = "LabelShare.Model"
+TERMINOLOGY_TAG = "TerminologyEntry"
 MIN_COLOUR_DISTANCE = 0.15  # RGB distance (0..1 per channel) under which two colours count as the same
 PALETTE = (  # well separated on screen and from each other; used in this order
     (0.89, 0.29, 0.20), (0.20, 0.56, 0.86), (0.30, 0.74, 0.36), (0.98, 0.80, 0.18), (0.60, 0.36, 0.71),
@@ -112,7 +118,7 @@ class KnownLabel:
 
 
 def load_label_table(path: str | Path = LABEL_TABLE) -> dict[str, KnownLabel]:
-    """Known label names (:func:`labelshare.naming.normalise_name` form) → colour and terminology, from the CSV
+    """Known label names (:func:`labelshare.core.naming.normalise_name` form) → colour and terminology, from the CSV
     (its header comment describes the columns)."""
     path = Path(path)
     table = {}

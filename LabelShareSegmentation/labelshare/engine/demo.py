@@ -17,17 +17,21 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from . import synthetic
-from .config import DEMO_BUDGET, TrainConfig
-from .errors import LabelShareError
-from .fileio import atomic_write_text, make_folders, read_json, write_image_atomic
-from .labelspace import LabelSpace, compute_statistics, parse_group
-from .methods import DEFAULT_METHOD
-from .modelfolder import verify_folder
-from .plans import PlanSettings
-from .progress import Progress
-from .preprocessing import Preprocessing
-from .tasks import TaskDataset
+from ..core import synthetic
+from ..core.config import DEMO_BUDGET, TrainConfig
+from ..core.demo_folder import check_demo_folder
+from ..core.fileio import atomic_write_text, make_folders, read_json, write_image_atomic
+from ..core.labelspace import LabelSpace, parse_group
+from ..core.methods import DEFAULT_METHOD
+from ..core.modelfolder import verify_folder
+from ..core.plans import PlanSettings
+from ..core.preprocessing import Preprocessing
+from ..core.progress import Progress
+from ..core.tasks import TaskDataset, open_tasks
+from .inference import Segmenter
+from .models import load_model
+from .statistics import compute_statistics
+from .training_run import train
 
 SYNTHETIC_CASES = 12
 OVERLAY_COLOURS = ((0.89, 0.29, 0.20), (0.20, 0.56, 0.86), (0.30, 0.74, 0.36), (0.98, 0.80, 0.18),
@@ -51,9 +55,6 @@ def run_demo(out: str | Path, task_arguments: Sequence[tuple[str, Path]] = (), g
     progress = progress or Progress("human")
     out = Path(out)
     check_demo_folder(out, resume)
-    from .inference import Segmenter  # torch: only once the folder is known to be right
-    from .models import load_model
-    from .training_run import open_tasks, train
     make_folders(out)
     if not task_arguments:
         progress.progress("preparing", 0.0, "writing synthetic tasks")
@@ -87,18 +88,6 @@ def run_demo(out: str | Path, task_arguments: Sequence[tuple[str, Path]] = (), g
     report = out / "report.md"
     atomic_write_text(report, render_report(space, metrics, overlays, out, model_dir, tasks))
     return DemoResult(report=report, model=model_dir, labelspace=space)
-
-
-def check_demo_folder(out: Path, resume: bool) -> None:
-    """A new or empty folder; with ``resume``, also one that holds a stopped demo (its label space or data)."""
-    if out.exists() and not out.is_dir():
-        raise LabelShareError(f"{out}: a file, not a folder; choose a new --out")
-    if out.exists() and any(out.iterdir()) and not resume:
-        raise LabelShareError(f"{out}: already exists and is not an empty folder; choose a new --out, or add --resume "
-                              "to continue a stopped demo there")
-    if resume and out.is_dir() and any(out.iterdir()) and not (out / "labelspace.json").is_file() \
-            and not (out / "data").is_dir():
-        raise LabelShareError(f"{out}: holds no demo to continue (no labelspace.json, no data); choose a new --out")
 
 
 def write_overlay(path: Path, image: sitk.Image, reference: np.ndarray, prediction: np.ndarray,

@@ -1,5 +1,5 @@
 """Evaluation: segment a task's cases with a model and score them (Dice and HD95 per case and label,
-:mod:`labelshare.scores`), and choose the model's post-processing on its validation cases."""
+:mod:`labelshare.core.scores`), and choose the model's post-processing on its validation cases."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ from collections.abc import Iterable
 
 import SimpleITK as sitk
 
-from .errors import DataError
+from ..core.errors import DataError
+from ..core.progress import Progress
+from ..core.scores import CaseScore, Evaluation, nanmean
+from ..core.tasks import TaskDataset
 from .inference import Segmenter, keep_largest_components
 from .metrics import dice_per_label, hd95_per_label
 from .models import Model
-from .progress import Progress
-from .scores import CaseScore, Evaluation, nanmean
-from .tasks import TaskDataset
 
 
 def evaluate_cases(model: Model, task: TaskDataset, case_names: Iterable[str] | None = None,

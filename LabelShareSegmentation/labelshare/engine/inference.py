@@ -1,12 +1,13 @@
 """Segmentation: image in, the chosen task's label image out, on exactly the input's grid.
 
-Every step is the task's plan's scheme (:mod:`labelshare.preprocessing`), as in training: slices are cut along the
+Every step is the task's plan's scheme (:mod:`labelshare.core.preprocessing`), as in training: slices are cut along the
 same axis, normalised with the per-case statistics of the whole image, resampled to the task's plan (its spacing,
 aspect ratio kept), predicted with Gaussian-weighted sliding windows of the plan's patch size (optionally averaged
-with the left-right mirrored prediction, which a lateralised task refuses: :func:`labelshare.config.check_mirroring`),
-and the softmax over the task's channels is resampled back to the slice's own grid before the argmax, so the output
-has the input's size, spacing, origin and direction. Memory stays bounded: the input is read once, one batch of
-slices is converted to float at a time, and the output is written slice by slice into a uint8/uint16 array.
+with the left-right mirrored prediction, which a lateralised task refuses:
+:func:`labelshare.core.config.check_mirroring`), and the softmax over the task's channels is resampled back to the
+slice's own grid before the argmax, so the output has the input's size, spacing, origin and direction. Memory stays
+bounded: the input is read once, one batch of slices is converted to float at a time, and the output is written slice by
+slice into a uint8/uint16 array.
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .config import InferenceConfig, check_mirroring
-from .errors import DataError
+from ..core.config import InferenceConfig, check_mirroring
+from ..core.errors import DataError
+from ..core.progress import Progress
 from .models import Model
-from .progress import Progress
 from .slices import ENGINE_WINDOWS, Windows, head_probability_views, to_plan
 
 
@@ -37,7 +38,7 @@ class Segmenter:
                  windows: Windows = ENGINE_WINDOWS):
         """:param config: batch size (slices and windows per forward pass), test-time mirroring (refused for a
         lateralised task: training never flipped those), post-processing and slicing axis; None: the defaults of
-        :class:`~labelshare.config.InferenceConfig`. :param windows: how the network's windows cover a slice (the
+        :class:`~labelshare.core.config.InferenceConfig`. :param windows: how the network's windows cover a slice (the
         engine's unless an experiment compares others)."""
         self.windows = windows
         self.config = config or InferenceConfig()

@@ -1,6 +1,6 @@
 """Loaded models (torch): weights in and out of a model folder, the device, and the model object inference uses.
 
-The folder format itself (files, configuration, manifest, checks, listing) is :mod:`labelshare.modelfolder`, which
+The folder format itself (files, configuration, manifest, checks, listing) is :mod:`labelshare.core.modelfolder`, which
 needs no torch.
 """
 
@@ -20,13 +20,13 @@ from safetensors.torch import load_file
 from safetensors.torch import load_model as load_safetensors_model
 from safetensors.torch import save_model as save_safetensors_model
 
-from .config import parse_device
-from .errors import LabelShareError, ModelError
-from .fileio import atomic_path, atomic_write_json, atomic_write_text, not_written
-from .labelspace import LabelSpace
-from .layouts import TaskHead, task_heads
-from .modelfolder import (MODEL_FORMAT, WEIGHTS_FILE, ModelConfig, folder_file, read_model_json, resolve_model,
-                          verify_folder, write_manifest)
+from ..core.config import parse_device
+from ..core.errors import LabelShareError, ModelError
+from ..core.fileio import atomic_path, atomic_write_json, atomic_write_text, not_written
+from ..core.labelspace import LabelSpace
+from ..core.layouts import TaskHead, task_heads
+from ..core.modelfolder import (MODEL_FORMAT, WEIGHTS_FILE, ModelConfig, folder_file, read_model_json, resolve_model,
+                                verify_folder, write_manifest)
 from .networks import build_network
 
 
@@ -120,7 +120,7 @@ def load_weights(network: torch.nn.Module, path: Path) -> None:
 
 
 def resolve_device(device: str) -> torch.device:
-    """The torch device for a device word (:func:`labelshare.config.parse_device`); an error when CUDA is asked
+    """The torch device for a device word (:func:`labelshare.core.config.parse_device`); an error when CUDA is asked
     for and there is none."""
     device = parse_device(device)
     if device == "auto":
@@ -132,7 +132,7 @@ def resolve_device(device: str) -> torch.device:
 
 def load_model(path: str | Path | None, device: str) -> Model:
     """Load and verify a model: a folder or a model's name (None: the bundled default model;
-    :func:`labelshare.modelfolder.resolve_model`) onto ``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``)."""
+    :func:`labelshare.core.modelfolder.resolve_model`) onto ``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``)."""
     path = resolve_model(path)
     config, space = verify_folder(path)
     network = build_network(copy.deepcopy(config.network))

@@ -2,12 +2,12 @@
 
 Every network takes ``(images, task_index)`` and returns logits ``(B, out_channels, H, W)``; ``task_index`` is a
 LongTensor of the task of each sample and is ignored by unconditioned networks. Which output channels belong to
-which task is decided by :mod:`labelshare.layouts`, not here.
+which task is decided by :mod:`labelshare.core.layouts`, not here.
 
-Conditioning choices of the engine's U-Net (``labelshare.config.NetworkConfig.conditioning``):
+Conditioning choices of the engine's U-Net (``labelshare.core.config.NetworkConfig.conditioning``):
 ``none``            the paper's label-sharing network: the task is not an input.
 ``task_channels``   the task as one-hot constant input planes (beyond the paper; the user picks the task anyway).
-Other conditionings are built by the network class their method names (:func:`labelshare.methods.network_class`;
+Other conditionings are built by the network class their method names (:func:`labelshare.core.methods.network_class`;
 the benchmarks' DoD-Net is one).
 """
 
@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from monai.networks.nets import DynUNet
 from torch import nn
 
-from .config import NetworkConfig, unet_strides
-from .methods import network_class
+from ..core.config import NetworkConfig, unet_strides
+from ..core.methods import network_class
 
 def dynunet(in_channels: int, out_channels: int, filters: list[int]) -> DynUNet:
     """The U-Net of every LabelShare network (MONAI DynUNet, 3x3 kernels, one level per filter count)."""

@@ -3,8 +3,8 @@
 New models choose it when their training ends; this command gives a model trained before that (or one whose
 choice should be made again) the same decision, like nnU-Net's separate post-processing step after training. Per
 task and label it keeps only the largest connected component where that raises the mean Dice of the validation
-cases of the model's ``split.json`` (:func:`labelshare.evaluation.choose_postprocessing`). The new version has the
-same weights, label space and split, the choice in ``config.json``, the scores of the new pipeline in
+cases of the model's ``split.json`` (:func:`labelshare.engine.evaluation.choose_postprocessing`). The new version has
+the same weights, label space and split, the choice in ``config.json``, the scores of the new pipeline in
 ``metrics.json`` / ``evaluation.csv``, and its parent in ``lineage.json``; the model given is never changed.
 """
 
@@ -15,17 +15,17 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from .config import TrainConfig
-from .errors import LabelShareError
+from ..core.config import TrainConfig
+from ..core.errors import LabelShareError
+from ..core.fileio import empty_folder, hold_folder, make_folders, now_iso, publish_dir
+from ..core.modelfolder import check_new_version
+from ..core.paths import staging_dir_for
+from ..core.progress import Progress
+from ..core.scores import Evaluation
+from ..core.tasks import TaskDataset
 from .evaluation import choose_postprocessing
-from .fileio import empty_folder, hold_folder, make_folders, now_iso, publish_dir
-from .modelfolder import check_new_version
 from .models import environment_summary, load_model, save_model_folder
 from .networks import count_parameters
-from .paths import staging_dir_for
-from .progress import Progress
-from .scores import Evaluation
-from .tasks import TaskDataset
 from .training_run import metrics_json, model_card
 
 # files of the parent that the new version carries unchanged (the others are written anew)

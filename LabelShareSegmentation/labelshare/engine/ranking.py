@@ -14,11 +14,11 @@ model is about it:
 ``tta``
     1 - the mean Dice, over the labels either prediction has, between the prediction of the image and that of its
     left-right mirror image flipped back (test-time augmentation: only the flip training used, so a lateralised task
-    refuses it, the rule of ``segment --tta``: :func:`labelshare.config.check_mirroring`). Twice the network time.
+    refuses it, the rule of ``segment --tta``: :func:`labelshare.core.config.check_mirroring`). Twice the network time.
 ``auto`` (the default)
     ``tta`` where the task allows mirroring, else ``entropy``.
 
-Monte-Carlo dropout is not offered: the networks (MONAI DynUNet, :mod:`labelshare.networks`) have no dropout
+Monte-Carlo dropout is not offered: the networks (MONAI DynUNet, :mod:`labelshare.engine.networks`) have no dropout
 layers, so dropout at test time would change nothing. Which score orders images best by the model's real error
 was measured on hippocampus MR (docs/annotation-queue): the Spearman correlation between score and 1 - Dice over 44
 unlabelled patients was 0.66 for ``tta`` and 0.17 for ``entropy`` (seed 0), hence ``auto``.
@@ -30,101 +30,34 @@ Usage::
     ranking.write("ranking.csv")            # rank, case, score, voxels per label, seconds, input
     ranking.cases[0].name                   # the image to annotate first
 
-This module is light (numpy only at import): the Slicer modules read ranking tables with :func:`read_ranking`
-in Slicer's own process; :func:`rank_cases` imports torch when it runs.
+The table (its rows, the CSV, its reader for the Slicer modules) is :mod:`labelshare.core.ranking_table`.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
-from .config import RankConfig
-from .errors import DataError
-from .fileio import atomic_write_text
-from .inputs import Inputs
-from .progress import Progress
+from ..core.config import RankConfig
+from ..core.errors import DataError
+from ..core.inputs import Inputs
+from ..core.progress import Progress
+from ..core.ranking_table import RankedCase, RankFailure, Ranking
+from .inference import Segmenter
+from .models import Model
+from .segment_run import eta_seconds, failure_reason, read_ahead
 
-VOXELS_PREFIX = "voxels_"
-
-
-@dataclass(frozen=True)
-class RankedCase:
-    """One scored image: its name and source, the score (higher: more uncertain), the predicted voxels per label
-    name and the seconds it took."""
-
-    name: str
-    source: Path
-    score: float
-    voxels: dict[str, int]
-    seconds: float
-
-
-@dataclass(frozen=True)
-class RankFailure:
-    name: str
-    source: Path
-    reason: str
-
-
-@dataclass
-class Ranking:
-    """Scored images, most uncertain first (ties by name, so the order is stable), and the images that failed."""
-
-    task: str
-    score: str
-    labels: list[str]
-    cases: list[RankedCase] = field(default_factory=list)
-    failures: list[RankFailure] = field(default_factory=list)
-
-    def to_csv(self) -> str:
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["rank", "case", "score", *(VOXELS_PREFIX + label for label in self.labels), "seconds",
-                         "input"])
-        for rank, case in enumerate(self.cases, start=1):
-            writer.writerow([rank, case.name, f"{case.score:.6f}", *(case.voxels[label] for label in self.labels),
-                             f"{case.seconds:.3f}", str(case.source)])
-        return buffer.getvalue()
-
-    def write(self, path: str | Path) -> Path:
-        """The table as CSV, written atomically."""
-        atomic_write_text(path, self.to_csv())
-        return Path(path)
-
-
-def read_ranking(path: str | Path) -> list[RankedCase]:
-    """The cases of a ranking CSV written by :meth:`Ranking.write`, in its order; a file that is not one raises
-    :class:`DataError` naming it."""
-    path = Path(path)
-    try:
-        rows = list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"))))
-        return [RankedCase(name=row["case"], source=Path(row["input"]), score=float(row["score"]),
-                           voxels={key[len(VOXELS_PREFIX):]: int(value) for key, value in row.items()
-                                   if key.startswith(VOXELS_PREFIX)},
-                           seconds=float(row["seconds"])) for row in rows]
-    except FileNotFoundError:
-        raise DataError(f"{path}: ranking table not found") from None
-    except (KeyError, TypeError, ValueError, UnicodeDecodeError, csv.Error) as error:
-        raise DataError(f"{path}: not a ranking table of labelshare rank ({type(error).__name__}: {error})") from None
-
-
-def rank_cases(model, inputs: Inputs, config: RankConfig, progress: Progress | None = None) -> Ranking:
-    """Score every image of ``inputs`` with the loaded ``model`` (:class:`labelshare.models.Model`); one
+def rank_cases(model: Model, inputs: Inputs, config: RankConfig, progress: Progress | None = None) -> Ranking:
+    """Score every image of ``inputs`` with the loaded ``model`` (:class:`labelshare.engine.models.Model`); one
     ``progress`` event per image (``case``, ``status`` done/failed, ``score``, ``reason``, ``seconds``, ``eta_s``; the
     message says only "failed": the caller reports the reasons once).
 
     An image that fails (unreadable, NaN voxels) is recorded in :attr:`Ranking.failures` and the others go on.
     :raises LabelShareError: for an unknown task, or ``tta`` on a lateralised task, before any image is read.
     """
-    from .inference import Segmenter
-    from .segment_run import eta_seconds, failure_reason, read_ahead
     config.check()
     progress = progress or Progress("quiet")
     score = config.score_for(model.labelspace.task(config.task).lateralised)  # UnknownTaskError; tta refused for a
@@ -170,7 +103,6 @@ class BoundaryEntropy:
         self.band_entropy = self.band_voxels = self.all_entropy = self.all_voxels = 0.0
 
     def add(self, prediction, predicted: np.ndarray, labels_of) -> None:
-        from scipy import ndimage
         probabilities = prediction.probabilities
         entropy = -(probabilities * probabilities.clamp_min(1e-12).log()).sum(dim=1)
         entropy = (entropy / math.log(probabilities.shape[1])).cpu().numpy()
@@ -218,7 +150,7 @@ SCORES = {"entropy": BoundaryEntropy, "tta": MirrorDisagreement}
 def _score_image(segmenter, image, task: str, score: str, labels: list[tuple[int, str]]
                  ) -> tuple[float, dict[str, int]]:
     """The image's ``score`` and its predicted voxels per label name, over the segmenter's predictions of its
-    slices (:meth:`labelshare.inference.Segmenter.predictions`)."""
+    slices (:meth:`labelshare.engine.inference.Segmenter.predictions`)."""
     scorer = SCORES[score]([label_id for label_id, _ in labels])
     counts = np.zeros(max(label_id for label_id, _ in labels) + 1, dtype=np.int64)
     for prediction in segmenter.predictions(segmenter.slice_batches(image, task), task, scorer.mirror):

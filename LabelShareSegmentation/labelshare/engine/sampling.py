@@ -20,12 +20,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .layouts import TaskHead
-from .plans import TaskPlan
-from .preprocessing import iter_case_slices
-from .progress import Progress
+from ..core.layouts import TaskHead
+from ..core.plans import TaskPlan
+from ..core.preprocessing import iter_case_slices
+from ..core.progress import Progress
+from ..core.tasks import TaskDataset
 from .slices import to_plan
-from .tasks import TaskDataset
 
 
 @dataclass

@@ -3,7 +3,7 @@
 Usage::
 
     config = SegmentConfig(task="hippocampus", existing="continue")
-    cases = plan_cases(collect_inputs(["scans/"]), Path("labels/"), config)   # before loading anything heavy
+    cases = plan_cases(collect_inputs(["scans/"]), Path("labels/"), config)   # labelshare.core.outputs
     summary = segment_cases(load_model(None, config.device), cases, config, Progress("human"))
     summary.failed                                                            # the cases that failed, with reasons
 
@@ -13,13 +13,13 @@ the next, so the network rarely waits for the disk or the decompression. A case 
 voxels, an output that cannot hold it) is recorded with its reason and the others go on.
 
 Outputs that exist are refused before anything runs, unless the configuration says ``overwrite`` or ``continue``
-(skip the complete ones: :func:`labelshare.outputs.output_complete`; write the rest); both also remove the hidden
-temporary files that a killed run left beside the outputs. SIGINT/SIGTERM (:class:`~labelshare.errors.Interrupted`)
+(skip the complete ones: :func:`labelshare.core.outputs.output_complete`; write the rest); both also remove the hidden
+temporary files that a killed run left beside the outputs. SIGINT/SIGTERM (:class:`~labelshare.core.errors.Interrupted`)
 stops the whole run: the image being segmented is discarded (nothing of it is under its final name) and the images
 done stay done, so that ``continue`` goes on from there.
 
-Light at import (torch, MONAI and the model are loaded by :func:`segment_cases` and :func:`segment_file`): the
-command line plans the cases, and so refuses a mistake, before anything heavy is imported.
+Where every image's output goes, and the refusal of what cannot work, is planned before anything heavy is
+imported (:func:`labelshare.core.outputs.plan_cases`).
 """
 
 from __future__ import annotations
@@ -29,31 +29,18 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from .config import OUTPUT_FORMATS, SegmentConfig, check_mirroring
-from .errors import DataError, Interrupted, LabelShareError, is_out_of_memory
-from .fileio import check_image_fits_format, image_suffix, remove_temporary_files_of
-from .inputs import InputImage, Inputs, collect_inputs, input_size, read_input_image
-from .outputs import (DEFAULT_FORMAT, DICOM_SEG, ENDINGS_TEXT, LABEL_MAP, OutputDescription, check_dicom_seg_source,
-                      check_output, output_complete, output_kind, sidecar_path, write_segmentation)
-from .progress import Progress
-
-if TYPE_CHECKING:
-    from .inference import Segmenter
-    from .models import Model
+from ..core.config import SegmentConfig, check_mirroring
+from ..core.errors import DataError, Interrupted, LabelShareError, is_out_of_memory
+from ..core.inputs import InputImage, collect_inputs, read_input_image
+from ..core.outputs import OutputDescription, PlannedCase, check_output, plan_cases, remove_leftovers
+from ..core.progress import Progress
+from .inference import Segmenter
+from .models import Model, load_model
+from .writers import write_segmentation
 
 DONE, SKIPPED, FAILED = "done", "skipped", "failed"
 MIRROR_REQUEST = "test-time mirroring (--tta, the worker's \"mirror\")"
-
-
-@dataclass(frozen=True)
-class PlannedCase:
-    """One image, where its output goes, and whether a complete output is already there."""
-
-    image: InputImage
-    output: Path
-    complete: bool = False
 
 
 @dataclass
@@ -90,66 +77,12 @@ class SegmentSummary:
         return {**self.counts(), "failures": [outcome.to_json() for outcome in self.failed]}
 
 
-def plan_cases(inputs: Inputs, output: str | Path, config: SegmentConfig) -> list[PlannedCase]:
-    """Where every image's output goes; refuses (DataError) what cannot work before anything is read or loaded.
-
-    One image named by one argument is written to ``output`` as a file (its ending names the format), or into
-    ``output`` when that is an existing folder; anything else is written into the folder ``output``, one
-    ``<image name><ending of --format>`` per image.
-    """
-    config.check()
-    output = Path(output)
-    if inputs.single and not output.is_dir():
-        if not output_kind(output):
-            raise DataError(f"{output}: output must end in {ENDINGS_TEXT}")
-        if config.output_format and not output.name.lower().endswith(OUTPUT_FORMATS[config.output_format]):
-            raise DataError(f"{output}: --format {config.output_format} writes "
-                            f"{OUTPUT_FORMATS[config.output_format]} files; name the output so, or leave --format out")
-        paths = [output]
-    else:
-        if output.exists() and not output.is_dir():
-            raise DataError(f"{output}: is a file; with several images (or a folder of them) -o names a folder")
-        if not output.exists() and output_kind(output):  # a folder named like a file would surprise everyone
-            raise DataError(f"{output}: with several images (or a folder of them) -o names a folder, and this name "
-                            "ends like an image file; give a folder name")
-        ending = OUTPUT_FORMATS[config.output_format or DEFAULT_FORMAT]
-        paths = [output / f"{image.name}{ending}" for image in inputs.images]
-    by_path: dict[Path, InputImage] = {}
-    for image, path in zip(inputs.images, paths, strict=True):
-        if path in by_path:
-            raise DataError(f"{path}: would be written for two images, {by_path[path].source} and {image.source}; "
-                            "give them in separate runs or rename one")
-        by_path[path] = image
-        if path.resolve() == image.source.resolve():
-            raise DataError(f"{path}: is the input image; choose another output")
-        if output_kind(path) == DICOM_SEG:
-            check_dicom_seg_source(image)  # a series a SEG cannot reference is refused before anything runs
-        if inputs.single and image_suffix(path) == ".png" and (size := input_size(image)):
-            check_image_fits_format(size, path)  # the label image has its input's size (in a batch: that case fails)
-    if config.existing == "refuse":
-        existing = [path for path in paths if path.exists()]
-        if existing:
-            more = f" (and {len(existing) - 1} more outputs)" if len(existing) > 1 else ""
-            raise DataError(f"{existing[0]}: already exists{more} (pass --overwrite to replace, or --continue to keep "
-                            "complete outputs and write the others)")
-    return [PlannedCase(image, path, config.existing == "continue" and output_complete(path))
-            for image, path in zip(inputs.images, paths, strict=True)]
-
-
-def remove_leftovers(cases: Sequence[PlannedCase]) -> None:
-    """Remove the hidden temporary files that a killed run left beside the outputs (and their sidecars): what
-    ``continue`` and ``overwrite`` do before writing."""
-    remove_temporary_files_of([case.output for case in cases] +
-                              [sidecar_path(case.output) for case in cases if output_kind(case.output) == LABEL_MAP])
-
-
 def segment_cases(model: Model, cases: list[PlannedCase], config: SegmentConfig,
                   progress: Progress | None = None) -> SegmentSummary:
     """Segment the planned cases with one model; one ``progress`` event per case (status, reason, ETA).
 
     A single case to segment also reports its slices (``segmenting`` events with the fraction of the image).
     """
-    from .inference import Segmenter
     config.check()
     progress = progress or Progress("quiet")
     description = OutputDescription.of(model.labelspace, config.task, model.path)  # UnknownTaskError up front
@@ -248,7 +181,6 @@ def segment_file(model: Model | str | Path | None, config: SegmentConfig, input_
     if not inputs.single:
         raise DataError(f"{input_path}: holds several images; segment_file takes one (use segment_cases)")
     cases = plan_cases(inputs, output_path, config)
-    from .models import Model, load_model
     if not isinstance(model, Model):
         if progress is not None:
             progress.progress("preparing", 0.0, "loading model")

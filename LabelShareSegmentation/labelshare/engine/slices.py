@@ -1,8 +1,8 @@
-"""Slices at a plan's resolution (:mod:`labelshare.plans`): resampling to the plan and back, and the network's
+"""Slices at a plan's resolution (:mod:`labelshare.core.plans`): resampling to the plan and back, and the network's
 prediction over a slice with Gaussian-weighted sliding windows (MONAI). Training, validation, inference and the
 overlap measurement of add-task all go through here, so they see slices exactly alike.
 
-Resampling is the plan's resampling scheme (:mod:`labelshare.preprocessing`). ``index-linear`` v1
+Resampling is the plan's resampling scheme (:mod:`labelshare.core.preprocessing`). ``index-linear`` v1
 (:class:`IndexLinearResampling`) works on slice stacks in index space (the in-plane grid is only scaled, its field of
 view kept): images bilinearly (anti-aliased when shrinking), labels as one-hot maps resampled linearly then
 argmax'ed (thin structures survive shrinking better than with nearest-neighbour), probabilities bilinearly back to
@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from monai.inferers import sliding_window_inference
 
-from .layouts import TaskHead
-from .plans import TaskPlan
+from ..core.layouts import TaskHead
+from ..core.plans import TaskPlan
 
 WINDOW_OVERLAP = 0.5  # nnU-Net's step of half a patch
 
@@ -61,7 +61,7 @@ def resample_labels(labels: torch.Tensor, shape: Sequence[int], classes: int) ->
 
 
 class IndexLinearResampling:
-    """Resampling scheme ``index-linear`` v1 (:data:`labelshare.preprocessing.RESAMPLINGS`)."""
+    """Resampling scheme ``index-linear`` v1 (:data:`labelshare.core.preprocessing.RESAMPLINGS`)."""
 
     images = staticmethod(resample_images)
     labels = staticmethod(resample_labels)

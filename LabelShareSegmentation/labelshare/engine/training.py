@@ -1,4 +1,4 @@
-"""Training: the loss, the loop and its checkpoints (the data and its patches are :mod:`labelshare.sampling`).
+"""Training: the loss, the loop and its checkpoints (the data and its patches are :mod:`labelshare.engine.sampling`).
 
 Every step draws one task-balanced batch; each task's patches (their own size, from the task's plan) go through
 the network separately and their gradients add up before one optimiser step (a task's loss is weighted 1/number
@@ -7,8 +7,8 @@ of tasks in the batch), so tasks of different resolutions train together without
 Checkpoints are written after every epoch and on SIGINT/SIGTERM into ``<staging>/.checkpoint/`` (weights and
 optimiser state in safetensors, counters and random states in JSON, JSON written last so that it always points to
 complete files). ``resume=True`` continues from there; a run stopped by a signal raises
-:class:`~labelshare.errors.TrainingInterrupted` after saving. Under ``torchrun`` (WORLD_SIZE > 1) the loop runs with
-DistributedDataParallel: every rank draws its own samples (seed + rank), rank 0 validates, logs and checkpoints.
+:class:`~labelshare.core.errors.TrainingInterrupted` after saving. Under ``torchrun`` (WORLD_SIZE > 1) the loop runs
+with DistributedDataParallel: every rank draws its own samples (seed + rank), rank 0 validates, logs and checkpoints.
 """
 
 from __future__ import annotations
@@ -30,14 +30,14 @@ from monai.losses import DiceLoss
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .errors import LabelShareError, TrainingInterrupted, stop_at_once
-from .fileio import atomic_path, atomic_write_json, not_written, read_json
-from .config import InferenceConfig, TrainConfig
-from .layouts import TaskHead
+from ..core.config import InferenceConfig, TrainConfig
+from ..core.errors import LabelShareError, TrainingInterrupted, stop_at_once
+from ..core.fileio import atomic_path, atomic_write_json, not_written, read_json
+from ..core.layouts import TaskHead
+from ..core.naming import check_name
+from ..core.progress import Progress, format_duration
 from .metrics import dice_per_label
 from .models import tensors_problem
-from .naming import check_name
-from .progress import Progress, format_duration
 from .sampling import Augmenter, PatchSampler, TaskBatch, TaskSlices
 from .slices import head_probabilities
 
@@ -133,7 +133,7 @@ class TrainingState:
 
 class StopRequest:
     """Turns SIGINT/SIGTERM into a flag checked after every step, so that the run can save before exiting; a second
-    signal ends the process at once (:func:`~labelshare.errors.stop_at_once`: the last checkpoint stays)."""
+    signal ends the process at once (:func:`~labelshare.core.errors.stop_at_once`: the last checkpoint stays)."""
 
     def __init__(self):
         self.signal_number: int | None = None
@@ -248,7 +248,7 @@ class Trainer:
         """Mean per-case Dice of every label at plan resolution, per task, predicted with the inference windows, on
         up to :data:`MONITOR_CASES` validation cases spread over each task's list (a monitor of the learning curve;
         every validation case is scored at native resolution at the end by
-        :func:`labelshare.evaluation.evaluate_cases`)."""
+        :func:`labelshare.engine.evaluation.evaluate_cases`)."""
         self.network.eval()
         result: dict[str, dict[str, float]] = {}
         for bank in self.validation_banks:

@@ -18,24 +18,24 @@ from collections.abc import Sequence
 
 import torch
 
-from .config import TrainConfig
-from .errors import LabelShareError, LabelSpaceError, ModelError
+from ..core.config import TrainConfig
+from ..core.errors import LabelShareError, LabelSpaceError, ModelError
+from ..core.fileio import (atomic_write_json, empty_folder, hold_folder, make_folders, now_iso, publish_dir, read_json,
+                           remove_tree)
+from ..core.labelspace import LabelSpace
+from ..core.layouts import task_heads
+from ..core.methods import DEFAULT_METHOD
+from ..core.modelfolder import (MANIFEST_FILE, ModelConfig, check_new_version, data_fingerprint, is_non_commercial,
+                                read_model_json, verify_folder)
+from ..core.paths import staging_dir_for
+from ..core.plans import check_patch_multiple
+from ..core.progress import Progress
+from ..core.scores import Evaluation
+from ..core.tasks import TaskDataset, open_tasks, split_by_patient
 from .evaluation import choose_postprocessing
-from .fileio import (atomic_write_json, empty_folder, hold_folder, make_folders, now_iso, publish_dir, read_json,
-                     remove_tree)
-from .labelspace import LabelSpace
-from .methods import DEFAULT_METHOD
-from .layouts import task_heads
-from .modelfolder import (MANIFEST_FILE, ModelConfig, check_new_version, data_fingerprint, is_non_commercial,
-                          read_model_json, verify_folder)
 from .models import Model, environment_summary, resolve_device, save_model_folder
 from .networks import build_network, count_parameters
-from .paths import staging_dir_for
-from .plans import check_patch_multiple
-from .progress import Progress
 from .sampling import TaskSlices, load_task_slices
-from .scores import Evaluation
-from .tasks import TaskDataset, split_by_patient
 from .training import CHECKPOINT_DIR, DistributedContext, Trainer, distributed_context
 
 
@@ -47,15 +47,6 @@ class PreparedData:
     split: dict[str, dict[str, list[str]]]
     train_banks: list[TaskSlices]
     validation_banks: list[TaskSlices]
-
-
-def open_tasks(task_arguments: Sequence[tuple[str, Path]]) -> dict[str, TaskDataset]:
-    tasks = {}
-    for name, folder in task_arguments:
-        if name in tasks:
-            raise LabelShareError(f"task '{name}' is given twice")
-        tasks[name] = TaskDataset.open(folder, name)
-    return tasks
 
 
 def check_tasks_match(space: LabelSpace, tasks: dict[str, TaskDataset]) -> None:
@@ -96,7 +87,7 @@ def prepare_data(tasks: dict[str, TaskDataset], space: LabelSpace, layout: str,
 def evaluate_validation(model: Model, data: PreparedData, progress: Progress,
                         fraction_range: tuple[float, float]) -> tuple[dict[str, list[str]], Evaluation]:
     """Every validation case scored, and each task's post-processing chosen on them (the labels whose largest
-    connected component alone is kept: :func:`labelshare.evaluation.choose_postprocessing`); the scores are those
+    connected component alone is kept: :func:`labelshare.engine.evaluation.choose_postprocessing`); the scores are those
     of the model with that choice."""
     result, choice = Evaluation(), {}
     start, end = fraction_range
@@ -173,7 +164,7 @@ def run_training(tasks: dict[str, TaskDataset], space: LabelSpace, model_config:
                  extra_json: dict | None = None) -> TrainingResult:
     """The shared body of ``train`` and ``add-task``: staging folder, data, loop, evaluation, model folder.
 
-    The staging folder is held by this run (:func:`labelshare.fileio.hold_folder`) and kept only while it holds
+    The staging folder is held by this run (:func:`labelshare.core.fileio.hold_folder`) and kept only while it holds
     something to continue: a checkpoint, or the complete model folder of a run killed before renaming it (which
     ``resume`` publishes without training again). A run that fails or stops before its first checkpoint removes
     it, and one that finds such a folder starts over in it."""
@@ -270,7 +261,7 @@ def _train_in(staging: Path, tasks: dict[str, TaskDataset], space: LabelSpace, m
                 "train": {k: v for k, v in config.to_json().items() if k != "device"}, "split": split}
     if context.is_main:
         atomic_write_json(split_file, {"seed": config.seed, "validation_fraction": config.validation_fraction,
-                                       "rule": "patient-wise; see labelshare.tasks.patient_of", "tasks": split})
+                                       "rule": "patient-wise; see labelshare.core.tasks.patient_of", "tasks": split})
         progress.log(f"{model_config.method}: {count_parameters(network) / 1e6:.2f} M parameters; "
                      + "; ".join(f"{n}: {len(split[n]['train'])} training / {len(split[n]['validation'])} "
                                  f"validation cases" for n in tasks))

@@ -12,7 +12,7 @@ them together.
    best overlap is below :data:`MIN_OVERLAP_DICE` takes the lowest free shared label in size order, or a new one).
    ``--map LABEL=SHARED`` pins labels by hand and the strategy places the rest. Old mappings never change.
 2. **Expansion.** A task with more labels than n* extends the label space, and the output layer grows with it
-   (:func:`labelshare.networks.expand_output_channels`: old channels keep their weights, new ones start from the
+   (:func:`labelshare.engine.networks.expand_output_channels`: old channels keep their weights, new ones start from the
    background channel); a task-conditioned network also gets an input for the new task.
 3. **Training** continues from the old weights on the new task mixed with replay of the old tasks: exemplar cases
    read from the old tasks' folders, drawn from their training split only, and optionally distillation of the old

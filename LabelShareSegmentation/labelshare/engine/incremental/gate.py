@@ -1,5 +1,5 @@
 """The regression gate of add-task: score every old task with the old model, compare with the new version's
-validation metrics (:class:`labelshare.forgetting.ForgettingReport`), then publish the candidate or keep it back.
+validation metrics (:class:`labelshare.core.forgetting.ForgettingReport`), then publish the candidate or keep it back.
 
 Every task of the old model is scored on its validation cases by the old and by the new model (per-case Dice at
 native resolution, mean over cases, then over labels; the old model's own ``metrics.json`` is reused for tasks whose
@@ -14,17 +14,17 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from ..config import AddTaskConfig
-from ..errors import LabelShareError
+from ...core.config import AddTaskConfig
+from ...core.errors import LabelShareError
+from ...core.fileio import atomic_write_json, atomic_write_text, publish_dir
+from ...core.forgetting import ForgettingReport, Summary
+from ...core.modelfolder import write_manifest
+from ...core.paths import refused_report_paths
+from ...core.progress import Progress
+from ...core.scores import Evaluation
+from ...core.tasks import TaskDataset
 from ..evaluation import evaluate_cases
-from ..fileio import atomic_write_json, atomic_write_text, publish_dir
-from ..forgetting import ForgettingReport, Summary
-from ..modelfolder import write_manifest
 from ..models import Model
-from ..paths import refused_report_paths
-from ..progress import Progress
-from ..scores import Evaluation
-from ..tasks import TaskDataset
 from ..training_run import TrainingResult
 
 

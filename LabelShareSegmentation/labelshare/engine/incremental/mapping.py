@@ -18,12 +18,12 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from ..config import STRATEGIES
-from ..errors import LabelSpaceError
-from ..labelspace import LabelSpace, TaskStatistics
-from ..tasks import TaskDataset
-from ..plans import TaskPlan
-from ..preprocessing import iter_case_slices
+from ...core.config import STRATEGIES
+from ...core.errors import LabelSpaceError
+from ...core.labelspace import LabelSpace, TaskStatistics
+from ...core.plans import TaskPlan
+from ...core.preprocessing import iter_case_slices
+from ...core.tasks import TaskDataset
 from ..slices import to_plan, window_logits
 
 MIN_OVERLAP_DICE = 0.1  # below this a label's best overlap is noise, not a structure the model already finds
@@ -194,7 +194,7 @@ PREDICTED_SHIFT = -math.log(2.0)  # "predicted" start: half the odds of the chan
 def new_channel_starts(stats: TaskStatistics, shared: Mapping[str, int], n_shared: int, rule: str,
                        coverage: np.ndarray | None = None) -> list[tuple[int, float]]:
     """How every output channel added for a shared label above the old n* starts (the network's
-    :func:`~labelshare.networks.expand_output_channels`): (channel to copy, bias shift), in shared-label order.
+    :func:`~labelshare.engine.networks.expand_output_channels`): (channel to copy, bias shift), in shared-label order.
 
     ``prior``: the background channel at the label's prior odds (the fraction of the training pixels it covers).
     ``predicted``: the channel the current model predicts on most of the label's pixels (``coverage``, from

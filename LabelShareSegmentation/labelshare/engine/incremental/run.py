@@ -13,19 +13,20 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from ..budget import add_task_epochs, estimate
-from ..config import ADD_TASK_TRAIN_OPTIONS, AddTaskConfig, InferenceConfig, TrainConfig
-from ..errors import LabelShareError, LabelSpaceError, ModelError, UnknownTaskError
-from ..fileio import hold_folder, read_json, sha256_file
-from ..forgetting import ForgettingReport
-from ..methods import method_named
-from ..labelspace import LabelSpace, compute_statistics
-from ..modelfolder import ModelConfig, check_new_version, resolve_model, verify_folder
+from ...core.budget import add_task_epochs, estimate
+from ...core.config import ADD_TASK_TRAIN_OPTIONS, AddTaskConfig, InferenceConfig, TrainConfig
+from ...core.errors import LabelShareError, LabelSpaceError, ModelError, UnknownTaskError
+from ...core.fileio import hold_folder, read_json, sha256_file
+from ...core.forgetting import ForgettingReport
+from ...core.labelspace import LabelSpace
+from ...core.methods import method_named
+from ...core.modelfolder import ModelConfig, check_new_version, resolve_model, verify_folder
+from ...core.paths import candidate_dir_for, recorded_task_folders, refused_report_paths
+from ...core.progress import Progress
+from ...core.tasks import TaskDataset, split_by_patient
 from ..models import Model, load_model, resolve_device
 from ..networks import expand_output_channels, expand_task_inputs
-from ..paths import candidate_dir_for, recorded_task_folders, refused_report_paths
-from ..progress import Progress
-from ..tasks import TaskDataset, split_by_patient
+from ..statistics import compute_statistics
 from ..training_run import TrainingResult, run_training
 from .gate import apply_gate
 from .mapping import OVERLAP_CASES, map_labels, measure_overlap, new_channel_starts, parse_pins
@@ -66,7 +67,7 @@ def add_task(model: str | Path, task: tuple[str, str | Path], out: str | Path, c
              progress: Progress | None = None, command: Sequence[str] | None = None) -> AddTaskResult:
     """Add ``task`` (name, nnU-Net folder) to the model folder ``model`` and publish the result as ``out``; a task
     the model already has is updated with the folder's cases instead. Raises
-    :class:`~labelshare.incremental.gate.RegressionRefused` when the gate refuses (nothing at ``out``; report
+    :class:`~labelshare.engine.incremental.gate.RegressionRefused` when the gate refuses (nothing at ``out``; report
     beside it).
 
     >>> add_task("models/v1", ("sunnybrook", "data/sunnybrook"), "models/v2",
@@ -179,7 +180,7 @@ def _recorded_train_config(old: Model, config: AddTaskConfig) -> TrainConfig:
 
 def _train_config(recorded: TrainConfig, config: AddTaskConfig, labels: int, training_cases: int) -> TrainConfig:
     """The recorded settings (:func:`_recorded_train_config`) with the new budget: the one given, else one that
-    grows with the task (:func:`labelshare.budget.add_task_epochs`)."""
+    grows with the task (:func:`labelshare.core.budget.add_task_epochs`)."""
     train_config = copy.deepcopy(recorded)
     train_config.epochs = config.epochs or add_task_epochs(labels, training_cases, train_config.steps_per_epoch)
     return train_config

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ...core.tasks import TaskDataset
 from ..networks import output_layer
-from ..tasks import TaskDataset
 from ..sampling import TaskBatch
 from ..training import Trainer
 
