@@ -70,6 +70,19 @@ def test_model_and_task_information_come_from_the_card_and_only_the_newest_versi
         assert widget.ui.modelComboBox.currentText.startswith(bundled[-1].name)
 
 
+def test_the_mirror_box_is_disabled_with_the_reason_for_a_lateralised_task(tmp_path, tiny_model):
+    with shell_module(SEGMENTATION) as shell:
+        settings = settings_in(tmp_path)
+        settings.add_model_folder(tiny_model)
+        widget = segmentation_widget(shell, tmp_path, task="xray2d", model=str(tiny_model), settings=settings)
+        widget.refreshModels()
+        widget.ui.taskComboBox.currentText = "sides3d"
+        assert not widget.ui.mirrorCheckBox.enabled
+        assert "task 'sides3d' is lateralised" in widget.ui.mirrorCheckBox.toolTip
+        widget.ui.taskComboBox.currentText = "xray2d"
+        assert widget.ui.mirrorCheckBox.enabled and widget.ui.mirrorCheckBox.toolTip == widget._mirrorToolTip
+
+
 def test_a_volume_of_another_modality_is_warned_about_not_refused(tmp_path):
     with slicer_scene() as env, shell_module(SEGMENTATION) as shell:
         volume = env.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "CT 1")

@@ -50,7 +50,7 @@ def parse_task_argument(text: str) -> tuple[str, Path]:
 
 
 def patient_of(case_name: str, pattern: str | None = None) -> str:
-    """The patient id of a case, used to split by patient (documented in the README)."""
+    """The patient id of a case, used to split by patient (documented in docs/formats.md)."""
     if pattern:
         match = re.search(pattern, case_name)
         if match:
