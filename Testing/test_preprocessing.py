@@ -107,13 +107,13 @@ def test_the_code_dispatches_on_the_plans_schemes(tmp_path, test_schemes):
     assert np.allclose(unnormalised.image, image) and not np.allclose(default.image, image)
     assert abs(float(default.image.mean())) < 0.5  # z-scored
     plan = TaskPlan(patch_size=(32, 32), spacing=(0.5, 0.5), preprocessing=DEFAULT_PREPROCESSING)
-    slices = np.linspace(0, 1, 2 * 6 * 5, dtype=np.float32).reshape(2, 6, 5)
+    slices = np.linspace(0, 1, 2 * 6 * 5, dtype=np.float32).reshape(2, 1, 6, 5)
     linear = to_plan(slices, (1.0, 1.0), plan, "cpu")
     nearest_plan = dataclasses.replace(plan, preprocessing=dataclasses.replace(DEFAULT_PREPROCESSING,
                                                                                resampling=nearest))
     blocky = to_plan(slices, (1.0, 1.0), nearest_plan, "cpu")
     assert linear.shape == blocky.shape == (2, 1, 12, 10)
-    assert torch.equal(blocky[0, 0, ::2, ::2], torch.from_numpy(slices[0]))  # nearest: every value repeated
+    assert torch.equal(blocky[0, 0, ::2, ::2], torch.from_numpy(slices[0, 0]))  # nearest: every value repeated
     assert not torch.allclose(linear, blocky)
 
 
