@@ -56,6 +56,10 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+DATA = Path(__file__).parent / "data"
+FIRST_RELEASE_FIXTURE = DATA / "format-first-release"  # format 1: one fixed size (64), task planes, no plans
+PLANS_FIXTURE = DATA / "format-plans"  # format 2: per-task plans without schemes, as the models v2 and v3
+PROTOTYPE_FIXTURE = DATA / "format-prototype"  # the issue-29 prototype's format, as model v4
 FILTERS = [4, 8, 16, 32]
 TRAINING = dict(batch_size=8, epochs=2, steps_per_epoch=15, learning_rate=3e-3, seed=0, device="cpu")
 TASK_CASES = 8

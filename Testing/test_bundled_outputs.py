@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from format_fixtures import VARIANTS, bundled_input
 from labelshare.core.config import InferenceConfig
 from labelshare.core.errors import LabelShareError
 from labelshare.core.paths import bundled_model_dirs
 from labelshare.engine.inference import Segmenter
 from labelshare.engine.models import load_model
+from format_fixtures import VARIANTS, bundled_input
 
 REFERENCE = Path(__file__).parent / "data" / "bundled-model-outputs.npz"
 MAX_DIFFERENT = 1e-3  # a CPU with other vector instructions may flip a voxel where two labels tie

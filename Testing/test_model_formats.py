@@ -6,21 +6,19 @@ inputs (Testing/format_fixtures.py says how they were made)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from format_fixtures import VARIANTS, fixture_inputs
 from labelshare.core.config import InferenceConfig, TrainConfig
 from labelshare.core.errors import LabelShareError
 from labelshare.core.modelfolder import verify_folder
 from labelshare.core.preprocessing import CONTEXT_SLICING, FIRST_PREPROCESSING
 from labelshare.engine.inference import Segmenter
 from labelshare.engine.models import load_model
+from format_fixtures import DATA, FIRST_RELEASE_FIXTURE, PLANS_FIXTURE, PROTOTYPE_FIXTURE, VARIANTS, fixture_inputs
 
-DATA = Path(__file__).parent / "data"
 MAX_DIFFERENT = 1e-3  # a CPU with other vector instructions may flip a voxel where two labels tie
 
 
@@ -45,18 +43,18 @@ def labels_as_recorded(fixture: str) -> set[str]:
 
 
 def test_the_first_release_format_loads_with_its_fixed_size_and_task_planes_and_segments_as_it_did():
-    config, space = verify_folder(DATA / "format-first-release")
-    raw = json.loads((DATA / "format-first-release" / "config.json").read_text())
+    config, space = verify_folder(FIRST_RELEASE_FIXTURE)
+    raw = json.loads((FIRST_RELEASE_FIXTURE / "config.json").read_text())
     assert raw["format_version"] == 1 and "plan_settings" not in json.loads(
-        (DATA / "format-first-release" / "labelspace.json").read_text())
+        (FIRST_RELEASE_FIXTURE / "labelspace.json").read_text())
     assert config.method == "label-sharing-task-channels" and config.network.conditioning == "task_channels"
     assert all(task.plan.fixed_size and task.plan.size == (64, 64) for task in space.tasks.values())
     assert labels_as_recorded("first-release") == {"model", "mirror", "all", "none"}
 
 
 def test_the_plans_format_of_the_models_v2_and_v3_loads_with_the_first_schemes_and_segments_as_it_did():
-    _, space = verify_folder(DATA / "format-plans")
-    plans = json.loads((DATA / "format-plans" / "labelspace.json").read_text())
+    _, space = verify_folder(PLANS_FIXTURE)
+    plans = json.loads((PLANS_FIXTURE / "labelspace.json").read_text())
     assert all("preprocessing" not in task["plan"] for task in plans["tasks"].values())
     assert all(task.plan.preprocessing == FIRST_PREPROCESSING and not task.plan.fixed_size
                for task in space.tasks.values())
@@ -68,7 +66,7 @@ def test_a_model_of_the_issue_29_prototype_loads_with_its_slice_context_and_segm
     """The format model v4 is trained in: slice_context in a plan without schemes (read as largest-spacing v2), the
     rule's task_slice_context and min_image_side, a network of 3 input channels, training.json with task_weights and
     intensity_augmentation; the 2D task and the volume of one slice per input fill the network's 3 channels."""
-    folder = DATA / "format-prototype"
+    folder = PROTOTYPE_FIXTURE
     config, space = verify_folder(folder)
     assert config.network.in_channels == 3 and config.weights_dtype == "float16"
     assert {name: task.plan.slice_context for name, task in space.tasks.items()} == \
