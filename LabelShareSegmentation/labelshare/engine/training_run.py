@@ -310,7 +310,9 @@ def model_card(name: str, config: ModelConfig, space: LabelSpace, tasks: dict[st
              f"Method: **{config.method}** (output layout `{config.layout}`, {config.network.out_channels} output "
              f"channels, conditioning `{config.network.conditioning}`), {parameters / 1e6:.2f} M parameters, "
              f"weights stored as {config.weights_dtype}. Input: one 2D slice or projection at its task's plan "
-             "resolution, preprocessed by the plan's schemes (below).",
+             "resolution, preprocessed by the plan's schemes (below)"
+             + (f", with its neighbours as {config.network.in_channels} input channels where the task's plan takes "
+                "more than one slice per input" if config.network.in_channels > 1 else "") + ".",
              "", "## Tasks and labels", "", space.table(), "## Intended input", "",
              "What each task was trained on; other images (another modality, view, field of view or anatomy) are "
              "outside what the model has seen.", ""]
