@@ -58,7 +58,7 @@ class HelpFormatter(argparse.HelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         if "%(default)" not in text and action.option_strings and not action.required \
-                and action.default not in (None, False, [], argparse.SUPPRESS):
+                and action.default not in (None, False, [], {}, argparse.SUPPRESS):
             text += " (default: %(default)s)"
         return text
 
@@ -89,7 +89,8 @@ def _add_method_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_plan_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("plans: the resolution and patch size of every task (labelshare/core/plans.py)")
+    group = parser.add_argument_group("plans: the resolution, patch size and slices per input of every task "
+                                      "(labelshare/core/plans.py)")
     add_arguments(group, PlanSettings,
                   ("image_pixels", "patch_pixels", "fixed_size", "min_image_side", "slice_context"))
 
