@@ -207,6 +207,32 @@ def test_an_update_from_memory_chooses_the_updated_task_again(added, tmp_path):
     assert new_memory.tasks["phantom3d"].to_json() == old_memory.tasks["phantom3d"].to_json()
 
 
+def test_an_update_from_a_folder_of_new_cases_only_keeps_the_old_cases_through_the_memory(added, tmp_path):
+    """The Slicer workspace case: the task's folder holds only the cases collected now."""
+    more = TaskDataset.open(synthetic.write_task(tmp_path / "all", "xray2d", n_cases=12), "xray2d")
+    new_only = tmp_path / "new-only"
+    for case in more.cases[8:]:  # the 4 cases the model has not seen
+        for path in (case.image_path, case.label_path):
+            (new_only / path.parent.name).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, new_only / path.parent.name / path.name)
+    data = json.loads((more.root / "dataset.json").read_text())
+    (new_only / "dataset.json").write_text(json.dumps({**data, "numTraining": 4}))
+    events = []
+    out = add_task(added, ("xray2d", new_only), tmp_path / "v3",
+                   AddTaskConfig.from_options(max_regression=100, **BUDGET, **SMALL_MEMORY),
+                   progress=Progress("quiet", callback=events.append)).path
+    assert any("its rehearsal memory stands in for them" in e.get("message", "") for e in events)
+    old_split = json.loads((added / "split.json").read_text())["tasks"]["xray2d"]
+    split = json.loads((out / "split.json").read_text())["tasks"]["xray2d"]
+    assert set(old_split["train"]) <= set(split["train"]) and set(old_split["validation"]) <= set(split["validation"])
+    assert len(split["train"]) + len(split["validation"]) == 12
+    report = json.loads((out / "forgetting.json").read_text())
+    assert "gate slices" in report["scored_on"]["xray2d"]  # scored on the old validation cases, from the memory
+    memory = read_memory(out, verify_folder(out)[1])  # replay ⊆ training cases, gate ⊆ validation cases: verified
+    chosen = set(memory.tasks["xray2d"].parts["replay"].cases)
+    assert chosen & set(old_split["train"])  # the old cases' exemplars are still rehearsed
+
+
 def test_a_model_without_a_memory_still_works_with_folders_and_says_which_folders_it_needs(
         base, tmp_path, synthetic_tasks):
     old = without_memory(base, tmp_path / "old")

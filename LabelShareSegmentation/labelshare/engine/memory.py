@@ -266,10 +266,11 @@ class MemoryArtefact:
         if name in context.slices:
             train, validation = context.slices[name]
         else:
-            split, task = context.split[name], context.tasks[name]
-            entry = context.model.labelspace.tasks[name]
+            task = context.tasks[name]
+            held = {case.name for case in task.cases}
+            split = {side: [c for c in cases if c in held] for side, cases in context.split[name].items()}
             bank = load_task_slices(task, split["train"] + split["validation"], context.model.heads[name],
-                                    entry.plan)
+                                    context.model.labelspace.tasks[name].plan)
             train, validation = bank.select(split["train"]), bank.select(split["validation"])
         return {part: bank for part, bank in (("replay", train), ("gate", validation)) if bank is not None}
 

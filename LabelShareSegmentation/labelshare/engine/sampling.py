@@ -52,6 +52,14 @@ class TaskSlices:
     def __len__(self) -> int:
         return len(self.rows)
 
+    def joined(self, other: TaskSlices | None) -> TaskSlices:
+        """These slices and ``other``'s (cases of the same task at the same plan; None: these alone)."""
+        if other is None:
+            return self
+        return TaskSlices(task=self.task, plan=self.plan, cases=self.cases + other.cases,
+                          images=self.images + other.images, targets=self.targets + other.targets,
+                          flip_allowed=self.flip_allowed)
+
     def select(self, case_names: Sequence[str]) -> TaskSlices:
         keep = [i for i, name in enumerate(self.cases) if name in set(case_names)]
         return TaskSlices(task=self.task, plan=self.plan, cases=[self.cases[i] for i in keep],

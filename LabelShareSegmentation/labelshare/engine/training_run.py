@@ -53,16 +53,20 @@ class PreparedData:
     gates: dict[str, TaskSlices] = field(default_factory=dict)
 
     def slices_of(self, task: str) -> tuple[TaskSlices | None, TaskSlices | None]:
-        """A folder task's (training, validation) slices."""
-        def find(banks):
-            return next((bank for bank in banks if bank.task == task), None)
-        return find(self.train_banks), find(self.validation_banks)
+        """A task's training slices and its validation slices (gate slices included)."""
+        train = next((bank for bank in self.train_banks if bank.task == task), None)
+        validation = next((bank for bank in self.validation_banks if bank.task == task and
+                           bank is not self.gates.get(task)), None)
+        if validation is None:
+            return train, self.gates.get(task)
+        return train, validation.joined(self.gates.get(task))
 
 
 @dataclass
 class MemoryTask:
-    """A task trained and scored from a rehearsal memory instead of its folder: its replay slices (None: not
-    replayed) and its gate slices."""
+    """A task trained and scored from a rehearsal memory instead of its folder (or, for a task updated from a
+    folder that lacks its old cases, in addition to it): its replay slices (None: not replayed) and its gate
+    slices."""
 
     replay: TaskSlices | None
     gate: TaskSlices
@@ -90,30 +94,31 @@ def prepare_data(tasks: dict[str, TaskDataset], space: LabelSpace, layout: str,
                  split: dict[str, dict[str, list[str]]], progress: Progress,
                  fraction_range: tuple[float, float] = (0.0, 0.1),
                  memory_tasks: Mapping[str, MemoryTask] | None = None) -> PreparedData:
-    """The slices of every task in the label space's order: read from the task's folder, or (``memory_tasks``) the
-    replay slices of a rehearsal memory, whose gate slices monitor and score the task."""
-    heads = task_heads(layout, space)
-    train_banks, validation_banks, gates = [], [], {}
+    """The slices of every task in the label space's order: read from the task's folder (the cases of ``split`` it
+    holds), and (``memory_tasks``) the replay slices of a rehearsal memory, whose gate slices monitor and score the
+    task. The prepared split lists the cases read from the folders."""
+    heads, memory_tasks = task_heads(layout, space), memory_tasks or {}
+    train_banks, validation_banks, gates, present = [], [], {}, {}
     start, end = fraction_range
     step = (end - start) / max(1, len(tasks))
     for name in space.task_names:
-        if name in (memory_tasks or {}):
-            memory = memory_tasks[name]
-            train_banks += [memory.replay] if memory.replay is not None else []
+        memory = memory_tasks.get(name)
+        train = memory.replay if memory is not None else None
+        if name in tasks:
+            i, task = list(tasks).index(name), tasks[name]
+            held = {case.name for case in task.cases}
+            present[name] = {side: [c for c in cases if c in held] for side, cases in split[name].items()}
+            bank = load_task_slices(task, present[name]["train"] + present[name]["validation"], heads[name],
+                                    space.task(name).plan, progress, (start + i * step, start + (i + 1) * step))
+            train = bank.select(present[name]["train"]).joined(train)
+            if present[name]["validation"]:
+                validation_banks.append(bank.select(present[name]["validation"]))
+        if train is not None:
+            train_banks.append(train)
+        if memory is not None:
             validation_banks.append(memory.gate)
             gates[name] = memory.gate
-            continue
-        if name not in tasks:
-            continue
-        i = list(tasks).index(name)
-        task = tasks[name]
-        names = split[name]["train"] + split[name]["validation"]
-        bank = load_task_slices(task, names, heads[name], space.task(name).plan, progress,
-                                (start + i * step, start + (i + 1) * step))
-        train_banks.append(bank.select(split[name]["train"]))
-        if split[name]["validation"]:
-            validation_banks.append(bank.select(split[name]["validation"]))
-    return PreparedData(tasks=tasks, split=split, train_banks=train_banks, validation_banks=validation_banks,
+    return PreparedData(tasks=tasks, split=present, train_banks=train_banks, validation_banks=validation_banks,
                         gates=gates)
 
 
@@ -265,7 +270,7 @@ def _recorded_split(split_file: Path, tasks: dict[str, TaskDataset], memory_task
         problem = f"the unfinished run has tasks {sorted(split)}, not {sorted(expected)}"
     else:
         problem = next((f"task '{name}' lists cases its folder does not have, or is malformed"
-                        for name, sides in split.items() if name in tasks
+                        for name, sides in split.items() if name in tasks and name not in memory_tasks
                         and not _split_of(sides, {case.name for case in tasks[name].cases})), None)
     if problem:
         raise LabelShareError(f"{split_file}: {problem}; delete {split_file.parent} to start the run over")
@@ -342,7 +347,8 @@ def _train_in(staging: Path, tasks: dict[str, TaskDataset], space: LabelSpace, m
         model = Model(path=None, config=model_config, labelspace=space, network=trainer.network.eval(),
                       device=trainer.device)
         largest_component, evaluation, gates = evaluate_validation(model, data, progress, (0.9, 0.97))
-        kept = {name: labels for name, labels in model_config.largest_component.items() if name in memory_tasks}
+        kept = {name: labels for name, labels in model_config.largest_component.items()
+                if name in memory_tasks and name not in tasks}
         model_config = replace(model_config, largest_component={**kept, **largest_component})
         model = replace(model, config=model_config)
         data_record = {name: {"folder": task.root.name, "cases": len(task.cases),
