@@ -69,6 +69,7 @@ score() {  # score NAME: every task of the model on its validation cases, at nat
     task=$(case $folder in *hippocampus) echo hippocampus ;; *acdc*) echo acdc ;; *mammo*) echo mammo ;;
            *) echo sunnybrook ;; esac)
     grep -q "\"$task\"" "$RUNS/$name/labelspace.json" || continue
+    grep -q "^$task," "$RUNS/$name/evaluation.csv" && continue  # the run scored it on its validation cases
     [ -f "$RUNS/$name.evaluation/$task/evaluation.csv" ] && continue
     nice -n 10 labelshare evaluate --model "$RUNS/$name" --task "$task" --data "$folder" --device cpu \
       -o "$RUNS/$name.evaluation/$task" --progress quiet > /dev/null
