@@ -39,7 +39,7 @@ def base(tmp_path_factory, synthetic_tasks) -> Path:
     space = LabelSpace.build([compute_statistics(TaskDataset.open(path, name)) for name, path in tasks])
     config = TrainConfig(batch_size=6, epochs=2, steps_per_epoch=20, device="cpu", seed=0)
     return train(tasks, space, tmp_path_factory.mktemp("memory-base") / "v1", config, progress=Progress("quiet"),
-                 command=["train", "(test fixture)"], memory=MemoryConfig(**SMALL_MEMORY)).path
+                 command=["train", "(test fixture)"], memory_config=MemoryConfig(**SMALL_MEMORY)).path
 
 
 def without_memory(model: Path, target: Path) -> Path:
@@ -256,7 +256,7 @@ def test_no_memory_holds_no_patient_images_and_needs_the_folders(tmp_path, synth
     tasks = [("xray2d", synthetic_tasks["xray2d"])]
     space = LabelSpace.build([compute_statistics(TaskDataset.open(synthetic_tasks["xray2d"], "xray2d"))])
     model = train(tasks, space, tmp_path / "private", TrainConfig(**BUDGET), progress=Progress("quiet"),
-                  memory=MemoryConfig(memory=False)).path
+                  memory_config=MemoryConfig(write_memory=False)).path
     memory = read_memory(model, verify_folder(model)[1])
     assert not memory.patient_images and not memory.tasks
     assert not list((model / MEMORY_DIR).glob("*.nii.gz"))
@@ -273,7 +273,7 @@ def test_the_memory_command_gives_an_older_model_a_memory_as_a_new_version(base,
                        "--out", str(tmp_path / "with-memory"), "--device", "cpu"])
     assert status == 1 and "give the folder of old task(s) xray2d" in capsys.readouterr().err
     out = make_memory(old, [(name, synthetic_tasks[name]) for name in OLD_TASKS], tmp_path / "with-memory",
-                      MemoryConfig(**SMALL_MEMORY), command=["memory", "(test)"])
+                      MemoryConfig(**SMALL_MEMORY), "cpu", command=["memory", "(test)"])
     assert {p.name: sha256_file(p) for p in old.iterdir() if p.is_file()} == before  # the old model is only read
     assert sha256_file(out / "model.safetensors") == before["model.safetensors"]
     for name in ("split.json", "metrics.json", "labelspace.json"):

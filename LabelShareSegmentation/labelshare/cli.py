@@ -59,7 +59,7 @@ class HelpFormatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if "%(default)" not in text and action.option_strings and not action.required \
+        if "%(default)" not in text and action.option_strings and not action.required and action.nargs != 0 \
                 and action.default not in (None, False, [], argparse.SUPPRESS):
             text += " (default: %(default)s)"
         return text

@@ -274,17 +274,17 @@ class MemoryConfig(Configuration):
                                     "add-task to replay when the task's folder is not given", metavar="N")
     gate_slices: int = option(32, "validation slices per task that the memory keeps for add-task's forgetting gate",
                               flag="--memory-gate-slices", metavar="N")
-    memory: bool = option(True, "write no rehearsal memory: the version holds no patient images, and adding a task "
-                                "to it needs the folders of all its tasks", flag="--no-memory")
+    write_memory: bool = option(True, "write no rehearsal memory: the version holds no patient images, and adding a "
+                                      "task to it needs the folders of all its tasks", flag="--no-memory")
 
     def check(self) -> None:
         check_at_least(self.memory_slices, 1, "--memory-slices", MAX_MEMORY_SLICES)
         check_at_least(self.gate_slices, 1, "--memory-gate-slices", MAX_MEMORY_SLICES)
-        _check_flag(self, "memory")
+        _check_flag(self, "write_memory")
 
 
 MAX_MEMORY_SLICES = 10_000
-MEMORY_OPTIONS = ("memory_slices", "gate_slices", "memory")
+MEMORY_OPTIONS = ("memory_slices", "gate_slices", "write_memory")
 
 
 # The options of TrainConfig that ``labelshare add-task`` offers (the others come from the model's training.json)

@@ -234,7 +234,7 @@ class MemoryArtefact:
 
     def write(self, context: VersionContext, folder: Path) -> list[str]:
         config, model, progress = context.memory, context.model, context.progress
-        if not config.memory:
+        if not config.write_memory:
             memory = RehearsalMemory(patient_images=False)
             memory.save(folder)
             return memory.describe()

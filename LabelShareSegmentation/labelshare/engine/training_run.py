@@ -171,8 +171,9 @@ class TrainingResult:
 def train(task_arguments: Sequence[tuple[str, Path]], space: LabelSpace, out: str | Path,
           config: TrainConfig | None = None, method: str = DEFAULT_METHOD, resume: bool = False,
           progress: Progress | None = None, command: Sequence[str] | None = None,
-          split: dict[str, dict[str, list[str]]] | None = None, memory: MemoryConfig | None = None) -> TrainingResult:
-    """Train a model on the tasks and publish it as ``out``, with its rehearsal memory (``memory``).
+          split: dict[str, dict[str, list[str]]] | None = None,
+          memory_config: MemoryConfig | None = None) -> TrainingResult:
+    """Train a model on the tasks and publish it as ``out``, with its rehearsal memory (``memory_config``).
 
     ``split`` ({task: {"train": [...], "validation": [...]}}) fixes the cases of each side (the benchmark gives every
     method the same one); by default every task is split by patient with ``config.seed``.
@@ -202,7 +203,7 @@ def train(task_arguments: Sequence[tuple[str, Path]], space: LabelSpace, out: st
         check_patch_multiple(entry.plan, model_config.network.patch_multiple, f"{name}'s plan")
     return run_training(tasks, space, model_config, out, config, progress, resume=resume, command=command,
                         lineage={"parent": None, "operation": "train", "tasks_added": list(tasks)}, split=split,
-                        memory=memory)
+                        memory_config=memory_config)
 
 
 def run_training(tasks: dict[str, TaskDataset], space: LabelSpace, model_config: ModelConfig, out: Path,
@@ -210,10 +211,10 @@ def run_training(tasks: dict[str, TaskDataset], space: LabelSpace, model_config:
                  command: Sequence[str] | None = None, lineage: dict | None = None,
                  initial_network: torch.nn.Module | None = None, trainer_class: type[Trainer] = Trainer,
                  trainer_options: dict | None = None, split: dict[str, dict[str, list[str]]] | None = None,
-                 extra_json: dict | None = None, memory: MemoryConfig | None = None,
+                 extra_json: dict | None = None, memory_config: MemoryConfig | None = None,
                  memory_tasks: Mapping[str, MemoryTask] | None = None, parent: Path | None = None) -> TrainingResult:
     """The shared body of ``train`` and ``add-task``: staging folder, data, loop, evaluation, version artefacts
-    (:mod:`labelshare.engine.artefacts`; ``memory``: the rehearsal memory's settings), model folder.
+    (:mod:`labelshare.engine.artefacts`; ``memory_config``: the rehearsal memory's settings), model folder.
 
     ``memory_tasks`` are tasks of the label space that are trained from a rehearsal memory instead of a folder (the
     old tasks of add-task whose folders are not given): ``split`` must hold their (old) split, ``lineage["data"]``
@@ -233,7 +234,7 @@ def run_training(tasks: dict[str, TaskDataset], space: LabelSpace, model_config:
         try:
             return _train_in(staging, tasks, space, model_config, out, config, progress, context, resume, command,
                              lineage, initial_network, trainer_class, trainer_options, split, extra_json,
-                             memory or MemoryConfig(), memory_tasks or {}, parent)
+                             memory_config or MemoryConfig(), memory_tasks or {}, parent)
         except BaseException:
             if context.is_main and staging.is_dir() and not _resumable(staging):
                 remove_tree(staging)

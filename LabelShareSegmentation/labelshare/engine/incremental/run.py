@@ -167,7 +167,7 @@ def add_task(model: str | Path, task: tuple[str, str | Path], out: str | Path, c
                                                                  "first_new_channel": first_new_channel,
                                                                  "new_channel_lr_scale": config.new_label_lr_scale,
                                                                  "distill_new_task": config.distill_new_task},
-                                   memory=config.memory, memory_tasks=memory_tasks, parent=old_path)
+                                   memory_config=config.memory, memory_tasks=memory_tasks, parent=old_path)
             holding.enter_context(hold_folder(candidate))
         published, report = apply_gate(old, trained, out, tasks, name, "update-task" if update else "add-task",
                                        config, ProgressPart(progress, 0.9, 0.99),
