@@ -22,7 +22,9 @@ from labelshare.core.modelfolder import read_memory, verify_folder, write_manife
 from labelshare.core.progress import Progress
 from labelshare.core.tasks import TaskDataset
 from labelshare.engine.incremental import add_task
-from labelshare.engine.memory import select_exemplars
+from labelshare.core.layouts import TaskHead, task_heads
+from labelshare.engine.memory import memory_slices, select_exemplars, spread_rows
+from labelshare.engine.sampling import TaskSlices, load_task_slices
 from labelshare.engine.postprocess_run import make_memory
 from labelshare.engine.statistics import compute_statistics
 from labelshare.engine.training_run import train
@@ -79,6 +81,21 @@ def test_k_center_covers_the_features_and_every_label_and_case():
     assert select_exemplars(50, case_of, presence, features, seed=0) == list(range(43))
 
 
+def test_candidates_are_spread_over_cases_and_hold_the_labels():
+    targets = [np.zeros((20, 4, 4), np.uint8) for _ in range(3)]
+    for target in targets:
+        target[8:12, 1, 1] = 1  # the structure is in the middle of every stack
+    bank = TaskSlices(task="t", plan=None, cases=["a", "b", "c"], images=[t.astype(np.float16) for t in targets],
+                      targets=targets, flip_allowed=True)
+    head = TaskHead(task="t", index=0, channels=[0, 1], target_lut=np.array([0, 1]), output_lut=np.array([0, 1]),
+                    label_positions=[1], position_names={1: "x"})
+    rows = spread_rows(bank, np.arange(len(bank)), head, 12)
+    cases = bank.rows[rows][:, 0]
+    assert sorted(np.bincount(cases).tolist()) == [4, 4, 4]
+    held = [bool(bank.targets[c][i].any()) for c, i in bank.rows[rows]]
+    assert sum(held) >= 6 and not {0, 19} & set(bank.rows[rows][:, 1].tolist())
+
+
 def test_quantised_intensities_keep_their_range():
     image = np.linspace(-2.5, 6.0, 3 * 5 * 7, dtype=np.float32).reshape(3, 5, 7)
     values, low, high = quantise(image)
@@ -110,6 +127,23 @@ def test_train_writes_a_verified_memory_from_the_right_side_of_the_split(base, s
         assert ids <= {0, *task.labels.values()} and len(ids) > 1
     card = (base / "README.md").read_text()
     assert "## Rehearsal memory" in card and "CC0" in card and "KB in `memory/`" in card
+
+
+def test_the_memory_reads_back_as_the_training_slices_it_was_chosen_from(base, synthetic_tasks):
+    config, space = verify_folder(base)
+    memory = read_memory(base, space)
+    head = task_heads(config.layout, space)["phantom3d"]
+    stored = memory_slices(base, memory, "phantom3d", "replay", head, flip_allowed=True)
+    original = load_task_slices(TaskDataset.open(synthetic_tasks["phantom3d"], "phantom3d"), stored.cases, head,
+                                space.tasks["phantom3d"].plan)
+    records = memory.tasks["phantom3d"].parts["replay"].slices
+    for case, images, targets in zip(stored.cases, stored.images, stored.targets, strict=True):
+        indices = [r.slice for r in records if r.case == case]
+        source = original.cases.index(case)
+        assert np.array_equal(targets, original.targets[source][indices])  # labels exact, in the head's positions
+        expected = original.images[source][indices].astype(np.float32)
+        step = (expected.max(axis=(1, 2)) - expected.min(axis=(1, 2))) / 255
+        assert (np.abs(images.astype(np.float32) - expected).max(axis=(1, 2)) <= step / 2 + 0.01).all()
 
 
 def test_a_tampered_memory_file_is_refused_naming_it(base, tmp_path, capsys):
