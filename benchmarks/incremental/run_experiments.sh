@@ -110,6 +110,12 @@ experiment() {
     mem48-distill-new)
       memory_of base-3task 48 "${BASE_TASKS[@]}"
       added mem-sunnybrook-48-distill-new base-3task-mem48 "${SUNNYBROOK[@]}" --distill-new-task 1 ;;
+    mem-update)  # Sunnybrook added without 20 of its cases, then updated with them: memory only
+      memory_of base-3task 48 "${BASE_TASKS[@]}"
+      local fewer; fewer=$RUNS/sunnybrook_lv-minus20
+      without_cases "$DATA/sunnybrook_lv" 20 "$fewer"
+      added mem-sunnybrook17-48 base-3task-mem48 --task "sunnybrook=$fewer"
+      added mem-sunnybrook17-update-48 mem-sunnybrook17-48 "${SUNNYBROOK[@]}" ;;
     mem2-full) added mem2-mammo-full base2-3task-mr "${MAMMO[@]}" "${MR_REPLAY[@]}" ;;
     mem2-noreplay) added mem2-mammo-noreplay base2-3task-mr "${MAMMO[@]}" "${MR_REPLAY[@]}" --replay-cases 0 ;;
     mem2-16|mem2-48|mem2-128)
