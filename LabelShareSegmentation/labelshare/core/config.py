@@ -268,7 +268,7 @@ class RankConfig(Configuration):
 @dataclass
 class MemoryConfig(Configuration):
     """The rehearsal memory a new model version carries (:mod:`labelshare.core.memory`): how many slices per task it
-    keeps to replay and to gate on (sizes chosen by measurement: docs/incremental/memory.md), or none at all."""
+    keeps to replay and to gate on (the default size measured in docs/incremental/memory.md), or none at all."""
 
     memory_slices: int = option(48, "training slices per task that the version's rehearsal memory keeps for "
                                     "add-task to replay when the task's folder is not given", metavar="N")
@@ -316,8 +316,9 @@ class AddTaskConfig(Configuration):
                                             "all)", metavar="N|all", parse=parse_replay_cases)
     distill_weight: float = option(1.0, "weight of distillation from the old model on replayed slices")
     distill_new_task: float = option(0.0, "weight of distillation from the old model on the task's own slices (where "
-                                          "the task's labels share output channels with old ones it pulls against "
-                                          "them; measured in docs/incremental/memory.md)", metavar="WEIGHT")
+                                          "the task's labels share output channels with old ones it can pull against "
+                                          "them; off by default, not yet measured: docs/incremental/memory.md)",
+                                   metavar="WEIGHT")
     max_regression: float = option(1.0, "largest allowed loss of an old task's mean Dice, in points",
                                    metavar="POINTS")
     min_new_dice: float | None = option(None, "refuse the version when a label of the task ends below this Dice "
