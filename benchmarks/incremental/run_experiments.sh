@@ -114,8 +114,8 @@ experiment() {
       memory_of base-3task 48 "${BASE_TASKS[@]}"
       local fewer; fewer=$RUNS/sunnybrook_lv-minus20
       without_cases "$DATA/sunnybrook_lv" 20 "$fewer"
-      added mem-sunnybrook17-48 base-3task-mem48 --task "sunnybrook=$fewer"
-      added mem-sunnybrook17-update-48 mem-sunnybrook17-48 "${SUNNYBROOK[@]}" ;;
+      added mem-sunnybrook-minus20-48 base-3task-mem48 --task "sunnybrook=$fewer"
+      added mem-sunnybrook-update-48 mem-sunnybrook-minus20-48 "${SUNNYBROOK[@]}" ;;
     mem2-full) added mem2-mammo-full base2-3task-mr "${MAMMO[@]}" "${MR_REPLAY[@]}" ;;
     mem2-noreplay) added mem2-mammo-noreplay base2-3task-mr "${MAMMO[@]}" "${MR_REPLAY[@]}" --replay-cases 0 ;;
     mem2-16|mem2-48|mem2-128)
@@ -125,8 +125,8 @@ experiment() {
       memory_of base2-3task-mr 48 "${MR_TASKS[@]}"
       local fewer; fewer=$RUNS/ddsm_mammo_tissue-minus20
       without_cases "$DATA/ddsm_mammo_tissue" 20 "$fewer"
-      added mem2-mammo40-48 base2-3task-mr-mem48 --task "mammo=$fewer"
-      added mem2-mammo40-update-48 mem2-mammo40-48 "${MAMMO[@]}" ;;
+      added mem2-mammo-minus20-48 base2-3task-mr-mem48 --task "mammo=$fewer"
+      added mem2-mammo-update-48 mem2-mammo-minus20-48 "${MAMMO[@]}" ;;
     base) base ;;
     overlap) add add-overlap "${SUNNYBROOK[@]}" --strategy overlap --replay-cases all ;;
     size) add add-size "${SUNNYBROOK[@]}" --strategy size --replay-cases all ;;

@@ -70,10 +70,14 @@ def fmt(value, digits=3) -> str:
 # The rehearsal-memory experiments (run_experiments.sh: mem-*, mem2-*): (new task, base model, its tasks, prefix)
 MEMORY_PAIRS = [("sunnybrook", "base-3task", ("hippocampus", "acdc", "mammo"), "mem-sunnybrook"),
                 ("mammo", "base2-3task-mr", ("hippocampus", "acdc", "sunnybrook"), "mem2-mammo")]
-MEMORY_ROWS = [("full", "old tasks' folders (full replay)", None), ("16", "memory only, 16 slices per task", 16),
-               ("48", "memory only, 48 slices per task (default)", 48),
-               ("128", "memory only, 128 slices per task", 128), ("noreplay", "no replay", None),
-               ("48-distill-new", "memory only, 48 slices, also distilled on the new task's slices", 48)]
+# (run suffix, description, the run whose memory replaces the old tasks' folders: a format of base and prefix)
+MEMORY_ROWS = [("full", "old tasks' folders (full replay)", None),
+               ("16", "memory only, 16 slices per task", "{base}-mem16"),
+               ("48", "memory only, 48 slices per task (default)", "{base}-mem48"),
+               ("128", "memory only, 128 slices per task", "{base}-mem128"), ("noreplay", "no replay", None),
+               ("48-distill-new", "memory only, 48 slices, also distilled on the new task's slices", "{base}-mem48"),
+               ("minus20-48", "memory only, 48 slices; the new task without 20 of its cases", "{base}-mem48"),
+               ("update-48", "... then updated with those 20 cases, memory only", "{prefix}-minus20-48")]
 
 
 def read_wallclock(runs: Path) -> dict[str, float]:
@@ -111,17 +115,19 @@ def memory_summary(runs: Path, out: Path) -> str:
         full = runs / f"{prefix}-full"
         full_means = case_means(full) if full.is_dir() else None
         lines += [f"## {base} + {new_task}", "",
-                  "| run | memory MB | " + " | ".join(f"{t}: change (vs full)" for t in old_tasks)
-                  + f" | gate (worst change on what it scored) | {new_task} Dice (vs full) | steps | wall-clock s |",
-                  "|---|---|" + "---|" * (len(old_tasks) + 4)]
-        for suffix, description, size in MEMORY_ROWS:
+                  "| run | memory replayed, MB | " + " | ".join(f"{t}: change (vs full)" for t in old_tasks)
+                  + f" | gate (worst change on what it scored) | {new_task} Dice (vs full) | new version's memory, MB "
+                  "| steps | wall-clock s |",
+                  "|---|---|" + "---|" * (len(old_tasks) + 5)]
+        for suffix, description, memory_of in MEMORY_ROWS:
             folder = runs / f"{prefix}-{suffix}"
             if not (folder / "evaluation.csv").is_file():
                 continue
             files = sorted((runs / f"{folder.name}.evaluation").glob("*/evaluation.csv"))
             means = case_means(folder, files)
             row = {"pair": f"{base}+{new_task}", "run": folder.name, "description": description,
-                   "memory_mb": memory_megabytes(runs / f"{base}-mem{size}") if size else None,
+                   "memory_mb": memory_megabytes(runs / memory_of.format(base=base, prefix=prefix))
+                   if memory_of else None,
                    "new_memory_mb": memory_megabytes(folder), "old": {}, "new": {}}
             cells = []
             for task in old_tasks:
@@ -152,9 +158,9 @@ def memory_summary(runs: Path, out: Path) -> str:
             training = read(folder, "training.json")
             row["steps"] = training["epochs"] * training["steps_per_epoch"]
             row["wallclock_s"] = wallclock.get(folder.name)
-            size_cell = fmt(row["memory_mb"], 2) if size else "-"
+            size_cell = fmt(row["memory_mb"], 2) if memory_of else "-"
             lines.append(f"| {description} | {size_cell} | " + " | ".join(cells) + f" | {gate} | {new_cell} | "
-                         f"{row['steps']} | {fmt(row['wallclock_s'], 0)} |")
+                         f"{fmt(row['new_memory_mb'], 2)} | {row['steps']} | {fmt(row['wallclock_s'], 0)} |")
             results.append(row)
         lines.append("")
     (out / "memory-results.md").write_text("\n".join(lines) + "\n")
