@@ -163,6 +163,7 @@ def memory_summary(runs: Path, out: Path) -> str:
                          f"{fmt(row['new_memory_mb'], 2)} | {row['steps']} | {fmt(row['wallclock_s'], 0)} |")
             results.append(row)
         lines.append("")
+    out.mkdir(parents=True, exist_ok=True)
     (out / "memory-results.md").write_text("\n".join(lines) + "\n")
     (out / "memory-results.json").write_text(json.dumps(results, indent=1) + "\n")
     return "\n".join(lines)
@@ -178,7 +179,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent)
     args = parser.parse_args(argv)
     if args.memory:
-        args.out.mkdir(parents=True, exist_ok=True)
         print(memory_summary(args.runs, args.out))
         return
     wallclock = read_wallclock(args.runs)
