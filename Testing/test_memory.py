@@ -137,13 +137,14 @@ def test_the_memory_reads_back_as_the_training_slices_it_was_chosen_from(base, s
     original = load_task_slices(TaskDataset.open(synthetic_tasks["phantom3d"], "phantom3d"), stored.cases, head,
                                 space.tasks["phantom3d"].plan)
     records = memory.tasks["phantom3d"].parts["replay"].slices
-    for case, images, targets in zip(stored.cases, stored.images, stored.targets, strict=True):
-        indices = [r.slice for r in records if r.case == case]
-        source = original.cases.index(case)
-        assert np.array_equal(targets, original.targets[source][indices])  # labels exact, in the head's positions
-        expected = original.images[source][indices].astype(np.float32)
-        step = (expected.max(axis=(1, 2)) - expected.min(axis=(1, 2))) / 255
-        assert (np.abs(images.astype(np.float32) - expected).max(axis=(1, 2)) <= step / 2 + 0.01).all()
+    assert len(stored) == len(records)  # one labelled slice per exemplar: its only row
+    for number, (case, images, targets) in enumerate(zip(stored.cases, stored.images, stored.targets, strict=True)):
+        record, source = records[number], original.cases.index(case)
+        assert images.shape[0] == 1 and stored.labelled_slices(number) == [0]  # a 2D plan: the slice alone
+        assert np.array_equal(targets[0], original.targets[source][record.slice])  # exact, in the head's positions
+        expected = original.images[source][record.slice].astype(np.float32)
+        step = (expected.max() - expected.min()) / 255
+        assert np.abs(images[0].astype(np.float32) - expected).max() <= step / 2 + 0.01
 
 
 def test_a_tampered_memory_file_is_refused_naming_it(base, tmp_path, capsys):

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 
-def mean_dice(folder: Path, by: str, files: Sequence[Path] = ()) -> dict[tuple[str, str], float]:
-    """(task, row[by]) -> mean Dice of the folder's evaluation.csv rows (and those of ``files``, evaluation.csv
+def dice_values(folder: Path, by: str, files: Sequence[Path] = ()) -> dict[tuple[str, str], list[float]]:
+    """(task, row[by]) -> the Dice values of the folder's evaluation.csv rows (and those of ``files``, evaluation.csv
     files of the same model written by ``labelshare evaluate``), grouped by the column ``by`` ("case" or "label");
     labels absent from reference and prediction (NaN) are skipped."""
     values: dict[tuple[str, str], list[float]] = {}
@@ -25,7 +25,12 @@ def mean_dice(folder: Path, by: str, files: Sequence[Path] = ()) -> dict[tuple[s
                 dice = float(row["dice"])
                 if not math.isnan(dice):
                     values.setdefault((row["task"], row[by]), []).append(dice)
-    return {key: statistics.fmean(v) for key, v in values.items()}
+    return values
+
+
+def mean_dice(folder: Path, by: str, files: Sequence[Path] = ()) -> dict[tuple[str, str], float]:
+    """(task, row[by]) -> mean of :func:`dice_values`."""
+    return {key: statistics.fmean(v) for key, v in dice_values(folder, by, files).items()}
 
 
 def case_means(folder: Path, files: Sequence[Path] = ()) -> dict[tuple[str, str], float]:
