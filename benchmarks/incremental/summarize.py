@@ -22,7 +22,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ..paired import case_means, paired_difference, paired_standard_error  # noqa: E402
+from ..paired import PairedDifference, case_means, paired_difference, paired_standard_error  # noqa: E402
 
 TASKS = ("hippocampus", "acdc", "mammo", "sunnybrook")
 RUNS = [  # (folder in RUNS_DIR, description)
@@ -94,6 +94,13 @@ def memory_megabytes(folder: Path) -> float | None:
     return None if memory is None else memory["bytes"] / 1e6
 
 
+def change_cell(difference: PairedDifference) -> str:
+    """A paired change in Dice points with its standard error; "-" where the two models share no case."""
+    if not difference.cases:
+        return "-"
+    return f"{100 * (difference.after - difference.before):+.1f} ± {100 * difference.standard_error:.1f}"
+
+
 def memory_summary(runs: Path, out: Path) -> str:
     """memory-results.md/.json: per pair and way of adding, every old task's change against the base model and
     against full replay (points, paired standard error over its full validation cases), the gate's decision on the
@@ -137,9 +144,9 @@ def memory_summary(runs: Path, out: Path) -> str:
                                     "change": change.after - change.before, "se": change.standard_error,
                                     "vs_full": None if versus is None else versus.after - versus.before,
                                     "vs_full_se": None if versus is None else versus.standard_error}
-                cell = f"{100 * (change.after - change.before):+.1f} ± {100 * change.standard_error:.1f}"
+                cell = change_cell(change)
                 if versus is not None and folder != full:
-                    cell += f" ({100 * (versus.after - versus.before):+.1f} ± {100 * versus.standard_error:.1f})"
+                    cell += f" ({change_cell(versus)})"
                 cells.append(cell)
             new = paired_difference(full_means, means, new_task) if full_means else None
             dice = read(folder, "metrics.json")["mean_dice"].get(new_task)
@@ -153,8 +160,7 @@ def memory_summary(runs: Path, out: Path) -> str:
                            "worst_change": worst.get("change"), "scored_on": scored}
             verdict = "passed" if forgetting.get("passed") else "refused"
             gate = f"{verdict} ({100 * worst.get('change', math.nan):+.1f} {worst.get('task', '')}, {scored})"
-            new_cell = fmt(dice) + (f" ({100 * (new.after - new.before):+.1f} ± {100 * new.standard_error:.1f})"
-                                    if new is not None and folder != full else "")
+            new_cell = fmt(dice) + (f" ({change_cell(new)})" if new is not None and folder != full else "")
             training = read(folder, "training.json")
             row["steps"] = training["epochs"] * training["steps_per_epoch"]
             row["wallclock_s"] = wallclock.get(folder.name)
