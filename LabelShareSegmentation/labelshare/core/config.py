@@ -336,7 +336,8 @@ class AddTaskConfig(Configuration):
     distill_weight: float = option(1.0, "weight of distillation from the old model on replayed slices")
     distill_new_task: float = option(0.0, "weight of distillation from the old model on the task's own slices (where "
                                           "the task's labels share output channels with old ones it can pull against "
-                                          "them; off by default, not yet measured: docs/incremental/memory.md)",
+                                          "them; measured on one pair, not yet the default: docs/incremental/"
+                                          "memory.md)",
                                    metavar="WEIGHT")
     max_regression: float = option(1.0, "largest allowed loss of an old task's mean Dice, in points",
                                    metavar="POINTS")
