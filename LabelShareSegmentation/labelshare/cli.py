@@ -58,7 +58,8 @@ class HelpFormatter(argparse.HelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         if "%(default)" not in text and action.option_strings and not action.required \
-                and action.default not in (None, False, [], argparse.SUPPRESS):
+                and action.default not in (None, False, [], argparse.SUPPRESS) \
+                and not isinstance(action, argparse._StoreFalseAction):  # a flag that turns something off
             text += " (default: %(default)s)"
         return text
 
@@ -153,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="output file for one image (.nii.gz, .nii, .nrrd, .mha, .png: label map with a .json "
                               "sidecar; .seg.nrrd: Slicer segmentation; .dcm: DICOM SEG); otherwise a folder")
     add_arguments(segment, SegmentConfig, ("output_format", "series", "device", "batch_size", "largest_component",
-                                           "mirror", "slicing_axis"))
+                                           "mirror", "slicing_axis", "uncertainty", "input_check"))
     existing = segment.add_mutually_exclusive_group()
     existing.add_argument("--overwrite", action="store_true", help="replace outputs that exist")
     existing.add_argument("--continue", dest="continue_run", action="store_true",
