@@ -131,8 +131,9 @@ def segment_cases(model: Model, cases: list[PlannedCase], config: SegmentConfig,
             outcome = _segment_case(segmenter, case, reading, config, description, slice_progress)
             outcome.seconds = time.perf_counter() - case_started
             if outcome.warned:  # a warning, never a refusal: the output is written
-                progress.warning(f"{case.image.source}: {outcome.check_result.message(config.task)}",
-                                 case=case.image.name, input=str(case.image.source), output=str(case.output),
+                detail = outcome.check_result.message(config.task)
+                progress.warning(f"{case.image.source}: {detail}", detail=detail, case=case.image.name,
+                                 input=str(case.image.source), output=str(case.output),
                                  input_check=outcome.check_result.to_json())
             report(outcome, eta_seconds(started, index + 1, len(to_segment)))
     except Interrupted as stop:
