@@ -454,11 +454,7 @@ def test_update_adds_cases_keeps_split_and_mapping_and_reads_folders_from_lineag
 
 
 def test_bad_requests_fail_with_one_clear_line(tmp_path, base_model, synthetic_tasks):
-    quiet = Progress("quiet")
-    with pytest.raises(LabelShareError, match="--replay-task phantom3d=DIR"):
-        add_task(base_model, ("sides3d", synthetic_tasks["sides3d"]), tmp_path / "a",
-                 AddTaskConfig.from_options(**BUDGET),
-                 progress=quiet)
+    quiet = Progress("quiet")  # a model without a memory nor the folders: Testing/test_memory.py
     with pytest.raises(LabelShareError, match="mapping stays as it is"):
         add_task(base_model, ("xray2d", synthetic_tasks["xray2d"]), tmp_path / "b",
                  AddTaskConfig.from_options(label_map=["heart=1"], **BUDGET), progress=quiet)

@@ -30,9 +30,11 @@ from pathlib import Path
 import SimpleITK as sitk
 
 from .commands import (EXIT_ERROR, cmd_add_task, cmd_demo, cmd_evaluate, cmd_labelspace_build, cmd_labelspace_show,
-                       cmd_models, cmd_postprocess, cmd_rank, cmd_segment, cmd_train, cmd_worker, fail, last_event)
+                       cmd_memory, cmd_models, cmd_postprocess, cmd_rank, cmd_segment, cmd_train, cmd_worker, fail,
+                       last_event)
 from .core import __version__
-from .core.config import DEMO_BUDGET, TRAIN_OPTIONS, AddTaskConfig, RankConfig, SegmentConfig, TrainConfig
+from .core.config import (DEMO_BUDGET, MEMORY_OPTIONS, TRAIN_OPTIONS, AddTaskConfig, MemoryConfig, RankConfig,
+                          SegmentConfig, TrainConfig)
 from .core.errors import (EXIT_INTERRUPTED, Interrupted, LabelShareError, TrainingInterrupted, is_out_of_memory,
                           os_error_message, stop_at_once)
 from .core.methods import DEFAULT_METHOD, PRODUCT_METHODS
@@ -98,6 +100,11 @@ def _add_training_arguments(parser: argparse.ArgumentParser, defaults: dict | No
     add_arguments(parser.add_argument_group("training budget and device"), TrainConfig, TRAIN_OPTIONS, defaults)
 
 
+def _add_memory_arguments(parser: argparse.ArgumentParser, names: tuple[str, ...] = MEMORY_OPTIONS) -> None:
+    add_arguments(parser.add_argument_group("rehearsal memory of the new version (labelshare/core/memory.py)"),
+                  MemoryConfig, names)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="labelshare", description="Label-sharing multi-task segmentation engine.",
                                      epilog="Exit status: 0 done, 1 error (one line naming the file and the problem), "
@@ -137,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_method_argument(train)
     train.add_argument("--resume", action="store_true", help="continue an interrupted run of the same --out")
     _add_training_arguments(train)
+    _add_memory_arguments(train)
     _add_common(train)
     train.set_defaults(func=cmd_train)
 
@@ -204,8 +212,28 @@ def build_parser() -> argparse.ArgumentParser:
                              help="every task of the model: its name and nnU-Net raw folder")
     postprocess.add_argument("--out", required=True, type=Path,
                              help="new model folder (never overwritten, never inside a model folder)")
+    _add_memory_arguments(postprocess)
     _add_common(postprocess)
     postprocess.set_defaults(func=cmd_postprocess)
+
+    memory = commands.add_parser(
+        "memory", formatter_class=HelpFormatter,
+        help="give a model a rehearsal memory chosen from its tasks' folders, as a new model version",
+        description="A model made before versions carried a rehearsal memory (e.g. the bundled v3) gets one: per task "
+                    "a few training slices for add-task to replay and a few validation slices for its forgetting "
+                    "gate, chosen from the folders given, so that add-task and an update work where those folders "
+                    "are not. Writes a new version (same weights, records and scores); the model given is never "
+                    "changed. See labelshare/engine/memory.py.")
+    memory.add_argument("--model", required=True, type=Path,
+                        help="the model: a folder, or its name as labelshare models lists it (only read)")
+    memory.add_argument("--task", dest="tasks", action="append", default=[], required=True, metavar="NAME=DIR",
+                        help="a task of the model and its nnU-Net raw folder (every task the model holds no memory of)")
+    memory.add_argument("--out", required=True, type=Path,
+                        help="new model folder (never overwritten, never inside a model folder)")
+    _add_memory_arguments(memory, ("memory_slices", "gate_slices"))
+    add_arguments(memory, SegmentConfig, ("device",))
+    _add_common(memory)
+    memory.set_defaults(func=cmd_memory)
 
     models = commands.add_parser("models", help="list model versions with their tasks and metrics",
                                  formatter_class=HelpFormatter)
@@ -248,12 +276,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(add_task, AddTaskConfig, ("strategy", "label_map"))
     add_task.add_argument("--replay-task", action="append", default=[], metavar="NAME=DIR",
                           help="folder of an old task (default: the folder recorded in the model's lineage.json)")
-    add_arguments(add_task, AddTaskConfig, ("replay_cases", "distill_weight", "max_regression", "min_new_dice",
+    add_arguments(add_task, AddTaskConfig, ("replay_cases", "distill_weight", "distill_new_task", "max_regression",
+                                            "min_new_dice",
                                             "accept_regression", "new_task_share", "new_label_init",
                                             "new_label_lr_scale"))
     add_task.add_argument("--resume", action="store_true", help="continue an interrupted run of the same --out")
     add_arguments(add_task.add_argument_group("training budget and device"), AddTaskConfig,
                   ("epochs", "steps_per_epoch", "batch_size", "learning_rate", "seed", "device"))
+    _add_memory_arguments(add_task)
     _add_common(add_task)
     add_task.set_defaults(func=cmd_add_task)
     return parser

@@ -14,13 +14,13 @@ import time
 import traceback
 from pathlib import Path
 
-from .core.config import AddTaskConfig, RankConfig, SegmentConfig, TrainConfig, check_mirroring
+from .core.config import AddTaskConfig, MemoryConfig, RankConfig, SegmentConfig, TrainConfig, check_mirroring
 from .core.demo_folder import check_demo_folder
 from .core.errors import EXIT_INTERRUPTED, DataError, LabelShareError
 from .core.fileio import check_output_file
 from .core.inputs import collect_inputs
 from .core.labelspace import LabelSpace, TaskEntry, parse_group
-from .core.modelfolder import check_new_version, list_models, resolve_model, verify_folder
+from .core.modelfolder import check_new_version, list_models, read_memory, resolve_model, verify_folder
 from .core.options import from_arguments
 from .core.outputs import plan_cases
 from .core.paths import default_model_dir
@@ -84,12 +84,17 @@ def cmd_labelspace_show(args, progress: Progress) -> int:
     return 0
 
 
+def memory_config_from(args: argparse.Namespace) -> MemoryConfig:
+    return from_arguments(MemoryConfig, args)
+
+
 def cmd_train(args, progress: Progress) -> int:
     config, space, tasks = train_config_from(args), LabelSpace.load(args.labelspace), task_arguments(args)
+    memory = memory_config_from(args)
     check_new_version(args.out)
     from .engine.training_run import train  # torch: only once the arguments are known to be right
     result = train(tasks, space, args.out, config, method=args.method, resume=args.resume, progress=progress,
-                   command=sys.argv[1:])
+                   command=sys.argv[1:], memory=memory)
     progress.done(str(result.path), message=f"model written to {result.path}",
                   mean_dice=result.metrics.get("mean_dice"))
     return 0
@@ -243,11 +248,26 @@ def cmd_models(args, progress: Progress) -> int:
 
 
 def cmd_postprocess(args, progress: Progress) -> int:
-    tasks = task_arguments(args)
+    tasks, memory = task_arguments(args), memory_config_from(args)
     check_new_version(args.out)
     from .engine.postprocess_run import postprocess  # torch: only once the arguments are known to be right
-    out = postprocess(args.model, tasks, args.out, progress, command=sys.argv[1:])
+    out = postprocess(args.model, tasks, args.out, progress, command=sys.argv[1:], memory=memory)
     progress.done(str(out), message=f"model written to {out}")
+    return 0
+
+
+def cmd_memory(args, progress: Progress) -> int:
+    """``labelshare memory``: an older model as a new version with a rehearsal memory."""
+    tasks, memory = task_arguments(args), memory_config_from(args)
+    space = verify_folder(args.model)[1]
+    for name, _ in tasks:
+        space.task(name)  # an unknown task: refused before torch
+    check_new_version(args.out)
+    from .engine.postprocess_run import make_memory  # torch: only once the arguments are known to be right
+    out = make_memory(args.model, tasks, args.out, memory, progress, command=sys.argv[1:], device=args.device)
+    described = read_memory(out, verify_folder(out)[1])
+    progress.done(str(out), message=f"model written to {out} with a rehearsal memory of "
+                                    f"{described.bytes / 1e6:.1f} MB", memory_bytes=described.bytes)
     return 0
 
 
@@ -270,6 +290,7 @@ def cmd_add_task(args, progress: Progress) -> int:
     ``"report"`` when the gate refuses."""
     config, task, replay = add_task_config_from(args), task_argument(args.task), [task_argument(t)
                                                                                   for t in args.replay_task]
+    verify_folder(args.model)  # a damaged model (a changed memory file...): refused before torch
     check_new_version(args.out)
     from .engine.incremental import RegressionRefused, add_task  # torch: only once the arguments are known to be right
     try:

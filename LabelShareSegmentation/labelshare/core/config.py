@@ -275,6 +275,28 @@ class RankConfig(Configuration):
         return self.score
 
 
+@dataclass
+class MemoryConfig(Configuration):
+    """The rehearsal memory a new model version carries (:mod:`labelshare.core.memory`): how many slices per task it
+    keeps to replay and to gate on (sizes chosen by measurement: docs/incremental/memory.md), or none at all."""
+
+    memory_slices: int = option(48, "training slices per task that the version's rehearsal memory keeps for "
+                                    "add-task to replay when the task's folder is not given", metavar="N")
+    gate_slices: int = option(32, "validation slices per task that the memory keeps for add-task's forgetting gate",
+                              flag="--memory-gate-slices", metavar="N")
+    memory: bool = option(True, "write no rehearsal memory: the version holds no patient images, and adding a task "
+                                "to it needs the folders of all its tasks", flag="--no-memory")
+
+    def check(self) -> None:
+        check_at_least(self.memory_slices, 1, "--memory-slices", MAX_MEMORY_SLICES)
+        check_at_least(self.gate_slices, 1, "--memory-gate-slices", MAX_MEMORY_SLICES)
+        _check_flag(self, "memory")
+
+
+MAX_MEMORY_SLICES = 10_000
+MEMORY_OPTIONS = ("memory_slices", "gate_slices", "memory")
+
+
 # The options of TrainConfig that ``labelshare add-task`` offers (the others come from the model's training.json)
 ADD_TASK_TRAIN_OPTIONS = ("steps_per_epoch", "batch_size", "learning_rate", "seed", "device")
 STRATEGIES = ("overlap", "size")  # label mapping of a task added to a model
@@ -303,6 +325,9 @@ class AddTaskConfig(Configuration):
     replay_cases: int | None = option(None, "training cases replayed per old task; 0: plain fine-tuning (default: "
                                             "all)", metavar="N|all", parse=parse_replay_cases)
     distill_weight: float = option(1.0, "weight of distillation from the old model on replayed slices")
+    distill_new_task: float = option(0.0, "weight of distillation from the old model on the task's own slices (where "
+                                          "the task's labels share output channels with old ones it pulls against "
+                                          "them; measured in docs/incremental/memory.md)", metavar="WEIGHT")
     max_regression: float = option(1.0, "largest allowed loss of an old task's mean Dice, in points",
                                    metavar="POINTS")
     min_new_dice: float | None = option(None, "refuse the version when a label of the task ends below this Dice "
@@ -321,6 +346,7 @@ class AddTaskConfig(Configuration):
     epochs: int | None = option(None, "epochs (default: a budget that grows with the task's labels and cases; "
                                       "printed before training, see labelshare/core/budget.py)")
     train: TrainConfig = nested(TrainConfig, ADD_TASK_TRAIN_OPTIONS)
+    memory: MemoryConfig = nested(MemoryConfig)
 
     def check(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -330,6 +356,7 @@ class AddTaskConfig(Configuration):
         if self.replay_cases is not None:
             check_at_least(self.replay_cases, 0, "--replay-cases")
         _check_finite(self.distill_weight, "--distill-weight", 0.0, 1e3)
+        _check_finite(self.distill_new_task, "--distill-new-task", 0.0, 1e3)
         _check_finite(self.max_regression, "--max-regression", 0.0, 100.0)
         if self.min_new_dice is not None:
             _check_finite(self.min_new_dice, "--min-new-dice", 0.0, 1.0)
@@ -339,6 +366,7 @@ class AddTaskConfig(Configuration):
         if self.epochs is not None:
             check_at_least(self.epochs, 1, "--epochs")
         self.train.check()
+        self.memory.check()
 
 
 DEFAULT_FILTERS = (16, 32, 64, 128, 256)  # U-Net filters per level of a new model

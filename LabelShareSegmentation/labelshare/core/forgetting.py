@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import LabelShareError
@@ -41,11 +41,14 @@ class ForgettingReport:
     new_task_name: str
     min_new_dice: float | None  # floor for every label of the new task (0-1), or none
     accepted: bool = False
+    scored_on: dict[str, str] = field(default_factory=dict)  # task -> what it was scored on (validation cases, memory)
 
     @classmethod
     def compare(cls, before: Summary, after: Summary, old_tasks: Sequence[str], new_task: str, threshold: float,
-                accepted: bool, min_new_dice: float | None) -> ForgettingReport:
-        """The report from the old model's and the new model's validation summaries (as in ``metrics.json``)."""
+                accepted: bool, min_new_dice: float | None,
+                scored_on: Mapping[str, str] | None = None) -> ForgettingReport:
+        """The report from the old model's and the new model's validation summaries (as in ``metrics.json``);
+        ``scored_on`` says per task what both were scored on."""
         tasks = {}
         for task in old_tasks:
             tasks[task] = {}
@@ -54,7 +57,7 @@ class ForgettingReport:
                 tasks[task][label] = {"before": old, "after": new, "change": new - old}
         new_scores = {label: s["dice_mean"] for label, s in after.get(new_task, {}).items()}
         return cls(threshold=threshold, tasks=tasks, new_task=new_scores, new_task_name=new_task, accepted=accepted,
-                   min_new_dice=min_new_dice)
+                   min_new_dice=min_new_dice, scored_on=dict(scored_on or {}))
 
     def task_means(self) -> dict[str, dict[str, float]]:
         means = {}
@@ -110,10 +113,11 @@ class ForgettingReport:
         return {"format": REPORT_FORMAT, "threshold": self.threshold, "min_new_dice": self.min_new_dice,
                 "passed": self.passed,
                 "accepted": self.accepted or self.passed, "parent": parent, "model": model, "operation": operation,
-                "definition": "per-case Dice at native resolution on each task's validation cases, mean over cases; "
-                              "change = after - before in Dice (0-1); threshold in Dice points (0-100), applied to "
-                              "each task's mean over its labels",
-                "tasks": self.tasks, "task_means": self.task_means(),
+                "definition": "per-case Dice at native resolution on each task's validation cases, mean over cases "
+                              "(a task scored on the rehearsal memory's gate slices: slice-level Dice at plan "
+                              "resolution, mean over slices; scored_on says which); change = after - before in Dice "
+                              "(0-1); threshold in Dice points (0-100), applied to each task's mean over its labels",
+                "scored_on": self.scored_on, "tasks": self.tasks, "task_means": self.task_means(),
                 "worst": {"task": worst[0], **worst[1]} if worst else None,
                 "new_task": {"name": self.new_task_name, "dice": self.new_task}}
 
@@ -127,7 +131,8 @@ class ForgettingReport:
             return cls(threshold=float(data["threshold"]), tasks=tasks,
                        new_task={str(k): _number(v) for k, v in (new.get("dice") or {}).items()},
                        new_task_name=str(new.get("name", "")), accepted=bool(data.get("accepted", False)),
-                       min_new_dice=None if floor is None else float(floor))
+                       min_new_dice=None if floor is None else float(floor),
+                       scored_on={str(k): str(v) for k, v in (data.get("scored_on") or {}).items()})
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise LabelShareError(f"{where}: malformed forgetting report ({type(error).__name__}: {error})") from None
 
@@ -156,7 +161,9 @@ class ForgettingReport:
         lines = [f"# Forgetting report: `{parent}` -> `{model}`", "",
                  f"Gate: no old task may lose more than {self.threshold:g} Dice points (mean over its labels){floor}. "
                  f"Verdict: **{verdict}**" + (f" ({self.verdict()})" if not self.passed else "") + ".", "",
-                 "Per-case Dice at native resolution on each task's validation cases, mean over cases.", "",
+                 ("Scored on: " + "; ".join(f"`{task}`: {what}" for task, what in self.scored_on.items())
+                  if self.scored_on else "Per-case Dice at native resolution on each task's validation cases")
+                 + "; mean over cases (slices).", "",
                  "| task | label | before | after | change (points) |", "|---|---|---|---|---|"]
         means = self.task_means()
         for task, labels in self.tasks.items():

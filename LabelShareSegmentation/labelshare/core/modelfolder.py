@@ -13,6 +13,7 @@ A model folder (one immutable *version*)::
     training_log.jsonl    one JSON object per epoch
     lineage.json          parent model, tasks added, hashes of the data used, command line
     README.md             model card
+    memory/               the rehearsal memory: memory.json and its arrays (:mod:`labelshare.core.memory`)
 
 Every file a manifest names must be a plain file inside the folder (no symbolic links, no ``..``). Folders are
 written under a staging name and renamed into place when complete (:mod:`labelshare.core.paths`).
@@ -33,6 +34,7 @@ from .errors import DataError, LabelShareError, LabelSpaceError, ModelError
 from .fileio import atomic_write_json, read_json, sha256_file
 from .labelspace import LabelSpace
 from .layouts import layout_named, out_channels
+from .memory import RehearsalMemory
 from .methods import method_named
 from .naming import check_relative_file
 from .paths import (BUNDLED_MODELS_DIR, candidate_dir_for, model_dir_or_default, refused_report_paths,
@@ -213,7 +215,16 @@ def verify_folder(path: str | Path) -> tuple[ModelConfig, LabelSpace]:
     if config.network.n_tasks != len(space.tasks) and config.network.conditioning != "none":
         raise ModelError(f"{path}: network is conditioned on {config.network.n_tasks} tasks but the label space has "
                          f"{len(space.tasks)}")
+    read_memory(path, space, files)
     return config, space
+
+
+def read_memory(path: Path, space: LabelSpace, listed: dict[str, str] | None = None) -> RehearsalMemory | None:
+    """The rehearsal memory of a model folder (None: a version without one), checked against its label space, its
+    ``split.json`` and (``listed``) its manifest; :class:`ModelError` naming ``memory/memory.json`` otherwise."""
+    split = read_model_json(path, "split.json", {}) or {}
+    tasks = split.get("tasks") if isinstance(split, dict) else None
+    return RehearsalMemory.read(path, space, tasks if isinstance(tasks, dict) else None, listed)
 
 
 def read_model_json(folder: Path | None, name: str, default: Any = None) -> Any:

@@ -83,6 +83,14 @@ def candidate_dir_for(out: str | os.PathLike) -> Path:
     return out.parent / f".{out.name}.candidate"
 
 
+def published_name(folder: str | os.PathLike) -> str:
+    """The name a version built in ``folder`` is published under: the folder's own name, or for a staging or
+    candidate folder the name of the version it becomes."""
+    name = Path(folder).name
+    match = re.fullmatch(r"\.(.+)\.(?:partial|candidate)", name)
+    return match[1] if match else name
+
+
 def refused_report_paths(out: str | os.PathLike) -> tuple[Path, Path]:
     """Where a refused version's forgetting report is written (JSON, markdown): beside ``out``."""
     out = Path(out)

@@ -135,6 +135,20 @@ class Progress:
         return record.get("message", "")
 
 
+class ProgressPart(Progress):
+    """One part of a command as seen by the command's progress: its fractions mapped into [start, end] of the
+    outer progress."""
+
+    def __init__(self, outer: Progress, start: float, end: float):
+        super().__init__("quiet")
+        self.outer, self.start, self.end = outer, start, end
+
+    def emit(self, event: str, **fields) -> None:
+        if event == "progress":
+            fields["fraction"] = self.start + (self.end - self.start) * fields.get("fraction", 0.0)
+        self.outer.emit(event, **fields)
+
+
 def format_duration(seconds: float) -> str:
     seconds = max(0, int(round(seconds)))
     hours, rest = divmod(seconds, 3600)

@@ -146,11 +146,15 @@ def load_model(path: str | Path | None, device: str) -> Model:
                  input_statistics=InputCheckStatistics.read(path))
 
 
-def save_model_folder(folder: Path, network: torch.nn.Module, config: ModelConfig, space: LabelSpace,
+def save_model_folder(folder: Path, network: torch.nn.Module | None, config: ModelConfig, space: LabelSpace,
                       json_files: dict[str, Any] | None = None, text_files: dict[str, str] | None = None) -> None:
-    """Write a complete model folder into ``folder`` (a staging folder), manifest last."""
+    """Write a complete model folder into ``folder`` (a staging folder), manifest last; ``network`` None: the
+    weights file is there already (a version with its parent's weights, copied byte for byte)."""
     folder.mkdir(parents=True, exist_ok=True)
-    save_weights(network, folder / WEIGHTS_FILE, config.weights_dtype)
+    if network is not None:
+        save_weights(network, folder / WEIGHTS_FILE, config.weights_dtype)
+    elif not (folder / WEIGHTS_FILE).is_file():
+        raise ModelError(f"{folder / WEIGHTS_FILE}: missing; a model folder needs its weights")
     atomic_write_json(folder / "config.json", config.to_json())
     space.save(folder / "labelspace.json")
     for name, data in (json_files or {}).items():

@@ -12,13 +12,13 @@ import hashlib
 import json
 import sys
 from contextlib import ExitStack
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 
-from ..core.config import TrainConfig
+from ..core.config import MemoryConfig, TrainConfig
 from ..core.errors import LabelShareError, LabelSpaceError, ModelError
 from ..core.fileio import (atomic_write_json, empty_folder, hold_folder, make_folders, now_iso, publish_dir, read_json,
                            remove_tree)
@@ -27,12 +27,14 @@ from ..core.layouts import task_heads
 from ..core.methods import DEFAULT_METHOD
 from ..core.modelfolder import (MANIFEST_FILE, ModelConfig, check_new_version, data_fingerprint, is_non_commercial,
                                 read_model_json, verify_folder)
-from ..core.paths import staging_dir_for
+from ..core.paths import published_name, staging_dir_for
 from ..core.plans import check_patch_multiple
-from ..core.progress import Progress
+from ..core.progress import Progress, ProgressPart
 from ..core.scores import Evaluation
 from ..core.tasks import TaskDataset, open_tasks, split_by_patient
+from .artefacts import VersionContext, write_artefacts
 from .evaluation import choose_postprocessing
+from .memory import GATE_DEFINITION, gate_evaluation
 from .models import Model, environment_summary, resolve_device, save_model_folder
 from .networks import build_network, count_parameters
 from .sampling import TaskSlices, load_task_slices
@@ -41,12 +43,29 @@ from .training import CHECKPOINT_DIR, DistributedContext, Trainer, distributed_c
 
 @dataclass
 class PreparedData:
-    """Tasks, their patient-wise split and their slices at plan resolution."""
+    """Tasks, their patient-wise split and their slices at plan resolution; ``gates``: the gate slices of the tasks
+    trained from a rehearsal memory (no folder), on which they are scored."""
 
     tasks: dict[str, TaskDataset]
     split: dict[str, dict[str, list[str]]]
     train_banks: list[TaskSlices]
     validation_banks: list[TaskSlices]
+    gates: dict[str, TaskSlices] = field(default_factory=dict)
+
+    def slices_of(self, task: str) -> tuple[TaskSlices | None, TaskSlices | None]:
+        """A folder task's (training, validation) slices."""
+        def find(banks):
+            return next((bank for bank in banks if bank.task == task), None)
+        return find(self.train_banks), find(self.validation_banks)
+
+
+@dataclass
+class MemoryTask:
+    """A task trained and scored from a rehearsal memory instead of its folder: its replay slices (None: not
+    replayed) and its gate slices."""
+
+    replay: TaskSlices | None
+    gate: TaskSlices
 
 
 def check_tasks_match(space: LabelSpace, tasks: dict[str, TaskDataset]) -> None:
@@ -69,26 +88,45 @@ def make_split(tasks: dict[str, TaskDataset], validation_fraction: float, seed: 
 
 def prepare_data(tasks: dict[str, TaskDataset], space: LabelSpace, layout: str,
                  split: dict[str, dict[str, list[str]]], progress: Progress,
-                 fraction_range: tuple[float, float] = (0.0, 0.1)) -> PreparedData:
+                 fraction_range: tuple[float, float] = (0.0, 0.1),
+                 memory_tasks: Mapping[str, MemoryTask] | None = None) -> PreparedData:
+    """The slices of every task in the label space's order: read from the task's folder, or (``memory_tasks``) the
+    replay slices of a rehearsal memory, whose gate slices monitor and score the task."""
     heads = task_heads(layout, space)
-    train_banks, validation_banks = [], []
+    train_banks, validation_banks, gates = [], [], {}
     start, end = fraction_range
     step = (end - start) / max(1, len(tasks))
-    for i, (name, task) in enumerate(tasks.items()):
+    for name in space.task_names:
+        if name in (memory_tasks or {}):
+            memory = memory_tasks[name]
+            train_banks += [memory.replay] if memory.replay is not None else []
+            validation_banks.append(memory.gate)
+            gates[name] = memory.gate
+            continue
+        if name not in tasks:
+            continue
+        i = list(tasks).index(name)
+        task = tasks[name]
         names = split[name]["train"] + split[name]["validation"]
         bank = load_task_slices(task, names, heads[name], space.task(name).plan, progress,
                                 (start + i * step, start + (i + 1) * step))
         train_banks.append(bank.select(split[name]["train"]))
         if split[name]["validation"]:
             validation_banks.append(bank.select(split[name]["validation"]))
-    return PreparedData(tasks=tasks, split=split, train_banks=train_banks, validation_banks=validation_banks)
+    return PreparedData(tasks=tasks, split=split, train_banks=train_banks, validation_banks=validation_banks,
+                        gates=gates)
 
 
 def evaluate_validation(model: Model, data: PreparedData, progress: Progress,
-                        fraction_range: tuple[float, float]) -> tuple[dict[str, list[str]], Evaluation]:
+                        fraction_range: tuple[float, float]) -> tuple[dict[str, list[str]], Evaluation, Evaluation]:
     """Every validation case scored, and each task's post-processing chosen on them (the labels whose largest
     connected component alone is kept: :func:`labelshare.engine.evaluation.choose_postprocessing`); the scores are those
-    of the model with that choice."""
+    of the model with that choice. Tasks trained from a rehearsal memory are scored on its gate slices (the third
+    result: :func:`labelshare.engine.memory.gate_evaluation`)."""
+    gates = Evaluation()
+    for name, bank in data.gates.items():
+        progress.progress("evaluating", fraction_range[0], f"{name}: {len(bank)} gate slices of the rehearsal memory")
+        gates.extend(gate_evaluation(model.network, bank, model.heads[name], model.device))
     result, choice = Evaluation(), {}
     start, end = fraction_range
     names = [n for n in data.tasks if data.split[n]["validation"]]
@@ -100,13 +138,18 @@ def evaluate_validation(model: Model, data: PreparedData, progress: Progress,
         result.extend(evaluation)
         if labels:
             choice[name] = labels
-    return choice, result
+    return choice, result, gates
 
 
-def metrics_json(evaluation: Evaluation, history: list[dict]) -> dict:
-    return {"validation": evaluation.summary(), "mean_dice": evaluation.mean_dice(),
-            "definition": "per-case Dice/HD95 at native resolution on the validation split, mean over cases",
-            "last_epoch": history[-1] if history else None}
+def metrics_json(evaluation: Evaluation, history: list[dict], gates: Evaluation | None = None) -> dict:
+    """``metrics.json``: the validation scores; tasks trained from a rehearsal memory are scored on its gate
+    slices, kept apart (``memory_gate``: another definition, not comparable with the validation cases)."""
+    metrics = {"validation": evaluation.summary(), "mean_dice": evaluation.mean_dice(),
+               "definition": "per-case Dice/HD95 at native resolution on the validation split, mean over cases",
+               "last_epoch": history[-1] if history else None}
+    if gates is not None and gates.scores:
+        metrics.update(memory_gate=gates.summary(), memory_gate_definition=GATE_DEFINITION)
+    return metrics
 
 
 @dataclass
@@ -123,8 +166,8 @@ class TrainingResult:
 def train(task_arguments: Sequence[tuple[str, Path]], space: LabelSpace, out: str | Path,
           config: TrainConfig | None = None, method: str = DEFAULT_METHOD, resume: bool = False,
           progress: Progress | None = None, command: Sequence[str] | None = None,
-          split: dict[str, dict[str, list[str]]] | None = None) -> TrainingResult:
-    """Train a model on the tasks and publish it as ``out``.
+          split: dict[str, dict[str, list[str]]] | None = None, memory: MemoryConfig | None = None) -> TrainingResult:
+    """Train a model on the tasks and publish it as ``out``, with its rehearsal memory (``memory``).
 
     ``split`` ({task: {"train": [...], "validation": [...]}}) fixes the cases of each side (the benchmark gives every
     method the same one); by default every task is split by patient with ``config.seed``.
@@ -153,7 +196,8 @@ def train(task_arguments: Sequence[tuple[str, Path]], space: LabelSpace, out: st
     for name, entry in space.tasks.items():  # plans are made for a network: its down-sampling divides the patches
         check_patch_multiple(entry.plan, model_config.network.patch_multiple, f"{name}'s plan")
     return run_training(tasks, space, model_config, out, config, progress, resume=resume, command=command,
-                        lineage={"parent": None, "operation": "train", "tasks_added": list(tasks)}, split=split)
+                        lineage={"parent": None, "operation": "train", "tasks_added": list(tasks)}, split=split,
+                        memory=memory)
 
 
 def run_training(tasks: dict[str, TaskDataset], space: LabelSpace, model_config: ModelConfig, out: Path,
@@ -161,8 +205,14 @@ def run_training(tasks: dict[str, TaskDataset], space: LabelSpace, model_config:
                  command: Sequence[str] | None = None, lineage: dict | None = None,
                  initial_network: torch.nn.Module | None = None, trainer_class: type[Trainer] = Trainer,
                  trainer_options: dict | None = None, split: dict[str, dict[str, list[str]]] | None = None,
-                 extra_json: dict | None = None) -> TrainingResult:
-    """The shared body of ``train`` and ``add-task``: staging folder, data, loop, evaluation, model folder.
+                 extra_json: dict | None = None, memory: MemoryConfig | None = None,
+                 memory_tasks: Mapping[str, MemoryTask] | None = None, parent: Path | None = None) -> TrainingResult:
+    """The shared body of ``train`` and ``add-task``: staging folder, data, loop, evaluation, version artefacts
+    (:mod:`labelshare.engine.artefacts`; ``memory``: the rehearsal memory's settings), model folder.
+
+    ``memory_tasks`` are tasks of the label space that are trained from a rehearsal memory instead of a folder (the
+    old tasks of add-task whose folders are not given): ``split`` must hold their (old) split, ``lineage["data"]``
+    their data records, and ``parent`` is the version whose memory holds them.
 
     The staging folder is held by this run (:func:`labelshare.core.fileio.hold_folder`) and kept only while it holds
     something to continue: a checkpoint, or the complete model folder of a run killed before renaming it (which
@@ -177,7 +227,8 @@ def run_training(tasks: dict[str, TaskDataset], space: LabelSpace, model_config:
         context.barrier()
         try:
             return _train_in(staging, tasks, space, model_config, out, config, progress, context, resume, command,
-                             lineage, initial_network, trainer_class, trainer_options, split, extra_json)
+                             lineage, initial_network, trainer_class, trainer_options, split, extra_json,
+                             memory or MemoryConfig(), memory_tasks or {}, parent)
         except BaseException:
             if context.is_main and staging.is_dir() and not _resumable(staging):
                 remove_tree(staging)
@@ -201,18 +252,21 @@ def _take_staging(staging: Path, out: Path, resume: bool, holding: ExitStack) ->
                               "or delete that folder to start over")
 
 
-def _recorded_split(split_file: Path, tasks: dict[str, TaskDataset]) -> dict[str, dict[str, list[str]]]:
-    """The split an unfinished run recorded, checked against the task folders."""
+def _recorded_split(split_file: Path, tasks: dict[str, TaskDataset], memory_tasks: Sequence[str]
+                    ) -> dict[str, dict[str, list[str]]]:
+    """The split an unfinished run recorded, checked against the task folders (a task trained from a rehearsal
+    memory has no folder to check it against)."""
     recorded = read_json(split_file, "split")
     split = recorded.get("tasks") if isinstance(recorded, dict) else None
+    expected = set(tasks) | set(memory_tasks)
     if not isinstance(split, dict):
         problem = "not a split (expected tasks -> train/validation -> case names)"
-    elif set(split) != set(tasks):
-        problem = f"the unfinished run has tasks {sorted(split)}, not {sorted(tasks)}"
+    elif set(split) != expected:
+        problem = f"the unfinished run has tasks {sorted(split)}, not {sorted(expected)}"
     else:
         problem = next((f"task '{name}' lists cases its folder does not have, or is malformed"
-                        for name, sides in split.items()
-                        if not _split_of(sides, {case.name for case in tasks[name].cases})), None)
+                        for name, sides in split.items() if name in tasks
+                        and not _split_of(sides, {case.name for case in tasks[name].cases})), None)
     if problem:
         raise LabelShareError(f"{split_file}: {problem}; delete {split_file.parent} to start the run over")
     return split
@@ -247,13 +301,14 @@ def _train_in(staging: Path, tasks: dict[str, TaskDataset], space: LabelSpace, m
               config: TrainConfig, progress: Progress, context: DistributedContext, resume: bool,
               command: Sequence[str] | None, lineage: dict | None, initial_network: torch.nn.Module | None,
               trainer_class: type[Trainer], trainer_options: dict | None,
-              split: dict[str, dict[str, list[str]]] | None, extra_json: dict | None) -> TrainingResult:
+              split: dict[str, dict[str, list[str]]] | None, extra_json: dict | None, memory: MemoryConfig,
+              memory_tasks: Mapping[str, MemoryTask], parent: Path | None) -> TrainingResult:
     split_file = staging / "split.json"
     if split_file.is_file():
-        split = _recorded_split(split_file, tasks)
+        split = _recorded_split(split_file, tasks, list(memory_tasks))
     elif split is None:
         split = make_split(tasks, config.validation_fraction, config.seed)
-    data = prepare_data(tasks, space, model_config.layout, split, progress)
+    data = prepare_data(tasks, space, model_config.layout, split, progress, memory_tasks=memory_tasks)
     if initial_network is None:
         torch.manual_seed(config.seed)  # the initial weights, so that a run (or a resumed benchmark) repeats
     network = initial_network if initial_network is not None else build_network(model_config.network)
@@ -264,7 +319,10 @@ def _train_in(staging: Path, tasks: dict[str, TaskDataset], space: LabelSpace, m
                                        "rule": "patient-wise; see labelshare.core.tasks.patient_of", "tasks": split})
         progress.log(f"{model_config.method}: {count_parameters(network) / 1e6:.2f} M parameters; "
                      + "; ".join(f"{n}: {len(split[n]['train'])} training / {len(split[n]['validation'])} "
-                                 f"validation cases" for n in tasks))
+                                 f"validation cases" for n in tasks)
+                     + "".join(f"; {n}: from the rehearsal memory of {parent.name if parent else 'the parent'} ("
+                               f"{len(m.replay) if m.replay is not None else 0} replay / {len(m.gate)} gate slices)"
+                               for n, m in memory_tasks.items()))
     trainer = trainer_class(network, task_heads(model_config.layout, space), data.train_banks,
                             data.validation_banks, config, staging, progress, context, identity,
                             fraction_range=(0.1, 0.9), **(trainer_options or {}))
@@ -283,23 +341,31 @@ def _train_in(staging: Path, tasks: dict[str, TaskDataset], space: LabelSpace, m
     else:
         model = Model(path=None, config=model_config, labelspace=space, network=trainer.network.eval(),
                       device=trainer.device)
-        largest_component, evaluation = evaluate_validation(model, data, progress, (0.9, 0.99))
-        model_config = replace(model_config, largest_component=largest_component)
+        largest_component, evaluation, gates = evaluate_validation(model, data, progress, (0.9, 0.97))
+        kept = {name: labels for name, labels in model_config.largest_component.items() if name in memory_tasks}
+        model_config = replace(model_config, largest_component={**kept, **largest_component})
+        model = replace(model, config=model_config)
         data_record = {name: {"folder": task.root.name, "cases": len(task.cases),
                               "fingerprint": data_fingerprint([p for c in task.cases
                                                                for p in (c.image_path, c.label_path)])}
                        for name, task in tasks.items()}
+        data_record = {name: data_record.get(name) or (lineage or {}).get("data", {}).get(name)
+                       for name in space.task_names if name in data_record or name in memory_tasks}
         lineage = {**(lineage or {}), "created": now_iso(), "command": list(command) if command else sys.argv[1:],
                    "data": data_record,
                    "environment": environment_summary(context.world_size), "elapsed_s": round(state.elapsed_s, 1)}
-        metrics = metrics_json(evaluation, state.history)
+        metrics = metrics_json(evaluation, state.history, gates)
+        artefacts = write_artefacts(VersionContext(
+            name=published_name(out), model=model, split=split, tasks=tasks, parent=parent, same_weights=False,
+            memory=memory, progress=ProgressPart(progress, 0.97, 0.99), seed=config.seed,
+            slices={name: data.slices_of(name) for name in tasks}), staging)
         save_model_folder(staging, trainer.network, model_config, space,
                           json_files={"metrics.json": metrics, "lineage.json": lineage,
                                       "training.json": {**config.to_json(), "run_identity": digest},
                                       **(extra_json or {})},
                           text_files={"training_log.jsonl": "".join(_jsonl(r) for r in state.history),
                                       "README.md": model_card(out.name, model_config, space, tasks, metrics, lineage,
-                                                              config, count_parameters(trainer.network)),
+                                                              config, count_parameters(trainer.network), artefacts),
                                       "evaluation.csv": evaluation.to_csv()})
     remove_tree(staging / CHECKPOINT_DIR)
     published = publish_dir(staging, out)
@@ -312,7 +378,10 @@ def _jsonl(record: dict) -> str:
 
 
 def model_card(name: str, config: ModelConfig, space: LabelSpace, tasks: dict[str, TaskDataset], metrics: dict,
-               lineage: dict, train_config: TrainConfig, parameters: int) -> str:
+               lineage: dict, train_config: TrainConfig, parameters: int,
+               artefacts: Mapping[str, list[str]] | None = None) -> str:
+    """The model card (README.md); ``artefacts``: each version artefact's section (title -> lines,
+    :func:`labelshare.engine.artefacts.write_artefacts`)."""
     lines = [f"# LabelShare model `{name}`", "",
              f"Method: **{config.method}** (output layout `{config.layout}`, {config.network.out_channels} output "
              f"channels, conditioning `{config.network.conditioning}`), {parameters / 1e6:.2f} M parameters, "
@@ -341,10 +410,18 @@ def model_card(name: str, config: ModelConfig, space: LabelSpace, tasks: dict[st
         for label, s in labels.items():
             lines.append(f"| {task_name} | {label} | {s['dice_mean']:.3f} ± {s['dice_sd']:.3f} | "
                          f"{s['hd95_mean']:.2f} |")
+    if metrics.get("memory_gate"):
+        lines += ["", f"Tasks trained from the parent's rehearsal memory (their folders were not given), scored by "
+                  f"{metrics['memory_gate_definition']}:", "", "| task | label | Dice | slices |", "|---|---|---|---|"]
+        lines += [f"| {task_name} | {label} | {s['dice_mean']:.3f} ± {s['dice_sd']:.3f} | {s['n']} |"
+                  for task_name, labels in metrics["memory_gate"].items() for label, s in labels.items()]
     if config.largest_component:
-        lines += ["", "Post-processing (chosen on these validation cases, as nnU-Net does): only the largest connected "
+        lines += ["", "Post-processing (chosen on the validation cases, as nnU-Net does): only the largest connected "
                   "component is kept of " + "; ".join(f"{task}: {', '.join(labels)}"
                                                       for task, labels in config.largest_component.items()) + "."]
+    for title, artefact_lines in (artefacts or {}).items():
+        if artefact_lines:
+            lines += ["", f"## {title}", "", *artefact_lines]
     lines += ["", "## Provenance", "",
               f"- created {lineage.get('created')} on {lineage['environment']['device']}, "
               f"torch {lineage['environment']['torch']}; training took {lineage.get('elapsed_s')} s",

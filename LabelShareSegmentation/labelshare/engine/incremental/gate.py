@@ -24,7 +24,9 @@ from ...core.progress import Progress
 from ...core.scores import Evaluation
 from ...core.tasks import TaskDataset
 from ..evaluation import evaluate_cases
+from ..memory import gate_evaluation
 from ..models import Model
+from ..sampling import TaskSlices
 from ..training_run import TrainingResult
 
 
@@ -70,15 +72,26 @@ def old_validation_scores(old: Model, candidate: TrainingResult, tasks: Mapping[
 
 
 def apply_gate(old: Model, candidate: TrainingResult, out: Path, tasks: Mapping[str, TaskDataset], task: str,
-               operation: str, config: AddTaskConfig, progress: Progress) -> tuple[Path, ForgettingReport]:
+               operation: str, config: AddTaskConfig, progress: Progress,
+               gates: Mapping[str, TaskSlices] | None = None) -> tuple[Path, ForgettingReport]:
     """Compare, then publish ``candidate.path`` as ``out`` with its report; raises :class:`RegressionRefused` (and
     writes the report beside ``out``) when an old task lost too much or a label of the task is below the floor, and
-    that is not accepted."""
+    that is not accepted. ``gates``: the gate slices of the old tasks trained from the rehearsal memory, on which
+    both models score them (the candidate's scores are its ``metrics.json``'s ``memory_gate``)."""
     max_regression = config.max_regression
-    old_tasks = [t for t in old.labelspace.task_names if candidate.split.get(t, {}).get("validation")]
-    before = old_validation_scores(old, candidate, tasks, old_tasks, progress)
-    report = ForgettingReport.compare(before, candidate.metrics["validation"], old_tasks, task, max_regression,
-                                      config.accept_regression, config.min_new_dice)
+    gates = gates or {}
+    old_tasks = [t for t in old.labelspace.task_names
+                 if t in gates or (t in tasks and candidate.split.get(t, {}).get("validation"))]
+    before = old_validation_scores(old, candidate, tasks, [t for t in old_tasks if t not in gates], progress)
+    for name, bank in gates.items():
+        before[name] = gate_evaluation(old.network, bank, old.heads[name], old.device).summary()[name]
+    after = {**candidate.metrics["validation"], **candidate.metrics.get("memory_gate", {})}
+    scored_on = {t: (f"the rehearsal memory's {len(gates[t])} gate slices (validation cases): slice-level Dice at "
+                     "plan resolution" if t in gates else
+                     f"{len(candidate.split[t]['validation'])} validation cases: Dice at native resolution")
+                 for t in old_tasks}
+    report = ForgettingReport.compare(before, after, old_tasks, task, max_regression,
+                                      config.accept_regression, config.min_new_dice, scored_on)
     data = report.to_json(old.path.name, out.name, operation)
     markdown = report.to_markdown(old.path.name, out.name)
     worst = data["worst"]

@@ -20,14 +20,16 @@ from ...core.fileio import hold_folder, read_json, sha256_file
 from ...core.forgetting import ForgettingReport
 from ...core.labelspace import LabelSpace
 from ...core.methods import method_named
-from ...core.modelfolder import ModelConfig, check_new_version, resolve_model, verify_folder
+from ...core.memory import RehearsalMemory
+from ...core.modelfolder import ModelConfig, check_new_version, read_memory, resolve_model, verify_folder
 from ...core.paths import candidate_dir_for, recorded_task_folders, refused_report_paths
-from ...core.progress import Progress
+from ...core.progress import Progress, ProgressPart
 from ...core.tasks import TaskDataset, split_by_patient
 from ..models import Model, load_model, resolve_device
 from ..networks import expand_output_channels, expand_task_inputs
 from ..statistics import compute_statistics
-from ..training_run import TrainingResult, run_training
+from ..memory import check_sources, memory_slices
+from ..training_run import MemoryTask, TrainingResult, run_training
 from .gate import apply_gate
 from .mapping import OVERLAP_CASES, map_labels, measure_overlap, new_channel_starts, parse_pins
 from .trainer import DISTILL_TEMPERATURE, IncrementalTrainer, spread_cases
@@ -47,19 +49,6 @@ class AddTaskResult:
         if worst is None:
             return "no old task was evaluated"
         return f"largest change {100 * worst[1]['change']:+.1f} Dice points on '{worst[0]}'"
-
-
-class _Part(Progress):
-    """One part of add-task as seen by the command's progress: fractions mapped into [start, end]."""
-
-    def __init__(self, outer: Progress, start: float, end: float):
-        super().__init__("quiet")
-        self.outer, self.start, self.end = outer, start, end
-
-    def emit(self, event: str, **fields) -> None:
-        if event == "progress":
-            fields["fraction"] = self.start + (self.end - self.start) * fields.get("fraction", 0.0)
-        self.outer.emit(event, **fields)
 
 
 def add_task(model: str | Path, task: tuple[str, str | Path], out: str | Path, config: AddTaskConfig | None = None,
@@ -91,16 +80,24 @@ def add_task(model: str | Path, task: tuple[str, str | Path], out: str | Path, c
     if update and config.label_map:
         raise LabelSpaceError(f"--map: task '{name}' is already in {old_path.name}; its mapping stays as it is")
     new_task = TaskDataset.open(folder, name)
-    old_folders = _old_task_folders(old, replay_tasks, name)
+    memory = read_memory(old_path, old.labelspace)
+    old_folders = _old_task_folders(old, replay_tasks, name, memory)
     tasks = {t: (new_task if t == name else TaskDataset.open(old_folders[t], t))
-             for t in dict.fromkeys([*old.labelspace.tasks, name])}  # old order; an added task last
+             for t in dict.fromkeys([*old.labelspace.tasks, name]) if t == name or t in old_folders}
+    from_memory = [t for t in old.labelspace.task_names if t != name and t not in old_folders]
     _check_old_labels(old, tasks, name)
     split = _split(old, tasks, name, config)
+    split.update({t: _recorded_split_of(old, t) for t in from_memory})
+    memory_tasks = {t: _memory_task(old, memory, t, config.replay_cases != 0) for t in from_memory}
     train_config = _train_config(recorded, config, len(new_task.labels), len(split[name]["train"]))
-    replay = {t: spread_cases(tasks[t], split[t]["train"], config.replay_cases, config.train.seed)
+    replay = {t: (spread_cases(tasks[t], split[t]["train"], config.replay_cases, config.train.seed)
+                  if t in tasks else (memory_tasks[t].replay.cases if memory_tasks[t].replay is not None else []))
               for t in old.labelspace.tasks if t != name}
+    if from_memory:
+        progress.log(f"{', '.join(from_memory)}: replayed and scored from the rehearsal memory of {old_path.name} "
+                     "(no folder given)")
     distill_weight = config.distill_weight
-    if distill_weight > 0 and not any(replay.values()):
+    if distill_weight > 0 and not any(replay.values()) and not config.distill_new_task:
         progress.log("no old slices are replayed, so there is nothing to distil on: distillation is off")
         distill_weight = 0.0
     new_task_share = config.new_task_share
@@ -111,9 +108,11 @@ def add_task(model: str | Path, task: tuple[str, str | Path], out: str | Path, c
         "task": name, "task_folder": str(Path(folder).resolve()), "strategy": config.strategy,
         "map": list(config.label_map),
         "replay_cases": "all" if config.replay_cases is None else config.replay_cases,
-        "distill_weight": distill_weight, "new_task_share": new_task_share,
+        "distill_weight": distill_weight, "distill_new_task": config.distill_new_task,
+        "new_task_share": new_task_share,
         "new_label_init": config.new_label_init, "new_label_lr_scale": config.new_label_lr_scale,
-        "old_task_folders": {t: str(p.resolve()) for t, p in old_folders.items()},
+        "old_task_folders": {t: str(p.resolve()) for t, p in old_folders.items()}, "from_memory": from_memory,
+        "memory": config.memory.options(),
         "train": {k: v for k, v in train_config.to_json().items() if k != "device"}})
     with ExitStack() as holding:  # the candidate is held from its check (or creation) until it is published
         if candidate.exists():
@@ -125,7 +124,7 @@ def add_task(model: str | Path, task: tuple[str, str | Path], out: str | Path, c
                          + estimate(old_path, train_config.total_steps, distill_weight > 0).describe(),
                          steps=train_config.total_steps)
             space, network, mapping = _prepare(old, new_task, split, config, update, train_config,
-                                               _Part(progress, 0.0, 0.05))
+                                               ProgressPart(progress, 0.0, 0.05))
             first_new_channel = old.network.config.out_channels if mapping.get("new_channels") else None
             progress.metrics("mapping", task=name, strategy=mapping["strategy"], shared=mapping["shared"],
                              n_shared=space.n_shared, message=f"{name}: " + "; ".join(
@@ -134,28 +133,37 @@ def add_task(model: str | Path, task: tuple[str, str | Path], out: str | Path, c
             method = "label-sharing" if old.config.method == "per-task" else old.config.method
             model_config = ModelConfig(method=method, layout="shared", network=copy.deepcopy(network.config),
                                        preprocessing=copy.deepcopy(old.config.preprocessing),
-                                       weights_dtype=old.config.weights_dtype)
+                                       weights_dtype=old.config.weights_dtype,
+                                       largest_component={t: labels for t, labels in
+                                                          old.config.largest_component.items() if t in from_memory})
+            parent_data = (old.read_json("lineage.json", {}) or {}).get("data", {})
             lineage = {"parent": old_path.name, "parent_manifest_sha256": request["parent_manifest_sha256"],
                        "operation": "update-task" if update else "add-task",
                        "tasks_added": [] if update else [name], "task": name, "mapping": mapping,
-                       "replay": {"cases_per_task": request["replay_cases"], "exemplars": replay},
+                       "replay": {"cases_per_task": request["replay_cases"], "exemplars": replay,
+                                  "from_memory": from_memory},
                        "new_task_share": new_task_share,
-                       "distillation": {"weight": distill_weight, "temperature": DISTILL_TEMPERATURE},
-                       "task_folders": {t: str(tasks[t].root.resolve()) for t in space.task_names},
+                       "distillation": {"weight": distill_weight, "new_task_weight": config.distill_new_task,
+                                        "temperature": DISTILL_TEMPERATURE},
+                       "task_folders": {t: str(tasks[t].root.resolve()) for t in space.task_names if t in tasks},
+                       "data": {t: {**(parent_data.get(t) or {}), "from_memory": True} for t in from_memory},
                        "request": request}
-            ordered = {t: tasks[t] for t in space.task_names}
+            ordered = {t: tasks[t] for t in space.task_names if t in tasks}
             trained = run_training(ordered, space, model_config, candidate, train_config,
-                                   _Part(progress, 0.05, 0.9), resume=resume, command=command,
+                                   ProgressPart(progress, 0.05, 0.9), resume=resume, command=command,
                                    lineage=lineage, initial_network=network, trainer_class=IncrementalTrainer,
                                    split=split, trainer_options={"replay": replay, "teacher": old.network,
                                                                  "distill_weight": distill_weight,
                                                                  "new_task": name,
                                                                  "new_task_share": new_task_share,
                                                                  "first_new_channel": first_new_channel,
-                                                                 "new_channel_lr_scale": config.new_label_lr_scale})
+                                                                 "new_channel_lr_scale": config.new_label_lr_scale,
+                                                                 "distill_new_task": config.distill_new_task},
+                                   memory=config.memory, memory_tasks=memory_tasks, parent=old_path)
             holding.enter_context(hold_folder(candidate))
         published, report = apply_gate(old, trained, out, tasks, name, "update-task" if update else "add-task",
-                                       config, _Part(progress, 0.9, 0.99))
+                                       config, ProgressPart(progress, 0.9, 0.99),
+                                       gates={t: m.gate for t, m in memory_tasks.items()})
     return AddTaskResult(path=published, report=report, metrics=trained.metrics)
 
 
@@ -186,8 +194,10 @@ def _train_config(recorded: TrainConfig, config: AddTaskConfig, labels: int, tra
     return train_config
 
 
-def _old_task_folders(old: Model, given: Sequence[tuple[str, str | Path]], task: str) -> dict[str, Path]:
-    """Folder of every old task except ``task``: ``--replay-task`` first, else the model's lineage."""
+def _old_task_folders(old: Model, given: Sequence[tuple[str, str | Path]], task: str,
+                      memory: RehearsalMemory | None) -> dict[str, Path]:
+    """Folder of the old tasks except ``task``: ``--replay-task`` first, else the model's lineage; the others must
+    be in the model's rehearsal memory (else one error naming them)."""
     folders: dict[str, Path] = {}
     for name, folder in given:
         if name not in old.labelspace.tasks:
@@ -206,10 +216,30 @@ def _old_task_folders(old: Model, given: Sequence[tuple[str, str | Path]], task:
             folders[name] = recorded[name]
         else:
             missing.append(name)
-    if missing:
-        raise LabelShareError(f"{old.path}: give the folder of old task(s) {', '.join(missing)} with --replay-task "
-                              f"{missing[0]}=DIR (needed for replay and for the forgetting report)")
+    check_sources(old.path, missing, memory, [], "for replay and for the forgetting report")
     return folders
+
+
+def _recorded_split_of(old: Model, task: str) -> dict[str, list[str]]:
+    """The old model's split of a task trained from its memory (kept as it is)."""
+    recorded = ((old.read_json("split.json", {}) or {}).get("tasks") or {}).get(task)
+    if not isinstance(recorded, dict) or not all(isinstance(recorded.get(side), list)
+                                                 for side in ("train", "validation")):
+        raise ModelError(f"{old.path / 'split.json'}: missing or malformed for task '{task}'; add-task needs the old "
+                         "split")
+    return {"train": list(recorded["train"]), "validation": list(recorded["validation"])}
+
+
+def _memory_task(old: Model, memory: RehearsalMemory, task: str, replayed: bool) -> MemoryTask:
+    """An old task's replay and gate slices from the model's memory (no replay with ``--replay-cases 0``)."""
+    entry, head = old.labelspace.task(task), old.heads[task]
+    parts = memory.tasks[task].parts
+    if "gate" not in parts:
+        raise ModelError(f"{old.path}: the rehearsal memory of task '{task}' has no gate slices; give the task's "
+                         f"folder with --replay-task {task}=DIR")
+    replay = memory_slices(old.path, memory, task, "replay", head, not entry.lateralised) \
+        if replayed and "replay" in parts else None
+    return MemoryTask(replay=replay, gate=memory_slices(old.path, memory, task, "gate", head, not entry.lateralised))
 
 
 def _check_old_labels(old: Model, tasks: Mapping[str, TaskDataset], task: str) -> None:

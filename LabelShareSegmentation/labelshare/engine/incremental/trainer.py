@@ -62,20 +62,27 @@ class IncrementalTrainer(Trainer):
     def __init__(self, network, heads, train_banks, validation_banks, config, workdir, progress, context=None,
                  run_identity=None, fraction_range=(0.0, 1.0), *, replay: Mapping[str, Sequence[str]],
                  teacher: torch.nn.Module | None, distill_weight: float, new_task: str,
-                 new_task_share: float | None, first_new_channel: int | None, new_channel_lr_scale: float):
+                 new_task_share: float | None, first_new_channel: int | None, new_channel_lr_scale: float,
+                 distill_new_task: float = 0.0):
         banks = [bank.select(replay[bank.task]) if bank.task in replay else bank for bank in train_banks]
         self.new_task, self.new_task_share = new_task, new_task_share
         identity = {**(run_identity or {}), "replay": {t: list(c) for t, c in replay.items()},
                     "distill_weight": distill_weight, "new_task_share": new_task_share}
+        if distill_new_task:
+            identity["distill_new_task"] = distill_new_task
         if first_new_channel is not None:
             identity["new_channels"] = {"first": first_new_channel, "lr_scale": new_channel_lr_scale}
         super().__init__(network, heads, banks, validation_banks, config, workdir, progress, context, identity,
                          fraction_range)
-        self.distill_weight = distill_weight
+        self.distill_weight, self.distill_new_task = distill_weight, distill_new_task
         self.teacher = None
-        if teacher is not None and distill_weight > 0:
+        if teacher is not None and (distill_weight > 0 or distill_new_task > 0):
             self.teacher = teacher.to(self.device).eval().requires_grad_(False)
         self.replayed_tasks = {heads[t].index for t, cases in replay.items() if cases}
+        self.new_task_index = heads[new_task].index
+        # a task-conditioned teacher knows only its own tasks' codes (not those of a task added now)
+        conditioned = teacher is not None and teacher.config.conditioning != "none"
+        self.teacher_tasks = teacher.config.n_tasks if conditioned else len(heads)
         self.first_new_channel, self.new_channel_lr_scale = first_new_channel, new_channel_lr_scale
 
     def train_step(self, step: int) -> float:
@@ -98,7 +105,9 @@ class IncrementalTrainer(Trainer):
 
     def loss(self, logits: torch.Tensor, batch: TaskBatch) -> torch.Tensor:
         loss = super().loss(logits, batch)
-        if self.teacher is None or batch.head.index not in self.replayed_tasks:
+        weight = self.distill_weight if batch.head.index in self.replayed_tasks else \
+            self.distill_new_task if batch.head.index == self.new_task_index else 0.0
+        if self.teacher is None or weight == 0 or batch.head.index >= self.teacher_tasks:
             return loss
         autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype
                     else nullcontext())
@@ -108,4 +117,4 @@ class IncrementalTrainer(Trainer):
         new_log_p = F.log_softmax(logits[:, : old_logits.shape[1]].float() / temperature, dim=1)
         old_log_p = F.log_softmax(old_logits.float() / temperature, dim=1)
         divergence = F.kl_div(new_log_p, old_log_p, reduction="none", log_target=True).sum(dim=1).mean()
-        return loss + self.distill_weight * temperature ** 2 * divergence
+        return loss + weight * temperature ** 2 * divergence

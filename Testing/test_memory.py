@@ -1,0 +1,262 @@
+"""The rehearsal memory (labelshare.core.memory, labelshare.engine.memory): written into every new version, verified
+with it, chosen from the right side of the split, and used by add-task and an update in place of the old tasks'
+folders; bad memories are refused with one line. Tiny synthetic tasks, as in test_incremental.py."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from labelshare import cli
+from labelshare.core import synthetic
+from labelshare.core.config import AddTaskConfig, MemoryConfig, TrainConfig
+from labelshare.core.errors import LabelShareError, ModelError
+from labelshare.core.fileio import sha256_file
+from labelshare.core.labelspace import LabelSpace
+from labelshare.core.memory import MEMORY_DIR, MEMORY_FILE, dequantise, quantise
+from labelshare.core.modelfolder import read_memory, verify_folder, write_manifest
+from labelshare.core.progress import Progress
+from labelshare.core.tasks import TaskDataset
+from labelshare.engine.incremental import add_task
+from labelshare.engine.memory import select_exemplars
+from labelshare.engine.postprocess_run import make_memory
+from labelshare.engine.statistics import compute_statistics
+from labelshare.engine.training_run import train
+
+BUDGET = dict(epochs=1, steps_per_epoch=8, batch_size=6, device="cpu")
+SMALL_MEMORY = dict(memory_slices=12, gate_slices=8)
+OLD_TASKS = ("phantom3d", "xray2d")
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory, synthetic_tasks) -> Path:
+    """phantom3d + xray2d trained long enough for a meaningful gate, with a small rehearsal memory."""
+    tasks = [(name, synthetic_tasks[name]) for name in OLD_TASKS]
+    space = LabelSpace.build([compute_statistics(TaskDataset.open(path, name)) for name, path in tasks])
+    config = TrainConfig(batch_size=6, epochs=2, steps_per_epoch=20, device="cpu", seed=0)
+    return train(tasks, space, tmp_path_factory.mktemp("memory-base") / "v1", config, progress=Progress("quiet"),
+                 command=["train", "(test fixture)"], memory=MemoryConfig(**SMALL_MEMORY)).path
+
+
+def without_memory(model: Path, target: Path) -> Path:
+    """A copy of a model as versions were before they carried a memory (no memory/, manifest rewritten)."""
+    shutil.copytree(model, target)
+    shutil.rmtree(target / MEMORY_DIR)
+    write_manifest(target)
+    return target
+
+
+def edited_memory(model: Path, target: Path, edit) -> Path:
+    """A copy of a model whose memory.json ``edit`` changed, with a manifest that vouches for it (so that only the
+    memory's own checks can refuse it)."""
+    shutil.copytree(model, target)
+    data = json.loads((target / MEMORY_FILE).read_text())
+    edit(data)
+    (target / MEMORY_FILE).write_text(json.dumps(data))
+    write_manifest(target)
+    return target
+
+
+# -- choosing -------------------------------------------------------------------------------------------------------
+def test_k_center_covers_the_features_and_every_label_and_case():
+    rng = np.random.default_rng(0)
+    features = np.concatenate([rng.normal(0, 0.1, (40, 2)), rng.normal(5, 0.1, (3, 2))])  # a far cluster of 3
+    case_of = np.arange(43) // 2
+    presence = np.zeros((43, 2), dtype=bool)
+    presence[:, 0] = True
+    presence[7, 1] = True  # one slice holds the small label
+    chosen = select_exemplars(6, case_of, presence, features, seed=0)
+    assert len(chosen) == 6 and len(set(chosen)) == 6
+    assert 7 in chosen  # the only slice of the small label
+    assert any(i >= 40 for i in chosen)  # the far cluster is covered
+    assert len(set(case_of[chosen])) == 6  # one slice per case while other cases are left
+    spread = select_exemplars(6, case_of, presence, None, seed=0)
+    assert 7 in spread and len(set(case_of[spread])) == 6
+    assert select_exemplars(50, case_of, presence, features, seed=0) == list(range(43))
+
+
+def test_quantised_intensities_keep_their_range():
+    image = np.linspace(-2.5, 6.0, 3 * 5 * 7, dtype=np.float32).reshape(3, 5, 7)
+    values, low, high = quantise(image)
+    assert values.dtype == np.uint8 and (low, high) == (-2.5, 6.0)
+    assert np.abs(dequantise(values, low, high) - image).max() <= (high - low) / 255 / 2 + 1e-6
+
+
+# -- writing and verifying --------------------------------------------------------------------------------------------
+def test_train_writes_a_verified_memory_from_the_right_side_of_the_split(base, synthetic_tasks):
+    config, space = verify_folder(base)
+    manifest = json.loads((base / "manifest.json").read_text())["files"]
+    memory = read_memory(base, space)
+    assert set(memory.tasks) == set(OLD_TASKS) and memory.patient_images
+    split = json.loads((base / "split.json").read_text())["tasks"]
+    for name, task in memory.tasks.items():
+        assert f"{MEMORY_DIR}/{task.parts['replay'].images}" in manifest
+        assert set(task.parts["replay"].cases) <= set(split[name]["train"])  # never a validation case
+        assert set(task.parts["gate"].cases) <= set(split[name]["validation"])  # never a training case
+        assert task.count("replay") == min(SMALL_MEMORY["memory_slices"], task.selection["candidates"]["replay"])
+        assert task.plan == space.tasks[name].plan and task.licence == space.tasks[name].license
+        assert task.bytes == sum((base / MEMORY_DIR / f).stat().st_size for part in task.parts.values()
+                                 for f in (part.images, part.labels))
+        images, labels = memory.arrays(base, name, "replay")
+        assert images.shape[:2] == (task.count("replay"), 1) and labels.shape[0] == task.count("replay")
+        # every label of the task is held by some replay slice (the small lesion too)
+        held = {label for s in task.parts["replay"].slices for label in s.labels}
+        assert held == set(task.labels)
+        ids = set(np.unique(labels).tolist())
+        assert ids <= {0, *task.labels.values()} and len(ids) > 1
+    card = (base / "README.md").read_text()
+    assert "## Rehearsal memory" in card and "CC0" in card and "KB in `memory/`" in card
+
+
+def test_a_tampered_memory_file_is_refused_naming_it(base, tmp_path, capsys):
+    copy = tmp_path / "tampered"
+    shutil.copytree(base, copy)
+    target = copy / MEMORY_DIR / "xray2d.replay.images.nii.gz"
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    target.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match=r"xray2d\.replay\.images\.nii\.gz: contents do not match manifest\.json"):
+        verify_folder(copy)
+    status = cli.main(["add-task", "--model", str(copy), "--task", f"sides3d={tmp_path}", "--out",
+                       str(tmp_path / "v2")])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert status == 1 and len(error) == 1
+    assert error[0].startswith("labelshare: error: ") and "xray2d.replay.images.nii.gz" in error[0]
+
+
+def test_a_memory_that_does_not_match_the_model_is_refused(base, tmp_path):
+    def relabel(data):
+        data["tasks"]["xray2d"]["labels"] = {"lung_field": 1, "liver": 2}
+
+    with pytest.raises(ModelError, match=r"memory\.json: task 'xray2d' holds labels .*liver.* but the model's label "
+                                         r"space has"):
+        verify_folder(edited_memory(base, tmp_path / "relabelled", relabel))
+
+    validation = json.loads((base / "split.json").read_text())["tasks"]["xray2d"]["validation"][0]
+
+    def leak(data):
+        data["tasks"]["xray2d"]["parts"]["replay"]["slices"][0]["case"] = validation
+
+    with pytest.raises(ModelError, match=f"replay part of task 'xray2d' holds case '{validation}', which is not a "
+                                         "training case"):
+        verify_folder(edited_memory(base, tmp_path / "leaked", leak))
+
+    def unlisted(data):
+        data["tasks"]["xray2d"]["parts"]["gate"]["labels"] = "xray2d.gate.other.nii.gz"
+
+    copy = edited_memory(base, tmp_path / "unlisted", unlisted)
+    (copy / MEMORY_DIR / "xray2d.gate.other.nii.gz").write_bytes(b"")  # there, but not vouched for by the manifest
+    with pytest.raises(ModelError, match="xray2d.gate.other.nii.gz: not listed in manifest.json"):
+        verify_folder(copy)
+
+
+# -- using it -------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def added(tmp_path_factory, base, synthetic_tasks) -> Path:
+    """sides3d added to the base without any old folder: replay, distillation and gate from the memory."""
+    events = []
+    result = add_task(base, ("sides3d", synthetic_tasks["sides3d"]), tmp_path_factory.mktemp("added") / "v2",
+                      AddTaskConfig.from_options(**BUDGET, **SMALL_MEMORY),
+                      progress=Progress("quiet", callback=events.append))
+    return result.path
+
+
+def test_add_task_without_old_folders_passes_the_gate_and_keeps_the_old_tasks(added, base):
+    report = json.loads((added / "forgetting.json").read_text())
+    assert report["passed"] and report["threshold"] == AddTaskConfig().max_regression
+    assert set(report["tasks"]) == set(OLD_TASKS)
+    for name in OLD_TASKS:
+        assert "rehearsal memory's" in report["scored_on"][name] and "gate slices" in report["scored_on"][name]
+        assert report["task_means"][name]["change"] * 100 >= -AddTaskConfig().max_regression
+    assert "rehearsal memory" in (added / "forgetting.md").read_text()
+    metrics = json.loads((added / "metrics.json").read_text())
+    assert set(metrics["validation"]) == {"sides3d"} and set(metrics["memory_gate"]) == set(OLD_TASKS)
+    lineage = json.loads((added / "lineage.json").read_text())
+    assert lineage["replay"]["from_memory"] == list(OLD_TASKS) and lineage["distillation"]["weight"] > 0
+    assert set(lineage["task_folders"]) == {"sides3d"}
+    assert all(lineage["data"][name]["from_memory"] for name in OLD_TASKS)
+    # the new version's memory: the old tasks' exemplars kept byte for byte, the new task's chosen
+    old_memory, new_memory = read_memory(base, verify_folder(base)[1]), read_memory(added, verify_folder(added)[1])
+    assert list(new_memory.tasks) == [*OLD_TASKS, "sides3d"]
+    for name in OLD_TASKS:
+        for part in old_memory.tasks[name].parts.values():
+            for file in (part.images, part.labels):
+                assert sha256_file(added / MEMORY_DIR / file) == sha256_file(base / MEMORY_DIR / file)
+    split = json.loads((added / "split.json").read_text())["tasks"]
+    assert split["xray2d"] == json.loads((base / "split.json").read_text())["tasks"]["xray2d"]
+    assert set(new_memory.tasks["sides3d"].parts["replay"].cases) <= set(split["sides3d"]["train"])
+
+
+def test_an_update_from_memory_chooses_the_updated_task_again(added, tmp_path):
+    more = synthetic.write_task(tmp_path, "xray2d", n_cases=12)  # the same first 8 cases and 4 new ones
+    out = add_task(added, ("xray2d", more), tmp_path / "v3",
+                   AddTaskConfig.from_options(max_regression=100, **BUDGET, **SMALL_MEMORY),
+                   progress=Progress("quiet")).path
+    lineage = json.loads((out / "lineage.json").read_text())
+    # sides3d's folder is recorded in the parent's lineage and still there: folders win over the memory
+    assert lineage["operation"] == "update-task" and lineage["replay"]["from_memory"] == ["phantom3d"]
+    old_memory, new_memory = read_memory(added, verify_folder(added)[1]), read_memory(out, verify_folder(out)[1])
+    split = json.loads((out / "split.json").read_text())["tasks"]["xray2d"]
+    assert len(split["train"]) + len(split["validation"]) == 12
+    replay = new_memory.tasks["xray2d"].parts["replay"]
+    assert set(replay.cases) <= set(split["train"]) and replay.cases != old_memory.tasks["xray2d"].parts["replay"].cases
+    assert new_memory.tasks["phantom3d"].to_json() == old_memory.tasks["phantom3d"].to_json()
+
+
+def test_a_model_without_a_memory_still_works_with_folders_and_says_which_folders_it_needs(
+        base, tmp_path, synthetic_tasks):
+    old = without_memory(base, tmp_path / "old")
+    verify_folder(old)
+    assert read_memory(old, verify_folder(old)[1]) is None
+    with pytest.raises(LabelShareError, match=r"holds no rehearsal memory; give the folder of old task\(s\) "
+                                              r"phantom3d, xray2d with --replay-task phantom3d=DIR"):
+        add_task(old, ("sides3d", synthetic_tasks["sides3d"]), tmp_path / "a", AddTaskConfig.from_options(**BUDGET),
+                 progress=Progress("quiet"))
+    out = add_task(old, ("sides3d", synthetic_tasks["sides3d"]), tmp_path / "v2",
+                   AddTaskConfig.from_options(max_regression=100, **BUDGET, **SMALL_MEMORY),
+                   replay_tasks=[(name, synthetic_tasks[name]) for name in OLD_TASKS],
+                   progress=Progress("quiet")).path
+    memory = read_memory(out, verify_folder(out)[1])
+    assert list(memory.tasks) == [*OLD_TASKS, "sides3d"]  # chosen from the folders given
+    report = json.loads((out / "forgetting.json").read_text())
+    assert all("validation cases" in report["scored_on"][name] for name in OLD_TASKS)
+
+
+def test_no_memory_holds_no_patient_images_and_needs_the_folders(tmp_path, synthetic_tasks):
+    tasks = [("xray2d", synthetic_tasks["xray2d"])]
+    space = LabelSpace.build([compute_statistics(TaskDataset.open(synthetic_tasks["xray2d"], "xray2d"))])
+    model = train(tasks, space, tmp_path / "private", TrainConfig(**BUDGET), progress=Progress("quiet"),
+                  memory=MemoryConfig(memory=False)).path
+    memory = read_memory(model, verify_folder(model)[1])
+    assert not memory.patient_images and not memory.tasks
+    assert not list((model / MEMORY_DIR).glob("*.nii.gz"))
+    assert "no rehearsal memory" in (model / "README.md").read_text()
+    with pytest.raises(LabelShareError, match=r"made with --no-memory .*--replay-task xray2d=DIR"):
+        add_task(model, ("sides3d", synthetic_tasks["sides3d"]), tmp_path / "a", AddTaskConfig.from_options(**BUDGET),
+                 progress=Progress("quiet"))
+
+
+def test_the_memory_command_gives_an_older_model_a_memory_as_a_new_version(base, tmp_path, synthetic_tasks, capsys):
+    old = without_memory(base, tmp_path / "old")
+    before = {p.name: sha256_file(p) for p in old.iterdir() if p.is_file()}
+    status = cli.main(["memory", "--model", str(old), "--task", f"phantom3d={synthetic_tasks['phantom3d']}",
+                       "--out", str(tmp_path / "with-memory"), "--device", "cpu"])
+    assert status == 1 and "give the folder of old task(s) xray2d" in capsys.readouterr().err
+    out = make_memory(old, [(name, synthetic_tasks[name]) for name in OLD_TASKS], tmp_path / "with-memory",
+                      MemoryConfig(**SMALL_MEMORY), command=["memory", "(test)"])
+    assert {p.name: sha256_file(p) for p in old.iterdir() if p.is_file()} == before  # the old model is only read
+    assert sha256_file(out / "model.safetensors") == before["model.safetensors"]
+    for name in ("split.json", "metrics.json", "labelspace.json"):
+        assert sha256_file(out / name) == before[name]
+    memory = read_memory(out, verify_folder(out)[1])
+    assert list(memory.tasks) == list(OLD_TASKS)
+    lineage = json.loads((out / "lineage.json").read_text())
+    assert lineage["parent"] == "old" and lineage["operation"] == "memory"
+    # the same weights, the same data and the same sizes choose the same exemplars as training did
+    original = read_memory(base, verify_folder(base)[1])
+    assert [s.to_json() for s in memory.tasks["xray2d"].parts["replay"].slices] == \
+        [s.to_json() for s in original.tasks["xray2d"].parts["replay"].slices]
