@@ -240,7 +240,8 @@ def _number(value: float) -> str:
 @dataclass
 class TaskReference:
     """The statistics of one task: its references per part, each part's scale and the threshold of the combined
-    score, and what they were made from (cases, patients, folds)."""
+    score, what they were made from (cases, patients, folds), and each part's held-out scores of the calibration
+    (:func:`calibrate`), from which the threshold of fewer parts is calibrated again (:meth:`without`)."""
 
     geometry: GeometryReference
     gaussians: dict[str, GaussianReference]
@@ -249,6 +250,16 @@ class TaskReference:
     cases: int
     patients: int
     folds: int
+    held_out: dict[str, list[float]]
+
+    def without(self, parts: Sequence[str]) -> TaskReference:
+        """These statistics without some vector parts, the threshold calibrated again on the others' held-out
+        scores (a version whose weights changed keeps what does not depend on them: geometry, intensity, layout)."""
+        kept = {part: reference for part, reference in self.gaussians.items() if part not in parts}
+        held_out = {part: scores for part, scores in self.held_out.items() if part == GEOMETRY or part in kept}
+        scales = {part: self.scales[part] for part in held_out}
+        return TaskReference(self.geometry, kept, scales, combined_threshold(held_out, scales), self.cases,
+                             self.patients, self.folds, held_out)
 
     def part_scores(self, measurement: CaseMeasurement) -> dict[str, float]:
         """Each part's score divided by its scale (the parts this reference and the measurement both have)."""
@@ -287,9 +298,11 @@ class InputCheckResult:
 
 @dataclass
 class InputCheckStatistics:
-    """The statistics of every task a model has them for (:data:`INPUT_CHECK_FILE` and :data:`INPUT_CHECK_ARRAYS`)."""
+    """The statistics of every task a model has them for (:data:`INPUT_CHECK_FILE` and :data:`INPUT_CHECK_ARRAYS`),
+    and why a task has none (``missing``: task -> reason)."""
 
     tasks: dict[str, TaskReference]
+    missing: dict[str, str] = field(default_factory=dict)
 
     def write(self, folder: Path) -> None:
         """Both files into ``folder`` (a model's staging folder; the manifest hashes them), atomically."""
@@ -301,7 +314,9 @@ class InputCheckStatistics:
                            "threshold": reference.threshold, "scales": reference.scales,
                            "gaussian_parts": list(reference.gaussians),
                            "geometry": {quantity: list(bounds)
-                                        for quantity, bounds in reference.geometry.ranges.items()}}
+                                        for quantity, bounds in reference.geometry.ranges.items()},
+                           "held_out": {part: [round(value, 6) for value in scores]
+                                        for part, scores in reference.held_out.items()}}
         with atomic_path(folder / INPUT_CHECK_ARRAYS, overwrite=True) as tmp:
             with open(tmp, "wb") as stream:
                 np.savez(stream, **arrays)
@@ -310,7 +325,7 @@ class InputCheckStatistics:
             "definition": "labelshare/core/input_check.py: per task, the parts' references fitted on its training "
                           f"cases; the parts' scales and the threshold cross-fitted over folds of patients (conformal "
                           f"{100 * (1 - ALPHA):.0f} % quantiles); Gaussian covariances shrunk by {SHRINKAGE} towards "
-                          "the identity's multiple", "tasks": tasks})
+                          "the identity's multiple", "tasks": tasks, "missing": self.missing})
 
     @classmethod
     def read(cls, folder: Path) -> InputCheckStatistics | None:
@@ -342,17 +357,19 @@ class InputCheckStatistics:
                 threshold = float(entry["threshold"])
                 if not math.isfinite(threshold) or threshold <= 0:
                     raise ValueError(f"task '{name}': threshold must be positive")
+                held_out = {part: [float(value) for value in entry["held_out"][part]] for part in scales}
                 tasks[name] = TaskReference(geometry, gaussians, scales, threshold, int(entry["cases"]),
-                                            int(entry["patients"]), int(entry["folds"]))
+                                            int(entry["patients"]), int(entry["folds"]), held_out)
+            missing = {str(name): str(reason) for name, reason in data.get("missing", {}).items()}
         except OSError as error:
             raise ModelError(f"{arrays_path}: cannot be read ({error})") from None
         except (KeyError, TypeError, ValueError, AttributeError) as error:  # np.load's damaged-file errors included
             raise ModelError(f"{path}: malformed input check statistics ({type(error).__name__}: {error})") from None
-        return cls(tasks)
+        return cls(tasks, missing)
 
 
 def check_input(reference: TaskReference | None, measurement: CaseMeasurement, task: str, intended_input: str,
-                missing_reason: str = "") -> InputCheckResult:
+                missing_reason: str) -> InputCheckResult:
     """The check of one image of ``task`` against its statistics (None: the model has none for the task, and
     ``missing_reason`` says why) and the task's intended input (its modality)."""
     not_run: dict[str, str] = {}
@@ -373,7 +390,8 @@ def check_input(reference: TaskReference | None, measurement: CaseMeasurement, t
         return InputCheckResult(None, None, warned, reasons, {}, not_run)
     for part in VECTOR_PARTS:
         if part not in reference.gaussians:
-            not_run[part] = f"the model's statistics of task {task} have no {part} part"
+            not_run[part] = f"the model's statistics of task {task} have none (its images were not at hand when " \
+                            "this version's weights were made)"
         elif part not in measurement.vectors:
             not_run[part] = "the network's windows were not seen"
     parts = reference.part_scores(measurement)
@@ -426,9 +444,15 @@ def calibrate(measurements: Sequence[CaseMeasurement], patients: Sequence[str]) 
             held_out[part][scored] = [gaussian.distance(measurements[i].vectors[part]) for i in scored]
     scales = {part: max(conformal_quantile(scores), 1e-6) for part, scores in held_out.items()}
     scales[GEOMETRY] = max(scales[GEOMETRY], GEOMETRY_MIN_SCALE)
-    combined = np.max([scores / scales[part] for part, scores in held_out.items()], axis=0)
+    held_out_lists = {part: scores.tolist() for part, scores in held_out.items()}
     return TaskReference(geometry=GeometryReference.fit([m.geometry for m in measurements]),
                          gaussians={part: GaussianReference.fit(np.stack([m.vectors[part] for m in measurements]))
                                     for part in vector_parts},
-                         scales=scales, threshold=conformal_quantile(combined), cases=len(measurements),
-                         patients=len(set(patients)), folds=len(set(folds)))
+                         scales=scales, threshold=combined_threshold(held_out_lists, scales), cases=len(measurements),
+                         patients=len(set(patients)), folds=len(set(folds)), held_out=held_out_lists)
+
+
+def combined_threshold(held_out: Mapping[str, Sequence[float]], scales: Mapping[str, float]) -> float:
+    """The threshold of the combined score: the conformal quantile of the held-out cases' largest scaled part."""
+    return conformal_quantile(np.max([np.asarray(scores) / scales[part] for part, scores in held_out.items()],
+                                     axis=0))

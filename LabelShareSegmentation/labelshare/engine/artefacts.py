@@ -75,4 +75,4 @@ def write_artefacts(context: VersionContext, folder: Path) -> dict[str, list[str
 
 def _register_engine_artefacts() -> None:
     """The engine's own artefacts register themselves when their module is imported."""
-    from . import memory  # noqa: F401  (registers the rehearsal memory)
+    from . import input_check, memory  # noqa: F401  (register the input check's statistics, the rehearsal memory)

@@ -3,76 +3,76 @@ segmented, and the statistics a model version carries, made from its training ca
 
 :class:`InputMeasurer` measures one image from what segmenting it computes anyway: the slices, their normalisation
 and the network's windows. The network's bottleneck output of every window of the plain view (not the mirrored
-one) is pooled by a forward hook (:func:`pooled_window_features`), so the features cost a few reductions per
-window, not another forward pass. :func:`input_check_statistics` segments up to
-:data:`~labelshare.core.input_check.CALIBRATION_CASES` training cases of every task the same way and calibrates
-(:func:`labelshare.core.input_check.calibrate`); a command that publishes a version writes them into it.
+one) is pooled by a forward hook (:func:`labelshare.engine.features.capture_bottleneck` with
+:func:`window_vectors`), so the features cost a few reductions per window, not another forward pass.
+
+:func:`input_check_statistics` segments up to :data:`~labelshare.core.input_check.CALIBRATION_CASES` training
+cases of every task the same way and calibrates (:func:`labelshare.core.input_check.calibrate`). The statistics are
+a version artefact (:mod:`labelshare.engine.artefacts`, :class:`InputCheckArtefact`): every command that publishes a
+version writes them into it. A task whose images the command read is measured with the new weights; a version with
+its parent's weights (``postprocess``, ``memory``) keeps the parent's statistics of a task; a task whose images are
+not at hand (``add-task`` from the rehearsal memory) keeps what does not depend on the weights (geometry, intensity,
+layout), its threshold calibrated again without the network's parts (:meth:`TaskReference.without`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..core.input_check import (CALIBRATION_CASES, FEATURES, INTENSITY, INTENSITY_PERCENTILES, LAYOUT, LAYOUT_GRID,
-                                MIN_PATIENTS, ORIENTATION, CaseMeasurement, InputCheckResult,
-                                InputCheckStatistics, calibrate, check_input)
+from ..core.input_check import (CALIBRATION_CASES, FEATURES, INPUT_CHECK_ARRAYS, INPUT_CHECK_FILE, INTENSITY,
+                                INTENSITY_PERCENTILES, LAYOUT, LAYOUT_GRID, MIN_PATIENTS, ORIENTATION,
+                                CaseMeasurement, InputCheckResult, InputCheckStatistics, calibrate, check_input)
 from ..core.preprocessing import intensity_sample
 from ..core.progress import Progress
 from ..core.tasks import TaskDataset, read_image
+from .artefacts import VersionContext, register_artefact
+from .features import bottleneck_of, capture_bottleneck, pool
 
-def bottleneck_module(network: torch.nn.Module) -> torch.nn.Module | None:
-    """The network's bottleneck (the U-Net's deepest block), or None for a network without one the check knows."""
-    unet = getattr(network, "unet", None)
-    return getattr(unet, "bottleneck", None)
-
-
-def pooled_window_features(output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per window of a (windows, C, h, w) bottleneck output: the ``features`` (mean and standard deviation of every
-    channel over space, 2C) and the ``orientation`` (the mean of the top half minus the bottom half's, and the left
-    half's minus the right half's, 2C)."""
-    output = output.detach().float()
+def window_vectors(output: torch.Tensor) -> torch.Tensor:
+    """Per window of a (windows, C, h, w) bottleneck output, its ``features`` (:func:`~labelshare.engine.features.pool`:
+    the mean and standard deviation of every channel over space, 2C) then its ``orientation`` (the mean of the top
+    half minus the bottom half's, and of the left half minus the right half's, 2C)."""
+    output = output.float()
     rows, columns = max(output.shape[2] // 2, 1), max(output.shape[3] // 2, 1)
-    features = torch.cat([output.mean(dim=(2, 3)), output.std(dim=(2, 3), correction=0)], dim=1)
-    orientation = torch.cat([output[:, :, :rows].mean(dim=(2, 3)) - output[:, :, -rows:].mean(dim=(2, 3)),
-                             output[:, :, :, :columns].mean(dim=(2, 3)) - output[:, :, :, -columns:].mean(dim=(2, 3))],
-                            dim=1)
-    return features, orientation
+    return torch.cat([pool(output),
+                      output[:, :, :rows].mean(dim=(2, 3)) - output[:, :, -rows:].mean(dim=(2, 3)),
+                      output[:, :, :, :columns].mean(dim=(2, 3)) - output[:, :, :, -columns:].mean(dim=(2, 3))], dim=1)
 
 
 class InputMeasurer:
     """Measures one image while it is segmented (:meth:`labelshare.engine.inference.Segmenter.segment_case`):
-    :meth:`recording` around the plain view's forward pass (the windows' features), :meth:`add_slices` with every
-    batch of raw slices (the layout), :meth:`measurement` at the end."""
+    :meth:`recording` around the plain view's forward pass (the windows' features, by
+    :func:`~labelshare.engine.features.capture_bottleneck`), :meth:`add_slices` with every batch of raw slices (the
+    layout), :meth:`measurement` at the end."""
 
     def __init__(self, network: torch.nn.Module, batches: Any, modality: str = ""):
+        self.network = network
         self.batches = batches
         self.modality = modality
-        self.bottleneck = bottleneck_module(network)
-        self.sums: dict[str, torch.Tensor] = {}
-        self.windows = 0
+        try:
+            bottleneck_of(network)
+            self.has_bottleneck = True
+        except ValueError:  # a network of another architecture: the check runs without the network's parts
+            self.has_bottleneck = False
+        self.windows: list[torch.Tensor] = []
         self.layout = np.zeros((LAYOUT_GRID, LAYOUT_GRID))
         self.slices = 0
 
-    def _record(self, module, inputs, output) -> None:
-        for part, values in zip((FEATURES, ORIENTATION), pooled_window_features(output), strict=True):
-            total = values.sum(dim=0)
-            self.sums[part] = self.sums[part] + total if part in self.sums else total
-        self.windows += output.shape[0]
-
     @contextmanager
     def recording(self) -> Iterator[None]:
-        """The bottleneck's output of every window run inside is pooled (none when the network has no bottleneck)."""
-        handle = self.bottleneck.register_forward_hook(self._record) if self.bottleneck is not None else None
-        try:
+        """Every window run inside is pooled (:func:`window_vectors`)."""
+        if not self.has_bottleneck:
             yield
-        finally:
-            if handle is not None:
-                handle.remove()
+            return
+        with capture_bottleneck(self.network, window_vectors) as captured:
+            yield
+        self.windows += captured
 
     def add_slices(self, raw: np.ndarray) -> None:
         """A batch of the image's raw slices (n, h, w): the mean normalised intensity on the layout grid."""
@@ -95,8 +95,8 @@ class InputMeasurer:
         vectors = {INTENSITY: np.percentile(sample, INTENSITY_PERCENTILES),
                    LAYOUT: (self.layout / max(self.slices, 1)).ravel()}
         if self.windows:
-            vectors.update({part: (total / self.windows).cpu().numpy().astype(np.float64)
-                            for part, total in self.sums.items()})
+            mean = torch.cat(self.windows).mean(dim=0).numpy().astype(np.float64)
+            vectors[FEATURES], vectors[ORIENTATION] = np.split(mean, [mean.size // 2])
         return CaseMeasurement(geometry, vectors, self.modality)
 
 
@@ -142,3 +142,51 @@ def check_case(model: Any, task: str, measurement: CaseMeasurement) -> InputChec
     reason = NO_STATISTICS if statistics is None else f"the model's input check statistics have no task {task}"
     reference = statistics.tasks.get(task) if statistics is not None else None
     return check_input(reference, measurement, task, model.labelspace.task(task).intended_input, reason)
+
+
+class InputCheckArtefact:
+    """The input check's statistics as a version artefact (see the module docstring)."""
+
+    name = "input_check"
+    title = "Input check"
+
+    def write(self, context: VersionContext, folder: Path) -> list[str]:
+        from .inference import Segmenter  # inference imports this module (its measurer)
+        parent = InputCheckStatistics.read(context.parent) if context.parent is not None else None
+        references, missing, to_measure = {}, {}, {}
+        for name in context.model.labelspace.task_names:
+            kept = parent.tasks.get(name) if parent is not None else None
+            if kept is not None and context.same_weights:
+                references[name] = kept
+            elif name in context.tasks and context.split.get(name, {}).get("train"):
+                to_measure[name] = context.tasks[name]
+            elif kept is not None:
+                references[name] = kept.without((FEATURES, ORIENTATION))
+            else:
+                missing[name] = (parent.missing.get(name) if parent is not None else None) or \
+                    "its training images were not at hand when the version was made"
+        if to_measure:
+            measured, skipped = input_check_statistics(
+                Segmenter(context.model), to_measure, {name: context.split[name]["train"] for name in to_measure},
+                context.progress)
+            references.update(measured.tasks)
+            missing.update(skipped)
+        statistics = InputCheckStatistics(references, missing)
+        statistics.write(folder)
+        return describe(statistics)
+
+
+def describe(statistics: InputCheckStatistics) -> list[str]:
+    """The model card's section on the input check's statistics."""
+    lines = [f"Each input is compared with statistics of the training images (`{INPUT_CHECK_FILE}`, "
+             f"`{INPUT_CHECK_ARRAYS}`; labelshare/core/input_check.py); an input beyond the threshold is segmented "
+             "with a warning.", "", "| task | training cases (patients) | parts | threshold |", "|---|---|---|---|"]
+    for name, reference in statistics.tasks.items():
+        parts = ", ".join(["geometry", *reference.gaussians])
+        lines.append(f"| {name} | {reference.cases} ({reference.patients}) | {parts} | {reference.threshold:.3g} |")
+    for name, reason in statistics.missing.items():
+        lines.append(f"| {name} | none: {reason} | modality only | - |")
+    return lines
+
+
+register_artefact(InputCheckArtefact())
