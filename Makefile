@@ -6,7 +6,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 DEMO_OUT ?= labelshare-demo/$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: demo test lint
+.PHONY: demo test test-quick test-internet lint
 
 $(VENV)/.base-installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +23,16 @@ $(VENV)/.test-installed: $(VENV)/.base-installed benchmarks/pyproject.toml
 demo: $(VENV)/.base-installed
 	$(VENV)/bin/labelshare demo --out $(DEMO_OUT)
 
+# every test but those that ask the internet (what CI runs first); test-quick leaves out the trainings too (the
+# edit-test loop); test-internet runs the tests that ask PyPI (CI runs them after test)
 test: $(VENV)/.test-installed
 	$(VENV)/bin/python -m pytest
+
+test-quick: $(VENV)/.test-installed
+	$(VENV)/bin/python -m pytest -m "not slow and not internet"
+
+test-internet: $(VENV)/.test-installed
+	$(VENV)/bin/python -m pytest -m internet
 
 lint: $(VENV)/.test-installed
 	$(VENV)/bin/ruff check .

@@ -39,8 +39,8 @@ from slicer.util import VTKObservationMixin
 
 import LabelShareLib
 from LabelShareLib import (SEGMENTATION, DependencyInstaller, JobState, ProcessJob, Settings, default_store,
-                           default_worker, device_choice, engine_command, ensure_dependencies, model_info, model_title,
-                           models_in, skip_message, task_labels)
+                           default_worker, device_choice, engine_command, ensure_dependencies, mirroring_refused,
+                           model_info, model_title, models_in, skip_message, task_labels)
 from LabelShareSegmentationLib import (LARGEST_COMPONENT, EditsKept, InferenceConfig, SegmentationLogic, input_notes,
                                        input_warning, why_not_ready)
 
@@ -58,7 +58,7 @@ class LabelShareSegmentation(ScriptedLoadableModule):
             "Segments a volume (or a 2D image loaded as a single-slice volume) with one task of a LabelShare model: "
             "one network trained on several datasets by label sharing. Pick the volume, the model and the task, "
             "then Apply; the segments appear beside the volume, named after the task's labels. "
-            "See the README of the LabelShare extension for the tutorial and troubleshooting.")
+            "See LabelShare's Slicer guide (docs/slicer.md) for the tutorial and troubleshooting.")
         self.parent.acknowledgementText = _(
             "Label sharing: Anand et al., Label Sharing Incremental Learning Framework for Independent Multi-Label "
             "Segmentation Tasks, MICCAI 2024 ADSMI workshop (arXiv:2411.11105).")
@@ -115,6 +115,7 @@ class LabelShareSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
+        self._mirrorToolTip = self.ui.mirrorCheckBox.toolTip
         self.logic = LabelShareSegmentationLogic()
 
         self.timer = qt.QTimer()
@@ -260,12 +261,17 @@ class LabelShareSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
         summary, task = self.selectedModel(), self.ui.taskComboBox.currentText
         if self._parameterNode and task and self._parameterNode.task != task:
             self._parameterNode.task = task
+        mirrorRefused = ""
         if summary is not None and summary.valid and task:
             labels = task_labels(summary.path, task)
             self.ui.taskLabelsLabel.text = _("Labels: {labels}").format(
                 labels=", ".join(f"{label.id} {label.name}" for label in labels))
+            mirrorRefused = mirroring_refused(summary.path, task)
         else:
             self.ui.taskLabelsLabel.text = ""
+        # a lateralised task is never mirrored (the engine refuses it): the box says so instead of failing at Apply
+        self.ui.mirrorCheckBox.enabled = not mirrorRefused
+        self.ui.mirrorCheckBox.toolTip = mirrorRefused or self._mirrorToolTip
         info = self.selectedTaskInfo()
         self.ui.taskInfoLabel.text = info.describe() if info is not None else ""
         self._checkCanApply()
@@ -360,7 +366,8 @@ class LabelShareSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
                                        confirmReplace=askReplaceEditedSegments,
                                        uncertaintyMap=parameters.showUncertainty,
                                        device=self.ui.deviceComboBox.currentText,
-                                       largest_component=parameters.largestComponentLabels, mirror=parameters.mirror)
+                                       largest_component=parameters.largestComponentLabels,
+                                       mirror=parameters.mirror and self.ui.mirrorCheckBox.enabled)
             except EditsKept as kept:
                 slicer.util.showStatusMessage(str(kept)[0].upper() + str(kept)[1:] + ".", 5000)
                 return

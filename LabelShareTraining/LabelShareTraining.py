@@ -56,7 +56,7 @@ class LabelShareTraining(ScriptedLoadableModule):
             "Collects corrected segmentations as cases of a task (an nnU-Net folder in your workspace) and teaches "
             "them to a LabelShare model in the background: a new task is added to the model, an existing task is "
             "updated. Every run writes a new model version; older versions stay selectable. "
-            "See the README of the LabelShare extension for the tutorial.")
+            "See LabelShare's Slicer guide (docs/slicer.md) for the tutorial.")
         self.parent.acknowledgementText = _(
             "Label sharing: Anand et al., Label Sharing Incremental Learning Framework for Independent Multi-Label "
             "Segmentation Tasks, MICCAI 2024 ADSMI workshop (arXiv:2411.11105).")

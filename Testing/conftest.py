@@ -1,4 +1,5 @@
-"""Shared fixtures: synthetic task folders and a tiny trained model, made once per test session."""
+"""Shared fixtures, made once per test session: synthetic task folders and two trained models (a tiny one of three
+tasks; a two-task base model that add-task tests add to). A test that needs a network of its own is marked slow."""
 
 from __future__ import annotations
 
@@ -49,3 +50,14 @@ def tiny_model(tmp_path_factory, synthetic_tasks, synthetic_space) -> Path:
     out = tmp_path_factory.mktemp("models") / "tiny"
     return train(list(synthetic_tasks.items()), synthetic_space, out, TrainConfig(**TINY_CONFIG),
                  progress=Progress("quiet"), command=["train", "(test fixture)"]).path
+
+
+@pytest.fixture(scope="session")
+def base_model(tmp_path_factory, synthetic_tasks) -> Path:
+    """phantom3d (3 labels, so n* = 3) + xray2d, trained long enough for Dice well above 0 (add-task's gate needs
+    it): the model the add-task tests add to and update (valid folder; read-only for tests)."""
+    tasks = [(name, synthetic_tasks[name]) for name in ("phantom3d", "xray2d")]
+    space = LabelSpace.build([compute_statistics(TaskDataset.open(path, name)) for name, path in tasks])
+    config = TrainConfig(batch_size=6, epochs=2, steps_per_epoch=20, device="cpu", seed=0)
+    return train(tasks, space, tmp_path_factory.mktemp("base") / "v1", config, progress=Progress("quiet"),
+                 command=["train", "(test fixture)"]).path

@@ -208,6 +208,7 @@ def segmentation_widget(shell, tmp_path: Path, task: str, model: str | None = No
     from labelshare.core.paths import default_model_dir
     widget = shell.LabelShareSegmentationWidget()
     widget.ui = pythonqt_ui(SEGMENTATION_UI)
+    widget._mirrorToolTip = widget.ui.mirrorCheckBox.toolTip
     widget.settings = settings or settings_in(tmp_path)
     widget.logic = logic or SimpleNamespace(stop=lambda: None)
     widget.timer = shell.qt.QTimer()

@@ -70,6 +70,7 @@ def test_dodnet_head_gives_different_outputs_for_different_task_codes():
         network(images)
 
 
+@pytest.mark.slow
 def test_the_baselines_are_the_benchmarks_registered_through_the_engines_public_registry(tiny_benchmark):
     """The product offers its own methods; DoD-Net and multi-channel come from labelshare_benchmarks, which registers
     them (and their layouts) in the engine's registries, also in a process that never imported it (the package's

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from labelshare.core.modelfolder import MANIFEST_FILE, verify_folder
+from labelshare.core.paths import default_model_dir
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,7 +43,8 @@ def test_line_endings_are_converted_in_that_clone(autocrlf_clone):
 
 def test_bundled_and_committed_models_verify_in_a_clone_that_converts_line_endings(autocrlf_clone):
     folders = committed_model_folders()
-    assert "LabelShareSegmentation/Resources/Models/labelshare-4tasks-v1" in folders
+    assert default_model_dir().relative_to(REPO).as_posix() in folders  # the bundled model
+    assert "Testing/data/format-first-release" in folders  # and the fixtures of the older formats
     for folder in folders:
         verify_folder(autocrlf_clone / folder)  # raises ModelError naming the files that differ
 

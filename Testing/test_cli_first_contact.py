@@ -19,7 +19,7 @@ from labelshare.cli import CONTINUE_HINTS, build_parser, main
 from labelshare.core.config import MIRROR_RULE
 from labelshare.core.errors import ModelError
 from labelshare.core.modelfolder import resolve_model
-from labelshare.core.paths import default_model_dir
+from labelshare.core.paths import bundled_model_dirs, default_model_dir
 from labelshare.core.progress import parse_event
 from labelshare.engine.worker import WorkerServer
 
@@ -93,15 +93,16 @@ def test_every_trivial_mistake_is_one_line_before_torch_is_imported(workspace):
 def test_a_model_is_named_as_labelshare_models_lists_it(tiny_model, tmp_path, capsys):
     assert main(["models"]) == 0
     listing = capsys.readouterr().out.splitlines()
-    marked = [line for line in listing if line.startswith("labelshare-4tasks-") and "(default)" in line.split("  ")[0]]
+    bundled = {folder.name for folder in bundled_model_dirs()}
+    marked = [line for line in listing if line.split()[0] in bundled and "(default)" in line.split("  ")[0]]
     assert len(marked) == 1 and marked[0].startswith(f"{default_model_dir().name} (default)  ")
     assert all(line.split("  ")[-1] == f"folder: {default_model_dir().parent / line.split()[0]}"
-               for line in listing if line.startswith("labelshare-4tasks-v"))
+               for line in listing if line.split()[0] in bundled)
     assert main(["models", "--progress", "json"]) == 0
     listed = parse_event(capsys.readouterr().out.splitlines()[-1])["models"]
     assert [m["name"] for m in listed if m["default"]] == [default_model_dir().name]
 
-    assert main(["labelspace", "show", "labelshare-4tasks-v2"]) == 0  # a name, not a folder
+    assert main(["labelspace", "show", default_model_dir().name]) == 0  # a name, not a folder
     assert "| shared |" in capsys.readouterr().out
     shutil.copytree(tiny_model, tmp_path / "store" / "run" / "tiny")
     assert resolve_model("run/tiny", roots=[tmp_path / "store"]) == tmp_path / "store" / "run" / "tiny"

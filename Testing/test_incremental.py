@@ -19,8 +19,7 @@ import SimpleITK as sitk
 import torch
 
 from labelshare import cli
-from labelshare.core import synthetic
-from labelshare.core import budget
+from labelshare.core import budget, synthetic
 from labelshare.commands import EXIT_REGRESSION, add_task_config_from
 from labelshare.core.budget import add_task_epochs
 from labelshare.core.config import AddTaskConfig, TrainConfig, parse_replay_cases
@@ -31,29 +30,16 @@ from labelshare.core.modelfolder import list_models, verify_folder
 from labelshare.core.paths import candidate_dir_for
 from labelshare.core.paths import refused_report_paths as report_paths_for
 from labelshare.core.progress import Progress, parse_event
-from labelshare.core.tasks import TaskDataset
 from labelshare.engine.incremental import add_task
 from labelshare.engine.incremental.mapping import map_labels, parse_pins
 from labelshare.engine.incremental.trainer import IncrementalTrainer
 from labelshare.engine.models import load_model
-from labelshare.engine.statistics import compute_statistics
-from labelshare.engine.training_run import train
 
 BUDGET = dict(epochs=1, steps_per_epoch=6, batch_size=6, device="cpu")
 BUDGET_ARGS = ["--epochs", "1", "--steps-per-epoch", "6", "--batch-size", "6", "--device", "cpu"]
 
 
 # -- fixtures ---------------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def base_model(tmp_path_factory, synthetic_tasks) -> Path:
-    """phantom3d (3 labels, so n* = 3) + xray2d, trained long enough for Dice well above 0 (the gate needs it)."""
-    tasks = [(name, synthetic_tasks[name]) for name in ("phantom3d", "xray2d")]
-    space = LabelSpace.build([compute_statistics(TaskDataset.open(path, name)) for name, path in tasks])
-    config = TrainConfig(batch_size=6, epochs=2, steps_per_epoch=20, device="cpu", seed=0)
-    return train(tasks, space, tmp_path_factory.mktemp("base") / "v1", config, progress=Progress("quiet"),
-                 command=["train", "(test fixture)"]).path
-
-
 def replay_args(synthetic_tasks) -> list[str]:
     return [arg for name in ("phantom3d", "xray2d") for arg in ("--replay-task", f"{name}={synthetic_tasks[name]}")]
 
@@ -223,6 +209,7 @@ def test_output_channels_of_new_labels_take_a_scaled_step_and_the_rest_the_base_
 
 
 # -- add-task end to end ----------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_add_task_publishes_with_report_lineage_and_progress(added, base_model, synthetic_tasks):
     assert added["status"] == 0, added["stderr"]
     out, events = added["out"], added["events"]
@@ -275,6 +262,7 @@ def test_add_task_publishes_with_report_lineage_and_progress(added, base_model, 
     assert listed["v2"].parent == "v1" and listed["v2"].tasks == ["phantom3d", "xray2d", "sides3d"]
 
 
+@pytest.mark.slow
 def test_more_labels_than_n_star_expands_the_output_layer(tmp_path, base_model, synthetic_tasks):
     four = split_xray_task(synthetic_tasks["xray2d"], tmp_path / "xray4")
     out = add_task(base_model, ("xray4", four), tmp_path / "v3",
@@ -345,6 +333,7 @@ def test_budget_grows_with_the_task_and_is_estimated_from_the_parent(tiny_model)
 
 
 # -- the regression gate ----------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_gate_refuses_a_planted_regression_and_accept_publishes(tmp_path, base_model, synthetic_tasks, capsys,
                                                                 monkeypatch):
     train_normally = IncrementalTrainer.run
@@ -382,6 +371,7 @@ def test_gate_refuses_a_planted_regression_and_accept_publishes(tmp_path, base_m
     assert not any(p.exists() for p in report_paths_for(out)) and not candidate_dir_for(out).exists()
 
 
+@pytest.mark.slow
 def test_gate_floor_refuses_a_new_label_below_it(tmp_path, base_model, synthetic_tasks, capsys):
     out = tmp_path / "v2"
     argv = ["add-task", "--model", str(base_model), "--task", f"sides3d={synthetic_tasks['sides3d']}", "--out",
@@ -398,6 +388,7 @@ def test_gate_floor_refuses_a_new_label_below_it(tmp_path, base_model, synthetic
 
 
 # -- interruption -----------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_killed_add_task_leaves_no_model_and_resume_finishes(tmp_path, base_model, synthetic_tasks):
     out = tmp_path / "v2"
     command = [sys.executable, "-m", "labelshare", "add-task", "--model", str(base_model), "--task",
@@ -425,6 +416,7 @@ def test_killed_add_task_leaves_no_model_and_resume_finishes(tmp_path, base_mode
 
 
 # -- update mode ------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_update_adds_cases_keeps_split_and_mapping_and_reads_folders_from_lineage(tmp_path, added, synthetic_tasks):
     parent = added["out"]
     more = synthetic.write_task(tmp_path, "xray2d", n_cases=12)  # the same first 8 cases and 4 new ones

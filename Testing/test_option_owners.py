@@ -35,7 +35,7 @@ COMMAND_CONFIGS_OF_CLI = {
 # how it reports (none of them is named like an option)
 COMMAND_ARGUMENTS = {"help", "version", "progress", "debug", "overwrite", "continue_run", "tasks", "group", "output",
                      "out", "labelspace", "method", "resume", "model", "inputs", "data", "all_cases", "root", "path",
-                     "replay_task", "task"}
+                     "replay_task", "task", "split"}
 # Sources that must take options from a configuration rather than define them: the engine below the configurations,
 # the Slicer logic and shells, and the benchmark that drives training
 OWNERS = {"config.py", "options.py", "plans.py"}

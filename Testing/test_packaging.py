@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from labelshare.core.paths import bundled_model_dirs, default_model_dir
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -33,10 +35,10 @@ def test_wheel_holds_engine_and_bundled_model_but_no_benchmarks_or_slicer_code(w
     assert requires and not any("matplotlib" in line or "scikit-image" in line for line in requires)
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-info/entry_points.txt")))
     assert b"labelshare-bench" not in entry_points
-    for version in ("labelshare-4tasks-v1", "labelshare-4tasks-v2", "labelshare-4tasks-v3"):  # older ones stay loadable
-        bundled = [n for n in names if n.startswith(f"labelshare/bundled_models/{version}/")]
+    for folder in bundled_model_dirs():  # every model of Resources/Models
+        bundled = [n for n in names if n.startswith(f"labelshare/bundled_models/{folder.name}/")]
         assert {Path(n).name for n in bundled} >= {"model.safetensors", "manifest.json", "config.json",
-                                                   "labelspace.json"}, version
+                                                   "labelspace.json"}, folder.name
     assert "labelshare/resources/LabelTerminology.csv" in names  # .seg.nrrd and DICOM SEG read it
     assert not any("LabelShareSegmentationLib" in n or "LabelShareLib" in n or n.endswith(".ui") for n in names)
 
@@ -59,10 +61,10 @@ def test_wheel_in_a_clean_environment_lists_and_verifies_its_bundled_model(wheel
     assert found.returncode == 0, found.stderr
     module_file, model_dir, known_labels = json.loads(found.stdout)
     assert Path(module_file).is_relative_to(environment) and Path(model_dir).is_relative_to(environment)
-    assert Path(model_dir).name == "labelshare-4tasks-v3"
+    assert Path(model_dir).name == default_model_dir().name
     assert known_labels >= 10  # the packaged terminology table
     listed = subprocess.run([str(environment / "bin" / "labelshare"), "models"], capture_output=True, text=True,
                             timeout=120, cwd=tmp_path)
     assert listed.returncode == 0, listed.stderr
-    assert all(f"labelshare-4tasks-v{n}" in listed.stdout for n in (1, 2, 3))
+    assert all(folder.name in listed.stdout for folder in bundled_model_dirs())
     assert "INVALID" not in listed.stdout

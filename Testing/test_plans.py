@@ -15,7 +15,7 @@ from labelshare.core.config import InferenceConfig, NetworkConfig
 from labelshare.core.errors import LabelSpaceError
 from labelshare.core.labelspace import LabelEntry, LabelSpace, LabelStats, TaskEntry
 from labelshare.core.modelfolder import MODEL_FORMAT_VERSION, ModelConfig, verify_folder
-from labelshare.core.paths import BUNDLED_MODELS_DIR, bundled_model_dirs, default_model_dir, version_order
+from labelshare.core.paths import bundled_model_dirs, default_model_dir, version_order
 from labelshare.core.plans import (DEFAULT_PATCH_MULTIPLE, PlanSettings, SliceGeometry, TaskPlan, fixed_size_plan,
                                    plan_task)
 from labelshare.core.preprocessing import DEFAULT_PREPROCESSING, FIRST_PREPROCESSING
@@ -26,6 +26,7 @@ from labelshare.engine.models import Model, load_model
 from labelshare.engine.networks import build_network
 from labelshare.engine.slices import pad_to_patch, resample_labels, window_logits
 from labelshare.engine.statistics import compute_statistics
+from format_fixtures import FIRST_RELEASE_FIXTURE
 from taskfactory import blobs, write_task_folder
 
 BUDGET = PlanSettings(image_pixels=256 * 256, patch_pixels=192 * 192)
@@ -88,12 +89,9 @@ def test_fixed_size_plans_and_json_round_trip():
         plan_task([geometry((10, 10), (0.0, 1.0))], BUDGET)
 
 
-FIRST_RELEASE_MODEL = BUNDLED_MODELS_DIR / "labelshare-4tasks-v1"  # squashes every slice to 128x128, no plans
-
-
 def test_the_default_model_is_the_newest_bundled_one_and_segments_with_per_task_plans():
     bundled = bundled_model_dirs()
-    assert FIRST_RELEASE_MODEL in bundled and bundled[0] == default_model_dir() != FIRST_RELEASE_MODEL
+    assert bundled and bundled[0] == default_model_dir()
     config, space = verify_folder(default_model_dir())
     assert config.preprocessing.image_size is None
     assert all(task.plan is not None and not task.plan.fixed_size for task in space.tasks.values())
@@ -110,16 +108,16 @@ def test_label_space_files_carry_plans_and_first_release_files_still_read(tmp_pa
     assert data["format_version"] == 2 and data["plan_settings"] == synthetic_space.plan_settings.to_json()
     assert all("plan" in task for task in data["tasks"].values())
     assert LabelSpace.load(tmp_path / "ls.json") == synthetic_space
-    bundled = json.loads((FIRST_RELEASE_MODEL / "labelspace.json").read_text())
-    assert bundled["format_version"] == 1
-    old = LabelSpace.from_json(bundled)
+    first = json.loads((FIRST_RELEASE_FIXTURE / "labelspace.json").read_text())
+    assert first["format_version"] == 1
+    old = LabelSpace.from_json(first)
     assert old.plan_settings is None and all(task.plan is None for task in old.tasks.values())
 
 
 def test_a_first_release_model_loads_with_its_fixed_size_and_a_new_one_with_its_plans(tiny_model):
-    config, space = verify_folder(FIRST_RELEASE_MODEL)
-    assert config.preprocessing.image_size == 128
-    assert {name: task.plan for name, task in space.tasks.items()} == {name: fixed_size_plan(128, FIRST_PREPROCESSING)
+    config, space = verify_folder(FIRST_RELEASE_FIXTURE)
+    assert config.preprocessing.image_size == 64
+    assert {name: task.plan for name, task in space.tasks.items()} == {name: fixed_size_plan(64, FIRST_PREPROCESSING)
                                                                        for name in space.task_names}
     assert json.loads((tiny_model / "config.json").read_text())["format_version"] == MODEL_FORMAT_VERSION
     new = load_model(tiny_model, device="cpu")

@@ -21,13 +21,13 @@ from labelshare.core.config import InferenceConfig
 from labelshare.core.errors import LabelShareError
 from labelshare.core.fileio import sha256_file
 from labelshare.core.modelfolder import verify_folder
-from labelshare.core.paths import BUNDLED_MODELS_DIR
 from labelshare.core.tasks import TaskDataset
 from labelshare.core.worker_protocol import request_config
 from labelshare.engine.evaluation import choose_postprocessing, evaluate_cases
 from labelshare.engine.inference import Segmenter
 from labelshare.engine.models import load_model
 from labelshare.engine.postprocess_run import postprocess
+from format_fixtures import FIRST_RELEASE_FIXTURE
 
 
 class ReferencePlusIsland:
@@ -121,7 +121,7 @@ def test_training_records_its_choice_and_its_metrics_are_what_segmentation_gives
     evaluation = evaluate_cases(model, task, model.validation_cases("phantom3d")).summary()["phantom3d"]
     for label, scores in metrics["phantom3d"].items():
         assert scores["dice_mean"] == pytest.approx(evaluation[label]["dice_mean"], nan_ok=True)
-    first_release, _ = verify_folder(BUNDLED_MODELS_DIR / "labelshare-4tasks-v1")
+    first_release, _ = verify_folder(FIRST_RELEASE_FIXTURE)
     assert first_release.largest_component == {}  # chosen before post-processing existed: none
 
 

@@ -17,13 +17,13 @@ from labelshare.core.errors import LabelSpaceError, ModelError
 from labelshare.core.fileio import atomic_write_json
 from labelshare.core.labelspace import LabelSpace
 from labelshare.core.modelfolder import verify_folder, write_manifest
-from labelshare.core.paths import BUNDLED_MODELS_DIR
 from labelshare.core.plans import (DEFAULT_PATCH_MULTIPLE, FIRST_PATCH_MULTIPLE, PlanSettings, SliceGeometry, TaskPlan,
                                    plan_task)
 from labelshare.core.preprocessing import (DEFAULT_PREPROCESSING, FIRST_PREPROCESSING, NORMALISATIONS, RESAMPLINGS,
                                            SLICINGS, Preprocessing, Scheme, case_slices)
 from labelshare.core.tasks import TaskDataset
 from labelshare.engine.slices import IndexLinearResampling, to_plan
+from format_fixtures import FIRST_RELEASE_FIXTURE, PLANS_FIXTURE
 from taskfactory import blobs, write_task_folder
 
 
@@ -74,23 +74,22 @@ def test_plans_record_their_schemes_and_plans_without_them_are_the_first_ones():
     assert older.patch_multiple == FIRST_PATCH_MULTIPLE and older.preprocessing == FIRST_PREPROCESSING
 
 
-def test_the_bundled_models_read_as_the_schemes_they_were_made_with():
-    for version in ("v1", "v2", "v3"):
-        config, space = verify_folder(BUNDLED_MODELS_DIR / f"labelshare-4tasks-{version}")
-        assert all(task.plan.preprocessing == FIRST_PREPROCESSING for task in space.tasks.values()), version
-        assert config.network.patch_multiple == 16
-    assert all(task.plan.fixed_size for task in verify_folder(BUNDLED_MODELS_DIR / "labelshare-4tasks-v1")[1]
-               .tasks.values())
+def test_models_of_earlier_formats_read_as_the_schemes_they_were_made_with():
+    for folder in (FIRST_RELEASE_FIXTURE, PLANS_FIXTURE):
+        config, space = verify_folder(folder)
+        assert all(task.plan.preprocessing == FIRST_PREPROCESSING for task in space.tasks.values()), folder.name
+        assert space.plan_settings.patch_multiple == 16
+    assert all(task.plan.fixed_size for task in verify_folder(FIRST_RELEASE_FIXTURE)[1].tasks.values())
 
 
 def test_a_scheme_this_labelshare_does_not_know_is_refused_naming_the_file_and_task(tmp_path):
-    data = json.loads((BUNDLED_MODELS_DIR / "labelshare-4tasks-v3" / "labelspace.json").read_text())
-    data["tasks"]["acdc"]["plan"]["preprocessing"] = {"normalisation": {"name": "percentile-zscore", "version": 9}}
+    data = json.loads((PLANS_FIXTURE / "labelspace.json").read_text())
+    data["tasks"]["xray2d"]["plan"]["preprocessing"] = {"normalisation": {"name": "percentile-zscore", "version": 9}}
     atomic_write_json(tmp_path / "labelspace.json", data)
-    with pytest.raises(LabelSpaceError, match=r"labelspace.json: task 'acdc': plan: normalisation scheme "
+    with pytest.raises(LabelSpaceError, match=r"labelspace.json: task 'xray2d': plan: normalisation scheme "
                                               r"percentile-zscore v9 is unknown to this LabelShare"):
         LabelSpace.load(tmp_path / "labelspace.json")
-    data["tasks"]["acdc"]["plan"]["preprocessing"] = {"slicing": "largest-spacing"}
+    data["tasks"]["xray2d"]["plan"]["preprocessing"] = {"slicing": "largest-spacing"}
     atomic_write_json(tmp_path / "labelspace.json", data)
     with pytest.raises(LabelSpaceError, match="a scheme is"):
         LabelSpace.load(tmp_path / "labelspace.json")
@@ -107,13 +106,13 @@ def test_the_code_dispatches_on_the_plans_schemes(tmp_path, test_schemes):
     assert np.allclose(unnormalised.image, image) and not np.allclose(default.image, image)
     assert abs(float(default.image.mean())) < 0.5  # z-scored
     plan = TaskPlan(patch_size=(32, 32), spacing=(0.5, 0.5), preprocessing=DEFAULT_PREPROCESSING)
-    slices = np.linspace(0, 1, 2 * 6 * 5, dtype=np.float32).reshape(2, 6, 5)
+    slices = np.linspace(0, 1, 2 * 6 * 5, dtype=np.float32).reshape(2, 1, 6, 5)
     linear = to_plan(slices, (1.0, 1.0), plan, "cpu")
     nearest_plan = dataclasses.replace(plan, preprocessing=dataclasses.replace(DEFAULT_PREPROCESSING,
                                                                                resampling=nearest))
     blocky = to_plan(slices, (1.0, 1.0), nearest_plan, "cpu")
     assert linear.shape == blocky.shape == (2, 1, 12, 10)
-    assert torch.equal(blocky[0, 0, ::2, ::2], torch.from_numpy(slices[0]))  # nearest: every value repeated
+    assert torch.equal(blocky[0, 0, ::2, ::2], torch.from_numpy(slices[0, 0]))  # nearest: every value repeated
     assert not torch.allclose(linear, blocky)
 
 

@@ -50,6 +50,7 @@ def unlabelled(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("score", ["entropy", "tta"])
 def test_the_ambiguous_image_ranks_above_the_easy_ones(xray_model, unlabelled, score):
     events = []
@@ -65,6 +66,7 @@ def test_the_ambiguous_image_ranks_above_the_easy_ones(xray_model, unlabelled, s
     assert [e["index"] for e in events] == [1, 2, 3, 4, 5] and events[-1]["fraction"] == 1.0
 
 
+@pytest.mark.slow
 def test_the_ranking_table_is_stable_and_reads_back(xray_model, unlabelled, tmp_path):
     tables = []
     for run in range(2):
@@ -80,6 +82,7 @@ def test_the_ranking_table_is_stable_and_reads_back(xray_model, unlabelled, tmp_
     assert cases[0].source == unlabelled / "ambiguous.png" and cases[0].voxels["heart"] > 0
 
 
+@pytest.mark.slow
 def test_a_failing_image_does_not_stop_the_others(xray_model, unlabelled, tmp_path, capsys):
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not a png")
@@ -91,6 +94,7 @@ def test_a_failing_image_does_not_stop_the_others(xray_model, unlabelled, tmp_pa
     assert len(read_ranking(output)) == 5
 
 
+@pytest.mark.slow
 def test_no_table_when_every_image_failed(xray_model, tmp_path, capsys):
     """A table without a row would read as "nothing to annotate": rank writes none and says why (status 4)."""
     for name in ("a.png", "b.png"):
@@ -106,6 +110,7 @@ def test_no_table_when_every_image_failed(xray_model, tmp_path, capsys):
     assert (last["event"], last["ranked"], last["failed"]) == ("error", 0, 2)
 
 
+@pytest.mark.slow
 def test_a_signal_stops_the_whole_ranking(xray_model, unlabelled, tmp_path, capsys, monkeypatch):
     """SIGINT/SIGTERM (Interrupted, raised where the command is) is not one image's failure: the ranking stops,
     writes no table and says how to continue (status 75)."""
@@ -132,6 +137,7 @@ def test_a_bad_ranking_table_is_one_line_error(tmp_path):
         read_ranking(table)
 
 
+@pytest.mark.slow
 def test_auto_scores_by_mirroring_only_where_the_task_allows_it(xray_model, unlabelled):
     assert RankConfig(task="t").score == "auto"
     assert RankConfig(task="t").score_for(lateralised=True) == "entropy"

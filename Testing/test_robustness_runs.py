@@ -48,9 +48,11 @@ def train_argv(two_tasks, out, epochs=1, steps=3) -> list[str]:
 
 def start_paused(argv: list[str], pause_at: str) -> subprocess.Popen:
     """``labelshare argv`` in a child process whose function ``pause_at`` ("module:Owner.name") prints PAUSED and
-    sleeps before it runs, so that a signal arrives at a known moment."""
+    waits before it runs, so that a signal arrives at a known moment. The wait ends when a signal arrived (or after
+    60 s): a handler that raises ends it at once, and one that only sets a flag (the training loop's, which stops
+    after the step) lets the function run then, as it would have without the pause."""
     code = textwrap.dedent(f"""
-        import functools, importlib, sys, time
+        import functools, importlib, os, signal, sys, time
         module, _, path = {pause_at!r}.partition(":")
         owner = importlib.import_module(module)
         *parents, name = path.split(".")
@@ -60,8 +62,22 @@ def start_paused(argv: list[str], pause_at: str) -> subprocess.Popen:
 
         @functools.wraps(original)
         def paused(*args, **kwargs):
+            arrived = []
+
+            def seen(number, frame, handler):
+                arrived.append(number)
+                if callable(handler):
+                    handler(number, frame)
+                elif handler == signal.SIG_DFL:  # what the signal would have done without the pause
+                    signal.signal(number, handler)
+                    os.kill(os.getpid(), number)
+
+            for number in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(number, functools.partial(seen, handler=signal.getsignal(number)))
             print("PAUSED", flush=True)
-            time.sleep(60)
+            deadline = time.monotonic() + 60
+            while not arrived and time.monotonic() < deadline:
+                time.sleep(0.05)
             return original(*args, **kwargs)
 
         setattr(owner, name, paused)
@@ -90,6 +106,7 @@ def assert_stopped_with_one_line(status: int, stderr: str) -> str:
 
 
 # -- 5: signals -------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_sigterm_while_loading_the_data_stops_with_75_and_one_line(two_tasks, tmp_path):
     out = tmp_path / "model"
     status, stderr = signal_when_paused(start_paused(train_argv(two_tasks, out),
@@ -99,6 +116,7 @@ def test_sigterm_while_loading_the_data_stops_with_75_and_one_line(two_tasks, tm
     assert main(train_argv(two_tasks, out) + ["--progress", "quiet"]) == 0, "the next run is not blocked"
 
 
+@pytest.mark.slow
 def test_sigterm_while_evaluating_stops_with_75_and_resume_publishes(two_tasks, tmp_path):
     out = tmp_path / "model"
     status, stderr = signal_when_paused(start_paused(train_argv(two_tasks, out),
@@ -132,14 +150,6 @@ def test_a_signal_while_the_interpreter_exits_keeps_the_reported_status():
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
 
 
-@pytest.fixture(scope="module")
-def base_model(tmp_path_factory, synthetic_tasks):
-    space = fixed_size_space(synthetic_tasks, ["phantom3d", "xray2d"])
-    config = TrainConfig( batch_size=6, epochs=1, steps_per_epoch=4, device="cpu")
-    return train([(n, synthetic_tasks[n]) for n in ("phantom3d", "xray2d")], space,
-                 tmp_path_factory.mktemp("base") / "v1", config, progress=Progress("quiet")).path
-
-
 def add_task_argv(base_model, synthetic_tasks, out) -> list[str]:
     return ["add-task", "--model", str(base_model), "--task", f"sides3d={synthetic_tasks['sides3d']}", "--out",
             str(out), "--replay-task", f"phantom3d={synthetic_tasks['phantom3d']}", "--replay-task",
@@ -147,6 +157,7 @@ def add_task_argv(base_model, synthetic_tasks, out) -> list[str]:
             "3", "--batch-size", "6", "--device", "cpu"]
 
 
+@pytest.mark.slow
 def test_sigterm_in_the_forgetting_stage_publishes_nothing(base_model, synthetic_tasks, tmp_path):
     out = tmp_path / "v2"
     argv = add_task_argv(base_model, synthetic_tasks, out)
@@ -162,6 +173,7 @@ class Killed(BaseException):
     """Stands for SIGKILL at a chosen line: nothing after it runs, no handler, no cleanup."""
 
 
+@pytest.mark.slow
 def test_killed_after_the_model_folder_was_complete_resume_publishes_without_training(two_tasks, tmp_path,
                                                                                        monkeypatch):
     out = tmp_path / "model"
@@ -184,6 +196,7 @@ def test_killed_after_the_model_folder_was_complete_resume_publishes_without_tra
     assert not staging.exists()
 
 
+@pytest.mark.slow
 def test_a_run_with_other_settings_does_not_publish_a_complete_staging_folder(two_tasks, tmp_path, monkeypatch):
     out = tmp_path / "model"
     config = TrainConfig(batch_size=6, epochs=1, steps_per_epoch=3, device="cpu")
@@ -196,6 +209,7 @@ def test_a_run_with_other_settings_does_not_publish_a_complete_staging_folder(tw
         train(two_tasks["tasks"], two_tasks["space"], out, other, resume=True, progress=Progress("quiet"))
 
 
+@pytest.mark.slow
 def test_two_runs_never_work_in_one_staging_folder(two_tasks, tmp_path, capsys):
     out = tmp_path / "model"
     first = start_paused(train_argv(two_tasks, out), "labelshare.core.preprocessing:case_slices")
@@ -210,6 +224,7 @@ def test_two_runs_never_work_in_one_staging_folder(two_tasks, tmp_path, capsys):
 
 
 # -- 6: leftovers -----------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_temporary_files_of_a_killed_write_are_not_published(two_tasks, tmp_path, monkeypatch):
     out = tmp_path / "model"
     config = TrainConfig(batch_size=6, epochs=1, steps_per_epoch=3, device="cpu")
@@ -224,6 +239,7 @@ def test_temporary_files_of_a_killed_write_are_not_published(two_tasks, tmp_path
     assert hidden_entries(out) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("problem", ["nan image", "cuda"])
 def test_errors_before_training_leave_nothing_that_blocks_the_next_run(two_tasks, tmp_path, capsys, problem):
     import shutil
@@ -249,6 +265,7 @@ def test_errors_before_training_leave_nothing_that_blocks_the_next_run(two_tasks
     assert main(train_argv(two_tasks, out) + ["--progress", "quiet"]) == 0
 
 
+@pytest.mark.slow
 def test_a_staging_folder_without_a_checkpoint_does_not_block_a_new_run(two_tasks, tmp_path):
     out = tmp_path / "model"
     staging = staging_dir_for(out)
@@ -307,6 +324,7 @@ def _tamper_checkpoint(folder: Path, damage: str) -> None:
 @pytest.mark.parametrize("damage", ["no tag", "tag outside", "not an object", "wrong optimizer slots",
                                     "bad random state", "truncated weights", "missing weights", "missing optimizer",
                                     "split names an unknown case", "split not an object"])
+@pytest.mark.slow
 def test_a_damaged_checkpoint_is_a_one_line_error(interrupted, tmp_path, capsys, damage):
     import shutil
     root, argv = interrupted

@@ -163,3 +163,10 @@ def test_settings_both_modules_share(tmp_path, monkeypatch):
     assert settings.train_automatically_after == 0 and not settings.show_all_versions
     settings.show_all_versions, settings.train_automatically_after = True, 5
     assert Settings(store).show_all_versions and Settings(store).train_automatically_after == 5
+
+
+def test_mirroring_is_refused_for_a_lateralised_task_with_the_engines_reason(tiny_model):
+    """The Segmentation module disables its mirror box with this reason instead of failing at Apply."""
+    store = ModelStore()
+    assert "task 'sides3d' is lateralised" in store.mirroring_refused(tiny_model, "sides3d")
+    assert store.mirroring_refused(tiny_model, "xray2d") == ""

@@ -4,6 +4,7 @@ both modules (issue 27), and LabelShare Training's model list and Train button (
 
 from __future__ import annotations
 
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ from shell_harness import (SEGMENTATION, SHELL_FOLDERS, TRAINING, segmentation_w
 sys.path[:0] = [str(folder) for folder in SHELL_FOLDERS]
 
 from labelshare.core.paths import bundled_model_dirs, default_model_dir  # noqa: E402
+from LabelShareLib.store import version_of  # noqa: E402
 from LabelShareLib.jobs import WorkerJob  # noqa: E402
 from LabelShareLib.shared_worker import TRAINING as TRAINING_MODULE  # noqa: E402
 from LabelShareLib.shared_worker import SharedWorker  # noqa: E402
@@ -31,7 +33,9 @@ def combo_items(combo) -> list[str]:
 # -- LabelShare Segmentation: the model's purpose where it is chosen (issue 27 item 2) -------------------------------
 def test_model_and_task_information_come_from_the_card_and_only_the_newest_version_is_listed(tmp_path):
     bundled = bundled_model_dirs()
-    assert len(bundled) >= 2, "the extension bundles several versions of its model"
+    lineage, version = version_of(bundled[0].name)
+    # an older version of the bundled model's lineage in the models folder (settings_in: tmp_path / "models")
+    older = Path(shutil.copytree(bundled[0], tmp_path / "models" / f"{lineage}-v0"))
     with shell_module(SEGMENTATION) as shell:
         widget = segmentation_widget(shell, tmp_path, task="acdc", model="")
         widget._parameterNode.model = ""  # nothing chosen yet: the newest version is preselected
@@ -39,22 +43,25 @@ def test_model_and_task_information_come_from_the_card_and_only_the_newest_versi
         assert combo_items(widget.ui.modelComboBox) == [f"{bundled[0].name} (bundled) — hippocampus, acdc, "
                                                         "sunnybrook, mammo"]
         widget.ui.showAllVersionsCheckBox.checked = True  # "All versions"
-        assert [item.split(" ")[0] for item in combo_items(widget.ui.modelComboBox)] == [b.name for b in bundled]
+        assert [item.split(" ")[0] for item in combo_items(widget.ui.modelComboBox)] == [*(b.name for b in bundled),
+                                                                                        older.name]
         assert widget.settings.show_all_versions
         widget.ui.showAllVersionsCheckBox.checked = False
         assert widget.ui.modelComboBox.count == 1
 
         card = (bundled[0] / "README.md").read_text(encoding="utf-8")
         model_text = widget.ui.modelInfoLabel.text
-        assert model_text.startswith(f"{bundled[0].name}: version {bundled[0].name[-1]} of labelshare-4tasks, made ")
+        assert model_text.startswith(f"{bundled[0].name}: version {version} of {lineage}, made ")
         assert "Non-commercial use only: trained on acdc, mammo" in model_text
         assert "**Non-commercial use only:** trained on acdc, mammo" in card  # the card says the same
 
         widget.ui.taskComboBox.currentText = "acdc"
         task_text = widget.ui.taskInfoLabel.text
         intended = next(line for line in card.splitlines() if line.startswith("- **acdc**: cine MRI"))
-        assert f"Intended input: {intended.split(': ', 1)[1].split('; 160 training cases')[0]}" in task_text
-        assert "Training data: 160 cases (acdc_cardiac); licence: CC BY-NC-SA 4.0" in task_text
+        assert f"Intended input: {re.split(r'; [0-9]+ training cases', intended.split(': ', 1)[1])[0]}" in task_text
+        cases = next(re.match(r"- \*\*acdc\*\*: ([0-9]+) cases; licence", line) for line in card.splitlines()
+                     if re.match(r"- \*\*acdc\*\*: [0-9]+ cases; licence", line)).group(1)
+        assert f"Training data: {cases} cases (acdc_cardiac); licence: CC BY-NC-SA 4.0" in task_text
         assert task_text.count("NON-COMMERCIAL USE ONLY") == 1
         for label in ("rv_cavity", "myocardium", "lv_cavity"):  # the card's validation table, to 3 decimals
             dice = next(line for line in card.splitlines() if line.startswith(f"| acdc | {label} |")).split("|")[3]
@@ -63,11 +70,23 @@ def test_model_and_task_information_come_from_the_card_and_only_the_newest_versi
         assert "NON-COMMERCIAL" not in widget.ui.taskInfoLabel.text and "CC BY-SA 4.0" in widget.ui.taskInfoLabel.text
 
         # a scene that chose an older version keeps it listed
-        widget._parameterNode.model = str(bundled[-1])
+        widget._parameterNode.model = str(older)
         widget.refreshModels()
-        assert [item.split(" ")[0] for item in combo_items(widget.ui.modelComboBox)] == [bundled[0].name,
-                                                                                        bundled[-1].name]
-        assert widget.ui.modelComboBox.currentText.startswith(bundled[-1].name)
+        assert [item.split(" ")[0] for item in combo_items(widget.ui.modelComboBox)] == [bundled[0].name, older.name]
+        assert widget.ui.modelComboBox.currentText.startswith(older.name)
+
+
+def test_the_mirror_box_is_disabled_with_the_reason_for_a_lateralised_task(tmp_path, tiny_model):
+    with shell_module(SEGMENTATION) as shell:
+        settings = settings_in(tmp_path)
+        settings.add_model_folder(tiny_model)
+        widget = segmentation_widget(shell, tmp_path, task="xray2d", model=str(tiny_model), settings=settings)
+        widget.refreshModels()
+        widget.ui.taskComboBox.currentText = "sides3d"
+        assert not widget.ui.mirrorCheckBox.enabled
+        assert "task 'sides3d' is lateralised" in widget.ui.mirrorCheckBox.toolTip
+        widget.ui.taskComboBox.currentText = "xray2d"
+        assert widget.ui.mirrorCheckBox.enabled and widget.ui.mirrorCheckBox.toolTip == widget._mirrorToolTip
 
 
 def test_a_volume_of_another_modality_is_warned_about_not_refused(tmp_path):

@@ -69,6 +69,7 @@ def poll_until(logic: TrainingLogic, condition, timeout: float = RUN_TIMEOUT_S) 
         logic.poll(0.1)
 
 
+@pytest.mark.slow
 def test_first_model_run_reports_progress_stops_resumably_survives_a_crash_and_resumes(workspace, tmp_path,
                                                                                        monkeypatch):
     monkeypatch.setitem(runs.BUDGETS, "quick", {"epochs": 2, "steps_per_epoch": 6, "batch_size": 4})
@@ -143,6 +144,7 @@ def test_first_model_run_reports_progress_stops_resumably_survives_a_crash_and_r
         "blobs": "Update", "phantom3d": "Train", "sides3d": "Train", "xray2d": "Train"}
 
 
+@pytest.mark.slow
 def test_add_task_refused_by_the_gate_keeps_the_old_model_until_published_anyway(workspace, tmp_path, tiny_model):
     models = tmp_path / "models"
     base = Path(shutil.copytree(tiny_model, models / "tiny"))

@@ -105,7 +105,7 @@ def test_no_flips_for_lateralised_tasks():
     torch.manual_seed(0)
     image = torch.zeros(32, 1, 16, 16)
     image[:, :, :, :4] = 1.0   # bright left edge
-    augmenter = Augmenter(np.random.default_rng(0), probability=0.0)
+    augmenter = Augmenter(np.random.default_rng(0), "standard", probability=0.0)
     augmenter._intensity = lambda images: images  # look at the geometry only
     for flip_allowed in (False, True):
         batch = TaskBatch(head=None, images=image, targets=torch.zeros(32, 16, 16, dtype=torch.int64),

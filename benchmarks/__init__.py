@@ -16,6 +16,10 @@ multi-channel) register into the engine's method registry (:mod:`.baselines`). R
 ``window-size``             sliding-window overlaps and one window per whole slice: Dice and CPU time
 ``training-budget``         one recipe trained for several numbers of steps: Dice per budget, paired
                             differences and learning curves (docs/resolution)
+``compare-recipes``         training recipes (plans, slice context, augmentation, steps) on one split: per-label
+                            Dice, paired differences and learning curves (docs/resolution)
+``cross-validation``        k-fold split files by patient, and recipes compared over the folds: pooled and
+                            fold-wise Dice, paired differences (docs/resolution)
 ``compare-models``          two versions of a model on the same validation cases: per-label Dice, paired
                             differences per task, and with ``--group`` the look-alike read-outs
 ``incremental-summary``     tables and chart of the incremental-learning experiments (docs/incremental;
@@ -44,6 +48,8 @@ EXPERIMENTS = {
     "window-size": "window_size",
     "training-budget": "training_budget",
     "compare-models": "compare_models",
+    "compare-recipes": "compare_recipes",
+    "cross-validation": "cross_validation",
     "incremental-summary": "incremental.summarize",
     "incremental-step-cost": "incremental.step_cost",
     "split-task": "incremental.split_task",

@@ -13,16 +13,21 @@ from pathlib import Path
 from typing import NamedTuple
 
 
-def mean_dice(folder: Path, by: str) -> dict[tuple[str, str], float]:
-    """(task, row[by]) -> mean Dice of the folder's evaluation.csv rows, grouped by the column ``by`` ("case" or
-    "label"); labels absent from reference and prediction (NaN) are skipped."""
+def dice_values(folder: Path, by: str) -> dict[tuple[str, str], list[float]]:
+    """(task, row[by]) -> the Dice values of the folder's evaluation.csv rows, grouped by the column ``by`` ("case"
+    or "label"); labels absent from reference and prediction (NaN) are skipped."""
     values: dict[tuple[str, str], list[float]] = {}
     with open(folder / "evaluation.csv") as stream:
         for row in csv.DictReader(stream):
             dice = float(row["dice"])
             if not math.isnan(dice):
                 values.setdefault((row["task"], row[by]), []).append(dice)
-    return {key: statistics.fmean(v) for key, v in values.items()}
+    return values
+
+
+def mean_dice(folder: Path, by: str) -> dict[tuple[str, str], float]:
+    """(task, row[by]) -> mean of :func:`dice_values`."""
+    return {key: statistics.fmean(v) for key, v in dice_values(folder, by).items()}
 
 
 def case_means(folder: Path) -> dict[tuple[str, str], float]:

@@ -17,12 +17,15 @@ import numpy as np
 import SimpleITK as sitk
 
 from labelshare.core.modelfolder import write_manifest
-from labelshare.core.paths import BUNDLED_MODELS_DIR
 
 from .robustness_fixtures import (ENV, TINY, a_file, copy_model, copy_task, cut, earlier_result, edit_json,
                                   evaluation_problem, first, Fixtures, folder_segmentations_problem, huge_header,
                                   in_json, label_space_problem, nan_nifti_case, nan_weights, output_name,
                                   segment_output_problem, segmentation_problem, then, volume, with_nan, write_array)
+
+
+# the tests' model of the first release's format (format 1), made by that release's code (Testing/format_fixtures.py)
+FIRST_RELEASE_MODEL = Path(__file__).resolve().parents[1] / "Testing" / "data" / "format-first-release"
 
 
 # -- probes -----------------------------------------------------------------------------------------------------------
@@ -122,13 +125,13 @@ def on_model(change: Callable[[Path], object], command: str = "segment") -> Call
 
 
 def on_first_release_model(change: Callable[[Path], object]) -> Callable:
-    """A probe builder: ``segment`` with a copy of the bundled first-release model (format 1: no plans, one fixed
-    ``preprocessing.image_size`` in config.json) with ``change`` applied, on one of its own tasks."""
+    """A probe builder: ``segment`` with a copy of a first-release model (format 1: no plans, one fixed
+    ``preprocessing.image_size`` in config.json; the tests' fixture of that format) with ``change`` applied, on one of
+    its own tasks (the synthetic tasks of the campaign)."""
     def build(f: Fixtures, d: Path) -> list[str]:
-        bundled = BUNDLED_MODELS_DIR / "labelshare-4tasks-v1"
-        if not bundled.is_dir():
-            raise FileNotFoundError(f"{bundled}: the bundled first-release model is not installed")
-        model = Path(shutil.copytree(bundled, d / bundled.name))
+        if not FIRST_RELEASE_MODEL.is_dir():
+            raise FileNotFoundError(f"{FIRST_RELEASE_MODEL}: the first-release model fixture is not in this checkout")
+        model = Path(shutil.copytree(FIRST_RELEASE_MODEL, d / FIRST_RELEASE_MODEL.name))
         task = next(iter(json.loads((model / "labelspace.json").read_text())["tasks"]))
         change(model)
         return with_options(segment_argv(f, d, model=model), ("--task", task))
@@ -352,8 +355,8 @@ def bad_input_probes() -> list[Probe]:
         # the fixed size of a first-release model (config.json preprocessing.image_size) ...
         Probe("segment: first-release config image_size 0", on_first_release_model(in_json(
             "config.json", lambda c: c["preprocessing"].update(image_size=0)))),
-        Probe("segment: first-release config image_size '128'", on_first_release_model(in_json(
-            "config.json", lambda c: c["preprocessing"].update(image_size="128")))),
+        Probe("segment: first-release config image_size '64'", on_first_release_model(in_json(
+            "config.json", lambda c: c["preprocessing"].update(image_size="64")))),
         Probe("segment: first-release config image_size 65536", on_first_release_model(in_json(
             "config.json", lambda c: c["preprocessing"].update(image_size=65536)))),
         Probe("segment: first-release config without image_size", on_first_release_model(in_json(

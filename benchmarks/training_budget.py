@@ -22,6 +22,7 @@ import json
 import math
 import statistics
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,10 +107,15 @@ def check_one_recipe(runs: list[BudgetRun]) -> None:
         raise LabelShareError(f"two models were trained for the same number of steps ({steps}); give one per budget")
 
 
-def budget_table(runs: list[BudgetRun]) -> str:
-    """Markdown: per label the Dice of every budget; per task the mean and the paired difference to the first."""
+def steps_name(run: BudgetRun) -> str:
+    return f"{run.steps:,} steps"
+
+
+def budget_table(runs: list[BudgetRun], name: Callable[[BudgetRun], str] = steps_name) -> str:
+    """Markdown: per label the Dice of every run (a column named ``name(run)``); per task the mean and the paired
+    difference to the first."""
     base = runs[0]
-    header = " | ".join(f"{run.steps:,} steps" for run in runs)
+    header = " | ".join(name(run) for run in runs)
     lines = [f"| task | label | {header} |", "|---|---|" + "---|" * len(runs)]
     for task in base.tasks:
         for label_task, label in base.label_dice:
@@ -144,7 +150,8 @@ def budget_record(runs: list[BudgetRun], command: list[str]) -> dict:
     return {"command": command, "recipe": base.recipe, "models": models}
 
 
-def write_chart(runs: list[BudgetRun], path: Path, goals: dict[str, float]) -> None:
+def write_chart(runs: list[BudgetRun], path: Path, goals: dict[str, float],
+                name: Callable[[BudgetRun], str] = steps_name) -> None:
     tasks = runs[0].tasks
     colours = matplotlib.colormaps["viridis"]
     figure = Figure(figsize=(4.2 * len(tasks), 3.6))
@@ -154,7 +161,7 @@ def write_chart(runs: list[BudgetRun], path: Path, goals: dict[str, float]) -> N
             colour = colours(i / max(1, len(runs) - 1) * 0.85)
             points = [(record["step"], record["dice"][task]) for record in run.curve if task in record["dice"]]
             axis.plot([s for s, _ in points], [d for _, d in points], color=colour, linewidth=1.2,
-                      label=f"{run.steps:,} steps (monitor)")
+                      label=f"{name(run)} (monitor)")
             axis.plot([run.steps], [run.task_mean(task)], "o", color=colour, markersize=6)
         if task in goals:
             axis.axhline(goals[task], color="grey", linestyle="--", linewidth=1, label=f"goal {goals[task]:.3f}")

@@ -31,8 +31,8 @@ from .segments import (EXTENSION_RESOURCES, edited_task_segments, import_task_se
 from .settings import Settings
 from .shared_worker import SEGMENTATION, TRAINING, SharedWorker, WorkerBusyError, default_worker
 from .signals import Signal
-from .store import (ModelStore, available_models, default_store, model_title, models_in, task_labels,
-                    user_models_dir, version_of)
+from .store import (ModelStore, available_models, default_store, mirroring_refused, model_title, models_in,
+                    task_labels, user_models_dir, version_of)
 from .volumes import (check_input_volume, check_scalar_volume, image_to_volume, segmentation_input,
                       set_volume_from_image, volume_to_image)
 
@@ -42,7 +42,8 @@ __all__ = [
     "SharedWorker", "Signal", "TRAINING", "TaskInfo", "WorkerBusyError", "WorkerJob", "WorkerProcess",
     "available_models", "check_input_volume", "check_scalar_volume", "child_environment", "default_store",
     "default_worker", "device_choice", "edited_task_segments", "engine_command", "ensure_dependencies",
-    "image_to_volume", "import_task_segments", "keep_copy_of_task_segments", "modality_warning", "model_info",
+    "image_to_volume", "import_task_segments", "keep_copy_of_task_segments", "mirroring_refused", "modality_warning",
+    "model_info",
     "model_title", "models_in", "new_output_segmentation", "parse_device", "place_beside", "python_executable",
     "segmentation_input", "set_volume_from_image", "skip_message", "task_labels", "task_segment_ids",
     "temporary_root", "user_models_dir", "version_of", "volume_to_image",

@@ -158,7 +158,7 @@ class DependencyInstaller:
         still_missing = self.missing(requirements_file)
         if still_missing:
             raise DependencyError(f"still missing after installation: {', '.join(map(str, still_missing))}; see the "
-                                  "Troubleshooting section of the LabelShare README")
+                                  "Troubleshooting section of LabelShare's Slicer guide (docs/slicer.md)")
         return [str(requirement) for requirement in missing]
 
 

@@ -34,7 +34,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from labelshare.core.errors import ModelError
+from labelshare.core.config import check_mirroring
+from labelshare.core.errors import LabelShareError, ModelError
 from labelshare.core.modelfolder import (MANIFEST_FILE, REQUIRED_FILES, ModelConfig, ModelSummary, model_folders,
                                          summarize_model, verify_folder)
 from labelshare.core.paths import BUNDLED_MODELS_DIR, bundled_model_dirs, user_models_dir
@@ -137,6 +138,15 @@ class ModelStore:
         """The labels (``id``, ``name``, ``info``) of a task of a model, in id order; raises UnknownTaskError."""
         return sorted(self.label_space(path).task(task).labels, key=lambda label: label.id)
 
+    def mirroring_refused(self, path: str | Path, task: str) -> str:
+        """Why test-time mirroring cannot be asked for a task of a model (``config.check_mirroring``'s rule: the
+        task is lateralised), or "" when it can; raises UnknownTaskError."""
+        try:
+            check_mirroring(task, self.label_space(path).task(task).lateralised, "mirroring")
+        except LabelShareError as refused:
+            return str(refused)
+        return ""
+
     def forget(self, path: str | Path | None = None) -> None:
         """Drop the cached check of one folder (all folders without ``path``): the next use checks it again."""
         if path is None:
@@ -220,6 +230,11 @@ def available_models(models_folder: str | Path | None = None, added_folders: Ite
 def task_labels(model_path: str | Path, task: str) -> list:
     """:meth:`ModelStore.task_labels` of the shared store."""
     return default_store().task_labels(model_path, task)
+
+
+def mirroring_refused(model_path: str | Path, task: str) -> str:
+    """:meth:`ModelStore.mirroring_refused` of the shared store."""
+    return default_store().mirroring_refused(model_path, task)
 
 
 def is_bundled(path: str | Path) -> bool:

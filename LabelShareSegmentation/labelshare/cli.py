@@ -60,7 +60,7 @@ class HelpFormatter(argparse.HelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         if "%(default)" not in text and action.option_strings and not action.required \
-                and action.default not in (None, False, [], argparse.SUPPRESS) \
+                and action.default not in (None, False, [], {}, argparse.SUPPRESS) \
                 and not isinstance(action, argparse._StoreFalseAction):  # a flag that turns something off
             text += " (default: %(default)s)"
         return text
@@ -92,12 +92,15 @@ def _add_method_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_plan_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("plans: the resolution and patch size of every task (labelshare/core/plans.py)")
-    add_arguments(group, PlanSettings, ("image_pixels", "patch_pixels", "fixed_size"))
+    group = parser.add_argument_group("plans: the resolution, patch size and slices per input of every task "
+                                      "(labelshare/core/plans.py)")
+    add_arguments(group, PlanSettings,
+                  ("image_pixels", "patch_pixels", "fixed_size", "min_image_side", "slice_context"))
 
 
 def _add_training_arguments(parser: argparse.ArgumentParser, defaults: dict | None = None) -> None:
-    add_arguments(parser.add_argument_group("training budget and device"), TrainConfig, TRAIN_OPTIONS, defaults)
+    add_arguments(parser.add_argument_group("training budget, device and recipe"), TrainConfig, TRAIN_OPTIONS,
+                  defaults)
 
 
 def _add_memory_arguments(parser: argparse.ArgumentParser, names: tuple[str, ...] = MEMORY_OPTIONS) -> None:
@@ -143,6 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="new model folder (never overwritten, never inside a model folder)")
     _add_method_argument(train)
     train.add_argument("--resume", action="store_true", help="continue an interrupted run of the same --out")
+    train.add_argument("--split", type=Path, default=None, metavar="FILE",
+                       help="the training and validation cases of every task, as in a model folder's split.json "
+                            "(tasks -> train/validation -> case names) (default: split by patient with --seed and "
+                            "--validation-fraction)")
     _add_training_arguments(train)
     _add_memory_arguments(train)
     _add_common(train)

@@ -27,7 +27,7 @@ from .core.paths import default_model_dir
 from .core.plans import PlanSettings
 from .core.progress import Progress
 from .core.scores import EVALUATION_FILES
-from .core.tasks import TaskDataset, open_tasks, parse_task_argument
+from .core.tasks import TaskDataset, open_tasks, parse_task_argument, read_split
 
 EXIT_ERROR = 1
 EXIT_REGRESSION = 3
@@ -58,6 +58,7 @@ def cmd_labelspace_build(args, progress: Progress) -> int:
     settings = plan_settings_from(args)
     check_output_file(args.output, args.overwrite)
     tasks = open_tasks(task_arguments(args))
+    settings.check_tasks(tasks)  # before any case is read
     groups = [parse_group(g) for g in args.group]
     from .engine.statistics import compute_statistics  # reads every case: only once the arguments are right
     statistics = []
@@ -91,10 +92,11 @@ def memory_config_from(args: argparse.Namespace) -> MemoryConfig:
 def cmd_train(args, progress: Progress) -> int:
     config, space, tasks = train_config_from(args), LabelSpace.load(args.labelspace), task_arguments(args)
     memory = memory_config_from(args)
+    split = read_split(args.split, [name for name, _ in tasks]) if args.split else None
     check_new_version(args.out)
     from .engine.training_run import train  # torch: only once the arguments are known to be right
     result = train(tasks, space, args.out, config, method=args.method, resume=args.resume, progress=progress,
-                   command=sys.argv[1:], memory=memory)
+                   command=sys.argv[1:], split=split, memory=memory)
     progress.done(str(result.path), message=f"model written to {result.path}",
                   mean_dice=result.metrics.get("mean_dice"))
     return 0

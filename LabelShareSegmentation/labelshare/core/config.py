@@ -25,6 +25,12 @@ from .options import from_values, nested, option, values_of
 DEVICES = ("auto", "cuda", "cpu")  # what the command line and both Slicer modules offer
 DEFAULT_DEVICE = "auto"  # every configuration's device unless told otherwise (device_option)
 WEIGHTS_DTYPES = ("float32", "float16")
+# intensity augmentation of training patches (labelshare.engine.sampling.Augmenter)
+INTENSITY_AUGMENTATIONS = {
+    "standard": "brightness, contrast, gamma, noise",
+    "scanner": "also random monotone intensity curves and blur, as films, digitisers and scanners differ "
+               "(docs/resolution, \"Mammography\")",
+}
 _DEVICE_ALIASES = {"gpu": "cuda"}
 
 
@@ -103,6 +109,12 @@ class TrainConfig(Configuration):
     amp: bool = option(True, "mixed precision on CUDA")
     weights_dtype: str = option("float32", "precision of the stored weights (float16 halves the model folder)",
                                 choices=WEIGHTS_DTYPES)
+    intensity_augmentation: str = option("standard", "; ".join(f"{name}: {text}" for name, text in
+                                                               INTENSITY_AUGMENTATIONS.items()),
+                                         choices=INTENSITY_AUGMENTATIONS)
+    task_weights: dict[str, float] = option({}, "a task's relative share of every batch (repeat per task; tasks not "
+                                                "named weigh 1) (default: equal shares)", flag="--task-weight",
+                                            metavar="TASK=WEIGHT")
 
     @property
     def total_steps(self) -> int:
@@ -122,6 +134,13 @@ class TrainConfig(Configuration):
         self.device = parse_device(self.device)
         if self.weights_dtype not in WEIGHTS_DTYPES:
             raise LabelShareError(f"--weights-dtype {self.weights_dtype}: use {' or '.join(WEIGHTS_DTYPES)}")
+        if self.intensity_augmentation not in INTENSITY_AUGMENTATIONS:
+            raise LabelShareError(f"--intensity-augmentation {self.intensity_augmentation!r}: use "
+                                  f"{' or '.join(INTENSITY_AUGMENTATIONS)}")
+        if not isinstance(self.task_weights, dict) or not all(isinstance(task, str) for task in self.task_weights):
+            raise LabelShareError(f"task_weights must map task names to weights, not {self.task_weights!r}"[:200])
+        for task, weight in self.task_weights.items():
+            _check_finite(weight, f"--task-weight {task}", 0.0, 1e3, low_open=True)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -130,7 +149,7 @@ class TrainConfig(Configuration):
 # The options of TrainConfig that ``labelshare train`` offers, and the budget of ``labelshare demo`` (its own preset:
 # a short run on small generated tasks)
 TRAIN_OPTIONS = ("epochs", "steps_per_epoch", "batch_size", "learning_rate", "validation_fraction", "seed", "device",
-                 "weights_dtype")
+                 "weights_dtype", "task_weights", "intensity_augmentation")
 DEMO_BUDGET = {"epochs": 8, "steps_per_epoch": 40}
 
 

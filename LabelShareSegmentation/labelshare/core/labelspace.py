@@ -129,6 +129,8 @@ class LabelSpace:
         by_name = {s.name: s for s in statistics}
         if len(by_name) != len(statistics):
             raise LabelSpaceError("a task name is given twice")
+        plan_settings = plan_settings or PlanSettings()
+        plan_settings.check_tasks(by_name)
         ranks = {(s.name, label): rank for s in statistics for rank, label in enumerate(s.size_order())}
         grouped: set[tuple[str, str]] = set()
         for group in groups:
@@ -167,7 +169,7 @@ class LabelSpace:
                 used[stats.name].add(slot)
         tasks = {s.name: _task_entry(s, {label: assignment[(s.name, label)] for label in s.labels}, "size")
                  for s in statistics}
-        return cls(tasks, strategy="size", groups=ordered_groups, plan_settings=plan_settings or PlanSettings())
+        return cls(tasks, strategy="size", groups=ordered_groups, plan_settings=plan_settings)
 
     def with_task(self, stats: TaskStatistics, mapping: Mapping[str, int], strategy: str) -> LabelSpace:
         """A new label space with one task added or replaced; every other task's mapping is unchanged.

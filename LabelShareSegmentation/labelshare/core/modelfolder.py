@@ -108,8 +108,11 @@ class ModelConfig:
             raise ModelError(str(error)) from None
         if method == "per-task" and len(space.tasks) != 1:
             raise ModelError("a per-task model is trained on exactly one task")
+        # one input channel per slice of the widest slice context (tasks of less context repeat their outermost
+        # slices: labelshare.core.preprocessing.context_offsets)
+        channels = max((entry.plan.slice_context for entry in space.tasks.values() if entry.plan), default=1)
         network = NetworkConfig(out_channels=out_channels(chosen.layout, space), n_tasks=len(space.tasks),
-                                conditioning=chosen.conditioning)
+                                conditioning=chosen.conditioning, in_channels=channels)
         return cls(method=method, layout=chosen.layout, network=network, weights_dtype=weights_dtype)
 
     def to_json(self) -> dict:
@@ -206,6 +209,10 @@ def verify_folder(path: str | Path) -> tuple[ModelConfig, LabelSpace]:
             check_patch_multiple(task.plan, config.network.patch_multiple, f"task '{name}'")
     except LabelSpaceError as error:
         raise ModelError(f"{path / 'labelspace.json'}: {error}") from None
+    too_wide = [name for name, task in space.tasks.items() if task.plan.slice_context > config.network.in_channels]
+    if too_wide:
+        raise ModelError(f"{path}: task {too_wide[0]}'s plan takes {space.tasks[too_wide[0]].plan.slice_context} "
+                         f"slices per input but the network has {config.network.in_channels} input channels")
     expected = out_channels(config.layout, space)
     if config.network.out_channels != expected:
         raise ModelError(f"{path}: config.json has {config.network.out_channels} output channels but the label space "

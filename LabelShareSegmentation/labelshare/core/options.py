@@ -17,6 +17,7 @@ So a default, a help text or a choice is written once, in the configuration. Lig
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import types
@@ -35,8 +36,9 @@ _NO_CONST = object()
 @dataclass(frozen=True)
 class Option:
     """What a user reads about an option: its help, the flag that sets it on the command line (default
-    ``--<field-name>``), its choices, the metavar, the parser of a command-line value (default: the field's type) and
-    the value of the flag given without one (``const``; only for options that take a value)."""
+    ``--<field-name>``), its choices, the metavar, the parser of a command-line value (default: the field's type),
+    the value of the flag given without one (``const``; only for options that take a value) and, for a value the
+    standard actions cannot read, its own argparse action."""
 
     help: str
     flag: str | None = None
@@ -44,14 +46,18 @@ class Option:
     metavar: str | None = None
     parse: Callable[[str], Any] | None = None
     const: Any = _NO_CONST
+    action: type[argparse.Action] | None = None
 
 
 def option(default: Any, help: str, *, flag: str | None = None, choices: Sequence | None = None,
-           metavar: str | None = None, parse: Callable[[str], Any] | None = None, const: Any = _NO_CONST) -> Any:
-    """A configuration field: its default and :class:`Option`. A list default is copied for every instance."""
-    metadata = {OPTION: Option(help, flag, tuple(choices) if choices is not None else None, metavar, parse, const)}
-    if isinstance(default, list):
-        return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
+           metavar: str | None = None, parse: Callable[[str], Any] | None = None, const: Any = _NO_CONST,
+           action: type[argparse.Action] | None = None) -> Any:
+    """A configuration field: its default and :class:`Option`. A list or dict default is copied for every
+    instance."""
+    metadata = {OPTION: Option(help, flag, tuple(choices) if choices is not None else None, metavar, parse, const,
+                               action)}
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: copy.copy(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
 
 
@@ -146,10 +152,14 @@ def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, con
         else:
             kwargs["default"] = default
         base = _base_type(entry.hint)
-        if base is bool:
+        if entry.option.action is not None:
+            kwargs["action"] = entry.option.action
+        elif base is bool:
             kwargs["action"] = "store_false" if default else "store_true"
         elif base is list:
             kwargs["action"] = "append"
+        elif base is dict:
+            kwargs["action"] = key_value_argument(entry.option.parse or typing.get_args(entry.hint)[1])
         else:
             kwargs["type"] = entry.option.parse or base
             if entry.option.const is not _NO_CONST:
@@ -159,6 +169,23 @@ def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, con
         if entry.option.metavar is not None:
             kwargs["metavar"] = entry.option.metavar
         parser.add_argument(entry.flag, **kwargs)
+
+
+def key_value_argument(parse: Callable[[str], Any]) -> type[argparse.Action]:
+    """The action of an option of a dict field, given as ``KEY=VALUE`` (repeat for several keys): the value read with
+    ``parse``; a value without a key or that ``parse`` refuses is the parser's error naming the option."""
+
+    class KeyValueArgument(argparse.Action):
+        def __call__(self, parser, namespace, text, option_string=None):
+            key, _, value = text.partition("=")
+            try:
+                if not key:
+                    raise ValueError("no key")
+                converted = parse(value)
+            except ValueError:
+                raise argparse.ArgumentError(self, f"{text}: expected {self.metavar or 'KEY=VALUE'}") from None
+            setattr(namespace, self.dest, {**getattr(namespace, self.dest), key: converted})
+    return KeyValueArgument
 
 
 def from_arguments(config_class: type, args: argparse.Namespace, **values: Any) -> Any:

@@ -7,7 +7,11 @@ Three steps, each a registry of schemes that the code dispatches on:
                    on one scale).
 ``slicing``        ``largest-spacing`` v1: a 3D volume is cut into slices along its through-plane axis, the axis of
                    largest spacing (ties: the last image axis, z); a 2D image or a single-slice volume is one
-                   projection.
+                   projection. The network sees each slice alone (in a network of more input channels, the slice
+                   fills every channel).
+                   ``largest-spacing`` v2: the same slices, each with its neighbours: the plan's ``slice_context``
+                   slices centred on it are the network's input channels (2.5D), the edge slice repeated past a
+                   volume's ends (:func:`slice_stacks`).
 ``resampling``     ``index-linear`` v1: in-plane, in index space (the field of view kept): images bilinearly
                    (anti-aliased when shrinking), labels as one-hot maps resampled linearly then argmax'ed,
                    probabilities bilinearly back to the slice's grid (:mod:`labelshare.engine.slices`, torch).
@@ -19,7 +23,8 @@ read as :data:`FIRST_PREPROCESSING`, the v1 schemes, which is what they were mad
 
 A new way of doing a step is a new scheme: a class registered under a new name, or a new version of a name, with the
 methods of its step (below); the old ones stay, so every model still runs as it was trained. A scheme that takes a
-per-task value (the number of neighbouring slices of a 2.5D input, say) reads it from a field of the task's plan.
+per-task value reads it from a field of the task's plan: ``largest-spacing`` v2 takes the number of slices per input
+from the plan's ``slice_context`` (a plan of one slice records v1, which every LabelShare since the schemes reads).
 
 Light (numpy, SimpleITK): resampling schemes are registered by the import path of their class, imported only when a
 resampling is done.
@@ -214,7 +219,9 @@ class PercentileZScore:
 # -- slicing ----------------------------------------------------------------------------------------------------------
 # A slicing scheme: ``axis(image, override)`` chooses the numpy axis slices are cut along (None: a 2D image),
 # ``slices(array, axis)`` is the (n, h, w) view of the slices and ``spacing(image_spacing, axis)`` their in-plane
-# spacing (rows, columns).
+# spacing (rows, columns); ``stacks(slices, indices, context, channels)`` is the network's input of the slices at
+# ``indices``, (len(indices), channels, h, w), for a plan of ``context`` slices per input (at most ``max_context``).
+MAX_SLICE_CONTEXT = 15  # odd; far beyond what helps a 2D network (docs/resolution, "Slice context")
 def choose_slicing_axis(image: sitk.Image, override: int | None = None) -> int | None:
     """Numpy axis (of the K,J,I array) along which 2D slices are cut, or None for a 2D image.
 
@@ -252,13 +259,49 @@ def slice_spacing(image_spacing: Sequence[float], axis: int | None) -> tuple[flo
     return numpy_order[0], numpy_order[1]
 
 
+def context_offsets(slice_context: int, channels: int) -> np.ndarray:
+    """The slice offset of each of a network's ``channels`` input channels for a plan of ``slice_context`` slices per
+    input: -h..h centred on the slice, clipped to the plan's own context, so that a task of fewer slices than the
+    network has channels fills the outer channels with its outermost slices (one slice: that slice everywhere)."""
+    half = (slice_context - 1) // 2
+    return np.clip(np.arange(channels) - (channels - 1) // 2, -half, half)
+
+
+def slice_stacks(slices: np.ndarray, indices: Sequence[int], offsets: np.ndarray) -> np.ndarray:
+    """(len(indices), len(offsets), h, w): for each slice index of the (n, h, w) ``slices``, the slices at
+    index + offset along the slicing axis (index space: the neighbours in the image array, whatever the volume's
+    orientation or slice spacing), the first or last slice repeated past the ends.
+
+    Repeated, not zeros: after the per-case z-score a zero slice is a uniform grey image the network would meet only
+    at a volume's edges; a repeated slice is what a structure that does not change across slices looks like, and it
+    makes a 2D image, one slice, simply that image in every channel."""
+    neighbours = np.clip(np.asarray(indices, dtype=np.int64)[:, None] + offsets[None, :], 0, len(slices) - 1)
+    return slices[neighbours]
+
+
 @SLICINGS.register("largest-spacing", 1)
 class LargestSpacingSlicing:
-    """Slices along the axis of largest spacing (ties: z); 2D images and single-slice volumes are one projection."""
+    """Slices along the axis of largest spacing (ties: z); 2D images and single-slice volumes are one projection.
+    Each slice is seen alone: the input of a network of several channels is the slice in every channel."""
 
+    max_context = 1
     axis = staticmethod(choose_slicing_axis)
     slices = staticmethod(to_slices)
     spacing = staticmethod(slice_spacing)
+
+    @staticmethod
+    def stacks(slices: np.ndarray, indices: Sequence[int], context: int, channels: int) -> np.ndarray:
+        """The network's (len(indices), channels, h, w) input of the slices at ``indices`` of the (n, h, w)
+        ``slices``, for a plan of ``context`` slices per input, at most :attr:`max_context` (checked by the plan:
+        :class:`labelshare.core.plans.TaskPlan`; :func:`slice_stacks`)."""
+        return slice_stacks(slices, indices, context_offsets(context, channels))
+
+
+@SLICINGS.register("largest-spacing", 2)
+class NeighbourSlicing(LargestSpacingSlicing):
+    """v1's slices, each with its neighbours: the plan's ``slice_context`` slices centred on it (2.5D)."""
+
+    max_context = MAX_SLICE_CONTEXT
 
 
 # -- resampling (torch: imported when used) ---------------------------------------------------------------------------
@@ -269,6 +312,7 @@ RESAMPLINGS.register("index-linear", 1, "labelshare.engine.slices:IndexLinearRes
 FIRST_PREPROCESSING = Preprocessing(normalisation=Scheme("percentile-zscore", 1),
                                     slicing=Scheme("largest-spacing", 1), resampling=Scheme("index-linear", 1))
 DEFAULT_PREPROCESSING = FIRST_PREPROCESSING  # what a new plan records (the first schemes are still the best ones)
+CONTEXT_SLICING = Scheme("largest-spacing", 2)  # what a plan of more than one slice per input records
 
 
 # -- a task's cases as slices -----------------------------------------------------------------------------------------

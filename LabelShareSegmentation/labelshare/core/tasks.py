@@ -50,7 +50,7 @@ def parse_task_argument(text: str) -> tuple[str, Path]:
 
 
 def patient_of(case_name: str, pattern: str | None = None) -> str:
-    """The patient id of a case, used to split by patient (documented in the README)."""
+    """The patient id of a case, used to split by patient (documented in docs/formats.md)."""
     if pattern:
         match = re.search(pattern, case_name)
         if match:
@@ -341,6 +341,41 @@ def split_by_patient(cases: Sequence[Case], validation_fraction: float, seed: in
     train = [case.name for case in cases if case.patient not in validation_patients]
     validation = [case.name for case in cases if case.patient in validation_patients]
     return train, validation
+
+
+Split = dict[str, dict[str, list[str]]]  # task -> "train" / "validation" -> case names (a model folder's split.json)
+
+
+def read_split(split_file: Path, task_names: Sequence[str]) -> Split:
+    """A split file (``split.json`` of a model folder or of a run, or one written by hand: ``{"tasks": {task:
+    {"train": [...], "validation": [...]}}}``) for the tasks of a run: every task in it, no case on both sides. Its
+    case names are checked against the task folders by :func:`check_split_cases`."""
+    recorded = read_json(split_file, "split")
+    split = recorded.get("tasks") if isinstance(recorded, dict) else None
+    if not isinstance(split, dict) or not all(_is_split_of_one_task(sides) for sides in split.values()):
+        problem = "not a split (expected tasks -> train/validation -> lists of case names)"
+    elif set(split) != set(task_names):
+        problem = f"it has tasks {sorted(split)}, not {sorted(task_names)}"
+    else:
+        problem = next((f"task '{name}' has case '{case}' on both sides" for name, sides in split.items()
+                        for case in sorted(set(sides["train"]) & set(sides["validation"]))), None)
+    if problem:
+        raise LabelShareError(f"{split_file}: {problem}")
+    return split
+
+
+def _is_split_of_one_task(sides) -> bool:
+    return isinstance(sides, dict) and set(sides) == {"train", "validation"} and all(
+        isinstance(cases, list) and all(isinstance(case, str) for case in cases) for cases in sides.values())
+
+
+def check_split_cases(split: Split, tasks: dict[str, TaskDataset], hint: str = "") -> None:
+    """Every case of the split is a case of its task's folder (``hint`` ends the error: what to do)."""
+    for name, sides in split.items():
+        known = {case.name for case in tasks[name].cases}
+        unknown = [case for cases in sides.values() for case in cases if case not in known]
+        if unknown:
+            raise LabelShareError(f"{tasks[name].root}: task '{name}' has no case '{unknown[0]}' of the split{hint}")
 
 
 def open_tasks(task_arguments: Sequence[tuple[str, Path]]) -> dict[str, TaskDataset]:

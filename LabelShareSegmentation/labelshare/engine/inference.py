@@ -1,13 +1,13 @@
 """Segmentation: image in, the chosen task's label image out, on exactly the input's grid.
 
 Every step is the task's plan's scheme (:mod:`labelshare.core.preprocessing`), as in training: slices are cut along the
-same axis, normalised with the per-case statistics of the whole image, resampled to the task's plan (its spacing,
-aspect ratio kept), predicted with Gaussian-weighted sliding windows of the plan's patch size (optionally averaged
-with the left-right mirrored prediction, which a lateralised task refuses:
-:func:`labelshare.core.config.check_mirroring`), and the softmax over the task's channels is resampled back to the
-slice's own grid before the argmax, so the output has the input's size, spacing, origin and direction. Memory stays
-bounded: the input is read once, one batch of slices is converted to float at a time, and the output is written slice by
-slice into a uint8/uint16 array.
+same axis (each with its neighbours as input channels when the plan takes slice context), normalised with the
+per-case statistics of the whole image, resampled to the task's plan (its spacing, aspect ratio kept), predicted with
+Gaussian-weighted sliding windows of the plan's patch size (optionally averaged with the left-right mirrored
+prediction, which a lateralised task refuses: :func:`labelshare.core.config.check_mirroring`), and the softmax over
+the task's channels is resampled back to the slice's own grid before the argmax, so the output has the input's size,
+spacing, origin and direction. Memory stays bounded: the input is read once, one batch of slices is converted to float
+at a time, and the output is written slice by slice into a uint8/uint16 array.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import torch
 from ..core.config import InferenceConfig, check_mirroring
 from ..core.errors import DataError
 from ..core.input_check import CaseMeasurement
+from ..core.plans import TaskPlan
 from ..core.progress import Progress
 from .input_check import InputMeasurer
 from .models import Model
@@ -61,23 +62,23 @@ class Segmenter:
             self.autocast_dtype = getattr(torch, precision)
 
     @torch.no_grad()
-    def probability_views(self, slices: np.ndarray, task: str, normalisation: Any,
+    def probability_views(self, stacks: np.ndarray, task: str, normalisation: Any,
                           spacing: tuple[float, float], mirror: bool,
                           plain_view: Callable[[], AbstractContextManager] = nullcontext) -> list[torch.Tensor]:
-        """Softmax over the task's channels, (n, K+1, h, w) on the grid of a (n, h, w) batch of raw slices of
-        in-plane ``spacing``: the plain prediction and, with ``mirror`` (refused for a lateralised task), the
-        mirrored one flipped back (the plain one runs inside ``plain_view()``)."""
+        """Softmax over the task's channels, (n, K+1, h, w) on the grid of a (n, c, h, w) batch of raw slice stacks
+        (:meth:`SliceBatches.raw`) of in-plane ``spacing``: the plain prediction and, with ``mirror`` (refused for a
+        lateralised task), the mirrored one flipped back (the plain one runs inside ``plain_view()``)."""
         head = self.model.heads[task]
         entry = self.model.labelspace.task(task)
         if mirror:
             check_mirroring(task, entry.lateralised, "test-time mirroring")
-        images = to_plan(normalisation.apply(slices), spacing, entry.plan, self.device)
+        images = to_plan(normalisation.apply(stacks), spacing, entry.plan, self.device)
         views = head_probability_views(self.model.network, images, head, entry.plan,
                                        mirror=mirror, windows_per_batch=self.batch_size,
                                        autocast_dtype=self.autocast_dtype, windows=self.windows,
                                        plain_view=plain_view)
         resampling = entry.plan.preprocessing.resampling_scheme
-        return [resampling.images(view, slices.shape[1:]) for view in views]
+        return [resampling.images(view, stacks.shape[-2:]) for view in views]
 
     def configured(self, **changes) -> Segmenter:
         """A segmenter of the same loaded model with some options of its configuration changed."""
@@ -101,7 +102,8 @@ class Segmenter:
 
     def slice_batches(self, image: sitk.Image, task: str) -> SliceBatches:
         """``image`` checked (scalar, 2D/3D, finite) and cut into the slices the network sees, in batches."""
-        steps = self.model.labelspace.task(task).plan.preprocessing
+        plan = self.model.labelspace.task(task).plan
+        steps = plan.preprocessing
         if image.GetNumberOfComponentsPerPixel() != 1:
             raise DataError(f"input has {image.GetNumberOfComponentsPerPixel()} components per pixel; a scalar "
                             "(grey) image is needed")
@@ -114,7 +116,8 @@ class Segmenter:
         slicing = steps.slicing_scheme
         axis = slicing.axis(image, self.config.slicing_axis)
         return SliceBatches(array.shape, slicing, axis, slicing.slices(array, axis), normalisation,
-                            slicing.spacing(image.GetSpacing(), axis), self.batch_size)
+                            slicing.spacing(image.GetSpacing(), axis), self.batch_size, plan,
+                            self.model.config.network.in_channels)
 
     def segment(self, image: sitk.Image, task: str, progress: Progress | None = None) -> sitk.Image:
         """Label image of ``task`` on the grid of ``image`` (2D, 3D, or a single-slice 3D projection), post-processed
@@ -149,7 +152,7 @@ class Segmenter:
             if entropy_slices is not None:
                 entropy_slices[start:stop] = normalised_entropy(prediction.probabilities).cpu().numpy()
             if measurer is not None:
-                measurer.add_slices(batches.raw(start, stop))
+                measurer.add_slices(np.asarray(batches.slices[start:stop]))
             if scorer is not None:
                 scorer.add(prediction, labels, lambda view: self.labels_of(view, task))
             if progress is not None:
@@ -191,7 +194,8 @@ class Segmentation:
 @dataclass(frozen=True)
 class SliceBatches:
     """An image's slices along ``axis`` (a view of its array, cut by the plan's slicing scheme), its normalisation
-    and in-plane spacing, in batches of ``batch_size`` slices."""
+    and in-plane spacing, in batches of ``batch_size`` slices, each slice as the network's input stack of
+    ``channels`` channels (the task's ``plan``: :meth:`~labelshare.core.plans.TaskPlan.stacks`)."""
 
     shape: tuple[int, ...]  # of the image's array
     slicing: Any  # the plan's slicing scheme
@@ -200,6 +204,8 @@ class SliceBatches:
     normalisation: Any  # the measurement of the plan's normalisation scheme (its apply())
     spacing: tuple[float, float]
     batch_size: int
+    plan: TaskPlan
+    channels: int
 
     @property
     def count(self) -> int:
@@ -209,7 +215,8 @@ class SliceBatches:
         return [(start, min(self.count, start + self.batch_size)) for start in range(0, self.count, self.batch_size)]
 
     def raw(self, start: int, stop: int) -> np.ndarray:
-        return np.asarray(self.slices[start:stop])
+        """The raw (n, channels, h, w) input stacks of slices ``start``..``stop``."""
+        return self.plan.stacks(self.slices, range(start, stop), self.channels)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,9 @@ Sampling (nnU-Net's scheme, per task): each batch holds (about) the same number 
 shares a caller gives, e.g. more for a task being added to a trained model); a third
 of a task's patches (``foreground_fraction``) are centred near a pixel of one of the task's labels, the label chosen
 uniformly among the labels (so a small structure is seen as often as a large one), the rest are cropped at random
-from random slices. A slice smaller than the patch is padded (image: its minimum; target: background).
+from random slices. A slice smaller than the patch is padded (image: its minimum; target: background). A patch's
+image is the slice's input stack (with its neighbours, for a plan of slice context:
+:meth:`labelshare.core.plans.TaskPlan.stacks`), its target the slice's labels.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from monai.transforms import GaussianSmooth, RandHistogramShift
 
 from ..core.layouts import TaskHead
 from ..core.plans import TaskPlan
@@ -67,7 +70,7 @@ def load_task_slices(task: TaskDataset, case_names: Sequence[str], head: TaskHea
     lut = torch.from_numpy(head.target_lut)
     resampling = plan.preprocessing.resampling_scheme
     for i, case in enumerate(iter_case_slices(task, case_names, plan.preprocessing)):
-        image = to_plan(case.image, case.spacing, plan, "cpu")[:, 0]  # training data stays in memory
+        image = to_plan(case.image[:, None], case.spacing, plan, "cpu")[:, 0]  # training data stays in memory
         target = resampling.labels(lut[torch.from_numpy(case.label.astype(np.int64))], image.shape[-2:],
                                    len(head.channels))
         images.append(image.to(torch.float16).numpy())
@@ -86,7 +89,7 @@ class TaskBatch:
     """The patches of one task in a batch (all of the task's patch size)."""
 
     head: TaskHead
-    images: torch.Tensor      # (n, 1, ph, pw) float32
+    images: torch.Tensor      # (n, c, ph, pw) float32: c input channels (the slice stacks)
     targets: torch.Tensor     # (n, ph, pw) int64 positions in the head
     flip_allowed: bool
 
@@ -97,16 +100,16 @@ class TaskBatch:
 
 def crop(image: np.ndarray, target: np.ndarray, patch: Sequence[int], top_left: Sequence[int]
          ) -> tuple[np.ndarray, np.ndarray]:
-    """The ``patch`` of a slice starting at ``top_left`` (may be negative or run past the end: padded with the
-    image's minimum and background)."""
-    out_image = np.full(tuple(patch), image.min(), dtype=np.float32)
+    """The ``patch`` of a slice's (c, h, w) input stack and (h, w) target starting at ``top_left`` (may be negative
+    or run past the end: padded with the stack's minimum and background)."""
+    out_image = np.full(image.shape[:-2] + tuple(patch), image.min(), dtype=np.float32)
     out_target = np.zeros(tuple(patch), dtype=np.int64)
     source, destination = [], []
-    for start, size, length in zip(top_left, patch, image.shape, strict=True):
+    for start, size, length in zip(top_left, patch, target.shape, strict=True):
         low, high = max(0, start), min(length, start + size)
         source.append(slice(low, high))
         destination.append(slice(low - start, high - start))
-    out_image[tuple(destination)] = image[tuple(source)]
+    out_image[(..., *destination)] = image[(..., *source)]
     out_target[tuple(destination)] = target[tuple(source)]
     return out_image, out_target
 
@@ -115,11 +118,14 @@ class PatchSampler:
     """Draws task-balanced patch batches with foreground oversampling (see the module docstring).
 
     :param shares: each bank's share of a batch (default: equal shares); they are normalised to sum to 1.
+    :param channels: the network's input channels (default: the widest slice context of the banks' plans).
     """
 
     def __init__(self, banks: Sequence[TaskSlices], heads: Sequence[TaskHead], batch_size: int,
-                 foreground_fraction: float, rng: np.random.Generator, shares: Sequence[float] | None = None):
+                 foreground_fraction: float, rng: np.random.Generator, shares: Sequence[float] | None = None,
+                 channels: int | None = None):
         self.banks, self.heads = list(banks), list(heads)
+        self.channels = channels or max((bank.plan.slice_context for bank in self.banks), default=1)
         self.batch_size = batch_size
         self.foreground_fraction = foreground_fraction
         self.rng = rng
@@ -157,7 +163,8 @@ class PatchSampler:
             target = bank.targets[case][index]
             top = self._random_start(target.shape[0], ph)
             left = self._random_start(target.shape[1], pw)
-        return crop(bank.images[case][index].astype(np.float32), target, (ph, pw), (top, left))
+        stack = bank.plan.stacks(bank.images[case], [index], self.channels)[0]
+        return crop(stack.astype(np.float32), target, (ph, pw), (top, left))
 
     def _random_start(self, length: int, size: int) -> int:
         """A random start of a window of ``size`` in ``length``; centred padding when the slice is smaller."""
@@ -171,7 +178,7 @@ class PatchSampler:
             if count == 0:
                 continue
             patches = [self.patch(bank) for _ in range(count)]
-            images = torch.from_numpy(np.stack([p[0] for p in patches]))[:, None].to(device)
+            images = torch.from_numpy(np.stack([p[0] for p in patches])).to(device)
             targets = torch.from_numpy(np.stack([p[1] for p in patches])).to(device)
             batches.append(TaskBatch(head=head, images=images, targets=targets, flip_allowed=bank.flip_allowed))
         return batches
@@ -181,12 +188,19 @@ class Augmenter:
     """Batched spatial and intensity augmentation on the training device.
 
     Spatial: rotation +-15 degrees, isotropic scale 0.85-1.25, translation +-6 %, left-right flip only for tasks
-    that are not lateralised. Intensity: brightness 0.75-1.25, contrast 0.75-1.25, gamma 0.7-1.5, Gaussian noise.
+    that are not lateralised. Intensity (``intensity_augmentation``, :data:`labelshare.core.config.
+    INTENSITY_AUGMENTATIONS`): ``standard``: brightness 0.75-1.25, contrast 0.75-1.25, gamma 0.7-1.5, Gaussian noise.
+    ``scanner`` first adds what differs between films, digitisers and scanners: a random monotone intensity curve
+    (MONAI's RandHistogramShift, 5-10 control points: a film's characteristic curve and a digitiser's look-up table)
+    on 30 % of the patches and a Gaussian blur of 0.5-1.5 pixels (MONAI's GaussianSmooth: the digitiser's sharpness)
+    on 20 %. Every random draw comes from ``rng``, so a resumed run repeats them.
     """
 
-    def __init__(self, rng: np.random.Generator, probability: float = 0.5):
+    def __init__(self, rng: np.random.Generator, intensity_augmentation: str, probability: float = 0.5):
         self.rng = rng
         self.probability = probability
+        self.scanner = intensity_augmentation == "scanner"
+        self.curve = RandHistogramShift(num_control_points=(5, 10), prob=1.0)
 
     def __call__(self, batch: TaskBatch) -> TaskBatch:
         n, device = batch.images.shape[0], batch.images.device
@@ -216,6 +230,8 @@ class Augmenter:
         def per_sample(values: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(values.astype(np.float32)).to(device)[:, None, None, None]
 
+        if self.scanner:
+            images = self._scanner(images)
         p = self.probability / 2
         brightness = np.where(rng.random(n) < p, rng.uniform(0.75, 1.25, n), 1.0)
         contrast = np.where(rng.random(n) < p, rng.uniform(0.75, 1.25, n), 1.0)
@@ -232,4 +248,18 @@ class Augmenter:
         generator = torch.Generator(device=device).manual_seed(seed)
         return images + torch.randn(images.shape, generator=generator, device=device) * per_sample(noise)
 
-
+    def _scanner(self, images: torch.Tensor) -> torch.Tensor:
+        """The film and scanner changes (see the class docstring) on some of the (n, c, h, w) patches."""
+        rng, images = self.rng, images.clone()
+        curved = rng.random(images.shape[0]) < 0.3
+        blurred = rng.random(images.shape[0]) < 0.2
+        sigmas = rng.uniform(0.5, 1.5, images.shape[0])
+        for index in np.flatnonzero(curved | blurred):
+            image = images[index]
+            if curved[index] and image.max() > image.min():  # a uniform patch has no curve to change
+                self.curve.set_random_state(seed=int(rng.integers(2**31)))
+                image = self.curve(image)
+            if blurred[index]:
+                image = GaussianSmooth(sigma=float(sigmas[index]))(image)
+            images[index] = torch.as_tensor(image)
+        return images

@@ -1,6 +1,8 @@
 """Slices at a plan's resolution (:mod:`labelshare.core.plans`): resampling to the plan and back, and the network's
 prediction over a slice with Gaussian-weighted sliding windows (MONAI). Training, validation, inference and the
-overlap measurement of add-task all go through here, so they see slices exactly alike.
+overlap measurement of add-task all go through here, so they see slices exactly alike. The network's input of a
+slice is its stack (the slice with its neighbours, for a plan of slice context:
+:meth:`labelshare.core.plans.TaskPlan.stacks`), one input channel per slice.
 
 Resampling is the plan's resampling scheme (:mod:`labelshare.core.preprocessing`). ``index-linear`` v1
 (:class:`IndexLinearResampling`) works on slice stacks in index space (the in-plane grid is only scaled, its field of
@@ -70,8 +72,8 @@ class IndexLinearResampling:
 
 def to_plan(images: np.ndarray, spacing: Sequence[float], plan: TaskPlan,
             device: torch.device | str) -> torch.Tensor:
-    """(n, h, w) normalised slices as network input (n, 1, H, W) at the plan's resolution."""
-    tensor = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))[:, None].to(device)
+    """(n, c, h, w) normalised slice stacks as network input (n, c, H, W) at the plan's resolution."""
+    tensor = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).to(device)
     return plan.preprocessing.resampling_scheme.images(tensor, plan.target_shape(images.shape[-2:], spacing))
 
 
@@ -92,7 +94,7 @@ def pad_to_patch(images: torch.Tensor, patch: Sequence[int]) -> tuple[torch.Tens
 def window_logits(network: torch.nn.Module, images: torch.Tensor, task_index: int, patch: Sequence[int],
                   windows_per_batch: int, autocast_dtype: torch.dtype | None = None,
                   windows: Windows = ENGINE_WINDOWS) -> torch.Tensor:
-    """Logits (n, C, H, W) of the network over (n, 1, H, W) images with Gaussian-weighted windows of ``patch``
+    """Logits (n, C, H, W) of the network over (n, c, H, W) images with Gaussian-weighted windows of ``patch``
     (half-patch steps; ``windows``: other choices); an image smaller than the window is padded first, so it is one
     window."""
     if windows.whole_slice:

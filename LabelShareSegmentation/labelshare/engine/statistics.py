@@ -28,7 +28,8 @@ def compute_statistics(task: TaskDataset, case_names: Iterable[str] | None = Non
     n_slices = n_cases = 0
     for case in iter_case_slices(task, case_names, plan_settings.preprocessing):
         n_cases += 1
-        geometries.append(SliceGeometry(shape=tuple(case.label.shape[1:]), spacing=case.spacing))
+        geometries.append(SliceGeometry(shape=tuple(case.label.shape[1:]), spacing=case.spacing,
+                                        slices=case.label.shape[0]))
         labels = case.label.reshape(case.label.shape[0], -1)
         n_slices += labels.shape[0]
         pixels = labels.shape[1]
@@ -44,5 +45,5 @@ def compute_statistics(task: TaskDataset, case_names: Iterable[str] | None = Non
              for name in task.labels}
     return TaskStatistics(name=task.name, labels=dict(task.labels), stats=stats, n_slices=n_slices, n_cases=n_cases,
                           lateralised=task.lateralised, license=task.license, citation=task.citation,
-                          label_info=task.label_info, plan=plan_settings.plan(geometries),
+                          label_info=task.label_info, plan=plan_settings.plan(geometries, task.name),
                           intended_input=task.intended_input)

@@ -129,6 +129,7 @@ class TrainingState:
     step: int = 0
     history: list[dict] = field(default_factory=list)
     elapsed_s: float = 0.0
+    epoch_losses: list[float] = field(default_factory=list)  # the steps of the epoch in progress
 
 
 class StopRequest:
@@ -181,10 +182,11 @@ class Trainer:
         self.run_identity = run_identity or {}
         self.fraction_range = fraction_range
         self.rng = np.random.default_rng([config.seed, self.context.rank])
+        self.input_channels = network.config.in_channels
         self.sampler = PatchSampler(self.train_banks, [heads[bank.task] for bank in self.train_banks],
                                     self._local_batch_size(), config.foreground_oversampling, self.rng,
-                                    self.task_shares(self.train_banks))
-        self.augmenter = Augmenter(self.rng)
+                                    self.task_shares(self.train_banks), self.input_channels)
+        self.augmenter = Augmenter(self.rng, config.intensity_augmentation)
         self.criterion = SegmentationLoss()
         self.optimizer = torch.optim.AdamW(self.network.parameters(), lr=config.learning_rate,
                                            weight_decay=config.weight_decay)
@@ -199,8 +201,11 @@ class Trainer:
             self.model = torch.nn.parallel.DistributedDataParallel(self.network, device_ids=ids)
 
     def task_shares(self, banks: list[TaskSlices]) -> list[float] | None:
-        """Each task's share of a batch; None: equal shares (subclasses weight tasks differently)."""
-        return None
+        """Each task's share of a batch: ``config.task_weights`` (tasks not named weigh 1); None: equal shares
+        (subclasses weight tasks differently)."""
+        if not self.config.task_weights:
+            return None
+        return [float(self.config.task_weights.get(bank.task, 1.0)) for bank in banks]
 
     def _local_batch_size(self) -> int:
         return max(1, self.config.batch_size // self.context.world_size)
@@ -256,9 +261,11 @@ class Trainer:
             per_label: dict[int, list[float]] = {p: [] for p in head.label_positions}
             chosen = np.unique(np.linspace(0, len(bank.cases) - 1, min(MONITOR_CASES, len(bank.cases))).astype(int))
             for images, target in ((bank.images[i], bank.targets[i]) for i in chosen):
-                probabilities = head_probabilities(self.network, torch.from_numpy(images).float()[:, None].to(
-                    self.device), head, bank.plan, mirror=False, windows_per_batch=self.windows_per_batch,
-                    autocast_dtype=self.autocast_dtype)
+                stacks = bank.plan.stacks(images, range(len(images)), self.input_channels)
+                probabilities = head_probabilities(self.network, torch.from_numpy(stacks).float().to(self.device),
+                                                   head, bank.plan, mirror=False,
+                                                   windows_per_batch=self.windows_per_batch,
+                                                   autocast_dtype=self.autocast_dtype)
                 prediction = probabilities.max(dim=1).indices.cpu().numpy()
                 for position, value in dice_per_label(prediction, target, head.label_positions).items():
                     per_label[position].append(value)
@@ -289,7 +296,8 @@ class Trainer:
         _save_tensors(tensors, folder / f"optimizer-{tag}.safetensors")
         atomic_write_json(folder / "checkpoint.json", {
             "tag": tag, "step": state.step, "elapsed_s": state.elapsed_s, "history": state.history,
-            "optimizer_slots": slots, "param_groups": optimizer_state["param_groups"],
+            "epoch_losses": state.epoch_losses, "optimizer_slots": slots,
+            "param_groups": optimizer_state["param_groups"],
             "numpy_rng": self.rng.bit_generator.state, "identity": self.run_identity,
             "scaler": self.scaler.state_dict()})
         for old in folder.glob("*.safetensors"):
@@ -315,7 +323,8 @@ class Trainer:
             step = int(info["step"])
             if not 0 <= step <= self.config.total_steps:
                 raise ValueError(f"step {step} is outside 0..{self.config.total_steps}")
-            state = TrainingState(step=step, history=list(info["history"]), elapsed_s=float(info["elapsed_s"]))
+            state = TrainingState(step=step, history=list(info["history"]), elapsed_s=float(info["elapsed_s"]),
+                                  epoch_losses=[float(loss) for loss in info.get("epoch_losses", [])])
             _load_unique_state(self.network, weights)
             slots = {int(index): {key: tensors[f"{index}.{key}"].to(self.device) for key in keys}
                      for index, keys in info["optimizer_slots"].items()}
@@ -341,7 +350,7 @@ class Trainer:
         if state.step:
             self.progress.log(f"resuming at step {state.step}/{config.total_steps}")
         start_fraction, end_fraction = self.fraction_range
-        losses: list[float] = []
+        losses = state.epoch_losses  # a run stopped within an epoch logs that epoch's loss over all its steps
         with StopRequest() as stop:
             started = time.monotonic() - state.elapsed_s
             resumed_at, resumed_elapsed = state.step, state.elapsed_s
@@ -365,7 +374,7 @@ class Trainer:
                     if self.context.is_main and self.validation_banks:
                         record["validation_dice"] = self.validate()
                         record["mean_validation_dice"] = _mean_dice(record["validation_dice"])
-                    losses = []
+                    losses.clear()
                     state.history.append(record)
                     self.save_checkpoint(state)
                     self.progress.metrics("epoch", **record, eta_s=round(eta, 1),

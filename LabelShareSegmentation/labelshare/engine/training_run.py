@@ -20,7 +20,7 @@ import torch
 
 from ..core.config import MemoryConfig, TrainConfig
 from ..core.errors import LabelShareError, LabelSpaceError, ModelError
-from ..core.fileio import (atomic_write_json, empty_folder, hold_folder, make_folders, now_iso, publish_dir, read_json,
+from ..core.fileio import (atomic_write_json, empty_folder, hold_folder, make_folders, now_iso, publish_dir,
                            remove_tree)
 from ..core.labelspace import LabelSpace
 from ..core.layouts import task_heads
@@ -31,7 +31,7 @@ from ..core.paths import published_name, staging_dir_for
 from ..core.plans import check_patch_multiple
 from ..core.progress import Progress, ProgressPart
 from ..core.scores import Evaluation
-from ..core.tasks import TaskDataset, open_tasks, split_by_patient
+from ..core.tasks import Split, TaskDataset, check_split_cases, open_tasks, read_split, split_by_patient
 from .artefacts import VersionContext, write_artefacts
 from .evaluation import choose_postprocessing
 from .memory import GATE_DEFINITION, gate_evaluation
@@ -182,6 +182,9 @@ def train(task_arguments: Sequence[tuple[str, Path]], space: LabelSpace, out: st
     tasks = open_tasks(task_arguments)
     for name in tasks:
         space.task(name)
+    unknown = [name for name in config.task_weights if name not in tasks]
+    if unknown:
+        raise LabelShareError(f"--task-weight {unknown[0]}: not a task of this run ({', '.join(tasks)})")
     missing = [name for name in space.task_names if name not in tasks]
     if missing:
         raise LabelShareError(f"the label space has task(s) {', '.join(missing)} without data; give --task "
@@ -252,30 +255,16 @@ def _take_staging(staging: Path, out: Path, resume: bool, holding: ExitStack) ->
                               "or delete that folder to start over")
 
 
-def _recorded_split(split_file: Path, tasks: dict[str, TaskDataset], memory_tasks: Sequence[str]
-                    ) -> dict[str, dict[str, list[str]]]:
+def _recorded_split(split_file: Path, tasks: dict[str, TaskDataset], memory_tasks: Sequence[str]) -> Split:
     """The split an unfinished run recorded, checked against the task folders (a task trained from a rehearsal
     memory has no folder to check it against)."""
-    recorded = read_json(split_file, "split")
-    split = recorded.get("tasks") if isinstance(recorded, dict) else None
-    expected = set(tasks) | set(memory_tasks)
-    if not isinstance(split, dict):
-        problem = "not a split (expected tasks -> train/validation -> case names)"
-    elif set(split) != expected:
-        problem = f"the unfinished run has tasks {sorted(split)}, not {sorted(expected)}"
-    else:
-        problem = next((f"task '{name}' lists cases its folder does not have, or is malformed"
-                        for name, sides in split.items() if name in tasks
-                        and not _split_of(sides, {case.name for case in tasks[name].cases})), None)
-    if problem:
-        raise LabelShareError(f"{split_file}: {problem}; delete {split_file.parent} to start the run over")
+    hint = f"; delete {split_file.parent} to start the run over"
+    try:
+        split = read_split(split_file, [*tasks, *memory_tasks])
+    except LabelShareError as error:
+        raise LabelShareError(f"{error}{hint}") from None
+    check_split_cases({name: sides for name, sides in split.items() if name in tasks}, tasks, hint)
     return split
-
-
-def _split_of(sides, known: set[str]) -> bool:
-    return isinstance(sides, dict) and set(sides) == {"train", "validation"} and all(
-        isinstance(cases, list) and all(isinstance(case, str) and case in known for case in cases)
-        for cases in sides.values())
 
 
 def _identity_digest(identity: dict) -> str:
@@ -308,6 +297,8 @@ def _train_in(staging: Path, tasks: dict[str, TaskDataset], space: LabelSpace, m
         split = _recorded_split(split_file, tasks, list(memory_tasks))
     elif split is None:
         split = make_split(tasks, config.validation_fraction, config.seed)
+    else:
+        check_split_cases({name: sides for name, sides in split.items() if name in tasks}, tasks)
     data = prepare_data(tasks, space, model_config.layout, split, progress, memory_tasks=memory_tasks)
     if initial_network is None:
         torch.manual_seed(config.seed)  # the initial weights, so that a run (or a resumed benchmark) repeats
@@ -386,7 +377,9 @@ def model_card(name: str, config: ModelConfig, space: LabelSpace, tasks: dict[st
              f"Method: **{config.method}** (output layout `{config.layout}`, {config.network.out_channels} output "
              f"channels, conditioning `{config.network.conditioning}`), {parameters / 1e6:.2f} M parameters, "
              f"weights stored as {config.weights_dtype}. Input: one 2D slice or projection at its task's plan "
-             "resolution, preprocessed by the plan's schemes (below).",
+             "resolution, preprocessed by the plan's schemes (below)"
+             + (f", with its neighbours as {config.network.in_channels} input channels where the task's plan takes "
+                "more than one slice per input" if config.network.in_channels > 1 else "") + ".",
              "", "## Tasks and labels", "", space.table(), "## Intended input", "",
              "What each task was trained on; other images (another modality, view, field of view or anatomy) are "
              "outside what the model has seen.", ""]

@@ -172,7 +172,8 @@ def measure_overlap(network: torch.nn.Module, device: torch.device, task: TaskDa
     counts = None
     resampling = plan.preprocessing.resampling_scheme
     for case in iter_case_slices(task, case_names, plan.preprocessing):
-        images = to_plan(case.image, case.spacing, plan, "cpu")  # moved to the device per batch
+        stacks = plan.stacks(case.image, range(len(case.image)), network.config.in_channels)
+        images = to_plan(stacks, case.spacing, plan, "cpu")  # moved to the device per batch
         labels = resampling.labels(lut[torch.from_numpy(case.label.astype(np.int64))], images.shape[-2:],
                                    len(label_ids) + 1)
         for start in range(0, images.shape[0], batch_size):

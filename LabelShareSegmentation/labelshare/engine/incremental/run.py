@@ -179,6 +179,7 @@ def _recorded_train_config(old: Model, config: AddTaskConfig) -> TrainConfig:
         train_config = TrainConfig.from_options(**{**{k: v for k, v in recorded.items() if k in known},
                                                    **config.train.options(ADD_TASK_TRAIN_OPTIONS)})
         train_config.weights_dtype = old.config.weights_dtype
+        train_config.task_weights = {}  # the joint run's batch shares: add-task sets its own (new_task_share)
         train_config.epochs = config.epochs or 1
         train_config.check()
     except (LabelShareError, TypeError, ValueError) as error:  # the budget was checked with AddTaskConfig
@@ -290,6 +291,9 @@ def _prepare(old: Model, new_task: TaskDataset, split: Mapping[str, Mapping[str,
     name = new_task.name
     progress.progress("mapping", 0.1, f"{name}: label statistics of {len(split[name]['train'])} training cases")
     stats = compute_statistics(new_task, split[name]["train"], plan_settings=old.labelspace.plan_settings)
+    if stats.plan.slice_context > old.network.config.in_channels:
+        raise LabelSpaceError(f"task '{name}': the plan rule of {old.path.name} gives it {stats.plan.slice_context} "
+                              f"slices per input, but the network takes {old.network.config.in_channels}")
     network = copy.deepcopy(old.network)
     if update:
         entry = old.labelspace.task(name)
