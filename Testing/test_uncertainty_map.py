@@ -22,10 +22,10 @@ from labelshare.engine.worker import serve
 TASK = "phantom3d"
 
 
-def ambiguous_probabilities(slices: np.ndarray, channels: int) -> torch.Tensor:
-    """Probabilities that follow the raw intensity: background below 0.4, label 1 above 0.6, and between them an even
-    split of the two (the ambiguous region)."""
-    values = torch.tensor(np.asarray(slices, dtype=np.float32))
+def ambiguous_probabilities(stacks: np.ndarray, channels: int) -> torch.Tensor:
+    """Probabilities that follow the raw intensity of the (n, c, h, w) input stacks' centre slices: background below
+    0.4, label 1 above 0.6, and between them an even split of the two (the ambiguous region)."""
+    values = torch.tensor(np.asarray(stacks[:, stacks.shape[1] // 2], dtype=np.float32))
     foreground = ((values - 0.4) / 0.2).clamp(0, 1)
     foreground = torch.where((values > 0.45) & (values < 0.55), torch.full_like(values, 0.5), foreground.round())
     probabilities = torch.zeros((values.shape[0], channels, *values.shape[1:]))
@@ -38,7 +38,7 @@ def test_the_map_lies_on_the_input_grid_and_is_high_where_the_probabilities_are_
     channels = len(model.task_labels(TASK)) + 1
     segmenter = Segmenter(model)
     monkeypatch.setattr(segmenter, "probability_views",
-                        lambda slices, *args, **kwargs: [ambiguous_probabilities(slices, channels)])
+                        lambda stacks, *args, **kwargs: [ambiguous_probabilities(stacks, channels)])
     # anisotropic, oblique, sliced along x (its spacing is the largest): the map must come back on this grid
     array = np.zeros((12, 20, 9), dtype=np.float32)  # (z, y, x)
     array[:, 5:15, 2:7] = 1.0
