@@ -160,7 +160,8 @@ def test_replay_keeps_exemplar_cases_and_distillation_adds_the_old_model_diverge
     def trainer(teacher, weight, replay):
         return IncrementalTrainer(network, heads, banks, [], config, tmp_path, Progress("quiet"),
                                   replay=replay, teacher=teacher, distill_weight=weight, new_task="b",
-                                  new_task_share=None, first_new_channel=None, new_channel_lr_scale=1.0)
+                                  new_task_share=None, first_new_channel=None, new_channel_lr_scale=1.0,
+                                  distill_new_task=0.0)
 
     assert [b.cases for b in trainer(None, 0.0, {"a": ["c0", "c2"]}).train_banks] == [["c0", "c2"], ["c0", "c1", "c2"]]
     assert [b.task for b in trainer(None, 0.0, {"a": []}).train_banks] == ["b"]
@@ -194,7 +195,7 @@ def test_output_channels_of_new_labels_take_a_scaled_step_and_the_rest_the_base_
         torch.manual_seed(1)
         IncrementalTrainer(network, heads, banks, [], config, tmp_path / str(scale), Progress("quiet"), replay={},
                            teacher=None, distill_weight=0.0, new_task="b", new_task_share=0.5, first_new_channel=3,
-                           new_channel_lr_scale=scale).train_step(5)
+                           new_channel_lr_scale=scale, distill_new_task=0.0).train_step(5)
         return network
 
     base, scaled = one_step(1.0), one_step(10.0)

@@ -22,7 +22,9 @@ from labelshare.core.modelfolder import read_memory, verify_folder, write_manife
 from labelshare.core.progress import Progress
 from labelshare.core.tasks import TaskDataset
 from labelshare.engine.incremental import add_task
-from labelshare.engine.memory import select_exemplars
+from labelshare.core.layouts import TaskHead, task_heads
+from labelshare.engine.memory import memory_slices, select_exemplars, spread_rows
+from labelshare.engine.sampling import TaskSlices, load_task_slices
 from labelshare.engine.postprocess_run import make_memory
 from labelshare.engine.statistics import compute_statistics
 from labelshare.engine.training_run import train
@@ -39,7 +41,7 @@ def base(tmp_path_factory, synthetic_tasks) -> Path:
     space = LabelSpace.build([compute_statistics(TaskDataset.open(path, name)) for name, path in tasks])
     config = TrainConfig(batch_size=6, epochs=2, steps_per_epoch=20, device="cpu", seed=0)
     return train(tasks, space, tmp_path_factory.mktemp("memory-base") / "v1", config, progress=Progress("quiet"),
-                 command=["train", "(test fixture)"], memory=MemoryConfig(**SMALL_MEMORY)).path
+                 command=["train", "(test fixture)"], memory_config=MemoryConfig(**SMALL_MEMORY)).path
 
 
 def without_memory(model: Path, target: Path) -> Path:
@@ -79,6 +81,21 @@ def test_k_center_covers_the_features_and_every_label_and_case():
     assert select_exemplars(50, case_of, presence, features, seed=0) == list(range(43))
 
 
+def test_candidates_are_spread_over_cases_and_hold_the_labels():
+    targets = [np.zeros((20, 4, 4), np.uint8) for _ in range(3)]
+    for target in targets:
+        target[8:12, 1, 1] = 1  # the structure is in the middle of every stack
+    bank = TaskSlices(task="t", plan=None, cases=["a", "b", "c"], images=[t.astype(np.float16) for t in targets],
+                      targets=targets, flip_allowed=True)
+    head = TaskHead(task="t", index=0, channels=[0, 1], target_lut=np.array([0, 1]), output_lut=np.array([0, 1]),
+                    label_positions=[1], position_names={1: "x"})
+    rows = spread_rows(bank, np.arange(len(bank)), head, 12)
+    cases = bank.rows[rows][:, 0]
+    assert sorted(np.bincount(cases).tolist()) == [4, 4, 4]
+    held = [bool(bank.targets[c][i].any()) for c, i in bank.rows[rows]]
+    assert sum(held) >= 6 and not {0, 19} & set(bank.rows[rows][:, 1].tolist())
+
+
 def test_quantised_intensities_keep_their_range():
     image = np.linspace(-2.5, 6.0, 3 * 5 * 7, dtype=np.float32).reshape(3, 5, 7)
     values, low, high = quantise(image)
@@ -110,6 +127,24 @@ def test_train_writes_a_verified_memory_from_the_right_side_of_the_split(base, s
         assert ids <= {0, *task.labels.values()} and len(ids) > 1
     card = (base / "README.md").read_text()
     assert "## Rehearsal memory" in card and "CC0" in card and "KB in `memory/`" in card
+
+
+def test_the_memory_reads_back_as_the_training_slices_it_was_chosen_from(base, synthetic_tasks):
+    config, space = verify_folder(base)
+    memory = read_memory(base, space)
+    head = task_heads(config.layout, space)["phantom3d"]
+    stored = memory_slices(base, memory, "phantom3d", "replay", head, flip_allowed=True)
+    original = load_task_slices(TaskDataset.open(synthetic_tasks["phantom3d"], "phantom3d"), stored.cases, head,
+                                space.tasks["phantom3d"].plan)
+    records = memory.tasks["phantom3d"].parts["replay"].slices
+    assert len(stored) == len(records)  # one labelled slice per exemplar: its only row
+    for number, (case, images, targets) in enumerate(zip(stored.cases, stored.images, stored.targets, strict=True)):
+        record, source = records[number], original.cases.index(case)
+        assert images.shape[0] == 1 and stored.labelled_slices(number) == [0]  # a 2D plan: the slice alone
+        assert np.array_equal(targets[0], original.targets[source][record.slice])  # exact, in the head's positions
+        expected = original.images[source][record.slice].astype(np.float32)
+        step = (expected.max() - expected.min()) / 255
+        assert np.abs(images[0].astype(np.float32) - expected).max() <= step / 2 + 0.01
 
 
 def test_a_tampered_memory_file_is_refused_naming_it(base, tmp_path, capsys):
@@ -207,6 +242,32 @@ def test_an_update_from_memory_chooses_the_updated_task_again(added, tmp_path):
     assert new_memory.tasks["phantom3d"].to_json() == old_memory.tasks["phantom3d"].to_json()
 
 
+def test_an_update_from_a_folder_of_new_cases_only_keeps_the_old_cases_through_the_memory(added, tmp_path):
+    """The Slicer workspace case: the task's folder holds only the cases collected now."""
+    more = TaskDataset.open(synthetic.write_task(tmp_path / "all", "xray2d", n_cases=12), "xray2d")
+    new_only = tmp_path / "new-only"
+    for case in more.cases[8:]:  # the 4 cases the model has not seen
+        for path in (case.image_path, case.label_path):
+            (new_only / path.parent.name).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, new_only / path.parent.name / path.name)
+    data = json.loads((more.root / "dataset.json").read_text())
+    (new_only / "dataset.json").write_text(json.dumps({**data, "numTraining": 4}))
+    events = []
+    out = add_task(added, ("xray2d", new_only), tmp_path / "v3",
+                   AddTaskConfig.from_options(max_regression=100, **BUDGET, **SMALL_MEMORY),
+                   progress=Progress("quiet", callback=events.append)).path
+    assert any("its rehearsal memory stands in for them" in e.get("message", "") for e in events)
+    old_split = json.loads((added / "split.json").read_text())["tasks"]["xray2d"]
+    split = json.loads((out / "split.json").read_text())["tasks"]["xray2d"]
+    assert set(old_split["train"]) <= set(split["train"]) and set(old_split["validation"]) <= set(split["validation"])
+    assert len(split["train"]) + len(split["validation"]) == 12
+    report = json.loads((out / "forgetting.json").read_text())
+    assert "gate slices" in report["scored_on"]["xray2d"]  # scored on the old validation cases, from the memory
+    memory = read_memory(out, verify_folder(out)[1])  # replay ⊆ training cases, gate ⊆ validation cases: verified
+    chosen = set(memory.tasks["xray2d"].parts["replay"].cases)
+    assert chosen & set(old_split["train"])  # the old cases' exemplars are still rehearsed
+
+
 def test_a_model_without_a_memory_still_works_with_folders_and_says_which_folders_it_needs(
         base, tmp_path, synthetic_tasks):
     old = without_memory(base, tmp_path / "old")
@@ -230,7 +291,7 @@ def test_no_memory_holds_no_patient_images_and_needs_the_folders(tmp_path, synth
     tasks = [("xray2d", synthetic_tasks["xray2d"])]
     space = LabelSpace.build([compute_statistics(TaskDataset.open(synthetic_tasks["xray2d"], "xray2d"))])
     model = train(tasks, space, tmp_path / "private", TrainConfig(**BUDGET), progress=Progress("quiet"),
-                  memory=MemoryConfig(memory=False)).path
+                  memory_config=MemoryConfig(write_memory=False)).path
     memory = read_memory(model, verify_folder(model)[1])
     assert not memory.patient_images and not memory.tasks
     assert not list((model / MEMORY_DIR).glob("*.nii.gz"))
@@ -247,7 +308,7 @@ def test_the_memory_command_gives_an_older_model_a_memory_as_a_new_version(base,
                        "--out", str(tmp_path / "with-memory"), "--device", "cpu"])
     assert status == 1 and "give the folder of old task(s) xray2d" in capsys.readouterr().err
     out = make_memory(old, [(name, synthetic_tasks[name]) for name in OLD_TASKS], tmp_path / "with-memory",
-                      MemoryConfig(**SMALL_MEMORY), command=["memory", "(test)"])
+                      MemoryConfig(**SMALL_MEMORY), "cpu", command=["memory", "(test)"])
     assert {p.name: sha256_file(p) for p in old.iterdir() if p.is_file()} == before  # the old model is only read
     assert sha256_file(out / "model.safetensors") == before["model.safetensors"]
     for name in ("split.json", "metrics.json", "labelspace.json"):

@@ -20,7 +20,8 @@ def test_model_folder_contents_and_card(tiny_model):
     assert {"model.safetensors", "config.json", "labelspace.json", "manifest.json", "split.json", "metrics.json",
             "training_log.jsonl", "lineage.json", "README.md", "evaluation.csv", "training.json"} <= names
     manifest = json.loads((tiny_model / "manifest.json").read_text())
-    assert set(manifest["files"]) == names - {"manifest.json"}
+    files = {p.relative_to(tiny_model).as_posix() for p in tiny_model.rglob("*") if p.is_file()}
+    assert set(manifest["files"]) == files - {"manifest.json"} and "memory/memory.json" in files
     card = (tiny_model / "README.md").read_text()
     for task in ("phantom3d", "xray2d", "sides3d"):
         assert task in card

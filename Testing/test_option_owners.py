@@ -14,17 +14,20 @@ import pytest
 
 from labelshare.core import options as option_tools
 from labelshare.cli import build_parser
-from labelshare.core.config import (DEMO_BUDGET, AddTaskConfig, InferenceConfig, RankConfig, SegmentConfig, TrainConfig)
+from labelshare.core.config import (DEMO_BUDGET, AddTaskConfig, InferenceConfig, MemoryConfig, RankConfig,
+                                    SegmentConfig, TrainConfig)
 from labelshare.core.plans import PlanSettings
 from labelshare.core.worker_protocol import COMMAND_CONFIGS, COMMAND_FIELDS, request_config
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = (TrainConfig, InferenceConfig, SegmentConfig, RankConfig, AddTaskConfig, PlanSettings)
+CONFIGS = (TrainConfig, InferenceConfig, SegmentConfig, RankConfig, AddTaskConfig, PlanSettings, MemoryConfig)
 OPTION_NAMES = {name for config in CONFIGS for name in option_tools.option_fields(config)}
 # The configurations each command builds from its arguments, and a command's own preset of some defaults
 COMMAND_CONFIGS_OF_CLI = {
     ("labelspace", "build"): [(PlanSettings, {})],
-    ("train",): [(TrainConfig, {})],
+    ("train",): [(TrainConfig, {}), (MemoryConfig, {})],
+    ("postprocess",): [(MemoryConfig, {})],
+    ("memory",): [(MemoryConfig, {}), (SegmentConfig, {})],
     ("demo",): [(TrainConfig, DEMO_BUDGET), (PlanSettings, {})],
     ("segment",): [(SegmentConfig, {})],
     ("rank",): [(RankConfig, {})],

@@ -380,7 +380,7 @@ def test_every_option_has_help_and_shows_its_default(command):
         if action.dest in ("help",) or not action.option_strings:
             continue
         assert action.help, f"{command} {action.option_strings[0]} has no help"
-        shown = action.default not in (None, False, [], "==SUPPRESS==")
+        shown = action.default not in (None, False, [], {}, "==SUPPRESS==")
         if shown:
             assert f"(default: {action.default})" in " ".join(text.split()), (command, action.option_strings[0])
 

@@ -25,6 +25,8 @@ multi-channel) register into the engine's method registry (:mod:`.baselines`). R
 ``incremental-summary``     tables and chart of the incremental-learning experiments (docs/incremental;
                             ``benchmarks/incremental/run_experiments.sh`` runs them)
 ``incremental-step-cost``   cost of one add-task step with and without distillation
+``memory-precision``        how the rehearsal memory stores slices: bytes and prediction agreement of float and
+                            8-bit storage (docs/incremental/memory.md)
 ``split-task``              a task with every structure cut in two (more labels than n*), for head expansion
 ``new-label-rate``          add-task of a small label beyond n* against the new channel's learning-rate scale
 ``annotation-campaign``     a simulated annotation campaign: uncertainty ranking vs random selection
@@ -51,6 +53,7 @@ EXPERIMENTS = {
     "compare-recipes": "compare_recipes",
     "cross-validation": "cross_validation",
     "incremental-summary": "incremental.summarize",
+    "memory-precision": "incremental.memory_precision",
     "incremental-step-cost": "incremental.step_cost",
     "split-task": "incremental.split_task",
     "new-label-rate": "incremental.new_label_rate",

@@ -9,30 +9,33 @@ from __future__ import annotations
 import csv
 import math
 import statistics
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
 
-def dice_values(folder: Path, by: str) -> dict[tuple[str, str], list[float]]:
-    """(task, row[by]) -> the Dice values of the folder's evaluation.csv rows, grouped by the column ``by`` ("case"
-    or "label"); labels absent from reference and prediction (NaN) are skipped."""
+def dice_values(folder: Path, by: str, files: Sequence[Path] = ()) -> dict[tuple[str, str], list[float]]:
+    """(task, row[by]) -> the Dice values of the folder's evaluation.csv rows (and those of ``files``, evaluation.csv
+    files of the same model written by ``labelshare evaluate``), grouped by the column ``by`` ("case" or "label");
+    labels absent from reference and prediction (NaN) are skipped."""
     values: dict[tuple[str, str], list[float]] = {}
-    with open(folder / "evaluation.csv") as stream:
-        for row in csv.DictReader(stream):
-            dice = float(row["dice"])
-            if not math.isnan(dice):
-                values.setdefault((row["task"], row[by]), []).append(dice)
+    for path in [folder / "evaluation.csv", *files]:
+        with open(path) as stream:
+            for row in csv.DictReader(stream):
+                dice = float(row["dice"])
+                if not math.isnan(dice):
+                    values.setdefault((row["task"], row[by]), []).append(dice)
     return values
 
 
-def mean_dice(folder: Path, by: str) -> dict[tuple[str, str], float]:
+def mean_dice(folder: Path, by: str, files: Sequence[Path] = ()) -> dict[tuple[str, str], float]:
     """(task, row[by]) -> mean of :func:`dice_values`."""
-    return {key: statistics.fmean(v) for key, v in dice_values(folder, by).items()}
+    return {key: statistics.fmean(v) for key, v in dice_values(folder, by, files).items()}
 
 
-def case_means(folder: Path) -> dict[tuple[str, str], float]:
-    """(task, case) -> mean Dice over the labels of the case."""
-    return mean_dice(folder, "case")
+def case_means(folder: Path, files: Sequence[Path] = ()) -> dict[tuple[str, str], float]:
+    """(task, case) -> mean Dice over the labels of the case (``files``: as for :func:`mean_dice`)."""
+    return mean_dice(folder, "case", files)
 
 
 class PairedDifference(NamedTuple):

@@ -59,9 +59,8 @@ class HelpFormatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if "%(default)" not in text and action.option_strings and not action.required \
-                and action.default not in (None, False, [], {}, argparse.SUPPRESS) \
-                and not isinstance(action, argparse._StoreFalseAction):  # a flag that turns something off
+        if "%(default)" not in text and action.option_strings and not action.required and action.nargs != 0 \
+                and action.default not in (None, False, [], {}, argparse.SUPPRESS):
             text += " (default: %(default)s)"
         return text
 

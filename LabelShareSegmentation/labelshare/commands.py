@@ -96,7 +96,7 @@ def cmd_train(args, progress: Progress) -> int:
     check_new_version(args.out)
     from .engine.training_run import train  # torch: only once the arguments are known to be right
     result = train(tasks, space, args.out, config, method=args.method, resume=args.resume, progress=progress,
-                   command=sys.argv[1:], split=split, memory=memory)
+                   command=sys.argv[1:], split=split, memory_config=memory)
     progress.done(str(result.path), message=f"model written to {result.path}",
                   mean_dice=result.metrics.get("mean_dice"))
     return 0
@@ -253,7 +253,7 @@ def cmd_postprocess(args, progress: Progress) -> int:
     tasks, memory = task_arguments(args), memory_config_from(args)
     check_new_version(args.out)
     from .engine.postprocess_run import postprocess  # torch: only once the arguments are known to be right
-    out = postprocess(args.model, tasks, args.out, progress, command=sys.argv[1:], memory=memory)
+    out = postprocess(args.model, tasks, args.out, progress, command=sys.argv[1:], memory_config=memory)
     progress.done(str(out), message=f"model written to {out}")
     return 0
 
@@ -266,7 +266,7 @@ def cmd_memory(args, progress: Progress) -> int:
         space.task(name)  # an unknown task: refused before torch
     check_new_version(args.out)
     from .engine.postprocess_run import make_memory  # torch: only once the arguments are known to be right
-    out = make_memory(args.model, tasks, args.out, memory, progress, command=sys.argv[1:], device=args.device)
+    out = make_memory(args.model, tasks, args.out, memory, args.device, progress, command=sys.argv[1:])
     described = read_memory(out, verify_folder(out)[1])
     progress.done(str(out), message=f"model written to {out} with a rehearsal memory of "
                                     f"{described.bytes / 1e6:.1f} MB", memory_bytes=described.bytes)

@@ -35,6 +35,7 @@ from labelshare.core.errors import DataError, LabelShareError
 from labelshare.core.fileio import atomic_write_json, read_json
 from labelshare.core.forgetting import ForgettingReport
 from labelshare.core.labelspace import LabelSpace
+from labelshare.core.modelfolder import read_memory
 from labelshare.core.naming import check_task_name
 from labelshare.core.paths import labelshare_home, recorded_task_folders, user_models_dir
 from labelshare.core.taskfolders import CaseSummary, TaskCollection, copy_task, create_task, list_task_folders
@@ -402,20 +403,28 @@ class TrainingLogic:
     # -- internals --------------------------------------------------------------------------------------------------
     def replay_sources(self, model: Path, model_tasks: Mapping[str, dict], task: str) -> dict[str, str]:
         """Where the run finds the cases of the model's other tasks (to rehearse them, so that they are not
-        forgotten): the folders the model's lineage records are found by the engine; the others are taken from the
-        workspace. The one place that decides this, so that a model's own rehearsal memory can be added here as a
-        further source. Raises naming the task whose cases are nowhere."""
+        forgotten): the folders the model's lineage records are found by the engine, and so is the model's own
+        rehearsal memory; a task folder of the workspace is passed on (a folder holds more cases than a memory).
+        The one place that decides this. Raises naming the tasks whose cases are nowhere. Reads ``memory.json``,
+        not the cases."""
         recorded = recorded_task_folders(model)
-        folders = {}
+        memory = read_memory(model, LabelSpace.load(model / "labelspace.json"))
+        in_memory = set(memory.tasks) if memory is not None else set()
+        folders, missing = {}, []
         for name in model_tasks:
             if name == task or name in recorded:
                 continue
             local = self.task_folder(name)
-            if not (local / "dataset.json").is_file():
-                raise DataError(f"{model}: the folder of its task '{name}' is unknown (lineage.json does not record "
-                                f"it and the workspace {self.workspace} has no folder '{name}'); put that task's "
-                                "nnU-Net folder into the workspace")
-            folders[name] = str(local)
+            if (local / "dataset.json").is_file():
+                folders[name] = str(local)
+            elif name not in in_memory:
+                missing.append(name)
+        if missing:
+            held = "holds no rehearsal memory" if memory is None else (
+                "was made without a rehearsal memory" if not memory.patient_images
+                else f"has no rehearsal memory of {', '.join(missing)}")
+            raise DataError(f"{model}: {held}, and the workspace {self.workspace} has no folder of its task(s) "
+                            f"{', '.join(missing)}; put those tasks' nnU-Net folders into the workspace")
         return folders
 
     def _published(self, done_event: dict) -> Path:

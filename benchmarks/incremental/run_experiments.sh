@@ -43,8 +43,90 @@ add() {  # add NAME add-task-arguments...: a task added to the 3-task model. The
     --distill-weight 0 --new-task-share 0.5 "$@"
 }
 
+# Rehearsal memory (docs/incremental/memory.md): a task added to a base model three ways (the old tasks' folders:
+# full replay; only the base's rehearsal memory, at three sizes; no replay) with today's add-task defaults and the
+# budget of the earlier rows (300 steps); every version published (--accept-regression) and scored on the full
+# validation cases of every old task (RUNS_DIR/<name>.evaluation/<task>/evaluation.csv).
+MEMORY_SIZES=(16 48 128)
+MR_TASKS=(--task "hippocampus=$DATA/msd_hippocampus" --task "acdc=$DATA/acdc_cardiac"
+          --task "sunnybrook=$DATA/sunnybrook_lv")
+MR_REPLAY=(--replay-task "hippocampus=$DATA/msd_hippocampus" --replay-task "acdc=$DATA/acdc_cardiac"
+           --replay-task "sunnybrook=$DATA/sunnybrook_lv")
+MAMMO=(--task "mammo=$DATA/ddsm_mammo_tissue")
+
+memory_of() {  # memory_of BASE SIZE task-arguments...: BASE with a rehearsal memory of SIZE replay slices per task
+  local base=$1 size=$2; shift 2
+  run "$base-mem$size" memory --model "$RUNS/$base" "$@" --memory-slices "$size" --device cpu
+}
+added() {  # added NAME BASE add-task-arguments...: today's defaults, the earlier rows' budget, always published
+  local name=$1 base=$2; shift 2
+  run "$name" add-task --model "$RUNS/$base" --accept-regression "${BUDGET[@]}" --epochs 3 "$@"
+  score "$name"
+}
+score() {  # score NAME: every task of the model on its validation cases, at native resolution (labelshare evaluate)
+  local name=$1 task folder
+  for folder in "$DATA"/msd_hippocampus "$DATA"/acdc_cardiac "$DATA"/ddsm_mammo_tissue "$DATA"/sunnybrook_lv; do
+    task=$(case $folder in *hippocampus) echo hippocampus ;; *acdc*) echo acdc ;; *mammo*) echo mammo ;;
+           *) echo sunnybrook ;; esac)
+    grep -q "\"$task\"" "$RUNS/$name/labelspace.json" || continue
+    grep -q "^$task," "$RUNS/$name/evaluation.csv" && continue  # the run scored it on its validation cases
+    [ -f "$RUNS/$name.evaluation/$task/evaluation.csv" ] && continue
+    nice -n 10 labelshare evaluate --model "$RUNS/$name" --task "$task" --data "$folder" --device cpu \
+      -o "$RUNS/$name.evaluation/$task" --progress quiet > /dev/null
+  done
+}
+without_cases() {  # without_cases TASK_DIR COUNT OUT: a copy (hard links) of a task folder without its last COUNT cases
+  python - "$@" <<'PY'
+import json, os, sys
+from pathlib import Path
+from labelshare.core.tasks import TaskDataset
+source, count, out = Path(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
+if not out.exists():
+    task = TaskDataset.open(source, "task")
+    kept = task.cases[:-count]
+    for case in kept:
+        for path in (case.image_path, case.label_path):
+            target = out / path.relative_to(source)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.link(path, target)
+    data = json.loads((source / "dataset.json").read_text())
+    data["numTraining"] = len(kept)
+    (out / "dataset.json").write_text(json.dumps(data, indent=1))
+PY
+}
+
 experiment() {
   case $1 in
+    memory-bases)  # the two base models with memories of every size
+      for size in "${MEMORY_SIZES[@]}"; do
+        memory_of base-3task "$size" "${BASE_TASKS[@]}"
+        memory_of base2-3task-mr "$size" "${MR_TASKS[@]}"
+      done ;;
+    mem-full) added mem-sunnybrook-full base-3task "${SUNNYBROOK[@]}" "${REPLAY[@]}" ;;
+    mem-noreplay) added mem-sunnybrook-noreplay base-3task "${SUNNYBROOK[@]}" "${REPLAY[@]}" --replay-cases 0 ;;
+    mem16|mem48|mem128)
+      memory_of base-3task "${1#mem}" "${BASE_TASKS[@]}"
+      added "mem-sunnybrook-${1#mem}" "base-3task-mem${1#mem}" "${SUNNYBROOK[@]}" ;;
+    mem48-distill-new)
+      memory_of base-3task 48 "${BASE_TASKS[@]}"
+      added mem-sunnybrook-48-distill-new base-3task-mem48 "${SUNNYBROOK[@]}" --distill-new-task 1 ;;
+    mem-update)  # Sunnybrook added without 20 of its cases, then updated with them: memory only
+      memory_of base-3task 48 "${BASE_TASKS[@]}"
+      local fewer; fewer=$RUNS/sunnybrook_lv-minus20
+      without_cases "$DATA/sunnybrook_lv" 20 "$fewer"
+      added mem-sunnybrook-minus20-48 base-3task-mem48 --task "sunnybrook=$fewer"
+      added mem-sunnybrook-update-48 mem-sunnybrook-minus20-48 "${SUNNYBROOK[@]}" ;;
+    mem2-full) added mem2-mammo-full base2-3task-mr "${MAMMO[@]}" "${MR_REPLAY[@]}" ;;
+    mem2-noreplay) added mem2-mammo-noreplay base2-3task-mr "${MAMMO[@]}" "${MR_REPLAY[@]}" --replay-cases 0 ;;
+    mem2-16|mem2-48|mem2-128)
+      memory_of base2-3task-mr "${1#mem2-}" "${MR_TASKS[@]}"
+      added "mem2-mammo-${1#mem2-}" "base2-3task-mr-mem${1#mem2-}" "${MAMMO[@]}" ;;
+    mem2-update)  # mammography added without 20 of its cases, then updated with them: memory only
+      memory_of base2-3task-mr 48 "${MR_TASKS[@]}"
+      local fewer; fewer=$RUNS/ddsm_mammo_tissue-minus20
+      without_cases "$DATA/ddsm_mammo_tissue" 20 "$fewer"
+      added mem2-mammo-minus20-48 base2-3task-mr-mem48 --task "mammo=$fewer"
+      added mem2-mammo-update-48 mem2-mammo-minus20-48 "${MAMMO[@]}" ;;
     base) base ;;
     overlap) add add-overlap "${SUNNYBROOK[@]}" --strategy overlap --replay-cases all ;;
     size) add add-size "${SUNNYBROOK[@]}" --strategy size --replay-cases all ;;

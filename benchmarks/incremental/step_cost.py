@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as workdir:
         trainers = {w: IncrementalTrainer(network, heads, banks, [], config, Path(workdir), Progress("quiet"),
                                           replay=replay, teacher=teacher, distill_weight=w, new_task="new",
-                                          new_task_share=None, first_new_channel=None, new_channel_lr_scale=1.0)
+                                          new_task_share=None, first_new_channel=None, new_channel_lr_scale=1.0,
+                                          distill_new_task=0.0)
                     for w in timings}
         for trainer in trainers.values():
             trainer.train_step(0)  # warm-up

@@ -297,23 +297,23 @@ class RankConfig(Configuration):
 @dataclass
 class MemoryConfig(Configuration):
     """The rehearsal memory a new model version carries (:mod:`labelshare.core.memory`): how many slices per task it
-    keeps to replay and to gate on (sizes chosen by measurement: docs/incremental/memory.md), or none at all."""
+    keeps to replay and to gate on (the default size measured in docs/incremental/memory.md), or none at all."""
 
     memory_slices: int = option(48, "training slices per task that the version's rehearsal memory keeps for "
                                     "add-task to replay when the task's folder is not given", metavar="N")
     gate_slices: int = option(32, "validation slices per task that the memory keeps for add-task's forgetting gate",
                               flag="--memory-gate-slices", metavar="N")
-    memory: bool = option(True, "write no rehearsal memory: the version holds no patient images, and adding a task "
-                                "to it needs the folders of all its tasks", flag="--no-memory")
+    write_memory: bool = option(True, "write no rehearsal memory: the version holds no patient images, and adding a "
+                                      "task to it needs the folders of all its tasks", flag="--no-memory")
 
     def check(self) -> None:
         check_at_least(self.memory_slices, 1, "--memory-slices", MAX_MEMORY_SLICES)
         check_at_least(self.gate_slices, 1, "--memory-gate-slices", MAX_MEMORY_SLICES)
-        _check_flag(self, "memory")
+        _check_flag(self, "write_memory")
 
 
 MAX_MEMORY_SLICES = 10_000
-MEMORY_OPTIONS = ("memory_slices", "gate_slices", "memory")
+MEMORY_OPTIONS = ("memory_slices", "gate_slices", "write_memory")
 
 
 # The options of TrainConfig that ``labelshare add-task`` offers (the others come from the model's training.json)
@@ -345,8 +345,10 @@ class AddTaskConfig(Configuration):
                                             "all)", metavar="N|all", parse=parse_replay_cases)
     distill_weight: float = option(1.0, "weight of distillation from the old model on replayed slices")
     distill_new_task: float = option(0.0, "weight of distillation from the old model on the task's own slices (where "
-                                          "the task's labels share output channels with old ones it pulls against "
-                                          "them; measured in docs/incremental/memory.md)", metavar="WEIGHT")
+                                          "the task's labels share output channels with old ones it can pull against "
+                                          "them; measured on one pair, not yet the default: docs/incremental/"
+                                          "memory.md)",
+                                   metavar="WEIGHT")
     max_regression: float = option(1.0, "largest allowed loss of an old task's mean Dice, in points",
                                    metavar="POINTS")
     min_new_dice: float | None = option(None, "refuse the version when a label of the task ends below this Dice "

@@ -185,6 +185,9 @@ class RehearsalMemory:
             if task.plan != space.tasks[name].plan:
                 raise ModelError(f"{path}: task '{name}' is stored for another plan than the model's "
                                  f"({task.plan.describe()} vs {space.tasks[name].plan.describe()})")
+            if task.parts and task.channels != task.plan.slice_context:
+                raise ModelError(f"{path}: task '{name}' stores {task.channels} slice(s) per exemplar, but its plan "
+                                 f"takes {task.plan.slice_context}")
             for part_name, part in task.parts.items():
                 if part_name not in PARTS:
                     raise ModelError(f"{path}: task '{name}' has an unknown part '{part_name}' (known: "

@@ -43,7 +43,7 @@ class VersionContext:
     same_weights: bool
     memory: MemoryConfig
     progress: Progress
-    seed: int = 0
+    seed: int  # the run's seed (of its split and sampling): the memory's choice repeats with it
     slices: Mapping[str, tuple] = field(default_factory=dict)
 
 

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from ..core.config import INFERENCE_BATCH, MemoryConfig
-from ..core.errors import LabelShareError, ModelError
+from ..core.errors import LabelShareError
 from ..core.layouts import TaskHead
 from ..core.memory import (MEMORY_DIR, MemorySlice, RehearsalMemory, TaskMemory, dequantise, quantise,
                            write_part)
@@ -135,11 +135,12 @@ def _evenly(rows: Sequence[int], count: int) -> list[int]:
     return [rows[int((k + 0.5) * len(rows) / count)] for k in range(count)]
 
 
-def _image(bank: TaskSlices, row: int) -> np.ndarray:
-    """The exemplar of a row as (channels, h, w) float32."""
+def _image(bank: TaskSlices, row: int, channels: int) -> np.ndarray:
+    """The input stack of a row's slice as (channels, h, w) float32 (by the plan's slicing scheme: with its
+    neighbours for a plan of slice context); the memory stores the plan's own context (``channels`` =
+    ``plan.slice_context``), the network takes its input channels."""
     case, index = bank.rows[row]
-    image = np.asarray(bank.images[case][index], dtype=np.float32)
-    return image[None] if image.ndim == 2 else image
+    return bank.plan.stacks(bank.images[case], [int(index)], channels)[0].astype(np.float32)
 
 
 def _presence(bank: TaskSlices, rows: np.ndarray, head: TaskHead) -> np.ndarray:
@@ -159,7 +160,8 @@ def candidate_features(network: torch.nn.Module, bank: TaskSlices, rows: np.ndar
     for positions in by_case.values():
         for start in range(0, len(positions), batch):
             chunk = positions[start: start + batch]
-            images = torch.from_numpy(np.stack([_image(bank, rows[i]) for i in chunk])).to(device)
+            images = torch.from_numpy(np.stack([_image(bank, rows[i], network.config.in_channels)
+                                                for i in chunk])).to(device)
             values = slice_features(network, images, head.index, bank.plan.patch_size, batch,
                                     windows=FEATURE_WINDOWS).numpy()
             if not features.shape[1]:
@@ -198,7 +200,7 @@ def write_task_memory(folder: Path, name: str, banks: dict[str, TaskSlices], net
         images, labels, records = [], [], []
         for row in rows:
             case, index = bank.rows[row]
-            values, low, high = quantise(_image(bank, row))
+            values, low, high = quantise(_image(bank, row, bank.plan.slice_context))
             target = bank.targets[case][index]
             held = [head.position_names[p] for p in head.label_positions if (target == p).any()]
             images.append(values)
@@ -234,7 +236,7 @@ class MemoryArtefact:
 
     def write(self, context: VersionContext, folder: Path) -> list[str]:
         config, model, progress = context.memory, context.model, context.progress
-        if not config.memory:
+        if not config.write_memory:
             memory = RehearsalMemory(patient_images=False)
             memory.save(folder)
             return memory.describe()
@@ -266,10 +268,11 @@ class MemoryArtefact:
         if name in context.slices:
             train, validation = context.slices[name]
         else:
-            split, task = context.split[name], context.tasks[name]
-            entry = context.model.labelspace.tasks[name]
+            task = context.tasks[name]
+            held = {case.name for case in task.cases}
+            split = {side: [c for c in cases if c in held] for side, cases in context.split[name].items()}
             bank = load_task_slices(task, split["train"] + split["validation"], context.model.heads[name],
-                                    entry.plan)
+                                    context.model.labelspace.tasks[name].plan)
             train, validation = bank.select(split["train"]), bank.select(split["validation"])
         return {part: bank for part, bank in (("replay", train), ("gate", validation)) if bank is not None}
 
@@ -280,46 +283,44 @@ register_artefact(MemoryArtefact())
 # -- using ----------------------------------------------------------------------------------------------------------
 def memory_slices(folder: Path, memory: RehearsalMemory, task: str, part: str, head: TaskHead,
                   flip_allowed: bool) -> TaskSlices:
-    """A part of a task's memory as training data: the exemplars at plan resolution, grouped by case (slices of one
-    case share their shape), label ids mapped into the task's head."""
+    """A part of a task's memory as training data: the exemplars at plan resolution, label ids mapped into the task's
+    head. Each exemplar is a "case" of its own: the ``channels`` slices of its stored input stack, of which the middle
+    one is labelled (``TaskSlices.labelled``), so that the plan's slicing scheme gives the network the stack it was
+    stored with (one slice for a 2D plan)."""
     entry = memory.tasks[task]
     images, labels = memory.arrays(folder, task, part)
-    groups: dict[str, list[int]] = {}
-    for i, record in enumerate(entry.parts[part].slices):
-        groups.setdefault(record.case, []).append(i)
+    middle = (entry.channels - 1) // 2  # the stack's slice offsets are -middle.., centred (context_offsets)
     stacks, targets = [], []
-    records = entry.parts[part].slices
     lut = head.target_lut
-    for indices in groups.values():
-        h, w = records[indices[0]].shape
-        if any(records[i].shape != (h, w) for i in indices):
-            raise ModelError(f"{folder / MEMORY_DIR}: the {part} slices of case '{records[indices[0]].case}' of task "
-                             f"'{task}' have different shapes")
-        exemplars = np.stack([dequantise(images[i, :, :h, :w], records[i].low, records[i].high) for i in indices])
-        stacks.append((exemplars[:, 0] if entry.channels == 1 else exemplars).astype(np.float16))
-        targets.append(lut[labels[indices][:, :h, :w].astype(np.int64)].astype(np.uint8))
-    return TaskSlices(task=task, plan=entry.plan, cases=list(groups), images=stacks, targets=targets,
-                      flip_allowed=flip_allowed)
+    for i, record in enumerate(entry.parts[part].slices):
+        h, w = record.shape
+        stacks.append(dequantise(images[i, :, :h, :w], record.low, record.high).astype(np.float16))
+        target = np.zeros((entry.channels, h, w), dtype=np.uint8)
+        target[middle] = lut[labels[i, :h, :w].astype(np.int64)]
+        targets.append(target)
+    return TaskSlices(task=task, plan=entry.plan, cases=[r.case for r in entry.parts[part].slices], images=stacks,
+                      targets=targets, flip_allowed=flip_allowed, labelled=[[middle]] * len(stacks))
 
 
 @torch.no_grad()
 def gate_evaluation(network: torch.nn.Module, bank: TaskSlices, head: TaskHead, device: torch.device,
                     autocast_dtype: torch.dtype | None = None) -> Evaluation:
-    """Slice-level Dice of every label of the task on the gate slices (one score per slice, named ``case:slice``)
+    """Slice-level Dice of every label of the task on the gate slices (one score per slice, named
+    ``case:exemplar:slice``)
     at plan resolution, predicted with the inference windows (no post-processing)."""
     network.eval()
     scores = []
     batch = INFERENCE_BATCH.get(device.type, INFERENCE_BATCH["cpu"])
-    for case, images, targets in zip(bank.cases, bank.images, bank.targets, strict=True):
-        tensor = torch.from_numpy(np.asarray(images, dtype=np.float32))
-        tensor = tensor[:, None] if tensor.ndim == 3 else tensor
+    for number, (case, images, targets) in enumerate(zip(bank.cases, bank.images, bank.targets, strict=True)):
+        rows = bank.labelled_slices(number)
+        tensor = torch.from_numpy(bank.plan.stacks(images, rows, network.config.in_channels).astype(np.float32))
         probabilities = head_probabilities(network, tensor.to(device), head, bank.plan, mirror=False,
                                            windows_per_batch=batch, autocast_dtype=autocast_dtype)
         predictions = probabilities.max(dim=1).indices.cpu().numpy()
-        for index, (prediction, target) in enumerate(zip(predictions, targets, strict=True)):
+        for index, prediction, target in zip(rows, predictions, targets[rows], strict=True):
             dice = dice_per_label(prediction, target, head.label_positions)
-            scores += [CaseScore(bank.task, f"{case}:{index}", head.position_names[p], int(head.output_lut[p]),
-                                 dice[p], float("nan")) for p in head.label_positions]
+            scores += [CaseScore(bank.task, f"{case}:{number}:{index}", head.position_names[p],
+                                 int(head.output_lut[p]), dice[p], float("nan")) for p in head.label_positions]
     return Evaluation(scores)
 
 

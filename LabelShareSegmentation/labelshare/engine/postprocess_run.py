@@ -40,7 +40,7 @@ CARRIED_FILES = (WEIGHTS_FILE, "split.json", "training.json", "training_log.json
 
 def postprocess(model_path: str | Path, task_arguments: Sequence[tuple[str, Path]], out: str | Path,
                 progress: Progress | None = None, command: Sequence[str] = (),
-                memory: MemoryConfig | None = None) -> Path:
+                memory_config: MemoryConfig | None = None) -> Path:
     """Write ``out``: ``model_path`` with the post-processing chosen on the validation cases of every task (and its
     version artefacts: the parent's rehearsal memory, or one chosen from the folders when it has none)."""
     progress = progress or Progress("quiet")
@@ -67,20 +67,20 @@ def postprocess(model_path: str | Path, task_arguments: Sequence[tuple[str, Path
         progress.log(f"{name}: largest connected component kept of " + (", ".join(labels) or "no label"))
     previous = model.read_json("metrics.json", {}) or {}
     metrics = metrics_json(evaluation, [previous["last_epoch"]] if previous.get("last_epoch") else [])
-    return same_weights_version(model, tasks, out, "postprocess", memory or MemoryConfig(), progress, command,
+    return same_weights_version(model, tasks, out, "postprocess", memory_config or MemoryConfig(), progress, command,
                                 config=replace(model.config, largest_component=choice), metrics=metrics,
                                 evaluation=evaluation)
 
 
 def make_memory(model_path: str | Path, task_arguments: Sequence[tuple[str, Path]], out: str | Path,
-                memory: MemoryConfig, progress: Progress | None = None, command: Sequence[str] = (),
-                device: str = "cpu") -> Path:
+                memory: MemoryConfig, device: str, progress: Progress | None = None,
+                command: Sequence[str] = ()) -> Path:
     """``labelshare memory``: ``model_path`` as a new version (same weights, records and scores) with a rehearsal
     memory chosen from the given task folders; a task whose folder is not given keeps the model's own memory of it
     (else one error naming it). The model given is never changed."""
     progress = progress or Progress("quiet")
     out = check_new_version(out)
-    if not memory.memory:
+    if not memory.write_memory:
         raise LabelShareError("labelshare memory writes a rehearsal memory; --no-memory asks for none")
     model = load_model(model_path, device=device)
     given = dict(task_arguments)

@@ -34,7 +34,10 @@ from .slices import to_plan
 @dataclass
 class TaskSlices:
     """One task's slices at plan resolution, per case: ``images[c]`` (n, H, W) float16 and ``targets[c]``
-    (n, H, W) uint8 holding positions in the task's head; ``rows`` lists (case, slice) of every slice."""
+    (n, H, W) uint8 holding positions in the task's head; ``rows`` lists (case, slice) of every labelled slice:
+    every slice, or (``labelled``) per case the slices that are (a rehearsal memory's exemplar is a "case" of the
+    slices its input stack needs, of which only the middle one is labelled: :func:`labelshare.engine.memory.
+    memory_slices`)."""
 
     task: str
     plan: TaskPlan
@@ -42,12 +45,13 @@ class TaskSlices:
     images: list[np.ndarray]
     targets: list[np.ndarray]
     flip_allowed: bool
+    labelled: list[list[int]] | None = None
 
     def __post_init__(self):
-        self.rows = np.array([(c, s) for c, target in enumerate(self.targets) for s in range(target.shape[0])],
+        self.rows = np.array([(c, s) for c in range(len(self.targets)) for s in self.labelled_slices(c)],
                              dtype=np.int64).reshape(-1, 2)
         positions = max((int(t.max()) for t in self.targets if t.size), default=0)
-        present = [np.array([(t[s] == p).any() for t in self.targets for s in range(t.shape[0])], dtype=bool)
+        present = [np.array([(self.targets[c][s] == p).any() for c, s in self.rows], dtype=bool)
                    for p in range(positions + 1)]
         # rows of the slices holding each label position (1..); position 0 (background) is not oversampled
         self.rows_with = {p: np.flatnonzero(present[p]) for p in range(1, positions + 1) if present[p].any()}
@@ -55,11 +59,27 @@ class TaskSlices:
     def __len__(self) -> int:
         return len(self.rows)
 
+    def labelled_slices(self, case: int) -> list[int]:
+        """The indices of the labelled slices of a case (its rows)."""
+        return list(range(self.targets[case].shape[0])) if self.labelled is None else self.labelled[case]
+
+    def joined(self, other: TaskSlices | None) -> TaskSlices:
+        """These slices and ``other``'s (cases of the same task at the same plan; None: these alone)."""
+        if other is None:
+            return self
+        both = [self, other]
+        labelled = None if self.labelled is None and other.labelled is None else \
+            [bank.labelled_slices(c) for bank in both for c in range(len(bank.cases))]
+        return TaskSlices(task=self.task, plan=self.plan, cases=self.cases + other.cases,
+                          images=self.images + other.images, targets=self.targets + other.targets,
+                          flip_allowed=self.flip_allowed, labelled=labelled)
+
     def select(self, case_names: Sequence[str]) -> TaskSlices:
         keep = [i for i, name in enumerate(self.cases) if name in set(case_names)]
         return TaskSlices(task=self.task, plan=self.plan, cases=[self.cases[i] for i in keep],
                           images=[self.images[i] for i in keep], targets=[self.targets[i] for i in keep],
-                          flip_allowed=self.flip_allowed)
+                          flip_allowed=self.flip_allowed,
+                          labelled=None if self.labelled is None else [self.labelled[i] for i in keep])
 
 
 def load_task_slices(task: TaskDataset, case_names: Sequence[str], head: TaskHead, plan: TaskPlan,

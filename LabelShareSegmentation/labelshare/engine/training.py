@@ -260,8 +260,10 @@ class Trainer:
             head = self.heads[bank.task]
             per_label: dict[int, list[float]] = {p: [] for p in head.label_positions}
             chosen = np.unique(np.linspace(0, len(bank.cases) - 1, min(MONITOR_CASES, len(bank.cases))).astype(int))
-            for images, target in ((bank.images[i], bank.targets[i]) for i in chosen):
-                stacks = bank.plan.stacks(images, range(len(images)), self.input_channels)
+            for case in chosen:
+                rows = bank.labelled_slices(case)
+                stacks = bank.plan.stacks(bank.images[case], rows, self.input_channels)
+                target = bank.targets[case][rows]
                 probabilities = head_probabilities(self.network, torch.from_numpy(stacks).float().to(self.device),
                                                    head, bank.plan, mirror=False,
                                                    windows_per_batch=self.windows_per_batch,

@@ -53,16 +53,20 @@ class PreparedData:
     gates: dict[str, TaskSlices] = field(default_factory=dict)
 
     def slices_of(self, task: str) -> tuple[TaskSlices | None, TaskSlices | None]:
-        """A folder task's (training, validation) slices."""
-        def find(banks):
-            return next((bank for bank in banks if bank.task == task), None)
-        return find(self.train_banks), find(self.validation_banks)
+        """A task's training slices and its validation slices (gate slices included)."""
+        train = next((bank for bank in self.train_banks if bank.task == task), None)
+        validation = next((bank for bank in self.validation_banks if bank.task == task and
+                           bank is not self.gates.get(task)), None)
+        if validation is None:
+            return train, self.gates.get(task)
+        return train, validation.joined(self.gates.get(task))
 
 
 @dataclass
 class MemoryTask:
-    """A task trained and scored from a rehearsal memory instead of its folder: its replay slices (None: not
-    replayed) and its gate slices."""
+    """A task trained and scored from a rehearsal memory instead of its folder (or, for a task updated from a
+    folder that lacks its old cases, in addition to it): its replay slices (None: not replayed) and its gate
+    slices."""
 
     replay: TaskSlices | None
     gate: TaskSlices
@@ -90,30 +94,31 @@ def prepare_data(tasks: dict[str, TaskDataset], space: LabelSpace, layout: str,
                  split: dict[str, dict[str, list[str]]], progress: Progress,
                  fraction_range: tuple[float, float] = (0.0, 0.1),
                  memory_tasks: Mapping[str, MemoryTask] | None = None) -> PreparedData:
-    """The slices of every task in the label space's order: read from the task's folder, or (``memory_tasks``) the
-    replay slices of a rehearsal memory, whose gate slices monitor and score the task."""
-    heads = task_heads(layout, space)
-    train_banks, validation_banks, gates = [], [], {}
+    """The slices of every task in the label space's order: read from the task's folder (the cases of ``split`` it
+    holds), and (``memory_tasks``) the replay slices of a rehearsal memory, whose gate slices monitor and score the
+    task. The prepared split lists the cases read from the folders."""
+    heads, memory_tasks = task_heads(layout, space), memory_tasks or {}
+    train_banks, validation_banks, gates, present = [], [], {}, {}
     start, end = fraction_range
     step = (end - start) / max(1, len(tasks))
     for name in space.task_names:
-        if name in (memory_tasks or {}):
-            memory = memory_tasks[name]
-            train_banks += [memory.replay] if memory.replay is not None else []
+        memory = memory_tasks.get(name)
+        train = memory.replay if memory is not None else None
+        if name in tasks:
+            i, task = list(tasks).index(name), tasks[name]
+            held = {case.name for case in task.cases}
+            present[name] = {side: [c for c in cases if c in held] for side, cases in split[name].items()}
+            bank = load_task_slices(task, present[name]["train"] + present[name]["validation"], heads[name],
+                                    space.task(name).plan, progress, (start + i * step, start + (i + 1) * step))
+            train = bank.select(present[name]["train"]).joined(train)
+            if present[name]["validation"]:
+                validation_banks.append(bank.select(present[name]["validation"]))
+        if train is not None:
+            train_banks.append(train)
+        if memory is not None:
             validation_banks.append(memory.gate)
             gates[name] = memory.gate
-            continue
-        if name not in tasks:
-            continue
-        i = list(tasks).index(name)
-        task = tasks[name]
-        names = split[name]["train"] + split[name]["validation"]
-        bank = load_task_slices(task, names, heads[name], space.task(name).plan, progress,
-                                (start + i * step, start + (i + 1) * step))
-        train_banks.append(bank.select(split[name]["train"]))
-        if split[name]["validation"]:
-            validation_banks.append(bank.select(split[name]["validation"]))
-    return PreparedData(tasks=tasks, split=split, train_banks=train_banks, validation_banks=validation_banks,
+    return PreparedData(tasks=tasks, split=present, train_banks=train_banks, validation_banks=validation_banks,
                         gates=gates)
 
 
@@ -166,8 +171,9 @@ class TrainingResult:
 def train(task_arguments: Sequence[tuple[str, Path]], space: LabelSpace, out: str | Path,
           config: TrainConfig | None = None, method: str = DEFAULT_METHOD, resume: bool = False,
           progress: Progress | None = None, command: Sequence[str] | None = None,
-          split: dict[str, dict[str, list[str]]] | None = None, memory: MemoryConfig | None = None) -> TrainingResult:
-    """Train a model on the tasks and publish it as ``out``, with its rehearsal memory (``memory``).
+          split: dict[str, dict[str, list[str]]] | None = None,
+          memory_config: MemoryConfig | None = None) -> TrainingResult:
+    """Train a model on the tasks and publish it as ``out``, with its rehearsal memory (``memory_config``).
 
     ``split`` ({task: {"train": [...], "validation": [...]}}) fixes the cases of each side (the benchmark gives every
     method the same one); by default every task is split by patient with ``config.seed``.
@@ -200,7 +206,7 @@ def train(task_arguments: Sequence[tuple[str, Path]], space: LabelSpace, out: st
         check_patch_multiple(entry.plan, model_config.network.patch_multiple, f"{name}'s plan")
     return run_training(tasks, space, model_config, out, config, progress, resume=resume, command=command,
                         lineage={"parent": None, "operation": "train", "tasks_added": list(tasks)}, split=split,
-                        memory=memory)
+                        memory_config=memory_config)
 
 
 def run_training(tasks: dict[str, TaskDataset], space: LabelSpace, model_config: ModelConfig, out: Path,
@@ -208,10 +214,10 @@ def run_training(tasks: dict[str, TaskDataset], space: LabelSpace, model_config:
                  command: Sequence[str] | None = None, lineage: dict | None = None,
                  initial_network: torch.nn.Module | None = None, trainer_class: type[Trainer] = Trainer,
                  trainer_options: dict | None = None, split: dict[str, dict[str, list[str]]] | None = None,
-                 extra_json: dict | None = None, memory: MemoryConfig | None = None,
+                 extra_json: dict | None = None, memory_config: MemoryConfig | None = None,
                  memory_tasks: Mapping[str, MemoryTask] | None = None, parent: Path | None = None) -> TrainingResult:
     """The shared body of ``train`` and ``add-task``: staging folder, data, loop, evaluation, version artefacts
-    (:mod:`labelshare.engine.artefacts`; ``memory``: the rehearsal memory's settings), model folder.
+    (:mod:`labelshare.engine.artefacts`; ``memory_config``: the rehearsal memory's settings), model folder.
 
     ``memory_tasks`` are tasks of the label space that are trained from a rehearsal memory instead of a folder (the
     old tasks of add-task whose folders are not given): ``split`` must hold their (old) split, ``lineage["data"]``
@@ -231,7 +237,7 @@ def run_training(tasks: dict[str, TaskDataset], space: LabelSpace, model_config:
         try:
             return _train_in(staging, tasks, space, model_config, out, config, progress, context, resume, command,
                              lineage, initial_network, trainer_class, trainer_options, split, extra_json,
-                             memory or MemoryConfig(), memory_tasks or {}, parent)
+                             memory_config or MemoryConfig(), memory_tasks or {}, parent)
         except BaseException:
             if context.is_main and staging.is_dir() and not _resumable(staging):
                 remove_tree(staging)
@@ -260,11 +266,17 @@ def _recorded_split(split_file: Path, tasks: dict[str, TaskDataset], memory_task
     memory has no folder to check it against)."""
     hint = f"; delete {split_file.parent} to start the run over"
     try:
-        split = read_split(split_file, [*tasks, *memory_tasks])
+        split = read_split(split_file, sorted(set(tasks) | set(memory_tasks)))
     except LabelShareError as error:
         raise LabelShareError(f"{error}{hint}") from None
-    check_split_cases({name: sides for name, sides in split.items() if name in tasks}, tasks, hint)
+    check_split_cases(_folder_split(split, memory_tasks), tasks, hint)
     return split
+
+
+def _folder_split(split: Split, memory_tasks: Sequence[str]) -> Split:
+    """The part of a split that the task folders hold: a task trained (even in part: an update from a folder of new
+    cases only) from a rehearsal memory has cases its folder lacks."""
+    return {name: sides for name, sides in split.items() if name not in memory_tasks}
 
 
 def _identity_digest(identity: dict) -> str:
@@ -298,7 +310,7 @@ def _train_in(staging: Path, tasks: dict[str, TaskDataset], space: LabelSpace, m
     elif split is None:
         split = make_split(tasks, config.validation_fraction, config.seed)
     else:
-        check_split_cases({name: sides for name, sides in split.items() if name in tasks}, tasks)
+        check_split_cases(_folder_split(split, list(memory_tasks)), tasks)
     data = prepare_data(tasks, space, model_config.layout, split, progress, memory_tasks=memory_tasks)
     if initial_network is None:
         torch.manual_seed(config.seed)  # the initial weights, so that a run (or a resumed benchmark) repeats
@@ -333,7 +345,8 @@ def _train_in(staging: Path, tasks: dict[str, TaskDataset], space: LabelSpace, m
         model = Model(path=None, config=model_config, labelspace=space, network=trainer.network.eval(),
                       device=trainer.device)
         largest_component, evaluation, gates = evaluate_validation(model, data, progress, (0.9, 0.97))
-        kept = {name: labels for name, labels in model_config.largest_component.items() if name in memory_tasks}
+        kept = {name: labels for name, labels in model_config.largest_component.items()
+                if name in memory_tasks and name not in tasks}
         model_config = replace(model_config, largest_component={**kept, **largest_component})
         model = replace(model, config=model_config)
         data_record = {name: {"folder": task.root.name, "cases": len(task.cases),

@@ -89,9 +89,18 @@ def add_task(model: str | Path, task: tuple[str, str | Path], out: str | Path, c
     split = _split(old, tasks, name, config)
     split.update({t: _recorded_split_of(old, t) for t in from_memory})
     memory_tasks = {t: _memory_task(old, memory, t, config.replay_cases != 0) for t in from_memory}
+    folder_split = split[name]  # the updated task's cases in its folder (its statistics are measured on them)
+    if update and memory is not None and name in memory.tasks:
+        split[name], held_back = _with_held_back_cases(old, memory, name, split[name])
+        if held_back is not None:
+            memory_tasks[name] = held_back
+            progress.log(f"{name}: {folder} lacks cases the model was trained on; its rehearsal memory stands in for "
+                         f"them ({len(held_back.replay) if held_back.replay is not None else 0} replay / "
+                         f"{len(held_back.gate)} gate slices)")
     train_config = _train_config(recorded, config, len(new_task.labels), len(split[name]["train"]))
     replay = {t: (spread_cases(tasks[t], split[t]["train"], config.replay_cases, config.train.seed)
-                  if t in tasks else (memory_tasks[t].replay.cases if memory_tasks[t].replay is not None else []))
+                  if t in tasks else (list(dict.fromkeys(memory_tasks[t].replay.cases))  # a case's exemplars: one entry
+                                     if memory_tasks[t].replay is not None else []))
               for t in old.labelspace.tasks if t != name}
     if from_memory:
         progress.log(f"{', '.join(from_memory)}: replayed and scored from the rehearsal memory of {old_path.name} "
@@ -123,7 +132,7 @@ def add_task(model: str | Path, task: tuple[str, str | Path], out: str | Path, c
             progress.log(f"budget: {train_config.epochs} epochs x {train_config.steps_per_epoch} steps = "
                          + estimate(old_path, train_config.total_steps, distill_weight > 0).describe(),
                          steps=train_config.total_steps)
-            space, network, mapping = _prepare(old, new_task, split, config, update, train_config,
+            space, network, mapping = _prepare(old, new_task, {name: folder_split}, config, update, train_config,
                                                ProgressPart(progress, 0.0, 0.05))
             first_new_channel = old.network.config.out_channels if mapping.get("new_channels") else None
             progress.metrics("mapping", task=name, strategy=mapping["strategy"], shared=mapping["shared"],
@@ -159,7 +168,7 @@ def add_task(model: str | Path, task: tuple[str, str | Path], out: str | Path, c
                                                                  "first_new_channel": first_new_channel,
                                                                  "new_channel_lr_scale": config.new_label_lr_scale,
                                                                  "distill_new_task": config.distill_new_task},
-                                   memory=config.memory, memory_tasks=memory_tasks, parent=old_path)
+                                   memory_config=config.memory, memory_tasks=memory_tasks, parent=old_path)
             holding.enter_context(hold_folder(candidate))
         published, report = apply_gate(old, trained, out, tasks, name, "update-task" if update else "add-task",
                                        config, ProgressPart(progress, 0.9, 0.99),
@@ -241,6 +250,26 @@ def _memory_task(old: Model, memory: RehearsalMemory, task: str, replayed: bool)
     replay = memory_slices(old.path, memory, task, "replay", head, not entry.lateralised) \
         if replayed and "replay" in parts else None
     return MemoryTask(replay=replay, gate=memory_slices(old.path, memory, task, "gate", head, not entry.lateralised))
+
+
+def _with_held_back_cases(old: Model, memory: RehearsalMemory, task: str, split: dict[str, list[str]]
+                          ) -> tuple[dict[str, list[str]], MemoryTask | None]:
+    """An update from a folder that lacks cases the model was trained on (a workspace that holds only the new
+    ones): the task's memory stands in for them. Returns the split with those cases kept on their side (the
+    memory's exemplars of them are training or validation data of the new version too) and the memory's slices of
+    them (None when the folder holds every old case)."""
+    recorded = _recorded_split_of(old, task)
+    listed = set(split["train"]) | set(split["validation"])
+    absent = {side: [c for c in recorded[side] if c not in listed] for side in ("train", "validation")}
+    if not absent["train"] and not absent["validation"]:
+        return split, None
+    stored = _memory_task(old, memory, task, replayed=True)
+    replay = stored.replay.select(absent["train"]) if stored.replay is not None else None
+    gate = stored.gate.select(absent["validation"])
+    if not len(gate):
+        return split, None
+    return ({side: split[side] + absent[side] for side in ("train", "validation")},
+            MemoryTask(replay=replay if replay is not None and len(replay) else None, gate=gate))
 
 
 def _check_old_labels(old: Model, tasks: Mapping[str, TaskDataset], task: str) -> None:

@@ -63,7 +63,7 @@ class IncrementalTrainer(Trainer):
                  run_identity=None, fraction_range=(0.0, 1.0), *, replay: Mapping[str, Sequence[str]],
                  teacher: torch.nn.Module | None, distill_weight: float, new_task: str,
                  new_task_share: float | None, first_new_channel: int | None, new_channel_lr_scale: float,
-                 distill_new_task: float = 0.0):
+                 distill_new_task: float):
         banks = [bank.select(replay[bank.task]) if bank.task in replay else bank for bank in train_banks]
         self.new_task, self.new_task_share = new_task, new_task_share
         identity = {**(run_identity or {}), "replay": {t: list(c) for t, c in replay.items()},
