@@ -9,7 +9,8 @@ one) is pooled by a forward hook (:func:`labelshare.engine.features.capture_bott
 :func:`input_check_statistics` segments up to :data:`~labelshare.core.input_check.CALIBRATION_CASES` training
 cases of every task the same way and calibrates (:func:`labelshare.core.input_check.calibrate`). The statistics are
 a version artefact (:mod:`labelshare.engine.artefacts`, :class:`InputCheckArtefact`): every command that publishes a
-version writes them into it. A task whose images the command read is measured with the new weights; a version with
+version writes them into it. A task whose images the command read is measured with the new weights (its training
+cases at hand: an update from a folder of new cases only, those); a version with
 its parent's weights (``postprocess``, ``memory``) keeps the parent's statistics of a task; a task whose images are
 not at hand (``add-task`` from the rehearsal memory) keeps what does not depend on the weights (geometry, intensity,
 layout), its threshold calibrated again without the network's parts (:meth:`TaskReference.without`).
@@ -156,10 +157,13 @@ class InputCheckArtefact:
         references, missing, to_measure = {}, {}, {}
         for name in context.model.labelspace.task_names:
             kept = parent.tasks.get(name) if parent is not None else None
+            # the training cases whose images are at hand (an update from a folder of new cases only: those)
+            present = {case.name for case in context.tasks[name].cases} if name in context.tasks else set()
+            training = [case for case in context.split.get(name, {}).get("train", []) if case in present]
             if kept is not None and context.same_weights:
                 references[name] = kept
-            elif name in context.tasks and context.split.get(name, {}).get("train"):
-                to_measure[name] = context.tasks[name]
+            elif training:
+                to_measure[name] = training
             elif kept is not None:
                 references[name] = kept.without((FEATURES, ORIENTATION))
             else:
@@ -167,7 +171,7 @@ class InputCheckArtefact:
                     "its training images were not at hand when the version was made"
         if to_measure:
             measured, skipped = input_check_statistics(
-                Segmenter(context.model), to_measure, {name: context.split[name]["train"] for name in to_measure},
+                Segmenter(context.model), {name: context.tasks[name] for name in to_measure}, to_measure,
                 context.progress)
             references.update(measured.tasks)
             missing.update(skipped)
