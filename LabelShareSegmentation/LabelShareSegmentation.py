@@ -42,7 +42,7 @@ from LabelShareLib import (SEGMENTATION, DependencyInstaller, JobState, ProcessJ
                            default_worker, device_choice, engine_command, ensure_dependencies, mirroring_refused,
                            model_info, model_title, models_in, skip_message, task_labels)
 from LabelShareSegmentationLib import (LARGEST_COMPONENT, EditsKept, InferenceConfig, SegmentationLogic, input_notes,
-                                       why_not_ready)
+                                       input_warning, why_not_ready)
 
 POLL_INTERVAL_MS = 100
 
@@ -77,6 +77,8 @@ class LabelShareSegmentationParameterNode:
         the true/false of scenes saved before is not read as a choice).
     mirror - average with the left-right mirrored prediction for tasks that are not lateralised (test-time
         augmentation, ``labelshare segment --tta``; about twice the time for those tasks).
+    showUncertainty - also import the uncertainty map (``labelshare segment --uncertainty``) and show it in colour
+        over the image.
     The defaults are those of the engine's configuration (labelshare.core.config.InferenceConfig).
     """
 
@@ -86,6 +88,7 @@ class LabelShareSegmentationParameterNode:
     task: str = ""
     largestComponentLabels: Annotated[str, Choice(list(LARGEST_COMPONENT))] = InferenceConfig.largest_component
     mirror: bool = InferenceConfig.mirror
+    showUncertainty: bool = False
 
 
 class LabelShareSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -361,6 +364,7 @@ class LabelShareSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
                 job = self.logic.start(parameters.inputVolume, parameters.task, model=parameters.model or None,
                                        outputSegmentation=parameters.outputSegmentation,
                                        confirmReplace=askReplaceEditedSegments,
+                                       uncertaintyMap=parameters.showUncertainty,
                                        device=self.ui.deviceComboBox.currentText,
                                        largest_component=parameters.largestComponentLabels,
                                        mirror=parameters.mirror and self.ui.mirrorCheckBox.enabled)
@@ -368,6 +372,7 @@ class LabelShareSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
                 slicer.util.showStatusMessage(str(kept)[0].upper() + str(kept)[1:] + ".", 5000)
                 return
             self.ui.logTextEdit.clear()
+            self.ui.inputWarningLabel.text = ""
             self._logLinesShown = 0
             self._job = job
             self.ui.progressBar.visible = True
@@ -392,6 +397,7 @@ class LabelShareSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
             self.timer.stop()
             if state == JobState.DONE:  # the output choice stays as it was: "Create new" makes a new node next time
                 logging.info(f"LabelShare: {job.result.GetName()} segmented in {job.elapsed_s:.1f} s")
+                self.ui.inputWarningLabel.text = input_warning(job.result)  # beside the segments it is about
                 if job.notes:
                     slicer.util.showStatusMessage(" ".join(job.notes), 10000)
             elif state == JobState.FAILED:
@@ -435,13 +441,14 @@ class LabelShareSegmentationLogic(ScriptedLoadableModuleLogic):
         ensure_dependencies()
 
     def start(self, volumeNode, task: str, model: str | None = None, outputSegmentation=None, confirmReplace=None,
-              **options):
+              uncertaintyMap: bool = False, **options):
         """Start segmenting in the background; returns the job (poll it, or ``wait()``). ``confirmReplace(node,
         task, editedNames)`` is asked before segments edited since their import are replaced."""
         return self.segmentation.start(volumeNode, task, model, outputSegmentation, confirm_replace=confirmReplace,
-                                       **options)
+                                       uncertainty_map=uncertaintyMap, **options)
 
-    def segment(self, volumeNode, task: str, model: str | None = None, outputSegmentation=None, **options):
+    def segment(self, volumeNode, task: str, model: str | None = None, outputSegmentation=None,
+                uncertaintyMap: bool = False, **options):
         """Segment and wait (console and scripts); returns the segmentation node, raises with the reason.
 
         :param volumeNode: scalar volume (3D, or 2D as a single slice); a colour volume is segmented as its
@@ -450,13 +457,17 @@ class LabelShareSegmentationLogic(ScriptedLoadableModuleLogic):
         :param model: model folder; None: the bundled model.
         :param outputSegmentation: a segmentation node whose task segments are replaced (segments edited since
             they were imported are kept in a hidden copy beside it); None: a new node.
+        :param uncertaintyMap: also import where the model is unsure, as a volume shown in colour over the image
+            (``LabelShareSegmentationLib.uncertainty_node(node)``); the input check's warning about the volume, if
+            any, is ``LabelShareSegmentationLib.input_warning(node)``.
         :param options: the engine's segmentation options by name, the others at their defaults
             (labelshare.core.config.SegmentConfig): ``device`` (``"auto"``, ``"cuda"``, also ``"gpu"`` or ``"cuda:N"``,
             or ``"cpu"``), ``mirror`` (test-time mirroring for tasks that are not lateralised, about twice the time
             for them), ``largest_component`` (``"model"``, ``"all"`` or ``"none"``), ``batch_size``.
         """
         self.ensureDependencies()
-        return self.segmentation.segment(volumeNode, task, model, outputSegmentation, **options)
+        return self.segmentation.segment(volumeNode, task, model, outputSegmentation, uncertainty_map=uncertaintyMap,
+                                         **options)
 
     def segmentMany(self, volumeNodes, task: str, model: str | None = None, **options):
         """Segment several volumes in one warm background worker (one model load); returns their new segmentation

@@ -59,7 +59,7 @@ def test_colour_volumes_are_offered_in_the_input_selector(ui_widgets):
 def test_every_bound_widget_matches_a_parameter_of_the_right_type(ui_widgets):
     fields = parameter_fields(MODULE_FILE)
     bound = {w.property("SlicerParameterName"): w for w in ui_widgets.values() if w.property("SlicerParameterName")}
-    assert set(bound) == {"inputVolume", "outputSegmentation", "largestComponentLabels", "mirror"}
+    assert set(bound) == {"inputVolume", "outputSegmentation", "largestComponentLabels", "mirror", "showUncertainty"}
     assert set(bound) <= set(fields)
     for name, widget in bound.items():
         node_types = widget.property("nodeTypes")

@@ -31,6 +31,8 @@ multi-channel) register into the engine's method registry (:mod:`.baselines`). R
 ``new-label-rate``          add-task of a small label beyond n* against the new channel's learning-rate scale
 ``annotation-campaign``     a simulated annotation campaign: uncertainty ranking vs random selection
                             (docs/annotation-queue)
+``input-check``             the input check's AUROC per task and kind of input, the uncertainty map's voxel-wise
+                            AUROC, and their cost on a warm segmentation (docs/input-check)
 ``robustness``              bad inputs and kills over every command and the worker, each outcome classified
                             (issue #11; exits 1 when any is a traceback, wrongly accepted, a hang or damage)
 =========================== ==================================================================================
@@ -56,5 +58,6 @@ EXPERIMENTS = {
     "split-task": "incremental.split_task",
     "new-label-rate": "incremental.new_label_rate",
     "annotation-campaign": "annotation_campaign",
+    "input-check": "input_check",
     "robustness": "robustness_campaign",
 }

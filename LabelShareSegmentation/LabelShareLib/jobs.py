@@ -202,7 +202,8 @@ class Job(abc.ABC):
     :param on_event: called with every protocol event of the job (to record timings or metrics).
 
     :attr:`ended` is notified once, with the job, when it reaches ``done``, ``failed`` or ``cancelled``;
-    :attr:`notes` are what the user should read besides the progress (e.g. "segmented as its luminance").
+    :attr:`notes` are what the user should read besides the progress (e.g. "segmented as its luminance", or a
+    ``warning`` event's message: the input check's); :attr:`warnings` are the ``warning`` events themselves.
     """
 
     def __init__(self, import_result: Callable[[dict], Any] | None = None,
@@ -220,6 +221,7 @@ class Job(abc.ABC):
         self.finished_s: float | None = None
         self.error_event: dict | None = None
         self.notes: list[str] = []
+        self.warnings: list[dict] = []
         self.ended = Signal("a job's end")
         self._import_result = import_result
         self._on_event = on_event
@@ -285,6 +287,10 @@ class Job(abc.ABC):
                 self.state = JobState.RUNNING
         elif kind == "log":
             self.add_log(str(event.get("message", "")))
+        elif kind == "warning":
+            self.warnings.append(event)
+            self.notes.append(str(event.get("detail") or event.get("message", "")))  # detail: without a file name
+            self.add_log(f"warning: {event.get('message', '')}")
         elif kind == "done":
             self.fraction = 1.0
             self.done_event = event

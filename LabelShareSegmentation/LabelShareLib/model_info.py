@@ -9,8 +9,9 @@ the card's rule).
 
 A volume loaded from DICOM carries its Modality (0008,0060) as the ``DICOM.Modality`` attribute of its
 subject-hierarchy item (Slicer's DICOM plugins set it); :func:`modality_warning` compares it with the task's
-intended modality, the first part of its intended input ("MRI", "cine MRI (…)", "X-ray (mammography, …)"), and
-warns: the module still segments.
+intended modality, the first part of its intended input ("MRI", "cine MRI (…)", "X-ray (mammography, …)"; the
+engine's input check reads it the same way: :func:`labelshare.core.input_check.intended_modalities`), and warns
+before Apply: the module still segments.
 
 Usage::
 
@@ -21,27 +22,13 @@ Usage::
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from labelshare.core.input_check import intended_modalities, task_modality
 from labelshare.core.modelfolder import is_non_commercial, read_model_json
 
 from .store import ModelStore, default_store, version_of
-
-# intended-input words → DICOM Modality codes (PS3.3 C.7.3.1.1.1); the first group that names the input wins over
-# the generic X-ray group, so that a mammography task expects MG and not any radiograph
-MODALITY_WORDS = (
-    (r"mammogra", ("MG",)),
-    (r"\bMRI?\b|magnetic resonance|\bT[12]\b|FLAIR", ("MR",)),
-    (r"\bCT\b|computed tomography", ("CT",)),
-    (r"ultrasound|\bUS\b|echocardiogra", ("US",)),
-    (r"\bPET\b", ("PT",)),
-    (r"SPECT|scintigra", ("NM",)),
-    (r"angiogra|fluoroscop", ("XA", "RF")),
-)
-XRAY_WORDS = (r"x-?ray|radiogra", ("CR", "DX"))
-
 
 @dataclass
 class TaskInfo:
@@ -104,15 +91,6 @@ class ModelInfo:
         return line
 
 
-def intended_modalities(modality: str) -> tuple[str, ...]:
-    """DICOM Modality codes named by an intended-input text ("cine MRI" → MR; "X-ray (mammography)" → MG)."""
-    codes = [code for pattern, group in MODALITY_WORDS if re.search(pattern, modality, re.IGNORECASE)
-             for code in group]
-    if not codes and re.search(XRAY_WORDS[0], modality, re.IGNORECASE):
-        codes = list(XRAY_WORDS[1])
-    return tuple(dict.fromkeys(codes))
-
-
 def model_info(path: str | Path, store: ModelStore | None = None) -> ModelInfo:
     """The card's facts of a model folder (checked by the model store: raises ModelError for an unusable one)."""
     path = Path(path)
@@ -127,7 +105,7 @@ def model_info(path: str | Path, store: ModelStore | None = None) -> ModelInfo:
         validation = (metrics.get("validation") or {}).get(name) or {}
         intended = entry.intended_input or ""
         tasks[name] = TaskInfo(
-            task=name, intended_input=intended, modality=intended.split(";")[0].strip(),
+            task=name, intended_input=intended, modality=task_modality(intended),
             cases=int((data.get(name) or {}).get("cases") or entry.n_cases),
             data_folder=str((data.get(name) or {}).get("folder") or ""), licence=entry.license,
             non_commercial=is_non_commercial(entry.license), citation=entry.citation,

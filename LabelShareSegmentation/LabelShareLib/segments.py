@@ -48,6 +48,25 @@ from .volumes import as_3d, image_to_oriented_image
 EXTENSION_RESOURCES = Path(__file__).resolve().parents[2] / "Resources"
 APPLIED_CONTENT_TAG = "LabelShare.AppliedContent"  # hash of a segment's voxels when LabelShare imported it
 REPLACED_FROM_ATTRIBUTE = "LabelShare.ReplacedFrom"  # on a copy of replaced segments: the node they came from
+# on a segmentation node: the input check's warning about the volume its segments were made of (none: not warned)
+INPUT_WARNING_ATTRIBUTE = "LabelShare.InputWarning"
+UNCERTAINTY_REFERENCE = "LabelShareUncertainty"  # from a segmentation node to its uncertainty map's volume node
+
+
+def set_input_warning(segmentation_node, warning: str) -> None:
+    """Keep the input check's warning (one line; '' when the volume was not warned) with the segments it is about,
+    so that it stays with them in the scene and in a saved scene."""
+    if warning:
+        segmentation_node.SetAttribute(INPUT_WARNING_ATTRIBUTE, warning)
+    else:
+        segmentation_node.RemoveAttribute(INPUT_WARNING_ATTRIBUTE)
+
+
+def input_warning(segmentation_node) -> str:
+    """The input check's warning about a segmentation node's segments ('' when there is none)."""
+    if segmentation_node is None:
+        return ""
+    return segmentation_node.GetAttribute(INPUT_WARNING_ATTRIBUTE) or ""
 
 
 def task_segment_ids(segmentation_node, task: str) -> list[str]:

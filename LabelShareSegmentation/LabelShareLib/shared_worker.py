@@ -29,23 +29,25 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import SimpleITK as sitk
 from labelshare.core.config import RankConfig, SegmentConfig
 from labelshare.core.errors import LabelShareError
+from labelshare.core.input_check import MODALITY_TAG
 from labelshare.core.paths import model_dir_or_default
 from labelshare.core.ranking_table import read_ranking
 from labelshare.core.worker_protocol import config_request
 
 from .application import temporary_root
 from .jobs import WorkerJob, WorkerProcess
-from .segments import import_task_segments, new_output_segmentation
+from .model_info import dicom_modality
+from .segments import (UNCERTAINTY_REFERENCE, import_task_segments, new_output_segmentation, set_input_warning)
 from .signals import Signal
 from .store import ModelStore, default_store
-from .volumes import segmentation_input
+from .volumes import segmentation_input, show_uncertainty
 
 SEGMENTATION = "LabelShare Segmentation"
 TRAINING = "LabelShare Training"
@@ -172,17 +174,27 @@ class SharedWorker:
     # -- the requests both modules send -----------------------------------------------------------------------------
     def start_segmentation(self, module: str, volume_node, config: SegmentConfig, model: str | Path | None = None,
                            output_node=None, on_event: Callable[[dict], None] | None = None,
-                           before_import: Callable[[Any], None] | None = None) -> WorkerJob:
+                           before_import: Callable[[Any], None] | None = None,
+                           uncertainty_map: bool = False) -> WorkerJob:
         """Segment a volume node with the configuration's task and options (device, mirror, largest component,
         ...); returns the job at once. Nothing in the scene changes until the job imports (on the polling thread):
         then ``job.result`` is ``output_node`` with the task's segments replaced (``before_import(output_node)`` is
         called first), or a new ``<volume> <task>`` node beside the volume. A colour (RGB) volume is segmented as
         its luminance; ``job.notes`` says so.
 
+        The engine checks the input against the task's training data (the volume's DICOM Modality goes with it):
+        its warning is in ``job.notes`` and kept on the segmentation node
+        (:func:`~LabelShareLib.segments.input_warning`). With ``uncertainty_map`` the map is imported too, as a
+        volume shown over the image (:func:`~LabelShareLib.volumes.show_uncertainty`) that the segmentation node
+        references (:data:`~LabelShareLib.segments.UNCERTAINTY_REFERENCE`; a node segmented again updates it).
+
         :raises LabelShareError: (before anything runs) for an unusable volume, model, task or option, or a busy
             worker (:class:`WorkerBusyError`).
         """
         image, notes = segmentation_input(volume_node)
+        modality = dicom_modality(volume_node)
+        if modality:  # the engine's input check compares it with the task's intended modality
+            image.SetMetaData(MODALITY_TAG, modality)
         config.check()
         task = config.task
         model_path = model_dir_or_default(model)
@@ -190,6 +202,9 @@ class SharedWorker:
         self.check_free(module)  # before writing the transfer file
         transfer_dir = Path(tempfile.mkdtemp(prefix="LabelShare-", dir=temporary_root()))
         input_path, output_path = transfer_dir / f"input{TRANSFER_SUFFIX}", transfer_dir / f"result{TRANSFER_SUFFIX}"
+        uncertainty_path = transfer_dir / f"uncertainty{TRANSFER_SUFFIX}"
+        if uncertainty_map:
+            config = replace(config, uncertainty=str(uncertainty_path))
         try:
             sitk.WriteImage(image, str(input_path), useCompression=False)
         except BaseException:
@@ -207,6 +222,12 @@ class SharedWorker:
             node = output_node or new_output_segmentation(volume_node, task)
             import_task_segments(node, label_image, task, labels, reference_volume=volume_node,
                                  model_name=model_path.name)
+            set_input_warning(node, f"'{volume_node.GetName()}' is {job.warnings[-1].get('detail', '')}"
+                              if job.warnings else "")
+            if uncertainty_map:
+                shown = show_uncertainty(read_image(uncertainty_path, "uncertainty map"), volume_node,
+                                         f"{node.GetName()} uncertainty", node.GetNodeReference(UNCERTAINTY_REFERENCE))
+                node.SetNodeReferenceID(UNCERTAINTY_REFERENCE, shown.GetID())
             return node
 
         job = self.submit(module, f"segmenting '{volume_node.GetName()}' with task {task}", config.device, model_path,

@@ -170,3 +170,35 @@ def image_to_volume(image: sitk.Image, scene, name: str, labelmap: bool = False)
     set_volume_from_image(node, image)
     node.CreateDefaultDisplayNodes()
     return node
+
+
+# The uncertainty map (values 0-1) over the image: Slicer's Iron colours (black, red, yellow, white; in Slicer and
+# slicer-core alike), voxels below UNCERTAINTY_SHOWN_FROM transparent so that the image shows where the model is sure
+UNCERTAINTY_COLOURS = "vtkMRMLColorTableNodeIron"
+UNCERTAINTY_SHOWN_FROM = 0.1
+UNCERTAINTY_OPACITY = 0.6
+
+
+def show_uncertainty(image: sitk.Image, volume_node, name: str, node=None):
+    """The uncertainty map ``image`` as a colour overlay over ``volume_node``: into ``node`` (a scalar volume node,
+    replaced), or a new node ``name`` beside the volume; coloured 0-1 by :data:`UNCERTAINTY_COLOURS` and shown as
+    the foreground of every slice view, the volume as their background. Returns the node."""
+    scene = volume_node.GetScene()
+    if node is None or node.GetScene() is None:
+        node = image_to_volume(image, scene, name)
+    else:
+        set_volume_from_image(node, image)
+    node.SetAndObserveTransformNodeID(volume_node.GetTransformNodeID())  # placed as the segments are
+    display = node.GetDisplayNode()
+    display.SetAndObserveColorNodeID(UNCERTAINTY_COLOURS)
+    display.AutoWindowLevelOff()
+    display.SetWindowLevelMinMax(0.0, 1.0)
+    display.ApplyThresholdOn()
+    display.SetThreshold(UNCERTAINTY_SHOWN_FROM, 1.0)
+    composites = scene.GetNodesByClass("vtkMRMLSliceCompositeNode")  # one per slice view
+    for index in range(composites.GetNumberOfItems()):
+        composite = composites.GetItemAsObject(index)
+        composite.SetBackgroundVolumeID(volume_node.GetID())
+        composite.SetForegroundVolumeID(node.GetID())
+        composite.SetForegroundOpacity(UNCERTAINTY_OPACITY)
+    return node

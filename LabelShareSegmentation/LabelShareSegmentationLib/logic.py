@@ -34,7 +34,7 @@ from labelshare.core.errors import LabelShareError, ModelError, UnknownTaskError
 from labelshare.core.paths import model_dir_or_default
 from LabelShareLib.jobs import JobCancelled, JobFailed, WorkerJob
 from LabelShareLib.model_info import TaskInfo, modality_warning, model_info
-from LabelShareLib.segments import edited_task_segments, keep_copy_of_task_segments
+from LabelShareLib.segments import UNCERTAINTY_REFERENCE, edited_task_segments, keep_copy_of_task_segments
 from LabelShareLib.shared_worker import SEGMENTATION, SharedWorker, default_worker
 from LabelShareLib.volumes import check_input_volume, colour_note
 
@@ -84,6 +84,11 @@ def task_info(model: str | Path | None, task: str) -> TaskInfo | None:
         return None
 
 
+def uncertainty_node(segmentation_node):
+    """The volume node of the uncertainty map imported with a segmentation node's segments (None: none asked)."""
+    return segmentation_node.GetNodeReference(UNCERTAINTY_REFERENCE) if segmentation_node is not None else None
+
+
 class SegmentationLogic:
     """Runs segmentations in the shared background worker and imports the results as segments.
 
@@ -96,12 +101,18 @@ class SegmentationLogic:
 
     def start(self, volume_node, task: str, model: str | Path | None = None, output_node=None,
               on_event: Callable[[dict], None] | None = None, confirm_replace: ConfirmReplace | None = None,
-              **options) -> WorkerJob:
+              uncertainty_map: bool = False, **options) -> WorkerJob:
         """Start segmenting; returns the job at once. Nothing in the scene changes until the job imports.
+
+        The engine checks the volume against the task's training data (its DICOM Modality included): a warning,
+        never a refusal, in ``job.notes`` and kept on the segmentation node
+        (:func:`LabelShareLib.segments.input_warning`).
 
         :param output_node: segmentation node whose task segments are replaced; None: a new node.
         :param confirm_replace: asked when ``output_node``'s task segments were edited since they were imported;
             False: raise :class:`EditsKept`. Without it they are replaced (and kept in a hidden copy).
+        :param uncertainty_map: also import where the model is unsure, as a volume shown in colour over the image
+            (:func:`uncertainty_node` finds it from the segmentation node).
         :param options: options of :class:`labelshare.core.config.SegmentConfig` by name, the others at their defaults:
             ``device`` (``auto``, ``cuda`` or ``cuda:N``, ``cpu``), ``mirror`` (average with the left-right mirrored
             prediction for tasks that are not lateralised, ``labelshare segment --tta``), ``largest_component``
@@ -117,13 +128,9 @@ class SegmentationLogic:
             edited = edited_task_segments(output_node, task)
             if edited and not confirm_replace(output_node, task, edited):
                 raise EditsKept(f"the edited segments of '{output_node.GetName()}' were kept; nothing was changed")
-        info = task_info(model, task)
-        warning = modality_warning(volume_node, info) if info is not None else ""
         self.job = self.shared.start_segmentation(SEGMENTATION, volume_node, config, model, output_node, on_event,
-                                                  before_import=self._keep_edited_segments(task))
-        if warning:  # a warning, not a refusal: the user may know better
-            self.job.notes.append(warning)
-            self.job.add_log(warning)
+                                                  before_import=self._keep_edited_segments(task),
+                                                  uncertainty_map=uncertainty_map)
         return self.job
 
     @staticmethod

@@ -168,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="output file for one image (.nii.gz, .nii, .nrrd, .mha, .png: label map with a .json "
                               "sidecar; .seg.nrrd: Slicer segmentation; .dcm: DICOM SEG); otherwise a folder")
     add_arguments(segment, SegmentConfig, ("output_format", "series", "device", "batch_size", "largest_component",
-                                           "mirror", "slicing_axis"))
+                                           "mirror", "slicing_axis", "uncertainty", "input_check"))
     existing = segment.add_mutually_exclusive_group()
     existing.add_argument("--overwrite", action="store_true", help="replace outputs that exist")
     existing.add_argument("--continue", dest="continue_run", action="store_true",
@@ -224,12 +224,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     memory = commands.add_parser(
         "memory", formatter_class=HelpFormatter,
-        help="give a model a rehearsal memory chosen from its tasks' folders, as a new model version",
+        help="give a model a rehearsal memory and input check statistics from its tasks' folders, as a new model "
+             "version",
         description="A model made before versions carried a rehearsal memory (e.g. the bundled v3) gets one: per task "
                     "a few training slices for add-task to replay and a few validation slices for its forgetting "
                     "gate, chosen from the folders given, so that add-task and an update work where those folders "
-                    "are not. Writes a new version (same weights, records and scores); the model given is never "
-                    "changed. See labelshare/engine/memory.py.")
+                    "are not; and the input check's statistics of the training images of every task given, so that "
+                    "segment can warn about an input unlike them. Writes a new version (same weights, records and "
+                    "scores); the model given is never changed. See labelshare/engine/memory.py and "
+                    "labelshare/engine/input_check.py.")
     memory.add_argument("--model", required=True, type=Path,
                         help="the model: a folder, or its name as labelshare models lists it (only read)")
     memory.add_argument("--task", dest="tasks", action="append", default=[], required=True, metavar="NAME=DIR",

@@ -226,7 +226,8 @@ class SegmentConfig(Configuration):
     """Settings of ``labelshare segment`` (:func:`labelshare.engine.segment_run.segment_cases`): the task, how it is
     segmented (``inference``), what happens to outputs that exist, the kind of the outputs written into an output
     folder (None: ``nifti``; a single output file's ending names its format), the DICOM series of a folder that holds
-    several, and the device."""
+    several, the device, where the uncertainty maps go (None: none is made) and whether each input is checked
+    against the task's training data (:mod:`labelshare.core.input_check`)."""
 
     task: str = task_option("segment")
     inference: InferenceConfig = nested(InferenceConfig)
@@ -236,9 +237,18 @@ class SegmentConfig(Configuration):
                                        flag="--format", choices=OUTPUT_FORMATS)
     series: str | None = series_option()
     device: str = device_option()
+    uncertainty: str | None = option(
+        None, "also write the per-voxel uncertainty (the normalised entropy of the predicted probabilities, 0-1; with "
+              "--tta of both views averaged) on the input's grid: a file for one image (.nii.gz, .nii, .nrrd or .mha), "
+              "a folder for several (<name>.nii.gz)", metavar="FILE")
+    input_check: bool = option(True, "skip the input check (which compares every input with the task's training "
+                                     "data and warns when it differs)", flag="--no-input-check")
 
     def check(self) -> None:
         self.inference.check()
+        _check_flag(self, "input_check")
+        if self.uncertainty is not None and (not isinstance(self.uncertainty, str) or not self.uncertainty):
+            raise LabelShareError(f"--uncertainty must name a file or folder, not {self.uncertainty!r}")
         if self.existing not in EXISTING_OUTPUTS:
             raise LabelShareError(f"existing outputs: use one of {', '.join(EXISTING_OUTPUTS)}, not {self.existing!r}")
         if self.output_format is not None and self.output_format not in OUTPUT_FORMATS:

@@ -31,6 +31,7 @@ import SimpleITK as sitk
 
 from .errors import DataError
 from .fileio import IMAGE_SUFFIXES, image_suffix
+from .input_check import MODALITY_TAG
 from .tasks import CHANNEL_SUFFIX, read_image
 
 DICOM_SUFFIX = ".dcm"
@@ -256,6 +257,8 @@ def read_input_image(image: InputImage) -> sitk.Image:
         raise DataError(f"{image.source}: DICOM series cannot be read "
                         f"({str(error).strip().splitlines()[-1][:200]})") from None
     _check_even_slices(reader, volume, image.source)
+    if reader.HasMetaDataKey(0, MODALITY_TAG):  # the series' modality, which the input check compares
+        volume.SetMetaData(MODALITY_TAG, reader.GetMetaData(0, MODALITY_TAG))
     if volume.GetNumberOfComponentsPerPixel() != 1:
         raise DataError(f"{image.source}: DICOM series has {volume.GetNumberOfComponentsPerPixel()} components per "
                         "pixel (colour); a scalar (grey) image is needed")

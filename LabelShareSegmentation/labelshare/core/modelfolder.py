@@ -14,6 +14,8 @@ A model folder (one immutable *version*)::
     lineage.json          parent model, tasks added, hashes of the data used, command line
     README.md             model card
     memory/               the rehearsal memory: memory.json and its arrays (:mod:`labelshare.core.memory`)
+    input_check.json      the input check's statistics of the training images, with input_check.npz
+                          (:mod:`labelshare.core.input_check`)
 
 Every file a manifest names must be a plain file inside the folder (no symbolic links, no ``..``). Folders are
 written under a staging name and renamed into place when complete (:mod:`labelshare.core.paths`).
@@ -32,6 +34,7 @@ from collections.abc import Iterable
 from .config import NetworkConfig
 from .errors import DataError, LabelShareError, LabelSpaceError, ModelError
 from .fileio import atomic_write_json, read_json, sha256_file
+from .input_check import INPUT_CHECK_FILE, InputCheckStatistics
 from .labelspace import LabelSpace
 from .layouts import layout_named, out_channels
 from .memory import RehearsalMemory
@@ -223,6 +226,11 @@ def verify_folder(path: str | Path) -> tuple[ModelConfig, LabelSpace]:
         raise ModelError(f"{path}: network is conditioned on {config.network.n_tasks} tasks but the label space has "
                          f"{len(space.tasks)}")
     read_memory(path, space, files)
+    statistics = InputCheckStatistics.read(path)
+    unknown_tasks = sorted(set(statistics.tasks) - set(space.tasks)) if statistics is not None else []
+    if unknown_tasks:
+        raise ModelError(f"{path / INPUT_CHECK_FILE}: has statistics of task(s) {', '.join(unknown_tasks)}, which the "
+                         "label space does not have")
     return config, space
 
 

@@ -159,13 +159,34 @@ def check_output(path: Path, image: sitk.Image, source: InputImage, description:
             raise DataError(f"{path}: PNG holds 8-bit labels only; use .nii.gz")
 
 
+# Uncertainty maps (``--uncertainty``) are float images: the image formats that hold floats, and the one of the maps
+# written into a folder
+UNCERTAINTY_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha")
+UNCERTAINTY_FOLDER_ENDING = ".nii.gz"
+
+
+def check_uncertainty_file(path: Path) -> None:
+    """Refuse, before anything runs, an uncertainty file whose format cannot hold its float values."""
+    name = path.name.lower()
+    if name.endswith(SEG_NRRD_SUFFIX) or name.endswith(DICOM_SEG_SUFFIX):
+        raise DataError(f"{path}: the uncertainty map is an image of values from 0 to 1, not a segmentation; name it "
+                        f"{', '.join(UNCERTAINTY_ENDINGS)}")
+    if image_suffix(path) == ".png":
+        raise DataError(f"{path}: PNG holds 8- or 16-bit whole numbers, not the uncertainty's values from 0 to 1; "
+                        f"name it {', '.join(UNCERTAINTY_ENDINGS)}")
+    if image_suffix(path) not in UNCERTAINTY_ENDINGS:
+        raise DataError(f"{path}: the uncertainty map must end in {', '.join(UNCERTAINTY_ENDINGS)}")
+
+
 @dataclass(frozen=True)
 class PlannedCase:
-    """One image, where its output goes, and whether a complete output is already there."""
+    """One image, where its output (and its uncertainty map, when one is asked for) goes, and whether a complete
+    output is already there. The map is written before the output, so a complete output has its map."""
 
     image: InputImage
     output: Path
     complete: bool = False
+    uncertainty_map: Path | None = None
 
 
 def plan_cases(inputs: Inputs, output: str | Path, config: SegmentConfig) -> list[PlannedCase]:
@@ -177,45 +198,60 @@ def plan_cases(inputs: Inputs, output: str | Path, config: SegmentConfig) -> lis
     """
     config.check()
     output = Path(output)
+    paths = _output_paths(inputs, output, "-o", OUTPUT_FORMATS[config.output_format or DEFAULT_FORMAT])
     if inputs.single and not output.is_dir():
         if not output_kind(output):
             raise DataError(f"{output}: output must end in {ENDINGS_TEXT}")
         if config.output_format and not output.name.lower().endswith(OUTPUT_FORMATS[config.output_format]):
             raise DataError(f"{output}: --format {config.output_format} writes "
                             f"{OUTPUT_FORMATS[config.output_format]} files; name the output so, or leave --format out")
-        paths = [output]
-    else:
-        if output.exists() and not output.is_dir():
-            raise DataError(f"{output}: is a file; with several images (or a folder of them) -o names a folder")
-        if not output.exists() and output_kind(output):  # a folder named like a file would surprise everyone
-            raise DataError(f"{output}: with several images (or a folder of them) -o names a folder, and this name "
-                            "ends like an image file; give a folder name")
-        ending = OUTPUT_FORMATS[config.output_format or DEFAULT_FORMAT]
-        paths = [output / f"{image.name}{ending}" for image in inputs.images]
+    maps: list[Path | None] = [None] * len(paths)
+    if config.uncertainty is not None:
+        maps = _output_paths(inputs, Path(config.uncertainty), "--uncertainty", UNCERTAINTY_FOLDER_ENDING)
+        for path in maps:
+            check_uncertainty_file(path)
     by_path: dict[Path, InputImage] = {}
-    for image, path in zip(inputs.images, paths, strict=True):
-        if path in by_path:
-            raise DataError(f"{path}: would be written for two images, {by_path[path].source} and {image.source}; "
-                            "give them in separate runs or rename one")
-        by_path[path] = image
-        if path.resolve() == image.source.resolve():
-            raise DataError(f"{path}: is the input image; choose another output")
+    for image, path, uncertainty in zip(inputs.images, paths, maps, strict=True):
+        written = [path] + ([sidecar_path(path)] if output_kind(path) == LABEL_MAP else []) + \
+            ([uncertainty] if uncertainty is not None else [])
+        for target in written:
+            if target in by_path:
+                raise DataError(f"{target}: would be written for two images, {by_path[target].source} and "
+                                f"{image.source}, or twice for one; give them in separate runs or rename one")
+            by_path[target] = image
+            if target.resolve() == image.source.resolve():
+                raise DataError(f"{target}: is the input image; choose another output")
         if output_kind(path) == DICOM_SEG:
             check_dicom_seg_source(image)  # a series a SEG cannot reference is refused before anything runs
         if inputs.single and image_suffix(path) == ".png" and (size := input_size(image)):
             check_image_fits_format(size, path)  # the label image has its input's size (in a batch: that case fails)
     if config.existing == "refuse":
-        existing = [path for path in paths if path.exists()]
+        existing = [path for path in [*paths, *maps] if path is not None and path.exists()]
         if existing:
             more = f" (and {len(existing) - 1} more outputs)" if len(existing) > 1 else ""
             raise DataError(f"{existing[0]}: already exists{more} (pass --overwrite to replace, or --continue to keep "
                             "complete outputs and write the others)")
-    return [PlannedCase(image, path, config.existing == "continue" and output_complete(path))
-            for image, path in zip(inputs.images, paths, strict=True)]
+    return [PlannedCase(image, path, config.existing == "continue" and output_complete(path), uncertainty)
+            for image, path, uncertainty in zip(inputs.images, paths, maps, strict=True)]
+
+
+def _output_paths(inputs: Inputs, target: Path, option: str, folder_ending: str) -> list[Path]:
+    """Where every image's file of one kind goes (``-o``'s outputs, ``--uncertainty``'s maps): one image named by one
+    argument to the file ``target`` (or into ``target`` when that is an existing folder), anything else into the
+    folder ``target`` as ``<image name><folder_ending>``."""
+    if inputs.single and not target.is_dir():
+        return [target]
+    if target.exists() and not target.is_dir():
+        raise DataError(f"{target}: is a file; with several images (or a folder of them) {option} names a folder")
+    if not target.exists() and output_kind(target):  # a folder named like a file would surprise everyone
+        raise DataError(f"{target}: with several images (or a folder of them) {option} names a folder, and this "
+                        "name ends like an image file; give a folder name")
+    return [target / f"{image.name}{folder_ending}" for image in inputs.images]
 
 
 def remove_leftovers(cases: Sequence[PlannedCase]) -> None:
     """Remove the hidden temporary files that a killed run left beside the outputs (and their sidecars): what
     ``continue`` and ``overwrite`` do before writing."""
     remove_temporary_files_of([case.output for case in cases] +
-                              [sidecar_path(case.output) for case in cases if output_kind(case.output) == LABEL_MAP])
+                              [sidecar_path(case.output) for case in cases if output_kind(case.output) == LABEL_MAP] +
+                              [case.uncertainty_map for case in cases if case.uncertainty_map is not None])

@@ -176,6 +176,13 @@ NORMALISATION_PERCENTILES = (0.5, 99.5)
 _PERCENTILE_SAMPLE = 1_000_000
 
 
+def intensity_sample(array: np.ndarray) -> np.ndarray:
+    """An evenly strided sample of at most a million of an image's voxels (float64): what a normalisation measures
+    (and the input check's intensity distribution), bounded on large volumes."""
+    flat = array.reshape(-1)
+    return flat[:: max(1, flat.size // _PERCENTILE_SAMPLE)].astype(np.float64)
+
+
 @NORMALISATIONS.register("percentile-zscore", 1)
 @dataclass(frozen=True)
 class PercentileZScore:
@@ -193,8 +200,7 @@ class PercentileZScore:
 
     @classmethod
     def of(cls, array: np.ndarray) -> PercentileZScore:
-        flat = array.reshape(-1)
-        sample = flat[:: max(1, flat.size // _PERCENTILE_SAMPLE)].astype(np.float64)
+        sample = intensity_sample(array)
         low, high = np.percentile(sample, NORMALISATION_PERCENTILES)
         clipped = np.clip(sample, low, high)
         return cls(float(low), float(high), float(clipped.mean()), float(max(clipped.std(), 1e-6)))

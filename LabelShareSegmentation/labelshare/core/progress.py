@@ -5,8 +5,10 @@ With ``--progress json`` every event is one JSON object on one line of stdout::
     {"event": "progress", "stage": "training", "fraction": 0.42, "message": "epoch 3/10", "epoch": 3, ...}
 
 ``event`` is one of ``progress`` (work advanced; ``fraction`` in [0, 1] of the whole command), ``log`` (a
-message worth showing), ``metrics`` (validation numbers), ``done`` (the last event of a successful command; it
-carries ``output``) and ``error`` (the last event of a failed command; ``message`` is the one-line reason).
+message worth showing), ``warning`` (something the user should know about a result that was still made, e.g. an
+input unlike the task's training data; ``message`` is one line), ``metrics`` (validation numbers), ``done`` (the
+last event of a successful command; it carries ``output``) and ``error`` (the last event of a failed command;
+``message`` is the one-line reason).
 Consumers ignore keys they do not know and lines that are not JSON objects, so the protocol can grow.
 Human mode writes the same events as short lines to stderr.
 """
@@ -20,7 +22,7 @@ import time
 from typing import IO, Any
 from collections.abc import Callable
 
-EVENT_KINDS = ("progress", "log", "metrics", "done", "error")
+EVENT_KINDS = ("progress", "log", "warning", "metrics", "done", "error")
 
 
 def _json_safe(value: Any) -> Any:
@@ -99,6 +101,10 @@ class Progress:
     def log(self, message: str, **fields: Any) -> None:
         self.emit("log", message=message, **fields)
 
+    def warning(self, message: str, **fields: Any) -> None:
+        """A warning about a result that was made anyway (human mode: one line on stderr)."""
+        self.emit("warning", message=message, **fields)
+
     def metrics(self, stage: str, **fields: Any) -> None:
         self.emit("metrics", stage=stage, **fields)
 
@@ -124,6 +130,8 @@ class Progress:
             return f"done: {record.get('output') or record.get('message', '')}"
         if kind == "error":
             return f"error: {record.get('message', '')}"
+        if kind == "warning":
+            return f"labelshare: warning: {record.get('message', '')}"
         return record.get("message", "")
 
 

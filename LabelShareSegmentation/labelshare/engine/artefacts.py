@@ -19,12 +19,12 @@ an artefact computed from the network can then be copied), the settings and the 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
 from ..core.config import MemoryConfig
-from ..core.progress import Progress
+from ..core.progress import Progress, ProgressPart
 from ..core.tasks import TaskDataset
 from .models import Model
 
@@ -68,11 +68,14 @@ def register_artefact(artefact: VersionArtefact) -> VersionArtefact:
 
 
 def write_artefacts(context: VersionContext, folder: Path) -> dict[str, list[str]]:
-    """Every registered artefact written into ``folder``; returns each one's model-card section (title -> lines)."""
+    """Every registered artefact written into ``folder``, each reporting its progress in its own share of the
+    context's (so that the fractions keep rising); returns each one's model-card section (title -> lines)."""
     _register_engine_artefacts()
-    return {artefact.title: artefact.write(context, folder) for artefact in ARTEFACTS}
+    return {artefact.title: artefact.write(replace(context, progress=ProgressPart(
+        context.progress, index / len(ARTEFACTS), (index + 1) / len(ARTEFACTS))), folder)
+        for index, artefact in enumerate(ARTEFACTS)}
 
 
 def _register_engine_artefacts() -> None:
     """The engine's own artefacts register themselves when their module is imported."""
-    from . import memory  # noqa: F401  (registers the rehearsal memory)
+    from . import input_check, memory  # noqa: F401  (register the input check's statistics, the rehearsal memory)

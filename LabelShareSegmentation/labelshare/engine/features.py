@@ -13,7 +13,7 @@ an input check can compare an image's features with statistics of the training d
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -37,9 +37,11 @@ def pool(bottleneck_output: torch.Tensor) -> torch.Tensor:
 
 
 @contextmanager
-def capture_bottleneck(network: nn.Module) -> Iterator[list[torch.Tensor]]:
+def capture_bottleneck(network: nn.Module, pooling: Callable[[torch.Tensor], torch.Tensor] = pool
+                       ) -> Iterator[list[torch.Tensor]]:
     """While open, every forward pass of ``network`` appends the pooled features of its windows, (w, 2C) on the CPU,
-    to the yielded list, in the order the windows ran.
+    to the yielded list, in the order the windows ran (``pooling``: what a window's bottleneck output becomes
+    instead of :func:`pool`'s features; the input check adds where they lie in the window).
 
     >>> with capture_bottleneck(model.network) as captured:          # doctest: +SKIP
     ...     labels = segmenter.segment(image, "acdc")
@@ -47,7 +49,7 @@ def capture_bottleneck(network: nn.Module) -> Iterator[list[torch.Tensor]]:
     """
     captured: list[torch.Tensor] = []
     handle = bottleneck_of(network).register_forward_hook(
-        lambda module, inputs, output: captured.append(pool(output.detach()).cpu()))
+        lambda module, inputs, output: captured.append(pooling(output.detach()).cpu()))
     try:
         yield captured
     finally:

@@ -12,7 +12,8 @@ at a time, and the output is written slice by slice into a uint8/uint16 array.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -22,10 +23,13 @@ import torch
 
 from ..core.config import InferenceConfig, check_mirroring
 from ..core.errors import DataError
+from ..core.input_check import CaseMeasurement
 from ..core.plans import TaskPlan
 from ..core.progress import Progress
+from .input_check import InputMeasurer
 from .models import Model
 from .slices import ENGINE_WINDOWS, Windows, head_probability_views, to_plan
+from .uncertainty import SCORES, normalised_entropy
 
 
 class Segmenter:
@@ -59,10 +63,11 @@ class Segmenter:
 
     @torch.no_grad()
     def probability_views(self, stacks: np.ndarray, task: str, normalisation: Any,
-                          spacing: tuple[float, float], mirror: bool) -> list[torch.Tensor]:
+                          spacing: tuple[float, float], mirror: bool,
+                          plain_view: Callable[[], AbstractContextManager] = nullcontext) -> list[torch.Tensor]:
         """Softmax over the task's channels, (n, K+1, h, w) on the grid of a (n, c, h, w) batch of raw slice stacks
         (:meth:`SliceBatches.raw`) of in-plane ``spacing``: the plain prediction and, with ``mirror`` (refused for a
-        lateralised task), the mirrored one flipped back."""
+        lateralised task), the mirrored one flipped back (the plain one runs inside ``plain_view()``)."""
         head = self.model.heads[task]
         entry = self.model.labelspace.task(task)
         if mirror:
@@ -70,7 +75,8 @@ class Segmenter:
         images = to_plan(normalisation.apply(stacks), spacing, entry.plan, self.device)
         views = head_probability_views(self.model.network, images, head, entry.plan,
                                        mirror=mirror, windows_per_batch=self.batch_size,
-                                       autocast_dtype=self.autocast_dtype, windows=self.windows)
+                                       autocast_dtype=self.autocast_dtype, windows=self.windows,
+                                       plain_view=plain_view)
         resampling = entry.plan.preprocessing.resampling_scheme
         return [resampling.images(view, stacks.shape[-2:]) for view in views]
 
@@ -78,12 +84,13 @@ class Segmenter:
         """A segmenter of the same loaded model with some options of its configuration changed."""
         return Segmenter(self.model, replace(self.config, **changes), self.precision, self.windows)
 
-    def predictions(self, batches: SliceBatches, task: str, mirror: bool) -> Iterator[BatchPrediction]:
+    def predictions(self, batches: SliceBatches, task: str, mirror: bool,
+                    plain_view: Callable[[], AbstractContextManager] = nullcontext) -> Iterator[BatchPrediction]:
         """The network's prediction of every batch of an image's slices, in order: the one loop over an image
-        (:meth:`segment` writes the labels; ranking scores the probabilities)."""
+        (:meth:`segment_case` writes the labels; ranking scores the probabilities)."""
         for start, stop in batches.ranges():
             views = self.probability_views(batches.raw(start, stop), task, batches.normalisation, batches.spacing,
-                                           mirror)
+                                           mirror, plain_view)
             yield BatchPrediction(start, stop, views)
 
     def labels_of(self, probabilities: torch.Tensor, task: str) -> np.ndarray:
@@ -115,21 +122,52 @@ class Segmenter:
     def segment(self, image: sitk.Image, task: str, progress: Progress | None = None) -> sitk.Image:
         """Label image of ``task`` on the grid of ``image`` (2D, 3D, or a single-slice 3D projection), post-processed
         as the configuration's ``largest_component`` says (:meth:`cleaned_labels`)."""
+        return self.segment_case(image, task, progress).labels
+
+    def segment_case(self, image: sitk.Image, task: str, progress: Progress | None = None,
+                     uncertainty_map: bool = False, measure_input: bool = False, case_score: bool = False,
+                     modality: str = "") -> Segmentation:
+        """:meth:`segment`, and from the same forward pass what is asked for: the ``uncertainty_map`` (the
+        normalised entropy of the probabilities, of both views averaged with mirroring:
+        :func:`~labelshare.engine.uncertainty.normalised_entropy`) on the image's grid, the input check's
+        measurement (``measure_input``: :class:`~labelshare.engine.input_check.InputMeasurer`; the image's DICOM
+        ``modality``) and the
+        ``case_score`` that ``labelshare rank`` uses (``tta`` with mirroring, else ``entropy``:
+        :data:`~labelshare.engine.uncertainty.SCORES`)."""
         batches = self.slice_batches(image, task)
         max_id = max(i for i, _ in self.model.task_labels(task))
         output = np.zeros(batches.shape, dtype=np.uint8 if max_id < 256 else np.uint16)
         output_slices = batches.slicing.slices(output, batches.axis)
+        entropy = np.zeros(batches.shape, dtype=np.float32) if uncertainty_map else None
+        entropy_slices = batches.slicing.slices(entropy, batches.axis) if uncertainty_map else None
+        measurer = InputMeasurer(self.model.network, batches, modality) if measure_input else None
+        score_name = "tta" if self.config.mirror else "entropy"
+        scorer = SCORES[score_name]([label_id for label_id, _ in self.model.task_labels(task)]) if case_score else None
         total = batches.count
-        for prediction in self.predictions(batches, task, self.config.mirror):
-            stop = prediction.stop
-            output_slices[prediction.start:stop] = self.labels_of(prediction.probabilities, task)
+        for prediction in self.predictions(batches, task, self.config.mirror,
+                                           measurer.recording if measurer is not None else nullcontext):
+            start, stop = prediction.start, prediction.stop
+            labels = self.labels_of(prediction.probabilities, task)
+            output_slices[start:stop] = labels
+            if entropy_slices is not None:
+                entropy_slices[start:stop] = normalised_entropy(prediction.probabilities).cpu().numpy()
+            if measurer is not None:
+                measurer.add_slices(np.asarray(batches.slices[start:stop]))
+            if scorer is not None:
+                scorer.add(prediction, labels, lambda view: self.labels_of(view, task))
             if progress is not None:
                 progress.progress("segmenting", stop / total, f"{stop}/{total} slices", slices=stop,
                                   total_slices=total)
         result = sitk.GetImageFromArray(output)
         result.CopyInformation(image)
         cleaned = self.cleaned_labels(task)
-        return keep_largest_components(result, cleaned) if cleaned else result
+        uncertainty_map = None
+        if entropy is not None:
+            uncertainty_map = sitk.GetImageFromArray(entropy)
+            uncertainty_map.CopyInformation(image)
+        return Segmentation(keep_largest_components(result, cleaned) if cleaned else result, uncertainty_map,
+                            measurer.measurement() if measurer is not None else None,
+                            {"score": score_name, "value": round(scorer.value(), 6)} if scorer is not None else None)
 
     def cleaned_labels(self, task: str) -> list[int]:
         """The ids of the task's labels of which only the largest connected component is kept: those the model chose
@@ -139,6 +177,18 @@ class Segmenter:
         chosen = {"model": set(self.model.config.largest_component.get(task, [])),
                   "all": {name for _, name in labels}, "none": set()}[choice]
         return [label_id for label_id, name in labels if name in chosen]
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    """What :meth:`Segmenter.segment_case` made of an image: the label image, and what was asked for besides: the
+    uncertainty map (float, 0-1, on the image's grid), the input check's measurement and the per-case score of
+    ``labelshare rank`` (``{"score": name, "value": v}``)."""
+
+    labels: sitk.Image
+    uncertainty_map: sitk.Image | None = None
+    measurement: CaseMeasurement | None = None
+    case_score: dict | None = None
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from safetensors.torch import save_model as save_safetensors_model
 from ..core.config import parse_device
 from ..core.errors import LabelShareError, ModelError
 from ..core.fileio import atomic_path, atomic_write_json, atomic_write_text, not_written
+from ..core.input_check import InputCheckStatistics
 from ..core.labelspace import LabelSpace
 from ..core.layouts import TaskHead, task_heads
 from ..core.modelfolder import (MODEL_FORMAT, WEIGHTS_FILE, ModelConfig, folder_file, read_model_json, resolve_model,
@@ -39,6 +40,8 @@ class Model:
     labelspace: LabelSpace
     network: torch.nn.Module
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    # the input check's statistics (input_check.json): None for a model made before them, or not yet published
+    input_statistics: InputCheckStatistics | None = None
 
     @cached_property
     def heads(self) -> dict[str, TaskHead]:
@@ -139,7 +142,8 @@ def load_model(path: str | Path | None, device: str) -> Model:
     load_weights(network, folder_file(path, WEIGHTS_FILE))
     target = resolve_device(device)
     network.to(target).eval()
-    return Model(path=path, config=config, labelspace=space, network=network, device=target)
+    return Model(path=path, config=config, labelspace=space, network=network, device=target,
+                 input_statistics=InputCheckStatistics.read(path))
 
 
 def save_model_folder(folder: Path, network: torch.nn.Module | None, config: ModelConfig, space: LabelSpace,

@@ -2,19 +2,15 @@
 
 Every image is segmented as ``labelshare segment`` would (the same readers, slices, plans and sliding windows,
 one model load for all images, the next image read while the current one is scored) and scored by how unsure the
-model is about it:
+model is about it, with one of the scores of :mod:`labelshare.engine.uncertainty` (:data:`SCORES`):
 
 ``entropy``
-    the mean softmax entropy (divided by its maximum, log of the task's channels, so 0-1) over a band around the
-    predicted label boundaries (the thick boundaries of every slice's prediction: SciPy's grey dilation differs from
-    its grey erosion over the 4-neighbourhood). Where the model is
-    sure, the probability drops from 1 to 0 within a pixel and the band's entropy is low; where the image is
-    ambiguous the transition is wide and the band's entropy high. An image with no predicted label has no band: its
-    score is the mean entropy over the whole image. Costs nothing beyond the segmentation.
+    the mean normalised softmax entropy (0-1) over a band around the predicted label boundaries; costs nothing
+    beyond the segmentation.
 ``tta``
-    1 - the mean Dice, over the labels either prediction has, between the prediction of the image and that of its
-    left-right mirror image flipped back (test-time augmentation: only the flip training used, so a lateralised task
-    refuses it, the rule of ``segment --tta``: :func:`labelshare.core.config.check_mirroring`). Twice the network time.
+    1 - the mean Dice between the prediction of the image and that of its left-right mirror image flipped back
+    (refused for a lateralised task, the rule of ``segment --tta``: :func:`labelshare.core.config.check_mirroring`).
+    Twice the network time.
 ``auto`` (the default)
     ``tta`` where the task allows mirroring, else ``entropy``.
 
@@ -35,11 +31,9 @@ The table (its rows, the CSV, its reader for the Slicer modules) is :mod:`labels
 
 from __future__ import annotations
 
-import math
 import time
 
 import numpy as np
-from scipy import ndimage
 
 from ..core.config import RankConfig
 from ..core.errors import DataError
@@ -49,6 +43,7 @@ from ..core.ranking_table import RankedCase, RankFailure, Ranking
 from .inference import Segmenter
 from .models import Model
 from .segment_run import eta_seconds, failure_reason, read_ahead
+from .uncertainty import SCORES
 
 def rank_cases(model: Model, inputs: Inputs, config: RankConfig, progress: Progress | None = None) -> Ranking:
     """Score every image of ``inputs`` with the loaded ``model`` (:class:`labelshare.engine.models.Model`); one
@@ -91,60 +86,6 @@ def rank_cases(model: Model, inputs: Inputs, config: RankConfig, progress: Progr
                           eta_s=eta_seconds(started, finished, len(images)), **fields)
     ranking.cases.sort(key=lambda case: (-case.score, case.name))
     return ranking
-
-
-class BoundaryEntropy:
-    """``entropy``: the mean softmax entropy (divided by its maximum) in a band around the predicted label boundaries
-    of every slice, or over the whole image when nothing is predicted."""
-
-    mirror = False
-
-    def __init__(self, label_ids: list[int]):
-        self.band_entropy = self.band_voxels = self.all_entropy = self.all_voxels = 0.0
-
-    def add(self, prediction, predicted: np.ndarray, labels_of) -> None:
-        probabilities = prediction.probabilities
-        entropy = -(probabilities * probabilities.clamp_min(1e-12).log()).sum(dim=1)
-        entropy = (entropy / math.log(probabilities.shape[1])).cpu().numpy()
-        # thick boundaries in every slice's plane: where a pixel's 4-neighbourhood holds another label
-        plane = ndimage.generate_binary_structure(2, 1)[np.newaxis]
-        band = ndimage.grey_dilation(predicted, footprint=plane) != ndimage.grey_erosion(predicted, footprint=plane)
-        self.band_entropy += float(entropy[band].sum())
-        self.band_voxels += float(band.sum())
-        self.all_entropy += float(entropy.sum())
-        self.all_voxels += entropy.size
-
-    def value(self) -> float:
-        if self.band_voxels:
-            return self.band_entropy / self.band_voxels
-        return self.all_entropy / max(self.all_voxels, 1.0)
-
-
-class MirrorDisagreement:
-    """``tta``: 1 - the mean Dice, over the labels either view predicts, between the plain and the mirrored view."""
-
-    mirror = True
-
-    def __init__(self, label_ids: list[int]):
-        self.label_ids = label_ids
-        self.overlap = np.zeros((len(label_ids), 2))  # per label: voxels in both views, in either view (summed)
-
-    def add(self, prediction, predicted: np.ndarray, labels_of) -> None:
-        plain, mirrored = (labels_of(view) for view in prediction.views)
-        for row, label_id in enumerate(self.label_ids):
-            in_plain, in_mirrored = plain == label_id, mirrored == label_id
-            self.overlap[row] += (np.count_nonzero(in_plain & in_mirrored),
-                                  np.count_nonzero(in_plain) + np.count_nonzero(in_mirrored))
-
-    def value(self) -> float:
-        present = self.overlap[:, 1] > 0
-        if not present.any():
-            return 0.0
-        return 1.0 - float(np.mean(2 * self.overlap[present, 0] / self.overlap[present, 1]))
-
-
-# the scores of RankConfig's --score (``auto`` picks one of them per task: RankConfig.score_for), by name
-SCORES = {"entropy": BoundaryEntropy, "tta": MirrorDisagreement}
 
 
 def _score_image(segmenter, image, task: str, score: str, labels: list[tuple[int, str]]

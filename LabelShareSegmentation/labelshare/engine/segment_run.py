@@ -32,11 +32,15 @@ from pathlib import Path
 
 from ..core.config import SegmentConfig, check_mirroring
 from ..core.errors import DataError, Interrupted, LabelShareError, is_out_of_memory
+from ..core.fileio import sha256_file, write_image_atomic
+from ..core.input_check import InputCheckResult, image_modality
 from ..core.inputs import InputImage, collect_inputs, read_input_image
 from ..core.outputs import OutputDescription, PlannedCase, check_output, plan_cases, remove_leftovers
 from ..core.progress import Progress
 from .inference import Segmenter
+from .input_check import check_case
 from .models import Model, load_model
+from .uncertainty import UNCERTAINTY_MEASURE
 from .writers import write_segmentation
 
 DONE, SKIPPED, FAILED = "done", "skipped", "failed"
@@ -50,10 +54,15 @@ class CaseOutcome:
     reason: str = ""
     seconds: float = 0.0
     error: BaseException | None = None  # what made the case fail (re-raised when a single image was asked for)
+    check_result: InputCheckResult | None = None  # None: not checked (skipped, failed, or --no-input-check)
+
+    @property
+    def warned(self) -> bool:
+        return self.check_result is not None and self.check_result.warned
 
     def to_json(self) -> dict:
         return {"case": self.case.image.name, "input": str(self.case.image.source), "output": str(self.case.output),
-                "status": self.status, "reason": self.reason}
+                "status": self.status, "reason": self.reason, "warned": self.warned}
 
 
 @dataclass
@@ -70,11 +79,19 @@ class SegmentSummary:
     def counts(self) -> dict[str, int]:
         return {status: len(self.with_status(status)) for status in (DONE, SKIPPED, FAILED)}
 
+    @property
+    def warned(self) -> list[CaseOutcome]:
+        """The images the input check warned about (segmented all the same)."""
+        return [outcome for outcome in self.outcomes if outcome.warned]
+
     def text(self) -> str:
-        return ", ".join(f"{count} {status}" for status, count in self.counts().items())
+        warned = f" ({len(self.warned)} with an input warning)" if self.warned else ""
+        return ", ".join(f"{count} {status}" + (warned if status == DONE else "")
+                         for status, count in self.counts().items())
 
     def to_json(self) -> dict:
-        return {**self.counts(), "failures": [outcome.to_json() for outcome in self.failed]}
+        return {**self.counts(), "warned": len(self.warned),
+                "failures": [outcome.to_json() for outcome in self.failed]}
 
 
 def segment_cases(model: Model, cases: list[PlannedCase], config: SegmentConfig,
@@ -113,6 +130,11 @@ def segment_cases(model: Model, cases: list[PlannedCase], config: SegmentConfig,
             case_started = time.perf_counter()
             outcome = _segment_case(segmenter, case, reading, config, description, slice_progress)
             outcome.seconds = time.perf_counter() - case_started
+            if outcome.warned:  # a warning, never a refusal: the output is written
+                detail = outcome.check_result.message(config.task)
+                progress.warning(f"{case.image.source}: {detail}", detail=detail, case=case.image.name,
+                                 input=str(case.image.source), output=str(case.output),
+                                 input_check=outcome.check_result.to_json())
             report(outcome, eta_seconds(started, index + 1, len(to_segment)))
     except Interrupted as stop:
         if len(cases) == 1:
@@ -152,13 +174,25 @@ def _segment_case(segmenter: Segmenter, case: PlannedCase, reading: Future, conf
         image = reading.result()
         check_output(case.output, image, case.image, description)
         try:
-            result = segmenter.segment(image, config.task, progress=slice_progress)
+            result = segmenter.segment_case(image, config.task, progress=slice_progress,
+                                            uncertainty_map=case.uncertainty_map is not None,
+                                            measure_input=config.input_check,
+                                            case_score=True, modality=image_modality(image))
         except DataError as error:
             raise DataError(f"{case.image.source}: {error}") from None
-        write_segmentation(result, case.output, description, case.image, overwrite=config.existing != "refuse")
+        checked = check_case(segmenter.model, config.task, result.measurement) if config.input_check else None
+        overwrite = config.existing != "refuse"
+        record = {"case_score": result.case_score}
+        if checked is not None:
+            record["input_check"] = checked.to_json()
+        if case.uncertainty_map is not None:  # before the output: a complete output has its map
+            write_image_atomic(result.uncertainty_map, case.uncertainty_map, overwrite=overwrite)
+            record["uncertainty"] = {"file": str(case.uncertainty_map.resolve()),
+                                     "sha256": sha256_file(case.uncertainty_map), "measure": UNCERTAINTY_MEASURE}
+        write_segmentation(result.labels, case.output, description, case.image, overwrite=overwrite, record=record)
     except Exception as error:  # the case fails, the others go on; a single image re-raises it
         return CaseOutcome(case, FAILED, failure_reason(error), error=error)
-    return CaseOutcome(case, DONE)
+    return CaseOutcome(case, DONE, check_result=checked)
 
 
 def failure_reason(error: BaseException) -> str:

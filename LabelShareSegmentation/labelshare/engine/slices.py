@@ -13,7 +13,8 @@ the slice's own grid.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -125,15 +126,18 @@ def head_probabilities(network: torch.nn.Module, images: torch.Tensor, head: Tas
 
 def head_probability_views(network: torch.nn.Module, images: torch.Tensor, head: TaskHead, plan: TaskPlan,
                            mirror: bool, windows_per_batch: int, autocast_dtype: torch.dtype | None = None,
-                           windows: Windows = ENGINE_WINDOWS) -> list[torch.Tensor]:
+                           windows: Windows = ENGINE_WINDOWS,
+                           plain_view: Callable[[], AbstractContextManager] = nullcontext) -> list[torch.Tensor]:
     """The softmax of :func:`head_probabilities` per view, not averaged: the plain prediction and, with ``mirror``,
-    the mirrored images' prediction flipped back (ranking measures how much the two disagree)."""
+    the mirrored images' prediction flipped back (ranking measures how much the two disagree). The plain view's
+    windows run inside ``plain_view()`` (the input check records their features there)."""
     def once(batch: torch.Tensor) -> torch.Tensor:
         logits = window_logits(network, batch, head.index, plan.patch_size, windows_per_batch, autocast_dtype,
                                windows)
         return logits[:, head.channels].softmax(dim=1)
 
-    views = [once(images)]
+    with plain_view():
+        views = [once(images)]
     if mirror:
         views.append(once(images.flip(-1)).flip(-1))
     return views

@@ -41,13 +41,15 @@ SEG_COPIED_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex"
 
 
 def write_segmentation(label_image: sitk.Image, path: Path, description: OutputDescription, source: InputImage,
-                       overwrite: bool) -> None:
-    """Write the label image as the kind ``path`` names (module docstring); call :func:`check_output` first."""
-    WRITERS[output_kind(path)](label_image, path, description, source, overwrite)
+                       overwrite: bool, record: dict | None = None) -> None:
+    """Write the label image as the kind ``path`` names (module docstring); call :func:`check_output` first.
+    ``record``: what a label map's sidecar says of the segmentation besides (``input_check``, ``case_score``,
+    ``uncertainty``); the other kinds have no sidecar."""
+    WRITERS[output_kind(path)](label_image, path, description, source, overwrite, record or {})
 
 
 def write_label_map(label_image: sitk.Image, path: Path, description: OutputDescription, source: InputImage,
-                    overwrite: bool) -> None:
+                    overwrite: bool, record: dict) -> None:
     write_image_atomic(label_image, path, overwrite=overwrite)
     atomic_write_json(sidecar_path(path), {
         "format": SIDECAR_FORMAT, "format_version": 1, "image": path.name, "sha256": sha256_file(path),
@@ -55,11 +57,11 @@ def write_label_map(label_image: sitk.Image, path: Path, description: OutputDesc
         "input": str(source.source.resolve()),
         "labels": {str(style.label_id): {"name": style.name, "color": [round(c, 4) for c in style.color],
                                          "terminology": style.terminology.slicer_text() if style.terminology else ""}
-                   for style in description.styles}})
+                   for style in description.styles}, **record})
 
 
 def write_seg_nrrd(label_image: sitk.Image, path: Path, description: OutputDescription, source: InputImage,
-                   overwrite: bool) -> None:
+                   overwrite: bool, record: dict) -> None:
     """A Slicer ``.seg.nrrd`` (slicerio): the label ids as one labelmap layer on the image's grid (LPS), one segment
     per task label; written atomically and read back before it counts."""
     image = sitk.JoinSeries(label_image) if label_image.GetDimension() == 2 else label_image
@@ -84,7 +86,7 @@ def write_seg_nrrd(label_image: sitk.Image, path: Path, description: OutputDescr
 
 
 def write_dicom_seg(label_image: sitk.Image, path: Path, description: OutputDescription, source: InputImage,
-                    overwrite: bool) -> None:
+                    overwrite: bool, record: dict) -> None:
     """A DICOM SEG (binary, highdicom) referencing the source series; frames in the order of its files."""
     sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in source.dicom_files]
     for header in sources:
