@@ -18,6 +18,8 @@ from shell_harness import (SEGMENTATION, SHELL_FOLDERS, TRAINING, segmentation_w
 
 sys.path[:0] = [str(folder) for folder in SHELL_FOLDERS]
 
+from labelshare.core.memory import MEMORY_DIR  # noqa: E402
+from labelshare.core.modelfolder import write_manifest  # noqa: E402
 from labelshare.core.paths import bundled_model_dirs, default_model_dir  # noqa: E402
 from LabelShareLib.store import version_of  # noqa: E402
 from LabelShareLib.jobs import WorkerJob  # noqa: E402
@@ -248,6 +250,8 @@ def test_why_train_cannot_start_is_a_label_not_a_tooltip(training_home, tiny_mod
     """Issue 26: Train stayed enabled and the reason hid in the tooltip under "Budget: …"."""
     models = training_home / "models"
     shutil.copytree(tiny_model, models / "tiny-v1")
+    shutil.rmtree(models / "tiny-v1" / MEMORY_DIR)  # a model without a rehearsal memory needs its tasks' folders
+    write_manifest(models / "tiny-v1")
     training = training_logic(training_home)
     collection = training.create_task("blobs", ["left_blob", "right_blob"])
     from labelshare.core.tasks import TaskDataset
@@ -261,7 +265,7 @@ def test_why_train_cannot_start_is_a_label_not_a_tooltip(training_home, tiny_mod
         assert widget.selectedModel() == str(models / "tiny-v1")
         reason = widget.ui.trainReasonLabel.text
         assert not widget.ui.trainButton.enabled
-        assert reason.startswith(f"{models / 'tiny-v1'}: the folder of its task ") and "is unknown" in reason
+        assert reason.startswith(f"{models / 'tiny-v1'}") and "holds no rehearsal memory" in reason
         assert "unknown" not in widget.ui.trainButton.toolTip and "Budget" not in widget.ui.trainButton.toolTip
         for name in ("phantom3d", "xray2d", "sides3d"):  # the model's tasks' folders put into the workspace
             shutil.copytree(synthetic_tasks[name], training.workspace / name)
