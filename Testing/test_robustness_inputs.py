@@ -269,7 +269,7 @@ def test_unexpected_failures_in_the_worker_are_reported_without_raw_exception_te
 
     def broken(*args, **kwargs):
         raise ValueError("internal detail: tensor of shape (3, 4) at 0x7f00")
-    monkeypatch.setattr(inference.Segmenter, "segment", broken)
+    monkeypatch.setattr(inference.Segmenter, "segment_case", broken)  # what the worker runs
     case = sorted((synthetic_tasks["xray2d"] / "imagesTr").iterdir())[0]
     request = {"id": 1, "model": str(tiny_model), "task": "xray2d", "input": str(case),
                "output": str(tmp_path / "out.png"), "device": "cpu"}
