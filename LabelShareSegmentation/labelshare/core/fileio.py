@@ -280,6 +280,20 @@ def read_json(path: str | os.PathLike, what: str = "JSON file", error: type[Labe
         raise error(f"{path}: {what} is nested too deeply to be a LabelShare file") from None
 
 
+def read_format_json(path: str | os.PathLike, what: str, file_format: str, version: int,
+                     error: type[LabelShareError] = LabelShareError) -> dict:
+    """A LabelShare JSON file of ``file_format`` (its ``format`` field) at ``version`` (``format_version``), parsed
+    as :func:`read_json` does; another file, or another version of the format, raises ``error`` naming the file."""
+    path = Path(path)
+    data = read_json(path, what, error)
+    if not isinstance(data, dict) or data.get("format") != file_format:
+        raise error(f"{path}: not LabelShare {what}")
+    if data.get("format_version") != version:
+        raise error(f"{path}: {what} format version {data.get('format_version')} is not supported (this LabelShare "
+                    f"reads version {version})")
+    return data
+
+
 def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as stream:

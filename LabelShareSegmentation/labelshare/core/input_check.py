@@ -54,7 +54,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ModelError
-from .fileio import atomic_path, atomic_write_json, read_json
+from .fileio import atomic_path, atomic_write_json, read_format_json
 
 INPUT_CHECK_FILE = "input_check.json"
 INPUT_CHECK_ARRAYS = "input_check.npz"
@@ -334,12 +334,7 @@ class InputCheckStatistics:
         path = folder / INPUT_CHECK_FILE
         if not path.is_file():
             return None
-        data = read_json(path, "input check statistics", ModelError)
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise ModelError(f"{path}: not LabelShare input check statistics")
-        if data.get("format_version") != FORMAT_VERSION:
-            raise ModelError(f"{path}: format version {data.get('format_version')} is not supported (this LabelShare "
-                             f"reads version {FORMAT_VERSION})")
+        data = read_format_json(path, "input check statistics", FORMAT, FORMAT_VERSION, ModelError)
         arrays_path = folder / INPUT_CHECK_ARRAYS
         try:
             with np.load(arrays_path, allow_pickle=False) as stored:

@@ -50,7 +50,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import LabelSpaceError, ModelError
-from .fileio import atomic_write_json, read_json, write_image_atomic
+from .fileio import atomic_write_json, read_format_json, write_image_atomic
 from .imagedata import format_bytes
 from .labelspace import LabelSpace
 from .naming import check_task_name
@@ -156,12 +156,7 @@ class RehearsalMemory:
         path = folder / MEMORY_FILE
         if not path.is_file():
             return None
-        data = read_json(path, "rehearsal memory", ModelError)
-        if not isinstance(data, dict) or data.get("format") != MEMORY_FORMAT:
-            raise ModelError(f"{path}: not a LabelShare rehearsal memory")
-        if data.get("format_version") != MEMORY_FORMAT_VERSION:
-            raise ModelError(f"{path}: memory format version {data.get('format_version')} is not supported (this "
-                             f"LabelShare reads version {MEMORY_FORMAT_VERSION})")
+        data = read_format_json(path, "rehearsal memory", MEMORY_FORMAT, MEMORY_FORMAT_VERSION, ModelError)
         try:
             memory = cls(tasks={str(name): _task_from_json(task) for name, task in data["tasks"].items()},
                          patient_images=bool(data.get("patient_images", True)))
