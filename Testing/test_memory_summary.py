@@ -67,3 +67,20 @@ def test_memory_rows_change_and_paired_error_against_base_and_full_replay(tmp_pa
     line = next(s for s in text.splitlines() if s.startswith("| memory only, 48 slices per task (default)"))
     assert f"{100 * statistics.fmean(differences):+.1f} ± {100 * statistics.stdev(differences) / math.sqrt(3):.1f}" \
         in line and "passed (-0.5 acdc, memory)" in line and "| 5.00 |" in line
+
+
+def test_a_row_repeated_with_another_seed_is_compared_with_full_replay_of_that_seed(tmp_path):
+    runs = tmp_path / "runs"
+    base = {"hippocampus": [0.80, 0.90], "acdc": [0.60, 0.70], "mammo": [0.50, 0.60]}
+    write_run(runs / "base-3task", base)
+    write_run(runs / "mem-sunnybrook-full", {**base, "sunnybrook": [0.90, 0.80]})
+    write_run(runs / "mem-sunnybrook-full-seed1", {**base, "hippocampus": [0.70, 0.80], "sunnybrook": [0.85, 0.75]})
+    write_run(runs / "mem-sunnybrook-48-seed1", {**base, "sunnybrook": [0.85, 0.75]})
+
+    memory_summary(runs, tmp_path / "out")
+    rows = {r["run"]: r for r in json.loads((tmp_path / "out" / "memory-results.json").read_text())}
+    assert set(rows) == {"mem-sunnybrook-full", "mem-sunnybrook-full-seed1", "mem-sunnybrook-48-seed1"}
+    seeded = rows["mem-sunnybrook-48-seed1"]
+    assert seeded["description"].endswith("(seed 1)")
+    assert math.isclose(seeded["old"]["hippocampus"]["vs_full"], 0.10)  # against seed 1's full replay, not seed 0's
+    assert math.isclose(seeded["new"]["vs_full"], 0.0)

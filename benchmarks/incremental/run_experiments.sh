@@ -2,13 +2,15 @@
 # The incremental-learning experiments of docs/incremental/README.md, reduced CPU configuration (batch 16, 100 steps
 # per epoch, learning rate 2e-3, seed 0; 500 steps per task in a model), one run at a time.
 #
-#   [PIPELINE='--fixed-size 96'] benchmarks/incremental/run_experiments.sh DATA_DIR RUNS_DIR [EXPERIMENT ...]
+#   [PIPELINE='--fixed-size 96'] [SEED=N] benchmarks/incremental/run_experiments.sh DATA_DIR RUNS_DIR [EXPERIMENT ...]
 #
 # PIPELINE: the label-space options of the base model's pipeline; default: per-task plans with 96x96-pixel patches
 # (--patch-pixels 9216, the compute per step of the first tables, which squashed every slice to 96x96:
 # PIPELINE='--fixed-size 96').
 # DATA_DIR holds the shared tasks (msd_hippocampus, acdc_cardiac, ddsm_mammo_tissue, sunnybrook_lv); every model
 # goes to RUNS_DIR/<name>, its log to RUNS_DIR/<name>.log and its wall-clock seconds to RUNS_DIR/wallclock.tsv.
+# SEED (default 0): the seed of the rehearsal-memory experiments' add-task runs (their names get "-seed<N>" unless it
+# is 0; the base models and their memories stay those of seed 0), to repeat a row with another seed.
 # Finished runs are skipped, so the script can be repeated. Then: labelshare-bench incremental-summary RUNS_DIR
 set -euo pipefail
 DATA=$(realpath "$1"); RUNS=$2; shift 2
@@ -58,9 +60,11 @@ memory_of() {  # memory_of BASE SIZE task-arguments...: BASE with a rehearsal me
   local base=$1 size=$2; shift 2
   run "$base-mem$size" memory --model "$RUNS/$base" "$@" --memory-slices "$size" --device cpu
 }
+SEED=${SEED:-0}
+SEEDED=$([ "$SEED" = 0 ] || echo "-seed$SEED")
 added() {  # added NAME BASE add-task-arguments...: today's defaults, the earlier rows' budget, always published
-  local name=$1 base=$2; shift 2
-  run "$name" add-task --model "$RUNS/$base" --accept-regression "${BUDGET[@]}" --epochs 3 "$@"
+  local name=$1$SEEDED base=$2; shift 2
+  run "$name" add-task --model "$RUNS/$base" --accept-regression "${BUDGET[@]}" --epochs 3 --seed "$SEED" "$@"
   score "$name"
 }
 score() {  # score NAME: every task of the model on its validation cases, at native resolution (labelshare evaluate)
@@ -110,12 +114,15 @@ experiment() {
     mem48-distill-new)
       memory_of base-3task 48 "${BASE_TASKS[@]}"
       added mem-sunnybrook-48-distill-new base-3task-mem48 "${SUNNYBROOK[@]}" --distill-new-task 1 ;;
+    mem2-48-distill-new)
+      memory_of base2-3task-mr 48 "${MR_TASKS[@]}"
+      added mem2-mammo-48-distill-new base2-3task-mr-mem48 "${MAMMO[@]}" --distill-new-task 1 ;;
     mem-update)  # Sunnybrook added without 20 of its cases, then updated with them: memory only
       memory_of base-3task 48 "${BASE_TASKS[@]}"
       local fewer; fewer=$RUNS/sunnybrook_lv-minus20
       without_cases "$DATA/sunnybrook_lv" 20 "$fewer"
       added mem-sunnybrook-minus20-48 base-3task-mem48 --task "sunnybrook=$fewer"
-      added mem-sunnybrook-update-48 mem-sunnybrook-minus20-48 "${SUNNYBROOK[@]}" ;;
+      added mem-sunnybrook-update-48 "mem-sunnybrook-minus20-48$SEEDED" "${SUNNYBROOK[@]}" ;;
     mem2-full) added mem2-mammo-full base2-3task-mr "${MAMMO[@]}" "${MR_REPLAY[@]}" ;;
     mem2-noreplay) added mem2-mammo-noreplay base2-3task-mr "${MAMMO[@]}" "${MR_REPLAY[@]}" --replay-cases 0 ;;
     mem2-16|mem2-48|mem2-128)
@@ -126,7 +133,7 @@ experiment() {
       local fewer; fewer=$RUNS/ddsm_mammo_tissue-minus20
       without_cases "$DATA/ddsm_mammo_tissue" 20 "$fewer"
       added mem2-mammo-minus20-48 base2-3task-mr-mem48 --task "mammo=$fewer"
-      added mem2-mammo-update-48 mem2-mammo-minus20-48 "${MAMMO[@]}" ;;
+      added mem2-mammo-update-48 "mem2-mammo-minus20-48$SEEDED" "${MAMMO[@]}" ;;
     base) base ;;
     overlap) add add-overlap "${SUNNYBROOK[@]}" --strategy overlap --replay-cases all ;;
     size) add add-size "${SUNNYBROOK[@]}" --strategy size --replay-cases all ;;

@@ -13,6 +13,7 @@ RUNS_DIR/wallclock.tsv.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 from pathlib import Path
@@ -70,6 +71,8 @@ def fmt(value, digits=3) -> str:
 # The rehearsal-memory experiments (run_experiments.sh: mem-*, mem2-*): (new task, base model, its tasks, prefix)
 MEMORY_PAIRS = [("sunnybrook", "base-3task", ("hippocampus", "acdc", "mammo"), "mem-sunnybrook"),
                 ("mammo", "base2-3task-mr", ("hippocampus", "acdc", "sunnybrook"), "mem2-mammo")]
+# run_experiments.sh's SEED: the suffix of a row's repetitions with other seeds
+SEEDS = ("", "-seed1", "-seed2")
 # (run suffix, description, the run whose memory replaces the old tasks' folders: a format of base and prefix)
 MEMORY_ROWS = [("full", "old tasks' folders (full replay)", None),
                ("16", "memory only, 16 slices per task", "{base}-mem16"),
@@ -112,24 +115,26 @@ def memory_summary(runs: Path, out: Path) -> str:
              "used for its gate (`labelshare evaluate`, or the run's own evaluation where it had the folders); "
              "changes in Dice points with the paired standard error over those cases. *vs full*: against the "
              "same task added with the old tasks' folders (full replay). Gate: the run's own decision (1 point), on "
-             "the memory's gate slices for memory-only runs (slice-level Dice at plan resolution), on the validation "
-             "cases otherwise; the worst change it saw in brackets.", ""]
+             "the memory's gate slices for memory-only runs (Dice at plan resolution: slice-level for the runs made "
+             "before the gate pooled its slices, pooled otherwise; memory.md), on the validation cases otherwise; the "
+             "worst change it saw in brackets.", ""]
     results = []
     for new_task, base, old_tasks, prefix in MEMORY_PAIRS:
         if not (runs / base).is_dir():
             continue
         base_means = case_means(runs / base)
-        full = runs / f"{prefix}-full"
-        full_means = case_means(full) if full.is_dir() else None
         lines += [f"## {base} + {new_task}", "",
                   "| run | memory replayed, MB | " + " | ".join(f"{t}: change (vs full)" for t in old_tasks)
                   + f" | gate (worst change on what it scored) | {new_task} Dice (vs full) | new version's memory, MB "
                   "| steps | wall-clock s |",
                   "|---|---|" + "---|" * (len(old_tasks) + 5)]
-        for suffix, description, memory_of in MEMORY_ROWS:
-            folder = runs / f"{prefix}-{suffix}"
+        for (suffix, description, memory_of), seed in itertools.product(MEMORY_ROWS, SEEDS):
+            folder = runs / f"{prefix}-{suffix}{seed}"
             if not (folder / "evaluation.csv").is_file():
                 continue
+            full = runs / f"{prefix}-full{seed}"  # against full replay with the same seed
+            full_means = case_means(full) if full.is_dir() else None
+            description += f" (seed {seed.removeprefix('-seed')})" if seed else ""
             files = sorted((runs / f"{folder.name}.evaluation").glob("*/evaluation.csv"))
             means = case_means(folder, files)
             row = {"pair": f"{base}+{new_task}", "run": folder.name, "description": description,

@@ -22,8 +22,8 @@ no patient images.
 
 **Using.** :func:`memory_slices` gives a part of a task's memory as the training data of
 :mod:`labelshare.engine.sampling` (slices at plan resolution, grouped by case); :func:`gate_evaluation` scores a
-network on the gate slices (slice-level Dice at plan resolution, per label), what add-task's forgetting report and gate
-use for a task whose folder is not given.
+network on the gate slices (Dice at plan resolution per label, pooled over the slices as one volume), what add-task's
+forgetting report and gate use for a task whose folder is not given.
 """
 
 from __future__ import annotations
@@ -54,8 +54,8 @@ SELECTION = {"replay": "k-center on pooled bottleneck features (one window over 
                        "and label presence",
              "gate": "slices holding a label, spread over cases in a seeded order, stratified by label presence"}
 FEATURE_WINDOWS = Windows(whole_slice=True)
-GATE_DEFINITION = ("slice-level Dice at plan resolution on the rehearsal memory's gate slices (validation cases), mean "
-                   "over slices")
+GATE_DEFINITION = ("Dice at plan resolution on the rehearsal memory's gate slices (validation cases), pooled over "
+                   "the slices as one volume")
 
 
 # -- choosing -------------------------------------------------------------------------------------------------------
@@ -305,23 +305,26 @@ def memory_slices(folder: Path, memory: RehearsalMemory, task: str, part: str, h
 @torch.no_grad()
 def gate_evaluation(network: torch.nn.Module, bank: TaskSlices, head: TaskHead, device: torch.device,
                     autocast_dtype: torch.dtype | None = None) -> Evaluation:
-    """Slice-level Dice of every label of the task on the gate slices (one score per slice, named
-    ``case:exemplar:slice``)
-    at plan resolution, predicted with the inference windows (no post-processing)."""
+    """Dice of every label of the task on the gate slices pooled as one volume (one score per label, the overlaps
+    summed over all slices) at plan resolution, predicted with the inference windows (no post-processing).
+
+    Pooled, not a mean over slices: a slice's Dice of a label it holds a few pixels of, or that a few stray pixels
+    predict, is 0 or 1 by a handful of pixels, and the mean over slices magnifies such changes several fold (measured
+    in docs/incremental/memory.md); a validation case's Dice sums its overlaps over its slices too."""
     network.eval()
-    scores = []
+    predicted, reference = [], []
     batch = INFERENCE_BATCH.get(device.type, INFERENCE_BATCH["cpu"])
-    for number, (case, images, targets) in enumerate(zip(bank.cases, bank.images, bank.targets, strict=True)):
+    for number, (images, targets) in enumerate(zip(bank.images, bank.targets, strict=True)):
         rows = bank.labelled_slices(number)
         tensor = torch.from_numpy(bank.plan.stacks(images, rows, network.config.in_channels).astype(np.float32))
         probabilities = head_probabilities(network, tensor.to(device), head, bank.plan, mirror=False,
                                            windows_per_batch=batch, autocast_dtype=autocast_dtype)
-        predictions = probabilities.max(dim=1).indices.cpu().numpy()
-        for index, prediction, target in zip(rows, predictions, targets[rows], strict=True):
-            dice = dice_per_label(prediction, target, head.label_positions)
-            scores += [CaseScore(bank.task, f"{case}:{number}:{index}", head.position_names[p],
-                                 int(head.output_lut[p]), dice[p], float("nan")) for p in head.label_positions]
-    return Evaluation(scores)
+        predicted.append(probabilities.max(dim=1).indices.cpu().numpy().ravel())
+        reference.append(targets[rows].ravel())
+    dice = dice_per_label(np.concatenate(predicted), np.concatenate(reference), head.label_positions)
+    pooled = f"{len(bank)} gate slices, pooled"
+    return Evaluation([CaseScore(bank.task, pooled, head.position_names[p], int(head.output_lut[p]), dice[p],
+                                 float("nan")) for p in head.label_positions])
 
 
 def check_sources(model_path: Path, tasks: Sequence[str], memory: RehearsalMemory | None, folders: Sequence[str],

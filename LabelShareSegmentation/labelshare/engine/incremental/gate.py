@@ -86,8 +86,8 @@ def apply_gate(old: Model, candidate: TrainingResult, out: Path, tasks: Mapping[
     for name, bank in gates.items():
         before[name] = gate_evaluation(old.network, bank, old.heads[name], old.device).summary()[name]
     after = {**candidate.metrics["validation"], **candidate.metrics.get("memory_gate", {})}
-    scored_on = {t: (f"the rehearsal memory's {len(gates[t])} gate slices (validation cases): slice-level Dice at "
-                     "plan resolution" if t in gates else
+    scored_on = {t: (f"the rehearsal memory's {len(gates[t])} gate slices (validation cases): Dice at plan "
+                     "resolution, pooled over the slices" if t in gates else
                      f"{len(candidate.split[t]['validation'])} validation cases: Dice at native resolution")
                  for t in old_tasks}
     report = ForgettingReport.compare(before, after, old_tasks, task, max_regression,
