@@ -116,7 +116,8 @@ class ForgettingReport:
                 "definition": "per-case Dice at native resolution on each task's validation cases, mean over cases "
                               "(a task scored on the rehearsal memory's gate slices: Dice at plan resolution, "
                               "pooled over the slices as one volume; scored_on says which); change = after - before "
-                              "in Dice (0-1); threshold in Dice points (0-100), applied to each task's mean over its labels",
+                              "in Dice (0-1); threshold in Dice points (0-100), applied to each task's mean over its "
+                              "labels",
                 "scored_on": self.scored_on, "tasks": self.tasks, "task_means": self.task_means(),
                 "worst": {"task": worst[0], **worst[1]} if worst else None,
                 "new_task": {"name": self.new_task_name, "dice": self.new_task}}
