@@ -8,6 +8,7 @@ import json
 import math
 import statistics
 
+from labelshare_benchmarks.incremental import memory_gate
 from labelshare_benchmarks.incremental.summarize import memory_summary
 
 OLD_TASKS = ("hippocampus", "acdc", "mammo")
@@ -84,3 +85,13 @@ def test_a_row_repeated_with_another_seed_is_compared_with_full_replay_of_that_s
     assert seeded["description"].endswith("(seed 1)")
     assert math.isclose(seeded["old"]["hippocampus"]["vs_full"], 0.10)  # against seed 1's full replay, not seed 0's
     assert math.isclose(seeded["new"]["vs_full"], 0.0)
+
+
+def test_the_memory_gate_benchmark_sees_no_change_of_a_model_against_itself(base_model, tmp_path):
+    assert memory_gate.main(["--base", str(base_model), str(base_model), "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "memory-gate.json").read_text())
+    assert {row["task"] for row in rows} == {"phantom3d", "xray2d"}
+    for row in rows:
+        assert row["gate_slices"] > 0 and row["validation_cases"] > 0
+        assert row["validation_change"] == row["slice_mean_change"] == row["pooled_change"] == 0.0
+    assert "| v1 | phantom3d |" in (tmp_path / "memory-gate.md").read_text()

@@ -27,6 +27,8 @@ multi-channel) register into the engine's method registry (:mod:`.baselines`). R
 ``incremental-step-cost``   cost of one add-task step with and without distillation
 ``memory-precision``        how the rehearsal memory stores slices: bytes and prediction agreement of float and
                             8-bit storage (docs/incremental/memory.md)
+``memory-gate``             the forgetting gate on a rehearsal memory's gate slices against the old tasks' full
+                            validation cases: the change each sees (docs/incremental/memory.md)
 ``split-task``              a task with every structure cut in two (more labels than n*), for head expansion
 ``new-label-rate``          add-task of a small label beyond n* against the new channel's learning-rate scale
 ``annotation-campaign``     a simulated annotation campaign: uncertainty ranking vs random selection
@@ -54,6 +56,7 @@ EXPERIMENTS = {
     "cross-validation": "cross_validation",
     "incremental-summary": "incremental.summarize",
     "memory-precision": "incremental.memory_precision",
+    "memory-gate": "incremental.memory_gate",
     "incremental-step-cost": "incremental.step_cost",
     "split-task": "incremental.split_task",
     "new-label-rate": "incremental.new_label_rate",

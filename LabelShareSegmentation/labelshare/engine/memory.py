@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -303,25 +303,32 @@ def memory_slices(folder: Path, memory: RehearsalMemory, task: str, part: str, h
 
 
 @torch.no_grad()
-def gate_evaluation(network: torch.nn.Module, bank: TaskSlices, head: TaskHead, device: torch.device,
-                    autocast_dtype: torch.dtype | None = None) -> Evaluation:
-    """Dice of every label of the task on the gate slices pooled as one volume (one score per label, the overlaps
-    summed over all slices) at plan resolution, predicted with the inference windows (no post-processing).
-
-    Pooled, not a mean over slices: a slice's Dice of a label it holds a few pixels of, or that a few stray pixels
-    predict, is 0 or 1 by a handful of pixels, and the mean over slices magnifies such changes several fold (measured
-    in docs/incremental/memory.md); a validation case's Dice sums its overlaps over its slices too."""
+def gate_predictions(network: torch.nn.Module, bank: TaskSlices, head: TaskHead, device: torch.device,
+                     autocast_dtype: torch.dtype | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(prediction, reference) of each gate slice at plan resolution, in head positions, predicted with the
+    inference windows (no post-processing)."""
     network.eval()
-    predicted, reference = [], []
     batch = INFERENCE_BATCH.get(device.type, INFERENCE_BATCH["cpu"])
     for number, (images, targets) in enumerate(zip(bank.images, bank.targets, strict=True)):
         rows = bank.labelled_slices(number)
         tensor = torch.from_numpy(bank.plan.stacks(images, rows, network.config.in_channels).astype(np.float32))
         probabilities = head_probabilities(network, tensor.to(device), head, bank.plan, mirror=False,
                                            windows_per_batch=batch, autocast_dtype=autocast_dtype)
-        predicted.append(probabilities.max(dim=1).indices.cpu().numpy().ravel())
-        reference.append(targets[rows].ravel())
-    dice = dice_per_label(np.concatenate(predicted), np.concatenate(reference), head.label_positions)
+        yield from zip(probabilities.max(dim=1).indices.cpu().numpy(), targets[rows], strict=True)
+
+
+def gate_evaluation(network: torch.nn.Module, bank: TaskSlices, head: TaskHead, device: torch.device,
+                    autocast_dtype: torch.dtype | None = None) -> Evaluation:
+    """Dice of every label of the task on the gate slices pooled as one volume (one score per label: the overlaps
+    summed over all slices; :func:`gate_predictions`).
+
+    Pooled, not a mean over slices: a slice's Dice of a label it holds a few pixels of, or that a few stray pixels
+    predict, is 0 or 1 by a handful of pixels, and the mean over slices magnified such changes several fold
+    (``labelshare-bench memory-gate``, docs/incremental/memory.md); a validation case's Dice sums over its slices
+    too."""
+    pairs = list(gate_predictions(network, bank, head, device, autocast_dtype))
+    dice = dice_per_label(np.concatenate([p.ravel() for p, _ in pairs]), np.concatenate([r.ravel() for _, r in pairs]),
+                          head.label_positions)
     pooled = f"{len(bank)} gate slices, pooled"
     return Evaluation([CaseScore(bank.task, pooled, head.position_names[p], int(head.output_lut[p]), dice[p],
                                  float("nan")) for p in head.label_positions])
