@@ -1,7 +1,7 @@
 """How well the forgetting gate, scoring an old task on its rehearsal memory's gate slices, sees the change that the
 task's full validation cases show (docs/incremental/memory.md).
 
-    labelshare-bench memory-gate --base BASE RUN [RUN ...] [--out DIR] [--device cpu]
+    labelshare-bench memory-gate --base BASE RUN [RUN ...] [--task NAME=DIR ...] [--out DIR] [--device cpu]
 
 BASE is the model the runs were added to, with its rehearsal memory (run_experiments.sh: ``base-3task-mem48``);
 each RUN a new version made from it (``mem-sunnybrook-48``), scored on the validation cases of every old task
@@ -9,7 +9,10 @@ each RUN a new version made from it (``mem-sunnybrook-48``), scored on the valid
 ``evaluation.csv``). Per run and old task it prints the change in Dice points seen three ways: on the validation
 cases (per-case Dice at native resolution, mean over cases, with the paired standard error), and on the memory's
 gate slices at plan resolution with Dice as a mean over slices (the gate's first definition) and pooled over the
-slices as one volume (the gate's definition: :func:`labelshare.engine.memory.gate_evaluation`). Writes
+slices as one volume (the gate's definition: :func:`labelshare.engine.memory.gate_evaluation`). With ``--task``
+(an old task's folder) also on that task's validation cases at plan resolution, each case's Dice pooled over all
+its slices and over only its slices that hold a label (what the gate slices are drawn from), mean over cases: what
+separates the gate from the validation, the resolution and post-processing or the choice of slices. Writes
 memory-gate.md and .json into ``--out``.
 """
 
@@ -23,10 +26,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from labelshare.commands import task_argument
 from labelshare.core.modelfolder import read_memory
+from labelshare.core.tasks import TaskDataset
 from labelshare.engine.memory import gate_evaluation, gate_predictions, memory_slices
 from labelshare.engine.metrics import dice_per_label
 from labelshare.engine.models import Model, load_model
+from labelshare.engine.sampling import load_task_slices
 
 from ..paired import case_means, paired_difference
 
@@ -47,11 +53,31 @@ def pooled_dice(model: Model, bank, head) -> float:
     return statistics.fmean(score.dice for score in gate_evaluation(model.network, bank, head, model.device).scores)
 
 
+def case_dice(model: Model, bank, head) -> tuple[float, float]:
+    """Per case, Dice pooled over its slices at plan resolution: over all of them and over those whose reference
+    holds a label; each the mean over cases, then over labels."""
+    pairs = gate_predictions(model.network, bank, head, model.device)
+    scores: dict[str, dict[int, list[float]]] = {kind: {p: [] for p in head.label_positions}
+                                                 for kind in ("all", "labelled")}
+    for targets in bank.targets:  # gate_predictions gives a folder's cases slice by slice, in order
+        case = [next(pairs) for _ in range(targets.shape[0])]
+        for kind, kept in (("all", case), ("labelled", [(p, r) for p, r in case if r.any()])):
+            dice = dice_per_label(np.concatenate([p.ravel() for p, _ in kept]),
+                                  np.concatenate([r.ravel() for _, r in kept]), head.label_positions)
+            for position, value in dice.items():
+                if value == value:
+                    scores[kind][position].append(value)
+    return tuple(statistics.fmean(statistics.fmean(v) for v in scores[kind].values() if v)
+                 for kind in ("all", "labelled"))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="labelshare-bench memory-gate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", required=True, type=Path, help="the model the runs were added to, with its memory")
     parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--task", action="append", default=[], metavar="NAME=DIR",
+                        help="an old task's folder: also score its validation cases at plan resolution")
     parser.add_argument("--out", type=Path, default=Path("."))
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
@@ -62,15 +88,24 @@ def main(argv: list[str] | None = None) -> int:
     banks = {t: memory_slices(base.path, memory, t, "gate", base.heads[t], flip_allowed=False) for t in tasks}
     before = {t: (slice_mean_dice(base, banks[t], base.heads[t]), pooled_dice(base, banks[t], base.heads[t]))
               for t in tasks}
+    validation_banks = {}
+    for name, folder in map(task_argument, args.task):
+        cases = (base.read_json("split.json") or {})["tasks"][name]["validation"]
+        validation_banks[name] = load_task_slices(TaskDataset.open(folder, name), cases, base.heads[name],
+                                                  base.labelspace.task(name).plan)
+    before_cases = {t: case_dice(base, bank, base.heads[t]) for t, bank in validation_banks.items()}
     base_means = case_means(base.path)
     rows = []
     lines = ["# The memory's gate against the validation cases", "",
              f"Generated by `labelshare-bench memory-gate --base {base.path.name} RUN ...`. Change in Dice points "
-             "of each old task after adding a task: on its full validation cases (native resolution, mean over cases, "
-             "± paired standard error), and on the base's rehearsal memory's gate slices at plan resolution as a mean "
-             "over slices and pooled over the slices (the gate's definition).", "",
-             "| run | task | gate slices | validation cases | change on the validation cases | gate: mean over slices "
-             "| gate: pooled |", "|---|---|---|---|---|---|---|"]
+             "of each old task after adding a task: on its full validation cases (native resolution, mean over "
+             "cases, ± paired standard error), and on the base's rehearsal memory's gate slices at plan resolution "
+             "as a mean over slices and pooled over the slices (the gate's definition); with the task's folder, on "
+             "its validation cases at plan resolution, each case pooled over all its slices and over its slices that "
+             "hold a label.",
+             "", "| run | task | gate slices | validation cases | change on the validation cases | gate: mean over "
+             "slices | gate: pooled | validation at plan resolution: all slices | slices holding a label |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for run in args.runs:
         model = load_model(run, args.device)
         files = sorted(run.parent.joinpath(f"{run.name}.evaluation").glob("*/evaluation.csv"))
@@ -83,14 +118,21 @@ def main(argv: list[str] | None = None) -> int:
                    validation.cases, "validation_change": validation.after - validation.before,
                    "validation_se": validation.standard_error, "slice_mean_change": after[0] - before[task][0],
                    "pooled_change": after[1] - before[task][1]}
+            if task in validation_banks:
+                now = case_dice(model, validation_banks[task], head)
+                row.update(plan_all_change=now[0] - before_cases[task][0],
+                           plan_labelled_change=now[1] - before_cases[task][1])
             rows.append(row)
             line = (f"| {run.name} | {task} | {row['gate_slices']} | {validation.cases} | "
                     f"{100 * row['validation_change']:+.1f} ± {100 * validation.standard_error:.1f} | "
-                    f"{100 * row['slice_mean_change']:+.1f} | {100 * row['pooled_change']:+.1f} |")
+                    f"{100 * row['slice_mean_change']:+.1f} | {100 * row['pooled_change']:+.1f} | "
+                    + " | ".join(f"{100 * row[k]:+.1f}" if k in row else "-"
+                                 for k in ("plan_all_change", "plan_labelled_change")) + " |")
             lines.append(line)
             print(line, flush=True)
-    gaps = {kind: np.abs([r[f"{kind}_change"] - r["validation_change"] for r in rows]) for kind in
-            ("slice_mean", "pooled")}
+    gaps = {kind: np.abs([r[f"{kind}_change"] - r["validation_change"] for r in rows if f"{kind}_change" in r])
+            for kind in ("slice_mean", "pooled", "plan_all", "plan_labelled")
+            if any(f"{kind}_change" in r for r in rows)}
     lines += ["", "Distance from the validation change, points: " + "; ".join(
         f"{kind.replace('_', ' ')}: mean {100 * gap.mean():.1f}, largest {100 * gap.max():.1f}"
         for kind, gap in gaps.items()), ""]

@@ -11,7 +11,7 @@ never the other side of the split:
   least ``N / (2 x labels)`` exemplars where the task has that many slices with it, rarest label first, so that a
   small structure is rehearsed too. Features are computed for at most :data:`CANDIDATES` slices, spread over the
   cases.
-- ``gate``: slices holding a label (so that Dice is defined), spread over the validation cases in a seeded order,
+- ``gate``: slices holding a label (they carry the Dice), spread over the validation cases in a seeded order,
   with the same strata: a sample that scores the task like its validation cases do, not its outliers.
 
 **Writing.** The memory artefact writes every task of the new version: a task whose folder the command read is
@@ -174,7 +174,7 @@ def choose_part(network: torch.nn.Module | None, bank: TaskSlices, head: TaskHea
                 device: torch.device) -> tuple[np.ndarray, int]:
     """The rows of ``bank`` (one side of the split) that the part keeps, and how many candidates it chose from."""
     rows = np.arange(len(bank))
-    if part == "gate":  # Dice is defined on slices that hold a label
+    if part == "gate":  # slices that hold a label carry the Dice (memory.md: scored over all slices it moved alike)
         holding = _presence(bank, rows, head).any(axis=1)
         rows = rows[holding] if holding.any() else rows
     else:
