@@ -78,13 +78,16 @@ def test_a_row_repeated_with_another_seed_is_compared_with_full_replay_of_that_s
     write_run(runs / "mem-sunnybrook-full-seed1", {**base, "hippocampus": [0.70, 0.80], "sunnybrook": [0.85, 0.75]})
     write_run(runs / "mem-sunnybrook-48-seed1", {**base, "sunnybrook": [0.85, 0.75]})
 
-    memory_summary(runs, tmp_path / "out")
+    text = memory_summary(runs, tmp_path / "out")
     rows = {r["run"]: r for r in json.loads((tmp_path / "out" / "memory-results.json").read_text())}
     assert set(rows) == {"mem-sunnybrook-full", "mem-sunnybrook-full-seed1", "mem-sunnybrook-48-seed1"}
     seeded = rows["mem-sunnybrook-48-seed1"]
     assert seeded["description"].endswith("(seed 1)")
     assert math.isclose(seeded["old"]["hippocampus"]["vs_full"], 0.10)  # against seed 1's full replay, not seed 0's
     assert math.isclose(seeded["new"]["vs_full"], 0.0)
+    # full replay ran with two seeds: their mean (hippocampus -5 and 0 points) and the gate count
+    mean_line = next(s for s in text.splitlines() if s.startswith("| old tasks' folders (full replay) | 2 |"))
+    assert "| -5.0 |" in mean_line and "| 0 of 2 |" in mean_line and "| 0.825 |" in mean_line
 
 
 def test_the_memory_gate_benchmark_sees_no_change_of_a_model_against_itself(base_model, tmp_path):

@@ -104,6 +104,41 @@ def change_cell(difference: PairedDifference) -> str:
     return f"{100 * (difference.after - difference.before):+.1f} ± {100 * difference.standard_error:.1f}"
 
 
+def seed_means(rows: list[dict], old_tasks: tuple[str, ...], new_task: str) -> list[str]:
+    """The table of a pair's ways that ran with more than one seed: per way the mean over its seeds of each old
+    task's change (against the base and against full replay of the same seed), the new task's Dice and its change
+    against full replay, and how many of its runs the gate passed."""
+    by_way: dict[str, list[dict]] = {}
+    for row in rows:
+        by_way.setdefault(row["way"], []).append(row)
+    repeated = {way: runs for way, runs in by_way.items() if len(runs) > 1}
+    if not repeated:
+        return []
+
+    def mean(values) -> float:
+        values = [v for v in values if v is not None]
+        return sum(values) / len(values) if values else math.nan
+
+    def points(value: float) -> str:
+        return "-" if value != value else f"{100 * value:+.1f}"
+
+    lines = ["Mean over seeds (Dice points; in brackets against full replay of the same seed):", "",
+             "| run | seeds | " + " | ".join(old_tasks) + f" | gate passed | {new_task} Dice (vs full) |",
+             "|---|---|" + "---|" * (len(old_tasks) + 2)]
+    for way, runs in repeated.items():
+        cells = []
+        for task in old_tasks:
+            change = mean(r["old"][task]["change"] for r in runs)
+            versus = mean(r["old"][task]["vs_full"] for r in runs)
+            cells.append(points(change) + ("" if way == "full" else f" ({points(versus)})"))
+        passed = sum(bool(r["gate"]["passed"]) for r in runs)
+        new = fmt(mean(r["new"]["dice"] for r in runs)) + \
+            ("" if way == "full" else f" ({points(mean(r['new']['vs_full'] for r in runs))})")
+        description = next(text for suffix, text, _ in MEMORY_ROWS if suffix == way)
+        lines.append(f"| {description} | {len(runs)} | " + " | ".join(cells) + f" | {passed} of {len(runs)} | {new} |")
+    return lines + [""]
+
+
 def memory_summary(runs: Path, out: Path) -> str:
     """memory-results.md/.json: per pair and way of adding, every old task's change against the base model and
     against full replay (points, paired standard error over its full validation cases), the gate's decision on the
@@ -137,7 +172,7 @@ def memory_summary(runs: Path, out: Path) -> str:
             description += f" (seed {seed.removeprefix('-seed')})" if seed else ""
             files = sorted((runs / f"{folder.name}.evaluation").glob("*/evaluation.csv"))
             means = case_means(folder, files)
-            row = {"pair": f"{base}+{new_task}", "run": folder.name, "description": description,
+            row = {"pair": f"{base}+{new_task}", "run": folder.name, "way": suffix, "description": description,
                    "memory_mb": memory_megabytes(runs / memory_of.format(base=base, prefix=prefix))
                    if memory_of else None,
                    "new_memory_mb": memory_megabytes(folder), "old": {}, "new": {}}
@@ -173,7 +208,7 @@ def memory_summary(runs: Path, out: Path) -> str:
             lines.append(f"| {description} | {size_cell} | " + " | ".join(cells) + f" | {gate} | {new_cell} | "
                          f"{fmt(row['new_memory_mb'], 2)} | {row['steps']} | {fmt(row['wallclock_s'], 0)} |")
             results.append(row)
-        lines.append("")
+        lines += [""] + seed_means([r for r in results if r["pair"] == f"{base}+{new_task}"], old_tasks, new_task)
     out.mkdir(parents=True, exist_ok=True)
     (out / "memory-results.md").write_text("\n".join(lines) + "\n")
     (out / "memory-results.json").write_text(json.dumps(results, indent=1) + "\n")
