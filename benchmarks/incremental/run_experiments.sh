@@ -111,6 +111,10 @@ experiment() {
     mem16|mem48|mem128)
       memory_of base-3task "${1#mem}" "${BASE_TASKS[@]}"
       added "mem-sunnybrook-${1#mem}" "base-3task-mem${1#mem}" "${SUNNYBROOK[@]}" ;;
+    mem2-48-hippocampus256)  # the small-image task with more exemplars (256 slices, 0.5 MB), the others' 48 kept
+      run base2-3task-mr-mem48-hippocampus256 memory \
+        --model "$RUNS/base2-3task-mr-mem48" --task "hippocampus=$DATA/msd_hippocampus" --memory-slices 256 --device cpu
+      added mem2-mammo-48-hippocampus256 base2-3task-mr-mem48-hippocampus256 "${MAMMO[@]}" ;;
     mem48-distill-new)
       memory_of base-3task 48 "${BASE_TASKS[@]}"
       added mem-sunnybrook-48-distill-new base-3task-mem48 "${SUNNYBROOK[@]}" --distill-new-task 1 ;;

@@ -77,6 +77,7 @@ SEEDS = ("", "-seed1", "-seed2")
 MEMORY_ROWS = [("full", "old tasks' folders (full replay)", None),
                ("16", "memory only, 16 slices per task", "{base}-mem16"),
                ("48", "memory only, 48 slices per task (default)", "{base}-mem48"),
+               ("48-hippocampus256", "memory only, 48 slices per task, hippocampus 256", "{base}-mem48-hippocampus256"),
                ("128", "memory only, 128 slices per task", "{base}-mem128"), ("noreplay", "no replay", None),
                ("48-distill-new", "memory only, 48 slices, also distilled on the new task's slices", "{base}-mem48"),
                ("minus20-48", "memory only, 48 slices; the new task without 20 of its cases", "{base}-mem48"),
