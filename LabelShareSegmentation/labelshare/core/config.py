@@ -344,10 +344,9 @@ class AddTaskConfig(Configuration):
     replay_cases: int | None = option(None, "training cases replayed per old task; 0: plain fine-tuning (default: "
                                             "all)", metavar="N|all", parse=parse_replay_cases)
     distill_weight: float = option(1.0, "weight of distillation from the old model on replayed slices")
-    distill_new_task: float = option(0.0, "weight of distillation from the old model on the task's own slices (where "
-                                          "the task's labels share output channels with old ones it can pull against "
-                                          "them; measured on one pair, not yet the default: docs/incremental/"
-                                          "memory.md)",
+    distill_new_task: float = option(0.0, "weight of distillation from the old model on the task's own slices: it "
+                                          "kept old tasks of the same modality but stopped a new modality from being "
+                                          "learned (docs/incremental/memory.md)",
                                    metavar="WEIGHT")
     max_regression: float = option(1.0, "largest allowed loss of an old task's mean Dice, in points",
                                    metavar="POINTS")
