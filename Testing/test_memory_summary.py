@@ -97,4 +97,5 @@ def test_the_memory_gate_benchmark_sees_no_change_of_a_model_against_itself(base
     for row in rows:
         assert row["gate_slices"] > 0 and row["validation_cases"] > 0
         assert row["validation_change"] == row["slice_mean_change"] == row["pooled_change"] == 0.0
+        assert row["replay_change"] == 0.0
     assert "| v1 | phantom3d |" in (tmp_path / "memory-gate.md").read_text()

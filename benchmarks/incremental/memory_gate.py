@@ -9,7 +9,8 @@ each RUN a new version made from it (``mem-sunnybrook-48``), scored on the valid
 ``evaluation.csv``). Per run and old task it prints the change in Dice points seen three ways: on the validation
 cases (per-case Dice at native resolution, mean over cases, with the paired standard error), and on the memory's
 gate slices at plan resolution with Dice as a mean over slices (the gate's first definition) and pooled over the
-slices as one volume (the gate's definition: :func:`labelshare.engine.memory.gate_evaluation`). With ``--task``
+slices as one volume (the gate's definition: :func:`labelshare.engine.memory.gate_evaluation`), and, pooled the same
+way, on the memory's replay slices (the training exemplars a memory-only run fitted). With ``--task``
 (an old task's folder) also on that task's validation cases at plan resolution, each case's Dice pooled over all
 its slices and over only its slices that hold a label (what the gate slices are drawn from), mean over cases: what
 separates the gate from the validation, the resolution and post-processing or the choice of slices. Writes
@@ -86,8 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     memory = read_memory(base.path, base.labelspace)
     tasks = [t for t in base.labelspace.task_names if t in memory.tasks]
     banks = {t: memory_slices(base.path, memory, t, "gate", base.heads[t], flip_allowed=False) for t in tasks}
+    replayed = {t: memory_slices(base.path, memory, t, "replay", base.heads[t], flip_allowed=False) for t in tasks
+                if "replay" in memory.tasks[t].parts}
     before = {t: (slice_mean_dice(base, banks[t], base.heads[t]), pooled_dice(base, banks[t], base.heads[t]))
               for t in tasks}
+    before_replay = {t: pooled_dice(base, bank, base.heads[t]) for t, bank in replayed.items()}
     validation_banks = {}
     for name, folder in map(task_argument, args.task):
         cases = (base.read_json("split.json") or {})["tasks"][name]["validation"]
@@ -102,10 +106,10 @@ def main(argv: list[str] | None = None) -> int:
              "cases, ± paired standard error), and on the base's rehearsal memory's gate slices at plan resolution "
              "as a mean over slices and pooled over the slices (the gate's definition); with the task's folder, on "
              "its validation cases at plan resolution, each case pooled over all its slices and over its slices that "
-             "hold a label.",
+             "hold a label; and pooled on the memory's replay slices, the exemplars a memory-only run trained on.",
              "", "| run | task | gate slices | validation cases | change on the validation cases | gate: mean over "
-             "slices | gate: pooled | validation at plan resolution: all slices | slices holding a label |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "slices | gate: pooled | validation at plan resolution: all slices | slices holding a label | replay "
+             "slices: pooled |", "|---|---|---|---|---|---|---|---|---|---|"]
     for run in args.runs:
         model = load_model(run, args.device)
         files = sorted(run.parent.joinpath(f"{run.name}.evaluation").glob("*/evaluation.csv"))
@@ -118,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
                    validation.cases, "validation_change": validation.after - validation.before,
                    "validation_se": validation.standard_error, "slice_mean_change": after[0] - before[task][0],
                    "pooled_change": after[1] - before[task][1]}
+            if task in replayed:
+                row["replay_change"] = pooled_dice(model, replayed[task], head) - before_replay[task]
             if task in validation_banks:
                 now = case_dice(model, validation_banks[task], head)
                 row.update(plan_all_change=now[0] - before_cases[task][0],
@@ -127,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"{100 * row['validation_change']:+.1f} ± {100 * validation.standard_error:.1f} | "
                     f"{100 * row['slice_mean_change']:+.1f} | {100 * row['pooled_change']:+.1f} | "
                     + " | ".join(f"{100 * row[k]:+.1f}" if k in row else "-"
-                                 for k in ("plan_all_change", "plan_labelled_change")) + " |")
+                                 for k in ("plan_all_change", "plan_labelled_change", "replay_change")) + " |")
             lines.append(line)
             print(line, flush=True)
     gaps = {kind: np.abs([r[f"{kind}_change"] - r["validation_change"] for r in rows if f"{kind}_change" in r])
