@@ -23,7 +23,7 @@ from labelshare.core.progress import Progress
 from labelshare.core.tasks import TaskDataset
 from labelshare.engine.incremental import add_task
 from labelshare.core.layouts import TaskHead, task_heads
-from labelshare.engine.memory import memory_slices, select_exemplars, spread_rows
+from labelshare.engine.memory import memory_slices, replay_count, select_exemplars, spread_rows
 from labelshare.engine.sampling import TaskSlices, load_task_slices
 from labelshare.engine.postprocess_run import make_memory
 from labelshare.engine.statistics import compute_statistics
@@ -94,6 +94,18 @@ def test_candidates_are_spread_over_cases_and_hold_the_labels():
     assert sorted(np.bincount(cases).tolist()) == [4, 4, 4]
     held = [bool(bank.targets[c][i].any()) for c, i in bank.rows[rows]]
     assert sum(held) >= 6 and not {0, 19} & set(bank.rows[rows][:, 1].tolist())
+
+
+def test_a_task_of_small_slices_keeps_more_replay_slices():
+    def bank(height, width):
+        images = [np.zeros((10, height, width), np.float16) for _ in range(3)]
+        return TaskSlices(task="t", plan=None, cases=["a", "b", "c"], images=images,
+                          targets=[i.astype(np.uint8) for i in images], flip_allowed=True)
+
+    config = MemoryConfig(memory_slices=48, replay_pixels=500_000)
+    assert replay_count(config, bank(384, 276)) == 48  # large slices: the slice count
+    assert replay_count(config, bank(50, 40)) == 250  # small slices: as many as hold the pixels
+    assert replay_count(MemoryConfig(memory_slices=48, replay_pixels=0), bank(50, 40)) == 48
 
 
 def test_quantised_intensities_keep_their_range():

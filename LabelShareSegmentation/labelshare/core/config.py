@@ -301,6 +301,9 @@ class MemoryConfig(Configuration):
 
     memory_slices: int = option(48, "training slices per task that the version's rehearsal memory keeps for "
                                     "add-task to replay when the task's folder is not given", metavar="N")
+    replay_pixels: int = option(500_000, "a task of small slices keeps more training slices than --memory-slices: as "
+                                         "many as hold this many pixels (hippocampus: about 280; 0: none more)",
+                                flag="--memory-replay-pixels", metavar="PIXELS")
     gate_slices: int = option(32, "validation slices per task that the memory keeps for add-task's forgetting gate",
                               flag="--memory-gate-slices", metavar="N")
     write_memory: bool = option(True, "write no rehearsal memory: the version holds no patient images, and adding a "
@@ -309,11 +312,13 @@ class MemoryConfig(Configuration):
     def check(self) -> None:
         check_at_least(self.memory_slices, 1, "--memory-slices", MAX_MEMORY_SLICES)
         check_at_least(self.gate_slices, 1, "--memory-gate-slices", MAX_MEMORY_SLICES)
+        check_at_least(self.replay_pixels, 0, "--memory-replay-pixels", MAX_MEMORY_SLICES * MAX_SLICE_PIXELS)
         _check_flag(self, "write_memory")
 
 
 MAX_MEMORY_SLICES = 10_000
-MEMORY_OPTIONS = ("memory_slices", "gate_slices", "write_memory")
+MAX_SLICE_PIXELS = 1_000_000
+MEMORY_OPTIONS = ("memory_slices", "replay_pixels", "gate_slices", "write_memory")
 
 
 # The options of TrainConfig that ``labelshare add-task`` offers (the others come from the model's training.json)

@@ -54,6 +54,7 @@ SELECTION = {"replay": "k-center on pooled bottleneck features (one window over 
                        "and label presence",
              "gate": "slices holding a label, spread over cases in a seeded order, stratified by label presence"}
 FEATURE_WINDOWS = Windows(whole_slice=True)
+MEMORY_SIZES = ("memory_slices", "replay_pixels", "gate_slices")  # the options that set a task's choice
 GATE_DEFINITION = ("Dice at plan resolution on the rehearsal memory's gate slices (validation cases), pooled over "
                    "the slices as one volume")
 
@@ -186,6 +187,15 @@ def choose_part(network: torch.nn.Module | None, bank: TaskSlices, head: TaskHea
     return rows[chosen], len(rows)
 
 
+def replay_count(config: MemoryConfig, bank: TaskSlices) -> int:
+    """How many training slices a task's memory keeps: ``--memory-slices``, or as many of its slices (of their median
+    size at plan resolution) as hold ``--memory-replay-pixels``, whichever is more. A fixed count gives a task of
+    small slices few exemplars for a few bytes, and the network then fitted those exemplars rather than holding the
+    task: 256 hippocampus slices (+0.4 MB) instead of 48 lost 1.3 points instead of 2.4 (docs/incremental/memory.md)."""
+    pixels = float(np.median([image.shape[-2] * image.shape[-1] for image in bank.images]))
+    return max(config.memory_slices, int(config.replay_pixels // pixels))
+
+
 def write_task_memory(folder: Path, name: str, banks: dict[str, TaskSlices], network: torch.nn.Module,
                       head: TaskHead, space_entry, config: MemoryConfig, seed: int, device: torch.device,
                       source: str) -> TaskMemory:
@@ -193,7 +203,7 @@ def write_task_memory(folder: Path, name: str, banks: dict[str, TaskSlices], net
     of the split); ``source`` names what chose them (the version)."""
     parts, size, channels, candidates = {}, 0, 1, {}
     for part, bank in banks.items():
-        count = config.memory_slices if part == "replay" else config.gate_slices
+        count = replay_count(config, bank) if part == "replay" else config.gate_slices
         rows, candidates[part] = choose_part(network, bank, head, part, count, seed, device)
         if not len(rows):
             continue
@@ -213,7 +223,8 @@ def write_task_memory(folder: Path, name: str, banks: dict[str, TaskSlices], net
     return TaskMemory(labels={label.name: label.id for label in space_entry.labels}, plan=space_entry.plan,
                       channels=channels, licence=space_entry.license,
                       selection={**{part: SELECTION[part] for part in parts}, "chosen_by": source, "seed": seed,
-                                 "memory_slices": config.memory_slices, "gate_slices": config.gate_slices,
+                                 "memory_slices": config.memory_slices, "replay_pixels": config.replay_pixels,
+                                 "gate_slices": config.gate_slices,
                                  "candidates": candidates},
                       parts=parts, bytes=size)
 
@@ -246,8 +257,8 @@ class MemoryArtefact:
         for i, name in enumerate(model.labelspace.task_names):
             kept = parent.tasks.get(name) if parent is not None and parent.patient_images else None
             same_choice = kept is not None and context.same_weights and \
-                (kept.selection.get("memory_slices"), kept.selection.get("gate_slices")) == \
-                (config.memory_slices, config.gate_slices)
+                tuple(kept.selection.get(size) for size in MEMORY_SIZES) == \
+                tuple(getattr(config, size) for size in MEMORY_SIZES)
             if name in context.tasks and not same_choice:
                 progress.progress("memory", i / len(heads), f"{name}: choosing the rehearsal memory's exemplars")
                 banks = self._banks(context, name)
