@@ -111,6 +111,15 @@ experiment() {
     mem16|mem48|mem128)
       memory_of base-3task "${1#mem}" "${BASE_TASKS[@]}"
       added "mem-sunnybrook-${1#mem}" "base-3task-mem${1#mem}" "${SUNNYBROOK[@]}" ;;
+    mem48px|mem2-48px)  # today's default memory (--memory-replay-pixels: a task of small slices keeps more): the
+      # base's memory of 48 slices with the hippocampus chosen again (the other tasks' choice is unchanged: copied)
+      local base=base-3task name=mem-sunnybrook-48px tasks=("${BASE_TASKS[@]}") added_task=("${SUNNYBROOK[@]}")
+      if [ "$1" = mem2-48px ]; then
+        base=base2-3task-mr name=mem2-mammo-48px tasks=("${MR_TASKS[@]}") added_task=("${MAMMO[@]}")
+      fi
+      memory_of "$base" 48 "${tasks[@]}"
+      run "$base-mem48px" memory --model "$RUNS/$base-mem48" --task "hippocampus=$DATA/msd_hippocampus" --device cpu
+      added "$name" "$base-mem48px" "${added_task[@]}" ;;
     mem2-48-hippocampus256)  # the small-image task with more exemplars (256 slices, 0.5 MB), the others' 48 kept
       run base2-3task-mr-mem48-hippocampus256 memory \
         --model "$RUNS/base2-3task-mr-mem48" --task "hippocampus=$DATA/msd_hippocampus" --memory-slices 256 --device cpu

@@ -76,7 +76,8 @@ SEEDS = ("", "-seed1", "-seed2")
 # (run suffix, description, the run whose memory replaces the old tasks' folders: a format of base and prefix)
 MEMORY_ROWS = [("full", "old tasks' folders (full replay)", None),
                ("16", "memory only, 16 slices per task", "{base}-mem16"),
-               ("48", "memory only, 48 slices per task (default)", "{base}-mem48"),
+               ("48", "memory only, 48 slices per task", "{base}-mem48"),
+               ("48px", "memory only, 48 slices per task, more for small slices (default)", "{base}-mem48px"),
                ("48-hippocampus256", "memory only, 48 slices per task, hippocampus 256", "{base}-mem48-hippocampus256"),
                ("128", "memory only, 128 slices per task", "{base}-mem128"), ("noreplay", "no replay", None),
                ("48-distill-new", "memory only, 48 slices, also distilled on the new task's slices", "{base}-mem48"),
