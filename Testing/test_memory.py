@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import statistics
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,7 @@ from labelshare.engine.statistics import compute_statistics
 from labelshare.engine.training_run import train
 
 BUDGET = dict(epochs=1, steps_per_epoch=8, batch_size=6, device="cpu")
-SMALL_MEMORY = dict(memory_slices=12, gate_slices=8)
+SMALL_MEMORY = dict(memory_slices=12, gate_slices=8, replay_pixels=20 * 48 * 48)  # 20 slices of 48 x 48 pixels
 OLD_TASKS = ("phantom3d", "xray2d")
 
 
@@ -126,7 +127,9 @@ def test_train_writes_a_verified_memory_from_the_right_side_of_the_split(base, s
         assert f"{MEMORY_DIR}/{task.parts['replay'].images}" in manifest
         assert set(task.parts["replay"].cases) <= set(split[name]["train"])  # never a validation case
         assert set(task.parts["gate"].cases) <= set(split[name]["validation"])  # never a training case
-        assert task.count("replay") == min(SMALL_MEMORY["memory_slices"], task.selection["candidates"]["replay"])
+        pixels = statistics.median(h * w for h, w in (r.shape for r in task.parts["replay"].slices))
+        wanted = max(SMALL_MEMORY["memory_slices"], SMALL_MEMORY["replay_pixels"] // pixels)  # more of small slices
+        assert task.count("replay") == min(wanted, task.selection["candidates"]["replay"])
         assert task.plan == space.tasks[name].plan and task.licence == space.tasks[name].license
         assert task.bytes == sum((base / MEMORY_DIR / f).stat().st_size for part in task.parts.values()
                                  for f in (part.images, part.labels))
