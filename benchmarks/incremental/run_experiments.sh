@@ -38,6 +38,13 @@ base() {
   run base-3task train --labelspace "$RUNS/base-labelspace.json" "${BASE_TASKS[@]}" --epochs 15 \
     "${BUDGET[@]}"
 }
+base2() {  # the second pair's base: an MR-only model, the look-alike cardiac labels grouped as in the default model
+  # shellcheck disable=SC2086  # PIPELINE is a list of options
+  [ -f "$RUNS/base2-labelspace.json" ] || labelshare labelspace build "${MR_TASKS[@]}" \
+    --group acdc:lv_cavity=sunnybrook:lv_cavity --group acdc:myocardium=sunnybrook:lv_myocardium \
+    ${PIPELINE:---patch-pixels 9216} -o "$RUNS/base2-labelspace.json"
+  run base2-3task-mr train --labelspace "$RUNS/base2-labelspace.json" "${MR_TASKS[@]}" --epochs 15 "${BUDGET[@]}"
+}
 add() {  # add NAME add-task-arguments...: a task added to the 3-task model. The settings before the defaults were
   # chosen (500 steps, no distillation) come first; each experiment's own arguments override them.
   local name=$1; shift
@@ -148,6 +155,7 @@ experiment() {
       added mem2-mammo-minus20-48 base2-3task-mr-mem48 --task "mammo=$fewer"
       added mem2-mammo-update-48 "mem2-mammo-minus20-48$SEEDED" "${MAMMO[@]}" ;;
     base) base ;;
+    base2) base2 ;;
     overlap) add add-overlap "${SUNNYBROOK[@]}" --strategy overlap --replay-cases all ;;
     size) add add-size "${SUNNYBROOK[@]}" --strategy size --replay-cases all ;;
     overlap-noreplay) add add-overlap-noreplay "${SUNNYBROOK[@]}" --strategy overlap --replay-cases 0 ;;
