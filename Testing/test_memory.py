@@ -30,8 +30,8 @@ from labelshare.engine.postprocess_run import make_memory
 from labelshare.engine.statistics import compute_statistics
 from labelshare.engine.training_run import train
 
-BUDGET = dict(epochs=1, steps_per_epoch=8, batch_size=6, device="cpu")
-SMALL_MEMORY = dict(memory_slices=12, gate_slices=8, replay_pixels=20 * 48 * 48)  # 20 slices of 48 x 48 pixels
+BUDGET = dict(epochs=1, steps_per_epoch=8, batch_size=6, learning_rate=3e-4, device="cpu")
+SMALL_MEMORY = dict(memory_slices=12, gate_slices=16, replay_pixels=20 * 48 * 48)  # 20 slices of 48 x 48 pixels
 OLD_TASKS = ("phantom3d", "xray2d")
 
 
