@@ -65,7 +65,7 @@ def test_memory_rows_change_and_paired_error_against_base_and_full_replay(tmp_pa
     assert memory_row["gate"] == {"passed": True, "worst_task": "acdc", "worst_change": -0.005, "scored_on": "memory"}
     assert memory_row["steps"] == 300 and memory_row["wallclock_s"] == 420.5
     assert rows[0]["memory_mb"] is None and rows[0]["gate"]["scored_on"] == "validation"
-    line = next(s for s in text.splitlines() if s.startswith("| memory only, 48 slices per task (default)"))
+    line = next(s for s in text.splitlines() if s.startswith("| memory only, 48 slices per task |"))
     assert f"{100 * statistics.fmean(differences):+.1f} ± {100 * statistics.stdev(differences) / math.sqrt(3):.1f}" \
         in line and "passed (-0.5 acdc, memory)" in line and "| 5.00 |" in line
 

@@ -25,7 +25,6 @@ import statistics
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from labelshare.commands import task_argument
 from labelshare.core.modelfolder import read_memory
@@ -82,7 +81,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("."))
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
-    torch.set_grad_enabled(False)
     base = load_model(args.base, args.device)
     memory = read_memory(base.path, base.labelspace)
     tasks = [t for t in base.labelspace.task_names if t in memory.tasks]
