@@ -29,7 +29,7 @@ import numpy as np
 from labelshare.commands import task_argument
 from labelshare.core.modelfolder import read_memory
 from labelshare.core.tasks import TaskDataset
-from labelshare.engine.memory import gate_evaluation, gate_predictions, memory_slices
+from labelshare.engine.memory import gate_predictions, memory_slices, pooled_dice
 from labelshare.engine.metrics import dice_per_label
 from labelshare.engine.models import Model, load_model
 from labelshare.engine.sampling import load_task_slices
@@ -37,38 +37,44 @@ from labelshare.engine.sampling import load_task_slices
 from ..paired import case_means, paired_difference
 
 
-def slice_mean_dice(model: Model, bank, head) -> float:
+def predictions(model: Model, bank, head) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The model's (prediction, reference) of each slice of ``bank``, once, for every score below."""
+    return list(gate_predictions(model.network, bank, head, model.device))
+
+
+def mean_over_labels(per_label: dict[int, list[float]]) -> float:
+    return statistics.fmean(statistics.fmean(values) for values in per_label.values() if values)
+
+
+def slice_mean_dice(pairs, head) -> float:
     """The gate's first definition: per label, the mean over the slices where it is predicted or present of that
     slice's Dice; then the mean over labels."""
     per_label: dict[int, list[float]] = {p: [] for p in head.label_positions}
-    for prediction, reference in gate_predictions(model.network, bank, head, model.device):
+    for prediction, reference in pairs:
         for position, dice in dice_per_label(prediction, reference, head.label_positions).items():
             if dice == dice:  # NaN: the label is in neither
                 per_label[position].append(dice)
-    return statistics.fmean(statistics.fmean(v) for v in per_label.values() if v)
+    return mean_over_labels(per_label)
 
 
-def pooled_dice(model: Model, bank, head) -> float:
-    """The gate's definition, mean over labels."""
-    return statistics.fmean(score.dice for score in gate_evaluation(model.network, bank, head, model.device).scores)
+def pooled_mean(pairs, head) -> float:
+    """The gate's definition (:func:`labelshare.engine.memory.pooled_dice`), mean over labels."""
+    return statistics.fmean(pooled_dice(pairs, head.label_positions).values())
 
 
 def case_dice(model: Model, bank, head) -> tuple[float, float]:
     """Per case, Dice pooled over its slices at plan resolution: over all of them and over those whose reference
     holds a label; each the mean over cases, then over labels."""
-    pairs = gate_predictions(model.network, bank, head, model.device)
+    pairs = gate_predictions(model.network, bank, head, model.device)  # lazily: a folder's cases are large
     scores: dict[str, dict[int, list[float]]] = {kind: {p: [] for p in head.label_positions}
                                                  for kind in ("all", "labelled")}
     for targets in bank.targets:  # gate_predictions gives a folder's cases slice by slice, in order
         case = [next(pairs) for _ in range(targets.shape[0])]
         for kind, kept in (("all", case), ("labelled", [(p, r) for p, r in case if r.any()])):
-            dice = dice_per_label(np.concatenate([p.ravel() for p, _ in kept]),
-                                  np.concatenate([r.ravel() for _, r in kept]), head.label_positions)
-            for position, value in dice.items():
+            for position, value in pooled_dice(kept, head.label_positions).items():
                 if value == value:
                     scores[kind][position].append(value)
-    return tuple(statistics.fmean(statistics.fmean(v) for v in scores[kind].values() if v)
-                 for kind in ("all", "labelled"))
+    return mean_over_labels(scores["all"]), mean_over_labels(scores["labelled"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,9 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     banks = {t: memory_slices(base.path, memory, t, "gate", base.heads[t], flip_allowed=False) for t in tasks}
     replayed = {t: memory_slices(base.path, memory, t, "replay", base.heads[t], flip_allowed=False) for t in tasks
                 if "replay" in memory.tasks[t].parts}
-    before = {t: (slice_mean_dice(base, banks[t], base.heads[t]), pooled_dice(base, banks[t], base.heads[t]))
-              for t in tasks}
-    before_replay = {t: pooled_dice(base, bank, base.heads[t]) for t, bank in replayed.items()}
+    before = {}
+    for t in tasks:
+        pairs = predictions(base, banks[t], base.heads[t])
+        before[t] = (slice_mean_dice(pairs, base.heads[t]), pooled_mean(pairs, base.heads[t]))
+    before_replay = {t: pooled_mean(predictions(base, bank, base.heads[t]), base.heads[t])
+                     for t, bank in replayed.items()}
     validation_banks = {}
     for name, folder in map(task_argument, args.task):
         cases = (base.read_json("split.json") or {})["tasks"][name]["validation"]
@@ -114,14 +123,15 @@ def main(argv: list[str] | None = None) -> int:
         means = case_means(run, files)
         for task in tasks:
             head = model.heads[task]
-            after = (slice_mean_dice(model, banks[task], head), pooled_dice(model, banks[task], head))
+            pairs = predictions(model, banks[task], head)
+            after = (slice_mean_dice(pairs, head), pooled_mean(pairs, head))
             validation = paired_difference(base_means, means, task)
             row = {"run": run.name, "task": task, "gate_slices": len(banks[task]), "validation_cases":
                    validation.cases, "validation_change": validation.after - validation.before,
                    "validation_se": validation.standard_error, "slice_mean_change": after[0] - before[task][0],
                    "pooled_change": after[1] - before[task][1]}
             if task in replayed:
-                row["replay_change"] = pooled_dice(model, replayed[task], head) - before_replay[task]
+                row["replay_change"] = pooled_mean(predictions(model, replayed[task], head), head) - before_replay[task]
             if task in validation_banks:
                 now = case_dice(model, validation_banks[task], head)
                 row.update(plan_all_change=now[0] - before_cases[task][0],

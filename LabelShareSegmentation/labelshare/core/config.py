@@ -312,12 +312,11 @@ class MemoryConfig(Configuration):
     def check(self) -> None:
         check_at_least(self.memory_slices, 1, "--memory-slices", MAX_MEMORY_SLICES)
         check_at_least(self.gate_slices, 1, "--memory-gate-slices", MAX_MEMORY_SLICES)
-        check_at_least(self.replay_pixels, 0, "--memory-replay-pixels", MAX_MEMORY_SLICES * MAX_SLICE_PIXELS)
+        check_at_least(self.replay_pixels, 0, "--memory-replay-pixels")
         _check_flag(self, "write_memory")
 
 
 MAX_MEMORY_SLICES = 10_000
-MAX_SLICE_PIXELS = 1_000_000
 MEMORY_OPTIONS = ("memory_slices", "replay_pixels", "gate_slices", "write_memory")
 
 

@@ -328,6 +328,12 @@ def gate_predictions(network: torch.nn.Module, bank: TaskSlices, head: TaskHead,
         yield from zip(probabilities.max(dim=1).indices.cpu().numpy(), targets[rows], strict=True)
 
 
+def pooled_dice(pairs: Sequence[tuple[np.ndarray, np.ndarray]], label_positions: Sequence[int]) -> dict[int, float]:
+    """Dice of each label over (prediction, reference) slices pooled as one volume (NaN for a label in neither)."""
+    return dice_per_label(np.concatenate([p.ravel() for p, _ in pairs]), np.concatenate([r.ravel() for _, r in pairs]),
+                          label_positions)
+
+
 def gate_evaluation(network: torch.nn.Module, bank: TaskSlices, head: TaskHead, device: torch.device,
                     autocast_dtype: torch.dtype | None = None) -> Evaluation:
     """Dice of every label of the task on the gate slices pooled as one volume (one score per label: the overlaps
@@ -337,9 +343,7 @@ def gate_evaluation(network: torch.nn.Module, bank: TaskSlices, head: TaskHead, 
     predict, is 0 or 1 by a handful of pixels, and the mean over slices magnified such changes several fold
     (``labelshare-bench memory-gate``, docs/incremental/memory.md); a validation case's Dice sums over its slices
     too."""
-    pairs = list(gate_predictions(network, bank, head, device, autocast_dtype))
-    dice = dice_per_label(np.concatenate([p.ravel() for p, _ in pairs]), np.concatenate([r.ravel() for _, r in pairs]),
-                          head.label_positions)
+    dice = pooled_dice(list(gate_predictions(network, bank, head, device, autocast_dtype)), head.label_positions)
     pooled = f"{len(bank)} gate slices, pooled"
     return Evaluation([CaseScore(bank.task, pooled, head.position_names[p], int(head.output_lut[p]), dice[p],
                                  float("nan")) for p in head.label_positions])
