@@ -127,7 +127,7 @@ def without_statistics(model: Path, target: Path) -> Path:
 def test_labelshare_memory_gives_an_older_model_statistics_of_the_tasks_given(tiny_model, synthetic_tasks, tmp_path):
     old = without_statistics(tiny_model, tmp_path / "old")
     new = make_memory(old, [(TASK, synthetic_tasks[TASK])], tmp_path / "new",
-                      MemoryConfig(memory_slices=4, gate_slices=4, replay_pixels=0), "cpu")
+                      MemoryConfig(memory_slices=4, gate_slices=4, replay_pixels=0, gate_pixels=0), "cpu")
     statistics = load_model(new, "cpu").input_statistics
     assert list(statistics.tasks) == [TASK]
     assert set(statistics.missing) == {"sides3d", "xray2d"}

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from labelshare import cli
 from labelshare.core import synthetic
@@ -24,14 +25,16 @@ from labelshare.core.progress import Progress
 from labelshare.core.tasks import TaskDataset
 from labelshare.engine.incremental import add_task
 from labelshare.core.layouts import TaskHead, task_heads
-from labelshare.engine.memory import memory_slices, replay_count, select_exemplars, spread_rows
+from labelshare.engine import memory as memory_engine
+from labelshare.engine.memory import SELECTION, memory_slices, part_count, select_exemplars, spread_rows
 from labelshare.engine.sampling import TaskSlices, load_task_slices
 from labelshare.engine.postprocess_run import make_memory
 from labelshare.engine.statistics import compute_statistics
 from labelshare.engine.training_run import train
 
 BUDGET = dict(epochs=1, steps_per_epoch=8, batch_size=6, learning_rate=3e-4, device="cpu")
-SMALL_MEMORY = dict(memory_slices=12, gate_slices=16, replay_pixels=20 * 48 * 48)  # 20 slices of 48 x 48 pixels
+SMALL_MEMORY = dict(memory_slices=12, gate_slices=16, replay_pixels=20 * 48 * 48,  # 20 slices of 48 x 48 pixels
+                    gate_pixels=20 * 48 * 48)
 OLD_TASKS = ("phantom3d", "xray2d")
 
 
@@ -97,16 +100,33 @@ def test_candidates_are_spread_over_cases_and_hold_the_labels():
     assert sum(held) >= 6 and not {0, 19} & set(bank.rows[rows][:, 1].tolist())
 
 
-def test_a_task_of_small_slices_keeps_more_replay_slices():
+def test_the_replay_choice_has_several_candidates_per_exemplar(monkeypatch):
+    targets = [np.zeros((400, 4, 4), np.uint8) for _ in range(3)]
+    for target in targets:
+        target[100:300, 1, 1] = 1
+    bank = TaskSlices(task="t", plan=None, cases=["a", "b", "c"], images=[t.astype(np.float16) for t in targets],
+                      targets=targets, flip_allowed=True)
+    head = TaskHead(task="t", index=0, channels=[0, 1], target_lut=np.array([0, 1]), output_lut=np.array([0, 1]),
+                    label_positions=[1], position_names={1: "x"})
+    features = np.random.default_rng(0).normal(size=(len(bank), 3)).astype(np.float32)
+    monkeypatch.setattr(memory_engine, "candidate_features", lambda network, bank, rows, head, device: features[rows])
+    rows, candidates = memory_engine.choose_part(None, bank, head, "replay", 150, 0, torch.device("cpu"))
+    assert len(rows) == 150 and candidates == 4 * 150  # a choice among several candidates per exemplar, not all
+    assert memory_engine.choose_part(None, bank, head, "replay", 20, 0, torch.device("cpu"))[1] == 384
+
+def test_a_task_of_small_slices_keeps_more_replay_and_gate_slices():
     def bank(height, width):
         images = [np.zeros((10, height, width), np.float16) for _ in range(3)]
         return TaskSlices(task="t", plan=None, cases=["a", "b", "c"], images=images,
                           targets=[i.astype(np.uint8) for i in images], flip_allowed=True)
 
-    config = MemoryConfig(memory_slices=48, replay_pixels=500_000)
-    assert replay_count(config, bank(384, 276)) == 48  # large slices: the slice count
-    assert replay_count(config, bank(50, 40)) == 250  # small slices: as many as hold the pixels
-    assert replay_count(MemoryConfig(memory_slices=48, replay_pixels=0), bank(50, 40)) == 48
+    config = MemoryConfig(memory_slices=48, replay_pixels=500_000, gate_slices=32, gate_pixels=200_000)
+    assert part_count(config, bank(384, 276), "replay") == 48  # large slices: the slice count
+    assert part_count(config, bank(384, 276), "gate") == 32
+    assert part_count(config, bank(50, 40), "replay") == 250  # small slices: as many as hold the pixels
+    assert part_count(config, bank(50, 40), "gate") == 100
+    assert part_count(MemoryConfig(memory_slices=48, replay_pixels=0, gate_pixels=0), bank(50, 40), "replay") == 48
+    assert part_count(MemoryConfig(memory_slices=48, replay_pixels=0, gate_pixels=0), bank(50, 40), "gate") == 32
 
 
 def test_quantised_intensities_keep_their_range():
@@ -127,9 +147,11 @@ def test_train_writes_a_verified_memory_from_the_right_side_of_the_split(base, s
         assert f"{MEMORY_DIR}/{task.parts['replay'].images}" in manifest
         assert set(task.parts["replay"].cases) <= set(split[name]["train"])  # never a validation case
         assert set(task.parts["gate"].cases) <= set(split[name]["validation"])  # never a training case
-        pixels = statistics.median(h * w for h, w in (r.shape for r in task.parts["replay"].slices))
-        wanted = max(SMALL_MEMORY["memory_slices"], SMALL_MEMORY["replay_pixels"] // pixels)  # more of small slices
-        assert task.count("replay") == min(wanted, task.selection["candidates"]["replay"])
+        for part, slices, pixels_held in (("replay", "memory_slices", "replay_pixels"),
+                                          ("gate", "gate_slices", "gate_pixels")):
+            pixels = statistics.median(h * w for h, w in (r.shape for r in task.parts[part].slices))
+            wanted = max(SMALL_MEMORY[slices], SMALL_MEMORY[pixels_held] // pixels)  # more of small slices
+            assert task.count(part) == min(wanted, task.selection["candidates"][part])
         assert task.plan == space.tasks[name].plan and task.licence == space.tasks[name].license
         assert task.bytes == sum((base / MEMORY_DIR / f).stat().st_size for part in task.parts.values()
                                  for f in (part.images, part.labels))
@@ -336,3 +358,14 @@ def test_the_memory_command_gives_an_older_model_a_memory_as_a_new_version(base,
     original = read_memory(base, verify_folder(base)[1])
     assert [s.to_json() for s in memory.tasks["xray2d"].parts["replay"].slices] == \
         [s.to_json() for s in original.tasks["xray2d"].parts["replay"].slices]
+
+
+def test_a_memory_chosen_by_another_method_is_chosen_again(base, tmp_path, synthetic_tasks):
+    older = edited_memory(base, tmp_path / "older",
+                          lambda data: data["tasks"]["xray2d"]["selection"].update(replay="an earlier method"))
+    out = make_memory(older, [(name, synthetic_tasks[name]) for name in OLD_TASKS], tmp_path / "again",
+                      MemoryConfig(**SMALL_MEMORY), "cpu", command=["memory", "(test)"])
+    memory, original = read_memory(out, verify_folder(out)[1]), read_memory(base, verify_folder(base)[1])
+    assert memory.tasks["xray2d"].selection["chosen_by"] == "again"
+    assert memory.tasks["xray2d"].selection["replay"] == SELECTION["replay"]
+    assert memory.tasks["phantom3d"].selection == original.tasks["phantom3d"].selection  # the same choice: copied

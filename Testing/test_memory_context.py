@@ -33,8 +33,8 @@ def test_a_memory_of_a_plan_with_context_keeps_each_exemplar_with_its_neighbours
     torch.manual_seed(0)
     network = build_network(NetworkConfig(out_channels=2, in_channels=3, filters=[8, 16, 32])).eval()
     task = write_task_memory(tmp_path, "blob", {"replay": bank, "gate": bank}, network, head, entry,
-                             MemoryConfig(memory_slices=4, gate_slices=3, replay_pixels=0), 0, torch.device("cpu"),
-                             "test")
+                             MemoryConfig(memory_slices=4, gate_slices=3, replay_pixels=0, gate_pixels=0), 0,
+                             torch.device("cpu"), "test")
     assert task.channels == 3 and task.count("replay") == 4 and task.count("gate") == 3
     memory = RehearsalMemory(tasks={"blob": task})
 

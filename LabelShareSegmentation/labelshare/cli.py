@@ -239,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a task of the model and its nnU-Net raw folder (every task the model holds no memory of)")
     memory.add_argument("--out", required=True, type=Path,
                         help="new model folder (never overwritten, never inside a model folder)")
-    _add_memory_arguments(memory, ("memory_slices", "replay_pixels", "gate_slices"))
+    _add_memory_arguments(memory, ("memory_slices", "replay_pixels", "gate_slices", "gate_pixels"))
     add_arguments(memory, SegmentConfig, ("device",))
     _add_common(memory)
     memory.set_defaults(func=cmd_memory)

@@ -306,6 +306,9 @@ class MemoryConfig(Configuration):
                                 flag="--memory-replay-pixels", metavar="PIXELS")
     gate_slices: int = option(32, "validation slices per task that the memory keeps for add-task's forgetting gate",
                               flag="--memory-gate-slices", metavar="N")
+    gate_pixels: int = option(500_000, "a task of small slices keeps more validation slices than --memory-gate-slices: "
+                                       "as many as hold this many pixels (hippocampus: about 280; 0: none more)",
+                              flag="--memory-gate-pixels", metavar="PIXELS")
     write_memory: bool = option(True, "write no rehearsal memory: the version holds no patient images, and adding a "
                                       "task to it needs the folders of all its tasks", flag="--no-memory")
 
@@ -313,11 +316,12 @@ class MemoryConfig(Configuration):
         check_at_least(self.memory_slices, 1, "--memory-slices", MAX_MEMORY_SLICES)
         check_at_least(self.gate_slices, 1, "--memory-gate-slices", MAX_MEMORY_SLICES)
         check_at_least(self.replay_pixels, 0, "--memory-replay-pixels")
+        check_at_least(self.gate_pixels, 0, "--memory-gate-pixels")
         _check_flag(self, "write_memory")
 
 
 MAX_MEMORY_SLICES = 10_000
-MEMORY_OPTIONS = ("memory_slices", "replay_pixels", "gate_slices", "write_memory")
+MEMORY_OPTIONS = ("memory_slices", "replay_pixels", "gate_slices", "gate_pixels", "write_memory")
 
 
 # The options of TrainConfig that ``labelshare add-task`` offers (the others come from the model's training.json)

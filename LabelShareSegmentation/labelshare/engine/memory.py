@@ -2,23 +2,23 @@
 version (a version artefact, :mod:`labelshare.engine.artefacts`), and using it in place of a task's folder.
 
 **Choosing.** Per task, from the slices of its training cases (``replay``) and of its validation cases (``gate``),
-never the other side of the split:
+never the other side of the split, as many as :func:`part_count` says:
 
 - ``replay``: greedy k-center on the network's features (:func:`labelshare.engine.features.slice_features`, one
   window over the whole slice): the first exemplar is the slice nearest the mean, each next one the slice farthest
   from those chosen, so that the exemplars cover what the network sees in the task. Stratified by case (at most
   ``ceil(N / cases)`` slices of a case while other cases are left) and by label presence: every label is held by at
   least ``N / (2 x labels)`` exemplars where the task has that many slices with it, rarest label first, so that a
-  small structure is rehearsed too. Features are computed for at most :data:`CANDIDATES` slices, spread over the
-  cases.
+  small structure is rehearsed too. Features are computed for :data:`CANDIDATES_PER_EXEMPLAR` candidate slices per
+  exemplar (at least :data:`MIN_CANDIDATES`), spread over the cases, so that k-center has slices to choose among.
 - ``gate``: slices holding a label (they carry the Dice), spread over the validation cases in a seeded order,
   with the same strata: a sample that scores the task like its validation cases do, not its outliers.
 
 **Writing.** The memory artefact writes every task of the new version: a task whose folder the command read is
 chosen anew from it (the folder holds more data than any memory, and the network is new), unless the weights are the
-parent's and the parent's memory of the task was chosen with the same sizes (the same choice: it is copied); a task
-known only from the parent's memory keeps its exemplars (copied). ``--no-memory`` writes a memory that says it holds
-no patient images.
+parent's and the parent's memory of the task was chosen by the same method with the same sizes (the same choice: it
+is copied); a task known only from the parent's memory keeps its exemplars (copied). ``--no-memory`` writes a memory
+that says it holds no patient images.
 
 **Using.** :func:`memory_slices` gives a part of a task's memory as the training data of
 :mod:`labelshare.engine.sampling` (slices at plan resolution, grouped by case); :func:`gate_evaluation` scores a
@@ -49,12 +49,14 @@ from .metrics import dice_per_label
 from .sampling import TaskSlices, load_task_slices
 from .slices import Windows, head_probabilities
 
-CANDIDATES = 384  # slices per task whose features are computed to choose the replay exemplars from
-SELECTION = {"replay": "k-center on pooled bottleneck features (one window over the whole slice), stratified by case "
-                       "and label presence",
+MIN_CANDIDATES = 384  # slices per task whose features are computed to choose the replay exemplars from, at least
+CANDIDATES_PER_EXEMPLAR = 4  # and this many per exemplar: 283 of 332 candidates left the choice no choice
+SELECTION = {"replay": "k-center on pooled bottleneck features (one window over the whole slice) among "
+                       f"{CANDIDATES_PER_EXEMPLAR} candidate slices per exemplar (at least {MIN_CANDIDATES}), "
+                       "stratified by case and label presence",
              "gate": "slices holding a label, spread over cases in a seeded order, stratified by label presence"}
 FEATURE_WINDOWS = Windows(whole_slice=True)
-MEMORY_SIZES = ("memory_slices", "replay_pixels", "gate_slices")  # the options that set a task's choice
+MEMORY_SIZES = ("memory_slices", "replay_pixels", "gate_slices", "gate_pixels")  # the options that set a task's choice
 GATE_DEFINITION = ("Dice at plan resolution on the rehearsal memory's gate slices (validation cases), pooled over "
                    "the slices as one volume")
 
@@ -179,7 +181,7 @@ def choose_part(network: torch.nn.Module | None, bank: TaskSlices, head: TaskHea
         holding = _presence(bank, rows, head).any(axis=1)
         rows = rows[holding] if holding.any() else rows
     else:
-        rows = spread_rows(bank, rows, head, CANDIDATES)
+        rows = spread_rows(bank, rows, head, max(MIN_CANDIDATES, CANDIDATES_PER_EXEMPLAR * count))
     if not len(rows):
         return rows, 0
     features = candidate_features(network, bank, rows, head, device) if part == "replay" else None
@@ -187,13 +189,16 @@ def choose_part(network: torch.nn.Module | None, bank: TaskSlices, head: TaskHea
     return rows[chosen], len(rows)
 
 
-def replay_count(config: MemoryConfig, bank: TaskSlices) -> int:
-    """How many training slices a task's memory keeps: ``--memory-slices``, or as many of its slices (of their median
-    size at plan resolution) as hold ``--memory-replay-pixels``, whichever is more. A fixed count gives a task of
-    small slices few exemplars for a few bytes, and the network then fitted those exemplars rather than holding the
-    task: 256 hippocampus slices (+0.4 MB) instead of 48 lost 1.3 points instead of 2.4 (docs/incremental/memory.md)."""
+def part_count(config: MemoryConfig, bank: TaskSlices, part: str) -> int:
+    """How many slices a part of a task's memory keeps: ``--memory-slices`` (replay) or ``--memory-gate-slices``
+    (gate), or as many of its slices (of their median size at plan resolution) as hold ``--memory-replay-pixels`` or
+    ``--memory-gate-pixels``, whichever is more. A fixed count gives a task of small slices few slices for a few
+    bytes: the network fitted 48 hippocampus exemplars rather than holding the task (256, +0.4 MB, lost 1.3 points
+    instead of 2.4), and 32 gate slices saw a 0.4-point loss as 1.5 (283: 0.8; docs/incremental/memory.md)."""
+    slices, pixels_held = ((config.memory_slices, config.replay_pixels) if part == "replay" else
+                           (config.gate_slices, config.gate_pixels))
     pixels = float(np.median([image.shape[-2] * image.shape[-1] for image in bank.images]))
-    return max(config.memory_slices, int(config.replay_pixels // pixels))
+    return max(slices, int(pixels_held // pixels))
 
 
 def write_task_memory(folder: Path, name: str, banks: dict[str, TaskSlices], network: torch.nn.Module,
@@ -203,7 +208,7 @@ def write_task_memory(folder: Path, name: str, banks: dict[str, TaskSlices], net
     of the split); ``source`` names what chose them (the version)."""
     parts, size, channels, candidates = {}, 0, 1, {}
     for part, bank in banks.items():
-        count = replay_count(config, bank) if part == "replay" else config.gate_slices
+        count = part_count(config, bank, part)
         rows, candidates[part] = choose_part(network, bank, head, part, count, seed, device)
         if not len(rows):
             continue
@@ -224,7 +229,7 @@ def write_task_memory(folder: Path, name: str, banks: dict[str, TaskSlices], net
                       channels=channels, licence=space_entry.license,
                       selection={**{part: SELECTION[part] for part in parts}, "chosen_by": source, "seed": seed,
                                  "memory_slices": config.memory_slices, "replay_pixels": config.replay_pixels,
-                                 "gate_slices": config.gate_slices,
+                                 "gate_slices": config.gate_slices, "gate_pixels": config.gate_pixels,
                                  "candidates": candidates},
                       parts=parts, bytes=size)
 
@@ -258,7 +263,8 @@ class MemoryArtefact:
             kept = parent.tasks.get(name) if parent is not None and parent.patient_images else None
             same_choice = kept is not None and context.same_weights and \
                 tuple(kept.selection.get(size) for size in MEMORY_SIZES) == \
-                tuple(getattr(config, size) for size in MEMORY_SIZES)
+                tuple(getattr(config, size) for size in MEMORY_SIZES) and \
+                all(kept.selection.get(part) == SELECTION[part] for part in kept.parts)  # and the same method
             if name in context.tasks and not same_choice:
                 progress.progress("memory", i / len(heads), f"{name}: choosing the rehearsal memory's exemplars")
                 banks = self._banks(context, name)
