@@ -86,6 +86,13 @@ score() {  # score NAME: every task of the model on its validation cases, at nat
       -o "$RUNS/$name.evaluation/$task" --progress quiet > /dev/null
   done
 }
+small_slices_memory() {  # small_slices_memory BASE 48px|48px1m task-arguments...: the memory of 48 slices per task
+  # with the hippocampus chosen again to hold 500,000 (48px) or 1,000,000 (48px1m) pixels
+  local base=$1 suffix=$2; shift 2
+  memory_of "$base" 48 "$@"
+  run "$base-mem$suffix" memory --model "$RUNS/$base-mem48" --task "hippocampus=$DATA/msd_hippocampus" \
+    --memory-replay-pixels "$([ "$suffix" = 48px1m ] && echo 1000000 || echo 500000)" --device cpu
+}
 without_cases() {  # without_cases TASK_DIR COUNT OUT: a copy (hard links) of a task folder without its last COUNT cases
   python - "$@" <<'PY'
 import json, os, sys
@@ -118,15 +125,16 @@ experiment() {
     mem16|mem48|mem128)
       memory_of base-3task "${1#mem}" "${BASE_TASKS[@]}"
       added "mem-sunnybrook-${1#mem}" "base-3task-mem${1#mem}" "${SUNNYBROOK[@]}" ;;
-    mem48px|mem2-48px)  # today's default memory (--memory-replay-pixels: a task of small slices keeps more): the
-      # base's memory of 48 slices with the hippocampus chosen again (the other tasks' choice is unchanged: copied)
-      local base=base-3task name=mem-sunnybrook-48px tasks=("${BASE_TASKS[@]}") added_task=("${SUNNYBROOK[@]}")
-      if [ "$1" = mem2-48px ]; then
-        base=base2-3task-mr name=mem2-mammo-48px tasks=("${MR_TASKS[@]}") added_task=("${MAMMO[@]}")
+    mem48px|mem2-48px|mem48px1m|mem2-48px1m)  # today's default memory (--memory-replay-pixels: a task of small
+      # slices keeps more, chosen among 4 candidates per exemplar): the base's memory of 48 slices with the
+      # hippocampus chosen again (the other tasks' choice is unchanged: copied); *1m: with 1,000,000 pixels
+      local base=base-3task prefix=mem-sunnybrook tasks=("${BASE_TASKS[@]}") added_task=("${SUNNYBROOK[@]}")
+      local suffix=${1#mem}; suffix=${suffix#2-}
+      if [ "${1#mem2}" != "$1" ]; then
+        base=base2-3task-mr prefix=mem2-mammo tasks=("${MR_TASKS[@]}") added_task=("${MAMMO[@]}")
       fi
-      memory_of "$base" 48 "${tasks[@]}"
-      run "$base-mem48px" memory --model "$RUNS/$base-mem48" --task "hippocampus=$DATA/msd_hippocampus" --device cpu
-      added "$name" "$base-mem48px" "${added_task[@]}" ;;
+      small_slices_memory "$base" "$suffix" "${tasks[@]}"
+      added "$prefix-$suffix" "$base-mem$suffix" "${added_task[@]}" ;;
     mem2-48-hippocampus256)  # the small-image task with more exemplars (256 slices, 0.5 MB), the others' 48 kept
       run base2-3task-mr-mem48-hippocampus256 memory \
         --model "$RUNS/base2-3task-mr-mem48" --task "hippocampus=$DATA/msd_hippocampus" --memory-slices 256 --device cpu
@@ -143,6 +151,11 @@ experiment() {
       without_cases "$DATA/sunnybrook_lv" 20 "$fewer"
       added mem-sunnybrook-minus20-48 base-3task-mem48 --task "sunnybrook=$fewer"
       added mem-sunnybrook-update-48 "mem-sunnybrook-minus20-48$SEEDED" "${SUNNYBROOK[@]}" ;;
+    mem-update48px)  # the same with today's default memory
+      small_slices_memory base-3task 48px "${BASE_TASKS[@]}"
+      without_cases "$DATA/sunnybrook_lv" 20 "$RUNS/sunnybrook_lv-minus20"
+      added mem-sunnybrook-minus20-48px base-3task-mem48px --task "sunnybrook=$RUNS/sunnybrook_lv-minus20"
+      added mem-sunnybrook-update-48px "mem-sunnybrook-minus20-48px$SEEDED" "${SUNNYBROOK[@]}" ;;
     mem2-full) added mem2-mammo-full base2-3task-mr "${MAMMO[@]}" "${MR_REPLAY[@]}" ;;
     mem2-noreplay) added mem2-mammo-noreplay base2-3task-mr "${MAMMO[@]}" "${MR_REPLAY[@]}" --replay-cases 0 ;;
     mem2-16|mem2-48|mem2-128)

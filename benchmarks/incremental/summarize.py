@@ -72,17 +72,24 @@ def fmt(value, digits=3) -> str:
 MEMORY_PAIRS = [("sunnybrook", "base-3task", ("hippocampus", "acdc", "mammo"), "mem-sunnybrook"),
                 ("mammo", "base2-3task-mr", ("hippocampus", "acdc", "sunnybrook"), "mem2-mammo")]
 # run_experiments.sh's SEED: the suffix of a row's repetitions with other seeds
-SEEDS = ("", "-seed1", "-seed2")
+SEEDS = ("", "-seed1", "-seed2", "-seed3")
 # (run suffix, description, the run whose memory replaces the old tasks' folders: a format of base and prefix)
 MEMORY_ROWS = [("full", "old tasks' folders (full replay)", None),
                ("16", "memory only, 16 slices per task", "{base}-mem16"),
                ("48", "memory only, 48 slices per task", "{base}-mem48"),
-               ("48px", "memory only, 48 slices per task, more for small slices (default)", "{base}-mem48px"),
+               ("48px", "memory only, 48 slices per task, more for small slices, chosen among 4 candidates per "
+                "exemplar (default)", "{base}-mem48px"),
+               ("48px384", "memory only, 48 slices per task, more for small slices, chosen among at most 384 "
+                "candidates (the previous default)", "{base}-mem48px384"),
+               ("48px1m", "memory only, as the default with 1,000,000 pixels of small slices (566 hippocampus "
+                "slices)", "{base}-mem48px1m"),
                ("48-hippocampus256", "memory only, 48 slices per task, hippocampus 256", "{base}-mem48-hippocampus256"),
                ("128", "memory only, 128 slices per task", "{base}-mem128"), ("noreplay", "no replay", None),
                ("48-distill-new", "memory only, 48 slices, also distilled on the new task's slices", "{base}-mem48"),
                ("minus20-48", "memory only, 48 slices; the new task without 20 of its cases", "{base}-mem48"),
-               ("update-48", "... then updated with those 20 cases, memory only", "{prefix}-minus20-48")]
+               ("update-48", "... then updated with those 20 cases, memory only", "{prefix}-minus20-48"),
+               ("minus20-48px", "memory only (default); the new task without 20 of its cases", "{base}-mem48px"),
+               ("update-48px", "... then updated with those 20 cases, memory only (default)", "{prefix}-minus20-48px")]
 
 
 def read_wallclock(runs: Path) -> dict[str, float]:
