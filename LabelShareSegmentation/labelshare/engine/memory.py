@@ -194,7 +194,7 @@ def part_count(config: MemoryConfig, bank: TaskSlices, part: str) -> int:
     (gate), or as many of its slices (of their median size at plan resolution) as hold ``--memory-replay-pixels`` or
     ``--memory-gate-pixels``, whichever is more. A fixed count gives a task of small slices few slices for a few
     bytes: the network fitted 48 hippocampus exemplars rather than holding the task (256, +0.4 MB, lost 1.3 points
-    instead of 2.4), and 32 gate slices saw a 0.4-point loss as 1.5 (283: 0.8; docs/incremental/memory.md)."""
+    instead of 2.4), and 32 gate slices saw a 0.4-point loss as 1.5 (287: 0.8; docs/incremental/memory.md)."""
     slices, pixels_held = ((config.memory_slices, config.replay_pixels) if part == "replay" else
                            (config.gate_slices, config.gate_pixels))
     pixels = float(np.median([image.shape[-2] * image.shape[-1] for image in bank.images]))
