@@ -33,8 +33,8 @@ from .commands import (EXIT_ERROR, cmd_add_task, cmd_demo, cmd_evaluate, cmd_lab
                        cmd_memory, cmd_models, cmd_postprocess, cmd_rank, cmd_segment, cmd_train, cmd_worker, fail,
                        last_event)
 from .core import __version__
-from .core.config import (DEMO_BUDGET, MEMORY_OPTIONS, TRAIN_OPTIONS, AddTaskConfig, MemoryConfig, RankConfig,
-                          SegmentConfig, TrainConfig)
+from .core.config import (DEMO_BUDGET, MEMORY_OPTIONS, MEMORY_SIZES, TRAIN_OPTIONS, AddTaskConfig, MemoryConfig,
+                          RankConfig, SegmentConfig, TrainConfig)
 from .core.errors import (EXIT_INTERRUPTED, Interrupted, LabelShareError, TrainingInterrupted, is_out_of_memory,
                           os_error_message, stop_at_once)
 from .core.methods import DEFAULT_METHOD, PRODUCT_METHODS
@@ -239,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a task of the model and its nnU-Net raw folder (every task the model holds no memory of)")
     memory.add_argument("--out", required=True, type=Path,
                         help="new model folder (never overwritten, never inside a model folder)")
-    _add_memory_arguments(memory, ("memory_slices", "replay_pixels", "gate_slices", "gate_pixels"))
+    _add_memory_arguments(memory, MEMORY_SIZES)
     add_arguments(memory, SegmentConfig, ("device",))
     _add_common(memory)
     memory.set_defaults(func=cmd_memory)

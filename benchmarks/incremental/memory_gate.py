@@ -62,6 +62,12 @@ def pooled_mean(pairs, head) -> float:
     return statistics.fmean(pooled_dice(pairs, head.label_positions).values())
 
 
+def gate_scores(model: Model, bank, head) -> tuple[float, float]:
+    """The gate's first definition and its definition, from one prediction of each gate slice."""
+    pairs = predictions(model, bank, head)
+    return slice_mean_dice(pairs, head), pooled_mean(pairs, head)
+
+
 def case_dice(model: Model, bank, head) -> tuple[float, float]:
     """Per case, Dice pooled over its slices at plan resolution: over all of them and over those whose reference
     holds a label; each the mean over cases, then over labels."""
@@ -93,10 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     banks = {t: memory_slices(base.path, memory, t, "gate", base.heads[t], flip_allowed=False) for t in tasks}
     replayed = {t: memory_slices(base.path, memory, t, "replay", base.heads[t], flip_allowed=False) for t in tasks
                 if "replay" in memory.tasks[t].parts}
-    before = {}
-    for t in tasks:
-        pairs = predictions(base, banks[t], base.heads[t])
-        before[t] = (slice_mean_dice(pairs, base.heads[t]), pooled_mean(pairs, base.heads[t]))
+    before = {t: gate_scores(base, banks[t], base.heads[t]) for t in tasks}
     before_replay = {t: pooled_mean(predictions(base, bank, base.heads[t]), base.heads[t])
                      for t, bank in replayed.items()}
     validation_banks = {}
@@ -123,8 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         means = case_means(run, files)
         for task in tasks:
             head = model.heads[task]
-            pairs = predictions(model, banks[task], head)
-            after = (slice_mean_dice(pairs, head), pooled_mean(pairs, head))
+            after = gate_scores(model, banks[task], head)
             validation = paired_difference(base_means, means, task)
             row = {"run": run.name, "task": task, "gate_slices": len(banks[task]), "validation_cases":
                    validation.cases, "validation_change": validation.after - validation.before,

@@ -321,7 +321,8 @@ class MemoryConfig(Configuration):
 
 
 MAX_MEMORY_SLICES = 10_000
-MEMORY_OPTIONS = ("memory_slices", "replay_pixels", "gate_slices", "gate_pixels", "write_memory")
+MEMORY_SIZES = ("memory_slices", "replay_pixels", "gate_slices", "gate_pixels")  # the options that set a task's choice
+MEMORY_OPTIONS = (*MEMORY_SIZES, "write_memory")
 
 
 # The options of TrainConfig that ``labelshare add-task`` offers (the others come from the model's training.json)

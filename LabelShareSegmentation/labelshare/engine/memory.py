@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core.config import INFERENCE_BATCH, MemoryConfig
+from ..core.config import INFERENCE_BATCH, MEMORY_SIZES, MemoryConfig
 from ..core.errors import LabelShareError
 from ..core.layouts import TaskHead
 from ..core.memory import (MEMORY_DIR, MemorySlice, RehearsalMemory, TaskMemory, dequantise, quantise,
@@ -56,7 +56,6 @@ SELECTION = {"replay": "k-center on pooled bottleneck features (one window over 
                        "stratified by case and label presence",
              "gate": "slices holding a label, spread over cases in a seeded order, stratified by label presence"}
 FEATURE_WINDOWS = Windows(whole_slice=True)
-MEMORY_SIZES = ("memory_slices", "replay_pixels", "gate_slices", "gate_pixels")  # the options that set a task's choice
 GATE_DEFINITION = ("Dice at plan resolution on the rehearsal memory's gate slices (validation cases), pooled over "
                    "the slices as one volume")
 
@@ -228,9 +227,7 @@ def write_task_memory(folder: Path, name: str, banks: dict[str, TaskSlices], net
     return TaskMemory(labels={label.name: label.id for label in space_entry.labels}, plan=space_entry.plan,
                       channels=channels, licence=space_entry.license,
                       selection={**{part: SELECTION[part] for part in parts}, "chosen_by": source, "seed": seed,
-                                 "memory_slices": config.memory_slices, "replay_pixels": config.replay_pixels,
-                                 "gate_slices": config.gate_slices, "gate_pixels": config.gate_pixels,
-                                 "candidates": candidates},
+                                 **{size: getattr(config, size) for size in MEMORY_SIZES}, "candidates": candidates},
                       parts=parts, bytes=size)
 
 
